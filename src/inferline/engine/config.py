@@ -1,0 +1,94 @@
+"""Engine configuration: frozen, composed per concern, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inferline.core.errors import InvalidParameterError
+
+_GIB = 1024**3
+
+
+def _require_positive(name: str, value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise InvalidParameterError(f"{name} must be positive, got {value}", name)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The paged KV cache.
+
+    The budget is absolute (``kv_cache_tokens`` or ``kv_cache_gib``), never "all free
+    memory": a shared machine keeps its memory. ``kv_cache_tokens`` wins when both are set.
+    """
+
+    block_size: int = 16
+    kv_cache_gib: float = 1.0
+    kv_cache_tokens: int | None = None
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self) -> None:
+        if self.block_size not in (1, 2, 4, 8, 16, 32, 64, 128):
+            raise InvalidParameterError(
+                f"block_size must be a power of two up to 128, got {self.block_size}",
+                "block_size",
+            )
+        _require_positive("kv_cache_gib", self.kv_cache_gib)
+        _require_positive("kv_cache_tokens", self.kv_cache_tokens)
+
+    def num_blocks(self, kv_bytes_per_token: int) -> int:
+        """Blocks that fit the budget for a model storing ``kv_bytes_per_token``."""
+        if self.kv_cache_tokens is not None:
+            tokens = self.kv_cache_tokens
+        else:
+            tokens = int(self.kv_cache_gib * _GIB) // kv_bytes_per_token
+        num_blocks = tokens // self.block_size
+        if num_blocks < 2:
+            raise InvalidParameterError(
+                f"the KV cache budget holds only {tokens} tokens; raise it", "kv_cache_gib"
+            )
+        return num_blocks
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Continuous batching limits.
+
+    Attributes:
+        max_num_batched_tokens: token budget of one step (decodes + prefill chunks); a
+            longer prompt is prefilled in chunks of at most this size.
+        max_num_seqs: the most requests running at once.
+    """
+
+    max_num_batched_tokens: int = 512
+    max_num_seqs: int = 64
+
+    def __post_init__(self) -> None:
+        _require_positive("max_num_batched_tokens", self.max_num_batched_tokens)
+        _require_positive("max_num_seqs", self.max_num_seqs)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Which model to run, where, and with what cache and scheduler limits.
+
+    Attributes:
+        model: short name (``smollm2-135m``), ``.gguf`` path or Hugging Face directory.
+        cache_dir: where assembled model files are kept.
+        max_model_len: cap on the context window (``None`` = the model's own).
+    """
+
+    model: str = "smollm2-135m"
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "inferline")
+    device: str = "cpu"
+    max_model_len: int | None = None
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    def __post_init__(self) -> None:
+        _require_positive("max_model_len", self.max_model_len)
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise InvalidParameterError(
+                f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}", "device"
+            )

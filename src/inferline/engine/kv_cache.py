@@ -1,0 +1,33 @@
+"""The paged KV cache tensor: ``[num_layers, 2, num_blocks * block_size, kv_heads, head_dim]``."""
+
+from __future__ import annotations
+
+import torch
+
+from inferline.models.config import ModelConfig
+
+
+class KVCache:
+    """Slots for K and V of every layer; slot ``b * block_size + i`` is token ``i`` of block ``b``.
+
+    Memory is allocated once, up front, for exactly ``num_blocks`` blocks.
+    """
+
+    def __init__(
+        self, config: ModelConfig, num_blocks: int, block_size: int, device: torch.device
+    ) -> None:
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.device = device
+        shape = (config.num_layers, 2, num_blocks * block_size, config.num_kv_heads, config.head_dim)
+        self.tensor = torch.zeros(shape, dtype=torch.float32, device=device)
+
+    @property
+    def num_bytes(self) -> int:
+        """Bytes the cache occupies."""
+        return self.tensor.numel() * self.tensor.element_size()
+
+    def copy_block(self, src: int, dst: int) -> None:
+        """Copies all layers' K/V of block ``src`` into block ``dst``."""
+        size = self.block_size
+        self.tensor[:, :, dst * size : (dst + 1) * size] = self.tensor[:, :, src * size : (src + 1) * size]

@@ -1,0 +1,127 @@
+"""The synchronous engine: add requests, then `step()` until they finish."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+
+import torch
+
+from inferline.core.errors import ContextLengthExceededError, InvalidParameterError
+from inferline.core.outputs import RequestOutput
+from inferline.core.sampling_params import Priority, SamplingParams
+from inferline.engine.block_pool import BlockPool
+from inferline.engine.config import EngineConfig
+from inferline.engine.kv_cache import KVCache
+from inferline.engine.model_runner import ModelRunner
+from inferline.engine.output_processor import OutputProcessor
+from inferline.engine.request import Request
+from inferline.engine.scheduler import Scheduler
+from inferline.models.loader import LoadedModel, load_model
+
+
+class LLMEngine:
+    """Schedule -> run -> update, one step at a time, for many requests at once."""
+
+    def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None) -> None:
+        self.config = config
+        self.loaded = loaded or load_model(config.model, cache_dir=config.cache_dir, device=config.device)
+        self.tokenizer = self.loaded.tokenizer
+        model_config = self.loaded.config
+        self.max_model_len = min(
+            config.max_model_len or model_config.max_position_embeddings,
+            model_config.max_position_embeddings,
+        )
+        num_blocks = config.cache.num_blocks(model_config.kv_bytes_per_token)
+        block_size = config.cache.block_size
+        self.block_pool = BlockPool(num_blocks, block_size, config.cache.enable_prefix_caching)
+        self.kv_cache = KVCache(model_config, num_blocks, block_size, torch.device(config.device))
+        self.scheduler = Scheduler(
+            config.scheduler, self.block_pool, self.max_model_len, self.tokenizer.eos_token_ids
+        )
+        self.runner = ModelRunner(self.loaded.model, self.kv_cache, self.tokenizer)
+        self.output_processor = OutputProcessor(self.tokenizer)
+        self._ids = itertools.count()
+
+    # ---- requests --------------------------------------------------------------------
+
+    def add_request(
+        self,
+        prompt: str | Sequence[int],
+        params: SamplingParams | None = None,
+        *,
+        request_id: str | None = None,
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> str:
+        """Validates and queues a request; returns its id.
+
+        Raises:
+            ContextLengthExceededError: prompt + max_tokens exceed the context window.
+            InvalidParameterError: empty prompt, token ids out of the vocabulary, duplicate id.
+        """
+        params = params or SamplingParams()
+        request_id = request_id or f"req-{next(self._ids)}"
+        if request_id in self.output_processor.states:
+            raise InvalidParameterError(f"request id {request_id!r} is already in use", "request_id")
+        text = prompt if isinstance(prompt, str) else None
+        prompt_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        max_tokens = self._check_prompt(prompt_ids, params)
+        arrival_s = time.time()
+        requests: list[Request] = []
+        for index in range(params.n):
+            requests.append(
+                Request(
+                    request_id=request_id if index == 0 else f"{request_id}#{index}",
+                    prompt_token_ids=prompt_ids,
+                    sampling_params=params,
+                    max_tokens=max_tokens,
+                    priority=priority,
+                    group_id=request_id,
+                    index=index,
+                    fork_parent=requests[0] if index else None,
+                    arrival_s=arrival_s,
+                )
+            )
+        self.output_processor.add_request(text, requests)
+        for request in requests:
+            self.scheduler.add_request(request)
+        return request_id
+
+    def _check_prompt(self, prompt_ids: list[int], params: SamplingParams) -> int:
+        """Returns the resolved max_tokens; never truncates."""
+        if not prompt_ids:
+            raise InvalidParameterError("the prompt is empty", "prompt")
+        vocab_size = self.loaded.config.vocab_size
+        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab_size:
+            raise InvalidParameterError(f"prompt token ids must be in [0, {vocab_size})", "prompt")
+        room = self.max_model_len - len(prompt_ids)
+        max_tokens = params.max_tokens if params.max_tokens is not None else room
+        if room < 1 or max_tokens > room:
+            raise ContextLengthExceededError(len(prompt_ids), max(max_tokens, 1), self.max_model_len)
+        return max_tokens
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Stops a request (all its ``n`` completions) and frees its blocks at once."""
+        state = self.output_processor.states.get(request_id)
+        if state is None:
+            return None
+        for sequence in state.sequences:
+            self.scheduler.finish_request(sequence.request.request_id, "abort")
+        return self.output_processor.finish_aborted(request_id)
+
+    def has_unfinished_requests(self) -> bool:
+        """True while any request is waiting or running."""
+        return self.scheduler.has_unfinished_requests()
+
+    # ---- the loop --------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Runs one batch: schedule, run the model, update state; returns new outputs."""
+        scheduler_output = self.scheduler.schedule()
+        runner_output = self.runner.run(scheduler_output)
+        updated = self.scheduler.update(scheduler_output, runner_output)
+        outputs, stopped = self.output_processor.process(updated, runner_output.logprobs)
+        for request, stop in stopped:
+            self.scheduler.finish_request(request.request_id, "stop", stop)
+        return outputs

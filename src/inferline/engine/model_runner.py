@@ -1,0 +1,159 @@
+"""Runs one step: flatten the scheduled tokens, one forward pass, sample.
+
+All requests' tokens (prefill chunks and decodes) form one flat batch of ``T`` tokens.
+Per-request bookkeeping happens here, in numpy, while preparing index tensors; the layer
+stack itself sees only batched tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from inferline.core.outputs import Logprob
+from inferline.engine.kv_cache import KVCache
+from inferline.engine.sampler import Sampler, SamplingRow
+from inferline.engine.scheduler_output import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
+from inferline.models.attention import AttentionGroup, AttentionMetadata
+from inferline.models.tokenizer import Tokenizer
+
+
+@dataclass
+class _Chunk:
+    """One scheduled request's slice of the flat batch."""
+
+    first_token: int  # index of its first token in the flat batch
+    start_position: int  # its num_computed_tokens
+    num_tokens: int
+    block_ids: list[int]
+
+    @property
+    def context_len(self) -> int:
+        return self.start_position + self.num_tokens
+
+
+def _slots(block_ids: list[int], positions: np.ndarray, block_size: int) -> np.ndarray:
+    """Cache slot of each position: ``block_ids[p // block_size] * block_size + p % block_size``."""
+    table = np.asarray(block_ids, dtype=np.int64)
+    return table[positions // block_size] * block_size + positions % block_size
+
+
+def _build_group(chunks: list[_Chunk], block_size: int, device: torch.device) -> AttentionGroup:
+    num_seqs = len(chunks)
+    max_q = max(c.num_tokens for c in chunks)
+    max_k = max(c.context_len for c in chunks)
+    query_index = np.zeros((num_seqs, max_q), dtype=np.int64)
+    key_slots = np.zeros((num_seqs, max_k), dtype=np.int64)
+    mask = np.zeros((num_seqs, 1, max_q, max_k), dtype=bool)
+    mask[:, :, :, 0] = True  # padded query rows attend to one key (never NaN; discarded)
+    token_index, tile_index = [], []
+    key_positions = np.arange(max_k)
+    for g, c in enumerate(chunks):
+        rows = np.arange(c.num_tokens)
+        query_index[g, :] = c.first_token
+        query_index[g, : c.num_tokens] = c.first_token + rows
+        key_slots[g, : c.context_len] = _slots(c.block_ids, key_positions[: c.context_len], block_size)
+        # causal: query i (position start + i) sees keys 0..start + i
+        mask[g, 0, : c.num_tokens] = key_positions[None, :] <= (c.start_position + rows)[:, None]
+        token_index.append(c.first_token + rows)
+        tile_index.append(g * max_q + rows)
+    return AttentionGroup(
+        query_token_index=torch.from_numpy(query_index).to(device),
+        key_slots=torch.from_numpy(key_slots).to(device),
+        mask=torch.from_numpy(mask).to(device),
+        token_index=torch.from_numpy(np.concatenate(token_index)).to(device),
+        tile_index=torch.from_numpy(np.concatenate(tile_index)).to(device),
+    )
+
+
+class ModelRunner:
+    """Owns the model and its KV cache; `run` executes one `SchedulerOutput`."""
+
+    def __init__(self, model: nn.Module, kv_cache: KVCache, tokenizer: Tokenizer) -> None:
+        self.model = model
+        self.kv_cache = kv_cache
+        self.tokenizer = tokenizer
+        self.sampler = Sampler()
+        self.device = kv_cache.device
+
+    @torch.inference_mode()
+    def run(self, out: SchedulerOutput) -> ModelRunnerOutput:
+        """Copies forked blocks, runs the forward pass, samples for requests that need it."""
+        for src, dst in out.block_copies:
+            self.kv_cache.copy_block(src, dst)
+        if out.is_empty:
+            return ModelRunnerOutput()
+        input_ids, positions, metadata, logits_index = self._prepare(out.scheduled)
+        sampling = [s for s in out.scheduled if s.needs_sample]
+        if not sampling:
+            self.model(input_ids, positions, self.kv_cache.tensor, metadata, logits_index)
+            return ModelRunnerOutput()
+        logits = self.model(input_ids, positions, self.kv_cache.tensor, metadata, logits_index)
+        return self._sample(logits, sampling)
+
+    def _prepare(
+        self, scheduled: list[ScheduledRequest]
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
+        block_size = self.kv_cache.block_size
+        chunks, input_ids, positions, slots, logits_index = [], [], [], [], []
+        first_token = 0
+        for s in scheduled:
+            request = s.request
+            start = request.num_computed_tokens
+            chunk = _Chunk(first_token, start, s.num_tokens, request.block_ids)
+            chunks.append(chunk)
+            chunk_positions = np.arange(start, start + s.num_tokens)
+            input_ids.append(request.all_token_ids[start : start + s.num_tokens])
+            positions.append(chunk_positions)
+            slots.append(_slots(request.block_ids, chunk_positions, block_size))
+            first_token += s.num_tokens
+            if s.needs_sample:
+                logits_index.append(first_token - 1)
+        groups = [
+            _build_group(group, block_size, self.device)
+            for group in (
+                [c for c in chunks if c.num_tokens == 1],
+                [c for c in chunks if c.num_tokens > 1],
+            )
+            if group
+        ]
+        metadata = AttentionMetadata(torch.from_numpy(np.concatenate(slots)).to(self.device), groups)
+        flat_ids = torch.tensor([t for ids in input_ids for t in ids], device=self.device)
+        flat_positions = torch.from_numpy(np.concatenate(positions)).to(self.device)
+        return flat_ids, flat_positions, metadata, torch.tensor(logits_index, device=self.device)
+
+    def _sample(self, logits: torch.Tensor, sampling: list[ScheduledRequest]) -> ModelRunnerOutput:
+        rows = [
+            SamplingRow(
+                s.request.sampling_params,
+                s.request.prompt_token_ids,
+                s.request.output_token_ids,
+                s.request.generator,
+            )
+            for s in sampling
+        ]
+        sampled = self.sampler(logits, rows)
+        result = ModelRunnerOutput()
+        for i, s in enumerate(sampling):
+            request_id = s.request.request_id
+            token_id = sampled.token_ids[i]
+            result.sampled_token_ids[request_id] = token_id
+            logprob = sampled.token_logprobs[i]
+            if logprob is not None:
+                result.logprobs[request_id] = self._logprob(
+                    token_id, logprob, sampled.top_token_ids[i], sampled.top_logprobs[i]
+                )
+        return result
+
+    def _logprob(
+        self, token_id: int, logprob: float, top_ids: list[int], top_values: list[float]
+    ) -> Logprob:
+        decode = self.tokenizer.decode
+        top = tuple(
+            (i, decode([i], skip_special_tokens=False), v)
+            for i, v in zip(top_ids, top_values, strict=True)
+        )
+        return Logprob(token_id, decode([token_id], skip_special_tokens=False), logprob, top)

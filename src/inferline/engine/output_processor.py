@@ -1,0 +1,156 @@
+"""Detokenizes new tokens, applies stop strings and builds `RequestOutput`s.
+
+Stop strings are matched on text, so they are found even when split across tokens. In a
+stream, the last ``len(longest stop) - 1`` characters are held back until it is certain they
+do not begin a stop string; a matched stop string never reaches the client.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from inferline.core.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from inferline.engine.request import Request
+from inferline.models.tokenizer import IncrementalDetokenizer, Tokenizer
+
+
+@dataclass
+class _SequenceState:
+    """Text state of one of the ``n`` completions."""
+
+    request: Request
+    detokenizer: IncrementalDetokenizer
+    text: str = ""
+    num_sent_chars: int = 0
+    num_sent_tokens: int = 0
+    logprobs: list[Logprob] | None = None
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+
+
+@dataclass
+class RequestState:
+    """All completions of one user request, plus timing."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    sequences: list[_SequenceState]
+    metrics: RequestMetrics
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def is_finished(self) -> bool:
+        return all(s.finish_reason is not None for s in self.sequences)
+
+
+class OutputProcessor:
+    """Keeps per-request text state; turns engine updates into outputs."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.states: dict[str, RequestState] = {}
+
+    def add_request(self, prompt: str | None, requests: list[Request]) -> None:
+        """Registers the ``n`` engine requests of one user request."""
+        first = requests[0]
+        params = first.sampling_params
+        sequences = [
+            _SequenceState(
+                r,
+                IncrementalDetokenizer(self.tokenizer, params.skip_special_tokens),
+                logprobs=[] if params.logprobs is not None else None,
+            )
+            for r in requests
+        ]
+        self.states[first.group_id] = RequestState(
+            first.group_id,
+            prompt,
+            first.prompt_token_ids,
+            sequences,
+            RequestMetrics(arrival_s=first.arrival_s),
+            params.stop,
+        )
+
+    def process(
+        self, updated: list[Request], logprobs: dict[str, Logprob]
+    ) -> tuple[list[RequestOutput], list[tuple[Request, str]]]:
+        """Handles this step's new tokens.
+
+        Returns the outputs to deliver and the (request, stop string) pairs that matched
+        a stop string (the engine must finish those requests).
+        """
+        now = time.time()
+        touched: dict[str, RequestState] = {}
+        stopped: list[tuple[Request, str]] = []
+        for request in updated:
+            state = self.states[request.group_id]
+            sequence = state.sequences[request.index]
+            state.metrics.first_token_s = state.metrics.first_token_s or now
+            if request.request_id in logprobs and sequence.logprobs is not None:
+                sequence.logprobs.append(logprobs[request.request_id])
+            stop = self._append_text(state, sequence, request)
+            if stop is not None:
+                stopped.append((request, stop))
+            touched[state.request_id] = state
+        return [self._output(state, now) for state in touched.values()], stopped
+
+    def finish_aborted(self, group_id: str) -> RequestOutput | None:
+        """Marks every unfinished completion of ``group_id`` aborted; returns the final output."""
+        state = self.states.get(group_id)
+        if state is None:
+            return None
+        for sequence in state.sequences:
+            if sequence.finish_reason is None:
+                sequence.finish_reason = "abort"
+        return self._output(state, time.time())
+
+    def _append_text(self, state: RequestState, sequence: _SequenceState, request: Request) -> str | None:
+        last_token = request.all_token_ids[-1]
+        new_text = sequence.detokenizer.add([last_token])
+        if request.is_finished:
+            new_text += sequence.detokenizer.flush()
+        start = max(0, len(sequence.text) - max((len(s) for s in state.stop), default=0))
+        sequence.text += new_text
+        if request.is_finished:
+            sequence.finish_reason = request.finish_reason
+            sequence.stop_reason = request.stop_reason
+        for stop in state.stop:
+            index = sequence.text.find(stop, start)
+            if index != -1:
+                sequence.text = sequence.text[:index]
+                sequence.finish_reason, sequence.stop_reason = "stop", stop
+                return stop
+        return None
+
+    def _output(self, state: RequestState, now: float) -> RequestOutput:
+        holdback = max((len(s) for s in state.stop), default=1) - 1
+        outputs = []
+        for i, sequence in enumerate(state.sequences):
+            finished = sequence.finish_reason is not None
+            visible = len(sequence.text) if finished else max(
+                sequence.num_sent_chars, len(sequence.text) - holdback
+            )
+            token_ids = sequence.request.output_token_ids
+            outputs.append(
+                CompletionOutput(
+                    index=i,
+                    text=sequence.text[:visible],
+                    token_ids=token_ids,
+                    text_delta=sequence.text[sequence.num_sent_chars : visible],
+                    token_ids_delta=token_ids[sequence.num_sent_tokens :],
+                    logprobs=list(sequence.logprobs) if sequence.logprobs is not None else None,
+                    finish_reason=sequence.finish_reason,  # type: ignore[arg-type]
+                    stop_reason=sequence.stop_reason,
+                )
+            )
+            sequence.num_sent_chars, sequence.num_sent_tokens = visible, len(token_ids)
+        finished = state.is_finished
+        if finished:
+            state.metrics.finished_s = now
+            state.metrics.num_cached_prompt_tokens = state.sequences[0].request.num_cached_prompt_tokens
+            del self.states[state.request_id]
+        return RequestOutput(
+            state.request_id, state.prompt, state.prompt_token_ids, outputs, finished, state.metrics
+        )

@@ -1,0 +1,246 @@
+"""Continuous batching: each step is ``{request_id: num_tokens}`` under a token budget.
+
+Order within a step: running decodes first, then running prefill chunks, then newly
+admitted requests (chunked prefill: a long prompt takes several steps and never stalls
+running streams for its whole length). Admission needs free blocks; when a running request
+needs a block and none is free, the lowest-priority, most recently arrived request is
+preempted: its blocks are freed and it recomputes later (its cached blocks may still hit).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+
+from inferline.core.outputs import FinishReason
+from inferline.engine.block_pool import BlockPool
+from inferline.engine.config import SchedulerConfig
+from inferline.engine.request import Request, RequestStatus
+from inferline.engine.scheduler_output import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
+
+
+class Scheduler:
+    """Decides what runs each step and keeps requests' block tables.
+
+    Invariants: ``running`` holds exactly the requests that own blocks; ``waiting`` is
+    sorted by `Request.sort_key`; a finished request owns no blocks.
+    """
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        block_pool: BlockPool,
+        max_model_len: int,
+        eos_token_ids: Iterable[int],
+    ) -> None:
+        self.config = config
+        self.block_pool = block_pool
+        self.block_size = block_pool.block_size
+        self.max_model_len = max_model_len
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []
+        self.requests: dict[str, Request] = {}
+        self.num_preemptions = 0
+
+    # ---- requests in and out -------------------------------------------------------
+
+    def add_request(self, request: Request) -> None:
+        """Queues a request (sorted by priority class, then arrival)."""
+        self.requests[request.request_id] = request
+        bisect.insort(self.waiting, request, key=Request.sort_key)
+
+    def finish_request(
+        self, request_id: str, reason: FinishReason, stop_reason: str | int | None = None
+    ) -> None:
+        """Ends a request (stop, length or abort) and frees its blocks at once."""
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return
+        if request.status == RequestStatus.RUNNING:
+            self.running.remove(request)
+            self._free_blocks(request)
+        elif request.status == RequestStatus.WAITING:
+            self.waiting.remove(request)
+        request.status = RequestStatus.FINISHED
+        request.finish_reason, request.stop_reason = reason, stop_reason
+
+    def has_unfinished_requests(self) -> bool:
+        """True while anything is waiting or running."""
+        return bool(self.requests)
+
+    # ---- one step --------------------------------------------------------------------
+
+    def schedule(self) -> SchedulerOutput:
+        """Picks this step's requests and token counts, allocating blocks for them."""
+        out = SchedulerOutput()
+        budget = self.config.max_num_batched_tokens
+        for request in sorted(self.running, key=lambda r: (r.is_prefilling, r.sort_key())):
+            if budget == 0:
+                break
+            if request.status != RequestStatus.RUNNING:
+                continue  # preempted earlier in this loop
+            num_tokens = min(request.num_tokens_to_compute, budget)
+            if self._reserve_blocks(request, num_tokens, out):
+                out.scheduled.append(self._scheduled(request, num_tokens))
+                budget -= num_tokens
+        if not out.preempted_ids:  # memory is tight: let the running ones drain first
+            self._admit_waiting(out, budget)
+        return out
+
+    def update(self, out: SchedulerOutput, runner_output: ModelRunnerOutput) -> list[Request]:
+        """Advances computed counts, appends sampled tokens, applies token-level stops.
+
+        Returns the requests that got a new token (some of them now finished).
+        """
+        updated = []
+        for scheduled in out.scheduled:
+            request = scheduled.request
+            if request.is_finished:
+                continue
+            request.num_computed_tokens += scheduled.num_tokens
+            self.block_pool.cache_full_blocks(
+                request.all_token_ids,
+                request.num_computed_tokens,
+                request.block_ids,
+                request.block_hashes,
+            )
+            token_id = runner_output.sampled_token_ids.get(request.request_id)
+            if token_id is None:
+                continue
+            request.append_output_token(token_id)
+            self._check_token_stop(request, token_id)
+            updated.append(request)
+        return updated
+
+    # ---- internals -------------------------------------------------------------------
+
+    def _scheduled(self, request: Request, num_tokens: int) -> ScheduledRequest:
+        needs_sample = request.num_computed_tokens + num_tokens == request.num_tokens
+        return ScheduledRequest(request, num_tokens, needs_sample)
+
+    def _num_new_blocks(self, request: Request, num_tokens: int) -> int:
+        num_needed = -(-(request.num_computed_tokens + num_tokens) // self.block_size)
+        return max(0, num_needed - len(request.block_ids))
+
+    def _reserve_blocks(self, request: Request, num_tokens: int, out: SchedulerOutput) -> bool:
+        """Allocates blocks for ``num_tokens`` more tokens, preempting others if needed.
+
+        Returns False when ``request`` itself had to be preempted.
+        """
+        num_new = self._num_new_blocks(request, num_tokens)
+        scheduled_ids = {s.request.request_id for s in out.scheduled}
+        while not self.block_pool.can_allocate(num_new):
+            candidates = [r for r in self.running if r.request_id not in scheduled_ids]
+            victim = max(candidates, key=Request.sort_key)
+            self._preempt(victim, out)
+            if victim is request:
+                return False
+        request.block_ids.extend(self.block_pool.allocate(num_new))
+        return True
+
+    def _preempt(self, request: Request, out: SchedulerOutput) -> None:
+        self.running.remove(request)
+        self._free_blocks(request)
+        request.num_computed_tokens = 0
+        request.status = RequestStatus.WAITING
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        bisect.insort(self.waiting, request, key=Request.sort_key)
+        out.preempted_ids.append(request.request_id)
+
+    def _free_blocks(self, request: Request) -> None:
+        self.block_pool.free(list(reversed(request.block_ids)))  # tail first: keep shared heads
+        request.block_ids, request.block_hashes = [], []
+
+    def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        index = 0
+        while budget > 0 and index < len(self.waiting):
+            if len(self.running) >= self.config.max_num_seqs:
+                break
+            request = self.waiting[index]
+            if self._is_waiting_for_fork(request):
+                index += 1
+                continue
+            num_tokens = self._admit(request, budget, out)
+            if num_tokens == 0:
+                break  # head-of-line: no blocks for the most urgent request
+            self.waiting.pop(index)
+            budget -= num_tokens
+
+    def _is_waiting_for_fork(self, request: Request) -> bool:
+        """A sibling of an ``n > 1`` request waits until its parent's prompt is computed."""
+        parent = request.fork_parent
+        if parent is None or parent.is_finished:
+            return False
+        return parent.num_computed_tokens < len(parent.prompt_token_ids)
+
+    def _can_fork(self, request: Request) -> bool:
+        parent = request.fork_parent
+        return (
+            parent is not None
+            and parent.status == RequestStatus.RUNNING
+            and parent.num_computed_tokens >= len(request.prompt_token_ids)
+            and request.num_output_tokens == 0
+        )
+
+    def _admit(self, request: Request, budget: int, out: SchedulerOutput) -> int:
+        """Gives ``request`` its blocks and first chunk; returns the tokens scheduled (0 = no)."""
+        if self._can_fork(request):
+            return self._admit_fork(request, out)
+        cached_ids = self.block_pool.find_cached_prefix(request.all_token_ids)
+        num_cached = len(cached_ids) * self.block_size
+        num_tokens = min(request.num_tokens - num_cached, budget)
+        num_new = -(-(num_cached + num_tokens) // self.block_size) - len(cached_ids)
+        num_reclaimed = sum(1 for i in cached_ids if self.block_pool.blocks[i].ref_count == 0)
+        if not self.block_pool.can_allocate(num_new + num_reclaimed):
+            return 0
+        self.block_pool.touch(cached_ids)
+        request.block_ids = cached_ids + self.block_pool.allocate(num_new)
+        request.block_hashes = [self.block_pool.blocks[i].block_hash or 0 for i in cached_ids]
+        request.num_computed_tokens = num_cached
+        if request.num_preemptions == 0:
+            request.num_cached_prompt_tokens = min(num_cached, len(request.prompt_token_ids))
+        self._start_running(request)
+        out.scheduled.append(self._scheduled(request, num_tokens))
+        return num_tokens
+
+    def _admit_fork(self, request: Request, out: SchedulerOutput) -> int:
+        """Shares the parent's prompt blocks; copies the block holding the last prompt token.
+
+        The sibling recomputes only the last prompt token (to get its own logits) into a
+        private copy of that block, so no shared block is ever written.
+        """
+        parent = request.fork_parent
+        assert parent is not None
+        last_position = len(request.prompt_token_ids) - 1
+        num_shared = last_position // self.block_size
+        if not self.block_pool.can_allocate(1):
+            return 0
+        shared = parent.block_ids[:num_shared]
+        self.block_pool.touch(shared)
+        (new_block,) = self.block_pool.allocate(1)
+        if last_position % self.block_size:
+            out.block_copies.append((parent.block_ids[num_shared], new_block))
+        request.block_ids = [*shared, new_block]
+        request.block_hashes = parent.block_hashes[:num_shared]
+        request.num_computed_tokens = last_position
+        request.num_cached_prompt_tokens = last_position
+        self._start_running(request)
+        out.scheduled.append(self._scheduled(request, 1))
+        return 1
+
+    def _start_running(self, request: Request) -> None:
+        request.status = RequestStatus.RUNNING
+        self.running.append(request)
+
+    def _check_token_stop(self, request: Request, token_id: int) -> None:
+        params = request.sampling_params
+        if not params.ignore_eos and token_id in self.eos_token_ids:
+            self.finish_request(request.request_id, "stop")
+        elif token_id in params.stop_token_ids:
+            self.finish_request(request.request_id, "stop", token_id)
+        elif request.num_output_tokens >= request.max_tokens:
+            self.finish_request(request.request_id, "length")
+        elif request.num_tokens >= self.max_model_len:
+            self.finish_request(request.request_id, "length")

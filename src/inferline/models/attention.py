@@ -1,0 +1,75 @@
+"""Paged attention in plain PyTorch: K/V live in slots of a shared cache, read by block table.
+
+The engine flattens every scheduled token of every request into one batch of ``T`` tokens.
+For attention, tokens are regrouped per request into padded ``[G, Q]`` query tiles, and each
+request's keys are gathered from the cache slots listed by its block table. Requests are
+split into at most two groups (single-token decodes, and multi-token prefill chunks), so a
+long prefill chunk does not pad every decode in the batch to its length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AttentionGroup:
+    """Requests whose queries are padded to one tile shape ``[G, Q]``.
+
+    Attributes:
+        query_token_index: ``[G, Q]`` index into the flat token batch (padding -> any valid
+            index; masked out).
+        key_slots: ``[G, K]`` cache slot of each key position 0..K-1 (padding -> slot 0).
+        mask: ``[G, 1, Q, K]`` True where query i of request g may attend to key j (causal,
+            within the request's context).
+        token_index: ``[N]`` flat token indices this group produces output for.
+        tile_index: ``[N]`` matching positions in the flattened ``[G * Q]`` tile.
+    """
+
+    query_token_index: torch.Tensor
+    key_slots: torch.Tensor
+    mask: torch.Tensor
+    token_index: torch.Tensor
+    tile_index: torch.Tensor
+
+
+@dataclass
+class AttentionMetadata:
+    """Per-step attention inputs shared by all layers.
+
+    Attributes:
+        slot_mapping: ``[T]`` cache slot each new token's K/V is written to.
+        groups: one or two `AttentionGroup`s covering all ``T`` tokens exactly once.
+    """
+
+    slot_mapping: torch.Tensor
+    groups: list[AttentionGroup]
+
+
+def paged_attention(
+    query: torch.Tensor,  # [T, num_heads, head_dim]
+    key: torch.Tensor,  # [T, num_kv_heads, head_dim]
+    value: torch.Tensor,  # [T, num_kv_heads, head_dim]
+    kv_cache: torch.Tensor,  # [2, num_slots, num_kv_heads, head_dim]
+    metadata: AttentionMetadata,
+) -> torch.Tensor:
+    """Writes this step's K/V into the cache, then attends over each request's context.
+
+    Returns ``[T, num_heads * head_dim]``.
+    """
+    key_cache, value_cache = kv_cache[0], kv_cache[1]
+    key_cache.index_copy_(0, metadata.slot_mapping, key)
+    value_cache.index_copy_(0, metadata.slot_mapping, value)
+    num_tokens, num_heads, head_dim = query.shape
+    out = query.new_empty(num_tokens, num_heads * head_dim)
+    for group in metadata.groups:
+        q = query[group.query_token_index].transpose(1, 2)  # [G, H, Q, D]
+        k = key_cache[group.key_slots].transpose(1, 2)  # [G, KVH, K, D]
+        v = value_cache[group.key_slots].transpose(1, 2)  # [G, KVH, K, D]
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=group.mask, enable_gqa=True)
+        tile = o.transpose(1, 2).reshape(-1, num_heads * head_dim)  # [G * Q, H * D]
+        out.index_copy_(0, group.token_index, tile.index_select(0, group.tile_index))
+    return out

@@ -1,0 +1,183 @@
+"""Llama-family decoder (Llama, Qwen2) over a flattened batch of tokens and a paged KV cache.
+
+Shapes use ``T`` = tokens scheduled this step (all requests, prefill and decode together)
+and ``S`` = tokens whose next-token logits are needed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inferline.core.errors import ModelLoadError
+from inferline.models.attention import AttentionMetadata, paged_attention
+from inferline.models.config import ModelConfig
+
+
+class Linear(nn.Module):
+    """``y = x W^T + b`` with uninitialised storage: weights always come from a checkpoint."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class Embedding(nn.Module):
+    """Token embedding table with uninitialised storage (filled by the loader)."""
+
+    def __init__(self, num_embeddings: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_embeddings, dim), requires_grad=False)
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(token_ids, self.weight)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm, computed in float32 as in the reference."""
+
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(size), requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(variance + self.eps))
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE in the ``rotate_half`` convention, with a precomputed cos/sin table."""
+
+    def __init__(self, head_dim: int, theta: float, max_positions: int) -> None:
+        super().__init__()
+        exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float()
+        inv_freq = 1.0 / (theta ** (exponents / head_dim))
+        positions = torch.arange(max_positions, dtype=torch.float32)
+        angles = torch.outer(positions, inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)  # [max_positions, head_dim]
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Rotates ``x`` ``[T, heads, head_dim]`` by the angles of ``positions`` ``[T]``."""
+        cos = self.cos[positions].unsqueeze(1)  # [T, 1, head_dim]
+        sin = self.sin[positions].unsqueeze(1)
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm attention + gated MLP, with fused qkv and gate/up projections."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
+        self.head_dim = config.head_dim
+        q_size, kv_size = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+        self.split_sizes = [q_size, kv_size, kv_size]
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.qkv_proj = Linear(config.hidden_size, q_size + 2 * kv_size, config.attention_bias)
+        self.o_proj = Linear(q_size, config.hidden_size)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,  # [T, hidden]
+        positions: torch.Tensor,  # [T]
+        rotary: RotaryEmbedding,
+        kv_cache: torch.Tensor,  # [2, num_slots, num_kv_heads, head_dim]
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        q, k, v = self.qkv_proj(self.input_layernorm(hidden)).split(self.split_sizes, dim=-1)
+        q = rotary(positions, q.view(-1, self.num_heads, self.head_dim))
+        k = rotary(positions, k.view(-1, self.num_kv_heads, self.head_dim))
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        hidden = hidden + self.o_proj(paged_attention(q, k, v, kv_cache, metadata))
+        gate, up = self.gate_up_proj(self.post_attention_layernorm(hidden)).chunk(2, dim=-1)
+        return hidden + self.down_proj(F.silu(gate) * up)
+
+
+class DecoderForCausalLM(nn.Module):
+    """The whole model: embeddings, decoder layers, final norm and LM head."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary = RotaryEmbedding(
+            config.head_dim, config.rope_theta, config.max_position_embeddings
+        )
+        self.lm_head = Linear(config.hidden_size, config.vocab_size)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [T]
+        positions: torch.Tensor,  # [T]
+        kv_caches: torch.Tensor,  # [num_layers, 2, num_slots, num_kv_heads, head_dim]
+        metadata: AttentionMetadata,
+        logits_indices: torch.Tensor,  # [S] rows of the batch whose logits are needed
+    ) -> torch.Tensor:
+        """Returns float32 logits ``[S, vocab_size]``."""
+        hidden = self.embed_tokens(input_ids)
+        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+            hidden = layer(hidden, positions, self.rotary, kv_cache, metadata)
+        return self.lm_head(self.norm(hidden[logits_indices])).float()
+
+    def load_hf_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Takes HF-named weights (fusing q/k/v and gate/up); every parameter must be set.
+
+        Tensors are assigned, not copied (the model's own storage is never initialised).
+        """
+        fused = _fuse_layer_weights(weights, self.config.num_layers)
+        state = {k.removeprefix("model."): v.contiguous() for k, v in fused.items()}
+        if self.config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)
+            state["lm_head.weight"] = state["embed_tokens.weight"]
+        expected = dict(self.named_parameters(remove_duplicate=False))
+        missing = sorted(set(expected) - set(state))
+        if missing:
+            raise ModelLoadError(f"weights missing from the checkpoint: {missing[:5]}")
+        for name, tensor in state.items():
+            if name in expected and expected[name].shape != tensor.shape:
+                raise ModelLoadError(
+                    f"{name}: checkpoint shape {tuple(tensor.shape)} != "
+                    f"{tuple(expected[name].shape)}"
+                )
+        unused = {k for k in state if k not in expected}
+        for k in unused:
+            state.pop(k)
+        self.load_state_dict(state, strict=True, assign=True)
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.requires_grad_(False)
+
+
+def _fuse_layer_weights(weights: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
+    """Concatenates q/k/v (weights and biases) and gate/up projections per layer."""
+    out = dict(weights)
+    for i in range(num_layers):
+        prefix = f"model.layers.{i}."
+        for kind in ("weight", "bias"):
+            names = [f"{prefix}self_attn.{p}_proj.{kind}" for p in "qkv"]
+            if all(n in out for n in names):
+                out[f"{prefix}qkv_proj.{kind}"] = torch.cat([out.pop(n) for n in names])
+        gate_up = [f"{prefix}mlp.gate_proj.weight", f"{prefix}mlp.up_proj.weight"]
+        if all(n in out for n in gate_up):
+            out[f"{prefix}gate_up_proj.weight"] = torch.cat([out.pop(n) for n in gate_up])
+        for src, dst in (("self_attn.o_proj", "o_proj"), ("mlp.down_proj", "down_proj")):
+            if f"{prefix}{src}.weight" in out:
+                out[f"{prefix}{dst}.weight"] = out.pop(f"{prefix}{src}.weight")
+    return out
