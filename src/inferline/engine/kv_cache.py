@@ -19,7 +19,13 @@ class KVCache:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.device = device
-        shape = (config.num_layers, 2, num_blocks * block_size, config.num_kv_heads, config.head_dim)
+        shape = (
+            config.num_layers,
+            2,
+            num_blocks * block_size,
+            config.num_kv_heads,
+            config.head_dim,
+        )
         self.tensor = torch.zeros(shape, dtype=torch.float32, device=device)
 
     @property
@@ -30,4 +36,6 @@ class KVCache:
     def copy_block(self, src: int, dst: int) -> None:
         """Copies all layers' K/V of block ``src`` into block ``dst``."""
         size = self.block_size
-        self.tensor[:, :, dst * size : (dst + 1) * size] = self.tensor[:, :, src * size : (src + 1) * size]
+        self.tensor[:, :, dst * size : (dst + 1) * size] = self.tensor[
+            :, :, src * size : (src + 1) * size
+        ]

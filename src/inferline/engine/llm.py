@@ -52,9 +52,7 @@ class LLM:
         params: SamplingParams | None = None,
     ) -> list[RequestOutput]:
         """Runs every prompt to completion, batched; outputs are in prompt order."""
-        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]  # type: ignore[list-item]
-        ids = [self.engine.add_request(p, params) for p in prompts]  # type: ignore[arg-type]
+        ids = [self.engine.add_request(p, params) for p in _as_prompt_list(prompts)]
         finished: dict[str, RequestOutput] = {}
         while self.engine.has_unfinished_requests():
             for output in self.engine.step():
@@ -95,3 +93,15 @@ class LLM:
         finally:
             if not finished:
                 self.engine.abort_request(request_id)
+
+
+def _as_prompt_list(
+    prompts: str | Sequence[str] | Sequence[Sequence[int]] | Sequence[int],
+) -> list[str | Sequence[int]]:
+    """One prompt (text or token ids) or a list of them -> a list of prompts."""
+    if isinstance(prompts, str):
+        return [prompts]
+    items = list(prompts)
+    if items and isinstance(items[0], int):
+        return [items]  # type: ignore[list-item]
+    return items  # type: ignore[return-value]

@@ -26,7 +26,9 @@ class LLMEngine:
 
     def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None) -> None:
         self.config = config
-        self.loaded = loaded or load_model(config.model, cache_dir=config.cache_dir, device=config.device)
+        self.loaded = loaded or load_model(
+            config.model, cache_dir=config.cache_dir, device=config.device
+        )
         self.tokenizer = self.loaded.tokenizer
         model_config = self.loaded.config
         self.max_model_len = min(
@@ -63,7 +65,9 @@ class LLMEngine:
         params = params or SamplingParams()
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self.output_processor.states:
-            raise InvalidParameterError(f"request id {request_id!r} is already in use", "request_id")
+            raise InvalidParameterError(
+                f"request id {request_id!r} is already in use", "request_id"
+            )
         text = prompt if isinstance(prompt, str) else None
         prompt_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         max_tokens = self._check_prompt(prompt_ids, params)
@@ -98,7 +102,9 @@ class LLMEngine:
         room = self.max_model_len - len(prompt_ids)
         max_tokens = params.max_tokens if params.max_tokens is not None else room
         if room < 1 or max_tokens > room:
-            raise ContextLengthExceededError(len(prompt_ids), max(max_tokens, 1), self.max_model_len)
+            raise ContextLengthExceededError(
+                len(prompt_ids), max(max_tokens, 1), self.max_model_len
+            )
         return max_tokens
 
     def abort_request(self, request_id: str) -> RequestOutput | None:

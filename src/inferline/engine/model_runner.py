@@ -55,7 +55,9 @@ def _build_group(chunks: list[_Chunk], block_size: int, device: torch.device) ->
         rows = np.arange(c.num_tokens)
         query_index[g, :] = c.first_token
         query_index[g, : c.num_tokens] = c.first_token + rows
-        key_slots[g, : c.context_len] = _slots(c.block_ids, key_positions[: c.context_len], block_size)
+        key_slots[g, : c.context_len] = _slots(
+            c.block_ids, key_positions[: c.context_len], block_size
+        )
         # causal: query i (position start + i) sees keys 0..start + i
         mask[g, 0, : c.num_tokens] = key_positions[None, :] <= (c.start_position + rows)[:, None]
         token_index.append(c.first_token + rows)
@@ -120,7 +122,9 @@ class ModelRunner:
             )
             if group
         ]
-        metadata = AttentionMetadata(torch.from_numpy(np.concatenate(slots)).to(self.device), groups)
+        metadata = AttentionMetadata(
+            torch.from_numpy(np.concatenate(slots)).to(self.device), groups
+        )
         flat_ids = torch.tensor([t for ids in input_ids for t in ids], device=self.device)
         flat_positions = torch.from_numpy(np.concatenate(positions)).to(self.device)
         return flat_ids, flat_positions, metadata, torch.tensor(logits_index, device=self.device)

@@ -106,7 +106,9 @@ class OutputProcessor:
                 sequence.finish_reason = "abort"
         return self._output(state, time.time())
 
-    def _append_text(self, state: RequestState, sequence: _SequenceState, request: Request) -> str | None:
+    def _append_text(
+        self, state: RequestState, sequence: _SequenceState, request: Request
+    ) -> str | None:
         last_token = request.all_token_ids[-1]
         new_text = sequence.detokenizer.add([last_token])
         if request.is_finished:
@@ -129,8 +131,10 @@ class OutputProcessor:
         outputs = []
         for i, sequence in enumerate(state.sequences):
             finished = sequence.finish_reason is not None
-            visible = len(sequence.text) if finished else max(
-                sequence.num_sent_chars, len(sequence.text) - holdback
+            visible = (
+                len(sequence.text)
+                if finished
+                else max(sequence.num_sent_chars, len(sequence.text) - holdback)
             )
             token_ids = sequence.request.output_token_ids
             outputs.append(
@@ -149,7 +153,9 @@ class OutputProcessor:
         finished = state.is_finished
         if finished:
             state.metrics.finished_s = now
-            state.metrics.num_cached_prompt_tokens = state.sequences[0].request.num_cached_prompt_tokens
+            state.metrics.num_cached_prompt_tokens = state.sequences[
+                0
+            ].request.num_cached_prompt_tokens
             del self.states[state.request_id]
         return RequestOutput(
             state.request_id, state.prompt, state.prompt_token_ids, outputs, finished, state.metrics

@@ -240,7 +240,8 @@ class Scheduler:
             self.finish_request(request.request_id, "stop")
         elif token_id in params.stop_token_ids:
             self.finish_request(request.request_id, "stop", token_id)
-        elif request.num_output_tokens >= request.max_tokens:
-            self.finish_request(request.request_id, "length")
-        elif request.num_tokens >= self.max_model_len:
+        elif (
+            request.num_output_tokens >= request.max_tokens
+            or request.num_tokens >= self.max_model_len
+        ):
             self.finish_request(request.request_id, "length")

@@ -1,8 +1,9 @@
 """Read a GGUF file: model config, dequantized weights (HF names) and tokenizer metadata.
 
-The header is parsed by `inferline.models.gguf_header` (the ``gguf`` package's reader builds a
-numpy view per vocabulary string, which costs seconds); weights are dequantized to float32 with the ``gguf`` package. Llama-architecture files have
-their q/k rows permuted by llama.cpp's converter (so its adjacent-pair RoPE matches HF's
+The header is parsed by `inferline.models.gguf_header` (the ``gguf`` package's own reader
+builds a numpy view per vocabulary string, which costs seconds); weights are dequantized to
+float32 with the ``gguf`` package's quant kernels. Llama-architecture files have their q/k
+rows permuted by llama.cpp's converter (so its adjacent-pair RoPE matches HF's
 ``rotate_half``); we undo that here so one RoPE serves every architecture.
 """
 

@@ -54,6 +54,9 @@ class RMSNorm(nn.Module):
 class RotaryEmbedding(nn.Module):
     """RoPE in the ``rotate_half`` convention, with a precomputed cos/sin table."""
 
+    cos: torch.Tensor  # [max_positions, head_dim]
+    sin: torch.Tensor
+
     def __init__(self, head_dim: int, theta: float, max_positions: int) -> None:
         super().__init__()
         exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float()
@@ -165,7 +168,9 @@ class DecoderForCausalLM(nn.Module):
         self.requires_grad_(False)
 
 
-def _fuse_layer_weights(weights: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
+def _fuse_layer_weights(
+    weights: dict[str, torch.Tensor], num_layers: int
+) -> dict[str, torch.Tensor]:
     """Concatenates q/k/v (weights and biases) and gate/up projections per layer."""
     out = dict(weights)
     for i in range(num_layers):

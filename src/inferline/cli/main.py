@@ -1,0 +1,66 @@
+"""`inferline` entry point: subcommands `generate`, `chat`, `models`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from inferline.core.errors import InferlineError
+
+
+def default_cache_dir() -> Path:
+    """``$INFERLINE_HOME`` or ``~/.cache/inferline`` (the CLI is the only reader of env)."""
+    return Path(os.environ.get("INFERLINE_HOME") or Path.home() / ".cache" / "inferline")
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options every command that runs the engine shares."""
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m",
+        help="short name (smollm2-135m, qwen2.5-coder-0.5b), a .gguf file or an HF directory",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--kv-cache-gib", type=float, default=1.0, help="KV cache budget in GiB")
+    parser.add_argument("--max-model-len", type=int, default=None, help="cap the context window")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """Sampling options (the same names as the OpenAI API)."""
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand registered."""
+    from inferline.cli import chat, generate, models
+
+    parser = argparse.ArgumentParser(prog="inferline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in (generate, chat, models):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+        return code
+    except InferlineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""Shared fixtures: the real default model (loaded once), engines on small caches."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+CACHE_DIR = Path(os.environ.get("INFERLINE_HOME") or Path.home() / ".cache" / "inferline")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """GPU tests are skipped on machines without CUDA."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    """Where assembled model files live (shared with the CLI's default)."""
+    return CACHE_DIR
+
+
+@pytest.fixture(scope="session")
+def smollm(cache_dir: Path):  # type: ignore[no-untyped-def]
+    """SmolLM2-135M-Instruct loaded by our own loader, once per session."""
+    from inferline.models import load_model
+
+    return load_model("smollm2-135m", cache_dir=cache_dir)
+
+
+@pytest.fixture
+def make_engine(smollm, cache_dir: Path):  # type: ignore[no-untyped-def]
+    """Builds an `LLMEngine` on the shared SmolLM2 weights with the given settings."""
+    from inferline.engine import CacheConfig, EngineConfig, LLMEngine, SchedulerConfig
+
+    def make(
+        *,
+        kv_cache_tokens: int = 16384,
+        block_size: int = 16,
+        enable_prefix_caching: bool = True,
+        max_num_batched_tokens: int = 512,
+        max_num_seqs: int = 64,
+        max_model_len: int | None = None,
+    ) -> LLMEngine:
+        config = EngineConfig(
+            model="smollm2-135m",
+            cache_dir=cache_dir,
+            max_model_len=max_model_len,
+            cache=CacheConfig(
+                block_size=block_size,
+                kv_cache_tokens=kv_cache_tokens,
+                enable_prefix_caching=enable_prefix_caching,
+            ),
+            scheduler=SchedulerConfig(
+                max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs
+            ),
+        )
+        return LLMEngine(config, loaded=smollm)
+
+    return make
+
+
+def run_to_completion(engine, prompts, params):  # type: ignore[no-untyped-def]
+    """Adds ``prompts`` to ``engine``, steps until done, returns outputs in order."""
+    ids = [engine.add_request(p, params) for p in prompts]
+    finished = {}
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            if output.finished:
+                finished[output.request_id] = output
+    return [finished[i] for i in ids]

@@ -1,0 +1,184 @@
+"""Scheduler with a fake model runner: budgets, ordering, chunking, preemption, forks."""
+
+from __future__ import annotations
+
+import itertools
+
+from inferline.core import Priority, SamplingParams
+from inferline.engine import (
+    BlockPool,
+    ModelRunnerOutput,
+    Request,
+    RequestStatus,
+    Scheduler,
+    SchedulerConfig,
+    SchedulerOutput,
+)
+
+BLOCK = 4
+EOS = 0
+_ids = itertools.count()
+
+
+def make_scheduler(
+    num_blocks: int = 32, budget: int = 16, max_seqs: int = 8, caching: bool = True
+) -> Scheduler:
+    pool = BlockPool(num_blocks, BLOCK, enable_caching=caching)
+    config = SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=max_seqs)
+    return Scheduler(config, pool, max_model_len=256, eos_token_ids=[EOS])
+
+
+def make_request(
+    num_prompt: int,
+    max_tokens: int = 8,
+    priority: Priority = Priority.INTERACTIVE,
+    first_token: int = 1,
+    arrival_s: float | None = None,
+) -> Request:
+    i = next(_ids)
+    return Request(
+        request_id=f"r{i}",
+        prompt_token_ids=list(range(first_token, first_token + num_prompt)),
+        sampling_params=SamplingParams(max_tokens=max_tokens),
+        max_tokens=max_tokens,
+        priority=priority,
+        arrival_s=float(i) if arrival_s is None else arrival_s,
+    )
+
+
+def fake_run(out: SchedulerOutput, token_id: int = 7) -> ModelRunnerOutput:
+    """Samples ``token_id`` for every request whose chunk reached its end."""
+    return ModelRunnerOutput({s.request.request_id: token_id for s in out.scheduled if s.needs_sample})
+
+
+def step(scheduler: Scheduler, token_id: int = 7) -> SchedulerOutput:
+    out = scheduler.schedule()
+    scheduler.update(out, fake_run(out, token_id))
+    return out
+
+
+def test_prefill_then_decode_with_exact_blocks() -> None:
+    s = make_scheduler()
+    r = make_request(6)
+    s.add_request(r)
+    out = step(s)
+    assert out.num_scheduled_tokens == {r.request_id: 6}
+    assert r.block_ids == [0, 1] and r.num_computed_tokens == 6
+    assert r.output_token_ids == [7]
+    out = step(s)
+    assert out.num_scheduled_tokens == {r.request_id: 1}
+    assert r.block_ids == [0, 1]  # position 6 still fits block 1
+    step(s)  # position 7
+    step(s)  # position 8 needs a third block
+    assert r.block_ids == [0, 1, 2]
+
+
+def test_long_prompt_is_chunked_and_decodes_go_first() -> None:
+    s = make_scheduler(budget=8)
+    short = make_request(3)
+    s.add_request(short)
+    step(s)
+    long = make_request(20)
+    s.add_request(long)
+    chunks = []
+    while long.num_output_tokens == 0:
+        out = step(s)
+        assert out.scheduled[0].request is short  # the running stream is never stalled
+        chunks.append(out.num_scheduled_tokens[long.request_id])
+    assert chunks == [7, 7, 6]
+    assert sum(chunks) == 20
+
+
+def test_budget_and_max_num_seqs_limit_admission() -> None:
+    s = make_scheduler(budget=10, max_seqs=2)
+    reqs = [make_request(4) for _ in range(3)]
+    for r in reqs:
+        s.add_request(r)
+    out = step(s)
+    assert out.num_scheduled_tokens == {reqs[0].request_id: 4, reqs[1].request_id: 4}
+    assert reqs[2].status == RequestStatus.WAITING
+
+
+def test_max_tokens_and_eos_finish_and_free_blocks() -> None:
+    s = make_scheduler()
+    a, b = make_request(4, max_tokens=2), make_request(4, max_tokens=5)
+    s.add_request(a)
+    s.add_request(b)
+    step(s)
+    step(s)
+    assert a.is_finished and a.finish_reason == "length" and a.block_ids == []
+    step(s, token_id=EOS)
+    assert b.is_finished and b.finish_reason == "stop"
+    assert s.block_pool.num_free_blocks == s.block_pool.num_blocks
+    assert not s.has_unfinished_requests()
+
+
+def test_prefix_hit_skips_cached_blocks_and_shares_them() -> None:
+    s = make_scheduler()
+    first = make_request(10)
+    s.add_request(first)
+    step(s)
+    second = make_request(10)  # same tokens 1..10
+    s.add_request(second)
+    out = step(s)
+    assert out.num_scheduled_tokens[second.request_id] == 2  # 8 cached, 2 computed
+    assert second.block_ids[:2] == first.block_ids[:2]
+    assert s.block_pool.blocks[first.block_ids[0]].ref_count == 2
+    assert second.num_cached_prompt_tokens == 8
+
+
+def test_no_prefix_hit_when_caching_is_off() -> None:
+    s = make_scheduler(caching=False)
+    first, second = make_request(10), make_request(10)
+    s.add_request(first)
+    step(s)
+    s.add_request(second)
+    out = step(s)
+    assert out.num_scheduled_tokens[second.request_id] == 10
+
+
+def test_preemption_frees_the_newest_lowest_priority_request() -> None:
+    s = make_scheduler(num_blocks=4, budget=32)
+    batch = make_request(7, max_tokens=20, priority=Priority.BATCH)
+    live = make_request(7, max_tokens=20)
+    s.add_request(batch)
+    s.add_request(live)
+    step(s)  # each holds 2 blocks (positions 0..7); the pool is full
+    step(s)  # position 7 still fits
+    assert s.block_pool.num_free_blocks == 0
+    out = step(s)  # position 8 needs a new block for both: the batch request gives way
+    assert out.preempted_ids == [batch.request_id]
+    assert batch.status == RequestStatus.WAITING and batch.num_computed_tokens == 0
+    assert batch.block_ids == [] and live.block_ids == [0, 1, 3]  # batch freed 3, 2
+    assert live.num_output_tokens == 3
+    while live.num_output_tokens < 5:
+        step(s)
+    assert batch.status == RequestStatus.WAITING  # still no room
+
+
+def test_waiting_queue_orders_by_priority_then_arrival() -> None:
+    s = make_scheduler(budget=4)
+    late_batch = make_request(4, priority=Priority.BATCH, arrival_s=0.0)
+    live = make_request(4, arrival_s=1.0)
+    s.add_request(late_batch)
+    s.add_request(live)
+    out = step(s)
+    assert list(out.num_scheduled_tokens) == [live.request_id]
+
+
+def test_fork_shares_full_blocks_and_copies_the_last_one() -> None:
+    s = make_scheduler()
+    params = SamplingParams(n=2, max_tokens=4)
+    parent = Request("p", list(range(1, 11)), params, 4, group_id="p", index=0)
+    child = Request("p#1", list(range(1, 11)), params, 4, group_id="p", index=1, fork_parent=parent)
+    s.add_request(parent)
+    s.add_request(child)
+    out = step(s)
+    assert out.num_scheduled_tokens == {"p": 10}  # the sibling waits for the prompt
+    out = step(s)
+    assert out.num_scheduled_tokens == {"p": 1, "p#1": 1}
+    assert child.block_ids[:2] == parent.block_ids[:2]
+    assert child.block_ids[2] != parent.block_ids[2]
+    assert out.block_copies == [(parent.block_ids[2], child.block_ids[2])]
+    assert [s.block_pool.blocks[b].ref_count for b in parent.block_ids] == [2, 2, 1]
+    assert child.num_cached_prompt_tokens == 9
