@@ -139,7 +139,7 @@ def test_no_prefix_hit_when_caching_is_off() -> None:
 
 def test_preemption_frees_the_newest_lowest_priority_request() -> None:
     s = make_scheduler(num_blocks=4, budget=32)
-    batch = make_request(7, max_tokens=20, priority=Priority.BATCH)
+    batch = make_request(7, max_tokens=20, priority=Priority.BATCH, first_token=100)
     live = make_request(7, max_tokens=20)
     s.add_request(batch)
     s.add_request(live)
