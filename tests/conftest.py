@@ -40,7 +40,7 @@ def smollm(cache_dir: Path):  # type: ignore[no-untyped-def]
     return load_model("smollm2-135m", cache_dir=cache_dir)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_engine(smollm, cache_dir: Path):  # type: ignore[no-untyped-def]
     """Builds an `LLMEngine` on the shared SmolLM2 weights with the given settings."""
     from inferline.engine import CacheConfig, EngineConfig, LLMEngine, SchedulerConfig

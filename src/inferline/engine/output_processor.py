@@ -88,6 +88,9 @@ class OutputProcessor:
             state = self.states[request.group_id]
             sequence = state.sequences[request.index]
             state.metrics.first_token_s = state.metrics.first_token_s or now
+            state.metrics.first_scheduled_s = (
+                state.metrics.first_scheduled_s or request.first_scheduled_s
+            )
             if request.request_id in logprobs and sequence.logprobs is not None:
                 sequence.logprobs.append(logprobs[request.request_id])
             stop = self._append_text(state, sequence, request)

@@ -41,6 +41,7 @@ class Request:
     index: int = 0  # which of the n completions
     fork_parent: Request | None = None
     arrival_s: float = field(default_factory=time.time)
+    first_scheduled_s: float | None = None
     status: RequestStatus = RequestStatus.WAITING
     all_token_ids: list[int] = field(default_factory=list)  # prompt + output, filled below
     num_computed_tokens: int = 0

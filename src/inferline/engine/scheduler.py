@@ -10,6 +10,7 @@ preempted: its blocks are freed and it recomputes later (its cached blocks may s
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Iterable
 
 from inferline.core.outputs import FinishReason
@@ -231,6 +232,7 @@ class Scheduler:
         return 1
 
     def _start_running(self, request: Request) -> None:
+        request.first_scheduled_s = request.first_scheduled_s or time.time()
         request.status = RequestStatus.RUNNING
         self.running.append(request)
 
