@@ -48,7 +48,9 @@ def make_request(
 
 def fake_run(out: SchedulerOutput, token_id: int = 7) -> ModelRunnerOutput:
     """Samples ``token_id`` for every request whose chunk reached its end."""
-    return ModelRunnerOutput({s.request.request_id: token_id for s in out.scheduled if s.needs_sample})
+    return ModelRunnerOutput(
+        {s.request.request_id: token_id for s in out.scheduled if s.needs_sample}
+    )
 
 
 def step(scheduler: Scheduler, token_id: int = 7) -> SchedulerOutput:
