@@ -95,6 +95,40 @@ def test_chat_template_renders_like_transformers(pair) -> None:  # type: ignore[
     assert ours.tokenizer.apply_chat_template(messages) == expected
 
 
+def test_chat_template_with_tools_renders_like_transformers(pair) -> None:  # type: ignore[no-untyped-def]
+    ours, reference = pair
+    if "tools" not in (ours.tokenizer.chat_template or ""):
+        pytest.skip("this model's template has no tools")
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather in a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+                }
+            ],
+        },
+        {"role": "tool", "content": '{"temp_c": 21}'},
+    ]
+    expected = reference.tokenizer.apply_chat_template(
+        messages, tools=tools, tokenize=False, add_generation_prompt=True
+    )
+    assert ours.tokenizer.apply_chat_template(messages, tools=tools) == expected
+
+
 def test_weights_equal_transformers(pair) -> None:  # type: ignore[no-untyped-def]
     ours, reference = pair
     hf_layer = reference.model.model.layers[3].self_attn
