@@ -1,4 +1,4 @@
-"""`inferline` entry point: subcommands `generate`, `chat`, `models`."""
+"""`inferline` entry point: subcommands `serve`, `generate`, `chat`, `models`, `logs`."""
 
 from __future__ import annotations
 
@@ -40,11 +40,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
-    from inferline.cli import chat, generate, models
+    from inferline.cli import chat, generate, logs, models, serve
 
     parser = argparse.ArgumentParser(prog="inferline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (generate, chat, models):
+    for module in (serve, generate, chat, models, logs):
         module.register(sub)
     return parser
 

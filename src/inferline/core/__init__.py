@@ -6,9 +6,17 @@ from inferline.core.errors import (
     InferlineError,
     InvalidParameterError,
     ModelLoadError,
+    OverloadedError,
     UnknownModelError,
 )
-from inferline.core.outputs import CompletionOutput, FinishReason, Logprob, RequestOutput
+from inferline.core.outputs import (
+    CompletionOutput,
+    FinishReason,
+    Logprob,
+    RequestMetrics,
+    RequestOutput,
+)
+from inferline.core.protocols import GenerationRequest, Generator, GeneratorStats, HealthReport
 from inferline.core.registry import Registry
 from inferline.core.sampling_params import Priority, SamplingParams
 
@@ -17,12 +25,18 @@ __all__ = [
     "ContextLengthExceededError",
     "EngineDeadError",
     "FinishReason",
+    "GenerationRequest",
+    "Generator",
+    "GeneratorStats",
+    "HealthReport",
     "InferlineError",
     "InvalidParameterError",
     "Logprob",
     "ModelLoadError",
+    "OverloadedError",
     "Priority",
     "Registry",
+    "RequestMetrics",
     "RequestOutput",
     "SamplingParams",
     "UnknownModelError",

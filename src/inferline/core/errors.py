@@ -7,6 +7,7 @@ Hierarchy::
     │   ├── ContextLengthExceededError        prompt (+ max_tokens) over the context window
     │   └── UnknownModelError (also LookupError)
     ├── ModelLoadError                         a model file is missing, corrupt or unsupported
+    ├── OverloadedError                        the waiting queue is full; retry later
     └── EngineDeadError (RuntimeError)         the engine loop stopped; requests cannot finish
 
 Every user-facing error carries the field it is about, so the server can answer an
@@ -64,6 +65,14 @@ class UnknownModelError(InvalidParameterError, LookupError):
 
 class ModelLoadError(InferlineError):
     """A model was found but could not be loaded (missing package, bad file, unsupported)."""
+
+
+class OverloadedError(InferlineError):
+    """The bounded waiting queue is full; the client should retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class EngineDeadError(InferlineError, RuntimeError):

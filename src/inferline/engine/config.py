@@ -92,3 +92,22 @@ class EngineConfig:
             raise InvalidParameterError(
                 f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}", "device"
             )
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """The async front end around the engine loop.
+
+    Attributes:
+        max_queued_requests: requests that may wait for admission; one more is refused with
+            `OverloadedError` (the server answers 503 with Retry-After).
+        stall_timeout_s: a step running longer than this means the engine is hung: health
+            fails and every waiting request gets an error.
+    """
+
+    max_queued_requests: int = 256
+    stall_timeout_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        _require_positive("max_queued_requests", self.max_queued_requests)
+        _require_positive("stall_timeout_s", self.stall_timeout_s)

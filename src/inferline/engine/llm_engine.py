@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -19,6 +20,15 @@ from inferline.engine.output_processor import OutputProcessor
 from inferline.engine.request import Request
 from inferline.engine.scheduler import Scheduler
 from inferline.models.loader import LoadedModel, load_model
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A validated user request: its ``n`` engine `Request`s, not yet queued."""
+
+    request_id: str
+    prompt: str | None
+    requests: list[Request]
 
 
 class LLMEngine:
@@ -62,6 +72,19 @@ class LLMEngine:
             ContextLengthExceededError: prompt + max_tokens exceed the context window.
             InvalidParameterError: empty prompt, token ids out of the vocabulary, duplicate id.
         """
+        prepared = self.prepare_request(prompt, params, request_id=request_id, priority=priority)
+        self.add_prepared(prepared)
+        return prepared.request_id
+
+    def prepare_request(
+        self,
+        prompt: str | Sequence[int],
+        params: SamplingParams | None = None,
+        *,
+        request_id: str | None = None,
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> PreparedRequest:
+        """Tokenizes and validates without touching engine state (safe from any thread)."""
         params = params or SamplingParams()
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self.output_processor.states:
@@ -87,10 +110,13 @@ class LLMEngine:
                     arrival_s=arrival_s,
                 )
             )
-        self.output_processor.add_request(text, requests)
-        for request in requests:
+        return PreparedRequest(request_id, text, requests)
+
+    def add_prepared(self, prepared: PreparedRequest) -> None:
+        """Queues a prepared request (engine thread only)."""
+        self.output_processor.add_request(prepared.prompt, prepared.requests)
+        for request in prepared.requests:
             self.scheduler.add_request(request)
-        return request_id
 
     def _check_prompt(self, prompt_ids: list[int], params: SamplingParams) -> int:
         """Returns the resolved max_tokens; never truncates."""
@@ -115,6 +141,11 @@ class LLMEngine:
         for sequence in state.sequences:
             self.scheduler.finish_request(sequence.request.request_id, "abort")
         return self.output_processor.finish_aborted(request_id)
+
+    @property
+    def num_unfinished_groups(self) -> int:
+        """User requests (not counting ``n`` siblings) waiting or running."""
+        return len(self.output_processor.states)
 
     def has_unfinished_requests(self) -> bool:
         """True while any request is waiting or running."""

@@ -1,0 +1,127 @@
+"""`inferline serve`: the OpenAI-compatible server on a local model."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from inferline.cli.main import add_engine_arguments, default_cache_dir
+from inferline.core.errors import InvalidParameterError
+
+
+def register(sub: Any) -> None:
+    """Adds the ``serve`` subcommand."""
+    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
+    add_engine_arguments(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--served-model-name",
+        action="append",
+        default=None,
+        help="name clients use for the model (repeatable; default: --model)",
+    )
+    p.add_argument("--max-num-batched-tokens", type=int, default=512)
+    p.add_argument("--max-num-seqs", type=int, default=64)
+    p.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=256,
+        help="waiting requests beyond this get 503 + Retry-After",
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a step may run before the engine counts as hung",
+    )
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        help="require this bearer key (repeatable; also $INFERLINE_API_KEY)",
+    )
+    p.add_argument("--api-key-file", type=Path, default=None, help="file with one key per line")
+    p.add_argument("--cors-origin", action="append", default=[], help="allowed browser origin")
+    p.add_argument(
+        "--database-url",
+        default=None,
+        help="request log database (default: sqlite file under $INFERLINE_HOME)",
+    )
+    p.add_argument("--no-log-text", action="store_true", help="log counts and timings, not text")
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, seconds in-flight requests may take to finish",
+    )
+    p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow a non-loopback bind without an API key",
+    )
+    p.set_defaults(run=run)  # fmt: skip
+
+
+def _api_keys(args: argparse.Namespace) -> tuple[str, ...]:
+    keys = list(args.api_key)
+    if os.environ.get("INFERLINE_API_KEY"):
+        keys.append(os.environ["INFERLINE_API_KEY"])
+    if args.api_key_file is not None:
+        lines = args.api_key_file.read_text(encoding="utf-8").splitlines()
+        keys += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return tuple(keys)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    """Loads the model, starts the server, returns 0 after a graceful shutdown."""
+    import uvicorn
+
+    from inferline.cli.server_factory import build_app
+
+    api_keys = _api_keys(args)
+    if not api_keys and not _is_loopback(args.host) and not args.insecure_no_auth:
+        raise InvalidParameterError(
+            f"refusing to serve on {args.host} without an API key: pass --api-key "
+            "(or --insecure-no-auth if the network is trusted)",
+            "host",
+        )
+    app, state = build_app(args, api_keys, default_cache_dir())
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        timeout_graceful_shutdown=int(args.drain_timeout) + 1,
+        log_level="info",
+    )
+    server = _DrainingServer(config, state)
+    server.run()
+    print("inferline: stopped", file=sys.stderr)
+    return 0
+
+
+class _DrainingServer:
+    """uvicorn.Server that marks the app draining the moment SIGTERM/SIGINT arrives."""
+
+    def __new__(cls, config: Any, state: Any) -> Any:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                state.is_draining = True  # new requests get 503 while in-flight ones finish
+                super().handle_exit(sig, frame)
+
+        return Server(config)

@@ -1,0 +1,225 @@
+"""`AsyncEngine`: the engine loop on its own thread, streams delivered to asyncio callers.
+
+The engine is single-threaded by design; callers never touch it. They validate a request in
+their own thread (tokenization, context checks), then hand it over through a command queue.
+The loop thread applies commands between steps and pushes each step's outputs to
+per-request `asyncio.Queue`s with ``call_soon_threadsafe``.
+
+A watchdog on the event loop marks the engine dead if one step runs longer than the stall
+timeout; every stream then ends with `EngineDeadError` instead of hanging, and `health()`
+reports it. A crash in the loop does the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from inferline.core.errors import EngineDeadError, OverloadedError
+from inferline.core.outputs import RequestOutput
+from inferline.core.protocols import GenerationRequest, GeneratorStats, HealthReport
+from inferline.engine.config import FrontendConfig
+from inferline.engine.llm_engine import LLMEngine, PreparedRequest
+
+_StreamItem = RequestOutput | BaseException
+
+
+class AsyncEngine:
+    """Implements `inferline.core.Generator` over a local `LLMEngine`."""
+
+    def __init__(self, engine: LLMEngine, config: FrontendConfig | None = None) -> None:
+        self.engine = engine
+        self.config = config or FrontendConfig()
+        self.model_name = engine.config.model
+        self.max_model_len = engine.max_model_len
+        self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._wakeup = threading.Event()
+        self._streams: dict[str, asyncio.Queue[_StreamItem]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._accepting = True
+        self._dead_reason: str | None = None
+        self._step_started: float | None = None  # monotonic; None between steps
+        self._stats = GeneratorStats(num_kv_blocks_total=engine.block_pool.num_blocks)
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Starts the loop thread and the stall watchdog (call from the event loop)."""
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="inferline-engine", daemon=True)
+        self._thread.start()
+        self._watchdog = asyncio.create_task(self._watch())
+
+    async def shutdown(self, drain_timeout_s: float = 30.0) -> None:
+        """Stops admitting, lets running requests finish up to the timeout, then stops."""
+        self._accepting = False
+        deadline = time.monotonic() + drain_timeout_s
+        while self._streams and time.monotonic() < deadline and self._dead_reason is None:
+            await asyncio.sleep(0.05)
+        for request_id in list(self._streams):
+            await self.abort(request_id)
+        self._stopping = True
+        self._wakeup.set()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 5.0)
+
+    # ---- Generator protocol ------------------------------------------------------------
+
+    async def submit(self, request: GenerationRequest) -> AsyncIterator[RequestOutput]:
+        """Validates ``request`` here, queues it for the loop; returns its output stream."""
+        self._check_can_admit()
+        prompt = request.prompt
+        if request.messages is not None:
+            prompt = self.engine.tokenizer.apply_chat_template(
+                request.messages, tools=request.tools
+            )
+        assert prompt is not None
+        prepared = self.engine.prepare_request(
+            prompt, request.params, request_id=request.request_id, priority=request.priority
+        )
+        stream: asyncio.Queue[_StreamItem] = asyncio.Queue()
+        self._streams[prepared.request_id] = stream
+        self._send("add", prepared)
+        return self._stream(prepared.request_id, stream)
+
+    async def abort(self, request_id: str) -> None:
+        """Asks the loop to stop ``request_id`` and free its blocks."""
+        self._send("abort", request_id)
+
+    def health(self) -> HealthReport:
+        """Dead or stalled loop -> not live; draining -> not ready."""
+        if self._dead_reason is not None:
+            return HealthReport(False, False, self._dead_reason)
+        stalled_s = self._stalled_for_s()
+        if stalled_s > self.config.stall_timeout_s:
+            return HealthReport(False, False, f"engine step running for {stalled_s:.1f} s")
+        if self._thread is None or not self._thread.is_alive():
+            return HealthReport(False, False, "engine loop is not running")
+        if not self._accepting:
+            return HealthReport(True, False, "shutting down")
+        return HealthReport(True, True, "ok")
+
+    def stats(self) -> GeneratorStats:
+        """The snapshot taken after the last step."""
+        return self._stats
+
+    # ---- caller side -----------------------------------------------------------------
+
+    def _check_can_admit(self) -> None:
+        if self._dead_reason is not None:
+            raise EngineDeadError(f"the engine is not running: {self._dead_reason}")
+        if not self._accepting:
+            raise OverloadedError("the server is shutting down", retry_after_s=5)
+        num_queued = len(self._streams) - self._stats.num_running
+        if num_queued >= self.config.max_queued_requests:
+            raise OverloadedError(
+                f"the request queue is full ({self.config.max_queued_requests} waiting)"
+            )
+
+    def _send(self, command: str, payload: Any) -> None:
+        self._commands.put((command, payload))
+        self._wakeup.set()
+
+    async def _stream(
+        self, request_id: str, stream: asyncio.Queue[_StreamItem]
+    ) -> AsyncIterator[RequestOutput]:
+        finished = False
+        try:
+            while not finished:
+                item = await stream.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:  # the consumer went away: free the blocks now
+                self._send("abort", request_id)
+
+    def _stalled_for_s(self) -> float:
+        started = self._step_started
+        return 0.0 if started is None else time.monotonic() - started
+
+    async def _watch(self) -> None:
+        while self._dead_reason is None:
+            await asyncio.sleep(min(1.0, self.config.stall_timeout_s / 4))
+            stalled_s = self._stalled_for_s()
+            if stalled_s > self.config.stall_timeout_s:
+                self._die(f"engine step hung for {stalled_s:.1f} s")
+
+    # ---- loop thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping and self._dead_reason is None:
+                self._apply_commands()
+                if not self.engine.has_unfinished_requests():
+                    self._wakeup.wait(0.1)
+                    self._wakeup.clear()
+                    continue
+                self._step_started = time.monotonic()
+                outputs = self.engine.step()
+                self._step_started = None
+                if self._dead_reason is None:
+                    self._deliver(outputs)
+                self._snapshot_stats()
+        except Exception as exc:  # any crash must fail the waiting requests, not hang them
+            self._step_started = None
+            self._die(f"engine loop crashed: {type(exc).__name__}: {exc}")
+
+    def _apply_commands(self) -> None:
+        while True:
+            try:
+                command, payload = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if command == "add":
+                self._add(payload)
+            elif command == "abort":
+                self.engine.abort_request(payload)
+
+    def _add(self, prepared: PreparedRequest) -> None:
+        if prepared.request_id not in self._streams:
+            return  # the caller gave up before the loop saw it
+        self.engine.add_prepared(prepared)
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        assert self._loop is not None
+        for output in outputs:
+            stream = self._streams.get(output.request_id)
+            if stream is not None:
+                self._loop.call_soon_threadsafe(stream.put_nowait, output)
+
+    def _snapshot_stats(self) -> None:
+        pool, scheduler = self.engine.block_pool, self.engine.scheduler
+        self._stats = GeneratorStats(
+            num_running=len({r.group_id for r in scheduler.running}),
+            num_waiting=len({r.group_id for r in scheduler.waiting}),
+            num_kv_blocks_used=pool.num_used_blocks,
+            num_kv_blocks_total=pool.num_blocks,
+            prefix_cache_queried_tokens=pool.stats.num_queried_tokens,
+            prefix_cache_hit_tokens=pool.stats.num_hit_tokens,
+            num_preemptions=scheduler.num_preemptions,
+        )
+
+    def _die(self, reason: str) -> None:
+        """Marks the engine dead and ends every stream with `EngineDeadError`."""
+        if self._dead_reason is not None:
+            return
+        self._dead_reason = reason
+        if self._loop is None:
+            return
+        for stream in list(self._streams.values()):
+            error = EngineDeadError(f"the engine stopped: {reason}")
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                self._loop.call_soon_threadsafe(stream.put_nowait, error)

@@ -1,0 +1,121 @@
+"""OpenAI-shaped errors: ``{"error": {"message", "type", "param", "code"}}``.
+
+``code`` is a string or null, never an integer. Bad input is always a 4xx naming the field;
+a 500 means a bug in inferline, never a bad request.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from inferline.core.errors import (
+    ContextLengthExceededError,
+    EngineDeadError,
+    InvalidParameterError,
+    OverloadedError,
+    UnknownModelError,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """An error the server answers with as is."""
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code, self.message, self.type = status_code, message, type
+        self.param, self.code, self.headers = param, code, headers or {}
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body."""
+        error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        return {"error": error}
+
+    def response(self) -> JSONResponse:
+        """The HTTP response."""
+        return JSONResponse(self.body(), status_code=self.status_code, headers=self.headers)
+
+
+def api_error_from(exc: Exception) -> APIError:
+    """Maps inferline's own exceptions to HTTP errors."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, UnknownModelError):
+        return APIError(404, exc.message, param="model", code="model_not_found")
+    if isinstance(exc, ContextLengthExceededError):
+        return APIError(400, exc.message, param=exc.param, code="context_length_exceeded")
+    if isinstance(exc, InvalidParameterError):
+        return APIError(400, exc.message, param=exc.param, code="invalid_value")
+    if isinstance(exc, OverloadedError):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+        return APIError(503, str(exc), type="overloaded_error", code="overloaded", headers=headers)
+    if isinstance(exc, EngineDeadError):
+        return APIError(503, str(exc), type="server_error", code="engine_dead")
+    logger.exception("unexpected error", exc_info=exc)
+    return APIError(500, "internal server error", type="server_error", code="internal_error")
+
+
+def _field_path(location: tuple[Any, ...]) -> str | None:
+    parts = [p for p in location if p != "body"]
+    if not parts:
+        return None
+    path = str(parts[0])
+    for part in parts[1:]:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def validation_error(exc: RequestValidationError) -> APIError:
+    """The first pydantic error as a 400 naming the field."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        return APIError(
+            400,
+            "We could not parse the JSON body of your request. Send a valid JSON object.",
+            code="invalid_json",
+        )
+    param = _field_path(tuple(first.get("loc", ())))
+    message = first.get("msg", "invalid request")
+    if param is None and first.get("type") in ("model_attributes_type", "dict_type"):
+        message = "The request body must be a JSON object."
+    return APIError(
+        400, f"{param}: {message}" if param else message, param=param, code="invalid_value"
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Routes every error through the OpenAI envelope."""
+
+    async def on_api_error(_: Request, exc: Exception) -> JSONResponse:
+        return api_error_from(exc).response()
+
+    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return validation_error(exc).response()
+
+    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return APIError(exc.status_code, str(exc.detail), type=kind).response()
+
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    for cls in (APIError, InvalidParameterError, OverloadedError, EngineDeadError, Exception):
+        app.add_exception_handler(cls, on_api_error)

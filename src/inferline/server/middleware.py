@@ -1,0 +1,145 @@
+"""ASGI middleware: API keys, body size limit, draining, and per-route status counters."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from inferline.server.errors import APIError
+from inferline.server.observe import Metrics
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_OPEN_PATHS = ("/health",)  # probes work without a key
+_KNOWN_ROUTES = frozenset(
+    ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics")
+)
+
+
+async def _send_error(send: Send, error: APIError) -> None:
+    body = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class GuardMiddleware:
+    """Checks, in order: API key (401), draining (503), body size (413).
+
+    Keys are compared in constant time and never logged. The body is read (up to the limit)
+    before the app sees it, so a chunked upload cannot exceed the limit either.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_keys: tuple[str, ...],
+        max_body_bytes: int,
+        is_draining: Callable[[], bool],
+        metrics: Metrics,
+    ) -> None:
+        self.app = app
+        self.api_keys = [k.encode() for k in api_keys]
+        self.max_body_bytes = max_body_bytes
+        self.is_draining = is_draining
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        send = self._counting(path, send)
+        error = self._check_key(scope) or self._check_draining(path)
+        if error is not None:
+            await _send_error(send, error)
+            return
+        body, error = await self._read_body(scope, receive)
+        if error is not None:
+            await _send_error(send, error)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    def _check_key(self, scope: Scope) -> APIError | None:
+        if not self.api_keys or scope["path"] in _OPEN_PATHS:
+            return None
+        headers = dict(scope["headers"])
+        auth = headers.get(b"authorization", b"")
+        token = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
+        if any(hmac.compare_digest(token, key) for key in self.api_keys):
+            return None
+        return APIError(
+            401,
+            "Missing or invalid API key. Send 'Authorization: Bearer <key>'.",
+            type="authentication_error",
+            code="invalid_api_key",
+        )
+
+    def _check_draining(self, path: str) -> APIError | None:
+        if path.startswith("/v1/") and self.is_draining():
+            return APIError(
+                503,
+                "The server is shutting down; retry on another instance.",
+                type="server_error",
+                code="shutting_down",
+                headers={"Retry-After": "5"},
+            )
+        return None
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, APIError | None]:
+        too_large = APIError(
+            413,
+            f"The request body exceeds the {self.max_body_bytes} byte limit.",
+            code="request_too_large",
+        )
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            return b"", too_large
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"", None  # disconnected before the body arrived
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return b"", too_large
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks), None
+
+    def _counting(self, path: str, send: Send) -> Send:
+        # bounded label values: a fuzzer's random paths must not grow the metric without end
+        if path.startswith("/v1/models/"):
+            route = "/v1/models/{model}"
+        else:
+            route = path if path in _KNOWN_ROUTES else "other"
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.http_requests.labels(route, str(message["status"])).inc()
+            await send(message)
+
+        return counting_send
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that first returns the already-read body, then the real stream (disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

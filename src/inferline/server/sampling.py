@@ -1,0 +1,56 @@
+"""OpenAI request bodies -> `SamplingParams`, with a 400 for anything we cannot honour."""
+
+from __future__ import annotations
+
+from inferline.core.sampling_params import SamplingParams
+from inferline.server.errors import APIError
+from inferline.server.schemas import ChatCompletionRequest, CompletionRequest, _SamplingFields
+
+
+def _not_supported(param: str, what: str) -> APIError:
+    return APIError(400, f"{what} is not supported yet", param=param, code="unsupported_parameter")
+
+
+def _common(body: _SamplingFields, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    return SamplingParams(
+        n=body.n,
+        max_tokens=max_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=body.top_k,
+        min_p=body.min_p,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        repetition_penalty=body.repetition_penalty,
+        seed=body.seed,
+        stop=stop,
+        stop_token_ids=tuple(body.stop_token_ids or ()),
+        ignore_eos=body.ignore_eos,
+        logprobs=logprobs,
+    )
+
+
+def chat_sampling_params(body: ChatCompletionRequest) -> SamplingParams:
+    """Sampling for a chat request; raises `APIError` 400 for unsupported features."""
+    if body.response_format is not None and body.response_format.get("type") != "text":
+        raise _not_supported("response_format", "response_format other than text")
+    if body.tools and body.tool_choice != "none":
+        raise _not_supported("tools", "tool calling")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    return _common(body, max_tokens, logprobs)
+
+
+def completion_sampling_params(body: CompletionRequest) -> SamplingParams:
+    """Sampling for a legacy completions request."""
+    if body.echo:
+        raise _not_supported("echo", "echo")
+    if body.suffix:
+        raise _not_supported("suffix", "suffix")
+    if body.best_of is not None and body.best_of != body.n:
+        raise _not_supported("best_of", "best_of different from n")
+    max_tokens = 16 if body.max_tokens is None else body.max_tokens  # the OpenAI default
+    return _common(body, max_tokens, body.logprobs)

@@ -1,0 +1,86 @@
+"""Schema changes as an append-only list of named functions.
+
+Never edit or reorder a migration that has shipped; add a new one. Applied names are
+recorded in ``_migrations``; `migrate` applies the missing ones in order. Tables are declared
+with SQLAlchemy Core, so the same migration runs on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    select,
+)
+
+Migration = Callable[[Connection], None]
+MIGRATIONS: list[tuple[str, Migration]] = []
+
+_migrations_table = Table(
+    "_migrations",
+    MetaData(),
+    Column("name", String(128), primary_key=True),
+    Column("applied_at", Float, nullable=False),
+)
+
+
+def migration(fn: Migration) -> Migration:
+    """Registers ``fn`` as the next migration, under its function name."""
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+@migration
+def m001_requests(conn: Connection) -> None:
+    """One row per request: what was asked, what came back, and how long it took."""
+    requests = Table(
+        "requests",
+        MetaData(),
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("request_id", String(128), nullable=False),
+        Column("created_at", Float, nullable=False),
+        Column("model", String(256), nullable=False),
+        Column("endpoint", String(64), nullable=False),
+        Column("status_code", Integer, nullable=False),
+        Column("finish_reason", String(32)),
+        Column("error", Text),
+        Column("prompt", Text),
+        Column("output", Text),
+        Column("prompt_tokens", Integer, nullable=False, default=0),
+        Column("completion_tokens", Integer, nullable=False, default=0),
+        Column("cached_tokens", Integer, nullable=False, default=0),
+        Column("queue_time_s", Float),
+        Column("ttft_s", Float),
+        Column("total_time_s", Float),
+        Column("user_id", String(256)),
+        Index("ix_requests_created_at", "created_at"),
+        Index("ix_requests_request_id", "request_id"),
+    )
+    requests.create(conn)
+
+
+def migrate(engine: Engine) -> list[str]:
+    """Applies missing migrations, each in its own transaction; returns the names applied."""
+    _migrations_table.create(engine, checkfirst=True)
+    with engine.connect() as conn:
+        done = set(conn.scalars(select(_migrations_table.c.name)))
+    applied_now = []
+    for name, fn in MIGRATIONS:
+        if name in done:
+            continue
+        with engine.begin() as conn:
+            fn(conn)
+            conn.execute(_migrations_table.insert().values(name=name, applied_at=time.time()))
+        applied_now.append(name)
+    return applied_now
