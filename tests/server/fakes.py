@@ -1,0 +1,95 @@
+"""`EchoGenerator`: a `Generator` with no model, so the HTTP layer tests run in milliseconds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from inferline.core import (
+    CompletionOutput,
+    ContextLengthExceededError,
+    EngineDeadError,
+    GenerationRequest,
+    GeneratorStats,
+    HealthReport,
+    OverloadedError,
+    RequestMetrics,
+    RequestOutput,
+)
+
+
+class EchoGenerator:
+    """Echoes the last user message (or the prompt) word by word, one word per token.
+
+    Knobs: ``overloaded`` refuses with `OverloadedError`; ``dead`` reports a dead engine;
+    ``max_model_len`` triggers context errors; ``delay_s`` paces tokens.
+    """
+
+    model_name = "echo"
+
+    def __init__(self, max_model_len: int = 64, delay_s: float = 0.0) -> None:
+        self.max_model_len = max_model_len
+        self.delay_s = delay_s
+        self.overloaded = False
+        self.dead = False
+        self.started = False
+        self.aborted: list[str] = []
+        self.active: set[str] = set()
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def shutdown(self, drain_timeout_s: float) -> None:
+        self.started = False
+
+    async def submit(self, request: GenerationRequest) -> AsyncIterator[RequestOutput]:
+        if self.dead:
+            raise EngineDeadError("the engine is not running: test")
+        if self.overloaded:
+            raise OverloadedError("the request queue is full (test)", retry_after_s=3)
+        text = request.prompt if request.messages is None else request.messages[-1]["content"]
+        words = str(text).split()
+        max_tokens = request.params.max_tokens or 16
+        if len(words) + max_tokens > self.max_model_len:
+            raise ContextLengthExceededError(len(words), max_tokens, self.max_model_len)
+        self.active.add(request.request_id)
+        return self._stream(request, words[:max_tokens])
+
+    async def _stream(
+        self, request: GenerationRequest, words: list[str]
+    ) -> AsyncIterator[RequestOutput]:
+        metrics = RequestMetrics(arrival_s=time.time(), first_scheduled_s=time.time())
+        outputs = [CompletionOutput(index=i) for i in range(request.params.n)]
+        finished = False
+        try:
+            for step, word in enumerate(words):
+                await asyncio.sleep(self.delay_s)
+                last = step == len(words) - 1
+                for out in outputs:
+                    delta = word if step == 0 else f" {word}"
+                    out.text += delta
+                    out.text_delta = delta
+                    out.token_ids = [*out.token_ids, step]
+                    out.token_ids_delta = [step]
+                    out.finish_reason = "length" if last else None
+                finished = last
+                yield RequestOutput(
+                    request.request_id, None, list(range(len(words))),
+                    [CompletionOutput(**vars(o)) for o in outputs], finished, metrics,
+                )  # fmt: skip
+        finally:
+            self.active.discard(request.request_id)
+            if not finished:
+                self.aborted.append(request.request_id)
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+
+    def health(self) -> HealthReport:
+        if self.dead:
+            return HealthReport(False, False, "engine loop crashed: test")
+        return HealthReport(True, self.started, "ok")
+
+    def stats(self) -> GeneratorStats:
+        return GeneratorStats(num_running=len(self.active), num_kv_blocks_total=10)

@@ -1,0 +1,54 @@
+"""Migrations from a blank database, and the request log writer."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import inspect
+
+from inferline.store import (
+    MIGRATIONS,
+    RequestLog,
+    RequestLogWriter,
+    RequestRecord,
+    connect,
+    migrate,
+)
+
+
+def test_migrate_a_blank_database_then_nothing_to_do(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    engine = connect(f"sqlite:///{tmp_path / 'db' / 'inferline.db'}")
+    assert migrate(engine) == [name for name, _ in MIGRATIONS]
+    assert migrate(engine) == []
+    columns = {c["name"] for c in inspect(engine).get_columns("requests")}
+    assert columns == {
+        "id", "request_id", "created_at", "model", "endpoint", "status_code", "finish_reason",
+        "error", "prompt", "output", "prompt_tokens", "completion_tokens", "cached_tokens",
+        "queue_time_s", "ttft_s", "total_time_s", "user_id",
+    }  # fmt: skip
+
+
+def test_writer_batches_and_flushes_on_close(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    engine = connect(f"sqlite:///{tmp_path / 'log.db'}")
+    migrate(engine)
+    log = RequestLog(engine)
+    writer = RequestLogWriter(log, batch_size=10, flush_interval_s=0.05)
+    for i in range(25):
+        writer.record(RequestRecord(f"r{i}", time.time(), "m", "/v1/completions", 200, "stop"))
+    writer.close()
+    rows = log.recent(limit=100)
+    assert len(rows) == 25 and rows[0]["request_id"] == "r24"
+    assert [r["request_id"] for r in log.recent(limit=2, status_code=200)] == ["r24", "r23"]
+    assert log.recent(model="other") == []
+
+
+def test_a_failing_database_never_raises_into_requests(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    engine = connect(f"sqlite:///{tmp_path / 'log.db'}")
+    migrate(engine)
+    log = RequestLog(engine)
+    writer = RequestLogWriter(log, flush_interval_s=0.05)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE requests")
+    writer.record(RequestRecord("r", time.time(), "m", "/v1/completions", 200))
+    writer.close()
+    assert writer.num_failed_writes == 1
