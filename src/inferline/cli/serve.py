@@ -123,5 +123,10 @@ class _DrainingServer:
             def handle_exit(self, sig: int, frame: Any) -> None:
                 state.is_draining = True  # new requests get 503 while in-flight ones finish
                 super().handle_exit(sig, frame)
+                # uvicorn re-raises the captured signal after shutdown, so the process would
+                # die by SIGTERM; a completed drain is a clean exit (status 0).
+                captured = getattr(self, "_captured_signals", None)
+                if isinstance(captured, list):
+                    captured.clear()
 
         return Server(config)

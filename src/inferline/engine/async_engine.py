@@ -162,7 +162,8 @@ class AsyncEngine:
     def _run(self) -> None:
         try:
             while not self._stopping and self._dead_reason is None:
-                self._apply_commands()
+                if self._apply_commands():
+                    self._snapshot_stats()  # aborts free blocks even when nothing runs next
                 if not self.engine.has_unfinished_requests():
                     self._wakeup.wait(0.1)
                     self._wakeup.clear()
@@ -177,12 +178,15 @@ class AsyncEngine:
             self._step_started = None
             self._die(f"engine loop crashed: {type(exc).__name__}: {exc}")
 
-    def _apply_commands(self) -> None:
+    def _apply_commands(self) -> int:
+        """Applies queued adds and aborts; returns how many there were."""
+        num_applied = 0
         while True:
             try:
                 command, payload = self._commands.get_nowait()
             except queue.Empty:
-                return
+                return num_applied
+            num_applied += 1
             if command == "add":
                 self._add(payload)
             elif command == "abort":
