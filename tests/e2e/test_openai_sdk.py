@@ -175,3 +175,5 @@ def test_request_log_has_a_row_per_request_with_timings(client, server) -> None:
     assert row["output"] == response.choices[0].message.content
     errors = log.recent(limit=200, status_code=400)
     assert any("context length" in (r["error"] or "") for r in errors)
+    assert any("temperature" in (r["error"] or "") for r in errors)  # refused by validation
+    assert log.recent(limit=200, status_code=404)  # unknown model

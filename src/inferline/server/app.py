@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 
 from inferline.core.protocols import Generator
 from inferline.server import routes_chat, routes_completions, routes_ops
 from inferline.server.config import ServerConfig
-from inferline.server.errors import install_error_handlers
+from inferline.server.errors import APIError, install_error_handlers
 from inferline.server.middleware import GuardMiddleware
 from inferline.server.observe import Metrics, Observer
 from inferline.server.state import ServerState
@@ -45,7 +45,12 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.inferline = state
-    install_error_handlers(app)
+
+    def on_rejected(request: Request, error: APIError) -> None:
+        model = request.path_params.get("model", "") if request.path_params else ""
+        state.observer.reject(request.url.path, model, error.status_code, error.message)
+
+    install_error_handlers(app, on_rejected)
     for module in (routes_chat, routes_completions, routes_ops):
         app.include_router(module.router)
     app.add_middleware(

@@ -7,6 +7,7 @@ a 500 means a bug in inferline, never a bad request.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -41,6 +42,7 @@ class APIError(Exception):
         super().__init__(message)
         self.status_code, self.message, self.type = status_code, message, type
         self.param, self.code, self.headers = param, code, headers or {}
+        self.is_logged = False  # set once the request log has a row for this request
 
     def body(self) -> dict[str, Any]:
         """The JSON body."""
@@ -100,15 +102,27 @@ def validation_error(exc: RequestValidationError) -> APIError:
     )
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Routes every error through the OpenAI envelope."""
+OnRejected = Callable[[Request, APIError], None]
 
-    async def on_api_error(_: Request, exc: Exception) -> JSONResponse:
-        return api_error_from(exc).response()
 
-    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+def install_error_handlers(app: FastAPI, on_rejected: OnRejected) -> None:
+    """Routes every error through the OpenAI envelope.
+
+    ``on_rejected`` sees each error of a request that was refused before generation
+    started (bad body, unknown model), so the request log has a row for it too.
+    """
+
+    def reject(request: Request, error: APIError) -> JSONResponse:
+        if not error.is_logged and request.url.path.startswith("/v1/"):
+            on_rejected(request, error)
+        return error.response()
+
+    async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
+        return reject(request, api_error_from(exc))
+
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return validation_error(exc).response()
+        return reject(request, validation_error(exc))
 
     async def on_http(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)

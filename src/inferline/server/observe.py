@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -202,6 +203,11 @@ class Observer:
                 user_id=trace.user,
             )
         )
+
+    def reject(self, endpoint: str, model: str, status_code: int, error: str) -> None:
+        """Logs a request refused before generation (validation, unknown model)."""
+        trace = RequestTrace(f"rejected-{uuid.uuid4().hex}", endpoint, model, None, None)
+        self.finish(trace, status_code, error)
 
     @staticmethod
     def _queue_time(outputs: list[RequestOutput]) -> float | None:

@@ -34,6 +34,7 @@ async def submit_all(
             await stream.aclose()  # type: ignore[attr-defined]
         error = api_error_from(exc)
         state.observer.finish(trace, error.status_code, error.message)
+        error.is_logged = True
         raise error from exc
     return streams
 
