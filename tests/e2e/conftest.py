@@ -29,7 +29,7 @@ class ServerProcess:
     def metric(self, name: str) -> float:
         """The value of an unlabelled-by-route inferline metric (first sample)."""
         for line in httpx.get(f"{self.base_url}/metrics").text.splitlines():
-            if line.startswith(f"inferline:{name}{{") or line.startswith(f"inferline:{name} "):
+            if line.startswith((f"inferline:{name}{{", f"inferline:{name} ")):
                 return float(line.rsplit(" ", 1)[1])
         raise KeyError(name)
 

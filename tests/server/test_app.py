@@ -200,3 +200,12 @@ def test_metrics_count_tokens_and_statuses(client) -> None:  # type: ignore[no-u
 def test_openapi_spec_lists_the_endpoints(client) -> None:  # type: ignore[no-untyped-def]
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/chat/completions", "/v1/completions", "/v1/models"} <= set(paths)
+
+
+def test_draining_refuses_new_requests_with_503(client) -> None:  # type: ignore[no-untyped-def]
+    client.app.state.inferline.is_draining = True
+    response = client.post("/v1/chat/completions", json=CHAT)
+    assert_error(response, 503, code="shutting_down")
+    assert response.headers["retry-after"] == "5"
+    assert client.get("/ready").status_code == 503
+    assert client.get("/health").status_code == 200  # alive, just not admitting

@@ -31,6 +31,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.is_draining = False
         await generator.start()
         yield
         state.is_draining = True

@@ -13,7 +13,12 @@ def default_database_url(data_dir: Path) -> str:
 
 
 def connect(url: str) -> Engine:
-    """An SQLAlchemy engine for ``url``; SQLite gets WAL mode and a busy timeout."""
+    """An SQLAlchemy engine for ``url``; SQLite gets WAL mode and a busy timeout.
+
+    ``postgresql://`` URLs use psycopg 3 (``pip install inferline[postgres]``).
+    """
+    if url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, future=True)
