@@ -123,12 +123,17 @@ def test_32_concurrent_streams_complete_while_health_answers(client, server) -> 
     assert health_codes and set(health_codes) == {200}
 
 
-def test_disconnect_mid_stream_frees_blocks(server) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"messages": QUESTION}),
+        ("/v1/completions", {"prompt": ["Once upon a time", "In a galaxy far away"]}),
+    ],
+)
+def test_disconnect_mid_stream_frees_blocks(server, path, body) -> None:  # type: ignore[no-untyped-def]
     baseline = server.metric("num_kv_blocks_used")
-    payload = {
-        "model": MODEL, "messages": QUESTION, "max_tokens": 500, "stream": True, "ignore_eos": True,
-    }  # fmt: skip
-    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=payload) as response:
+    payload = {"model": MODEL, **body, "max_tokens": 500, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", f"{server.base_url}{path}", json=payload) as response:
         lines = response.iter_lines()
         for _ in range(5):
             next(lines)
@@ -138,7 +143,7 @@ def test_disconnect_mid_stream_frees_blocks(server) -> None:  # type: ignore[no-
         time.sleep(0.1)
     assert server.metric("num_kv_blocks_used") == baseline
     after = httpx.post(
-        f"{server.base_url}/v1/chat/completions", json={**payload, "stream": False, "max_tokens": 4}
+        f"{server.base_url}{path}", json={**payload, "stream": False, "max_tokens": 4}
     )
     assert after.status_code == 200
 

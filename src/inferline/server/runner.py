@@ -106,6 +106,8 @@ async def merged(streams: list[Stream]) -> AsyncIterator[tuple[int, RequestOutpu
     finally:
         for task in tasks:
             task.cancel()
+        # let the pumps unwind: each stream's own cleanup aborts its request
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def stream_response(
@@ -124,8 +126,9 @@ def stream_response(
     async def events() -> AsyncIterator[str]:
         status, error_message = CLIENT_CLOSED, "client disconnected"
         finals: dict[int, RequestOutput] = {}
+        source = merged(streams)
         try:
-            async for index, output in merged(streams):
+            async for index, output in source:
                 trace.on_output(output, state.metrics)
                 finals[index] = output
                 for chunk in chunks(index, output):
@@ -140,8 +143,9 @@ def stream_response(
             status, error_message = error.status_code, error.message
             yield sse(error.body())
         finally:
+            await source.aclose()  # type: ignore[attr-defined]  # stops the pumps first
             for stream in streams:
-                await stream.aclose()  # type: ignore[attr-defined]
+                await stream.aclose()  # type: ignore[attr-defined]  # aborts unfinished ones
             trace.outputs = trace.outputs or [finals[i] for i in sorted(finals)]
             state.observer.finish(trace, status, error_message or None)
         yield sse("[DONE]")
