@@ -1,6 +1,7 @@
 """Our loader, model and tokenizer against Hugging Face transformers on the same files.
 
-Tolerance: fp32 log-probabilities of the top-20 tokens agree within 2e-3 (observed ~1e-5;
+Tolerance: fp32 log-probabilities of the top-20 tokens agree within 2e-3 (observed 5e-5 on
+SmolLM2 and 3e-5 on Qwen2.5, 2026-11-24;
 both run float32, in a different order of operations) and greedy token ids agree exactly
 for 32 steps on 5 prompts.
 """
