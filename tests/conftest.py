@@ -57,6 +57,7 @@ def make_engine(smollm, cache_dir: Path):  # type: ignore[no-untyped-def]
         config = EngineConfig(
             model="smollm2-135m",
             cache_dir=cache_dir,
+            weight_format="fp32",  # the reference numerics; int4 has its own tests
             max_model_len=max_model_len,
             cache=CacheConfig(
                 block_size=block_size,

@@ -144,7 +144,8 @@ def test_weights_equal_transformers(pair) -> None:  # type: ignore[no-untyped-de
 
 def test_greedy_tokens_and_logprobs_equal_transformers(pair, cache_dir) -> None:  # type: ignore[no-untyped-def]
     ours, reference = pair
-    engine = LLMEngine(EngineConfig(model=ours.name, cache_dir=cache_dir), loaded=ours)
+    config = EngineConfig(model=ours.name, cache_dir=cache_dir, weight_format="fp32")
+    engine = LLMEngine(config, loaded=ours)
     prompts = [ours.tokenizer.encode(p) for p in PROMPTS]
     params = SamplingParams(max_tokens=NUM_STEPS, temperature=0, ignore_eos=True, logprobs=20)
     outputs = run_to_completion(engine, prompts, params)
@@ -171,7 +172,9 @@ def test_hf_directory_loads_the_same_model(pair, tmp_path, cache_dir) -> None:  
     assert loaded.tokenizer.encode(TOKENIZER_SAMPLES[1]) == ours.tokenizer.encode(
         TOKENIZER_SAMPLES[1]
     )
-    config = EngineConfig(model=str(tmp_path), cache=CacheConfig(kv_cache_tokens=4096))
+    config = EngineConfig(
+        model=str(tmp_path), weight_format="fp32", cache=CacheConfig(kv_cache_tokens=4096)
+    )
     params = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
     from_dir = run_to_completion(LLMEngine(config, loaded=loaded), PROMPTS[:2], params)
     from_gguf = run_to_completion(LLMEngine(config, loaded=ours), PROMPTS[:2], params)

@@ -16,6 +16,7 @@ def build_llm(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         model=args.model,
         cache_dir=default_cache_dir(),
         device=args.device,
+        weight_format=args.weight_format,
         max_model_len=args.max_model_len,
         cache=CacheConfig(kv_cache_gib=args.kv_cache_gib),
     )

@@ -26,6 +26,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--kv-cache-gib", type=float, default=1.0, help="KV cache budget in GiB")
     parser.add_argument("--max-model-len", type=int, default=None, help="cap the context window")
+    parser.add_argument(
+        "--weight-format",
+        default="auto",
+        choices=["auto", "fp32", "int8", "int4"],
+        help="projection weights: auto = int4 on the CPU, fp32 on CUDA",
+    )
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,6 +29,7 @@ def build_app(
             model=args.model,
             cache_dir=data_dir,
             device=args.device,
+            weight_format=args.weight_format,
             max_model_len=args.max_model_len,
             cache=CacheConfig(kv_cache_gib=args.kv_cache_gib),
             scheduler=SchedulerConfig(

@@ -77,11 +77,14 @@ class EngineConfig:
         model: short name (``smollm2-135m``), ``.gguf`` path or Hugging Face directory.
         cache_dir: where assembled model files are kept.
         max_model_len: cap on the context window (``None`` = the model's own).
+        weight_format: ``auto`` (int4 on the CPU, fp32 on CUDA), ``fp32``, ``int8`` (W8A8)
+            or ``int4`` (weight-only); see `inferline.models.quant`.
     """
 
     model: str = "smollm2-135m"
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "inferline")
     device: str = "cpu"
+    weight_format: str = "auto"
     max_model_len: int | None = None
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)

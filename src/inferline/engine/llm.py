@@ -31,11 +31,13 @@ class LLM:
         enable_prefix_caching: bool = True,
         max_num_batched_tokens: int = 512,
         max_num_seqs: int = 64,
+        weight_format: str = "auto",
     ) -> None:
         self.engine = LLMEngine(
             config
             or EngineConfig(
                 model=model,
+                weight_format=weight_format,
                 cache=CacheConfig(
                     kv_cache_gib=kv_cache_gib, enable_prefix_caching=enable_prefix_caching
                 ),

@@ -19,7 +19,7 @@ from inferline.engine.model_runner import ModelRunner
 from inferline.engine.output_processor import OutputProcessor
 from inferline.engine.request import Request
 from inferline.engine.scheduler import Scheduler
-from inferline.models.loader import LoadedModel, load_model
+from inferline.models.loader import LoadedModel, load_model, resolve_weight_format
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,19 @@ class LLMEngine:
 
     def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None) -> None:
         self.config = config
+        weight_format = resolve_weight_format(config.weight_format, config.device)
         self.loaded = loaded or load_model(
-            config.model, cache_dir=config.cache_dir, device=config.device
+            config.model,
+            cache_dir=config.cache_dir,
+            device=config.device,
+            weight_format=weight_format,
         )
+        if self.loaded.weight_format != weight_format:
+            raise InvalidParameterError(
+                f"the model was loaded as {self.loaded.weight_format}, "
+                f"the engine asks for {weight_format}",
+                "weight_format",
+            )
         self.tokenizer = self.loaded.tokenizer
         model_config = self.loaded.config
         self.max_model_len = min(

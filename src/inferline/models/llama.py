@@ -13,18 +13,70 @@ from torch import nn
 from inferline.core.errors import ModelLoadError
 from inferline.models.attention import AttentionMetadata, paged_attention
 from inferline.models.config import ModelConfig
+from inferline.models.quant import (
+    Int4Weight,
+    Int8Weight,
+    Int8WeightOnly,
+    WeightFormat,
+    int4_linear,
+    int8_linear,
+    int8_weight_only_linear,
+    quantize_int4,
+    quantize_int8,
+    quantize_int8_weight_only,
+    supports_int4,
+)
+
+# Up to this many rows the LM head reads int8 weights; beyond, the fp32 GEMM is faster.
+_HEAD_WEIGHT_ONLY_MAX_ROWS = 8
 
 
 class Linear(nn.Module):
-    """``y = x W^T + b`` with uninitialised storage: weights always come from a checkpoint."""
+    """``y = x W^T + b`` with uninitialised storage: weights always come from a checkpoint.
+
+    After `quantize`, the float weight is dropped and the layer runs int8 (W8A8) or int4
+    weight-only kernels (see `inferline.models.quant`).
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
+        self.int8: Int8Weight | None = None
+        self.int4: Int4Weight | None = None
+        self.int8_weight_only: Int8WeightOnly | None = None
+        self.weight_only_max_rows = 0
+
+    def quantize(self, weight_format: WeightFormat) -> None:
+        """Replaces the float weight by an int8 or int4 copy; ``fp32`` keeps it."""
+        weight = self.weight.data
+        if weight_format == "int4" and supports_int4(weight.shape[1]):
+            self.int4 = quantize_int4(weight)
+        elif weight_format in ("int4", "int8"):
+            self.int8 = quantize_int8(weight)
+        else:
+            return
+        self.weight = nn.Parameter(torch.empty(0), requires_grad=False)  # frees the floats
+
+    def add_weight_only_int8(self, max_rows: int) -> None:
+        """Keeps the float weight, and adds an int8 copy used for at most ``max_rows`` rows.
+
+        For the LM head: at decode it reads 4x fewer bytes than fp32; for larger batches the
+        fp32 GEMM is faster on these CPUs (the int8 weight-only kernel runs at bf16 speed).
+        """
+        self.int8_weight_only = quantize_int8_weight_only(self.weight.data)
+        self.weight_only_max_rows = max_rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        if self.int8_weight_only is not None and x.shape[0] <= self.weight_only_max_rows:
+            y = int8_weight_only_linear(x, self.int8_weight_only)
+        elif self.int4 is not None:
+            y = int4_linear(x, self.int4)
+        elif self.int8 is not None:
+            y = int8_linear(x, self.int8)
+        else:
+            return F.linear(x, self.weight, self.bias)
+        return y if self.bias is None else y + self.bias
 
 
 class Embedding(nn.Module):
@@ -138,6 +190,20 @@ class DecoderForCausalLM(nn.Module):
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             hidden = layer(hidden, positions, self.rotary, kv_cache, metadata)
         return self.lm_head(self.norm(hidden[logits_indices])).float()
+
+    def quantize(self, weight_format: WeightFormat) -> None:
+        """Quantizes the decoder layers' projections; the LM head gets an int8 decode copy.
+
+        The head is never int4 or W8A8: that cost SmolLM2 2-6 % perplexity, while int4 layers
+        cost nothing measurable and a weight-only int8 head 0.3 % (70.65 -> 70.83).
+        """
+        if weight_format == "fp32":
+            return
+        for layer in self.layers:
+            for module in layer.modules():
+                if isinstance(module, Linear):
+                    module.quantize(weight_format)
+        self.lm_head.add_weight_only_int8(max_rows=_HEAD_WEIGHT_ONLY_MAX_ROWS)
 
     def load_hf_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Takes HF-named weights (fusing q/k/v and gate/up); every parameter must be set.

@@ -9,10 +9,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from inferline.core.errors import ModelLoadError, UnknownModelError
+from inferline.core.errors import InvalidParameterError, ModelLoadError, UnknownModelError
 from inferline.models.config import ModelConfig
 from inferline.models.gguf_file import read_gguf
 from inferline.models.hf_dir import is_hf_dir, read_hf_dir
+from inferline.models.quant import WEIGHT_FORMATS, WeightFormat
 from inferline.models.registry import ARCHITECTURES
 from inferline.models.sources import MODEL_SOURCES
 from inferline.models.tokenizer import Tokenizer
@@ -30,6 +31,25 @@ class LoadedModel:
     model: nn.Module
     tokenizer: Tokenizer
     load_time_s: float
+    weight_format: WeightFormat = "fp32"
+
+
+def resolve_weight_format(weight_format: str, device: str) -> WeightFormat:
+    """``auto`` -> int4 on the CPU (torch's CPU kernels), fp32 elsewhere."""
+    if weight_format == "auto":
+        return "int4" if device == "cpu" else "fp32"
+    if weight_format not in WEIGHT_FORMATS:
+        raise InvalidParameterError(
+            f"weight_format must be auto or one of {', '.join(WEIGHT_FORMATS)}, "
+            f"got {weight_format!r}",
+            "weight_format",
+        )
+    if weight_format != "fp32" and device != "cpu":
+        raise InvalidParameterError(
+            f"weight_format {weight_format} runs on the CPU only; use fp32 on {device}",
+            "weight_format",
+        )
+    return weight_format
 
 
 def resolve_model_path(name: str, cache_dir: Path) -> Path:
@@ -51,8 +71,19 @@ def _build(config: ModelConfig, weights: dict[str, torch.Tensor], device: str) -
     return model.to(device).eval()
 
 
-def load_model(name: str = DEFAULT_MODEL, *, cache_dir: Path, device: str = "cpu") -> LoadedModel:
-    """Loads weights (dequantized to float32) and the tokenizer of ``name``."""
+def load_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    cache_dir: Path,
+    device: str = "cpu",
+    weight_format: str = "fp32",
+) -> LoadedModel:
+    """Loads weights and the tokenizer of ``name``; projections in ``weight_format``.
+
+    Weights are dequantized to float32, then (for ``int8``/``int4``) requantized into the
+    format of torch's CPU kernels.
+    """
+    resolved = resolve_weight_format(weight_format, device)
     start = time.perf_counter()
     path = resolve_model_path(name, cache_dir)
     if path.is_dir():
@@ -70,4 +101,6 @@ def load_model(name: str = DEFAULT_MODEL, *, cache_dir: Path, device: str = "cpu
             f"tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}"
         )
     model = _build(config, weights, device)
-    return LoadedModel(name, path, config, model, tokenizer, time.perf_counter() - start)
+    model.quantize(resolved)  # type: ignore[operator]
+    elapsed = time.perf_counter() - start
+    return LoadedModel(name, path, config, model, tokenizer, elapsed, resolved)

@@ -1,0 +1,103 @@
+"""Quantized linear kernels for the CPU, chosen per layer at load and per batch size at run.
+
+Two formats, both from torch's own CPU kernels (signatures in ``shared/bench/limits.md``):
+
+- ``int8``: W8A8. Weights int8 per output channel; activations quantized per row on the fly;
+  ``torch._int_mm`` multiplies in int32. Integer accumulation is exact, and the scales are per
+  row, so a row's result does not depend on the other rows: batching stays invariant.
+- ``int4``: weight-only, groups of 32, asymmetric (``w = (q - 8) * scale + zero``), with bf16
+  activations (``_weight_int4pack_mm_for_cpu``). Fastest for a handful of rows (decode); a
+  Q4_1 GGUF tensor maps onto it with only the scales rounded to bf16.
+
+Both kernels compute each output row from its input row alone (checked bit for bit in the
+tests), so a request's tokens do not depend on what else is in the batch; fp32 MKL GEMMs do
+not have that property.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+WeightFormat = Literal["fp32", "int8", "int4"]
+WEIGHT_FORMATS: tuple[WeightFormat, ...] = ("fp32", "int8", "int4")
+INT4_GROUP = 32
+
+
+@dataclass
+class Int8Weight:
+    """``weight ~= w8.T * scale[:, None]``; ``w8_t`` is ``[in, out]`` int8, ``scale`` ``[out]``."""
+
+    w8_t: torch.Tensor
+    scale: torch.Tensor
+
+
+@dataclass
+class Int4Weight:
+    """Packed 4-bit weights and bf16 ``[in / 32, out, 2]`` (scale, zero) pairs."""
+
+    packed: torch.Tensor
+    scales_zeros: torch.Tensor
+
+
+def quantize_int8(weight: torch.Tensor) -> Int8Weight:
+    """Symmetric per-output-channel int8 of a float ``[out, in]`` weight."""
+    scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+    w8 = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return Int8Weight(w8.t().contiguous(), scale.float())
+
+
+def quantize_int4(weight: torch.Tensor) -> Int4Weight:
+    """Asymmetric group-32 int4 of a float ``[out, in]`` weight (min/max per group)."""
+    out_features, in_features = weight.shape
+    groups = weight.float().view(out_features, in_features // INT4_GROUP, INT4_GROUP)
+    low, high = groups.amin(dim=-1), groups.amax(dim=-1)
+    scale = ((high - low) / 15.0).clamp(min=1e-8)
+    q = torch.round((groups - low[..., None]) / scale[..., None]).clamp(0, 15)
+    q = q.to(torch.int32).view(out_features, in_features)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    zero = low + 8.0 * scale
+    scales_zeros = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()
+    return Int4Weight(packed, scales_zeros.to(torch.bfloat16))
+
+
+@dataclass
+class Int8WeightOnly:
+    """Per-output-channel int8 ``[out, in]`` weights with bf16 scales (bf16 activations)."""
+
+    w8: torch.Tensor
+    scale: torch.Tensor
+
+
+def quantize_int8_weight_only(weight: torch.Tensor) -> Int8WeightOnly:
+    """Symmetric per-channel int8 for the weight-only kernel."""
+    scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+    w8 = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return Int8WeightOnly(w8.contiguous(), scale.to(torch.bfloat16))
+
+
+def int8_weight_only_linear(x: torch.Tensor, weight: Int8WeightOnly) -> torch.Tensor:
+    """``x [M, in]`` -> ``[M, out]`` float32; reads a quarter of the fp32 bytes (decode)."""
+    return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), weight.w8, weight.scale).float()
+
+
+def int8_linear(x: torch.Tensor, weight: Int8Weight) -> torch.Tensor:
+    """``x [M, in]`` float -> ``[M, out]`` float32 through int8 x int8 -> int32."""
+    x_scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0  # [M, 1]
+    x8 = torch.round(x / x_scale).to(torch.int8)
+    return torch._int_mm(x8, weight.w8_t).float() * (x_scale * weight.scale)
+
+
+def int4_linear(x: torch.Tensor, weight: Int4Weight) -> torch.Tensor:
+    """``x [M, in]`` float -> ``[M, out]`` float32 through the int4 weight-only kernel."""
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+        x.to(torch.bfloat16), weight.packed, INT4_GROUP, weight.scales_zeros
+    )
+    return y.float()
+
+
+def supports_int4(in_features: int) -> bool:
+    """The int4 kernel needs whole groups along the input dimension."""
+    return in_features % INT4_GROUP == 0
