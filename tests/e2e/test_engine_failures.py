@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import concurrent.futures
-import threading
 
 import pytest
 from fastapi.testclient import TestClient
 
 from inferline.engine import AsyncEngine, FrontendConfig
 from inferline.server import ServerConfig, create_app
+from tests.engine.fakes import SabotagedRunner
 
 pytestmark = pytest.mark.e2e
-
-
-class SabotagedRunner:
-    """Runs ``good_steps`` steps normally, then hangs until released, or raises."""
-
-    def __init__(self, runner, mode: str, good_steps: int = 2) -> None:  # type: ignore[no-untyped-def]
-        self.runner, self.mode, self.good_steps = runner, mode, good_steps
-        self.release = threading.Event()
-
-    def run(self, out):  # type: ignore[no-untyped-def]
-        if self.good_steps > 0:
-            self.good_steps -= 1
-            return self.runner.run(out)
-        if self.mode == "hang":
-            self.release.wait(60)
-        raise RuntimeError("injected model runner failure")
 
 
 @pytest.mark.parametrize("mode", ["hang", "crash"])

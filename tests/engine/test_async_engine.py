@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import pytest
 
 from inferline.core import EngineDeadError, GenerationRequest, OverloadedError, SamplingParams
 from inferline.engine import AsyncEngine, FrontendConfig
+from tests.engine.fakes import SabotagedRunner
 
 PARAMS = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
 
@@ -72,27 +72,11 @@ def test_full_queue_refuses_with_overloaded(make_engine) -> None:  # type: ignor
     run(main())
 
 
-class _Sabotage:
-    """Wraps a model runner: after ``good_steps`` it hangs (until released) or raises."""
-
-    def __init__(self, runner, mode: str, good_steps: int = 2) -> None:  # type: ignore[no-untyped-def]
-        self.runner, self.mode, self.good_steps = runner, mode, good_steps
-        self.release = threading.Event()
-
-    def run(self, out):  # type: ignore[no-untyped-def]
-        if self.good_steps > 0:
-            self.good_steps -= 1
-            return self.runner.run(out)
-        if self.mode == "hang":
-            self.release.wait(60)
-        raise RuntimeError("injected model runner failure")
-
-
 @pytest.mark.parametrize("mode", ["hang", "crash"])
 def test_hang_or_crash_fails_health_and_every_waiting_request(make_engine, mode) -> None:  # type: ignore[no-untyped-def]
     async def main():  # type: ignore[no-untyped-def]
         llm_engine = make_engine()
-        sabotage = _Sabotage(llm_engine.runner, mode)
+        sabotage = SabotagedRunner(llm_engine.runner, mode)
         llm_engine.runner = sabotage
         engine = AsyncEngine(llm_engine, FrontendConfig(stall_timeout_s=1.0))
         await engine.start()

@@ -16,19 +16,13 @@ from inferline.models.config import ModelConfig
 from inferline.models.quant import (
     Int4Weight,
     Int8Weight,
-    Int8WeightOnly,
     WeightFormat,
     int4_linear,
     int8_linear,
-    int8_weight_only_linear,
     quantize_int4,
     quantize_int8,
-    quantize_int8_weight_only,
     supports_int4,
 )
-
-# Up to this many rows the LM head reads int8 weights; beyond, the fp32 GEMM is faster.
-_HEAD_WEIGHT_ONLY_MAX_ROWS = 8
 
 
 class Linear(nn.Module):
@@ -44,8 +38,6 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
         self.int8: Int8Weight | None = None
         self.int4: Int4Weight | None = None
-        self.int8_weight_only: Int8WeightOnly | None = None
-        self.weight_only_max_rows = 0
 
     def quantize(self, weight_format: WeightFormat) -> None:
         """Replaces the float weight by an int8 or int4 copy; ``fp32`` keeps it."""
@@ -58,19 +50,8 @@ class Linear(nn.Module):
             return
         self.weight = nn.Parameter(torch.empty(0), requires_grad=False)  # frees the floats
 
-    def add_weight_only_int8(self, max_rows: int) -> None:
-        """Keeps the float weight, and adds an int8 copy used for at most ``max_rows`` rows.
-
-        For the LM head: at decode it reads 4x fewer bytes than fp32; for larger batches the
-        fp32 GEMM is faster on these CPUs (the int8 weight-only kernel runs at bf16 speed).
-        """
-        self.int8_weight_only = quantize_int8_weight_only(self.weight.data)
-        self.weight_only_max_rows = max_rows
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.int8_weight_only is not None and x.shape[0] <= self.weight_only_max_rows:
-            y = int8_weight_only_linear(x, self.int8_weight_only)
-        elif self.int4 is not None:
+        if self.int4 is not None:
             y = int4_linear(x, self.int4)
         elif self.int8 is not None:
             y = int8_linear(x, self.int8)
@@ -192,10 +173,11 @@ class DecoderForCausalLM(nn.Module):
         return self.lm_head(self.norm(hidden[logits_indices])).float()
 
     def quantize(self, weight_format: WeightFormat) -> None:
-        """Quantizes the decoder layers' projections; the LM head gets an int8 decode copy.
+        """Quantizes the decoder layers' projections; the LM head stays fp32.
 
-        The head is never int4 or W8A8: that cost SmolLM2 2-6 % perplexity, while int4 layers
-        cost nothing measurable and a weight-only int8 head 0.3 % (70.65 -> 70.83).
+        int4 or W8A8 heads cost SmolLM2 2-6 % perplexity, and torch's int8 weight-only kernel
+        returns bf16 logits (ties and ~0.1 logprob errors), so the head keeps full precision;
+        int4 layers cost nothing measurable on the Q4_1 model.
         """
         if weight_format == "fp32":
             return
@@ -203,7 +185,6 @@ class DecoderForCausalLM(nn.Module):
             for module in layer.modules():
                 if isinstance(module, Linear):
                     module.quantize(weight_format)
-        self.lm_head.add_weight_only_int8(max_rows=_HEAD_WEIGHT_ONLY_MAX_ROWS)
 
     def load_hf_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Takes HF-named weights (fusing q/k/v and gate/up); every parameter must be set.

@@ -43,7 +43,7 @@ class Int4Weight:
 
 
 def quantize_int8(weight: torch.Tensor) -> Int8Weight:
-    """Symmetric per-output-channel int8 of a float ``[out, in]`` weight."""
+    """Symmetric per-output-channel int8 of a float ``[out, in]`` weight (for W8A8)."""
     scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
     w8 = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
     return Int8Weight(w8.t().contiguous(), scale.float())
@@ -61,26 +61,6 @@ def quantize_int4(weight: torch.Tensor) -> Int4Weight:
     zero = low + 8.0 * scale
     scales_zeros = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()
     return Int4Weight(packed, scales_zeros.to(torch.bfloat16))
-
-
-@dataclass
-class Int8WeightOnly:
-    """Per-output-channel int8 ``[out, in]`` weights with bf16 scales (bf16 activations)."""
-
-    w8: torch.Tensor
-    scale: torch.Tensor
-
-
-def quantize_int8_weight_only(weight: torch.Tensor) -> Int8WeightOnly:
-    """Symmetric per-channel int8 for the weight-only kernel."""
-    scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
-    w8 = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
-    return Int8WeightOnly(w8.contiguous(), scale.to(torch.bfloat16))
-
-
-def int8_weight_only_linear(x: torch.Tensor, weight: Int8WeightOnly) -> torch.Tensor:
-    """``x [M, in]`` -> ``[M, out]`` float32; reads a quarter of the fp32 bytes (decode)."""
-    return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), weight.w8, weight.scale).float()
 
 
 def int8_linear(x: torch.Tensor, weight: Int8Weight) -> torch.Tensor:
