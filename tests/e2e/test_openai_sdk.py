@@ -182,3 +182,27 @@ def test_request_log_has_a_row_per_request_with_timings(client, server) -> None:
     assert any("context length" in (r["error"] or "") for r in errors)
     assert any("temperature" in (r["error"] or "") for r in errors)  # refused by validation
     assert log.recent(limit=200, status_code=404)  # unknown model
+
+
+def test_bench_smoke_against_the_real_server(server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "bench.json"
+    bench = Path(sys.executable).parent / "inferline"
+    args = ["bench", "--base-url", server.base_url, "--scenario", "smoke", "--concurrency", "1,2"]
+    result = subprocess.run(
+        [str(bench), *args, "--json", str(out), "--plot", str(tmp_path / "bench.png")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    document = json.loads(out.read_text())
+    assert [r["label"] for r in document["runs"]] == ["c=1", "c=2"]
+    for run in document["runs"]:
+        summary = run["summary"]
+        assert summary["completed"] == run["scenario"]["num_requests"] and summary["failed"] == 0
+        assert summary["mean_prompt_tokens"] == 32 and summary["mean_output_tokens"] == 8
+        assert summary["ttft_s"]["p50"] > 0 and summary["output_tokens_per_s"] > 0
+    assert (tmp_path / "bench.png").stat().st_size > 1000

@@ -54,10 +54,10 @@ class EchoGenerator:
         if len(words) + max_tokens > self.max_model_len:
             raise ContextLengthExceededError(len(words), max_tokens, self.max_model_len)
         self.active.add(request.request_id)
-        return self._stream(request, words[:max_tokens])
+        return self._stream(request, words[:max_tokens], num_prompt_tokens=len(words))
 
     async def _stream(
-        self, request: GenerationRequest, words: list[str]
+        self, request: GenerationRequest, words: list[str], num_prompt_tokens: int
     ) -> AsyncIterator[RequestOutput]:
         metrics = RequestMetrics(arrival_s=time.time(), first_scheduled_s=time.time())
         outputs = [CompletionOutput(index=i) for i in range(request.params.n)]
@@ -75,7 +75,7 @@ class EchoGenerator:
                     out.finish_reason = "length" if last else None
                 finished = last
                 yield RequestOutput(
-                    request.request_id, None, list(range(len(words))),
+                    request.request_id, None, list(range(num_prompt_tokens)),
                     [CompletionOutput(**vars(o)) for o in outputs], finished, metrics,
                 )  # fmt: skip
         finally:

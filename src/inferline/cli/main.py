@@ -1,4 +1,4 @@
-"""`inferline` entry point: subcommands `serve`, `generate`, `chat`, `models`, `logs`."""
+"""`inferline` entry point: `serve`, `generate`, `chat`, `models`, `logs`, `bench`."""
 
 from __future__ import annotations
 
@@ -46,11 +46,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
-    from inferline.cli import chat, generate, logs, models, serve
+    from inferline.cli import bench, chat, generate, logs, models, serve
 
     parser = argparse.ArgumentParser(prog="inferline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (serve, generate, chat, models, logs):
+    for module in (serve, generate, chat, models, logs, bench):
         module.register(sub)
     return parser
 
