@@ -81,3 +81,31 @@ def test_a_model_loaded_in_one_format_is_refused_by_another(formats, cache_dir) 
         LLMEngine(
             EngineConfig(cache_dir=cache_dir, weight_format="int8"), loaded=formats["int4"].loaded
         )
+
+
+def test_fast_head_keeps_the_top_candidates_exact(formats) -> None:  # type: ignore[no-untyped-def]
+    model = formats["int4"].loaded.model
+    assert model.fast_head is not None
+    torch.manual_seed(2)
+    hidden = torch.randn(4, model.config.hidden_size) * 3
+    exact = model.lm_head(hidden)
+    fast = model.fast_head(hidden)
+    top = exact.topk(20, dim=-1).indices
+    assert torch.allclose(fast.gather(1, top), exact.gather(1, top), atol=1e-4)
+    assert torch.equal(fast.argmax(-1), exact.argmax(-1))
+    normaliser_error = (torch.logsumexp(fast, -1) - torch.logsumexp(exact, -1)).abs().max()
+    assert normaliser_error < 1e-3  # so returned logprobs are within 1e-3 too
+
+
+def test_fast_head_gives_the_same_greedy_tokens(formats) -> None:  # type: ignore[no-untyped-def]
+    engine = formats["int4"]
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    prompts = ["The capital of France is", "def fibonacci(n):", "Once upon a time"]
+    fast = [o.outputs[0].token_ids for o in run_to_completion(engine, prompts, params)]
+    model = engine.loaded.model
+    saved, model.fast_head = model.fast_head, None
+    try:
+        exact = [o.outputs[0].token_ids for o in run_to_completion(engine, prompts, params)]
+    finally:
+        model.fast_head = saved
+    assert fast == exact

@@ -13,6 +13,7 @@ from torch import nn
 from inferline.core.errors import ModelLoadError
 from inferline.models.attention import AttentionMetadata, paged_attention
 from inferline.models.config import ModelConfig
+from inferline.models.head import ApproximateThenExactHead
 from inferline.models.quant import (
     Int4Weight,
     Int8Weight,
@@ -155,6 +156,7 @@ class DecoderForCausalLM(nn.Module):
             config.head_dim, config.rope_theta, config.max_position_embeddings
         )
         self.lm_head = Linear(config.hidden_size, config.vocab_size)
+        self.fast_head: ApproximateThenExactHead | None = None  # set by `quantize`
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
@@ -170,14 +172,18 @@ class DecoderForCausalLM(nn.Module):
         hidden = self.embed_tokens(input_ids)
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             hidden = layer(hidden, positions, self.rotary, kv_cache, metadata)
-        return self.lm_head(self.norm(hidden[logits_indices])).float()
+        hidden = self.norm(hidden[logits_indices])
+        if self.fast_head is not None and self.fast_head.handles(hidden.shape[0]):
+            return self.fast_head(hidden)
+        return self.lm_head(hidden).float()
 
     def quantize(self, weight_format: WeightFormat) -> None:
         """Quantizes the decoder layers' projections; the LM head stays fp32.
 
         int4 or W8A8 heads cost SmolLM2 2-6 % perplexity, and torch's int8 weight-only kernel
-        returns bf16 logits (ties and ~0.1 logprob errors), so the head keeps full precision;
-        int4 layers cost nothing measurable on the Q4_1 model.
+        returns bf16 logits (ties and ~0.1 logprob errors), so the head keeps full precision
+        and decode batches use `ApproximateThenExactHead`; int4 layers cost nothing
+        measurable on the Q4_1 model.
         """
         if weight_format == "fp32":
             return
@@ -185,6 +191,7 @@ class DecoderForCausalLM(nn.Module):
             for module in layer.modules():
                 if isinstance(module, Linear):
                     module.quantize(weight_format)
+        self.fast_head = ApproximateThenExactHead(self.lm_head.weight.data)
 
     def load_hf_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Takes HF-named weights (fusing q/k/v and gate/up); every parameter must be set.
