@@ -81,8 +81,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        variance = x.pow(2).mean(-1, keepdim=True)
-        return self.weight * (x * torch.rsqrt(variance + self.eps))
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one fused kernel
 
 
 class RotaryEmbedding(nn.Module):
@@ -101,13 +100,16 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Rotates ``x`` ``[T, heads, head_dim]`` by the angles of ``positions`` ``[T]``."""
-        cos = self.cos[positions].unsqueeze(1)  # [T, 1, head_dim]
-        sin = self.sin[positions].unsqueeze(1)
-        half = x.shape[-1] // 2
-        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rotated * sin
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin ``[T, 1, head_dim]`` of ``positions`` ``[T]`` (once per forward pass)."""
+        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotates ``x`` ``[T, heads, head_dim]`` (q and k heads together) by cos/sin ``[T, 1, D]``."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
 
 
 class DecoderLayer(nn.Module):
@@ -118,7 +120,7 @@ class DecoderLayer(nn.Module):
         self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
         self.head_dim = config.head_dim
         q_size, kv_size = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
-        self.split_sizes = [q_size, kv_size, kv_size]
+        self.qk_size = q_size + kv_size
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.qkv_proj = Linear(config.hidden_size, q_size + 2 * kv_size, config.attention_bias)
         self.o_proj = Linear(q_size, config.hidden_size)
@@ -129,15 +131,18 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         hidden: torch.Tensor,  # [T, hidden]
-        positions: torch.Tensor,  # [T]
-        rotary: RotaryEmbedding,
+        rope: tuple[torch.Tensor, torch.Tensor],  # cos, sin [T, 1, head_dim]
         kv_cache: torch.Tensor,  # [2, num_slots, num_kv_heads, head_dim]
         metadata: AttentionMetadata,
     ) -> torch.Tensor:
-        q, k, v = self.qkv_proj(self.input_layernorm(hidden)).split(self.split_sizes, dim=-1)
-        q = rotary(positions, q.view(-1, self.num_heads, self.head_dim))
-        k = rotary(positions, k.view(-1, self.num_kv_heads, self.head_dim))
-        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        qkv = self.qkv_proj(self.input_layernorm(hidden))
+        # q and k heads rotate together: one RoPE call per layer
+        qk = apply_rotary(
+            qkv[:, : self.qk_size].view(-1, self.num_heads + self.num_kv_heads, self.head_dim),
+            *rope,
+        )
+        q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
+        v = qkv[:, self.qk_size :].view(-1, self.num_kv_heads, self.head_dim)
         hidden = hidden + self.o_proj(paged_attention(q, k, v, kv_cache, metadata))
         gate, up = self.gate_up_proj(self.post_attention_layernorm(hidden)).chunk(2, dim=-1)
         return hidden + self.down_proj(F.silu(gate) * up)
@@ -170,8 +175,9 @@ class DecoderForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Returns float32 logits ``[S, vocab_size]``."""
         hidden = self.embed_tokens(input_ids)
+        rope = self.rotary(positions)
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            hidden = layer(hidden, positions, self.rotary, kv_cache, metadata)
+            hidden = layer(hidden, rope, kv_cache, metadata)
         hidden = self.norm(hidden[logits_indices])
         if self.fast_head is not None and self.fast_head.handles(hidden.shape[0]):
             return self.fast_head(hidden)
