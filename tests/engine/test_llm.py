@@ -159,3 +159,12 @@ def test_unknown_model_names_the_field(tmp_path) -> None:  # type: ignore[no-unt
     with pytest.raises(UnknownModelError) as info:
         LLM(config=EngineConfig(model="no-such-model", cache_dir=tmp_path))
     assert info.value.param == "model" and "smollm2-135m" in str(info.value)
+
+
+def test_a_step_where_no_request_samples(make_engine) -> None:  # type: ignore[no-untyped-def]
+    # one long prompt under a small token budget: the first chunks produce no logits at all
+    engine = make_engine(max_num_batched_tokens=16)
+    prompt = "The lighthouse keeper counted the ships. " * 6
+    assert len(engine.tokenizer.encode(prompt)) > 2 * 16
+    out = run_to_completion(engine, [prompt], greedy(4))[0]
+    assert len(out.outputs[0].token_ids) == 4

@@ -6,7 +6,7 @@ engine (`inferline.engine.AsyncEngine`), a router over remote engines, or a test
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -80,7 +80,7 @@ class Generator(Protocol):
         """Stops admitting, lets running requests finish up to the timeout, stops."""
         ...
 
-    async def submit(self, request: GenerationRequest) -> AsyncIterator[RequestOutput]:
+    async def submit(self, request: GenerationRequest) -> AsyncGenerator[RequestOutput, None]:
         """Validates and queues ``request``; returns the stream of its outputs."""
         ...
 

@@ -17,7 +17,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from inferline.core.errors import EngineDeadError, OverloadedError
@@ -75,7 +75,7 @@ class AsyncEngine:
 
     # ---- Generator protocol ------------------------------------------------------------
 
-    async def submit(self, request: GenerationRequest) -> AsyncIterator[RequestOutput]:
+    async def submit(self, request: GenerationRequest) -> AsyncGenerator[RequestOutput, None]:
         """Validates ``request`` here, queues it for the loop; returns its output stream."""
         self._check_can_admit()
         prompt = request.prompt
@@ -132,7 +132,7 @@ class AsyncEngine:
 
     async def _stream(
         self, request_id: str, stream: asyncio.Queue[_StreamItem]
-    ) -> AsyncIterator[RequestOutput]:
+    ) -> AsyncGenerator[RequestOutput, None]:
         finished = False
         try:
             while not finished:

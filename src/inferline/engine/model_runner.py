@@ -127,7 +127,8 @@ class ModelRunner:
         )
         flat_ids = torch.tensor([t for ids in input_ids for t in ids], device=self.device)
         flat_positions = torch.from_numpy(np.concatenate(positions)).to(self.device)
-        return flat_ids, flat_positions, metadata, torch.tensor(logits_index, device=self.device)
+        logits_rows = torch.tensor(logits_index, dtype=torch.long, device=self.device)
+        return flat_ids, flat_positions, metadata, logits_rows
 
     def _sample(self, logits: torch.Tensor, sampling: list[ScheduledRequest]) -> ModelRunnerOutput:
         rows = [

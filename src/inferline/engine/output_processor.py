@@ -10,7 +10,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from inferline.core.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from inferline.core.outputs import (
+    CompletionOutput,
+    FinishReason,
+    Logprob,
+    RequestMetrics,
+    RequestOutput,
+)
 from inferline.engine.request import Request
 from inferline.models.tokenizer import IncrementalDetokenizer, Tokenizer
 
@@ -25,7 +31,7 @@ class _SequenceState:
     num_sent_chars: int = 0
     num_sent_tokens: int = 0
     logprobs: list[Logprob] | None = None
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     stop_reason: str | int | None = None
 
 
@@ -148,7 +154,7 @@ class OutputProcessor:
                     text_delta=sequence.text[sequence.num_sent_chars : visible],
                     token_ids_delta=token_ids[sequence.num_sent_tokens :],
                     logprobs=list(sequence.logprobs) if sequence.logprobs is not None else None,
-                    finish_reason=sequence.finish_reason,  # type: ignore[arg-type]
+                    finish_reason=sequence.finish_reason,
                     stop_reason=sequence.stop_reason,
                 )
             )

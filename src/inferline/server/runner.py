@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -17,7 +17,7 @@ from inferline.server.formatting import sse
 from inferline.server.observe import RequestTrace
 from inferline.server.state import ServerState
 
-Stream = AsyncIterator[RequestOutput]
+Stream = AsyncGenerator[RequestOutput, None]
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request"
 
 
@@ -31,7 +31,7 @@ async def submit_all(
             streams.append(await state.generator.submit(request))
     except Exception as exc:
         for stream in streams:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
         error = api_error_from(exc)
         state.observer.finish(trace, error.status_code, error.message)
         error.is_logged = True
@@ -75,7 +75,7 @@ async def _await(work: Any) -> list[RequestOutput]:
     return list(await work)
 
 
-async def merged(streams: list[Stream]) -> AsyncIterator[tuple[int, RequestOutput]]:
+async def merged(streams: list[Stream]) -> AsyncGenerator[tuple[int, RequestOutput], None]:
     """Outputs of several streams as they come, tagged with the stream's index."""
     if len(streams) == 1:
         async for output in streams[0]:
@@ -143,9 +143,9 @@ def stream_response(
             status, error_message = error.status_code, error.message
             yield sse(error.body())
         finally:
-            await source.aclose()  # type: ignore[attr-defined]  # stops the pumps first
+            await source.aclose()  # stops the pumps first
             for stream in streams:
-                await stream.aclose()  # type: ignore[attr-defined]  # aborts unfinished ones
+                await stream.aclose()  # aborts unfinished ones
             trace.outputs = trace.outputs or [finals[i] for i in sorted(finals)]
             state.observer.finish(trace, status, error_message or None)
         yield sse("[DONE]")
