@@ -19,10 +19,10 @@ from pathlib import Path
 
 from openai import AsyncOpenAI
 
-from inferline import LLM, SamplingParams
+from inferline import SamplingParams
 from inferline.cli.main import default_cache_dir
 from inferline.core import GenerationRequest
-from inferline.engine import AsyncEngine, EngineConfig
+from inferline.engine import AsyncEngine, EngineConfig, LLMEngine
 
 FILLER = "The lighthouse keeper counted ships and wrote their names in a book. "
 
@@ -101,8 +101,8 @@ async def direct_run(engine: AsyncEngine, concurrency: int, args: argparse.Names
 
 
 async def direct(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
-    llm = LLM(config=EngineConfig(model=args.model, cache_dir=default_cache_dir()))
-    engine = AsyncEngine(llm.engine)
+    config = EngineConfig(model=args.model, cache_dir=default_cache_dir())
+    engine = AsyncEngine(lambda: LLMEngine(config))  # built on its own thread, as the server does
     await engine.start()
     result = {f"c{c}": await direct_run(engine, c, args) for c in args.concurrency}
     await engine.shutdown(1)

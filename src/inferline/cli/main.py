@@ -29,8 +29,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weight-format",
         default="auto",
-        choices=["auto", "fp32", "int8", "int4"],
-        help="projection weights: auto = int4 on the CPU, fp32 on CUDA",
+        choices=["auto", "fp32", "int8", "int4", "mixed"],
+        help="projection weights: auto = int4 on the CPU, fp32 on CUDA; mixed = int4 decode "
+        "+ int8 prefill",
     )
 
 

@@ -24,21 +24,19 @@ def build_app(
         SchedulerConfig,
     )
 
-    engine = LLMEngine(
-        EngineConfig(
-            model=args.model,
-            cache_dir=data_dir,
-            device=args.device,
-            weight_format=args.weight_format,
-            max_model_len=args.max_model_len,
-            cache=CacheConfig(kv_cache_gib=args.kv_cache_gib),
-            scheduler=SchedulerConfig(
-                max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs
-            ),
-        )
+    engine_config = EngineConfig(
+        model=args.model,
+        cache_dir=data_dir,
+        device=args.device,
+        weight_format=args.weight_format,
+        max_model_len=args.max_model_len,
+        cache=CacheConfig(kv_cache_gib=args.kv_cache_gib),
+        scheduler=SchedulerConfig(
+            max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs
+        ),
     )
     generator = AsyncEngine(
-        engine,
+        lambda: LLMEngine(engine_config),  # built on the engine thread (see AsyncEngine)
         FrontendConfig(
             max_queued_requests=args.max_queued_requests, stall_timeout_s=args.stall_timeout
         ),

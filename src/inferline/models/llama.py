@@ -25,6 +25,9 @@ from inferline.models.quant import (
     supports_int4,
 )
 
+# In the ``mixed`` format, batches up to this many rows run int4 (decode), larger ones int8.
+MIXED_INT4_MAX_ROWS = 32
+
 
 class Linear(nn.Module):
     """``y = x W^T + b`` with uninitialised storage: weights always come from a checkpoint.
@@ -41,18 +44,26 @@ class Linear(nn.Module):
         self.int4: Int4Weight | None = None
 
     def quantize(self, weight_format: WeightFormat) -> None:
-        """Replaces the float weight by an int8 or int4 copy; ``fp32`` keeps it."""
-        weight = self.weight.data
-        if weight_format == "int4" and supports_int4(weight.shape[1]):
-            self.int4 = quantize_int4(weight)
-        elif weight_format in ("int4", "int8"):
-            self.int8 = quantize_int8(weight)
-        else:
+        """Replaces the float weight by int4 and/or int8 copies; ``fp32`` keeps it.
+
+        ``mixed`` keeps both: int4 for up to `MIXED_INT4_MAX_ROWS` rows (decode), int8 W8A8
+        above (prefill chunks), where W8A8 runs about twice as fast.
+        """
+        if weight_format == "fp32":
             return
+        weight = self.weight.data
+        if weight_format in ("int4", "mixed") and supports_int4(weight.shape[1]):
+            self.int4 = quantize_int4(weight)
+        if weight_format in ("int8", "mixed") or self.int4 is None:
+            self.int8 = quantize_int8(weight)
         self.weight = nn.Parameter(torch.empty(0), requires_grad=False)  # frees the floats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.int4 is not None:
+        use_int4 = self.int4 is not None and (
+            self.int8 is None or x.shape[0] <= MIXED_INT4_MAX_ROWS
+        )
+        if use_int4:
+            assert self.int4 is not None
             y = int4_linear(x, self.int4)
         elif self.int8 is not None:
             y = int8_linear(x, self.int8)

@@ -9,6 +9,8 @@ Two formats, both from torch's own CPU kernels (signatures in ``shared/bench/lim
   activations (``_weight_int4pack_mm_for_cpu``). Fastest for a handful of rows (decode); a
   Q4_1 GGUF tensor maps onto it with only the scales rounded to bf16.
 
+``mixed`` keeps both copies: int4 for decode-sized batches, int8 for prefill chunks.
+
 Both kernels compute each output row from its input row alone (checked bit for bit in the
 tests), so a request's tokens do not depend on what else is in the batch; fp32 MKL GEMMs do
 not have that property.
@@ -21,8 +23,8 @@ from typing import Literal
 
 import torch
 
-WeightFormat = Literal["fp32", "int8", "int4"]
-WEIGHT_FORMATS: tuple[WeightFormat, ...] = ("fp32", "int8", "int4")
+WeightFormat = Literal["fp32", "int8", "int4", "mixed"]
+WEIGHT_FORMATS: tuple[WeightFormat, ...] = ("fp32", "int8", "int4", "mixed")
 INT4_GROUP = 32
 
 
