@@ -47,7 +47,7 @@ def test_each_row_is_independent_of_the_batch(kernel: str) -> None:
 def formats(cache_dir):  # type: ignore[no-untyped-def]
     """SmolLM2 engines in each weight format."""
     engines = {}
-    for weight_format in ("fp32", "int8", "int4"):
+    for weight_format in ("fp32", "int8", "int4", "mixed"):
         loaded = load_model("smollm2-135m", cache_dir=cache_dir, weight_format=weight_format)
         config = EngineConfig(cache_dir=cache_dir, weight_format=weight_format)
         engines[weight_format] = LLMEngine(config, loaded=loaded)
@@ -60,6 +60,7 @@ def test_quantized_perplexity_stays_close_to_fp32(formats) -> None:  # type: ign
     # measured 2026-11-24 on 1024 tokens of ARCHITECTURE.md: fp32 70.77, int4 70.65, int8 72.19
     assert perplexity(formats["int4"], ids) < fp32 * 1.02
     assert perplexity(formats["int8"], ids) < fp32 * 1.05
+    assert perplexity(formats["mixed"], ids) < fp32 * 1.05  # 1024 rows: its int8 path
 
 
 def test_int4_engine_answers_and_is_batch_invariant(formats) -> None:  # type: ignore[no-untyped-def]
@@ -109,3 +110,13 @@ def test_fast_head_gives_the_same_greedy_tokens(formats) -> None:  # type: ignor
     finally:
         model.fast_head = saved
     assert fast == exact
+
+
+def test_mixed_format_picks_the_kernel_by_batch_rows(formats) -> None:  # type: ignore[no-untyped-def]
+    from inferline.models.llama import MIXED_INT4_MAX_ROWS
+
+    layer = formats["mixed"].loaded.model.layers[0].gate_up_proj
+    assert layer.int4 is not None and layer.int8 is not None and layer.weight.numel() == 0
+    x = torch.randn(MIXED_INT4_MAX_ROWS + 1, layer.int8.w8_t.shape[0])
+    assert torch.equal(layer(x[:2]), int4_linear(x[:2], layer.int4))
+    assert torch.equal(layer(x), int8_linear(x, layer.int8))
