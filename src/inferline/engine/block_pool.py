@@ -152,11 +152,6 @@ class BlockPool:
                 block.block_hash, block.token_ids, block.parent_hash = block_hash, tokens, parent
                 self._cached[block_hash] = block
 
-    def reset_prefix_cache(self) -> None:
-        """Forgets every cached hash (contents of blocks in use are untouched)."""
-        for block in list(self._cached.values()):
-            self._evict(block)
-
     def _evict(self, block: Block) -> None:
         if block.block_hash is not None:
             self._cached.pop(block.block_hash, None)

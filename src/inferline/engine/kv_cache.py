@@ -28,11 +28,6 @@ class KVCache:
         )
         self.tensor = torch.zeros(shape, dtype=torch.float32, device=device)
 
-    @property
-    def num_bytes(self) -> int:
-        """Bytes the cache occupies."""
-        return self.tensor.numel() * self.tensor.element_size()
-
     def copy_block(self, src: int, dst: int) -> None:
         """Copies all layers' K/V of block ``src`` into block ``dst``."""
         size = self.block_size

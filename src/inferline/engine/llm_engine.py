@@ -152,11 +152,6 @@ class LLMEngine:
             self.scheduler.finish_request(sequence.request.request_id, "abort")
         return self.output_processor.finish_aborted(request_id)
 
-    @property
-    def num_unfinished_groups(self) -> int:
-        """User requests (not counting ``n`` siblings) waiting or running."""
-        return len(self.output_processor.states)
-
     def has_unfinished_requests(self) -> bool:
         """True while any request is waiting or running."""
         return self.scheduler.has_unfinished_requests()

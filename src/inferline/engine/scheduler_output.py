@@ -40,11 +40,6 @@ class SchedulerOutput:
         return {s.request.request_id: s.num_tokens for s in self.scheduled}
 
     @property
-    def total_num_tokens(self) -> int:
-        """Tokens in the flattened batch."""
-        return sum(s.num_tokens for s in self.scheduled)
-
-    @property
     def is_empty(self) -> bool:
         """Nothing to run."""
         return not self.scheduled
