@@ -47,38 +47,31 @@ def test_digits_are_split_one_by_one_as_llama_cpp_does(tokenizer) -> None:  # ty
     assert pieces[-4:] == ["2", "0", "2", "4"]
 
 
-def test_chat_template_is_sandboxed(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    hostile = Tokenizer(
+def with_template(tokenizer: Tokenizer, template: str | None) -> Tokenizer:
+    """The same vocabulary with another chat template."""
+    return Tokenizer(
         tokenizer._tokenizer,
         eos_token_ids=[2],
         bos_token_id=None,
         add_bos_token=False,
-        chat_template="{{ messages.__class__.__mro__[1].__subclasses__() }}",
+        chat_template=template,
     )
+
+
+def test_chat_template_is_sandboxed(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    hostile = with_template(tokenizer, "{{ messages.__class__.__mro__[1].__subclasses__() }}")
     with pytest.raises(InvalidParameterError) as info:
         hostile.apply_chat_template([{"role": "user", "content": "x"}])
     assert info.value.param == "messages"
 
 
 def test_template_can_raise_a_clear_error(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    strict = Tokenizer(
-        tokenizer._tokenizer,
-        eos_token_ids=[2],
-        bos_token_id=None,
-        add_bos_token=False,
-        chat_template="{{ raise_exception('roles must alternate') }}",
-    )
+    strict = with_template(tokenizer, "{{ raise_exception('roles must alternate') }}")
     with pytest.raises(InvalidParameterError, match="roles must alternate"):
         strict.apply_chat_template([{"role": "user", "content": "x"}])
 
 
 def test_model_without_template_says_so(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    bare = Tokenizer(
-        tokenizer._tokenizer,
-        eos_token_ids=[2],
-        bos_token_id=None,
-        add_bos_token=False,
-        chat_template=None,
-    )
+    bare = with_template(tokenizer, None)
     with pytest.raises(InvalidParameterError, match="no chat template"):
         bare.apply_chat_template([{"role": "user", "content": "x"}])
