@@ -79,12 +79,15 @@ class EngineConfig:
         max_model_len: cap on the context window (``None`` = the model's own).
         weight_format: ``auto`` (int4 on the CPU, fp32 on CUDA), ``fp32``, ``int8`` (W8A8)
             or ``int4`` (weight-only); see `inferline.models.quant`.
+        kernels: ``auto`` (fused C kernels on the CPU where a compiler can build them),
+            ``native`` (required) or ``torch`` (plain torch ops); see `inferline.models.native`.
     """
 
     model: str = "smollm2-135m"
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "inferline")
     device: str = "cpu"
     weight_format: str = "auto"
+    kernels: str = "auto"
     max_model_len: int | None = None
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)

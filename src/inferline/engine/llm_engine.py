@@ -42,6 +42,7 @@ class LLMEngine:
             cache_dir=config.cache_dir,
             device=config.device,
             weight_format=weight_format,
+            kernels=config.kernels,
         )
         if self.loaded.weight_format != weight_format:
             raise InvalidParameterError(

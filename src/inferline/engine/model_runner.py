@@ -17,7 +17,7 @@ from inferline.core.outputs import Logprob
 from inferline.engine.kv_cache import KVCache
 from inferline.engine.sampler import Sampler, SamplingRow
 from inferline.engine.scheduler_output import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
-from inferline.models.attention import AttentionGroup, AttentionMetadata
+from inferline.models.attention import AttentionGroup, AttentionMetadata, DecodeBatch
 from inferline.models.tokenizer import Tokenizer
 
 
@@ -71,6 +71,20 @@ def _build_group(chunks: list[_Chunk], block_size: int, device: torch.device) ->
     )
 
 
+def _build_decode_batch(chunks: list[_Chunk], block_size: int) -> DecodeBatch:
+    """Block tables and context lengths of single-token chunks, for the native kernel."""
+    max_blocks = max(len(c.block_ids) for c in chunks)
+    tables = np.zeros((len(chunks), max_blocks), dtype=np.int32)
+    for i, c in enumerate(chunks):
+        tables[i, : len(c.block_ids)] = c.block_ids
+    return DecodeBatch(
+        token_rows=torch.tensor([c.first_token for c in chunks], dtype=torch.int64),
+        block_tables=torch.from_numpy(tables),
+        context_lens=torch.tensor([c.context_len for c in chunks], dtype=torch.int32),
+        block_size=block_size,
+    )
+
+
 class ModelRunner:
     """Owns the model and its KV cache; `run` executes one `SchedulerOutput`."""
 
@@ -114,16 +128,17 @@ class ModelRunner:
             first_token += s.num_tokens
             if s.needs_sample:
                 logits_index.append(first_token - 1)
+        decodes = [c for c in chunks if c.num_tokens == 1]
+        native_decode = getattr(self.model, "native", None) is not None and bool(decodes)
         groups = [
             _build_group(group, block_size, self.device)
-            for group in (
-                [c for c in chunks if c.num_tokens == 1],
-                [c for c in chunks if c.num_tokens > 1],
-            )
+            for group in ([] if native_decode else decodes, [c for c in chunks if c.num_tokens > 1])
             if group
         ]
         metadata = AttentionMetadata(
-            torch.from_numpy(np.concatenate(slots)).to(self.device), groups
+            torch.from_numpy(np.concatenate(slots)).to(self.device),
+            groups,
+            _build_decode_batch(decodes, block_size) if native_decode else None,
         )
         flat_ids = torch.tensor([t for ids in input_ids for t in ids], device=self.device)
         flat_positions = torch.from_numpy(np.concatenate(positions)).to(self.device)

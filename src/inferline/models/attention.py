@@ -37,16 +37,36 @@ class AttentionGroup:
 
 
 @dataclass
+class DecodeBatch:
+    """Single-token queries for the native decode kernel, which reads the paged cache itself.
+
+    Attributes:
+        token_rows: ``[S]`` int64 flat token index of each sequence's query.
+        block_tables: ``[S, max_blocks]`` int32 cache blocks of each sequence (padded with 0).
+        context_lens: ``[S]`` int32 keys each query attends to (its position + 1).
+        block_size: slots per cache block.
+    """
+
+    token_rows: torch.Tensor
+    block_tables: torch.Tensor
+    context_lens: torch.Tensor
+    block_size: int
+
+
+@dataclass
 class AttentionMetadata:
     """Per-step attention inputs shared by all layers.
 
     Attributes:
         slot_mapping: ``[T]`` cache slot each new token's K/V is written to.
-        groups: one or two `AttentionGroup`s covering all ``T`` tokens exactly once.
+        groups: `AttentionGroup`s (at most two) for the torch path.
+        decode: single-token queries left to the native kernel; ``groups`` and ``decode``
+            together cover all ``T`` tokens exactly once.
     """
 
     slot_mapping: torch.Tensor
     groups: list[AttentionGroup]
+    decode: DecodeBatch | None = None
 
 
 def paged_attention(
@@ -60,16 +80,27 @@ def paged_attention(
 
     Returns ``[T, num_heads * head_dim]``.
     """
-    key_cache, value_cache = kv_cache[0], kv_cache[1]
-    key_cache.index_copy_(0, metadata.slot_mapping, key)
-    value_cache.index_copy_(0, metadata.slot_mapping, value)
+    kv_cache[0].index_copy_(0, metadata.slot_mapping, key)
+    kv_cache[1].index_copy_(0, metadata.slot_mapping, value)
     num_tokens, num_heads, head_dim = query.shape
     out = query.new_empty(num_tokens, num_heads * head_dim)
-    for group in metadata.groups:
+    attend_groups(query, kv_cache, metadata.groups, out)
+    return out
+
+
+def attend_groups(
+    query: torch.Tensor,  # [T, num_heads, head_dim]
+    kv_cache: torch.Tensor,  # [2, num_slots, num_kv_heads, head_dim], this step's K/V written
+    groups: list[AttentionGroup],
+    out: torch.Tensor,  # [T, num_heads * head_dim]: the groups' rows are filled here
+) -> None:
+    """Gathers each group's keys by slot and runs one SDPA call per group."""
+    num_heads, head_dim = query.shape[1:]
+    for group in groups:
         q = query[group.query_token_index].transpose(1, 2)  # [G, H, Q, D]
-        k = key_cache[group.key_slots].transpose(1, 2)  # [G, KVH, K, D]
-        v = value_cache[group.key_slots].transpose(1, 2)  # [G, KVH, K, D]
+        k = kv_cache[0][group.key_slots].transpose(1, 2)  # [G, KVH, K, D]
+        v = kv_cache[1][group.key_slots].transpose(1, 2)  # [G, KVH, K, D]
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=group.mask, enable_gqa=True)
         tile = o.transpose(1, 2).reshape(-1, num_heads * head_dim)  # [G * Q, H * D]
-        out.index_copy_(0, group.token_index, tile.index_select(0, group.tile_index))
-    return out
+        tile = tile.index_select(0, group.tile_index)
+        out.index_copy_(0, group.token_index, tile.to(out.dtype))

@@ -13,12 +13,15 @@ from torch import nn
 from inferline.core.errors import ModelLoadError
 from inferline.models.attention import AttentionMetadata, paged_attention
 from inferline.models.config import ModelConfig
+from inferline.models.fused_forward import fused_forward
 from inferline.models.head import ApproximateThenExactHead
+from inferline.models.native import NativeKernels
 from inferline.models.quant import (
     Int4Weight,
     Int8Weight,
     WeightFormat,
     int4_linear,
+    int4_matmul,
     int8_linear,
     quantize_int4,
     quantize_int8,
@@ -58,11 +61,24 @@ class Linear(nn.Module):
             self.int8 = quantize_int8(weight)
         self.weight = nn.Parameter(torch.empty(0), requires_grad=False)  # frees the floats
 
+    def _uses_int4(self, rows: int) -> bool:
+        return self.int4 is not None and (self.int8 is None or rows <= MIXED_INT4_MAX_ROWS)
+
+    def input_dtype(self, rows: int) -> torch.dtype:
+        """The activation dtype `matmul` takes for a batch of ``rows`` (bf16 for int4)."""
+        return torch.bfloat16 if self._uses_int4(rows) else torch.float32
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """``x W^T`` without the bias, ``x`` in `input_dtype`; bf16 out for int4, else fp32."""
+        if self._uses_int4(x.shape[0]):
+            assert self.int4 is not None
+            return int4_matmul(x, self.int4)
+        if self.int8 is not None:
+            return int8_linear(x, self.int8)
+        return F.linear(x, self.weight)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        use_int4 = self.int4 is not None and (
-            self.int8 is None or x.shape[0] <= MIXED_INT4_MAX_ROWS
-        )
-        if use_int4:
+        if self._uses_int4(x.shape[0]):
             assert self.int4 is not None
             y = int4_linear(x, self.int4)
         elif self.int8 is not None:
@@ -173,6 +189,8 @@ class DecoderForCausalLM(nn.Module):
         )
         self.lm_head = Linear(config.hidden_size, config.vocab_size)
         self.fast_head: ApproximateThenExactHead | None = None  # set by `quantize`
+        # fused C kernels for the layers' row-wise work (set by `use_native`); None: torch ops
+        self.native: NativeKernels | None = None
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
@@ -185,11 +203,15 @@ class DecoderForCausalLM(nn.Module):
         logits_indices: torch.Tensor,  # [S] rows of the batch whose logits are needed
     ) -> torch.Tensor:
         """Returns float32 logits ``[S, vocab_size]``."""
-        hidden = self.embed_tokens(input_ids)
-        rope = self.rotary(positions)
-        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            hidden = layer(hidden, rope, kv_cache, metadata)
-        hidden = self.norm(hidden[logits_indices])
+        if self.native is not None:
+            hidden = fused_forward(self, self.native, input_ids, positions, kv_caches, metadata)
+            hidden = hidden[logits_indices]
+        else:
+            hidden = self.embed_tokens(input_ids)
+            rope = self.rotary(positions)
+            for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+                hidden = layer(hidden, rope, kv_cache, metadata)
+            hidden = self.norm(hidden[logits_indices])
         if self.fast_head is not None and self.fast_head.handles(hidden.shape[0]):
             return self.fast_head(hidden)
         return self.lm_head(hidden).float()
@@ -209,6 +231,19 @@ class DecoderForCausalLM(nn.Module):
                 if isinstance(module, Linear):
                     module.quantize(weight_format)
         self.fast_head = ApproximateThenExactHead(self.lm_head.weight.data)
+
+    def use_native(self, kernels: NativeKernels | None) -> None:
+        """Runs the layers on ``kernels`` (`fused_forward`) where the model allows it.
+
+        The fused path adds a bias only to the qkv projection (Llama and Qwen2 have no
+        other); a model with other biases keeps the torch path.
+        """
+        other_biases = any(
+            getattr(layer, name).bias is not None
+            for layer in self.layers
+            for name in ("o_proj", "gate_up_proj", "down_proj")
+        )
+        self.native = None if other_biases else kernels
 
     def load_hf_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Takes HF-named weights (fusing q/k/v and gate/up); every parameter must be set.

@@ -13,12 +13,14 @@ from inferline.core.errors import InvalidParameterError, ModelLoadError, Unknown
 from inferline.models.config import ModelConfig
 from inferline.models.gguf_file import read_gguf
 from inferline.models.hf_dir import is_hf_dir, read_hf_dir
+from inferline.models.native import load_kernels
 from inferline.models.quant import WEIGHT_FORMATS, WeightFormat
 from inferline.models.registry import ARCHITECTURES
 from inferline.models.sources import MODEL_SOURCES
 from inferline.models.tokenizer import Tokenizer
 
 DEFAULT_MODEL = "smollm2-135m"
+KERNELS = ("auto", "native", "torch")
 
 
 @dataclass
@@ -32,6 +34,7 @@ class LoadedModel:
     tokenizer: Tokenizer
     load_time_s: float
     weight_format: WeightFormat = "fp32"
+    kernels: str = "torch"  # "native" when the layers run on the fused C kernels
 
 
 def resolve_weight_format(weight_format: str, device: str) -> WeightFormat:
@@ -77,12 +80,19 @@ def load_model(
     cache_dir: Path,
     device: str = "cpu",
     weight_format: str = "fp32",
+    kernels: str = "auto",
 ) -> LoadedModel:
     """Loads weights and the tokenizer of ``name``; projections in ``weight_format``.
 
     Weights are dequantized to float32, then (for ``int8``/``int4``) requantized into the
-    format of torch's CPU kernels.
+    format of torch's CPU kernels. ``kernels``: ``auto`` runs the layers on the fused C
+    kernels where they can be built (CPU only), ``native`` insists on them, ``torch`` never
+    uses them.
     """
+    if kernels not in KERNELS:
+        raise InvalidParameterError(
+            f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}", "kernels"
+        )
     resolved = resolve_weight_format(weight_format, device)
     start = time.perf_counter()
     path = resolve_model_path(name, cache_dir)
@@ -102,5 +112,19 @@ def load_model(
         )
     model = _build(config, weights, device)
     model.quantize(resolved)  # type: ignore[operator]
+    used = _attach_kernels(model, kernels, device, cache_dir)
     elapsed = time.perf_counter() - start
-    return LoadedModel(name, path, config, model, tokenizer, elapsed, resolved)
+    return LoadedModel(name, path, config, model, tokenizer, elapsed, resolved, used)
+
+
+def _attach_kernels(model: nn.Module, kernels: str, device: str, cache_dir: Path) -> str:
+    """Gives the model the native kernels when asked and possible; returns what it runs."""
+    if kernels == "torch" or device != "cpu":
+        if kernels == "native":
+            raise InvalidParameterError("native kernels run on the CPU only", "kernels")
+        return "torch"
+    native = load_kernels(cache_dir)
+    if native is None and kernels == "native":
+        raise ModelLoadError("native kernels were asked for but could not be built (see log)")
+    model.use_native(native)  # type: ignore[operator]
+    return "native" if getattr(model, "native", None) is not None else "torch"

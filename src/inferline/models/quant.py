@@ -74,10 +74,14 @@ def int8_linear(x: torch.Tensor, weight: Int8Weight) -> torch.Tensor:
 
 def int4_linear(x: torch.Tensor, weight: Int4Weight) -> torch.Tensor:
     """``x [M, in]`` float -> ``[M, out]`` float32 through the int4 weight-only kernel."""
-    y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-        x.to(torch.bfloat16), weight.packed, INT4_GROUP, weight.scales_zeros
+    return int4_matmul(x.to(torch.bfloat16), weight).float()
+
+
+def int4_matmul(x: torch.Tensor, weight: Int4Weight) -> torch.Tensor:
+    """``x [M, in]`` bf16 -> ``[M, out]`` bf16: the kernel's own dtypes, no conversions."""
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(
+        x, weight.packed, INT4_GROUP, weight.scales_zeros
     )
-    return y.float()
 
 
 def supports_int4(in_features: int) -> bool:

@@ -1,0 +1,84 @@
+"""The decoder's forward pass on the native kernels: ~9 calls per layer instead of ~45 ops.
+
+Same math as `DecoderForCausalLM`'s torch path (checked against it in the tests); the
+residual stream stays float32 and is updated in place, and activations feed each projection
+in the dtype its kernel takes (bf16 for int4), so no conversion op runs between them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+import torch
+
+from inferline.models.attention import AttentionMetadata, attend_groups
+from inferline.models.native import NativeKernels
+
+if TYPE_CHECKING:
+    from inferline.models.llama import DecoderForCausalLM, DecoderLayer
+
+
+def fused_forward(
+    model: DecoderForCausalLM,
+    kernels: NativeKernels,
+    input_ids: torch.Tensor,  # [T]
+    positions: torch.Tensor,  # [T] int64
+    kv_caches: torch.Tensor,  # [num_layers, 2, num_slots, num_kv_heads, head_dim]
+    metadata: AttentionMetadata,
+) -> torch.Tensor:
+    """Runs the layer stack; returns the final-normed hidden states ``[T, hidden]`` fp32."""
+    residual = model.embed_tokens(input_ids)  # a fresh tensor: updated in place below
+    delta: torch.Tensor | None = None
+    for layer, kv_cache in zip(model.layers, kv_caches, strict=True):
+        delta = _layer(
+            model,
+            cast("DecoderLayer", layer),
+            kernels,
+            residual,
+            delta,
+            positions,
+            kv_cache,
+            metadata,
+        )
+    norm = model.norm
+    return kernels.add_rms_norm(residual, delta, norm.weight, norm.eps, torch.float32)
+
+
+def _layer(
+    model: DecoderForCausalLM,
+    layer: DecoderLayer,
+    kernels: NativeKernels,
+    residual: torch.Tensor,
+    delta: torch.Tensor | None,
+    positions: torch.Tensor,
+    kv_cache: torch.Tensor,
+    metadata: AttentionMetadata,
+) -> torch.Tensor:
+    """Adds the previous layer's output to ``residual``; returns this layer's MLP output."""
+    rows = residual.shape[0]
+    norm = layer.input_layernorm
+    x = kernels.add_rms_norm(
+        residual, delta, norm.weight, norm.eps, layer.qkv_proj.input_dtype(rows)
+    )
+    shape = (layer.num_heads, layer.num_kv_heads, layer.head_dim)
+    rotary = model.rotary
+    q = kernels.rope_store_kv(
+        layer.qkv_proj.matmul(x), layer.qkv_proj.bias, shape, positions, rotary.cos,
+        rotary.sin, metadata.slot_mapping, kv_cache,
+    )  # fmt: skip
+    attention = torch.empty(rows, layer.num_heads * layer.head_dim,
+                            dtype=layer.o_proj.input_dtype(rows))  # fmt: skip
+    decode = metadata.decode
+    if decode is not None:
+        kernels.decode_attention(
+            q, kv_cache, decode.block_tables, decode.context_lens, decode.token_rows,
+            decode.block_size, attention,
+        )  # fmt: skip
+    attend_groups(q, kv_cache, metadata.groups, attention)
+    norm = layer.post_attention_layernorm
+    x = kernels.add_rms_norm(
+        residual, layer.o_proj.matmul(attention), norm.weight, norm.eps,
+        layer.gate_up_proj.input_dtype(rows),
+    )  # fmt: skip
+    gate_up = layer.gate_up_proj.matmul(x)
+    return layer.down_proj.matmul(kernels.silu_mul(gate_up, layer.down_proj.input_dtype(rows)))

@@ -1,0 +1,150 @@
+"""The fused C kernels against the torch ops they replace, kernel by kernel and end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from inferline import SamplingParams
+from inferline.models.llama import apply_rotary
+from inferline.models.native import NativeKernels, load_kernels
+from tests.conftest import run_to_completion
+
+
+@pytest.fixture(scope="module")
+def kernels(cache_dir: Path) -> NativeKernels:
+    native = load_kernels(cache_dir)
+    if native is None:
+        pytest.fail("the native kernels did not build: is a C compiler installed?")
+    return native
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("delta_dtype", [None, torch.float32, torch.bfloat16])
+def test_add_rms_norm_matches_torch(
+    kernels: NativeKernels, out_dtype: torch.dtype, delta_dtype: torch.dtype | None
+) -> None:
+    gen = torch.Generator().manual_seed(0)
+    residual = torch.randn(70, 576, generator=gen)  # 70 rows: the threaded branch too
+    weight = torch.rand(576, generator=gen) + 0.5
+    delta = None if delta_dtype is None else torch.randn(70, 576, generator=gen).to(delta_dtype)
+    expected_residual = residual if delta is None else residual + delta.float()
+    expected = F.rms_norm(expected_residual, (576,), weight, 1e-5).to(out_dtype)
+    ours = residual.clone()
+    out = kernels.add_rms_norm(ours, delta, weight, 1e-5, out_dtype)
+    assert out.dtype == out_dtype
+    torch.testing.assert_close(ours, expected_residual, rtol=0, atol=0)
+    tolerance = 1e-5 if out_dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(out.float(), expected.float(), rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_rope_store_kv_rotates_and_writes_the_cache(
+    kernels: NativeKernels, with_bias: bool
+) -> None:
+    heads, kv_heads, head_dim, rows = 9, 3, 64, 5
+    gen = torch.Generator().manual_seed(1)
+    qkv = torch.randn(rows, (heads + 2 * kv_heads) * head_dim, generator=gen)
+    bias = torch.randn(qkv.shape[1], generator=gen) if with_bias else None
+    angles = torch.rand(100, head_dim // 2, generator=gen) * 6
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    positions = torch.tensor([0, 7, 8, 50, 99])
+    slots = torch.tensor([3, 11, 0, 20, 31])
+    cache = torch.zeros(2, 32, kv_heads, head_dim)
+    q = kernels.rope_store_kv(
+        qkv, bias, (heads, kv_heads, head_dim), positions, cos, sin, slots, cache
+    )
+    full = qkv if bias is None else qkv + bias
+    qk_size = (heads + kv_heads) * head_dim
+    rotated = apply_rotary(
+        full[:, :qk_size].view(rows, heads + kv_heads, head_dim),
+        cos[positions].unsqueeze(1),
+        sin[positions].unsqueeze(1),
+    )
+    torch.testing.assert_close(q, rotated[:, :heads], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(cache[0][slots], rotated[:, heads:], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(cache[1][slots], full[:, qk_size:].view(rows, kv_heads, head_dim))
+    untouched = torch.ones(32, dtype=torch.bool)
+    untouched[slots] = False
+    assert cache[:, untouched].abs().sum() == 0
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_decode_attention_matches_sdpa_over_gathered_keys(
+    kernels: NativeKernels, out_dtype: torch.dtype
+) -> None:
+    heads, kv_heads, head_dim, block_size = 9, 3, 64, 16
+    gen = torch.Generator().manual_seed(2)
+    cache = torch.randn(2, 40 * block_size, kv_heads, head_dim, generator=gen)
+    context_lens = [1, 17, 300, 48]
+    tables = [torch.randperm(40, generator=gen)[: -(-n // block_size)] for n in context_lens]
+    block_tables = torch.zeros(4, max(len(t) for t in tables), dtype=torch.int32)
+    for i, t in enumerate(tables):
+        block_tables[i, : len(t)] = t.int()
+    rows = 7  # the four queries sit at rows 6, 0, 3, 4 of a 7-token batch
+    token_rows = torch.tensor([6, 0, 3, 4])
+    q = torch.randn(rows, heads, head_dim, generator=gen)
+    out = torch.full((rows, heads * head_dim), -7.0, dtype=out_dtype)
+    kernels.decode_attention(
+        q,
+        cache,
+        block_tables,
+        torch.tensor(context_lens, dtype=torch.int32),
+        token_rows,
+        block_size,
+        out,
+    )
+    for i, (row, n) in enumerate(zip(token_rows.tolist(), context_lens, strict=True)):
+        positions = torch.arange(n)
+        slots = block_tables[i].long()[positions // block_size] * block_size + positions % 16
+        k, v = cache[0][slots].transpose(0, 1), cache[1][slots].transpose(0, 1)
+        expected = F.scaled_dot_product_attention(q[row].unsqueeze(1), k, v, enable_gqa=True)
+        tolerance = 1e-5 if out_dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(
+            out[row].float(), expected.reshape(-1), rtol=tolerance, atol=tolerance
+        )
+    assert (out[[1, 2, 5]] == -7.0).all()  # rows of other tokens are left alone
+
+
+def test_silu_mul_matches_torch(kernels: NativeKernels) -> None:
+    gate_up = torch.randn(3, 2 * 1536, generator=torch.Generator().manual_seed(3)) * 4
+    gate, up = gate_up.chunk(2, dim=-1)
+    expected = F.silu(gate) * up
+    torch.testing.assert_close(
+        kernels.silu_mul(gate_up, torch.float32), expected, rtol=1e-5, atol=1e-5
+    )
+    bf16 = kernels.silu_mul(gate_up.bfloat16(), torch.bfloat16)
+    torch.testing.assert_close(bf16.float(), expected, rtol=2e-2, atol=2e-2)
+
+
+def test_native_and_torch_paths_agree_end_to_end(make_engine, smollm) -> None:  # type: ignore[no-untyped-def]
+    """Prefill chunks, decodes and mixed batches: same tokens, logprobs within 1e-4."""
+    assert smollm.kernels == "native"
+    prompts = ["The capital of France is", "def add(a, b):", "Once upon a time " * 30]
+    params = SamplingParams(max_tokens=12, temperature=0, logprobs=3)
+
+    def run() -> list:  # type: ignore[type-arg]
+        engine = make_engine(max_num_batched_tokens=64)  # chunked prefill beside decodes
+        return run_to_completion(engine, prompts, params)
+
+    native = run()
+    kernels, smollm.model.native = smollm.model.native, None
+    try:
+        reference = run()
+    finally:
+        smollm.model.native = kernels
+    for ours, theirs in zip(native, reference, strict=True):
+        assert ours.outputs[0].token_ids == theirs.outputs[0].token_ids
+        for a, b in zip(ours.outputs[0].logprobs, theirs.outputs[0].logprobs, strict=True):
+            assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+
+
+def test_kernels_can_be_switched_off(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("INFERLINE_NATIVE_KERNELS", "0")
+    assert load_kernels(tmp_path) is None
+    monkeypatch.delenv("INFERLINE_NATIVE_KERNELS")
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    assert load_kernels(tmp_path / "other") is None  # a broken compiler: torch path, no crash
