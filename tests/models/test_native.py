@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from inferline import SamplingParams
 from inferline.models.llama import apply_rotary
 from inferline.models.native import NativeKernels, load_kernels
+from inferline.models.quant import Int8Rows, int8_linear, int8_matmul, quantize_int8
 from tests.conftest import run_to_completion
 
 
@@ -41,9 +42,10 @@ def test_add_rms_norm_matches_torch(
     torch.testing.assert_close(out.float(), expected.float(), rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_rope_store_kv_rotates_and_writes_the_cache(
-    kernels: NativeKernels, with_bias: bool
+    kernels: NativeKernels, with_bias: bool, cache_dtype: torch.dtype
 ) -> None:
     heads, kv_heads, head_dim, rows = 9, 3, 64, 5
     gen = torch.Generator().manual_seed(1)
@@ -53,7 +55,7 @@ def test_rope_store_kv_rotates_and_writes_the_cache(
     cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
     positions = torch.tensor([0, 7, 8, 50, 99])
     slots = torch.tensor([3, 11, 0, 20, 31])
-    cache = torch.zeros(2, 32, kv_heads, head_dim)
+    cache = torch.zeros(2, 32, kv_heads, head_dim, dtype=cache_dtype)
     q = kernels.rope_store_kv(
         qkv, bias, (heads, kv_heads, head_dim), positions, cos, sin, slots, cache
     )
@@ -65,20 +67,22 @@ def test_rope_store_kv_rotates_and_writes_the_cache(
         sin[positions].unsqueeze(1),
     )
     torch.testing.assert_close(q, rotated[:, :heads], rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(cache[0][slots], rotated[:, heads:], rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(cache[1][slots], full[:, qk_size:].view(rows, kv_heads, head_dim))
+    keys, values = rotated[:, heads:], full[:, qk_size:].view(rows, kv_heads, head_dim)
+    torch.testing.assert_close(cache[0][slots], keys.to(cache_dtype), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(cache[1][slots], values.to(cache_dtype), rtol=0, atol=0)
     untouched = torch.ones(32, dtype=torch.bool)
     untouched[slots] = False
     assert cache[:, untouched].abs().sum() == 0
 
 
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
 def test_decode_attention_matches_sdpa_over_gathered_keys(
-    kernels: NativeKernels, out_dtype: torch.dtype
+    kernels: NativeKernels, out_dtype: torch.dtype, cache_dtype: torch.dtype
 ) -> None:
     heads, kv_heads, head_dim, block_size = 9, 3, 64, 16
     gen = torch.Generator().manual_seed(2)
-    cache = torch.randn(2, 40 * block_size, kv_heads, head_dim, generator=gen)
+    cache = torch.randn(2, 40 * block_size, kv_heads, head_dim, generator=gen).to(cache_dtype)
     context_lens = [1, 17, 300, 48]
     tables = [torch.randperm(40, generator=gen)[: -(-n // block_size)] for n in context_lens]
     block_tables = torch.zeros(4, max(len(t) for t in tables), dtype=torch.int32)
@@ -100,7 +104,7 @@ def test_decode_attention_matches_sdpa_over_gathered_keys(
     for i, (row, n) in enumerate(zip(token_rows.tolist(), context_lens, strict=True)):
         positions = torch.arange(n)
         slots = block_tables[i].long()[positions // block_size] * block_size + positions % 16
-        k, v = cache[0][slots].transpose(0, 1), cache[1][slots].transpose(0, 1)
+        k, v = (cache[i][slots].float().transpose(0, 1) for i in (0, 1))
         expected = F.scaled_dot_product_attention(q[row].unsqueeze(1), k, v, enable_gqa=True)
         tolerance = 1e-5 if out_dtype == torch.float32 else 1e-2
         torch.testing.assert_close(
@@ -148,3 +152,44 @@ def test_kernels_can_be_switched_off(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.delenv("INFERLINE_NATIVE_KERNELS")
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     assert load_kernels(tmp_path / "other") is None  # a broken compiler: torch path, no crash
+
+
+def test_w8a8_activations_match_torch_bit_for_bit(kernels: NativeKernels) -> None:
+    """int8 rows out of a kernel and int32 products into one, as `int8_linear` computes them."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 576, generator=gen) * 3
+    weight = quantize_int8(torch.randn(64, 576, generator=gen))
+    rows = kernels.quantize_rows(x)
+    expected_scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0
+    assert torch.equal(rows.scales, expected_scale)
+    assert torch.equal(rows.values, torch.round(x / expected_scale).to(torch.int8))
+    product = int8_matmul(rows, weight)
+    residual = torch.randn(5, 64, generator=gen)
+    ours = residual.clone()
+    kernels.add_rms_norm(ours, product, torch.ones(64), 1e-5, torch.float32)
+    assert torch.equal(ours, residual + int8_linear(x, weight))
+    normed = kernels.add_rms_norm(residual.clone(), None, torch.ones(64), 1e-5, torch.int8)
+    assert isinstance(normed, Int8Rows) and normed.values.dtype == torch.int8
+
+
+@pytest.mark.parametrize("weight_format", ["int8", "int4"])
+def test_quantized_native_path_keeps_the_torch_paths_perplexity(
+    cache_dir: Path, weight_format: str
+) -> None:
+    """Quantized activations make tokens sensitive to the last bit (a 1-ulp change flips an
+    int8 rounding, and that grows over 30 layers), so compare perplexity, not tokens."""
+    from inferline.engine import EngineConfig, LLMEngine
+    from inferline.engine.evaluate import perplexity
+
+    engine = LLMEngine(EngineConfig(cache_dir=cache_dir, weight_format=weight_format))
+    model = engine.loaded.model
+    assert model.native is not None
+    text = (Path(__file__).parents[2] / "ARCHITECTURE.md").read_text()
+    ids = engine.loaded.tokenizer.encode(text)[:512]
+    native = perplexity(engine, ids)
+    kernels, model.native = model.native, None
+    try:
+        reference = perplexity(engine, ids)
+    finally:
+        model.native = kernels
+    assert native == pytest.approx(reference, rel=0.01)

@@ -9,7 +9,14 @@ from inferline.core import SamplingParams
 from inferline.engine import EngineConfig, LLMEngine
 from inferline.engine.evaluate import perplexity
 from inferline.models import load_model
-from inferline.models.quant import int4_linear, int8_linear, quantize_int4, quantize_int8
+from inferline.models.quant import (
+    PROBE_ROWS,
+    int4_linear,
+    int8_linear,
+    probe_int4_max_rows,
+    quantize_int4,
+    quantize_int8,
+)
 from tests.conftest import run_to_completion
 
 TEXT = (
@@ -65,10 +72,11 @@ def test_quantized_perplexity_stays_close_to_fp32(formats) -> None:  # type: ign
 
 def test_int4_engine_answers_and_is_batch_invariant(formats) -> None:  # type: ignore[no-untyped-def]
     engine = formats["int4"]
-    chat = engine.tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What is the capital of France?"}]
+    # not the chat question: its first token is a near-tie ("The" vs "L'Étoile", 0.1 nats in
+    # fp32) that any rounding flips, bf16 vLLM included
+    answer = run_to_completion(
+        engine, ["The capital of France is"], SamplingParams(max_tokens=8, temperature=0)
     )
-    answer = run_to_completion(engine, [chat], SamplingParams(max_tokens=24, temperature=0))
     assert "Paris" in answer[0].outputs[0].text
     params = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
     alone = run_to_completion(engine, ["The capital of France is"], params)[0]
@@ -113,10 +121,16 @@ def test_fast_head_gives_the_same_greedy_tokens(formats) -> None:  # type: ignor
 
 
 def test_mixed_format_picks_the_kernel_by_batch_rows(formats) -> None:  # type: ignore[no-untyped-def]
-    from inferline.models.llama import MIXED_INT4_MAX_ROWS
-
     layer = formats["mixed"].loaded.model.layers[0].gate_up_proj
     assert layer.int4 is not None and layer.int8 is not None and layer.weight.numel() == 0
-    x = torch.randn(MIXED_INT4_MAX_ROWS + 1, layer.int8.w8_t.shape[0])
-    assert torch.equal(layer(x[:2]), int4_linear(x[:2], layer.int4))
-    assert torch.equal(layer(x), int8_linear(x, layer.int8))
+    layer.int4_max_rows, saved = 2, layer.int4_max_rows  # the probe's answer varies by CPU
+    try:
+        x = torch.randn(3, layer.int8.w8_t.shape[0])
+        assert torch.equal(layer(x[:2]), int4_linear(x[:2], layer.int4))
+        assert torch.equal(layer(x), int8_linear(x, layer.int8))
+    finally:
+        layer.int4_max_rows = saved
+
+
+def test_the_probe_returns_a_measured_crossover() -> None:
+    assert probe_int4_max_rows(576, 3072, repeats=2) in (0, *PROBE_ROWS)

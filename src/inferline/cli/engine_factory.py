@@ -3,24 +3,37 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from inferline.cli.main import default_cache_dir
 from inferline.core.sampling_params import SamplingParams
 
+if TYPE_CHECKING:
+    from inferline.engine import EngineConfig
+
+
+def engine_config(args: argparse.Namespace, cache_dir: Path, **overrides: Any) -> EngineConfig:
+    """The `EngineConfig` the shared engine options describe (imports the engine lazily)."""
+    from inferline.engine import CacheConfig, EngineConfig
+
+    return EngineConfig(
+        model=args.model,
+        cache_dir=cache_dir,
+        device=args.device,
+        weight_format=args.weight_format,
+        kernels=args.kernels,
+        max_model_len=args.max_model_len,
+        cache=CacheConfig(kv_cache_gib=args.kv_cache_gib, kv_cache_dtype=args.kv_cache_dtype),
+        **overrides,
+    )
+
 
 def build_llm(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """An `LLM` configured from ``args`` (imports the engine, hence torch, lazily)."""
-    from inferline.engine import LLM, CacheConfig, EngineConfig
+    from inferline.engine import LLM
 
-    config = EngineConfig(
-        model=args.model,
-        cache_dir=default_cache_dir(),
-        device=args.device,
-        weight_format=args.weight_format,
-        max_model_len=args.max_model_len,
-        cache=CacheConfig(kv_cache_gib=args.kv_cache_gib),
-    )
-    return LLM(config=config)
+    return LLM(config=engine_config(args, default_cache_dir()))
 
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:

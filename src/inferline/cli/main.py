@@ -30,8 +30,20 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         "--weight-format",
         default="auto",
         choices=["auto", "fp32", "int8", "int4", "mixed"],
-        help="projection weights: auto = int4 on the CPU, fp32 on CUDA; mixed = int4 decode "
-        "+ int8 prefill",
+        help="projection weights: auto = mixed on the CPU (int4 for the smallest batches, int8 "
+        "W8A8 above, crossover measured at load), fp32 on CUDA",
+    )
+    parser.add_argument(
+        "--kv-cache-dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="KV cache precision: auto = bfloat16 with quantized weights, float32 with fp32",
+    )
+    parser.add_argument(
+        "--kernels",
+        default="auto",
+        choices=["auto", "native", "torch"],
+        help="the layers' row-wise work: auto = fused C kernels where a C compiler builds them",
     )
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from inferline.cli.engine_factory import engine_config
 from inferline.server import ServerConfig, create_app
 from inferline.server.state import ServerState
 from inferline.store import RequestLog, RequestLogWriter, connect, default_database_url, migrate
@@ -17,26 +18,20 @@ def build_app(
     """Loads the model (slow), opens the request log, returns the app and its state."""
     from inferline.engine import (
         AsyncEngine,
-        CacheConfig,
-        EngineConfig,
         FrontendConfig,
         LLMEngine,
         SchedulerConfig,
     )
 
-    engine_config = EngineConfig(
-        model=args.model,
-        cache_dir=data_dir,
-        device=args.device,
-        weight_format=args.weight_format,
-        max_model_len=args.max_model_len,
-        cache=CacheConfig(kv_cache_gib=args.kv_cache_gib),
+    engine_settings = engine_config(
+        args,
+        data_dir,
         scheduler=SchedulerConfig(
             max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs
         ),
     )
     generator = AsyncEngine(
-        lambda: LLMEngine(engine_config),  # built on the engine thread (see AsyncEngine)
+        lambda: LLMEngine(engine_settings),  # built on the engine thread (see AsyncEngine)
         FrontendConfig(
             max_queued_requests=args.max_queued_requests, stall_timeout_s=args.stall_timeout
         ),

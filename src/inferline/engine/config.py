@@ -27,6 +27,15 @@ class CacheConfig:
     kv_cache_gib: float = 1.0
     kv_cache_tokens: int | None = None
     enable_prefix_caching: bool = True
+    kv_cache_dtype: str = "auto"
+
+    def resolve_dtype(self, weight_format: str) -> str:
+        """``auto``: bfloat16 beside quantized weights (half the memory and bandwidth of
+        attention; quantized activations are coarser anyway), float32 beside fp32 weights
+        (the reference numerics)."""
+        if self.kv_cache_dtype != "auto":
+            return self.kv_cache_dtype
+        return "float32" if weight_format == "fp32" else "bfloat16"
 
     def __post_init__(self) -> None:
         if self.block_size not in (1, 2, 4, 8, 16, 32, 64, 128):
@@ -36,6 +45,11 @@ class CacheConfig:
             )
         _require_positive("kv_cache_gib", self.kv_cache_gib)
         _require_positive("kv_cache_tokens", self.kv_cache_tokens)
+        if self.kv_cache_dtype not in ("auto", "float32", "bfloat16"):
+            raise InvalidParameterError(
+                f"kv_cache_dtype must be auto, float32 or bfloat16, got {self.kv_cache_dtype!r}",
+                "kv_cache_dtype",
+            )
 
     def num_blocks(self, kv_bytes_per_token: int) -> int:
         """Blocks that fit the budget for a model storing ``kv_bytes_per_token``."""

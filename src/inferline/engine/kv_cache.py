@@ -14,7 +14,12 @@ class KVCache:
     """
 
     def __init__(
-        self, config: ModelConfig, num_blocks: int, block_size: int, device: torch.device
+        self,
+        config: ModelConfig,
+        num_blocks: int,
+        block_size: int,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size
@@ -26,7 +31,9 @@ class KVCache:
             config.num_kv_heads,
             config.head_dim,
         )
-        self.tensor = torch.zeros(shape, dtype=torch.float32, device=device)
+        # zeros, not empty: padded key slots are masked, but NaN garbage in V would still
+        # poison the masked SDPA's output (NaN * 0)
+        self.tensor = torch.zeros(shape, dtype=dtype, device=device)
 
     def copy_block(self, src: int, dst: int) -> None:
         """Copies all layers' K/V of block ``src`` into block ``dst``."""

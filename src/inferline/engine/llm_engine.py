@@ -56,10 +56,14 @@ class LLMEngine:
             config.max_model_len or model_config.max_position_embeddings,
             model_config.max_position_embeddings,
         )
-        num_blocks = config.cache.num_blocks(model_config.kv_bytes_per_token)
+        kv_dtype = getattr(torch, config.cache.resolve_dtype(weight_format))
+        kv_bytes = model_config.kv_bytes_per_token(kv_dtype.itemsize)
+        num_blocks = config.cache.num_blocks(kv_bytes)
         block_size = config.cache.block_size
         self.block_pool = BlockPool(num_blocks, block_size, config.cache.enable_prefix_caching)
-        self.kv_cache = KVCache(model_config, num_blocks, block_size, torch.device(config.device))
+        self.kv_cache = KVCache(
+            model_config, num_blocks, block_size, torch.device(config.device), kv_dtype
+        )
         self.scheduler = Scheduler(
             config.scheduler, self.block_pool, self.max_model_len, self.tokenizer.eos_token_ids
         )

@@ -41,7 +41,6 @@ class ModelConfig:
         if self.head_dim % 2 != 0:
             raise ModelLoadError(f"head_dim must be even for RoPE, got {self.head_dim}")
 
-    @property
-    def kv_bytes_per_token(self) -> int:
-        """Bytes of K and V one token takes in fp32 over all layers."""
-        return self.num_layers * 2 * self.num_kv_heads * self.head_dim * 4
+    def kv_bytes_per_token(self, element_size: int = 4) -> int:
+        """Bytes of K and V one token takes over all layers (``element_size``: 4 for fp32)."""
+        return self.num_layers * 2 * self.num_kv_heads * self.head_dim * element_size

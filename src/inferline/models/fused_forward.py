@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 
 from inferline.models.attention import AttentionMetadata, attend_groups
-from inferline.models.native import NativeKernels
+from inferline.models.native import Activation, NativeKernels
 
 if TYPE_CHECKING:
     from inferline.models.llama import DecoderForCausalLM, DecoderLayer
@@ -28,7 +28,7 @@ def fused_forward(
 ) -> torch.Tensor:
     """Runs the layer stack; returns the final-normed hidden states ``[T, hidden]`` fp32."""
     residual = model.embed_tokens(input_ids)  # a fresh tensor: updated in place below
-    delta: torch.Tensor | None = None
+    delta: Activation | None = None
     for layer, kv_cache in zip(model.layers, kv_caches, strict=True):
         delta = _layer(
             model,
@@ -41,7 +41,9 @@ def fused_forward(
             metadata,
         )
     norm = model.norm
-    return kernels.add_rms_norm(residual, delta, norm.weight, norm.eps, torch.float32)
+    hidden = kernels.add_rms_norm(residual, delta, norm.weight, norm.eps, torch.float32)
+    assert isinstance(hidden, torch.Tensor)
+    return hidden
 
 
 def _layer(
@@ -49,11 +51,11 @@ def _layer(
     layer: DecoderLayer,
     kernels: NativeKernels,
     residual: torch.Tensor,
-    delta: torch.Tensor | None,
+    delta: Activation | None,
     positions: torch.Tensor,
     kv_cache: torch.Tensor,
     metadata: AttentionMetadata,
-) -> torch.Tensor:
+) -> Activation:
     """Adds the previous layer's output to ``residual``; returns this layer's MLP output."""
     rows = residual.shape[0]
     norm = layer.input_layernorm
@@ -66,8 +68,9 @@ def _layer(
         layer.qkv_proj.matmul(x), layer.qkv_proj.bias, shape, positions, rotary.cos,
         rotary.sin, metadata.slot_mapping, kv_cache,
     )  # fmt: skip
+    o_dtype = layer.o_proj.input_dtype(rows)
     attention = torch.empty(rows, layer.num_heads * layer.head_dim,
-                            dtype=layer.o_proj.input_dtype(rows))  # fmt: skip
+                            dtype=torch.float32 if o_dtype == torch.int8 else o_dtype)  # fmt: skip
     decode = metadata.decode
     if decode is not None:
         kernels.decode_attention(
@@ -75,9 +78,10 @@ def _layer(
             decode.block_size, attention,
         )  # fmt: skip
     attend_groups(q, kv_cache, metadata.groups, attention)
+    o_input = kernels.quantize_rows(attention) if o_dtype == torch.int8 else attention
     norm = layer.post_attention_layernorm
     x = kernels.add_rms_norm(
-        residual, layer.o_proj.matmul(attention), norm.weight, norm.eps,
+        residual, layer.o_proj.matmul(o_input), norm.weight, norm.eps,
         layer.gate_up_proj.input_dtype(rows),
     )  # fmt: skip
     gate_up = layer.gate_up_proj.matmul(x)

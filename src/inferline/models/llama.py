@@ -18,18 +18,19 @@ from inferline.models.head import ApproximateThenExactHead
 from inferline.models.native import NativeKernels
 from inferline.models.quant import (
     Int4Weight,
+    Int8Rows,
     Int8Weight,
+    Int32Product,
     WeightFormat,
     int4_linear,
     int4_matmul,
     int8_linear,
+    int8_matmul,
+    probe_int4_max_rows,
     quantize_int4,
     quantize_int8,
     supports_int4,
 )
-
-# In the ``mixed`` format, batches up to this many rows run int4 (decode), larger ones int8.
-MIXED_INT4_MAX_ROWS = 32
 
 
 class Linear(nn.Module):
@@ -45,16 +46,18 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
         self.int8: Int8Weight | None = None
         self.int4: Int4Weight | None = None
+        self.int4_max_rows = 0  # with both copies: int4 up to this many rows, int8 above
 
-    def quantize(self, weight_format: WeightFormat) -> None:
+    def quantize(self, weight_format: WeightFormat, int4_max_rows: int = 0) -> None:
         """Replaces the float weight by int4 and/or int8 copies; ``fp32`` keeps it.
 
-        ``mixed`` keeps both: int4 for up to `MIXED_INT4_MAX_ROWS` rows (decode), int8 W8A8
-        above (prefill chunks), where W8A8 runs about twice as fast.
+        ``mixed`` keeps both: int4 for up to ``int4_max_rows`` rows, int8 W8A8 above, where
+        it runs faster (the crossover is measured at load: `probe_int4_max_rows`).
         """
         if weight_format == "fp32":
             return
         weight = self.weight.data
+        self.int4_max_rows = int4_max_rows
         if weight_format in ("int4", "mixed") and supports_int4(weight.shape[1]):
             self.int4 = quantize_int4(weight)
         if weight_format in ("int8", "mixed") or self.int4 is None:
@@ -62,14 +65,20 @@ class Linear(nn.Module):
         self.weight = nn.Parameter(torch.empty(0), requires_grad=False)  # frees the floats
 
     def _uses_int4(self, rows: int) -> bool:
-        return self.int4 is not None and (self.int8 is None or rows <= MIXED_INT4_MAX_ROWS)
+        return self.int4 is not None and (self.int8 is None or rows <= self.int4_max_rows)
 
     def input_dtype(self, rows: int) -> torch.dtype:
-        """The activation dtype `matmul` takes for a batch of ``rows`` (bf16 for int4)."""
-        return torch.bfloat16 if self._uses_int4(rows) else torch.float32
+        """What `matmul` takes for ``rows`` rows: bf16 (int4), int8 (`Int8Rows`) or float32."""
+        if self._uses_int4(rows):
+            return torch.bfloat16
+        return torch.int8 if self.int8 is not None else torch.float32
 
-    def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``x W^T`` without the bias, ``x`` in `input_dtype`; bf16 out for int4, else fp32."""
+    def matmul(self, x: torch.Tensor | Int8Rows) -> torch.Tensor | Int32Product:
+        """``x W^T`` without the bias, ``x`` as `input_dtype` says; the kernel's own output
+        (bf16 for int4, `Int32Product` for int8 rows, float32 otherwise)."""
+        if isinstance(x, Int8Rows):
+            assert self.int8 is not None
+            return int8_matmul(x, self.int8)
         if self._uses_int4(x.shape[0]):
             assert self.int4 is not None
             return int4_matmul(x, self.int4)
@@ -189,6 +198,7 @@ class DecoderForCausalLM(nn.Module):
         )
         self.lm_head = Linear(config.hidden_size, config.vocab_size)
         self.fast_head: ApproximateThenExactHead | None = None  # set by `quantize`
+        self.int4_max_rows = 0  # ``mixed``: the measured int4/W8A8 crossover (0 otherwise)
         # fused C kernels for the layers' row-wise work (set by `use_native`); None: torch ops
         self.native: NativeKernels | None = None
         if config.tie_word_embeddings:
@@ -212,7 +222,7 @@ class DecoderForCausalLM(nn.Module):
             for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
                 hidden = layer(hidden, rope, kv_cache, metadata)
             hidden = self.norm(hidden[logits_indices])
-        if self.fast_head is not None and self.fast_head.handles(hidden.shape[0]):
+        if self.fast_head is not None:
             return self.fast_head(hidden)
         return self.lm_head(hidden).float()
 
@@ -221,15 +231,20 @@ class DecoderForCausalLM(nn.Module):
 
         int4 or W8A8 heads cost SmolLM2 2-6 % perplexity, and torch's int8 weight-only kernel
         returns bf16 logits (ties and ~0.1 logprob errors), so the head keeps full precision
-        and decode batches use `ApproximateThenExactHead`; int4 layers cost nothing
-        measurable on the Q4_1 model.
+        for each row's best candidates (`ApproximateThenExactHead`); int4 layers cost
+        nothing measurable on the Q4_1 model.
         """
         if weight_format == "fp32":
             return
+        int4_max_rows = 0
+        if weight_format == "mixed":
+            config = self.config
+            int4_max_rows = probe_int4_max_rows(config.hidden_size, 2 * config.intermediate_size)
+        self.int4_max_rows = int4_max_rows
         for layer in self.layers:
             for module in layer.modules():
                 if isinstance(module, Linear):
-                    module.quantize(weight_format)
+                    module.quantize(weight_format, int4_max_rows)
         self.fast_head = ApproximateThenExactHead(self.lm_head.weight.data)
 
     def use_native(self, kernels: NativeKernels | None) -> None:

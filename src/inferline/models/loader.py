@@ -38,9 +38,9 @@ class LoadedModel:
 
 
 def resolve_weight_format(weight_format: str, device: str) -> WeightFormat:
-    """``auto`` -> int4 on the CPU (torch's CPU kernels), fp32 elsewhere."""
+    """``auto`` -> mixed on the CPU (int4 and W8A8, chosen per batch size), fp32 elsewhere."""
     if weight_format == "auto":
-        return "int4" if device == "cpu" else "fp32"
+        return "mixed" if device == "cpu" else "fp32"
     if weight_format not in WEIGHT_FORMATS:
         raise InvalidParameterError(
             f"weight_format must be auto or one of {', '.join(WEIGHT_FORMATS)}, "

@@ -9,7 +9,9 @@ Two formats, both from torch's own CPU kernels (signatures in ``shared/bench/lim
   activations (``_weight_int4pack_mm_for_cpu``). Fastest for a handful of rows (decode); a
   Q4_1 GGUF tensor maps onto it with only the scales rounded to bf16.
 
-``mixed`` keeps both copies: int4 for decode-sized batches, int8 for prefill chunks.
+``mixed`` keeps both copies: int4 for the smallest batches, W8A8 above a row count that
+`probe_int4_max_rows` measures on this CPU at load (on an AVX512-VNNI EPYC: int4 wins at
+1-2 rows, W8A8 from 4 rows on, 3x faster at 32 rows).
 
 Both kernels compute each output row from its input row alone (checked bit for bit in the
 tests), so a request's tokens do not depend on what else is in the batch; fp32 MKL GEMMs do
@@ -18,6 +20,7 @@ not have that property.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,6 +45,26 @@ class Int4Weight:
 
     packed: torch.Tensor
     scales_zeros: torch.Tensor
+
+
+@dataclass
+class Int8Rows:
+    """W8A8 input: ``values`` ``[M, K]`` int8 with per-row ``scales`` ``[M, 1]`` float32."""
+
+    values: torch.Tensor
+    scales: torch.Tensor
+
+
+@dataclass
+class Int32Product:
+    """W8A8 output before dequantization: ``values * (row_scales * col_scales)`` is the result.
+
+    ``values`` ``[M, N]`` int32, ``row_scales`` ``[M, 1]``, ``col_scales`` ``[N]`` float32.
+    """
+
+    values: torch.Tensor
+    row_scales: torch.Tensor
+    col_scales: torch.Tensor
 
 
 def quantize_int8(weight: torch.Tensor) -> Int8Weight:
@@ -72,6 +95,11 @@ def int8_linear(x: torch.Tensor, weight: Int8Weight) -> torch.Tensor:
     return torch._int_mm(x8, weight.w8_t).float() * (x_scale * weight.scale)
 
 
+def int8_matmul(x: Int8Rows, weight: Int8Weight) -> Int32Product:
+    """The W8A8 product of already quantized rows, left in int32 for the next kernel."""
+    return Int32Product(torch._int_mm(x.values, weight.w8_t), x.scales, weight.scale)
+
+
 def int4_linear(x: torch.Tensor, weight: Int4Weight) -> torch.Tensor:
     """``x [M, in]`` float -> ``[M, out]`` float32 through the int4 weight-only kernel."""
     return int4_matmul(x.to(torch.bfloat16), weight).float()
@@ -87,3 +115,35 @@ def int4_matmul(x: torch.Tensor, weight: Int4Weight) -> torch.Tensor:
 def supports_int4(in_features: int) -> bool:
     """The int4 kernel needs whole groups along the input dimension."""
     return in_features % INT4_GROUP == 0
+
+
+PROBE_ROWS = (1, 2, 4, 8, 16)
+
+
+def probe_int4_max_rows(in_features: int, out_features: int, repeats: int = 5) -> int:
+    """The largest batch (of `PROBE_ROWS`) where int4 beats W8A8 on this CPU; 0 if none.
+
+    Times both kernels on a random weight of the model's MLP shape (~50 ms at load).
+    """
+    weight = torch.randn(out_features, in_features)
+    int4, int8 = quantize_int4(weight), quantize_int8(weight)
+    best = 0
+    for rows in PROBE_ROWS:
+        x = torch.randn(rows, in_features)
+        int4_s = _fastest(lambda x=x: int4_matmul(x.to(torch.bfloat16), int4), repeats)
+        int8_s = _fastest(lambda x=x: int8_linear(x, int8), repeats)
+        if int4_s >= int8_s:
+            break
+        best = rows
+    return best
+
+
+def _fastest(run: object, repeats: int) -> float:
+    assert callable(run)
+    run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)

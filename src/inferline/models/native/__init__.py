@@ -23,20 +23,30 @@ from pathlib import Path
 
 import torch
 
+from inferline.models.quant import Int8Rows, Int32Product
+
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11")
 
 _i64, _i32, _f32, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
+_SOURCE_ARGS = [_ptr, _i32, _ptr, _ptr]  # values, kind, row scales, column scales
+_SINK_ARGS = [_ptr, _i32, _ptr]  # values, kind, row scales (int8)
 _SIGNATURES = {
-    "add_rms_norm": [_i64, _i32, _ptr, _i32, _ptr, _ptr, _f32, _ptr, _i32],
-    "rope_store_kv": [_i64, _i32, _i32, _i32, _ptr, _i32, _ptr, _ptr, _ptr, _ptr, _ptr]
-    + [_ptr, _ptr, _ptr],
-    "decode_attention": [_i64, _i32, _i32, _i32, _ptr, _ptr, _ptr, _ptr, _i32, _ptr, _ptr]
-    + [_i32, _f32, _ptr, _i32],
-    "silu_mul": [_i64, _i32, _ptr, _i32, _ptr, _i32],
+    "add_rms_norm": [_i64, _i32, *_SOURCE_ARGS, _ptr, _ptr, _f32, *_SINK_ARGS],
+    "quantize_rows": [_i64, _i32, _ptr, _i32, _ptr, _ptr],
+    "rope_store_kv": [_i64, _i32, _i32, _i32, *_SOURCE_ARGS, _ptr, _ptr, _ptr, _ptr, _ptr]
+    + [_ptr, _ptr, _i32, _ptr],
+    "decode_attention": [_i64, _i32, _i32, _i32, _ptr, _ptr, _ptr, _i32, _ptr, _i32, _ptr]
+    + [_ptr, _i32, _f32, _ptr, _i32],
+    "silu_mul": [_i64, _i32, *_SOURCE_ARGS, *_SINK_ARGS],
 }
+# activation kinds, as in cpu_kernels.c
+_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int32: 2, torch.int8: 3}
+
+Activation = torch.Tensor | Int8Rows | Int32Product
+MatmulInput = torch.Tensor | Int8Rows
 
 
 def _cpu_signature() -> str:
@@ -112,58 +122,88 @@ def _is_bf16(tensor: torch.Tensor) -> int:
     return int(tensor.dtype == torch.bfloat16)
 
 
+def _source(x: Activation | None) -> tuple[int | None, int, int | None, int | None]:
+    """An input activation as (values, kind, row scales, column scales) arguments."""
+    if x is None:
+        return None, 0, None, None
+    if isinstance(x, Int32Product):
+        return _p(x.values), _KINDS[torch.int32], _p(x.row_scales), _p(x.col_scales)
+    if isinstance(x, Int8Rows):
+        raise ValueError("int8 rows are a matmul input, not a kernel input")
+    return _p(x), _is_bf16(x), None, None
+
+
+def _sink(rows: int, width: int, dtype: torch.dtype) -> tuple[MatmulInput, list[int | None]]:
+    """A new output activation and its (values, kind, scales) arguments."""
+    if dtype == torch.int8:
+        out = Int8Rows(torch.empty(rows, width, dtype=torch.int8), torch.empty(rows, 1))
+        return out, [_p(out.values), _KINDS[torch.int8], _p(out.scales)]
+    values = torch.empty(rows, width, dtype=dtype)
+    return values, [_p(values), _is_bf16(values), None]
+
+
+def _rows(x: Activation) -> tuple[int, int]:
+    values = x if isinstance(x, torch.Tensor) else x.values
+    return values.shape[0], values.shape[1]
+
+
 class NativeKernels:
     """Typed wrappers over the C functions; each allocates and returns its output."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         for name, argtypes in _SIGNATURES.items():
             getattr(lib, name).argtypes = argtypes
-            getattr(lib, name).restype = None
+            getattr(lib, name).restype = ctypes.c_int if name == "decode_attention" else None
         self.lib = lib
 
     def add_rms_norm(
         self,
         residual: torch.Tensor,  # [T, hidden] float32, updated in place
-        delta: torch.Tensor | None,  # [T, hidden] float32 or bf16
+        delta: Activation | None,  # [T, hidden]
         weight: torch.Tensor,
         eps: float,
         out_dtype: torch.dtype,
-    ) -> torch.Tensor:
-        """``residual += delta``; returns ``rms_norm(residual) * weight`` in ``out_dtype``."""
-        out = torch.empty(residual.shape, dtype=out_dtype)
-        delta_bf16 = 0 if delta is None else _is_bf16(delta)
+    ) -> MatmulInput:
+        """``residual += delta``; returns ``rms_norm(residual) * weight`` as ``out_dtype``
+        (float32, bf16, or int8 for `Int8Rows`)."""
         rows, hidden = residual.shape
-        self.lib.add_rms_norm(
-            rows, hidden, _p(delta), delta_bf16, _p(residual), _p(weight), eps, _p(out),
-            _is_bf16(out),
-        )  # fmt: skip
+        out, sink = _sink(rows, hidden, out_dtype)
+        self.lib.add_rms_norm(rows, hidden, *_source(delta), _p(residual), _p(weight), eps, *sink)
+        return out
+
+    def quantize_rows(self, x: torch.Tensor) -> Int8Rows:
+        """Float32 or bf16 rows -> int8 with per-row scales (W8A8 input)."""
+        rows, width = x.shape
+        out = Int8Rows(torch.empty(rows, width, dtype=torch.int8), torch.empty(rows, 1))
+        self.lib.quantize_rows(rows, width, _p(x), _is_bf16(x), _p(out.values), _p(out.scales))
         return out
 
     def rope_store_kv(
         self,
-        qkv: torch.Tensor,  # [T, (heads + 2 kv_heads) * head_dim]
+        qkv: Activation,  # [T, (heads + 2 kv_heads) * head_dim]
         bias: torch.Tensor | None,
         shape: tuple[int, int, int],  # heads, kv_heads, head_dim
         positions: torch.Tensor,  # [T] int64
         cos: torch.Tensor,  # [max_positions, head_dim]
         sin: torch.Tensor,
         slots: torch.Tensor,  # [T] int64
-        kv_cache: torch.Tensor,  # [2, num_slots, kv_heads, head_dim] float32
+        kv_cache: torch.Tensor,  # [2, num_slots, kv_heads, head_dim] float32 or bf16
     ) -> torch.Tensor:
         """Writes rotated k and v to the cache; returns rotated q ``[T, heads, head_dim]``."""
         heads, kv_heads, head_dim = shape
-        rows = qkv.shape[0]
+        rows = _rows(qkv)[0]
         q = torch.empty(rows, heads, head_dim)
         self.lib.rope_store_kv(
-            rows, heads, kv_heads, head_dim, _p(qkv), _is_bf16(qkv), _p(bias), _p(positions),
-            _p(cos), _p(sin), _p(slots), _p(kv_cache[0]), _p(kv_cache[1]), _p(q),
+            rows, heads, kv_heads, head_dim, *_source(qkv), _p(bias), _p(positions),
+            _p(cos), _p(sin), _p(slots), _p(kv_cache[0]), _p(kv_cache[1]), _is_bf16(kv_cache),
+            _p(q),
         )  # fmt: skip
         return q
 
     def decode_attention(
         self,
         q: torch.Tensor,  # [T, heads, head_dim] float32
-        kv_cache: torch.Tensor,  # [2, num_slots, kv_heads, head_dim] float32
+        kv_cache: torch.Tensor,  # [2, num_slots, kv_heads, head_dim] float32 or bf16
         block_tables: torch.Tensor,  # [S, max_blocks] int32
         context_lens: torch.Tensor,  # [S] int32
         token_rows: torch.Tensor,  # [S] int64: each sequence's row of q and out
@@ -173,15 +213,17 @@ class NativeKernels:
         """Attention of one query token per sequence over its paged context."""
         _, heads, head_dim = q.shape
         kv_heads = kv_cache.shape[2]
-        self.lib.decode_attention(
+        status = self.lib.decode_attention(
             token_rows.shape[0], heads, kv_heads, head_dim, _p(q), _p(kv_cache[0]),
-            _p(kv_cache[1]), _p(block_tables), block_tables.shape[1], _p(context_lens),
-            _p(token_rows), block_size, head_dim**-0.5, _p(out), _is_bf16(out),
+            _p(kv_cache[1]), _is_bf16(kv_cache), _p(block_tables), block_tables.shape[1],
+            _p(context_lens), _p(token_rows), block_size, head_dim**-0.5, _p(out), _is_bf16(out),
         )  # fmt: skip
+        if status != 0:
+            raise ValueError(f"decode_attention: {heads} heads over {kv_heads} kv heads")
 
-    def silu_mul(self, gate_up: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-        """``[T, 2I]`` -> ``silu(gate) * up`` ``[T, I]`` in ``out_dtype``."""
-        rows, width = gate_up.shape
-        out = torch.empty(rows, width // 2, dtype=out_dtype)
-        self.lib.silu_mul(rows, width // 2, _p(gate_up), _is_bf16(gate_up), _p(out), _is_bf16(out))
+    def silu_mul(self, gate_up: Activation, out_dtype: torch.dtype) -> MatmulInput:
+        """``[T, 2I]`` -> ``silu(gate) * up`` ``[T, I]`` as ``out_dtype``."""
+        rows, width = _rows(gate_up)
+        out, sink = _sink(rows, width // 2, out_dtype)
+        self.lib.silu_mul(rows, width // 2, *_source(gate_up), *sink)
         return out
