@@ -11,7 +11,7 @@ So, around the command, this script reads
 * the command's own CPU time (``RUSAGE_CHILDREN``: the load generator),
 
 and writes ``other_cpu_cores`` = (host - server - client) / wall: the average number of cores
-something else used.  Before starting it waits (up to --wait-idle s) until that foreign load
+something else used, and ``server_peak_rss_mib``: the server processes' peak resident memory.  Before starting it waits (up to --wait-idle s) until that foreign load
 stays under --idle-cores for a 2 s window.  Exits with the command's exit status.
 
 usage: cpu_account.py --pgid PGID --json OUT [--wait-idle S] -- COMMAND...
@@ -51,6 +51,24 @@ def group_cpu_s(pgid: int) -> float:
         if int(rest[2]) == pgid:  # fields after "(comm)": state ppid pgrp ...
             total += sum(int(x) for x in rest[11:15])  # utime stime cutime cstime
     return total / TICK
+
+
+def group_peak_rss_mib(pgid: int) -> float:
+    """Sum over the group's live processes of their peak resident memory (VmHWM), in MiB."""
+    total_kib = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            rest = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(rest[2]) != pgid:
+                continue
+            for line in Path(f"/proc/{entry}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total_kib += int(line.split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # exited meanwhile
+    return total_kib / 1024
 
 
 def own_cpu_s() -> float:
@@ -117,6 +135,7 @@ def main() -> int:
         "other_cpu_cores": other_cores(before, after),
         "waited_idle_s": waited,
         "returncode": returncode,
+        "server_peak_rss_mib": group_peak_rss_mib(args.pgid),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))

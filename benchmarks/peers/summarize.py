@@ -7,7 +7,8 @@ Reads (every file optional, missing cells show as "-"):
 
 * ``raw/<server>-<scenario>.json``: ``inferline bench --json`` output, or for scenario e the
   start-up probe's output (``first_token_s``);
-* ``raw/<server>-<scenario>.cpu.json``: CPU accounting around the run (cpu_account.py);
+* ``raw/<server>-<scenario>.cpu.json``: CPU and peak memory around the run (cpu_account.py);
+* ``raw/<server>-d.json``: scenario d, offline through the engine's Python API (offline.py);
 * ``raw/<server>.meta.json`` and ``meta.json``: versions, command lines, host.
 
 Writes ``summary.json`` (every figure plus the inferline/peer ratios), ``summary.md`` (the
@@ -53,6 +54,10 @@ def _startup(summary: dict[str, Any]) -> float | None:
     return summary.get("first_token_s")
 
 
+def _peak_rss(summary: dict[str, Any]) -> float | None:
+    return summary.get("server_peak_rss_mib")  # merged in from the .cpu.json
+
+
 @dataclass(frozen=True)
 class Figure:
     """One row of the table: a key figure of a scenario."""
@@ -70,7 +75,9 @@ FIGURES = (
     *(Figure(b, "output throughput", "tok/s", True, _output_rate) for b in B_SWEEP),
     Figure("c", "TTFT p99", "ms", False, _p("ttft_s", "p99", 1000)),
     Figure("c", "output throughput", "tok/s", True, _output_rate),
+    Figure("b32", "server peak resident memory", "MiB", False, _peak_rss),
     Figure("c0", "output throughput", "tok/s", True, _output_rate),
+    Figure("d", "offline output throughput (Python API)", "tok/s", True, _output_rate),
     Figure("e", "start-up to first token", "s", False, _startup),
 )
 SCENARIOS = tuple(dict.fromkeys(f.scenario for f in FIGURES))  # a, b4, ..., e
@@ -106,8 +113,10 @@ def load_cells(raw: Path) -> dict[tuple[str, str], Cell]:
             doc = _read(raw / f"{server}-{scenario}.json")
             if doc is None:
                 continue
-            summary = doc["runs"][0]["summary"] if "runs" in doc else doc
+            summary = dict(doc["runs"][0]["summary"] if "runs" in doc else doc)
             cpu = _read(raw / f"{server}-{scenario}.cpu.json") or {}
+            if "server_peak_rss_mib" in cpu:
+                summary["server_peak_rss_mib"] = cpu["server_peak_rss_mib"]
             cells[server, scenario] = Cell(
                 summary, summary.get("failed", 0), cpu.get("other_cpu_cores")
             )
