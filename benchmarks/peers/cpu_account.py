@@ -11,8 +11,10 @@ So, around the command, this script reads
 * the command's own CPU time (``RUSAGE_CHILDREN``: the load generator),
 
 and writes ``other_cpu_cores`` = (host - server - client) / wall: the average number of cores
-something else used, and ``server_peak_rss_mib``: the server processes' peak resident memory.  Before starting it waits (up to --wait-idle s) until that foreign load
-stays under --idle-cores for a 2 s window.  Exits with the command's exit status.
+something else used, and the server processes' resident memory: the highest sampled during
+the run (``server_rss_mib``) and their lifetime peak (``server_peak_rss_mib``, loading too).
+Before starting it waits (up to --wait-idle s) until that foreign load stays under
+--idle-cores for a 2 s window.  Exits with the command's exit status.
 
 usage: cpu_account.py --pgid PGID --json OUT [--wait-idle S] -- COMMAND...
 """
@@ -53,8 +55,8 @@ def group_cpu_s(pgid: int) -> float:
     return total / TICK
 
 
-def group_peak_rss_mib(pgid: int) -> float:
-    """Sum over the group's live processes of their peak resident memory (VmHWM), in MiB."""
+def group_rss_mib(pgid: int, field: str) -> float:
+    """Sum over the group's live processes of a /proc status field (VmRSS, VmHWM), in MiB."""
     total_kib = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -64,7 +66,7 @@ def group_peak_rss_mib(pgid: int) -> float:
             if int(rest[2]) != pgid:
                 continue
             for line in Path(f"/proc/{entry}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     total_kib += int(line.split()[1])
         except (OSError, IndexError, ValueError):
             continue  # exited meanwhile
@@ -110,6 +112,17 @@ def wait_idle(pgid: int, limit_s: float, idle_cores: float) -> float:
             return waited
 
 
+def run_sampling_rss(command: list[str], pgid: int, every_s: float = 0.5) -> tuple[int, float]:
+    """Runs ``command``; returns its exit status and the server group's highest VmRSS (MiB)
+    sampled every ``every_s`` seconds meanwhile."""
+    child = subprocess.Popen(command)
+    highest = group_rss_mib(pgid, "VmRSS")
+    while child.poll() is None:
+        time.sleep(every_s)
+        highest = max(highest, group_rss_mib(pgid, "VmRSS"))
+    return child.returncode, highest
+
+
 def main() -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -124,7 +137,7 @@ def main() -> int:
         parser.error("no command given")
     waited = wait_idle(args.pgid, args.wait_idle, args.idle_cores)
     before = snapshot(args.pgid)
-    returncode = subprocess.call(command)
+    returncode, max_rss = run_sampling_rss(command, args.pgid)
     after = snapshot(args.pgid)
     wall, host, server, client = (b - a for a, b in zip(before, after, strict=True))
     result = {
@@ -135,7 +148,8 @@ def main() -> int:
         "other_cpu_cores": other_cores(before, after),
         "waited_idle_s": waited,
         "returncode": returncode,
-        "server_peak_rss_mib": group_peak_rss_mib(args.pgid),
+        "server_rss_mib": max_rss,  # highest resident memory sampled during the run
+        "server_peak_rss_mib": group_rss_mib(args.pgid, "VmHWM"),  # lifetime peak, load too
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))

@@ -54,8 +54,12 @@ def _startup(summary: dict[str, Any]) -> float | None:
     return summary.get("first_token_s")
 
 
+def _rss(summary: dict[str, Any]) -> float | None:
+    return summary.get("server_rss_mib")  # merged in from the .cpu.json (sampled every 0.5 s)
+
+
 def _peak_rss(summary: dict[str, Any]) -> float | None:
-    return summary.get("server_peak_rss_mib")  # merged in from the .cpu.json
+    return summary.get("server_peak_rss_mib")
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,8 @@ FIGURES = (
     *(Figure(b, "output throughput", "tok/s", True, _output_rate) for b in B_SWEEP),
     Figure("c", "TTFT p99", "ms", False, _p("ttft_s", "p99", 1000)),
     Figure("c", "output throughput", "tok/s", True, _output_rate),
-    Figure("b32", "server peak resident memory", "MiB", False, _peak_rss),
+    Figure("b32", "server resident memory, highest during the run", "MiB", False, _rss),
+    Figure("b32", "server peak resident memory (loading included)", "MiB", False, _peak_rss),
     Figure("c0", "output throughput", "tok/s", True, _output_rate),
     Figure("d", "offline output throughput (Python API)", "tok/s", True, _output_rate),
     Figure("e", "start-up to first token", "s", False, _startup),
@@ -115,8 +120,9 @@ def load_cells(raw: Path) -> dict[tuple[str, str], Cell]:
                 continue
             summary = dict(doc["runs"][0]["summary"] if "runs" in doc else doc)
             cpu = _read(raw / f"{server}-{scenario}.cpu.json") or {}
-            if "server_peak_rss_mib" in cpu:
-                summary["server_peak_rss_mib"] = cpu["server_peak_rss_mib"]
+            for key in ("server_rss_mib", "server_peak_rss_mib"):
+                if key in cpu:
+                    summary[key] = cpu[key]
             cells[server, scenario] = Cell(
                 summary, summary.get("failed", 0), cpu.get("other_cpu_cores")
             )

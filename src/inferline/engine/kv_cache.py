@@ -10,7 +10,7 @@ from inferline.models.config import ModelConfig
 class KVCache:
     """Slots for K and V of every layer; slot ``b * block_size + i`` is token ``i`` of block ``b``.
 
-    Memory is allocated once, up front, for exactly ``num_blocks`` blocks.
+    Memory is reserved once, up front, for exactly ``num_blocks`` blocks.
     """
 
     def __init__(
@@ -31,9 +31,13 @@ class KVCache:
             config.num_kv_heads,
             config.head_dim,
         )
-        # zeros, not empty: padded key slots are masked, but NaN garbage in V would still
-        # poison the masked SDPA's output (NaN * 0)
-        self.tensor = torch.zeros(shape, dtype=dtype, device=device)
+        # Allocated, not written: the pages of blocks never used stay out of resident memory
+        # (a 1 GiB budget costs what the traffic uses). Only block 0 is zeroed: padded key
+        # positions of the torch attention path read slot 0, and although they are masked,
+        # NaN garbage in V would poison the output (NaN * 0); every other slot is written
+        # before it is read.
+        self.tensor = torch.empty(shape, dtype=dtype, device=device)
+        self.tensor[:, :, :block_size].zero_()
 
     def copy_block(self, src: int, dst: int) -> None:
         """Copies all layers' K/V of block ``src`` into block ``dst``."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,16 +99,7 @@ def load_model(
     resolved = resolve_weight_format(weight_format, device)
     start = time.perf_counter()
     path = resolve_model_path(name, cache_dir)
-    if path.is_dir():
-        hf = read_hf_dir(path)
-        config, weights = hf.config, hf.weights
-        tokenizer = Tokenizer.from_hf_files(
-            hf.tokenizer_json, hf.tokenizer_config, hf.generation_config
-        )
-    else:
-        contents = read_gguf(path)
-        config, weights = contents.config, contents.weights
-        tokenizer = Tokenizer.from_gguf(contents.tokenizer)
+    config, weights, tokenizer = _read_checkpoint(path)
     if tokenizer.vocab_size > config.vocab_size:
         raise ModelLoadError(
             f"tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}"
@@ -113,8 +107,30 @@ def load_model(
     model = _build(config, weights, device)
     model.quantize(resolved)  # type: ignore[operator]
     used = _attach_kernels(model, kernels, device, cache_dir)
+    del weights  # the float32 copies are garbage once quantized
+    _release_free_memory()
     elapsed = time.perf_counter() - start
     return LoadedModel(name, path, config, model, tokenizer, elapsed, resolved, used)
+
+
+def _read_checkpoint(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]:
+    """Config, float32 weights and tokenizer of a GGUF file or an HF directory."""
+    if path.is_dir():
+        hf = read_hf_dir(path)
+        tokenizer = Tokenizer.from_hf_files(
+            hf.tokenizer_json, hf.tokenizer_config, hf.generation_config
+        )
+        return hf.config, hf.weights, tokenizer
+    contents = read_gguf(path)
+    return contents.config, contents.weights, Tokenizer.from_gguf(contents.tokenizer)
+
+
+def _release_free_memory() -> None:
+    """Hands freed heap pages back to the OS (glibc keeps them after loading: measured
+    1.12 GB resident after loading SmolLM2 in the mixed format, 0.6 GB after the trim)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _attach_kernels(model: nn.Module, kernels: str, device: str, cache_dir: Path) -> str:

@@ -1,0 +1,29 @@
+"""Engine configuration: validation and the defaults that depend on other settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from inferline.core.errors import InvalidParameterError
+from inferline.engine import CacheConfig
+from inferline.models.config import ModelConfig
+
+
+def test_kv_cache_dtype_follows_the_weights_unless_set() -> None:
+    assert CacheConfig().resolve_dtype("fp32") == "float32"
+    for weight_format in ("int4", "int8", "mixed"):
+        assert CacheConfig().resolve_dtype(weight_format) == "bfloat16"
+    assert CacheConfig(kv_cache_dtype="float32").resolve_dtype("mixed") == "float32"
+
+
+def test_unknown_kv_cache_dtype_names_the_field() -> None:
+    with pytest.raises(InvalidParameterError) as error:
+        CacheConfig(kv_cache_dtype="fp8")
+    assert error.value.param == "kv_cache_dtype"
+
+
+def test_a_bf16_cache_holds_twice_the_tokens(smollm) -> None:  # type: ignore[no-untyped-def]
+    config: ModelConfig = smollm.config
+    cache = CacheConfig(kv_cache_gib=0.25)
+    fp32_blocks = cache.num_blocks(config.kv_bytes_per_token(4))
+    assert cache.num_blocks(config.kv_bytes_per_token(2)) in (2 * fp32_blocks, 2 * fp32_blocks + 1)
