@@ -100,16 +100,19 @@ void add_rms_norm(int64_t rows, int hidden, const void *delta, int delta_kind,
                   const float *weight, float eps, void *out, int out_kind, float *out_scales) {
 #pragma omp parallel for if (rows >= 64) schedule(static)
     for (int64_t t = 0; t < rows; t++) {
-        float row[hidden], d[hidden];
-        float *r = residual + t * hidden;
+        float row_buffer[hidden], delta_buffer[hidden];
+        float *restrict row = row_buffer, *restrict d = delta_buffer; /* VLA loops don't vectorize */
+        float *restrict r = residual + t * hidden;
         if (delta) {
             load_row(d, delta, delta_kind, t, hidden, delta_row_scales, delta_col_scales);
+#pragma omp simd
             for (int i = 0; i < hidden; i++) r[i] += d[i];
         }
         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
         for (int i = 0; i < hidden; i++) sum += r[i] * r[i];
         float inv = 1.0f / sqrtf(sum / (float)hidden + eps);
+#pragma omp simd
         for (int i = 0; i < hidden; i++) row[i] = r[i] * inv * weight[i];
         store_row(out, out_kind, t, row, hidden, out_scales);
     }
