@@ -175,6 +175,8 @@ def markdown(
     lines = [
         f"# inferline vs llama.cpp vs vLLM ({meta.get('date', '?')})",
         "",
+        f"Model: {meta.get('model', '?')}.",
+        "",
         f"Host: {host.get('cpu', '?')}, {host.get('cores', '?')} cores, {host.get('memory', '?')}; "
         f"{meta.get('threads', '?')} threads per server; all servers on this host, one at a time, "
         "measured by `inferline bench` under `flock /tmp/bench.lock`.",
