@@ -24,7 +24,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="short name (smollm2-135m, qwen2.5-coder-0.5b), a .gguf file or an HF directory",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--kv-cache-gib", type=float, default=1.0, help="KV cache budget in GiB")
+    parser.add_argument("--kv-cache-gib", type=float, default=0.5, help="KV cache budget in GiB")
     parser.add_argument("--max-model-len", type=int, default=None, help="cap the context window")
     parser.add_argument(
         "--weight-format",

@@ -24,7 +24,7 @@ class CacheConfig:
     """
 
     block_size: int = 16
-    kv_cache_gib: float = 1.0
+    kv_cache_gib: float = 0.5
     kv_cache_tokens: int | None = None
     enable_prefix_caching: bool = True
     kv_cache_dtype: str = "auto"
