@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
 
 from inferline.core import (
     CompletionOutput,
@@ -13,10 +16,12 @@ from inferline.core import (
     GenerationRequest,
     GeneratorStats,
     HealthReport,
+    InvalidParameterError,
     OverloadedError,
     RequestMetrics,
     RequestOutput,
 )
+from inferline.core.predictor import Embedder
 
 
 class EchoGenerator:
@@ -93,3 +98,36 @@ class EchoGenerator:
 
     def stats(self) -> GeneratorStats:
         return GeneratorStats(num_running=len(self.active), num_kv_blocks_total=10)
+
+
+class WordCountEmbedder(Embedder):
+    """Embeds text as normalised counts of its words' lengths (1..8); "boom" fails its row."""
+
+    def __init__(self, name: str = "fake-embed", delay_s: float = 0.0) -> None:
+        self.name = name
+        self.dimensions = 8
+        self.max_input_tokens = 16
+        self.delay_s = delay_s
+        self.batches: list[int] = []
+
+    def decode(self, raw: object, field: str) -> list[int]:
+        if not isinstance(raw, str):
+            raise InvalidParameterError(f"{field}: expected a string", field)
+        words = [min(len(w), 8) for w in raw.split()]
+        if len(words) > self.max_input_tokens:
+            raise InvalidParameterError(f"{field}: too long", field)
+        return words or [1]
+
+    def predict(self, batch: list[Any]) -> list[Any]:
+        self.batches.append(len(batch))
+        time.sleep(self.delay_s)
+        results: list[Any] = []
+        for lengths in batch:
+            if lengths == [4] * len(lengths) and len(lengths) == 1:  # "boom" and its kin
+                results.append(RuntimeError("this row cannot be embedded"))
+                continue
+            vector = np.zeros(8, dtype=np.float32)
+            for n in lengths:
+                vector[n - 1] += 1
+            results.append(vector / np.linalg.norm(vector))
+        return results

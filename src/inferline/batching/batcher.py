@@ -52,6 +52,7 @@ class _Piece:
     rows: list[Any]
     future: asyncio.Future[list[Any]]
     enqueued: float = field(default_factory=time.monotonic)
+    batch_id: int | None = None
 
 
 class DynamicBatcher(Generic[In, Out]):
@@ -72,8 +73,8 @@ class DynamicBatcher(Generic[In, Out]):
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher")
         self._task: asyncio.Task[None] | None = None
         self._next_batch_id = 0
-        self._last_arrival: float | None = None
-        self._mean_gap_s: float | None = None  # moving average of the time between requests
+        self._num_in_flight = 0  # submit calls not yet answered
+        self._overlap = 0.0  # moving average: did an arrival find another request in flight?
 
     async def start(self) -> None:
         """Starts the batching loop on the running event loop."""
@@ -100,6 +101,11 @@ class DynamicBatcher(Generic[In, Out]):
 
     async def submit(self, rows: list[In]) -> list[Out]:
         """Results for ``rows``, in order; raises the exception of the first failed row."""
+        results, _ = await self.submit_traced(rows)
+        return results
+
+    async def submit_traced(self, rows: list[In]) -> tuple[list[Out], list[int]]:
+        """`submit`, plus the ids of the batches the rows ran in (for the request log)."""
         if not rows:
             raise InvalidParameterError("the input holds no rows", "input")
         if self._queued_rows + len(rows) > self.config.max_queue_rows:
@@ -107,6 +113,7 @@ class DynamicBatcher(Generic[In, Out]):
                 f"the batching queue is full ({self.config.max_queue_rows} rows); retry later"
             )
         self._note_arrival()
+        self._num_in_flight += 1
         loop = asyncio.get_running_loop()
         size = self.config.max_batch_size
         pieces = [
@@ -119,8 +126,10 @@ class DynamicBatcher(Generic[In, Out]):
         try:
             results = [await piece.future for piece in pieces]
         finally:  # a cancelled caller: its await cancelled the piece futures it reached
+            self._num_in_flight -= 1
             self._withdraw([p for p in pieces if p.future.cancelled() or not p.future.done()])
-        return [row for piece_results in results for row in piece_results]
+        batch_ids = sorted({p.batch_id for p in pieces if p.batch_id is not None})
+        return [row for piece_results in results for row in piece_results], batch_ids
 
     def _withdraw(self, pieces: list[_Piece]) -> None:
         """Removes abandoned pieces that are still queued (a cancelled caller)."""
@@ -131,26 +140,22 @@ class DynamicBatcher(Generic[In, Out]):
                 self._queued_rows -= len(piece.rows)
 
     def _note_arrival(self) -> None:
-        now = time.monotonic()
-        if self._last_arrival is not None:
-            gap = now - self._last_arrival
-            self._mean_gap_s = (
-                gap if self._mean_gap_s is None else 0.8 * self._mean_gap_s + 0.2 * gap
-            )
-        self._last_arrival = now
+        found_company = 1.0 if self._num_in_flight > 0 else 0.0
+        self._overlap = 0.8 * self._overlap + 0.2 * found_company
 
     def _wait_budget_s(self) -> float:
         """How long the first request of a batch may wait for company.
 
-        Adaptive mode: when requests arrive further apart than the window, company is not
-        coming and a lone request goes at once; otherwise it waits the full window.
+        Adaptive mode: when most recent requests arrived with no other request in flight
+        (light traffic, or one client waiting for each answer before it asks again), company
+        is not coming and a request goes at once; otherwise it waits up to the window.
+        Counting overlap rather than the time between arrivals keeps a lone closed-loop
+        client, whose requests follow each other closely, from waiting the window each time.
         """
         window = self.config.max_wait_ms / 1000
         if not self.config.adaptive:
             return window
-        if self._mean_gap_s is None or self._mean_gap_s > window:
-            return 0.0
-        return window
+        return window if self._overlap >= 0.5 else 0.0
 
     async def _loop(self) -> None:
         while True:
@@ -186,6 +191,8 @@ class DynamicBatcher(Generic[In, Out]):
         self._next_batch_id += 1
         started = time.monotonic()
         rows = [row for piece in batch for row in piece.rows]
+        for piece in batch:
+            piece.batch_id = batch_id
         loop = asyncio.get_running_loop()
         try:
             results = await loop.run_in_executor(self._worker, self._call, rows)

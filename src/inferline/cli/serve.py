@@ -62,6 +62,17 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="models file: embedding and tabular models to serve beside the LLM (YAML)",
+    )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow pickled scikit-learn models in --config (loading a pickle runs its code)",
+    )
+    p.add_argument(
         "--insecure-no-auth",
         action="store_true",
         help="allow a non-loopback bind without an API key",

@@ -15,7 +15,14 @@ from inferline.store import RequestLog, RequestLogWriter, connect, default_datab
 def build_app(
     args: argparse.Namespace, api_keys: tuple[str, ...], data_dir: Path
 ) -> tuple[Any, ServerState]:
-    """Loads the model (slow), opens the request log, returns the app and its state."""
+    """Loads the models (slow), opens the request log, returns the app and its state."""
+    predictors = []
+    if args.config is not None:  # read and check the models file before the slow part
+        from inferline.cli.models_file import load_specs
+        from inferline.cli.predictor_factory import build_predictors
+
+        specs = load_specs(args.config)
+        predictors = build_predictors(specs, data_dir, trust_pickle=args.trust_pickle)
     from inferline.engine import (
         AsyncEngine,
         FrontendConfig,
@@ -47,5 +54,5 @@ def build_app(
         log_text=not args.no_log_text,
         drain_timeout_s=args.drain_timeout,
     )
-    app = create_app(generator, config, log_writer=writer)
+    app = create_app(generator, config, log_writer=writer, predictors=predictors)
     return app, app.state.inferline

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 
+from inferline.core.errors import InvalidParameterError
 from inferline.core.protocols import Generator
-from inferline.server import routes_chat, routes_completions, routes_ops
+from inferline.server import routes_chat, routes_completions, routes_embeddings, routes_ops
 from inferline.server.config import ServerConfig
 from inferline.server.errors import APIError, install_error_handlers
 from inferline.server.middleware import GuardMiddleware
 from inferline.server.observe import Metrics, Observer
+from inferline.server.predictors import PredictorEntry, PredictorPool
 from inferline.server.state import ServerState
 from inferline.store.request_log import RequestLogWriter
 
@@ -23,19 +25,33 @@ def create_app(
     config: ServerConfig | None = None,
     *,
     log_writer: RequestLogWriter | None = None,
+    predictors: Sequence[PredictorEntry] = (),
 ) -> FastAPI:
-    """Builds the app; the generator is started and stopped by the app's lifespan."""
+    """Builds the app; the generator and the predictors' batchers start and stop with it.
+
+    ``predictors`` are one-pass models (already set up) served on ``/v1/embeddings`` and
+    ``/v1/predict/{model}`` beside the generator's LLM.
+    """
     config = config or ServerConfig(served_model_names=(generator.model_name,))
+    clash = next(
+        (e.predictor.name for e in predictors if e.predictor.name in config.served_model_names),
+        None,
+    )
+    if clash is not None:
+        raise InvalidParameterError(f"the model name {clash!r} is served twice", "model")
     metrics = Metrics(generator)
-    state = ServerState(generator, config, metrics, Observer(metrics, log_writer, config.log_text))
+    observer = Observer(metrics, log_writer, config.log_text)
+    state = ServerState(generator, config, metrics, observer, PredictorPool(predictors, metrics))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state.is_draining = False
         await generator.start()
+        await state.predictors.start()
         yield
         state.is_draining = True
         await generator.shutdown(config.drain_timeout_s)
+        await state.predictors.stop()
         if log_writer is not None:
             log_writer.close()
 
@@ -49,10 +65,13 @@ def create_app(
 
     def on_rejected(request: Request, error: APIError) -> None:
         model = request.path_params.get("model", "") if request.path_params else ""
-        state.observer.reject(request.url.path, model, error.status_code, error.message)
+        endpoint = (
+            "/v1/predict" if request.url.path.startswith("/v1/predict/") else request.url.path
+        )
+        state.observer.reject(endpoint, model, error.status_code, error.message)
 
     install_error_handlers(app, on_rejected)
-    for module in (routes_chat, routes_completions, routes_ops):
+    for module in (routes_chat, routes_completions, routes_embeddings, routes_ops):
         app.include_router(module.router)
     app.add_middleware(
         GuardMiddleware,

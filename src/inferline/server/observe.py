@@ -11,11 +11,14 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from inferline.batching import BatchReport
 from inferline.core.outputs import RequestOutput
 from inferline.core.protocols import Generator
 from inferline.store.request_log import RequestLogWriter, RequestRecord
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
+_BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_BATCH_TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 _ITL_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
 
 
@@ -119,7 +122,37 @@ class Metrics:
             ["route", "status_code"],
             registry=r,
         )
+        self.batch_size = Histogram(
+            "inferline:batch_size_rows",
+            "Rows per model call of a micro-batched model.",
+            labels,
+            registry=r,
+            buckets=_BATCH_SIZE_BUCKETS,
+        )
+        self.batch_queue_wait = Histogram(
+            "inferline:batch_queue_wait_seconds",
+            "Longest wait in the queue of the requests in a batch.",
+            labels,
+            registry=r,
+            buckets=_BATCH_TIME_BUCKETS,
+        )
+        self.batch_compute = Histogram(
+            "inferline:batch_compute_seconds",
+            "Time of one model call of a micro-batched model.",
+            labels,
+            registry=r,
+            buckets=_BATCH_TIME_BUCKETS,
+        )
+        self.predicted_rows = Counter(
+            "inferline:predicted_rows", "Rows answered by micro-batched models.", labels, registry=r
+        )
         r.register(_GeneratorCollector(generator))
+
+    def observe_batch(self, model: str, batch: BatchReport) -> None:
+        """Records one model call of a micro-batched model."""
+        self.batch_size.labels(model).observe(batch.num_rows)
+        self.batch_queue_wait.labels(model).observe(batch.queue_wait_s)
+        self.batch_compute.labels(model).observe(batch.compute_s)
 
 
 @dataclass
@@ -153,6 +186,23 @@ class RequestTrace:
                 metrics.itl.labels(metrics.model_name).observe(gap)
         self.last_token = now
         self.num_tokens_seen += num_new
+
+
+@dataclass
+class RowsTrace:
+    """One request to a micro-batched model (embeddings, predict)."""
+
+    request_id: str
+    endpoint: str
+    model: str
+    user: str | None
+    start: float
+    created_at: float = field(default_factory=time.time)
+    num_rows: int = 0
+    num_tokens: int = 0
+    batch_ids: list[int] = field(default_factory=list)
+    input_text: str | None = None
+    output_text: str | None = None
 
 
 class Observer:
@@ -201,6 +251,33 @@ class Observer:
                 ttft_s=None if trace.first_token is None else trace.first_token - trace.start,
                 total_time_s=end - trace.start,
                 user_id=trace.user,
+            )
+        )
+
+    def finish_rows(self, trace: RowsTrace, status_code: int, error: str | None = None) -> None:
+        """Called once per embeddings or predict request, success or not."""
+        end = time.perf_counter()
+        if status_code == 200:
+            self.metrics.e2e.labels(trace.model).observe(end - trace.start)
+            self.metrics.predicted_rows.labels(trace.model).inc(trace.num_rows)
+            if trace.num_tokens:
+                self.metrics.prompt_tokens.labels(trace.model).inc(trace.num_tokens)
+        if self.log_writer is None:
+            return
+        self.log_writer.record(
+            RequestRecord(
+                request_id=trace.request_id,
+                created_at=trace.created_at,
+                model=trace.model,
+                endpoint=trace.endpoint,
+                status_code=status_code,
+                error=error,
+                prompt=trace.input_text if self.log_text else None,
+                output=trace.output_text if self.log_text and status_code == 200 else None,
+                prompt_tokens=trace.num_tokens,
+                total_time_s=end - trace.start,
+                user_id=trace.user,
+                batch_ids=",".join(map(str, trace.batch_ids)) or None,
             )
         )
 

@@ -21,24 +21,38 @@ def _model_card(state: ServerState, name: str) -> dict[str, Any]:
         "object": "model",
         "created": _STARTED,
         "owned_by": "inferline",
+        "task": "generate",
         "max_model_len": state.generator.max_model_len,
+    }
+
+
+def _predictor_card(state: ServerState, name: str) -> dict[str, Any]:
+    predictor = state.predictors.entries[name].predictor
+    return {
+        "id": name,
+        "object": "model",
+        "created": _STARTED,
+        "owned_by": "inferline",
+        "task": predictor.task,
+        **predictor.describe(),
     }
 
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    """The served models, OpenAI-shaped."""
+    """The served models, OpenAI-shaped: the LLM's names, then the micro-batched models."""
     state: ServerState = request.app.state.inferline
-    return {
-        "object": "list",
-        "data": [_model_card(state, n) for n in state.config.served_model_names],
-    }
+    cards = [_model_card(state, n) for n in state.config.served_model_names]
+    cards += [_predictor_card(state, n) for n in state.predictors.names()]
+    return {"object": "list", "data": cards}
 
 
 @router.get("/v1/models/{model}")
 async def retrieve_model(model: str, request: Request) -> dict[str, Any]:
     """One served model, or 404."""
     state: ServerState = request.app.state.inferline
+    if model in state.predictors.entries:
+        return _predictor_card(state, model)
     state.check_model(model)
     return _model_card(state, model)
 

@@ -8,16 +8,18 @@ from inferline.core.protocols import Generator
 from inferline.server.config import ServerConfig
 from inferline.server.errors import APIError
 from inferline.server.observe import Metrics, Observer
+from inferline.server.predictors import PredictorPool
 
 
 @dataclass
 class ServerState:
-    """The generator, settings and observers of one app."""
+    """The generator, the micro-batched models, settings and observers of one app."""
 
     generator: Generator
     config: ServerConfig
     metrics: Metrics
     observer: Observer
+    predictors: PredictorPool
     is_draining: bool = False
 
     def check_model(self, name: str) -> None:

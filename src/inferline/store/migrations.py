@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     select,
+    text,
 )
 
 Migration = Callable[[Connection], None]
@@ -68,6 +69,12 @@ def m001_requests(conn: Connection) -> None:
         Index("ix_requests_request_id", "request_id"),
     )
     requests.create(conn)
+
+
+@migration
+def m002_requests_batch_ids(conn: Connection) -> None:
+    """Micro-batched models: the ids of the batches a request's rows ran in ("3,4")."""
+    conn.execute(text("ALTER TABLE requests ADD COLUMN batch_ids VARCHAR(256)"))
 
 
 def migrate(engine: Engine) -> list[str]:

@@ -37,6 +37,7 @@ class RequestRecord:
     ttft_s: float | None = None
     total_time_s: float | None = None
     user_id: str | None = None
+    batch_ids: str | None = None  # micro-batched models: the batches the rows ran in
 
 
 class RequestLog:
