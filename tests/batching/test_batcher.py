@@ -90,6 +90,48 @@ def test_a_lone_request_waits_at_most_the_window(adaptive: bool) -> None:
     asyncio.run(_with_batcher(FakeModel(), config, body))
 
 
+def test_adaptive_a_lone_closed_loop_client_never_waits_the_window() -> None:
+    """One client sending each request as soon as the last is answered (gaps << window)."""
+    config = BatcherConfig(max_batch_size=8, max_wait_ms=50, adaptive=True)
+
+    async def body(batcher: DynamicBatcher[Any, Any], reports: list[BatchReport]) -> None:
+        start = time.monotonic()
+        for i in range(20):
+            assert await batcher.submit([i]) == [2 * i]
+        assert time.monotonic() - start < 20 * 0.05 / 4
+        assert max(r.queue_wait_s for r in reports) < 0.02
+
+    asyncio.run(_with_batcher(FakeModel(), config, body))
+
+
+def test_adaptive_still_batches_concurrent_callers() -> None:
+    model = FakeModel(delay_s=0.005)
+    config = BatcherConfig(max_batch_size=16, max_wait_ms=20, adaptive=True)
+
+    async def client(batcher: DynamicBatcher[Any, Any], index: int) -> None:
+        for i in range(10):
+            assert await batcher.submit([index * 100 + i]) == [2 * (index * 100 + i)]
+
+    async def body(batcher: DynamicBatcher[Any, Any], reports: list[BatchReport]) -> None:
+        await asyncio.gather(*(client(batcher, c) for c in range(16)))
+        sizes = [r.num_rows for r in reports]
+        assert sum(sizes) == 160 and max(sizes) <= 16
+        assert sum(sizes) / len(sizes) >= 4  # mostly shared batches, not one call per row
+
+    asyncio.run(_with_batcher(model, config, body))
+
+
+def test_submit_traced_reports_the_batch_ids() -> None:
+    config = BatcherConfig(max_batch_size=4, max_wait_ms=1, adaptive=False)
+
+    async def body(batcher: DynamicBatcher[Any, Any], reports: list[BatchReport]) -> None:
+        results, batch_ids = await batcher.submit_traced(list(range(10)))
+        assert results == [2 * i for i in range(10)] and batch_ids == [0, 1, 2]
+        assert [r.batch_id for r in reports] == [0, 1, 2]
+
+    asyncio.run(_with_batcher(FakeModel(), config, body))
+
+
 def test_a_failing_row_fails_alone() -> None:
     model = FakeModel(delay_s=0.01)
     config = BatcherConfig(max_batch_size=16, max_wait_ms=20, adaptive=False)

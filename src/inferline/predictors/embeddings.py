@@ -79,6 +79,8 @@ class SentenceEmbedder(Embedder):
         if isinstance(raw, str):
             ids = self.tokenizer.encode(raw).ids
         elif isinstance(raw, list) and all(isinstance(t, int) for t in raw):
+            if not raw:
+                raise InvalidParameterError(f"{field}: a token list must not be empty", field)
             if any(t < 0 or t >= self.vocab_size for t in raw):
                 raise InvalidParameterError(
                     f"{field}: token ids must be in [0, {self.vocab_size})", field

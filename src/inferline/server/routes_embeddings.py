@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
-from pydantic import Field
+from pydantic import Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
 
 from inferline.core.predictor import Embedder
 from inferline.server.errors import APIError
@@ -34,6 +34,18 @@ class EmbeddingRequest(_Lenient):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, Field(ge=1)] | None = None
     user: str | None = None
+
+    @field_validator("input", mode="wrap")
+    @classmethod
+    def _one_message(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """One clear error for a bad ``input`` instead of one per union member."""
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(
+                "expected a string, a list of strings, a list of token ids "
+                "or a list of lists of token ids"
+            ) from None
 
 
 class PredictRequest(_Lenient):
