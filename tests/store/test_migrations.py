@@ -24,7 +24,7 @@ def test_migrate_a_blank_database_then_nothing_to_do(tmp_path) -> None:  # type:
     assert columns == {
         "id", "request_id", "created_at", "model", "endpoint", "status_code", "finish_reason",
         "error", "prompt", "output", "prompt_tokens", "completion_tokens", "cached_tokens",
-        "queue_time_s", "ttft_s", "total_time_s", "user_id",
+        "queue_time_s", "ttft_s", "total_time_s", "user_id", "batch_ids",
     }  # fmt: skip
 
 

@@ -76,33 +76,21 @@ class Metrics:
         self.model_name = generator.model_name
         labels = ["model_name"]
         r = self.registry
-        self.ttft = Histogram(
-            "inferline:time_to_first_token_seconds",
-            "Arrival to first token.",
-            labels,
-            registry=r,
-            buckets=_LATENCY_BUCKETS,
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(f"inferline:{name}", doc, labels, registry=r, buckets=buckets)
+
+        self.ttft = histogram(
+            "time_to_first_token_seconds", "Arrival to first token.", _LATENCY_BUCKETS
         )
-        self.itl = Histogram(
-            "inferline:inter_token_latency_seconds",
-            "Time between output tokens.",
-            labels,
-            registry=r,
-            buckets=_ITL_BUCKETS,
+        self.itl = histogram(
+            "inter_token_latency_seconds", "Time between output tokens.", _ITL_BUCKETS
         )
-        self.e2e = Histogram(
-            "inferline:e2e_request_latency_seconds",
-            "Arrival to last token.",
-            labels,
-            registry=r,
-            buckets=_LATENCY_BUCKETS,
+        self.e2e = histogram(
+            "e2e_request_latency_seconds", "Arrival to last token.", _LATENCY_BUCKETS
         )
-        self.queue = Histogram(
-            "inferline:request_queue_time_seconds",
-            "Arrival to first scheduling.",
-            labels,
-            registry=r,
-            buckets=_LATENCY_BUCKETS,
+        self.queue = histogram(
+            "request_queue_time_seconds", "Arrival to first scheduling.", _LATENCY_BUCKETS
         )
         self.prompt_tokens = Counter(
             "inferline:prompt_tokens", "Prompt tokens processed.", labels, registry=r
@@ -122,26 +110,18 @@ class Metrics:
             ["route", "status_code"],
             registry=r,
         )
-        self.batch_size = Histogram(
-            "inferline:batch_size_rows",
-            "Rows per model call of a micro-batched model.",
-            labels,
-            registry=r,
-            buckets=_BATCH_SIZE_BUCKETS,
+        self.batch_size = histogram(
+            "batch_size_rows", "Rows per model call of a micro-batched model.", _BATCH_SIZE_BUCKETS
         )
-        self.batch_queue_wait = Histogram(
-            "inferline:batch_queue_wait_seconds",
+        self.batch_queue_wait = histogram(
+            "batch_queue_wait_seconds",
             "Longest wait in the queue of the requests in a batch.",
-            labels,
-            registry=r,
-            buckets=_BATCH_TIME_BUCKETS,
+            _BATCH_TIME_BUCKETS,
         )
-        self.batch_compute = Histogram(
-            "inferline:batch_compute_seconds",
+        self.batch_compute = histogram(
+            "batch_compute_seconds",
             "Time of one model call of a micro-batched model.",
-            labels,
-            registry=r,
-            buckets=_BATCH_TIME_BUCKETS,
+            _BATCH_TIME_BUCKETS,
         )
         self.predicted_rows = Counter(
             "inferline:predicted_rows", "Rows answered by micro-batched models.", labels, registry=r
