@@ -73,6 +73,12 @@ def register(sub: Any) -> None:
         help="allow pickled scikit-learn models in --config (loading a pickle runs its code)",
     )
     p.add_argument(
+        "--batch-max-in-flight",
+        type=int,
+        default=32,
+        help="batch job lines running at once (at batch priority, behind live requests)",
+    )
+    p.add_argument(
         "--insecure-no-auth",
         action="store_true",
         help="allow a non-loopback bind without an API key",

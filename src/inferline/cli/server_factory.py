@@ -54,5 +54,14 @@ def build_app(
         log_text=not args.no_log_text,
         drain_timeout_s=args.drain_timeout,
     )
-    app = create_app(generator, config, log_writer=writer, predictors=predictors)
+    from inferline.cli.jobs_factory import build_jobs, mount_jobs
+
+    runner, executor, jobs_state = build_jobs(
+        database,
+        data_dir,
+        api_keys[0] if api_keys else None,
+        max_in_flight=args.batch_max_in_flight,
+    )
+    app = create_app(generator, config, log_writer=writer, predictors=predictors, services=[runner])
+    mount_jobs(app, executor, jobs_state)
     return app, app.state.inferline

@@ -6,6 +6,7 @@ Hierarchy::
     ├── InvalidParameterError (ValueError)   bad input; names the field (`param`)
     │   ├── ContextLengthExceededError        prompt (+ max_tokens) over the context window
     │   └── UnknownModelError (also LookupError)
+    ├── NotFoundError (LookupError)            a file, batch or other object id that does not exist
     ├── ModelLoadError                         a model file is missing, corrupt or unsupported
     ├── OverloadedError                        the waiting queue is full; retry later
     └── EngineDeadError (RuntimeError)         the engine loop stopped; requests cannot finish
@@ -61,6 +62,15 @@ class UnknownModelError(InvalidParameterError, LookupError):
             param="model",
         )
         self.name = name
+
+
+class NotFoundError(InferlineError, LookupError):
+    """An object named by id (a file, a batch) does not exist."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
 
 
 class ModelLoadError(InferlineError):

@@ -95,3 +95,15 @@ class Generator(Protocol):
     def stats(self) -> GeneratorStats:
         """Current load and counters (cheap)."""
         ...
+
+
+class Service(Protocol):
+    """A background worker the server starts after its models and stops before draining."""
+
+    async def start(self) -> None:
+        """Starts the work on the running event loop."""
+        ...
+
+    async def stop(self) -> None:
+        """Stops the work; what is unfinished must survive a restart."""
+        ...

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 
 from inferline.core.errors import InvalidParameterError
-from inferline.core.protocols import Generator
+from inferline.core.protocols import Generator, Service
 from inferline.server import routes_chat, routes_completions, routes_embeddings, routes_ops
 from inferline.server.config import ServerConfig
 from inferline.server.errors import APIError, install_error_handlers
@@ -26,11 +26,13 @@ def create_app(
     *,
     log_writer: RequestLogWriter | None = None,
     predictors: Sequence[PredictorEntry] = (),
+    services: Sequence[Service] = (),
 ) -> FastAPI:
     """Builds the app; the generator and the predictors' batchers start and stop with it.
 
     ``predictors`` are one-pass models (already set up) served on ``/v1/embeddings`` and
-    ``/v1/predict/{model}`` beside the generator's LLM.
+    ``/v1/predict/{model}`` beside the generator's LLM. ``services`` are background workers
+    (the batch job runner) started after the models and stopped before they drain.
     """
     config = config or ServerConfig(served_model_names=(generator.model_name,))
     clash = next(
@@ -48,8 +50,12 @@ def create_app(
         state.is_draining = False
         await generator.start()
         await state.predictors.start()
+        for service in services:
+            await service.start()
         yield
         state.is_draining = True
+        for service in reversed(services):
+            await service.stop()
         await generator.shutdown(config.drain_timeout_s)
         await state.predictors.stop()
         if log_writer is not None:

@@ -19,6 +19,7 @@ from inferline.core.errors import (
     ContextLengthExceededError,
     EngineDeadError,
     InvalidParameterError,
+    NotFoundError,
     OverloadedError,
     UnknownModelError,
 )
@@ -60,6 +61,8 @@ def api_error_from(exc: Exception) -> APIError:
         return exc
     if isinstance(exc, UnknownModelError):
         return APIError(404, exc.message, param="model", code="model_not_found")
+    if isinstance(exc, NotFoundError):
+        return APIError(404, exc.message, type="not_found_error", param=exc.param, code="not_found")
     if isinstance(exc, ContextLengthExceededError):
         return APIError(400, exc.message, param=exc.param, code="context_length_exceeded")
     if isinstance(exc, InvalidParameterError):
@@ -131,5 +134,6 @@ def install_error_handlers(app: FastAPI, on_rejected: OnRejected) -> None:
 
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
-    for cls in (APIError, InvalidParameterError, OverloadedError, EngineDeadError, Exception):
+    handled = (APIError, InvalidParameterError, NotFoundError, OverloadedError, EngineDeadError)
+    for cls in (*handled, Exception):
         app.add_exception_handler(cls, on_api_error)

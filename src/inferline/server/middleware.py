@@ -45,10 +45,12 @@ class GuardMiddleware:
         max_body_bytes: int,
         is_draining: Callable[[], bool],
         metrics: Metrics,
+        max_file_bytes: int = 200 * 1024 * 1024,
     ) -> None:
         self.app = app
         self.api_keys = [k.encode() for k in api_keys]
         self.max_body_bytes = max_body_bytes
+        self.max_file_bytes = max_file_bytes  # uploads to /v1/files (batch inputs)
         self.is_draining = is_draining
         self.metrics = metrics
 
@@ -95,13 +97,14 @@ class GuardMiddleware:
         return None
 
     async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, APIError | None]:
+        limit = self.max_file_bytes if scope["path"] == "/v1/files" else self.max_body_bytes
         too_large = APIError(
             413,
-            f"The request body exceeds the {self.max_body_bytes} byte limit.",
+            f"The request body exceeds the {limit} byte limit.",
             code="request_too_large",
         )
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             return b"", too_large
         chunks, size, more = [], 0, True
         while more:
@@ -110,7 +113,7 @@ class GuardMiddleware:
                 return b"", None  # disconnected before the body arrived
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
+            if size > limit:
                 return b"", too_large
             chunks.append(chunk)
             more = message.get("more_body", False)

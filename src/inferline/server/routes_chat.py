@@ -14,7 +14,7 @@ from inferline.core.outputs import RequestOutput
 from inferline.core.protocols import GenerationRequest
 from inferline.server.formatting import chat_choice, chat_logprobs, usage
 from inferline.server.observe import RequestTrace
-from inferline.server.runner import respond, stream_response, submit_all
+from inferline.server.runner import request_priority, respond, stream_response, submit_all
 from inferline.server.sampling import chat_sampling_params
 from inferline.server.schemas import ChatCompletionRequest, ChatMessage
 from inferline.server.state import ServerState
@@ -43,7 +43,13 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     trace = RequestTrace(
         request_id, "/v1/chat/completions", body.model, messages[-1]["content"], body.user
     )
-    generation = GenerationRequest(request_id, messages=messages, tools=body.tools, params=params)
+    generation = GenerationRequest(
+        request_id,
+        messages=messages,
+        tools=body.tools,
+        params=params,
+        priority=request_priority(request),
+    )
     streams = await submit_all(state, trace, [generation])
     created = int(time.time())
     header = {"id": request_id, "created": created, "model": body.model}

@@ -15,7 +15,7 @@ from inferline.core.protocols import GenerationRequest
 from inferline.server.errors import APIError
 from inferline.server.formatting import completion_choice, completion_logprobs, usage
 from inferline.server.observe import RequestTrace
-from inferline.server.runner import respond, stream_response, submit_all
+from inferline.server.runner import request_priority, respond, stream_response, submit_all
 from inferline.server.sampling import completion_sampling_params
 from inferline.server.schemas import CompletionRequest
 from inferline.server.state import ServerState
@@ -47,7 +47,9 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     first = prompts[0] if isinstance(prompts[0], str) else None
     trace = RequestTrace(request_id, "/v1/completions", body.model, first, body.user)
     generations = [
-        GenerationRequest(f"{request_id}-{i}", prompt=p, params=params)
+        GenerationRequest(
+            f"{request_id}-{i}", prompt=p, params=params, priority=request_priority(request)
+        )
         for i, p in enumerate(prompts)
     ]
     streams = await submit_all(state, trace, generations)

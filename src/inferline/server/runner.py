@@ -11,6 +11,7 @@ from starlette.requests import Request
 
 from inferline.core.outputs import RequestOutput
 from inferline.core.protocols import GenerationRequest
+from inferline.core.sampling_params import Priority
 from inferline.server.disconnect import ClientDisconnected, until_disconnect
 from inferline.server.errors import api_error_from
 from inferline.server.formatting import sse
@@ -19,6 +20,14 @@ from inferline.server.state import ServerState
 
 Stream = AsyncGenerator[RequestOutput, None]
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request"
+PRIORITY_HEADER = "x-inferline-priority"
+
+
+def request_priority(request: Request) -> Priority:
+    """``x-inferline-priority: batch`` puts a request behind live traffic (batch job lines)."""
+    if request.headers.get(PRIORITY_HEADER, "").lower() == "batch":
+        return Priority.BATCH
+    return Priority.INTERACTIVE
 
 
 async def submit_all(

@@ -77,6 +77,68 @@ def m002_requests_batch_ids(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE requests ADD COLUMN batch_ids VARCHAR(256)"))
 
 
+@migration
+def m003_files_and_batches(conn: Connection) -> None:
+    """The OpenAI Files and Batches API: files (content on disk), jobs and their lines.
+
+    Each line's result is written as it finishes, so a restarted server resumes a job from
+    its pending lines; ``(batch_id, custom_id)`` is unique, so no line is recorded twice.
+    """
+    metadata = MetaData()
+    Table(
+        "files",
+        metadata,
+        Column("id", String(64), primary_key=True),
+        Column("filename", String(512), nullable=False),
+        Column("purpose", String(32), nullable=False),
+        Column("bytes", Integer, nullable=False),
+        Column("created_at", Integer, nullable=False),
+        Column("path", Text, nullable=False),
+        Column("deleted", Integer, nullable=False, server_default="0"),
+    )
+    Table(
+        "batches",
+        metadata,
+        Column("id", String(64), primary_key=True),
+        Column("status", String(16), nullable=False),
+        Column("endpoint", String(64), nullable=False),
+        Column("input_file_id", String(64), nullable=False),
+        Column("completion_window", String(8), nullable=False),
+        Column("created_at", Integer, nullable=False),
+        Column("expires_at", Integer, nullable=False),
+        Column("in_progress_at", Integer),
+        Column("finalizing_at", Integer),
+        Column("completed_at", Integer),
+        Column("failed_at", Integer),
+        Column("expired_at", Integer),
+        Column("cancelling_at", Integer),
+        Column("cancelled_at", Integer),
+        Column("output_file_id", String(64)),
+        Column("error_file_id", String(64)),
+        Column("errors", Text),
+        Column("metadata", Text),
+        Index("ix_batches_status", "status"),
+    )
+    Table(
+        "batch_lines",
+        metadata,
+        Column("batch_id", String(64), primary_key=True),
+        Column("line", Integer, primary_key=True),
+        Column("custom_id", String(512), nullable=False),
+        Column("request", Text, nullable=False),
+        Column("status_code", Integer),  # null while pending
+        Column("response", Text),
+        Column("error", Text),
+        Column("input_tokens", Integer, nullable=False, server_default="0"),
+        Column("cached_tokens", Integer, nullable=False, server_default="0"),
+        Column("output_tokens", Integer, nullable=False, server_default="0"),
+        Column("finished_at", Float),
+        Index("ux_batch_lines_custom_id", "batch_id", "custom_id", unique=True),
+        Index("ix_batch_lines_pending", "batch_id", "status_code"),
+    )
+    metadata.create_all(conn)
+
+
 def migrate(engine: Engine) -> list[str]:
     """Applies missing migrations, each in its own transaction; returns the names applied."""
     _migrations_table.create(engine, checkfirst=True)
