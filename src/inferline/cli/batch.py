@@ -1,0 +1,197 @@
+"""`inferline batch run input.jsonl -o output.jsonl`: a batch file without a server.
+
+The same line format as the Batches API. The model runs in process, and each line goes
+through the same endpoint code as a served request, so outputs equal the server's. Results
+are appended to the output as they finish (one JSON line per ``custom_id``, successes and
+failures alike); ``--resume`` skips the ``custom_id``s already there, so an interrupted run
+continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from inferline.cli.main import add_engine_arguments, default_cache_dir
+from inferline.core.errors import InvalidParameterError
+
+
+def register(sub: Any) -> None:
+    """Adds ``batch run``."""
+    parser = sub.add_parser("batch", help="run batch job files (OpenAI batch format)")
+    commands = parser.add_subparsers(dest="batch_command", required=True)
+    run_parser = commands.add_parser("run", help="run an input file in process, no server")
+    add_engine_arguments(run_parser)
+    run_parser.add_argument("input", type=Path, help="JSONL: {custom_id, method, url, body}")
+    run_parser.add_argument("-o", "--output", type=Path, required=True)
+    run_parser.add_argument("--resume", action="store_true", help="skip custom_ids in OUTPUT")
+    run_parser.add_argument("--max-in-flight", type=int, default=32)
+    run_parser.add_argument("--config", type=Path, default=None, help="models file (embeddings)")
+    run_parser.add_argument("--trust-pickle", action="store_true")
+    run_parser.add_argument("--price-input", type=float, default=None, help="per 1M input tokens")
+    run_parser.add_argument("--price-output", type=float, default=None, help="per 1M output tokens")
+    run_parser.add_argument("--no-progress", action="store_true")
+    run_parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validates the whole file, then runs the lines not yet in the output."""
+    from inferline.jobs import validate_input
+
+    lines, errors = validate_input(args.input, _endpoint(args.input))
+    if errors:
+        for error in errors:
+            print(f"line {error['line']}: {error['code']}: {error['message']}", file=sys.stderr)
+        return 2
+    done = _finished_ids(args.output, args.resume)
+    todo = [line for line in lines if line[1] not in done]
+    print(
+        f"{len(lines)} requests, {len(done)} already in {args.output}, {len(todo)} to run",
+        file=sys.stderr,
+    )
+    summary = asyncio.run(_run_lines(args, todo)) if todo else _Summary()
+    print(summary.report(args.price_input, args.price_output), file=sys.stderr)
+    return 0 if summary.failed == 0 else 1
+
+
+def _endpoint(path: Path) -> str:
+    """The ``url`` of the first line (validation then checks every line against it)."""
+    with path.open("rb") as file:
+        for raw in file:
+            if raw.strip():
+                try:
+                    url = json.loads(raw).get("url")
+                except (ValueError, AttributeError):
+                    return "/v1/chat/completions"  # validation reports the bad line
+                return str(url)
+    return "/v1/chat/completions"
+
+
+def _finished_ids(output: Path, resume: bool) -> set[str]:
+    if not output.exists():
+        return set()
+    if not resume:
+        raise InvalidParameterError(
+            f"{output} exists: pass --resume to continue it, or choose another file", "output"
+        )
+    content = output.read_bytes()
+    if content and not content.endswith(b"\n"):  # a line cut by a crash: drop it
+        content = content[: content.rfind(b"\n") + 1]
+        output.write_bytes(content)
+    return {json.loads(line)["custom_id"] for line in content.splitlines() if line.strip()}
+
+
+class _Summary:
+    """Counts for the progress bar and the final report."""
+
+    def __init__(self) -> None:
+        self.completed = self.failed = self.input_tokens = self.output_tokens = 0
+        self.started = time.perf_counter()
+
+    def add(self, status: int, body: dict[str, Any]) -> None:
+        if status == 200:
+            self.completed += 1
+        else:
+            self.failed += 1
+        usage = body.get("usage") or {}
+        self.input_tokens += int(usage.get("prompt_tokens") or 0)
+        self.output_tokens += int(usage.get("completion_tokens") or 0)
+
+    def report(self, price_input: float | None, price_output: float | None) -> str:
+        elapsed = time.perf_counter() - self.started
+        text = (
+            f"done: {self.completed} ok, {self.failed} failed in {elapsed:.1f} s; "
+            f"tokens in {self.input_tokens}, out {self.output_tokens} "
+            f"({self.output_tokens / max(elapsed, 1e-9):.1f} output tokens/s)"
+        )
+        if price_input is not None or price_output is not None:
+            cost = (
+                self.input_tokens * (price_input or 0) + self.output_tokens * (price_output or 0)
+            ) / 1e6
+            lines = max(self.completed + self.failed, 1)
+            text += f"; cost {cost:.6f}, {cost / lines:.8f} per line"
+        return text
+
+
+async def _run_lines(
+    args: argparse.Namespace, todo: list[tuple[int, str, dict[str, Any]]]
+) -> _Summary:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from inferline.cli.jobs_factory import AppExecutor
+
+    app = _build_app(args)
+    executor = AppExecutor(None)
+    executor.bind(app)
+    summary = _Summary()
+    slots = asyncio.Semaphore(args.max_in_flight)
+    url = _endpoint(args.input)
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("failed {task.fields[failed]}  {task.fields[rate]:.2f} lines/s"),
+        TimeRemainingColumn(),
+    )
+    with (
+        args.output.open("ab") as output,
+        Progress(*columns, disable=args.no_progress) as progress,
+    ):
+        bar = progress.add_task("batch", total=len(todo), failed=0, rate=0.0)
+
+        async def one(line: int, custom_id: str, body: dict[str, Any]) -> None:
+            async with slots:
+                status, response = await executor(url, body)
+            record = {
+                "id": f"batch_req_{line}",
+                "custom_id": custom_id,
+                "response": {
+                    "status_code": status,
+                    "request_id": response.get("id"),
+                    "body": response,
+                },
+                "error": None,
+            }
+            output.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
+            output.flush()
+            os.fsync(output.fileno())
+            summary.add(status, response)
+            rate = (summary.completed + summary.failed) / (time.perf_counter() - summary.started)
+            progress.update(bar, advance=1, failed=summary.failed, rate=rate)
+
+        async with app.router.lifespan_context(app):
+            await asyncio.gather(*(one(*line) for line in todo))
+    return summary
+
+
+def _build_app(args: argparse.Namespace) -> Any:
+    """The server's app on an in-process engine (no HTTP listener, no request log)."""
+    from inferline.cli.engine_factory import engine_config
+    from inferline.engine import AsyncEngine, FrontendConfig, LLMEngine, SchedulerConfig
+    from inferline.server import ServerConfig, create_app
+
+    data_dir = default_cache_dir()
+    settings = engine_config(args, data_dir, scheduler=SchedulerConfig(max_num_seqs=64))
+    generator = AsyncEngine(lambda: LLMEngine(settings), FrontendConfig(max_queued_requests=4096))
+    predictors = []
+    if args.config is not None:
+        from inferline.cli.models_file import load_specs
+        from inferline.cli.predictor_factory import build_predictors
+
+        predictors = build_predictors(
+            load_specs(args.config), data_dir, trust_pickle=args.trust_pickle
+        )
+    config = ServerConfig(served_model_names=(args.model,))
+    return create_app(generator, config, predictors=predictors)

@@ -1,0 +1,80 @@
+"""`inferline batch run`: a batch file in process, resumable, with clear validation errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BIN = Path(sys.executable).parent / "inferline"
+pytestmark = pytest.mark.e2e
+
+
+def line(custom_id: str, content: str) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": "smollm2-135m",
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": 8,
+            "temperature": 0,
+        },
+    }
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN), "batch", "run", "--no-progress", "--weight-format", "int8", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def write(path: Path, lines: list[Any]) -> None:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+
+
+def answers(path: Path) -> dict[str, str]:
+    records = [json.loads(x) for x in path.read_text().splitlines()]
+    return {
+        r["custom_id"]: r["response"]["body"]["choices"][0]["message"]["content"] for r in records
+    }
+
+
+def test_run_then_resume_gives_each_custom_id_once(tmp_path: Path) -> None:
+    questions = ["Say hi.", "Name a colour.", "Count to three.", "What is 2+2?", "Name a fruit."]
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write(source, [line(f"r-{i}", q) for i, q in enumerate(questions[:2])])
+    first = run(str(source), "-o", str(output), "--price-input", "0.1", "--price-output", "0.4")
+    assert first.returncode == 0, first.stderr
+    assert "2 ok, 0 failed" in first.stderr and "per line" in first.stderr
+    before = answers(output)
+    write(source, [line(f"r-{i}", q) for i, q in enumerate(questions)])
+    with output.open("a") as file:
+        file.write('{"custom_id": "r-9", "respo')  # a line cut by a crash
+    again = run(str(source), "-o", str(output))
+    assert again.returncode == 2 and "--resume" in again.stderr
+    resumed = run(str(source), "-o", str(output), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "2 already in" in resumed.stderr and "3 ok" in resumed.stderr
+    after = answers(output)
+    assert sorted(after) == [f"r-{i}" for i in range(5)]
+    assert len(output.read_text().splitlines()) == 5
+    assert {k: after[k] for k in before} == before
+
+
+def test_invalid_lines_are_reported_by_number_before_anything_runs(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    write(source, [line("a", "x"), "{oops", line("a", "y")])
+    result = run(str(source), "-o", str(tmp_path / "out.jsonl"))
+    assert result.returncode == 2
+    assert "line 2: invalid_json_line" in result.stderr
+    assert "line 3: duplicate_custom_id" in result.stderr
+    assert not (tmp_path / "out.jsonl").exists()
