@@ -184,3 +184,31 @@ def test_fork_shares_full_blocks_and_copies_the_last_one() -> None:
     assert out.block_copies == [(parent.block_ids[2], child.block_ids[2])]
     assert [s.block_pool.blocks[b].ref_count for b in parent.block_ids] == [2, 2, 1]
     assert child.num_cached_prompt_tokens == 9
+
+
+def test_interactive_requests_take_the_seats_of_batch_requests() -> None:
+    scheduler = make_scheduler(budget=64, max_seqs=2)
+    for _ in range(2):
+        scheduler.add_request(make_request(4, max_tokens=50, priority=Priority.BATCH))
+    step(scheduler)
+    assert len(scheduler.running) == 2
+    live = make_request(4, max_tokens=4)
+    scheduler.add_request(live)
+    out = step(scheduler)
+    assert live.status == RequestStatus.RUNNING
+    assert [r.priority for r in scheduler.running].count(Priority.BATCH) == 1
+    assert len(out.preempted_ids) == 1  # the newest batch request, which recomputes later
+    for _ in range(10):
+        step(scheduler)
+    assert live.is_finished and len(scheduler.running) == 2
+
+
+def test_batch_prefill_yields_most_of_the_budget_while_interactive_requests_wait() -> None:
+    scheduler = make_scheduler(num_blocks=128, budget=32, max_seqs=8)
+    bulk = make_request(60, priority=Priority.BATCH)
+    scheduler.add_request(bulk)
+    assert step(scheduler).scheduled[0].num_tokens == 32  # alone: the whole budget
+    live = make_request(40, max_tokens=2, first_token=500)
+    scheduler.add_request(live)
+    tokens = {s.request.request_id: s.num_tokens for s in step(scheduler).scheduled}
+    assert tokens[live.request_id] == 32 - 8 and tokens[bulk.request_id] == 8  # share 0.25

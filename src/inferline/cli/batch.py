@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
     run_parser.add_argument("input", type=Path, help="JSONL: {custom_id, method, url, body}")
     run_parser.add_argument("-o", "--output", type=Path, required=True)
     run_parser.add_argument("--resume", action="store_true", help="skip custom_ids in OUTPUT")
-    run_parser.add_argument("--max-in-flight", type=int, default=32)
+    run_parser.add_argument("--max-in-flight", type=int, default=64)
     run_parser.add_argument("--config", type=Path, default=None, help="models file (embeddings)")
     run_parser.add_argument("--trust-pickle", action="store_true")
     run_parser.add_argument("--price-input", type=float, default=None, help="per 1M input tokens")

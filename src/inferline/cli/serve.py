@@ -75,8 +75,14 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--batch-max-in-flight",
         type=int,
-        default=32,
+        default=64,
         help="batch job lines running at once (at batch priority, behind live requests)",
+    )
+    p.add_argument(
+        "--batch-token-share",
+        type=float,
+        default=0.25,
+        help="while live requests wait, the share of each step's tokens batch lines may use",
     )
     p.add_argument(
         "--insecure-no-auth",

@@ -34,7 +34,9 @@ def build_app(
         args,
         data_dir,
         scheduler=SchedulerConfig(
-            max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            max_num_seqs=args.max_num_seqs,
+            batch_token_share=args.batch_token_share,
         ),
     )
     generator = AsyncEngine(

@@ -73,14 +73,20 @@ class SchedulerConfig:
         max_num_batched_tokens: token budget of one step (decodes + prefill chunks); a
             longer prompt is prefilled in chunks of at most this size.
         max_num_seqs: the most requests running at once.
+        batch_token_share: while interactive requests wait, batch-priority requests may use
+            at most this share of a step's token budget (their decodes continue, their
+            prefill yields); with none waiting they use it all.
     """
 
     max_num_batched_tokens: int = 512
     max_num_seqs: int = 64
+    batch_token_share: float = 0.25
 
     def __post_init__(self) -> None:
         _require_positive("max_num_batched_tokens", self.max_num_batched_tokens)
         _require_positive("max_num_seqs", self.max_num_seqs)
+        if not 0.0 <= self.batch_token_share <= 1.0:
+            raise InvalidParameterError("batch_token_share must be in [0, 1]", "batch_token_share")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,11 @@ admitted requests (chunked prefill: a long prompt takes several steps and never 
 running streams for its whole length). Admission needs free blocks; when a running request
 needs a block and none is free, the lowest-priority, most recently arrived request is
 preempted: its blocks are freed and it recomputes later (its cached blocks may still hit).
+
+Batch-priority requests (batch job lines) yield to interactive ones: while an interactive
+request waits, batch requests get at most ``batch_token_share`` of the step's tokens, and
+running batch requests are preempted when the interactive request needs their seat or
+blocks.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import time
 from collections.abc import Iterable
 
 from inferline.core.outputs import FinishReason
+from inferline.core.sampling_params import Priority
 from inferline.engine.block_pool import BlockPool
 from inferline.engine.config import SchedulerConfig
 from inferline.engine.request import Request, RequestStatus
@@ -76,17 +82,25 @@ class Scheduler:
         """Picks this step's requests and token counts, allocating blocks for them."""
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
+        batch_budget = budget
+        if any(r.priority == Priority.INTERACTIVE for r in self.waiting):
+            self._make_room_for_interactive(out)
+            batch_budget = int(budget * self.config.batch_token_share)
+        num_yielded = len(out.preempted_ids)
         for request in sorted(self.running, key=lambda r: (r.is_prefilling, r.sort_key())):
             if budget == 0:
                 break
             if request.status != RequestStatus.RUNNING:
                 continue  # preempted earlier in this loop
-            num_tokens = min(request.num_tokens_to_compute, budget)
-            if self._reserve_blocks(request, num_tokens, out):
+            is_batch = request.priority != Priority.INTERACTIVE
+            limit = min(budget, batch_budget) if is_batch else budget
+            num_tokens = min(request.num_tokens_to_compute, limit)
+            if num_tokens > 0 and self._reserve_blocks(request, num_tokens, out):
                 out.scheduled.append(self._scheduled(request, num_tokens))
                 budget -= num_tokens
-        if not out.preempted_ids:  # memory is tight: let the running ones drain first
-            self._admit_waiting(out, budget)
+                batch_budget = max(0, batch_budget - num_tokens) if is_batch else batch_budget
+        if len(out.preempted_ids) == num_yielded:  # memory is tight: running ones drain first
+            self._admit_waiting(out, budget, min(budget, batch_budget))
         return out
 
     def update(self, out: SchedulerOutput, runner_output: ModelRunnerOutput) -> list[Request]:
@@ -154,7 +168,7 @@ class Scheduler:
         self.block_pool.free(list(reversed(request.block_ids)))  # tail first: keep shared heads
         request.block_ids, request.block_hashes = [], []
 
-    def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
+    def _admit_waiting(self, out: SchedulerOutput, budget: int, batch_budget: int) -> None:
         index = 0
         while budget > 0 and index < len(self.waiting):
             if len(self.running) >= self.config.max_num_seqs:
@@ -163,11 +177,43 @@ class Scheduler:
             if self._is_waiting_for_fork(request):
                 index += 1
                 continue
-            num_tokens = self._admit(request, budget, out)
+            is_batch = request.priority != Priority.INTERACTIVE
+            limit = min(budget, batch_budget) if is_batch else budget
+            num_tokens = self._admit(request, limit, out) if limit > 0 else 0
             if num_tokens == 0:
-                break  # head-of-line: no blocks for the most urgent request
+                break  # head-of-line: no blocks (or no batch share) for the most urgent
             self.waiting.pop(index)
             budget -= num_tokens
+            batch_budget = max(0, batch_budget - num_tokens) if is_batch else batch_budget
+
+    def _make_room_for_interactive(self, out: SchedulerOutput) -> None:
+        """Preempts batch-priority requests (newest first) so waiting interactive ones fit.
+
+        Seats (``max_num_seqs``) and blocks for the first chunks of the interactive requests
+        that fit this step's budget are freed; a preempted batch request recomputes later,
+        mostly from the prefix cache, since its freed blocks stay cached.
+        """
+        victims = sorted(
+            (r for r in self.running if r.priority != Priority.INTERACTIVE), key=Request.sort_key
+        )
+        if not victims:
+            return
+        seats = self.config.max_num_seqs - len(self.running)
+        tokens = blocks = 0
+        for request in self.waiting:
+            if request.priority != Priority.INTERACTIVE:
+                break  # the waiting queue is sorted by priority
+            chunk = min(request.num_tokens, self.config.max_num_batched_tokens - tokens)
+            if chunk <= 0:
+                break
+            tokens += chunk
+            blocks += -(-chunk // self.block_size)
+            seats -= 1
+            while victims and (seats < 0 or not self.block_pool.can_allocate(blocks)):
+                self._preempt(victims.pop(), out)
+                seats += 1
+            if seats < 0 or not self.block_pool.can_allocate(blocks):
+                break
 
     def _is_waiting_for_fork(self, request: Request) -> bool:
         """A sibling of an ``n > 1`` request waits until its parent's prompt is computed."""
