@@ -192,7 +192,8 @@ def _markdown(result: dict[str, Any]) -> str:
             "",
             "| measurement | figure |",
             "|---|---|",
-            f"| offline d (LLM.generate) | {result['offline']['output_tokens_per_s']:.1f} out tok/s |",
+            "| offline d (LLM.generate) | "
+            f"{result['offline']['output_tokens_per_s']:.1f} out tok/s |",
             f"| job alone (128 completions lines, 256/128) | "
             f"{result['job_alone']['output_tokens_per_s']:.1f} out tok/s |",
             f"| live b4 alone: TTFT p50 / p99 | {ms(alone, 'ttft_s', 'p50')} / "

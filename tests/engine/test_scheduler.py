@@ -21,10 +21,16 @@ _ids = itertools.count()
 
 
 def make_scheduler(
-    num_blocks: int = 32, budget: int = 16, max_seqs: int = 8, caching: bool = True
+    num_blocks: int = 32,
+    budget: int = 16,
+    max_seqs: int = 8,
+    caching: bool = True,
+    batch_token_share: float = 0.25,
 ) -> Scheduler:
     pool = BlockPool(num_blocks, BLOCK, enable_caching=caching)
-    config = SchedulerConfig(max_num_batched_tokens=budget, max_num_seqs=max_seqs)
+    config = SchedulerConfig(
+        max_num_batched_tokens=budget, max_num_seqs=max_seqs, batch_token_share=batch_token_share
+    )
     return Scheduler(config, pool, max_model_len=256, eos_token_ids=[EOS])
 
 
@@ -140,7 +146,7 @@ def test_no_prefix_hit_when_caching_is_off() -> None:
 
 
 def test_preemption_frees_the_newest_lowest_priority_request() -> None:
-    s = make_scheduler(num_blocks=4, budget=32)
+    s = make_scheduler(num_blocks=4, budget=32, batch_token_share=1.0)  # no yielding of tokens
     batch = make_request(7, max_tokens=20, priority=Priority.BATCH, first_token=100)
     live = make_request(7, max_tokens=20)
     s.add_request(batch)
@@ -203,12 +209,18 @@ def test_interactive_requests_take_the_seats_of_batch_requests() -> None:
     assert live.is_finished and len(scheduler.running) == 2
 
 
-def test_batch_prefill_yields_most_of_the_budget_while_interactive_requests_wait() -> None:
+def test_batch_requests_hold_a_share_of_steps_with_interactive_work() -> None:
     scheduler = make_scheduler(num_blocks=128, budget=32, max_seqs=8)
     bulk = make_request(60, priority=Priority.BATCH)
     scheduler.add_request(bulk)
     assert step(scheduler).scheduled[0].num_tokens == 32  # alone: the whole budget
     live = make_request(40, max_tokens=2, first_token=500)
     scheduler.add_request(live)
-    tokens = {s.request.request_id: s.num_tokens for s in step(scheduler).scheduled}
-    assert tokens[live.request_id] == 32 - 8 and tokens[bulk.request_id] == 8  # share 0.25
+
+    def tokens() -> dict[str, int]:
+        return {s.request.request_id: s.num_tokens for s in step(scheduler).scheduled}
+
+    assert tokens() == {live.request_id: 32}  # live prefill fills the step
+    assert tokens() == {live.request_id: 8, bulk.request_id: 2}  # 2 / (8 + 2) <= 0.25
+    assert tokens() == {live.request_id: 1, bulk.request_id: 1}  # the floor: 1 token a step
+    assert tokens()[bulk.request_id] == 60 - 32 - 2 - 1  # live done: the rest of its prompt

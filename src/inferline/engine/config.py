@@ -73,9 +73,8 @@ class SchedulerConfig:
         max_num_batched_tokens: token budget of one step (decodes + prefill chunks); a
             longer prompt is prefilled in chunks of at most this size.
         max_num_seqs: the most requests running at once.
-        batch_token_share: while interactive requests wait, batch-priority requests may use
-            at most this share of a step's token budget (their decodes continue, their
-            prefill yields); with none waiting they use it all.
+        batch_token_share: in a step with interactive work, batch-priority requests hold at
+            most this share of the step's tokens; in a step without, they use it all.
     """
 
     max_num_batched_tokens: int = 512

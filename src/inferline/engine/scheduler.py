@@ -6,10 +6,11 @@ running streams for its whole length). Admission needs free blocks; when a runni
 needs a block and none is free, the lowest-priority, most recently arrived request is
 preempted: its blocks are freed and it recomputes later (its cached blocks may still hit).
 
-Batch-priority requests (batch job lines) yield to interactive ones: while an interactive
-request waits, batch requests get at most ``batch_token_share`` of the step's tokens, and
-running batch requests are preempted when the interactive request needs their seat or
-blocks.
+Batch-priority requests (batch job lines) yield to interactive ones: interactive requests
+are scheduled first; while interactive work is in a step, batch requests hold at most
+``batch_token_share`` of its tokens; running batch requests are preempted when a waiting
+interactive request needs their seat or blocks. With no interactive work, batch requests
+use the whole step.
 """
 
 from __future__ import annotations
@@ -79,29 +80,52 @@ class Scheduler:
     # ---- one step --------------------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
-        """Picks this step's requests and token counts, allocating blocks for them."""
+        """Picks this step's requests and token counts, allocating blocks for them.
+
+        Interactive requests are scheduled first (running, then admitted); batch-priority
+        ones then get what is left, capped while interactive work is in the step.
+        """
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
-        batch_budget = budget
         if any(r.priority == Priority.INTERACTIVE for r in self.waiting):
             self._make_room_for_interactive(out)
-            batch_budget = int(budget * self.config.batch_token_share)
         num_yielded = len(out.preempted_ids)
-        for request in sorted(self.running, key=lambda r: (r.is_prefilling, r.sort_key())):
+        budget = self._schedule_running(out, budget, batch=False)
+        if len(out.preempted_ids) == num_yielded:  # memory is tight: running ones drain first
+            budget = self._admit_waiting(out, budget, batch=False)
+        batch_budget = self._batch_allowance(self.config.max_num_batched_tokens - budget, budget)
+        batch_left = self._schedule_running(out, batch_budget, batch=True)
+        live_waiting = any(r.priority == Priority.INTERACTIVE for r in self.waiting)
+        if len(out.preempted_ids) == num_yielded and not live_waiting:
+            self._admit_waiting(out, batch_left, batch=True)
+        return out
+
+    def _batch_allowance(self, live_tokens: int, budget: int) -> int:
+        """Tokens batch requests may take this step, given the interactive tokens in it.
+
+        With interactive work in the step, batch requests may hold ``batch_token_share`` of
+        the step's tokens (so 8 live decodes leave room for 2 batch tokens at 0.25, and at least 1 is left):
+        live streams keep their pace and the job uses what they leave.
+        """
+        share = self.config.batch_token_share
+        if live_tokens == 0 or share >= 1.0:
+            return budget
+        floor = 1 if share > 0 else 0  # a job always moves, if only by a token a step
+        return min(budget, max(floor, int(live_tokens * share / (1.0 - share))))
+
+    def _schedule_running(self, out: SchedulerOutput, budget: int, *, batch: bool) -> int:
+        """Schedules running requests of one class (decodes first); returns the budget left."""
+        mine = [r for r in self.running if (r.priority != Priority.INTERACTIVE) == batch]
+        for request in sorted(mine, key=lambda r: (r.is_prefilling, r.sort_key())):
             if budget == 0:
                 break
             if request.status != RequestStatus.RUNNING:
                 continue  # preempted earlier in this loop
-            is_batch = request.priority != Priority.INTERACTIVE
-            limit = min(budget, batch_budget) if is_batch else budget
-            num_tokens = min(request.num_tokens_to_compute, limit)
-            if num_tokens > 0 and self._reserve_blocks(request, num_tokens, out):
+            num_tokens = min(request.num_tokens_to_compute, budget)
+            if self._reserve_blocks(request, num_tokens, out):
                 out.scheduled.append(self._scheduled(request, num_tokens))
                 budget -= num_tokens
-                batch_budget = max(0, batch_budget - num_tokens) if is_batch else batch_budget
-        if len(out.preempted_ids) == num_yielded:  # memory is tight: running ones drain first
-            self._admit_waiting(out, budget, min(budget, batch_budget))
-        return out
+        return budget
 
     def update(self, out: SchedulerOutput, runner_output: ModelRunnerOutput) -> list[Request]:
         """Advances computed counts, appends sampled tokens, applies token-level stops.
@@ -168,23 +192,25 @@ class Scheduler:
         self.block_pool.free(list(reversed(request.block_ids)))  # tail first: keep shared heads
         request.block_ids, request.block_hashes = [], []
 
-    def _admit_waiting(self, out: SchedulerOutput, budget: int, batch_budget: int) -> None:
+    def _admit_waiting(self, out: SchedulerOutput, budget: int, *, batch: bool) -> int:
+        """Admits waiting requests of one class in queue order; returns the budget left."""
         index = 0
         while budget > 0 and index < len(self.waiting):
             if len(self.running) >= self.config.max_num_seqs:
                 break
             request = self.waiting[index]
+            if (request.priority != Priority.INTERACTIVE) != batch:
+                index += 1
+                continue
             if self._is_waiting_for_fork(request):
                 index += 1
                 continue
-            is_batch = request.priority != Priority.INTERACTIVE
-            limit = min(budget, batch_budget) if is_batch else budget
-            num_tokens = self._admit(request, limit, out) if limit > 0 else 0
+            num_tokens = self._admit(request, budget, out)
             if num_tokens == 0:
-                break  # head-of-line: no blocks (or no batch share) for the most urgent
+                break  # head-of-line: no blocks for the most urgent request
             self.waiting.pop(index)
             budget -= num_tokens
-            batch_budget = max(0, batch_budget - num_tokens) if is_batch else batch_budget
+        return budget
 
     def _make_room_for_interactive(self, out: SchedulerOutput) -> None:
         """Preempts batch-priority requests (newest first) so waiting interactive ones fit.
