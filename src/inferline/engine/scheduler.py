@@ -104,8 +104,8 @@ class Scheduler:
         """Tokens batch requests may take this step, given the interactive tokens in it.
 
         With interactive work in the step, batch requests may hold ``batch_token_share`` of
-        the step's tokens (so 8 live decodes leave room for 2 batch tokens at 0.25, and at least 1 is left):
-        live streams keep their pace and the job uses what they leave.
+        the step's tokens (8 live decodes leave room for 2 batch tokens at 0.25; at least 1
+        is always left): live streams keep their pace and the job uses what they leave.
         """
         share = self.config.batch_token_share
         if live_tokens == 0 or share >= 1.0:
