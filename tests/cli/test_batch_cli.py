@@ -78,3 +78,21 @@ def test_invalid_lines_are_reported_by_number_before_anything_runs(tmp_path: Pat
     assert "line 2: invalid_json_line" in result.stderr
     assert "line 3: duplicate_custom_id" in result.stderr
     assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_the_ray_runner_gives_the_local_runners_outputs(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    questions = ["Say hi.", "Name a colour.", "Count to three.", "What is 2+2?", "Name a fruit."]
+    source = tmp_path / "in.jsonl"
+    write(source, [line(f"r-{i}", questions[i % 5]) for i in range(8)])
+    local, on_ray = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    assert run(str(source), "-o", str(local)).returncode == 0
+    first = run(str(source), "-o", str(on_ray), "--runner", "ray", "--replicas", "2",
+                "--ray-batch-size", "2")  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert answers(on_ray) == answers(local)
+    assert len(on_ray.read_text().splitlines()) == 8
+    again = run(str(source), "-o", str(on_ray), "--runner", "ray", "--resume")
+    assert again.returncode == 0 and "8 already in" in again.stderr
+    assert len(on_ray.read_text().splitlines()) == 8

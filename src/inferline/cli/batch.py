@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,11 @@ def register(sub: Any) -> None:
     run_parser.add_argument("--price-input", type=float, default=None, help="per 1M input tokens")
     run_parser.add_argument("--price-output", type=float, default=None, help="per 1M output tokens")
     run_parser.add_argument("--no-progress", action="store_true")
+    run_parser.add_argument("--runner", choices=["local", "ray"], default="local")
+    run_parser.add_argument("--address", default=None, help="Ray cluster (default: start one)")
+    run_parser.add_argument("--replicas", type=int, default=2, help="engine actors on Ray")
+    run_parser.add_argument("--cpus-per-replica", type=float, default=1.0)
+    run_parser.add_argument("--ray-batch-size", type=int, default=16, help="lines per map call")
     run_parser.set_defaults(run=run)
 
 
@@ -55,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         f"{len(lines)} requests, {len(done)} already in {args.output}, {len(todo)} to run",
         file=sys.stderr,
     )
-    summary = asyncio.run(_run_lines(args, todo)) if todo else _Summary()
+    summary = _run_all(args, todo) if todo else _Summary()
     print(summary.report(args.price_input, args.price_output), file=sys.stderr)
     return 0 if summary.failed == 0 else 1
 
@@ -119,9 +126,21 @@ class _Summary:
         return text
 
 
-async def _run_lines(
-    args: argparse.Namespace, todo: list[tuple[int, str, dict[str, Any]]]
-) -> _Summary:
+def output_record(
+    line: int, custom_id: str, status: int, response: dict[str, Any]
+) -> dict[str, Any]:
+    """One output line, in the Batches API format."""
+    return {
+        "id": f"batch_req_{line}",
+        "custom_id": custom_id,
+        "response": {"status_code": status, "request_id": response.get("id"), "body": response},
+        "error": None,
+    }
+
+
+@contextlib.contextmanager
+def _progress(args: argparse.Namespace, total: int) -> Iterator[Callable[[_Summary], None]]:
+    """A progress bar (done/total, failed, lines/s, ETA); yields its update function."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -130,14 +149,6 @@ async def _run_lines(
         TimeRemainingColumn,
     )
 
-    from inferline.cli.jobs_factory import AppExecutor
-
-    app = _build_app(args)
-    executor = AppExecutor(None)
-    executor.bind(app)
-    summary = _Summary()
-    slots = asyncio.Semaphore(args.max_in_flight)
-    url = _endpoint(args.input)
     columns = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -145,35 +156,59 @@ async def _run_lines(
         TextColumn("failed {task.fields[failed]}  {task.fields[rate]:.2f} lines/s"),
         TimeRemainingColumn(),
     )
-    with (
-        args.output.open("ab") as output,
-        Progress(*columns, disable=args.no_progress) as progress,
-    ):
-        bar = progress.add_task("batch", total=len(todo), failed=0, rate=0.0)
+    with Progress(*columns, disable=args.no_progress) as progress:
+        bar = progress.add_task("batch", total=total, failed=0, rate=0.0)
+
+        def tick(summary: _Summary) -> None:
+            done = summary.completed + summary.failed
+            rate = done / (time.perf_counter() - summary.started)
+            progress.update(bar, completed=done, failed=summary.failed, rate=rate)
+
+        yield tick
+
+
+def _run_all(args: argparse.Namespace, todo: list[tuple[int, str, dict[str, Any]]]) -> _Summary:
+    summary = _Summary()
+    url = _endpoint(args.input)
+    with _progress(args, len(todo)) as tick:
+        if args.runner == "ray":
+            from inferline.cli.batch_ray import run_on_ray
+
+            for status, body in run_on_ray(args, todo, url):
+                summary.add(status, body)
+                tick(summary)
+        else:
+            asyncio.run(_run_local(args, todo, url, summary, tick))
+    return summary
+
+
+async def _run_local(
+    args: argparse.Namespace,
+    todo: list[tuple[int, str, dict[str, Any]]],
+    url: str,
+    summary: _Summary,
+    tick: Callable[[_Summary], None],
+) -> None:
+    from inferline.cli.jobs_factory import AppExecutor
+
+    app = _build_app(args)
+    executor = AppExecutor(None)
+    executor.bind(app)
+    slots = asyncio.Semaphore(args.max_in_flight)
+    with args.output.open("ab") as output:
 
         async def one(line: int, custom_id: str, body: dict[str, Any]) -> None:
             async with slots:
                 status, response = await executor(url, body)
-            record = {
-                "id": f"batch_req_{line}",
-                "custom_id": custom_id,
-                "response": {
-                    "status_code": status,
-                    "request_id": response.get("id"),
-                    "body": response,
-                },
-                "error": None,
-            }
+            record = output_record(line, custom_id, status, response)
             output.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
             output.flush()
             os.fsync(output.fileno())
             summary.add(status, response)
-            rate = (summary.completed + summary.failed) / (time.perf_counter() - summary.started)
-            progress.update(bar, advance=1, failed=summary.failed, rate=rate)
+            tick(summary)
 
         async with app.router.lifespan_context(app):
             await asyncio.gather(*(one(*line) for line in todo))
-    return summary
 
 
 def _build_app(args: argparse.Namespace) -> Any:
