@@ -224,3 +224,27 @@ def test_batch_requests_hold_a_share_of_steps_with_interactive_work() -> None:
     assert tokens() == {live.request_id: 8, bulk.request_id: 2}  # 2 / (8 + 2) <= 0.25
     assert tokens() == {live.request_id: 1, bulk.request_id: 1}  # the floor: 1 token a step
     assert tokens()[bulk.request_id] == 60 - 32 - 2 - 1  # live done: the rest of its prompt
+
+
+def test_batch_prefill_is_chunked_small_so_live_arrivals_wait_little() -> None:
+    pool = BlockPool(64, BLOCK, enable_caching=True)
+    config = SchedulerConfig(max_num_batched_tokens=64, batch_prefill_tokens=16)
+    scheduler = Scheduler(config, pool, max_model_len=256, eos_token_ids=[EOS])
+    first, second = (make_request(40, priority=Priority.BATCH, first_token=t) for t in (1, 300))
+    scheduler.add_request(first)
+    scheduler.add_request(second)
+    out = step(scheduler)
+    assert [s.num_tokens for s in out.scheduled] == [16]  # not 64: one step stays short
+    assert sum(s.num_tokens for s in step(scheduler).scheduled) == 16
+
+
+def test_batch_admission_leaves_kv_headroom_for_live_requests() -> None:
+    pool = BlockPool(16, BLOCK, enable_caching=True)
+    config = SchedulerConfig(max_num_batched_tokens=64, batch_kv_reserve=0.25)
+    scheduler = Scheduler(config, pool, max_model_len=256, eos_token_ids=[EOS])
+    bulk = make_request(52, priority=Priority.BATCH)  # 13 blocks: into the 4 reserved
+    scheduler.add_request(bulk)
+    assert step(scheduler).scheduled == []
+    live = make_request(52, first_token=300)
+    scheduler.add_request(live)
+    assert [s.request for s in step(scheduler).scheduled] == [live]

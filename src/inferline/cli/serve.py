@@ -82,7 +82,13 @@ def register(sub: Any) -> None:
         "--batch-token-share",
         type=float,
         default=0.25,
-        help="while live requests wait, the share of each step's tokens batch lines may use",
+        help="in a step with live work, the share of its tokens batch lines may hold",
+    )
+    p.add_argument(
+        "--batch-prefill-tokens",
+        type=int,
+        default=128,
+        help="prompt tokens batch lines may prefill per step (bounds a live arrival's wait)",
     )
     p.add_argument(
         "--insecure-no-auth",

@@ -37,6 +37,7 @@ def build_app(
             max_num_batched_tokens=args.max_num_batched_tokens,
             max_num_seqs=args.max_num_seqs,
             batch_token_share=args.batch_token_share,
+            batch_prefill_tokens=args.batch_prefill_tokens,
         ),
     )
     generator = AsyncEngine(

@@ -75,15 +75,24 @@ class SchedulerConfig:
         max_num_seqs: the most requests running at once.
         batch_token_share: in a step with interactive work, batch-priority requests hold at
             most this share of the step's tokens; in a step without, they use it all.
+        batch_prefill_tokens: prompt tokens batch-priority requests may prefill in one step,
+            so a live request arriving mid-step never waits behind a long batch prefill.
+        batch_kv_reserve: share of the KV blocks a batch-priority request may not take when
+            it is admitted, so live arrivals find blocks without preempting.
     """
 
     max_num_batched_tokens: int = 512
     max_num_seqs: int = 64
     batch_token_share: float = 0.25
+    batch_prefill_tokens: int = 128
+    batch_kv_reserve: float = 0.15
 
     def __post_init__(self) -> None:
         _require_positive("max_num_batched_tokens", self.max_num_batched_tokens)
         _require_positive("max_num_seqs", self.max_num_seqs)
+        _require_positive("batch_prefill_tokens", self.batch_prefill_tokens)
+        if not 0.0 <= self.batch_kv_reserve < 1.0:
+            raise InvalidParameterError("batch_kv_reserve must be in [0, 1)", "batch_kv_reserve")
         if not 0.0 <= self.batch_token_share <= 1.0:
             raise InvalidParameterError("batch_token_share must be in [0, 1]", "batch_token_share")
 

@@ -97,7 +97,13 @@ class Scheduler:
         batch_left = self._schedule_running(out, batch_budget, batch=True)
         live_waiting = any(r.priority == Priority.INTERACTIVE for r in self.waiting)
         if len(out.preempted_ids) == num_yielded and not live_waiting:
-            self._admit_waiting(out, batch_left, batch=True)
+            prefill_done = sum(
+                s.num_tokens
+                for s in out.scheduled
+                if s.request.priority != Priority.INTERACTIVE and s.num_tokens > 1
+            )
+            prefill_left = max(0, self.config.batch_prefill_tokens - prefill_done)
+            self._admit_waiting(out, min(batch_left, prefill_left), batch=True)
         return out
 
     def _batch_allowance(self, live_tokens: int, budget: int) -> int:
@@ -116,12 +122,18 @@ class Scheduler:
     def _schedule_running(self, out: SchedulerOutput, budget: int, *, batch: bool) -> int:
         """Schedules running requests of one class (decodes first); returns the budget left."""
         mine = [r for r in self.running if (r.priority != Priority.INTERACTIVE) == batch]
+        prefill_left = self.config.batch_prefill_tokens if batch else budget
         for request in sorted(mine, key=lambda r: (r.is_prefilling, r.sort_key())):
             if budget == 0:
                 break
             if request.status != RequestStatus.RUNNING:
                 continue  # preempted earlier in this loop
-            num_tokens = min(request.num_tokens_to_compute, budget)
+            limit = min(budget, prefill_left) if request.is_prefilling else budget
+            num_tokens = min(request.num_tokens_to_compute, limit)
+            if num_tokens == 0:
+                continue
+            if request.is_prefilling:
+                prefill_left -= num_tokens
             if self._reserve_blocks(request, num_tokens, out):
                 out.scheduled.append(self._scheduled(request, num_tokens))
                 budget -= num_tokens
@@ -266,7 +278,10 @@ class Scheduler:
         num_tokens = min(request.num_tokens - num_cached, budget)
         num_new = -(-(num_cached + num_tokens) // self.block_size) - len(cached_ids)
         num_reclaimed = sum(1 for i in cached_ids if self.block_pool.blocks[i].ref_count == 0)
-        if not self.block_pool.can_allocate(num_new + num_reclaimed):
+        reserve = 0
+        if request.priority != Priority.INTERACTIVE:  # keep KV headroom for live arrivals
+            reserve = int(self.block_pool.num_blocks * self.config.batch_kv_reserve)
+        if not self.block_pool.can_allocate(num_new + num_reclaimed + reserve):
             return 0
         self.block_pool.touch(cached_ids)
         request.block_ids = cached_ids + self.block_pool.allocate(num_new)

@@ -99,8 +99,8 @@ class BatchRunner:
         if row is None:
             return
         status = row["status"]
-        if status in ("validating", "in_progress") and time.time() > row["expires_at"]:
-            await self._finish(batch_id, status, "expired", "batch_expired")
+        if status == "in_progress" and time.time() > row["expires_at"]:
+            await self._finish(batch_id, status, "expired", "batch_expired")  # lines stored
         elif status == "validating":
             await self._validate(row)
         elif status == "in_progress":
