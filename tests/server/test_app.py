@@ -88,7 +88,13 @@ def test_completions_with_several_prompts_and_n(client) -> None:  # type: ignore
         ({**CHAT, "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
         ({**CHAT, "presence_penalty": -3}, "presence_penalty"),
         ({**CHAT, "top_logprobs": 3}, "top_logprobs"),
-        ({**CHAT, "response_format": {"type": "json_object"}}, "response_format"),
+        ({**CHAT, "response_format": {"type": "xml"}}, "response_format.type"),
+        (
+            {**CHAT, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+            "response_format.json_schema.schema",
+        ),
+        ({**CHAT, "guided_choice": ["a"], "guided_regex": "a+"}, "guided_choice"),
+        ({**CHAT, "guided_choice": []}, "guided_choice"),
         ({"messages": CHAT["messages"]}, "model"),
     ],
 )

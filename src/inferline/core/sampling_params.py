@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 
 from inferline.core.errors import InvalidParameterError
+from inferline.core.structured import StructuredOutput
 
 _MAX_STOP_STRINGS = 16
 _MAX_LOGPROBS = 20
@@ -41,6 +42,8 @@ class SamplingParams:
         logprobs: number of top alternatives to return per token (0 = only the chosen one,
             ``None`` = no logprobs).
         skip_special_tokens: drop special tokens from the text.
+        structured: a constraint on the output (JSON, JSON Schema, regex, choice); the
+            engine masks the logits at each step so the output always matches it.
     """
 
     n: int = 1
@@ -58,6 +61,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None
     skip_special_tokens: bool = True
+    structured: StructuredOutput | None = None
 
     def __post_init__(self) -> None:
         # Accept lists or a single string for convenience, store tuples (hashable, frozen).

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -51,6 +53,8 @@ class LLMEngine:
                 "weight_format",
             )
         self.tokenizer = self.loaded.tokenizer
+        self._grammars: Any = None  # GrammarCompiler, built on the first constrained request
+        self._grammars_lock = threading.Lock()
         model_config = self.loaded.config
         self.max_model_len = min(
             config.max_model_len or model_config.max_position_embeddings,
@@ -123,9 +127,25 @@ class LLMEngine:
                     index=index,
                     fork_parent=requests[0] if index else None,
                     arrival_s=arrival_s,
+                    matcher=self._matcher(params),
                 )
             )
         return PreparedRequest(request_id, text, requests)
+
+    def _matcher(self, params: SamplingParams) -> Any:
+        """A grammar matcher for a constrained request (None for a free one)."""
+        if params.structured is None:
+            return None
+        with self._grammars_lock:
+            if self._grammars is None:
+                from inferline.engine.structured import GrammarCompiler
+
+                self._grammars = GrammarCompiler(
+                    self.tokenizer.to_json(),
+                    self.loaded.config.vocab_size,
+                    list(self.tokenizer.eos_token_ids),
+                )
+        return self._grammars.matcher(params.structured)
 
     def add_prepared(self, prepared: PreparedRequest) -> None:
         """Queues a prepared request (engine thread only)."""

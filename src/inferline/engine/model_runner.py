@@ -152,6 +152,7 @@ class ModelRunner:
                 s.request.prompt_token_ids,
                 s.request.output_token_ids,
                 s.request.generator,
+                s.request.matcher,
             )
             for s in sampling
         ]

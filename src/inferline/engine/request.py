@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -52,6 +53,7 @@ class Request:
     finish_reason: FinishReason | None = None
     stop_reason: str | int | None = None
     generator: torch.Generator = field(default_factory=torch.Generator)
+    matcher: Any = None  # llguidance matcher of a constrained request (engine.structured)
 
     def __post_init__(self) -> None:
         self.all_token_ids = list(self.prompt_token_ids)

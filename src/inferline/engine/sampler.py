@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from inferline.core.sampling_params import SamplingParams
+from inferline.engine.structured import apply_masks
 
 
 @dataclass
@@ -23,6 +25,7 @@ class SamplingRow:
     prompt_token_ids: Sequence[int]
     output_token_ids: Sequence[int]
     generator: torch.Generator
+    matcher: Any = None  # a constrained request's grammar state (engine.structured)
 
 
 @dataclass
@@ -100,7 +103,13 @@ class Sampler:
         raw_logprobs = self._raw_logprobs(logits, rows)
         if any(self._has_penalties(r.params) for r in rows):
             logits = _apply_penalties(logits.clone(), rows)
+        if any(r.matcher is not None for r in rows):
+            logits = logits.clone()
+            apply_masks(logits, [r.matcher for r in rows])
         token_ids = self._choose(logits, rows)
+        for row, token_id in zip(rows, token_ids, strict=True):
+            if row.matcher is not None:
+                row.matcher.consume_token(token_id)
         return self._with_logprobs(token_ids, raw_logprobs, rows)
 
     @staticmethod

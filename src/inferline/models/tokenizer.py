@@ -174,6 +174,10 @@ class Tokenizer:
         text: str = self._tokenizer.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
         return text
 
+    def to_json(self) -> str:
+        """The tokenizer as Hugging Face ``tokenizer.json`` text (for grammar libraries)."""
+        return str(self._tokenizer.to_str())
+
     def id_to_token(self, token_id: int) -> str:
         """The vocabulary string of one token (byte-level spelling)."""
         return self._tokenizer.id_to_token(token_id) or ""

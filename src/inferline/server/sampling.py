@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from inferline.core.sampling_params import SamplingParams
+from inferline.core.structured import StructuredOutput
 from inferline.server.errors import APIError
 from inferline.server.schemas import ChatCompletionRequest, CompletionRequest, _SamplingFields
 
@@ -11,7 +15,60 @@ def _not_supported(param: str, what: str) -> APIError:
     return APIError(400, f"{what} is not supported yet", param=param, code="unsupported_parameter")
 
 
-def _common(body: _SamplingFields, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+def _structured(
+    body: _SamplingFields, response_format: dict[str, Any] | None
+) -> StructuredOutput | None:
+    """``response_format`` or one of the ``guided_*`` extensions (vLLM's names), if any."""
+    asked = [
+        name
+        for name, value in (
+            ("response_format", response_format),
+            ("guided_json", body.guided_json),
+            ("guided_regex", body.guided_regex),
+            ("guided_choice", body.guided_choice),
+        )
+        if value is not None
+    ]
+    if len(asked) > 1:
+        raise APIError(400, f"at most one of {', '.join(asked)} per request", param=asked[1])
+    if body.guided_json is not None:
+        return StructuredOutput("json_schema", json.dumps(body.guided_json), "guided_json")
+    if body.guided_regex is not None:
+        return StructuredOutput("regex", body.guided_regex, "guided_regex")
+    if body.guided_choice is not None:
+        return StructuredOutput("choice", json.dumps(body.guided_choice), "guided_choice")
+    return None if response_format is None else _response_format(response_format)
+
+
+def _response_format(response_format: dict[str, Any]) -> StructuredOutput | None:
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return StructuredOutput("json_object")
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise APIError(
+                400,
+                "response_format.json_schema.schema must be a JSON Schema object",
+                param="response_format.json_schema.schema",
+            )
+        return StructuredOutput("json_schema", json.dumps(schema), "response_format")
+    raise APIError(
+        400,
+        f"response_format.type must be text, json_object or json_schema, got {kind!r}",
+        param="response_format.type",
+    )
+
+
+def _common(
+    body: _SamplingFields,
+    max_tokens: int | None,
+    logprobs: int | None,
+    response_format: dict[str, Any] | None = None,
+) -> SamplingParams:
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     return SamplingParams(
         n=body.n,
@@ -28,20 +85,19 @@ def _common(body: _SamplingFields, max_tokens: int | None, logprobs: int | None)
         stop_token_ids=tuple(body.stop_token_ids or ()),
         ignore_eos=body.ignore_eos,
         logprobs=logprobs,
+        structured=_structured(body, response_format),
     )
 
 
 def chat_sampling_params(body: ChatCompletionRequest) -> SamplingParams:
     """Sampling for a chat request; raises `APIError` 400 for unsupported features."""
-    if body.response_format is not None and body.response_format.get("type") != "text":
-        raise _not_supported("response_format", "response_format other than text")
     if body.tools and body.tool_choice != "none":
         raise _not_supported("tools", "tool calling")
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     max_tokens = body.max_completion_tokens or body.max_tokens
-    return _common(body, max_tokens, logprobs)
+    return _common(body, max_tokens, logprobs, body.response_format)
 
 
 def completion_sampling_params(body: CompletionRequest) -> SamplingParams:

@@ -73,6 +73,11 @@ class _SamplingFields(_Lenient):
     repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
     ignore_eos: bool = False
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    guided_regex: Annotated[str, Field(min_length=1)] | None = None
+    guided_choice: (
+        Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None
+    ) = None
+    guided_json: dict[str, Any] | None = None
 
 
 class ChatCompletionRequest(_SamplingFields):
