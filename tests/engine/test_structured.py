@@ -86,3 +86,25 @@ def test_unsupported_schema_keys_are_named(engine) -> None:  # type: ignore[no-u
     schema = {"type": "object", "if": {"properties": {"a": {"type": "string"}}}}
     with pytest.raises(InvalidParameterError, match='"if"'):
         engine.add_request("x", constrained("json_schema", schema))
+
+
+@pytest.mark.parametrize("max_tokens", [12, 20, 40])
+def test_outputs_are_closed_in_time_at_the_max_tokens_cut(engine, max_tokens: int) -> None:  # type: ignore[no-untyped-def]
+    rambling = 'Return {"answer": 42} as JSON.'  # unconstrained, this nests without end
+    cases = [(rambling, "json_object", {"type": "object"}), (rambling, "json_schema", SCHEMAS[0])]
+    if max_tokens >= 20:
+        cases.append(("Describe something as JSON.", "json_schema", SCHEMAS[3]))
+    outputs = run(
+        engine,
+        [(q, constrained(kind, "" if kind == "json_object" else schema, max_tokens))
+         for q, kind, schema in cases],
+    )  # fmt: skip
+    for output, (_, _, schema) in zip(outputs, cases, strict=True):
+        assert len(output.token_ids) <= max_tokens
+        jsonschema.validate(json.loads(output.text), schema)
+
+
+def test_max_tokens_too_small_for_the_schema_is_refused(engine) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidParameterError, match="shortest one found takes") as error:
+        engine.add_request("x", constrained("json_schema", SCHEMAS[3], max_tokens=8))
+    assert error.value.param == "max_tokens"

@@ -113,6 +113,7 @@ class LLMEngine:
         text = prompt if isinstance(prompt, str) else None
         prompt_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         max_tokens = self._check_prompt(prompt_ids, params)
+        self._check_room_for_structure(params, max_tokens)
         arrival_s = time.time()
         requests: list[Request] = []
         for index in range(params.n):
@@ -127,13 +128,26 @@ class LLMEngine:
                     index=index,
                     fork_parent=requests[0] if index else None,
                     arrival_s=arrival_s,
-                    matcher=self._matcher(params),
+                    constraint=self._constraint(params),
                 )
             )
         return PreparedRequest(request_id, text, requests)
 
-    def _matcher(self, params: SamplingParams) -> Any:
-        """A grammar matcher for a constrained request (None for a free one)."""
+    def _check_room_for_structure(self, params: SamplingParams, max_tokens: int) -> None:
+        """A JSON constraint whose shortest output exceeds max_tokens is a 400, not a cut."""
+        constraint = self._constraint(params)
+        if constraint is None or not constraint.is_json:
+            return
+        shortest = constraint.shortest_output()
+        if shortest is not None and shortest > max_tokens:
+            raise InvalidParameterError(
+                f"max_tokens={max_tokens} cannot hold an output matching the schema: the "
+                f"shortest one found takes {shortest} tokens",
+                "max_tokens",
+            )
+
+    def _constraint(self, params: SamplingParams) -> Any:
+        """The grammar state of a constrained request (None for a free one)."""
         if params.structured is None:
             return None
         with self._grammars_lock:
@@ -145,7 +159,7 @@ class LLMEngine:
                     self.loaded.config.vocab_size,
                     list(self.tokenizer.eos_token_ids),
                 )
-        return self._grammars.matcher(params.structured)
+        return self._grammars.constraint(params.structured)
 
     def add_prepared(self, prepared: PreparedRequest) -> None:
         """Queues a prepared request (engine thread only)."""

@@ -152,7 +152,8 @@ class ModelRunner:
                 s.request.prompt_token_ids,
                 s.request.output_token_ids,
                 s.request.generator,
-                s.request.matcher,
+                s.request.constraint,
+                s.request.max_tokens - s.request.num_output_tokens,
             )
             for s in sampling
         ]

@@ -53,7 +53,7 @@ class Request:
     finish_reason: FinishReason | None = None
     stop_reason: str | int | None = None
     generator: torch.Generator = field(default_factory=torch.Generator)
-    matcher: Any = None  # llguidance matcher of a constrained request (engine.structured)
+    constraint: Any = None  # grammar state of a constrained request (engine.structured)
 
     def __post_init__(self) -> None:
         self.all_token_ids = list(self.prompt_token_ids)

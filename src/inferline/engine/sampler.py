@@ -25,7 +25,8 @@ class SamplingRow:
     prompt_token_ids: Sequence[int]
     output_token_ids: Sequence[int]
     generator: torch.Generator
-    matcher: Any = None  # a constrained request's grammar state (engine.structured)
+    constraint: Any = None  # a constrained request's grammar state (engine.structured)
+    remaining: int = 1 << 30  # tokens it may still generate, this one included
 
 
 @dataclass
@@ -103,13 +104,14 @@ class Sampler:
         raw_logprobs = self._raw_logprobs(logits, rows)
         if any(self._has_penalties(r.params) for r in rows):
             logits = _apply_penalties(logits.clone(), rows)
-        if any(r.matcher is not None for r in rows):
+        if any(r.constraint is not None for r in rows):
             logits = logits.clone()
-            apply_masks(logits, [r.matcher for r in rows])
+            apply_masks(logits, [r.constraint for r in rows])
         token_ids = self._choose(logits, rows)
-        for row, token_id in zip(rows, token_ids, strict=True):
-            if row.matcher is not None:
-                row.matcher.consume_token(token_id)
+        for i, row in enumerate(rows):
+            if row.constraint is not None:  # near max_tokens, closing the JSON comes first
+                token_ids[i] = row.constraint.settle(token_ids[i], row.remaining)
+                row.constraint.consume(token_ids[i])
         return self._with_logprobs(token_ids, raw_logprobs, rows)
 
     @staticmethod

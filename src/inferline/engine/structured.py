@@ -27,6 +27,7 @@ import torch
 from inferline.core.errors import InvalidParameterError
 from inferline.core.structured import StructuredOutput
 
+CLOSE_HORIZON = 48  # closing plans are computed only this close to max_tokens
 # Compact JSON with the spacing models see in training: {"a": 1, "b": [2, 3]}
 _JSON_OPTIONS: Any = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
@@ -43,11 +44,17 @@ class GrammarCompiler:
             tokenizer_json, n_vocab=vocab_size, eos_token=eos_token_ids
         )
         self._grammar = functools.lru_cache(maxsize=256)(self._compile)
+        self.eos_token_id = eos_token_ids[0]
+        texts = {*_IN_STRING, *_IN_OBJECT, *_IN_ARRAY, *_VALUE}
+        self.single_tokens = {
+            text: ids[0] for text in texts if len(ids := self.tokenizer.tokenize_str(text)) == 1
+        }
 
-    def matcher(self, structured: StructuredOutput) -> Any:
-        """A fresh matcher for one request; raises `InvalidParameterError` if unsupported."""
+    def constraint(self, structured: StructuredOutput) -> Constraint:
+        """A fresh grammar state for one request; raises `InvalidParameterError` if unsupported."""
         grammar = self._grammar(structured.kind, structured.spec, structured.param)
-        return self.llg.LLMatcher(self.tokenizer, grammar)
+        matcher = self.llg.LLMatcher(self.tokenizer, grammar)
+        return Constraint(matcher, self, structured.kind in ("json_object", "json_schema"))
 
     def _compile(self, kind: str, spec: str, param: str) -> str:
         matcher = self.llg.LLMatcher
@@ -71,8 +78,9 @@ class GrammarCompiler:
         return str(grammar)
 
 
-def apply_masks(logits: torch.Tensor, matchers: list[Any | None]) -> None:
+def apply_masks(logits: torch.Tensor, constraints: list[Constraint | None]) -> None:
     """Sets the logits of tokens each row's grammar forbids to -inf (rows without: as is)."""
+    matchers = [c.matcher if c is not None else None for c in constraints]
     rows = [i for i, m in enumerate(matchers) if m is not None]
     if not rows:
         return
@@ -88,3 +96,124 @@ def apply_masks(logits: torch.Tensor, matchers: list[Any | None]) -> None:
     allowed = torch.from_numpy(bits[:, :vocab].astype(bool))
     index = torch.tensor(rows)
     logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
+
+
+# Closing a JSON output in time: what to try, by where the text stands.
+_IN_STRING = ('"', '"}', '"]', '"}}', "a")
+_IN_OBJECT = ("}", "}}", "]}", '"')
+_IN_ARRAY = ("]", "]}", "0", '"')
+_VALUE = ("0", '""', "null", "false", "[]", "{}", '"', "[", "{")
+
+
+class Constraint:
+    """One constrained request's grammar state, and how to close it in time."""
+
+    def __init__(self, matcher: Any, compiler: GrammarCompiler, is_json: bool) -> None:
+        self.matcher = matcher
+        self.compiler = compiler
+        self.is_json = is_json
+        self.output: list[int] = []  # tokens consumed so far
+
+    def consume(self, token_id: int) -> None:
+        """Advances the grammar by the sampled token."""
+        self.matcher.consume_token(token_id)
+        self.output.append(token_id)
+
+    def settle(self, token_id: int, remaining: int) -> int:
+        """The token to take: the sampled one, unless it leaves no room to finish the JSON.
+
+        Near the limit, a greedy plan (the grammar's forced tokens, else the shortest way
+        out of the current string, object or array) says how many tokens finishing takes
+        after ``token_id``; if more than the room left after it, the plan from the current
+        state is followed instead (EOS once the output is complete). Far from the limit,
+        the model's token stands.
+        """
+        if not self.is_json or remaining > CLOSE_HORIZON:
+            return token_id
+        after = self._plan(2 * CLOSE_HORIZON, first=token_id)
+        if after is not None and len(after) <= remaining - 1:
+            return token_id
+        plan = self._plan(2 * CLOSE_HORIZON)
+        if not plan:
+            return token_id if plan is None else self.compiler.eos_token_id
+        return plan[0]
+
+    def shortest_output(self) -> int | None:
+        """Tokens of the shortest complete output the greedy plan finds (None: not found)."""
+        plan = self._plan(4 * CLOSE_HORIZON)
+        return None if plan is None else len(plan)
+
+    def _plan(self, limit: int, first: int | None = None) -> list[int] | None:
+        state = self.matcher.deep_copy()
+        text = self.compiler.tokenizer.decode_str(self.output)
+        plan: list[int] = []
+        if first is not None:
+            if state.validate_tokens([first]) != 1:
+                return None
+            state.consume_token(first)
+            text += self.compiler.tokenizer.decode_str([first])
+        while not state.is_accepting():
+            if len(plan) > limit or state.is_stopped():
+                return None
+            forced = state.compute_ff_tokens()
+            if forced:
+                step = forced
+            else:
+                token = self._closing_token(state, text)
+                if token is None:
+                    return None
+                step = [token]
+            state.consume_tokens(step)
+            plan += step
+            text += self.compiler.tokenizer.decode_str(step)
+        return plan
+
+    def _closing_token(self, state: Any, text: str) -> int | None:
+        in_string, stack, expects_value = _json_position(text)
+        order: tuple[str, ...]
+        if in_string:
+            order = _IN_STRING
+        elif expects_value:
+            order = _VALUE
+        else:
+            order = _IN_OBJECT if stack and stack[-1] == "{" else _IN_ARRAY
+        for candidate in order:
+            token = self.compiler.single_tokens.get(candidate)
+            if token is not None and state.validate_tokens([token]) == 1:
+                return token
+        return _first_allowed(state.compute_bitmask(), self.compiler.eos_token_id)
+
+
+def _json_position(text: str) -> tuple[bool, list[str], bool]:
+    """(inside a string?, open brackets, is a value expected next?) of partial JSON."""
+    in_string = escaped = False
+    stack: list[str] = []
+    last = ""
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string, last = False, '"'
+            continue
+        if char == '"':
+            in_string = True
+        elif char in "{[":
+            stack.append(char)
+        elif char in "}]" and stack:
+            stack.pop()
+        if not char.isspace():
+            last = char
+    return (
+        in_string,
+        stack,
+        last in (":", "[", ",") and bool(stack) and (last != "," or stack[-1] == "["),
+    )
+
+
+def _first_allowed(bitmask: bytes, eos_token_id: int) -> int | None:
+    bits = np.unpackbits(np.frombuffer(bitmask, dtype=np.uint8), bitorder="little")
+    allowed = [int(t) for t in np.flatnonzero(bits)[:2] if t != eos_token_id]
+    return allowed[0] if allowed else None
