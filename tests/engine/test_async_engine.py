@@ -81,7 +81,10 @@ def test_hang_or_crash_fails_health_and_every_waiting_request(make_engine, mode)
         engine = AsyncEngine(llm_engine, FrontendConfig(stall_timeout_s=1.0))
         await engine.start()
         assert engine.health().is_live
-        streams = [await engine.submit(request(i, SamplingParams(max_tokens=50, ignore_eos=True))) for i in range(4)]
+        streams = [
+            await engine.submit(request(i, SamplingParams(max_tokens=50, ignore_eos=True)))
+            for i in range(4)
+        ]
         results = await asyncio.gather(*(drain(s) for s in streams), return_exceptions=True)
         health = engine.health()
         with pytest.raises(EngineDeadError):
