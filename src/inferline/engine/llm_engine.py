@@ -135,10 +135,9 @@ class LLMEngine:
 
     def _check_room_for_structure(self, params: SamplingParams, max_tokens: int) -> None:
         """A JSON constraint whose shortest output exceeds max_tokens is a 400, not a cut."""
-        constraint = self._constraint(params)
-        if constraint is None or not constraint.is_json:
+        if params.structured is None:
             return
-        shortest = constraint.shortest_output()
+        shortest = self._compiler().shortest_output(params.structured)  # raises if unsupported
         if shortest is not None and shortest > max_tokens:
             raise InvalidParameterError(
                 f"max_tokens={max_tokens} cannot hold an output matching the schema: the "
@@ -150,6 +149,10 @@ class LLMEngine:
         """The grammar state of a constrained request (None for a free one)."""
         if params.structured is None:
             return None
+        return self._compiler().constraint(params.structured)
+
+    def _compiler(self) -> Any:
+        """The grammar compiler, built on the first constrained request."""
         with self._grammars_lock:
             if self._grammars is None:
                 from inferline.engine.structured import GrammarCompiler
@@ -159,7 +162,7 @@ class LLMEngine:
                     self.loaded.config.vocab_size,
                     list(self.tokenizer.eos_token_ids),
                 )
-        return self._grammars.constraint(params.structured)
+            return self._grammars
 
     def add_prepared(self, prepared: PreparedRequest) -> None:
         """Queues a prepared request (engine thread only)."""

@@ -44,6 +44,7 @@ class GrammarCompiler:
             tokenizer_json, n_vocab=vocab_size, eos_token=eos_token_ids
         )
         self._grammar = functools.lru_cache(maxsize=256)(self._compile)
+        self._shortest = functools.lru_cache(maxsize=256)(self._shortest_uncached)
         self.eos_token_id = eos_token_ids[0]
         texts = {*_IN_STRING, *_IN_OBJECT, *_IN_ARRAY, *_VALUE}
         self.single_tokens = {
@@ -55,6 +56,18 @@ class GrammarCompiler:
         grammar = self._grammar(structured.kind, structured.spec, structured.param)
         matcher = self.llg.LLMatcher(self.tokenizer, grammar)
         return Constraint(matcher, self, structured.kind in ("json_object", "json_schema"))
+
+    def shortest_output(self, structured: StructuredOutput) -> int | None:
+        """Tokens of the shortest complete JSON output found (None: not JSON or not found).
+
+        Computed once per distinct constraint, not per request.
+        """
+        if structured.kind not in ("json_object", "json_schema"):
+            return None
+        return self._shortest(structured)
+
+    def _shortest_uncached(self, structured: StructuredOutput) -> int | None:
+        return self.constraint(structured).shortest_output()
 
     def _compile(self, kind: str, spec: str, param: str) -> str:
         matcher = self.llg.LLMatcher
