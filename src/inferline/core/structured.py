@@ -1,4 +1,5 @@
-"""What a constrained request asks for: a JSON object, a JSON Schema, a regex or a choice."""
+"""What a constrained request asks for: a JSON object, a JSON Schema, a regex, a choice,
+or tool calls (`inferline.core.tool_calls`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Literal
 
 from inferline.core.errors import InvalidParameterError
 
-StructuredKind = Literal["json_object", "json_schema", "regex", "choice"]
-KINDS = ("json_object", "json_schema", "regex", "choice")
+StructuredKind = Literal["json_object", "json_schema", "regex", "choice", "tool_calls"]
+KINDS = ("json_object", "json_schema", "regex", "choice", "tool_calls")
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,8 @@ class StructuredOutput:
     Attributes:
         kind: ``json_object`` (any JSON object), ``json_schema`` (``spec`` is the schema as
             JSON text), ``regex`` (``spec`` is the pattern) or ``choice`` (``spec`` is a JSON
-            list of the allowed strings).
+            list of the allowed strings) or ``tool_calls`` (``spec`` is a `ToolCalling` as
+            JSON: free text and/or calls in the Hermes format, each call's JSON valid).
         spec: the constraint's text (empty for ``json_object``); hashable, so compiled
             grammars can be cached by it.
         param: the request field it came from, for error messages.
@@ -38,5 +40,5 @@ class StructuredOutput:
                 raise InvalidParameterError(
                     "the choices must be a non-empty list of non-empty strings", self.param
                 )
-        if self.kind in ("json_schema", "regex") and not self.spec:
+        if self.kind in ("json_schema", "regex", "tool_calls") and not self.spec:
             raise InvalidParameterError(f"a {self.kind} constraint needs a value", self.param)

@@ -26,10 +26,11 @@ import torch
 
 from inferline.core.errors import InvalidParameterError
 from inferline.core.structured import StructuredOutput
+from inferline.core.tool_calls import CALL_CLOSE, CALL_OPEN, ToolCalling
+from inferline.engine.tool_grammar import JSON_OPTIONS, tool_call_grammar
 
 CLOSE_HORIZON = 48  # closing plans are computed only this close to max_tokens
-# Compact JSON with the spacing models see in training: {"a": 1, "b": [2, 3]}
-_JSON_OPTIONS: Any = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+_JSON_KINDS = ("json_object", "json_schema", "tool_calls")
 
 
 class GrammarCompiler:
@@ -55,14 +56,16 @@ class GrammarCompiler:
         """A fresh grammar state for one request; raises `InvalidParameterError` if unsupported."""
         grammar = self._grammar(structured.kind, structured.spec, structured.param)
         matcher = self.llg.LLMatcher(self.tokenizer, grammar)
-        return Constraint(matcher, self, structured.kind in ("json_object", "json_schema"))
+        if structured.kind == "tool_calls":
+            return Constraint(matcher, self, is_json=True, json_after=CALL_OPEN)
+        return Constraint(matcher, self, is_json=structured.kind in _JSON_KINDS)
 
     def shortest_output(self, structured: StructuredOutput) -> int | None:
         """Tokens of the shortest complete JSON output found (None: not JSON or not found).
 
         Computed once per distinct constraint, not per request.
         """
-        if structured.kind not in ("json_object", "json_schema"):
+        if structured.kind not in _JSON_KINDS:
             return None
         return self._shortest(structured)
 
@@ -72,14 +75,21 @@ class GrammarCompiler:
     def _compile(self, kind: str, spec: str, param: str) -> str:
         matcher = self.llg.LLMatcher
         if kind == "json_object":
-            grammar = matcher.grammar_from_json_schema({"type": "object"}, _JSON_OPTIONS)
+            grammar = matcher.grammar_from_json_schema({"type": "object"}, JSON_OPTIONS)
         elif kind == "json_schema":
             try:
-                grammar = matcher.grammar_from_json_schema(spec, _JSON_OPTIONS)
+                grammar = matcher.grammar_from_json_schema(spec, JSON_OPTIONS)
             except ValueError as error:
                 raise InvalidParameterError(f"invalid JSON schema: {error}", param) from error
         elif kind == "regex":
             grammar = matcher.grammar_from_regex(spec)
+        elif kind == "tool_calls":
+            lark = tool_call_grammar(
+                ToolCalling.from_spec(spec),
+                self._is_special_token(CALL_OPEN),
+                self._is_special_token(CALL_CLOSE),
+            )
+            grammar = self.llg.grammar_from("lark", lark)
         else:
             choices = json.loads(spec)
             grammar = matcher.grammar_from_regex("|".join(re.escape(c) for c in choices))
@@ -89,6 +99,11 @@ class GrammarCompiler:
                 f"{param}: unsupported {kind.replace('_', ' ')}: {'; '.join(messages)}", param
             )
         return str(grammar)
+
+    def _is_special_token(self, text: str) -> bool:
+        """Whether ``text`` is one token that plain text cannot spell (``<tool_call>`` in Qwen)."""
+        ids = self.tokenizer.tokenize_str(text)
+        return len(ids) == 1 and bool(self.tokenizer.is_special_token(ids[0]))
 
 
 def apply_masks(logits: torch.Tensor, constraints: list[Constraint | None]) -> None:
@@ -121,10 +136,13 @@ _VALUE = ("0", '""', "null", "false", "[]", "{}", '"', "[", "{")
 class Constraint:
     """One constrained request's grammar state, and how to close it in time."""
 
-    def __init__(self, matcher: Any, compiler: GrammarCompiler, is_json: bool) -> None:
+    def __init__(
+        self, matcher: Any, compiler: GrammarCompiler, is_json: bool, json_after: str = ""
+    ) -> None:
         self.matcher = matcher
         self.compiler = compiler
         self.is_json = is_json
+        self.json_after = json_after  # the JSON being closed starts after this marker's last use
         self.output: list[int] = []  # tokens consumed so far
 
     def consume(self, token_id: int) -> None:
@@ -182,6 +200,8 @@ class Constraint:
         return plan
 
     def _closing_token(self, state: Any, text: str) -> int | None:
+        if self.json_after in text:
+            text = text[text.rfind(self.json_after) + len(self.json_after) :]
         in_string, stack, expects_value = _json_position(text)
         order: tuple[str, ...]
         if in_string:

@@ -19,6 +19,12 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tok
 from tokenizers import Tokenizer as HFTokenizer
 
 from inferline.core.errors import InvalidParameterError, ModelLoadError
+from inferline.core.tool_calls import (
+    hermes_messages,
+    template_renders_tools,
+    template_speaks_hermes,
+    with_parsed_arguments,
+)
 from inferline.models.gguf_file import TokenizerMetadata
 
 _QWEN2_SPLIT = (
@@ -190,10 +196,24 @@ class Tokenizer:
         tools: Sequence[dict[str, Any]] | None = None,
         **extra: Any,
     ) -> str:
-        """Renders ``messages`` with the model's own chat template (sandboxed)."""
+        """Renders ``messages`` with the model's own chat template (sandboxed).
+
+        Tools, earlier tool calls and tool results go through the template when it renders
+        tools in the Hermes format (Qwen2.5); a template without tools gets them as text
+        (`hermes_messages`); another tool format is refused (its calls could not be parsed).
+        """
         if self._compiled_template is None:
             raise InvalidParameterError(
                 "this model has no chat template; use a plain completion prompt", "messages"
+            )
+        messages = with_parsed_arguments(messages)
+        if not template_renders_tools(self.chat_template):
+            messages, tools = hermes_messages(messages, tools), None
+        elif tools and not template_speaks_hermes(self.chat_template):
+            raise InvalidParameterError(
+                "this model's chat template writes tool calls in a format inferline does not "
+                "parse yet (supported: <tool_call> blocks, as in Qwen2.5)",
+                "tools",
             )
         try:
             return self._compiled_template.render(

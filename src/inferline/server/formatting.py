@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from inferline.core.outputs import CompletionOutput, Logprob, RequestOutput
+from inferline.server.tool_parser import parse_tool_output
 
 
 def usage(outputs: list[RequestOutput]) -> dict[str, Any]:
@@ -56,14 +57,28 @@ def completion_logprobs(logprobs: list[Logprob], text_offset_start: int) -> dict
     }
 
 
-def chat_choice(output: CompletionOutput, index: int) -> dict[str, Any]:
-    """One choice of a non-streaming chat completion."""
+def chat_choice(output: CompletionOutput, index: int, tool_mode: str = "none") -> dict[str, Any]:
+    """One choice of a non-streaming chat completion (``tool_mode`` from the `ToolPlan`)."""
+    message: dict[str, Any] = {"role": "assistant", "content": output.text, "tool_calls": []}
+    finish_reason: str | None = output.finish_reason
+    if tool_mode != "none":
+        parsed = parse_tool_output(output.text)
+        message.update(content=parsed.content, tool_calls=parsed.tool_calls)
+        finish_reason = tool_finish_reason(finish_reason, len(parsed.tool_calls), tool_mode)
     return {
         "index": index,
-        "message": {"role": "assistant", "content": output.text, "tool_calls": []},
+        "message": message,
         "logprobs": chat_logprobs(output.logprobs) if output.logprobs is not None else None,
-        "finish_reason": output.finish_reason,
+        "finish_reason": finish_reason,
     }
+
+
+def tool_finish_reason(finish_reason: str | None, num_calls: int, tool_mode: str) -> str | None:
+    """``tool_calls`` when a choice stopped after calling tools; OpenAI keeps ``stop`` for
+    a named ``tool_choice``, and ``length`` stays ``length``."""
+    if finish_reason == "stop" and num_calls and tool_mode != "named":
+        return "tool_calls"
+    return finish_reason
 
 
 def completion_choice(output: CompletionOutput, index: int) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from inferline.core.sampling_params import SamplingParams
 from inferline.core.structured import StructuredOutput
+from inferline.core.tool_calls import ToolCalling
 from inferline.server.errors import APIError
 from inferline.server.schemas import ChatCompletionRequest, CompletionRequest, _SamplingFields
 
@@ -16,12 +17,17 @@ def _not_supported(param: str, what: str) -> APIError:
 
 
 def _structured(
-    body: _SamplingFields, response_format: dict[str, Any] | None
+    body: _SamplingFields,
+    response_format: dict[str, Any] | None,
+    tool_calling: ToolCalling | None = None,
 ) -> StructuredOutput | None:
-    """``response_format`` or one of the ``guided_*`` extensions (vLLM's names), if any."""
+    """Tool calls, ``response_format`` or a ``guided_*`` extension (vLLM's names), if any."""
+    if response_format is not None and response_format.get("type") == "text":
+        response_format = None
     asked = [
         name
         for name, value in (
+            ("tools", tool_calling),
             ("response_format", response_format),
             ("guided_json", body.guided_json),
             ("guided_regex", body.guided_regex),
@@ -31,6 +37,8 @@ def _structured(
     ]
     if len(asked) > 1:
         raise APIError(400, f"at most one of {', '.join(asked)} per request", param=asked[1])
+    if tool_calling is not None:
+        return tool_calling.to_structured()
     if body.guided_json is not None:
         return StructuredOutput("json_schema", json.dumps(body.guided_json), "guided_json")
     if body.guided_regex is not None:
@@ -42,8 +50,6 @@ def _structured(
 
 def _response_format(response_format: dict[str, Any]) -> StructuredOutput | None:
     kind = response_format.get("type")
-    if kind == "text":
-        return None
     if kind == "json_object":
         return StructuredOutput("json_object")
     if kind == "json_schema":
@@ -68,6 +74,7 @@ def _common(
     max_tokens: int | None,
     logprobs: int | None,
     response_format: dict[str, Any] | None = None,
+    tool_calling: ToolCalling | None = None,
 ) -> SamplingParams:
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     return SamplingParams(
@@ -85,19 +92,23 @@ def _common(
         stop_token_ids=tuple(body.stop_token_ids or ()),
         ignore_eos=body.ignore_eos,
         logprobs=logprobs,
-        structured=_structured(body, response_format),
+        structured=_structured(body, response_format, tool_calling),
     )
 
 
-def chat_sampling_params(body: ChatCompletionRequest) -> SamplingParams:
-    """Sampling for a chat request; raises `APIError` 400 for unsupported features."""
-    if body.tools and body.tool_choice != "none":
-        raise _not_supported("tools", "tool calling")
+def chat_sampling_params(
+    body: ChatCompletionRequest, tool_calling: ToolCalling | None = None
+) -> SamplingParams:
+    """Sampling for a chat request; raises `APIError` 400 for unsupported features.
+
+    ``tool_calling`` (from `plan_tools`) becomes the request's grammar; it cannot be
+    combined with ``response_format`` or a ``guided_*`` field.
+    """
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     max_tokens = body.max_completion_tokens or body.max_tokens
-    return _common(body, max_tokens, logprobs, body.response_format)
+    return _common(body, max_tokens, logprobs, body.response_format, tool_calling)
 
 
 def completion_sampling_params(body: CompletionRequest) -> SamplingParams:
