@@ -28,7 +28,8 @@ class EchoGenerator:
     """Echoes the last user message (or the prompt) word by word, one word per token.
 
     Knobs: ``overloaded`` refuses with `OverloadedError`; ``dead`` reports a dead engine;
-    ``max_model_len`` triggers context errors; ``delay_s`` paces tokens.
+    ``max_model_len`` triggers context errors; ``delay_s`` paces tokens; ``last_finish``
+    is the finish reason of the last word (``length`` by default, ``stop`` like a model's EOS).
     """
 
     model_name = "echo"
@@ -41,6 +42,8 @@ class EchoGenerator:
         self.started = False
         self.aborted: list[str] = []
         self.active: set[str] = set()
+        self.requests: list[GenerationRequest] = []  # every request submitted, in order
+        self.last_finish: Any = "length"
 
     async def start(self) -> None:
         self.started = True
@@ -53,6 +56,7 @@ class EchoGenerator:
             raise EngineDeadError("the engine is not running: test")
         if self.overloaded:
             raise OverloadedError("the request queue is full (test)", retry_after_s=3)
+        self.requests.append(request)
         text = request.prompt if request.messages is None else request.messages[-1]["content"]
         words = str(text).split()
         max_tokens = request.params.max_tokens or 16
@@ -77,7 +81,7 @@ class EchoGenerator:
                     out.text_delta = delta
                     out.token_ids = [*out.token_ids, step]
                     out.token_ids_delta = [step]
-                    out.finish_reason = "length" if last else None
+                    out.finish_reason = self.last_finish if last else None
                 finished = last
                 yield RequestOutput(
                     request.request_id, None, list(range(num_prompt_tokens)),

@@ -120,8 +120,9 @@ class _Chunker:
                 logprobs = chat_logprobs(completion.logprobs[sent:])
                 self.num_logprobs_sent[i] = len(completion.logprobs)
             deltas = self._deltas(i, completion.text_delta, completion.finish_reason is not None)
-            if not deltas and (completion.token_ids_delta or completion.finish_reason):
-                deltas = [{}]
+            has_logprobs = logprobs is not None and bool(completion.token_ids_delta)
+            if not deltas and (has_logprobs or completion.finish_reason):
+                deltas = [{}]  # only to carry logprobs or the finish reason
             for n, delta in enumerate(deltas):
                 last = n == len(deltas) - 1
                 finish = self._finish_reason(i, completion.finish_reason) if last else None
