@@ -89,3 +89,20 @@ def client(server):  # type: ignore[no-untyped-def]
     from openai import OpenAI
 
     return OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def qwen_server(tmp_path_factory) -> Iterator[ServerProcess]:  # type: ignore[no-untyped-def]
+    """A server on Qwen2.5-Coder-0.5B (its template renders tools), shared by the session."""
+    running = start_server(tmp_path_factory.mktemp("qwen"), "--model", "qwen2.5-coder-0.5b")
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture
+def qwen(qwen_server):  # type: ignore[no-untyped-def]
+    """An openai client of the Qwen server."""
+    from openai import OpenAI
+
+    with OpenAI(base_url=f"{qwen_server.base_url}/v1", api_key="unused", max_retries=0) as c:
+        yield c

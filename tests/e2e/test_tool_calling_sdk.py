@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jsonschema
@@ -39,9 +40,19 @@ TIME = {
 }
 SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
 TOOLS: Any = [
-    {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city", "parameters": WEATHER}},
-    {"type": "function", "function": {"name": "get_time", "description": "Local time in a timezone", "parameters": TIME}},
-]  # fmt: skip
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": WEATHER,
+        },
+    },
+    {
+        "type": "function",
+        "function": {"name": "get_time", "description": "Time in a timezone", "parameters": TIME},
+    },
+]
 ASK = [{"role": "user", "content": "What's the weather in Paris, and the time in Tokyo?"}]
 
 
@@ -54,13 +65,6 @@ class GetWeather(BaseModel):
 
 def sdk_client(server: ServerProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def qwen(tmp_path_factory) -> Iterator[openai.OpenAI]:  # type: ignore[no-untyped-def]
-    server = start_server(tmp_path_factory.mktemp("qwen"), "--model", QWEN)
-    yield sdk_client(server)
-    stop_server(server)
 
 
 def calls_of(message: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -148,9 +152,68 @@ def test_a_tool_result_round_trips_into_the_next_turn(qwen) -> None:  # type: ig
     message = first.choices[0].message
     (call,) = message.tool_calls
     result = {"city": "Paris", "temperature": 17, "unit": "celsius"}
-    messages = [*question, message, {"role": "tool", "tool_call_id": call.id, "content": json.dumps(result)}]
+    messages = [
+        *question,
+        message,
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps(result)},
+    ]
     second = qwen.chat.completions.create(  # the 0.5B model answers best with tools hidden
         model=QWEN, messages=messages, tools=TOOLS, tool_choice="none", temperature=0,
         max_tokens=80,
     )  # fmt: skip
     assert "17" in (second.choices[0].message.content or ""), second.choices[0].message
+
+
+@pytest.fixture(scope="module")
+def smol(tmp_path_factory) -> Iterator[openai.OpenAI]:  # type: ignore[no-untyped-def]
+    """SmolLM2 at fp32 weights, whose greedy outputs do not depend on their batch."""
+    server = start_server(tmp_path_factory.mktemp("smol"), "--weight-format", "fp32")
+    with sdk_client(server) as client:
+        yield client
+    stop_server(server)
+
+
+def test_auto_mode_parses_a_call_the_model_writes(smol) -> None:  # type: ignore[no-untyped-def]
+    arguments = {"city": "Paris", "unit": "celsius"}
+    call = (
+        f"<tool_call>\n{json.dumps({'name': 'get_weather', 'arguments': arguments})}\n</tool_call>"
+    )
+    request = {"model": "smollm2-135m", "tools": TOOLS, "temperature": 0, "max_tokens": 60,
+               "messages": [{"role": "user", "content": f"Repeat exactly: {call}"}]}  # fmt: skip
+    reply = smol.chat.completions.create(**request)
+    assert calls_of(reply.choices[0].message) == [
+        ("get_weather", {"city": "Paris", "unit": "celsius"})
+    ]
+    assert reply.choices[0].finish_reason == "tool_calls"
+    content, calls, finish = streamed_calls(smol, **request)
+    assert (content, calls, finish) == ("", calls_of(reply.choices[0].message), "tool_calls")
+
+
+def test_free_outputs_are_the_same_beside_constrained_requests(smol) -> None:  # type: ignore[no-untyped-def]
+    questions = [
+        "What is the capital of France?",
+        "Name three fruits.",
+        "Say hello.",
+        "Count to five.",
+    ]
+    free = [{"messages": [{"role": "user", "content": q}]} for q in questions]
+    named = {"type": "function", "function": {"name": "get_time"}}
+    schema = {"type": "json_schema", "json_schema": {"name": "w", "schema": WEATHER}}
+    constrained = [
+        {"messages": ASK, "tools": TOOLS, "tool_choice": "required"},
+        {"messages": ASK, "tools": TOOLS, "tool_choice": named},
+        {"messages": [{"role": "user", "content": "Weather as JSON."}], "response_format": schema},
+    ]
+
+    def send(extra: dict[str, Any]) -> Any:
+        reply = smol.chat.completions.create(
+            model="smollm2-135m", temperature=0, max_tokens=40, **extra
+        )
+        return reply.choices[0].message
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        alone = [m.content for m in pool.map(send, free)]
+        mixed = list(pool.map(send, [*constrained, *free]))
+    assert [m.content for m in mixed[len(constrained) :]] == alone
+    assert calls_of(mixed[0]) and [n for n, _ in calls_of(mixed[1])] == ["get_time"]
+    jsonschema.validate(json.loads(mixed[2].content), WEATHER)

@@ -200,7 +200,7 @@ class Constraint:
         return plan
 
     def _closing_token(self, state: Any, text: str) -> int | None:
-        if self.json_after in text:
+        if self.json_after and self.json_after in text:
             text = text[text.rfind(self.json_after) + len(self.json_after) :]
         in_string, stack, expects_value = _json_position(text)
         order: tuple[str, ...]
