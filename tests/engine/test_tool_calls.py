@@ -110,10 +110,28 @@ def test_required_and_named_calls_always_parse_and_validate(engine) -> None:  # 
 def test_auto_leaves_free_text_alone(engine) -> None:  # type: ignore[no-untyped-def]
     auto = tool_params(ToolCalling(FUNCTIONS, "auto"), max_tokens=30)
     free = SamplingParams(max_tokens=30, temperature=0)
-    question = "Say hello in French."
-    constrained, unconstrained = run(engine, [(question, auto), (question, free)])
-    if CALL_OPEN not in unconstrained.text:
+    # Non-ASCII answers: characters split over byte-level tokens must pass the text regex.
+    questions = [
+        "Say hello in French.",
+        "Write hello in Chinese characters.",
+        "Send a smiley emoji.",
+    ]
+    outputs = run(engine, [(q, p) for q in questions for p in (auto, free)])
+    for constrained, unconstrained in zip(outputs[::2], outputs[1::2], strict=True):
+        assert CALL_OPEN not in unconstrained.text
         assert constrained.text == unconstrained.text
+
+
+def test_auto_with_an_answer_schema_gives_json_or_calls(engine) -> None:  # type: ignore[no-untyped-def]
+    answer = {"type": "object", "properties": {"greeting": {"type": "string", "maxLength": 20}},
+              "required": ["greeting"], "additionalProperties": False}  # fmt: skip
+    calling = ToolCalling(FUNCTIONS, "auto", answer_schema=json.dumps(answer))
+    (output,) = run(engine, [("Say hello.", tool_params(calling, max_tokens=40))])
+    if output.text.startswith(CALL_OPEN):
+        for call in calls_in(output.text):
+            check_call(call)
+    else:
+        jsonschema.validate(json.loads(output.text), answer)
 
 
 @pytest.mark.parametrize("max_tokens", [30, 48])

@@ -155,7 +155,6 @@ BAD = [
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]},
      "tools[0].function.parameters"),
     ({"tools": [TOOLS[0], TOOLS[0]]}, "tools"),
-    ({"tools": TOOLS, "response_format": {"type": "json_object"}}, "response_format"),
     ({"tools": TOOLS, "guided_regex": "a+"}, "guided_regex"),
 ]  # fmt: skip
 
@@ -176,7 +175,21 @@ def test_bad_tool_history_is_400(client) -> None:  # type: ignore[no-untyped-def
     assert_error(response, 400, "messages[0].tool_call_id")
 
 
-def test_tools_with_text_response_format_are_fine(client) -> None:  # type: ignore[no-untyped-def]
+def test_tools_with_a_response_format(client, generator) -> None:  # type: ignore[no-untyped-def]
+    def calling(**extra) -> ToolCalling:  # type: ignore[no-untyped-def]
+        body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}], "tools": TOOLS}
+        response = client.post("/v1/chat/completions", json={**body, **extra})
+        assert response.status_code == 200, response.text
+        return ToolCalling.from_spec(generator.requests[-1].params.structured.spec)
+
+    assert calling(response_format={"type": "text"}).answer_schema == ""
+    assert json.loads(calling(response_format={"type": "json_object"}).answer_schema) == {
+        "type": "object"
+    }
+    schema = {"type": "json_schema", "json_schema": {"name": "w", "schema": WEATHER}}
+    assert json.loads(calling(response_format=schema).answer_schema) == WEATHER
+    # Calls only: the format has no text answer to shape.
+    assert calling(response_format=schema, tool_choice="required").answer_schema == ""
     body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}], "tools": TOOLS,
-            "response_format": {"type": "text"}}  # fmt: skip
-    assert client.post("/v1/chat/completions", json=body).status_code == 200
+            "response_format": schema, "guided_regex": "a"}  # fmt: skip
+    assert_error(client.post("/v1/chat/completions", json=body), 400, "tools")

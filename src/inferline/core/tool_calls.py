@@ -42,11 +42,14 @@ class ToolCalling:
         mode: ``auto`` (text, calls, or text then calls), ``required`` (one or more calls
             and nothing else) or ``named`` (exactly one call of ``functions[0]``).
         parallel: whether more than one call may follow each other (``auto``/``required``).
+        answer_schema: for ``auto``, the JSON Schema (as JSON text) a text answer must
+            follow when the request also has a ``response_format``; empty: free text.
     """
 
     functions: tuple[ToolFunction, ...]
     mode: ToolMode = "auto"
     parallel: bool = True
+    answer_schema: str = ""
 
     def __post_init__(self) -> None:
         if not self.functions:
@@ -60,6 +63,7 @@ class ToolCalling:
             "mode": self.mode,
             "parallel": self.parallel,
             "functions": [{"name": f.name, "parameters": f.parameters} for f in self.functions],
+            "answer_schema": self.answer_schema,
         }
         return StructuredOutput("tool_calls", json.dumps(spec), "tools")
 
@@ -68,7 +72,7 @@ class ToolCalling:
         """The inverse of `to_structured` (the engine reads the constraint's text)."""
         data = json.loads(spec)
         functions = tuple(ToolFunction(f["name"], f["parameters"]) for f in data["functions"])
-        return cls(functions, data["mode"], data["parallel"])
+        return cls(functions, data["mode"], data["parallel"], data.get("answer_schema", ""))
 
 
 def template_renders_tools(template: str | None) -> bool:

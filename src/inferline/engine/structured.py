@@ -27,6 +27,7 @@ import torch
 from inferline.core.errors import InvalidParameterError
 from inferline.core.structured import StructuredOutput
 from inferline.core.tool_calls import CALL_CLOSE, CALL_OPEN, ToolCalling
+from inferline.engine.json_closing import CLOSERS, JsonScan, closing_plan
 from inferline.engine.tool_grammar import JSON_OPTIONS, tool_call_grammar
 
 CLOSE_HORIZON = 48  # closing plans are computed only this close to max_tokens
@@ -47,9 +48,8 @@ class GrammarCompiler:
         self._grammar = functools.lru_cache(maxsize=256)(self._compile)
         self._shortest = functools.lru_cache(maxsize=256)(self._shortest_uncached)
         self.eos_token_id = eos_token_ids[0]
-        texts = {*_IN_STRING, *_IN_OBJECT, *_IN_ARRAY, *_VALUE}
         self.single_tokens = {
-            text: ids[0] for text in texts if len(ids := self.tokenizer.tokenize_str(text)) == 1
+            text: ids[0] for text in CLOSERS if len(ids := self.tokenizer.tokenize_str(text)) == 1
         }
 
     def constraint(self, structured: StructuredOutput) -> Constraint:
@@ -72,7 +72,8 @@ class GrammarCompiler:
     def _shortest_uncached(self, structured: StructuredOutput) -> int | None:
         return self.constraint(structured).shortest_output()
 
-    def _compile(self, kind: str, spec: str, param: str) -> str:
+    def _compile(self, kind: str, spec: str, param: str, label: str = "") -> str:
+        """The grammar text; ``label`` (default ``param``) starts error messages."""
         matcher = self.llg.LLMatcher
         if kind == "json_object":
             grammar = matcher.grammar_from_json_schema({"type": "object"}, JSON_OPTIONS)
@@ -80,12 +81,20 @@ class GrammarCompiler:
             try:
                 grammar = matcher.grammar_from_json_schema(spec, JSON_OPTIONS)
             except ValueError as error:
-                raise InvalidParameterError(f"invalid JSON schema: {error}", param) from error
+                raise InvalidParameterError(
+                    f"{label or param}: invalid JSON schema: {error}", param
+                ) from error
         elif kind == "regex":
             grammar = matcher.grammar_from_regex(spec)
         elif kind == "tool_calls":
+            calling = ToolCalling.from_spec(spec)
+            for function in calling.functions:
+                label = f"tools: the parameters of {function.name!r}"
+                self._compile("json_schema", function.parameters, param, label)
+            if calling.answer_schema:
+                self._compile("json_schema", calling.answer_schema, "response_format")
             lark = tool_call_grammar(
-                ToolCalling.from_spec(spec),
+                calling,
                 self._is_special_token(CALL_OPEN),
                 self._is_special_token(CALL_CLOSE),
             )
@@ -96,9 +105,14 @@ class GrammarCompiler:
         is_error, messages = matcher.validate_grammar_with_warnings(grammar, self.tokenizer)
         if is_error or messages:
             raise InvalidParameterError(
-                f"{param}: unsupported {kind.replace('_', ' ')}: {'; '.join(messages)}", param
+                f"{label or param}: unsupported {kind.replace('_', ' ')}: {'; '.join(messages)}",
+                param,
             )
         return str(grammar)
+
+    def token_bytes(self, token_ids: list[int]) -> bytes:
+        """The bytes of ``token_ids`` (a special token's as its text)."""
+        return bytes(self.tokenizer.decode_bytes(token_ids))
 
     def _is_special_token(self, text: str) -> bool:
         """Whether ``text`` is one token that plain text cannot spell (``<tool_call>`` in Qwen)."""
@@ -106,31 +120,28 @@ class GrammarCompiler:
         return len(ids) == 1 and bool(self.tokenizer.is_special_token(ids[0]))
 
 
+_BIT_SHIFTS = torch.arange(8, dtype=torch.uint8)
+
+
 def apply_masks(logits: torch.Tensor, constraints: list[Constraint | None]) -> None:
     """Sets the logits of tokens each row's grammar forbids to -inf (rows without: as is)."""
-    matchers = [c.matcher if c is not None else None for c in constraints]
-    rows = [i for i, m in enumerate(matchers) if m is not None]
+    rows = [i for i, c in enumerate(constraints) if c is not None]
     if not rows:
         return
-    vocab = logits.shape[1]
-    words = (vocab + 31) // 32
-    bitmask = np.full((len(rows), words), -1, dtype=np.int32)
     from llguidance.numpy import fill_next_token_bitmask
 
+    vocab = logits.shape[1]
+    bitmask = np.full((len(rows), (vocab + 31) // 32), -1, dtype=np.int32)
     for slot, i in enumerate(rows):
-        matcher: Any = matchers[i]
-        fill_next_token_bitmask(matcher, bitmask, slot)
-    bits = np.unpackbits(bitmask.view(np.uint8), bitorder="little").reshape(len(rows), -1)
-    allowed = torch.from_numpy(bits[:, :vocab].astype(bool))
-    index = torch.tensor(rows)
-    logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
-
-
-# Closing a JSON output in time: what to try, by where the text stands.
-_IN_STRING = ('"', '"}', '"]', '"}}', "a")
-_IN_OBJECT = ("}", "}}", "]}", '"')
-_IN_ARRAY = ("]", "]}", "0", '"')
-_VALUE = ("0", '""', "null", "false", "[]", "{}", '"', "[", "{")
+        fill_next_token_bitmask(constraints[i].matcher, bitmask, slot)  # type: ignore[union-attr]
+    # Unpacked in torch (little-endian bits, token t = bit t % 8 of byte t // 8): [rows, vocab]
+    packed = torch.from_numpy(bitmask.view(np.uint8))
+    allowed = ((packed.unsqueeze(-1) >> _BIT_SHIFTS) & 1).view(len(rows), -1)[:, :vocab].bool()
+    if len(rows) == logits.shape[0]:
+        logits.masked_fill_(~allowed, float("-inf"))
+    else:
+        index = torch.tensor(rows)
+        logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
 
 
 class Constraint:
@@ -142,32 +153,43 @@ class Constraint:
         self.matcher = matcher
         self.compiler = compiler
         self.is_json = is_json
-        self.json_after = json_after  # the JSON being closed starts after this marker's last use
-        self.output: list[int] = []  # tokens consumed so far
+        # Where the JSON being closed stands; it starts after the last ``json_after``.
+        self.scan = JsonScan(json_after.encode())
+        self._decided: tuple[int, list[int]] | None = None  # (token, plan after it)
+        self._plan_here: list[int] | None = None  # the closing plan from this state, if known
 
     def consume(self, token_id: int) -> None:
         """Advances the grammar by the sampled token."""
         self.matcher.consume_token(token_id)
-        self.output.append(token_id)
+        if self.is_json:
+            self.scan.feed(self.compiler.token_bytes([token_id]))
+        decided, self._decided = self._decided, None
+        self._plan_here = decided[1] if decided and decided[0] == token_id else None
 
     def settle(self, token_id: int, remaining: int) -> int:
         """The token to take: the sampled one, unless it leaves no room to finish the JSON.
 
-        Near the limit, a greedy plan (the grammar's forced tokens, else the shortest way
-        out of the current string, object or array) says how many tokens finishing takes
-        after ``token_id``; if more than the room left after it, the plan from the current
-        state is followed instead (EOS once the output is complete). Far from the limit,
-        the model's token stands.
+        Near the limit, a greedy plan (`json_closing.closing_plan`) says how many tokens
+        finishing takes after ``token_id``; if more than the room left after it, the plan
+        from the current state is followed instead (EOS once the output is complete). Far
+        from the limit, or when no plan fits at all, the model's token stands. The plan
+        decided on is kept, so following it costs no planning at the next step.
         """
         if not self.is_json or remaining > CLOSE_HORIZON:
             return token_id
-        after = self._plan(2 * CLOSE_HORIZON, first=token_id)
-        if after is not None and len(after) <= remaining - 1:
+        here = self._plan_here
+        if here is None:
+            here = self._plan(remaining)
+        if here is None:  # cannot finish in the room left whatever comes: nothing to save
             return token_id
-        plan = self._plan(2 * CLOSE_HORIZON)
-        if not plan:
-            return token_id if plan is None else self.compiler.eos_token_id
-        return plan[0]
+        after = here[1:] if here and here[0] == token_id else self._plan(remaining - 1, token_id)
+        if after is not None:
+            self._decided = (token_id, after)
+            return token_id
+        if not here:
+            return self.compiler.eos_token_id
+        self._decided = (here[0], here[1:])
+        return here[0]
 
     def shortest_output(self) -> int | None:
         """Tokens of the shortest complete output the greedy plan finds (None: not found)."""
@@ -175,78 +197,4 @@ class Constraint:
         return None if plan is None else len(plan)
 
     def _plan(self, limit: int, first: int | None = None) -> list[int] | None:
-        state = self.matcher.deep_copy()
-        text = self.compiler.tokenizer.decode_str(self.output)
-        plan: list[int] = []
-        if first is not None:
-            if state.validate_tokens([first]) != 1:
-                return None
-            state.consume_token(first)
-            text += self.compiler.tokenizer.decode_str([first])
-        while not state.is_accepting():
-            if len(plan) > limit or state.is_stopped():
-                return None
-            forced = state.compute_ff_tokens()
-            if forced:
-                step = forced
-            else:
-                token = self._closing_token(state, text)
-                if token is None:
-                    return None
-                step = [token]
-            state.consume_tokens(step)
-            plan += step
-            text += self.compiler.tokenizer.decode_str(step)
-        return plan
-
-    def _closing_token(self, state: Any, text: str) -> int | None:
-        if self.json_after and self.json_after in text:
-            text = text[text.rfind(self.json_after) + len(self.json_after) :]
-        in_string, stack, expects_value = _json_position(text)
-        order: tuple[str, ...]
-        if in_string:
-            order = _IN_STRING
-        elif expects_value:
-            order = _VALUE
-        else:
-            order = _IN_OBJECT if stack and stack[-1] == "{" else _IN_ARRAY
-        for candidate in order:
-            token = self.compiler.single_tokens.get(candidate)
-            if token is not None and state.validate_tokens([token]) == 1:
-                return token
-        return _first_allowed(state.compute_bitmask(), self.compiler.eos_token_id)
-
-
-def _json_position(text: str) -> tuple[bool, list[str], bool]:
-    """(inside a string?, open brackets, is a value expected next?) of partial JSON."""
-    in_string = escaped = False
-    stack: list[str] = []
-    last = ""
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string, last = False, '"'
-            continue
-        if char == '"':
-            in_string = True
-        elif char in "{[":
-            stack.append(char)
-        elif char in "}]" and stack:
-            stack.pop()
-        if not char.isspace():
-            last = char
-    return (
-        in_string,
-        stack,
-        last in (":", "[", ",") and bool(stack) and (last != "," or stack[-1] == "["),
-    )
-
-
-def _first_allowed(bitmask: bytes, eos_token_id: int) -> int | None:
-    bits = np.unpackbits(np.frombuffer(bitmask, dtype=np.uint8), bitorder="little")
-    allowed = [int(t) for t in np.flatnonzero(bits)[:2] if t != eos_token_id]
-    return allowed[0] if allowed else None
+        return closing_plan(self.matcher, self.scan, self.compiler, limit, first)

@@ -7,6 +7,8 @@ Shapes, with ``CALL`` = ``<tool_call>\\n{"name": ..., "arguments": ...}\\n</tool
   be valid JSON naming one of the functions, with arguments valid for its schema.
 - ``required``: ``CALL`` (``\\n`` ``CALL``)*, no text.  ``named``: one ``CALL`` of that function.
 - ``parallel=False``: at most one ``CALL``.
+- ``auto`` with an answer schema (the request's ``response_format``): either JSON valid
+  for that schema, or calls.
 
 Where the model's vocabulary has ``<tool_call>`` as one special token (Qwen2.5), the grammar
 names the token; text cannot spell it, so free text is the regex ``(.|\\n)*``. Otherwise
@@ -47,6 +49,10 @@ def tool_call_grammar(calling: ToolCalling, open_is_token: bool, close_is_token:
     lines = ["%llguidance {}", "TEXT: /(.|\\n)*/", f"call: {opening} body", f"body: {body}"]
     if calling.mode != "auto":
         lines.append(f"start: call {more}")
+    elif calling.answer_schema:
+        schema = {**json.loads(calling.answer_schema), "x-guidance": JSON_OPTIONS}
+        lines.append(f"answer: %json {json.dumps(schema)}")
+        lines.append(f"start: answer | call {more}")
     elif open_is_token:
         lines.append(f"start: TEXT | TEXT call {more}")
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -24,6 +25,8 @@ def _structured(
     """Tool calls, ``response_format`` or a ``guided_*`` extension (vLLM's names), if any."""
     if response_format is not None and response_format.get("type") == "text":
         response_format = None
+    if tool_calling is not None and response_format is not None:
+        return _tools_with_answer_format(body, tool_calling, _response_format(response_format))
     asked = [
         name
         for name, value in (
@@ -48,7 +51,21 @@ def _structured(
     return None if response_format is None else _response_format(response_format)
 
 
-def _response_format(response_format: dict[str, Any]) -> StructuredOutput | None:
+def _tools_with_answer_format(
+    body: _SamplingFields, calling: ToolCalling, answer: StructuredOutput
+) -> StructuredOutput:
+    """Tools and a ``response_format``: in ``auto``, a text answer must follow the format
+    (calls stay possible); ``required`` and named choices write calls only, so the format
+    has nothing to constrain."""
+    if body.guided_json or body.guided_regex or body.guided_choice:
+        raise APIError(400, "guided_* cannot be combined with tools", param="tools")
+    if calling.mode != "auto":
+        return calling.to_structured()
+    schema = answer.spec or '{"type": "object"}'  # json_object: any object
+    return dataclasses.replace(calling, answer_schema=schema).to_structured()
+
+
+def _response_format(response_format: dict[str, Any]) -> StructuredOutput:
     kind = response_format.get("type")
     if kind == "json_object":
         return StructuredOutput("json_object")
