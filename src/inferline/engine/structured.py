@@ -89,8 +89,8 @@ class GrammarCompiler:
         elif kind == "tool_calls":
             calling = ToolCalling.from_spec(spec)
             for function in calling.functions:
-                label = f"tools: the parameters of {function.name!r}"
-                self._compile("json_schema", function.parameters, param, label)
+                what = f"tools: the parameters of {function.name!r}"
+                self._compile("json_schema", function.parameters, param, what)
             if calling.answer_schema:
                 self._compile("json_schema", calling.answer_schema, "response_format")
             lark = tool_call_grammar(
