@@ -10,8 +10,9 @@ Two formats, both from torch's own CPU kernels (signatures in ``shared/bench/lim
   Q4_1 GGUF tensor maps onto it with only the scales rounded to bf16.
 
 ``mixed`` keeps both copies: int4 for the smallest batches, W8A8 above a row count that
-`probe_int4_max_rows` measures on this CPU at load (on an AVX512-VNNI EPYC: int4 wins at
-1-2 rows, W8A8 from 4 rows on, 3x faster at 32 rows).
+`probe_int4_max_rows` measures on this CPU at load, with cold caches as in a decode step
+(on the AVX512-VNNI EPYC: int4 wins up to 8 rows for SmolLM2's and Qwen2.5-0.5B's MLPs,
+W8A8 from 16 rows on, 3x faster at 32 rows).
 
 Both kernels compute each output row from its input row alone (checked bit for bit in the
 tests), so a request's tokens do not depend on what else is in the batch; fp32 MKL GEMMs do
@@ -120,29 +121,39 @@ def supports_int4(in_features: int) -> bool:
 PROBE_ROWS = (1, 2, 4, 8, 16)
 
 
-def probe_int4_max_rows(in_features: int, out_features: int, repeats: int = 5) -> int:
+# Read between timed runs to push the weights out of the caches: a decode step streams every
+# layer's weights from memory, so a probe on cache-hot weights favours W8A8 wrongly (measured
+# on the 32 MiB-L3 EPYC: for Qwen2.5-0.5B's MLP at one row, W8A8 205 us hot but 684 us cold,
+# int4 238 / 272 us; the hot probe chose W8A8 and batch-1 decode ran at 36 instead of 19 ms).
+EVICT_BYTES = 64 * 2**20
+
+
+def probe_int4_max_rows(in_features: int, out_features: int, repeats: int = 3) -> int:
     """The largest batch (of `PROBE_ROWS`) where int4 beats W8A8 on this CPU; 0 if none.
 
-    Times both kernels on a random weight of the model's MLP shape (~50 ms at load).
+    Times both kernels on a random weight of the model's MLP shape, with the weights
+    evicted from the caches before each run, as in a decode step (~0.3 s at load).
     """
     weight = torch.randn(out_features, in_features)
     int4, int8 = quantize_int4(weight), quantize_int8(weight)
+    evict = torch.ones(EVICT_BYTES // 4)
     best = 0
     for rows in PROBE_ROWS:
         x = torch.randn(rows, in_features)
-        int4_s = _fastest(lambda x=x: int4_matmul(x.to(torch.bfloat16), int4), repeats)
-        int8_s = _fastest(lambda x=x: int8_linear(x, int8), repeats)
+        int4_s = _fastest(lambda x=x: int4_matmul(x.to(torch.bfloat16), int4), repeats, evict)
+        int8_s = _fastest(lambda x=x: int8_linear(x, int8), repeats, evict)
         if int4_s >= int8_s:
             break
         best = rows
     return best
 
 
-def _fastest(run: object, repeats: int) -> float:
+def _fastest(run: object, repeats: int, evict: torch.Tensor) -> float:
     assert callable(run)
     run()  # warm-up
     times = []
     for _ in range(repeats):
+        evict.sum()
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
