@@ -78,6 +78,16 @@ def calls_of(message: Any) -> list[tuple[str, dict[str, Any]]]:
     return calls
 
 
+def warm(client: openai.OpenAI, **request: Any) -> None:
+    """Puts the prompt in the prefix cache, so the requests that follow see the same cache.
+
+    With the default ``mixed`` weights, a fully computed prompt and a cached one take
+    different kernels for the last tokens (int4 below 8 rows), so greedy outputs can differ.
+    """
+    choice = "none" if request.get("tool_choice") == "none" else "auto"  # same prompt
+    client.chat.completions.create(**{**request, "max_tokens": 1, "tool_choice": choice})
+
+
 def streamed_calls(client: openai.OpenAI, **request: Any) -> tuple[str, list[Any], str | None]:
     """Content, calls and finish reason, accumulated from raw stream chunks."""
     content, calls, finish = "", {}, None
@@ -96,6 +106,7 @@ def streamed_calls(client: openai.OpenAI, **request: Any) -> tuple[str, list[Any
 def test_required_calls_streamed_and_not(qwen) -> None:  # type: ignore[no-untyped-def]
     request = {"model": QWEN, "messages": ASK, "tools": TOOLS, "tool_choice": "required",
                "temperature": 0, "max_tokens": 120}  # fmt: skip
+    warm(qwen, **request)
     reply = qwen.chat.completions.create(**request)
     choice = reply.choices[0]
     calls = calls_of(choice.message)
@@ -136,6 +147,7 @@ def test_auto_and_none_answer_in_text(qwen) -> None:  # type: ignore[no-untyped-
     for choice in ("auto", "none"):
         request = {"model": QWEN, "messages": hello, "tools": TOOLS, "tool_choice": choice,
                    "temperature": 0, "max_tokens": 40}  # fmt: skip
+        warm(qwen, **request)
         reply = qwen.chat.completions.create(**request)
         message = reply.choices[0].message
         assert message.content and not message.tool_calls, message
