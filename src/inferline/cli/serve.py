@@ -115,6 +115,21 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _load_summary(generator: object) -> str:
+    """One line on what was loaded: model, weight format (and the measured crossover)."""
+    loaded = getattr(getattr(generator, "engine", None), "loaded", None)
+    if loaded is None:
+        return "model loaded"
+    weights = loaded.weight_format
+    if weights == "mixed":
+        rows = getattr(loaded.model, "int4_max_rows", 0)
+        weights += f" (int4 up to {rows} rows, W8A8 above: measured on this CPU)"
+    return (
+        f"loaded {loaded.name} in {loaded.load_time_s:.1f} s: weights {weights}, "
+        f"kernels {loaded.kernels}"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Loads the model, starts the server, returns 0 after a graceful shutdown."""
     import uvicorn
@@ -129,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
             "host",
         )
     app, state = build_app(args, api_keys, default_cache_dir())
+    print(f"inferline: {_load_summary(state.generator)}", file=sys.stderr)
     config = uvicorn.Config(
         app,
         host=args.host,
