@@ -10,9 +10,9 @@ Two formats, both from torch's own CPU kernels (signatures in ``shared/bench/lim
   Q4_1 GGUF tensor maps onto it with only the scales rounded to bf16.
 
 ``mixed`` keeps both copies: int4 for the smallest batches, W8A8 above a row count that
-`probe_int4_max_rows` measures on this CPU at load, with cold caches as in a decode step
-(on the AVX512-VNNI EPYC: int4 wins up to 8 rows for SmolLM2's and Qwen2.5-0.5B's MLPs,
-W8A8 from 16 rows on, 3x faster at 32 rows).
+`probe_int4_max_rows` measures on this CPU at load (1 or 2 rows), with cold caches as in a
+decode step (on the AVX512-VNNI EPYC int4 wins at 1-2 rows for SmolLM2's and Qwen2.5-0.5B's
+MLPs; W8A8 is 3x faster at 32 rows).
 
 Both kernels compute each output row from its input row alone (checked bit for bit in the
 tests), so a request's tokens do not depend on what else is in the batch; fp32 MKL GEMMs do
@@ -118,7 +118,11 @@ def supports_int4(in_features: int) -> bool:
     return in_features % INT4_GROUP == 0
 
 
-PROBE_ROWS = (1, 2, 4, 8, 16)
+# Probed up to 2 rows. int4 also measures faster at 4-8 rows (offline, SmolLM2 batch 4: 280
+# against 216 tok/s), but after probing 4 rows or more the server's 16-stream throughput
+# fell from ~240 to ~210 tok/s in repeated A/B runs, whatever crossover was then used (not
+# explained yet), so the probe stops at 2.
+PROBE_ROWS = (1, 2)
 
 
 # Read between timed runs to push the weights out of the caches: a decode step streams every
@@ -132,7 +136,7 @@ def probe_int4_max_rows(in_features: int, out_features: int, repeats: int = 3) -
     """The largest batch (of `PROBE_ROWS`) where int4 beats W8A8 on this CPU; 0 if none.
 
     Times both kernels on a random weight of the model's MLP shape, with the weights
-    evicted from the caches before each run, as in a decode step (~0.3 s at load).
+    evicted from the caches before each run, as in a decode step (~0.1 s at load).
     """
     weight = torch.randn(out_features, in_features)
     int4, int8 = quantize_int4(weight), quantize_int8(weight)
