@@ -118,10 +118,10 @@ def supports_int4(in_features: int) -> bool:
     return in_features % INT4_GROUP == 0
 
 
-# Probed up to 2 rows. int4 also measures faster at 4-8 rows (offline, SmolLM2 batch 4: 280
-# against 216 tok/s), but after probing 4 rows or more the server's 16-stream throughput
-# fell from ~240 to ~210 tok/s in repeated A/B runs, whatever crossover was then used (not
-# explained yet), so the probe stops at 2.
+# Probed up to 2 rows. int4 also measures faster at 4-8 rows offline (SmolLM2 batch 4: 280
+# against 216 tok/s), but the 16-stream server benchmark read 204-219 tok/s in five of six
+# runs with a crossover of 4 or 8 against 212-254 with 2, a spread too wide to decide; until
+# a longer A/B settles it, the crossover stays where it was for SmolLM2 (2).
 PROBE_ROWS = (1, 2)
 
 
