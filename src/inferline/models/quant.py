@@ -119,9 +119,9 @@ def supports_int4(in_features: int) -> bool:
 
 
 # Probed up to 2 rows. int4 also measures faster at 4-8 rows offline (SmolLM2 batch 4: 280
-# against 216 tok/s), but the 16-stream server benchmark read 204-219 tok/s in five of six
-# runs with a crossover of 4 or 8 against 212-254 with 2, a spread too wide to decide; until
-# a longer A/B settles it, the crossover stays where it was for SmolLM2 (2).
+# against 216 tok/s), but the 16-stream server benchmark read 204-245 tok/s in seven runs
+# with a crossover of 4 or 8 (six of them under 220) and 212-254 in seven runs with 2: too
+# wide a spread to decide; until a longer A/B settles it, the crossover stays at 2.
 PROBE_ROWS = (1, 2)
 
 
