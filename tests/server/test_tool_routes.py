@@ -193,3 +193,18 @@ def test_tools_with_a_response_format(client, generator) -> None:  # type: ignor
     body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}], "tools": TOOLS,
             "response_format": schema, "guided_regex": "a"}  # fmt: skip
     assert_error(client.post("/v1/chat/completions", json=body), 400, "tools")
+
+
+def test_each_choice_is_parsed_on_its_own(sdk, generator) -> None:  # type: ignore[no-untyped-def]
+    generator.last_finish = "stop"
+    reply = chat(sdk, CALLS, tools=TOOLS, n=2)
+    assert [c.index for c in reply.choices] == [0, 1]
+    for choice in reply.choices:
+        assert [c.function.name for c in choice.message.tool_calls] == ["get_weather", "get_time"]
+        assert choice.finish_reason == "tool_calls"
+    assert reply.choices[0].message.tool_calls[0].id != reply.choices[1].message.tool_calls[0].id
+    chunks = list(chat(sdk, CALLS, tools=TOOLS, n=2, stream=True))
+    for index in (0, 1):
+        starts = [tc.function.name for c in chunks for ch in c.choices if ch.index == index
+                  for tc in ch.delta.tool_calls or [] if tc.id]  # fmt: skip
+        assert starts == ["get_weather", "get_time"]
