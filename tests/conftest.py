@@ -75,7 +75,12 @@ def make_engine(smollm, cache_dir: Path):  # type: ignore[no-untyped-def]
 
 def run_to_completion(engine, prompts, params):  # type: ignore[no-untyped-def]
     """Adds ``prompts`` to ``engine``, steps until done, returns outputs in order."""
-    ids = [engine.add_request(p, params) for p in prompts]
+    return run_each(engine, [(p, params) for p in prompts])
+
+
+def run_each(engine, requests):  # type: ignore[no-untyped-def]
+    """Adds each ``(prompt, params)``, steps until all are done, returns outputs in order."""
+    ids = [engine.add_request(prompt, params) for prompt, params in requests]
     finished = {}
     while engine.has_unfinished_requests():
         for output in engine.step():

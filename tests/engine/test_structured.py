@@ -11,6 +11,7 @@ import pytest
 
 from inferline.core import InvalidParameterError, SamplingParams
 from inferline.core.structured import StructuredOutput
+from tests.conftest import run_each
 
 SCHEMAS: list[dict[str, Any]] = [
     {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer",
@@ -30,13 +31,8 @@ def prompt(engine, text: str) -> str:  # type: ignore[no-untyped-def]
 
 
 def run(engine, requests: list[tuple[str, SamplingParams]]) -> list[Any]:  # type: ignore[no-untyped-def]
-    ids = [engine.add_request(prompt(engine, p), params) for p, params in requests]
-    finished = {}
-    while engine.has_unfinished_requests():
-        for output in engine.step():
-            if output.finished:
-                finished[output.request_id] = output
-    return [finished[i].outputs[0] for i in ids]
+    outputs = run_each(engine, [(prompt(engine, p), params) for p, params in requests])
+    return [o.outputs[0] for o in outputs]
 
 
 def constrained(kind: str, spec: Any = "", max_tokens: int = 80) -> SamplingParams:

@@ -10,6 +10,7 @@ import pytest
 
 from inferline.core import InvalidParameterError, SamplingParams
 from inferline.core.tool_calls import CALL_OPEN, ToolCalling, ToolFunction
+from tests.conftest import run_each
 
 WEATHER = {
     "type": "object",
@@ -37,17 +38,12 @@ def tool_params(calling: ToolCalling, max_tokens: int = 120) -> SamplingParams:
 
 
 def run(engine, requests: list[tuple[str, SamplingParams]]) -> list[Any]:  # type: ignore[no-untyped-def]
-    ids = []
-    for question, params in requests:
+    def prompt(question: str) -> str:
         messages = [{"role": "user", "content": question}]
-        prompt = engine.tokenizer.apply_chat_template(messages, tools=OPENAI_TOOLS)
-        ids.append(engine.add_request(prompt, params))
-    finished = {}
-    while engine.has_unfinished_requests():
-        for output in engine.step():
-            if output.finished:
-                finished[output.request_id] = output
-    return [finished[i].outputs[0] for i in ids]
+        return str(engine.tokenizer.apply_chat_template(messages, tools=OPENAI_TOOLS))
+
+    outputs = run_each(engine, [(prompt(q), params) for q, params in requests])
+    return [o.outputs[0] for o in outputs]
 
 
 def calls_in(text: str) -> list[dict[str, Any]]:

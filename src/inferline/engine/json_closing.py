@@ -31,11 +31,14 @@ class JsonScan:
     __slots__ = ("in_string", "escaped", "stack", "last", "marker", "recent")
 
     def __init__(self, marker: bytes = b"") -> None:
+        self.marker = marker
+        self.recent = b""  # the bytes that may end in a marker
+        self._restart()
+
+    def _restart(self) -> None:
         self.in_string = self.escaped = False
         self.stack = bytearray()  # open brackets, innermost last
         self.last = 0  # the last byte outside strings that is not whitespace
-        self.marker = marker
-        self.recent = b""  # the bytes that may end in a marker
 
     def copy(self) -> JsonScan:
         """An independent copy (for planning ahead)."""
@@ -50,9 +53,8 @@ class JsonScan:
             window = self.recent + data
             at = window.rfind(self.marker)
             if at >= 0:
-                self.__init__(self.marker)  # type: ignore[misc]
-                data = window[at + len(self.marker) :]
-                window = data
+                self._restart()
+                data = window = window[at + len(self.marker) :]
             keep = len(self.marker) - 1
             self.recent = window[len(window) - keep :] if keep else b""
         for byte in data:
