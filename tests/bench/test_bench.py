@@ -56,7 +56,7 @@ def test_summary_counts_goodput_against_the_slo() -> None:
 
 @pytest.mark.parametrize("load", [{"concurrency": 3}, {"concurrency": None, "rate": 50.0}])
 def test_load_generator_against_the_app(load) -> None:  # type: ignore[no-untyped-def]
-    app = create_app(EchoGenerator(max_model_len=4096), ServerConfig(served_model_names=("echo",)))
+    app = create_app(EchoGenerator(max_model_len=4096), ServerConfig())
     scenario = dataclasses.replace(SCENARIOS.get("smoke"), num_requests=7, **load)
     generator = LoadGenerator("http://test", "echo", transport=httpx.ASGITransport(app=app))
     done: list[RequestResult] = []
@@ -67,7 +67,7 @@ def test_load_generator_against_the_app(load) -> None:  # type: ignore[no-untype
 
 
 def test_failures_are_counted_not_raised() -> None:
-    app = create_app(EchoGenerator(), ServerConfig(served_model_names=("echo",)))
+    app = create_app(EchoGenerator(), ServerConfig())
     generator = LoadGenerator("http://test", "wrong-model", transport=httpx.ASGITransport(app=app))
     results = asyncio.run(generator.run(SCENARIOS.get("smoke"), lambda _: None))
     assert not any(r.ok for r in results)

@@ -20,7 +20,7 @@ def test_failure_fails_health_and_every_waiting_request(make_engine, mode) -> No
     sabotage = SabotagedRunner(llm_engine.runner, mode)
     llm_engine.runner = sabotage
     generator = AsyncEngine(llm_engine, FrontendConfig(stall_timeout_s=1.0))
-    app = create_app(generator, ServerConfig(served_model_names=("smollm2-135m",)))
+    app = create_app(generator, ServerConfig())
     payload = {"model": "smollm2-135m", "prompt": "Hello there", "max_tokens": 50}
     with TestClient(app) as client:
         assert client.get("/health").status_code == 200

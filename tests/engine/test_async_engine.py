@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import pytest
 
@@ -97,3 +99,112 @@ def test_hang_or_crash_fails_health_and_every_waiting_request(make_engine, mode)
     assert all(isinstance(r, EngineDeadError) for r in results), results
     assert not health.is_live and not health.is_ready
     assert ("hung" in health.reason) if mode == "hang" else ("crashed" in health.reason)
+
+
+def test_abort_ends_the_stream_with_an_abort_output(make_engine) -> None:  # type: ignore[no-untyped-def]
+    """Before: the final output of an abort was dropped and the stream never ended."""
+
+    async def main():  # type: ignore[no-untyped-def]
+        engine = AsyncEngine(make_engine())
+        await engine.start()
+        stream = await engine.submit(request(0, SamplingParams(max_tokens=500, ignore_eos=True)))
+        first = await stream.__anext__()
+        await engine.abort(first.request_id)
+        rest = [o async for o in stream]
+        await engine.shutdown(1)
+        return rest
+
+    rest = run(main())
+    assert rest and rest[-1].finished and rest[-1].outputs[0].finish_reason == "abort"
+
+
+def test_a_submit_racing_the_engines_death_fails_instead_of_hanging(make_engine) -> None:  # type: ignore[no-untyped-def]
+    """A request still being tokenized when the engine dies must not wait forever."""
+
+    async def main():  # type: ignore[no-untyped-def]
+        llm_engine = make_engine()
+        engine = AsyncEngine(llm_engine)
+        await engine.start()
+        real = llm_engine.tokenizer.apply_chat_template
+        started = threading.Event()
+
+        def slow(*args, **kwargs):  # type: ignore[no-untyped-def]
+            started.set()
+            time.sleep(0.3)
+            return real(*args, **kwargs)
+
+        llm_engine.tokenizer.apply_chat_template = slow
+        messages = [{"role": "user", "content": "Hi"}]
+        submit = asyncio.ensure_future(engine.submit(GenerationRequest("late", messages=messages)))
+        await asyncio.to_thread(started.wait)
+        engine._die("injected")  # the loop thread would do this on a crash
+        with pytest.raises(EngineDeadError):
+            stream = await submit
+            await drain(stream)
+        await engine.shutdown(0.1)
+
+    run(main())
+
+
+def test_prompts_are_rendered_off_the_event_loop(make_engine) -> None:  # type: ignore[no-untyped-def]
+    async def main():  # type: ignore[no-untyped-def]
+        llm_engine = make_engine()
+        engine = AsyncEngine(llm_engine)
+        await engine.start()
+        real, threads = llm_engine.tokenizer.apply_chat_template, []
+
+        def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+            threads.append(threading.current_thread())
+            return real(*args, **kwargs)
+
+        llm_engine.tokenizer.apply_chat_template = spy
+        messages = [{"role": "user", "content": "Hi"}]
+        params = SamplingParams(max_tokens=2)
+        await drain(await engine.submit(GenerationRequest("a", messages=messages, params=params)))
+        await engine.shutdown(1)
+        return threads
+
+    threads = run(main())
+    assert threads and threading.main_thread() not in threads
+
+
+def test_shutdown_ends_unfinished_streams_with_an_error(make_engine) -> None:  # type: ignore[no-untyped-def]
+    """A request cut by shutdown must not look complete (no finish_reason 'abort' success)."""
+
+    async def main():  # type: ignore[no-untyped-def]
+        engine = AsyncEngine(make_engine())
+        await engine.start()
+        stream = await engine.submit(request(0, SamplingParams(max_tokens=500, ignore_eos=True)))
+        await stream.__anext__()
+        await engine.shutdown(0.05)
+        with pytest.raises(EngineDeadError, match="shut down"):
+            await drain(stream)
+
+    run(main())
+
+
+def test_continuing_an_assistant_prefix(make_engine) -> None:  # type: ignore[no-untyped-def]
+    """The answer to a request with ``assistant_prefix`` continues that text."""
+
+    async def main():  # type: ignore[no-untyped-def]
+        engine = AsyncEngine(make_engine())
+        await engine.start()
+        messages = [{"role": "user", "content": "What is the capital of France?"}]
+        greedy = SamplingParams(max_tokens=12, temperature=0)
+        whole = await drain(
+            await engine.submit(GenerationRequest("w", messages=messages, params=greedy))
+        )
+        text = whole.outputs[0].text
+        words = text.split(" ")
+        prefix = " ".join(words[: len(words) // 2])  # cut at a word: no trailing space
+        rest = await drain(
+            await engine.submit(
+                GenerationRequest("c", messages=messages, params=greedy, assistant_prefix=prefix)
+            )
+        )
+        await engine.shutdown(1)
+        return text, prefix, rest.outputs[0].text
+
+    text, prefix, rest = run(main())
+    # the same tokens as the first answer up to the cut, so greedy decoding goes on the same way
+    assert prefix and rest and prefix + rest == text

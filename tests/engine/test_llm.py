@@ -168,3 +168,23 @@ def test_a_step_where_no_request_samples(make_engine) -> None:  # type: ignore[n
     assert len(engine.tokenizer.encode(prompt)) > 2 * 16
     out = run_to_completion(engine, [prompt], greedy(4))[0]
     assert len(out.outputs[0].token_ids) == 4
+
+
+def test_a_request_larger_than_the_kv_cache_is_refused_with_both_numbers(make_engine) -> None:  # type: ignore[no-untyped-def]
+    """Before: the scheduler preempted it forever at the head of the queue (100% loop,
+    /health green). Now: a 400 naming what it needs and what the cache holds."""
+    engine = make_engine(kv_cache_tokens=128, block_size=16)  # 8 blocks
+    prompt = "word " * 60
+    num_prompt = len(engine.tokenizer.encode(prompt))
+    with pytest.raises(ContextLengthExceededError) as info:
+        engine.add_request(prompt, SamplingParams(max_tokens=100))
+    message = str(info.value)
+    assert "KV cache" in message and "holds 128 tokens" in message
+    assert f"{num_prompt} in the prompt, 100 for the completion" in message
+    with pytest.raises(ContextLengthExceededError, match="n=4"):
+        engine.add_request(prompt, SamplingParams(max_tokens=32, n=4))
+    # without max_tokens the answer runs to what the cache holds, and finishes
+    params = SamplingParams(max_tokens=None, temperature=0, ignore_eos=True)
+    out = run_to_completion(engine, [prompt], params)[0]
+    assert num_prompt + len(out.outputs[0].token_ids) == 128
+    assert out.outputs[0].finish_reason == "length"

@@ -1,4 +1,8 @@
-"""Tool-call grammars on the real SmolLM2 (its template has no tools: the Hermes fallback)."""
+"""Tool-call grammars on the real SmolLM2 (its template has no tools: the Hermes fallback).
+
+The engine's outputs carry the calls parsed (`CompletionOutput.tool_calls`) and the text
+outside them; the raw Hermes text is checked too, decoded from the output's token ids.
+"""
 
 from __future__ import annotations
 
@@ -57,6 +61,14 @@ def calls_in(text: str) -> list[dict[str, Any]]:
     return calls
 
 
+def parsed_calls(engine, output) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """The output's structured calls, which must equal the calls in its raw text."""
+    raw = engine.tokenizer.decode(output.token_ids)
+    calls = [{"name": c.name, "arguments": json.loads(c.arguments)} for c in output.tool_calls]
+    assert calls == calls_in(raw), (raw, output.tool_calls)
+    return calls
+
+
 def check_call(call: dict[str, Any]) -> None:
     schema = {"get_weather": WEATHER, "get_time": TIME}[call["name"]]
     jsonschema.validate(call["arguments"], schema)
@@ -92,9 +104,10 @@ def test_required_and_named_calls_always_parse_and_validate(engine) -> None:  # 
     outputs = run(engine, requests)
     for (_, params), output in zip(requests, outputs, strict=True):
         calling = ToolCalling.from_spec(params.structured.spec)
-        assert output.text.startswith(CALL_OPEN), output.text
-        calls = calls_in(output.text)
-        assert calls, output.text
+        assert engine.tokenizer.decode(output.token_ids).startswith(CALL_OPEN)
+        assert output.text == ""  # calls only: no content
+        calls = parsed_calls(engine, output)
+        assert calls, output
         for call in calls:
             check_call(call)
         if not calling.parallel:
@@ -115,7 +128,7 @@ def test_auto_leaves_free_text_alone(engine) -> None:  # type: ignore[no-untyped
     outputs = run(engine, [(q, p) for q in questions for p in (auto, free)])
     for constrained, unconstrained in zip(outputs[::2], outputs[1::2], strict=True):
         assert CALL_OPEN not in unconstrained.text
-        assert constrained.text == unconstrained.text
+        assert constrained.text == unconstrained.text and not constrained.tool_calls
 
 
 def test_auto_with_an_answer_schema_gives_json_or_calls(engine) -> None:  # type: ignore[no-untyped-def]
@@ -123,8 +136,8 @@ def test_auto_with_an_answer_schema_gives_json_or_calls(engine) -> None:  # type
               "required": ["greeting"], "additionalProperties": False}  # fmt: skip
     calling = ToolCalling(FUNCTIONS, "auto", answer_schema=json.dumps(answer))
     (output,) = run(engine, [("Say hello.", tool_params(calling, max_tokens=40))])
-    if output.text.startswith(CALL_OPEN):
-        for call in calls_in(output.text):
+    if output.tool_calls:
+        for call in parsed_calls(engine, output):
             check_call(call)
     else:
         jsonschema.validate(json.loads(output.text), answer)
@@ -138,8 +151,8 @@ def test_calls_are_closed_in_time_at_the_max_tokens_cut(engine, max_tokens: int)
         engine, [("Write a very long story about a dragon.", tool_params(calling, max_tokens))]
     )
     assert len(output.token_ids) <= max_tokens
-    calls = calls_in(output.text)
-    assert calls and all(c["name"] == "write" for c in calls), output.text
+    calls = parsed_calls(engine, output)
+    assert calls and all(c["name"] == "write" for c in calls), output
 
 
 def test_bad_parameter_schemas_and_too_few_tokens_are_refused(engine) -> None:  # type: ignore[no-untyped-def]

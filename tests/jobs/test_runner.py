@@ -8,26 +8,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-from inferline.jobs import BatchRunner, FileStorage
+from inferline.jobs import BatchRunner, FileStorage, LineResponse
 from inferline.store import connect, migrate
 from inferline.store.jobs import JobStore, LineResult
 
 
 class FakeExecutor:
-    """Answers 200 with a usage block; the first ``failures`` calls per line answer 503."""
+    """Answers 200 with a usage block; the first ``failures`` calls per line answer 503
+    (``code``: ``overloaded``, retried; ``engine_dead``: the server cannot answer now)."""
 
-    def __init__(self, failures: int = 0, delay_s: float = 0.0) -> None:
-        self.failures, self.delay_s = failures, delay_s
+    def __init__(self, failures: int = 0, delay_s: float = 0.0, code: str = "overloaded") -> None:
+        self.failures, self.delay_s, self.code = failures, delay_s, code
         self.calls: dict[str, int] = {}
 
-    async def __call__(self, url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    async def __call__(self, url: str, body: dict[str, Any]) -> LineResponse:
         key = body["messages"][0]["content"]
         self.calls[key] = self.calls.get(key, 0) + 1
         await asyncio.sleep(self.delay_s)
         if self.calls[key] <= self.failures:
-            return 503, {"error": {"message": "busy", "type": "overloaded_error"}}
+            error = {"message": "busy", "type": "overloaded_error", "code": self.code}
+            return LineResponse(503, {"error": error}, retry_after_s=0.01)
         usage = {"prompt_tokens": 3, "completion_tokens": 2}
-        return 200, {"id": f"chatcmpl-{key}", "choices": [], "usage": usage}
+        return LineResponse(200, {"id": f"chatcmpl-{key}", "choices": [], "usage": usage})
 
 
 def setup(tmp_path: Path, executor: FakeExecutor, num_lines: int, expires_in_s: int = 3600):  # type: ignore[no-untyped-def]
@@ -98,3 +100,33 @@ def test_a_line_result_is_recorded_once(tmp_path: Path) -> None:
     assert not store.record_line("batch_t", 1, LineResult(200, {"n": 2}))
     (line,) = store.finished_lines("batch_t")
     assert line["response"] == {"n": 1}
+
+
+def test_a_dead_engine_pauses_lines_instead_of_failing_them(tmp_path: Path) -> None:
+    """503 engine_dead is not a line's result: it stays pending and runs once the server can
+    answer again (before the fix, 3 retries then a permanent failure)."""
+    executor = FakeExecutor(failures=4, code="engine_dead")
+    store, _, runner = setup(tmp_path, executor, num_lines=3)
+    row = asyncio.run(until_final(store, runner))
+    assert row["status"] == "completed"
+    assert store.counts("batch_t")["completed"] == 3 and store.counts("batch_t")["failed"] == 0
+    assert all(calls == 5 for calls in executor.calls.values())
+
+
+class SlowPendingStore(JobStore):
+    """Reads the pending lines, then takes a while to return them (a busy database)."""
+
+    def pending_lines(self, batch_id: str, limit: int):  # type: ignore[no-untyped-def]
+        lines = super().pending_lines(batch_id, limit)
+        time.sleep(0.05)  # lines finishing meanwhile are still listed
+        return lines
+
+
+def test_a_line_finished_during_the_pending_query_is_not_run_again(tmp_path: Path) -> None:
+    executor = FakeExecutor()
+    store, files, _ = setup(tmp_path, executor, num_lines=12)
+    slow = SlowPendingStore(store.engine)
+    runner = BatchRunner(slow, files, executor, max_in_flight=4, poll_interval_s=0.05)
+    row = asyncio.run(until_final(slow, runner))
+    assert row["status"] == "completed"
+    assert set(executor.calls.values()) == {1}, executor.calls

@@ -17,11 +17,14 @@ from inferline.core import (
     GeneratorStats,
     HealthReport,
     InvalidParameterError,
+    ModelInfo,
     OverloadedError,
     RequestMetrics,
     RequestOutput,
+    UnknownModelError,
 )
 from inferline.core.predictor import Embedder
+from inferline.engine.tool_parser import ToolOutputParser
 
 
 class EchoGenerator:
@@ -30,11 +33,11 @@ class EchoGenerator:
     Knobs: ``overloaded`` refuses with `OverloadedError`; ``dead`` reports a dead engine;
     ``max_model_len`` triggers context errors; ``delay_s`` paces tokens; ``last_finish``
     is the finish reason of the last word (``length`` by default, ``stop`` like a model's EOS).
+    A request that may call tools has its words parsed as an engine does (Hermes format).
     """
 
-    model_name = "echo"
-
-    def __init__(self, max_model_len: int = 64, delay_s: float = 0.0) -> None:
+    def __init__(self, max_model_len: int = 64, delay_s: float = 0.0, name: str = "echo") -> None:
+        self.name = name
         self.max_model_len = max_model_len
         self.delay_s = delay_s
         self.overloaded = False
@@ -52,6 +55,8 @@ class EchoGenerator:
         self.started = False
 
     async def submit(self, request: GenerationRequest) -> AsyncIterator[RequestOutput]:
+        if request.model and request.model != self.name:
+            raise UnknownModelError.not_served(request.model, [self.name])
         if self.dead:
             raise EngineDeadError("the engine is not running: test")
         if self.overloaded:
@@ -63,29 +68,38 @@ class EchoGenerator:
         if len(words) + max_tokens > self.max_model_len:
             raise ContextLengthExceededError(len(words), max_tokens, self.max_model_len)
         self.active.add(request.request_id)
-        return self._stream(request, words[:max_tokens], num_prompt_tokens=len(words))
+        # an empty prompt still gets one (empty) token, as a model's EOS would be
+        return self._stream(request, words[:max_tokens] or [""], num_prompt_tokens=len(words))
 
     async def _stream(
         self, request: GenerationRequest, words: list[str], num_prompt_tokens: int
     ) -> AsyncIterator[RequestOutput]:
         metrics = RequestMetrics(arrival_s=time.time(), first_scheduled_s=time.time())
         outputs = [CompletionOutput(index=i) for i in range(request.params.n)]
+        structured = request.params.structured
+        calls_tools = structured is not None and structured.kind == "tool_calls"
+        parsers = [ToolOutputParser() if calls_tools else None for _ in outputs]
         finished = False
         try:
             for step, word in enumerate(words):
                 await asyncio.sleep(self.delay_s)
                 last = step == len(words) - 1
-                for out in outputs:
+                for out, parser in zip(outputs, parsers, strict=True):
                     delta = word if step == 0 else f" {word}"
                     out.text += delta
                     out.text_delta = delta
                     out.token_ids = [*out.token_ids, step]
                     out.token_ids_delta = [step]
+                    out.num_tokens, out.num_tokens_delta = step + 1, 1
                     out.finish_reason = self.last_finish if last else None
+                    if parser is not None:
+                        out.text_delta, out.tool_call_deltas = parser.feed(delta, last)
+                        out.text, out.tool_calls = parser.content, parser.tool_calls
                 finished = last
                 yield RequestOutput(
                     request.request_id, None, list(range(num_prompt_tokens)),
                     [CompletionOutput(**vars(o)) for o in outputs], finished, metrics,
+                    model=self.name,
                 )  # fmt: skip
         finally:
             self.active.discard(request.request_id)
@@ -100,8 +114,11 @@ class EchoGenerator:
             return HealthReport(False, False, "engine loop crashed: test")
         return HealthReport(True, self.started, "ok")
 
-    def stats(self) -> GeneratorStats:
-        return GeneratorStats(num_running=len(self.active), num_kv_blocks_total=10)
+    def stats(self) -> dict[str, GeneratorStats]:
+        return {self.name: GeneratorStats(num_running=len(self.active), num_kv_blocks_total=10)}
+
+    def models(self) -> list[ModelInfo]:
+        return [ModelInfo(self.name, "model", self.max_model_len)]
 
 
 class WordCountEmbedder(Embedder):

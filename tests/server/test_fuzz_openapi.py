@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, settings
 from inferline.server import ServerConfig, create_app
 from tests.server.fakes import EchoGenerator
 
-app = create_app(EchoGenerator(), ServerConfig(served_model_names=("echo",)))
+app = create_app(EchoGenerator(), ServerConfig())
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
 

@@ -28,7 +28,7 @@ def make_app(embedder: WordCountEmbedder, log: RequestLog | None = None):  # typ
         PredictorEntry(NoopPredictor("scorer", 3, FEATURES), BatcherConfig(max_batch_size=8)),
     ]
     writer = RequestLogWriter(log, flush_interval_s=0.05) if log is not None else None
-    config = ServerConfig(served_model_names=("echo",))
+    config = ServerConfig()
     return create_app(EchoGenerator(), config, log_writer=writer, predictors=entries)
 
 
@@ -158,4 +158,4 @@ def test_each_request_is_logged_with_its_batch_ids(tmp_path, embedder) -> None: 
 def test_a_predictor_may_not_reuse_the_llm_name() -> None:
     entry = PredictorEntry(WordCountEmbedder("echo"), BatcherConfig())
     with pytest.raises(InvalidParameterError, match="served twice"):
-        create_app(EchoGenerator(), ServerConfig(served_model_names=("echo",)), predictors=[entry])
+        create_app(EchoGenerator(), ServerConfig(), predictors=[entry])

@@ -35,7 +35,7 @@ def generator() -> EchoGenerator:
 
 @pytest.fixture
 def client(generator):  # type: ignore[no-untyped-def]
-    app = create_app(generator, ServerConfig(served_model_names=("echo",)))
+    app = create_app(generator, ServerConfig())
     with TestClient(app) as c:
         yield c
 

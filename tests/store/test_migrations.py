@@ -8,6 +8,7 @@ from sqlalchemy import inspect
 
 from inferline.store import (
     MIGRATIONS,
+    AttemptRecord,
     RequestLog,
     RequestLogWriter,
     RequestRecord,
@@ -24,8 +25,11 @@ def test_migrate_a_blank_database_then_nothing_to_do(tmp_path) -> None:  # type:
     assert columns == {
         "id", "request_id", "created_at", "model", "endpoint", "status_code", "finish_reason",
         "error", "prompt", "output", "prompt_tokens", "completion_tokens", "cached_tokens",
-        "queue_time_s", "ttft_s", "total_time_s", "user_id", "batch_ids",
+        "queue_time_s", "ttft_s", "total_time_s", "user_id", "batch_ids", "route", "target",
+        "num_attempts", "fallback_reason", "cost_usd",
     }  # fmt: skip
+    attempts = {c["name"] for c in inspect(engine).get_columns("request_attempts")}
+    assert {"request_id", "attempt", "target", "reason", "status", "cost_usd"} <= attempts
 
 
 def test_writer_batches_and_flushes_on_close(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -52,3 +56,26 @@ def test_a_failing_database_never_raises_into_requests(tmp_path) -> None:  # typ
     writer.record(RequestRecord("r", time.time(), "m", "/v1/completions", 200))
     writer.close()
     assert writer.num_failed_writes == 1
+
+
+def test_attempts_are_written_with_their_request(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    engine = connect(f"sqlite:///{tmp_path / 'log.db'}")
+    migrate(engine)
+    log = RequestLog(engine)
+    writer = RequestLogWriter(log, flush_interval_s=0.05)
+    record = RequestRecord("r1", time.time(), "bot", "/v1/chat/completions", 200, route="bot",
+                           target="small", num_attempts=2, cost_usd=0.5)  # fmt: skip
+    attempts = (
+        AttemptRecord("r1", 1, "partner", "first", time.time(), "error", error_type="rate_limited",
+                      cost_usd=0.0),
+        AttemptRecord("r1", 2, "small", "fallback", time.time(), "ok", ttft_s=0.1, cost_usd=0.5),
+    )  # fmt: skip
+    writer.record(record, attempts)
+    writer.close()
+    (row,) = log.recent()
+    assert (row["route"], row["target"], row["num_attempts"]) == ("bot", "small", 2)
+    rows = log.attempts_of("r1")
+    assert [(a["attempt"], a["target"], a["status"]) for a in rows] == [
+        (1, "partner", "error"),
+        (2, "small", "ok"),
+    ]

@@ -67,6 +67,18 @@ def run(args: argparse.Namespace) -> int:
     return 0 if summary.failed == 0 else 1
 
 
+def run_suffix(path: Path) -> str:
+    """The id of a file's run (output ids are ``batch_req_<suffix>_<line>``): a hash of the
+    input, so a resumed run writes the same ids."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"file{digest.hexdigest()[:24]}"
+
+
 def _endpoint(path: Path) -> str:
     """The ``url`` of the first line (validation then checks every line against it)."""
     with path.open("rb") as file:
@@ -126,18 +138,6 @@ class _Summary:
         return text
 
 
-def output_record(
-    line: int, custom_id: str, status: int, response: dict[str, Any]
-) -> dict[str, Any]:
-    """One output line, in the Batches API format."""
-    return {
-        "id": f"batch_req_{line}",
-        "custom_id": custom_id,
-        "response": {"status_code": status, "request_id": response.get("id"), "body": response},
-        "error": None,
-    }
-
-
 @contextlib.contextmanager
 def _progress(args: argparse.Namespace, total: int) -> Iterator[Callable[[_Summary], None]]:
     """A progress bar (done/total, failed, lines/s, ETA); yields its update function."""
@@ -189,8 +189,9 @@ async def _run_local(
     summary: _Summary,
     tick: Callable[[_Summary], None],
 ) -> None:
-    from inferline.cli.jobs_factory import AppExecutor
+    from inferline.jobs import AppExecutor, output_record
 
+    suffix = run_suffix(args.input)
     app = _build_app(args)
     executor = AppExecutor(None)
     executor.bind(app)
@@ -199,12 +200,12 @@ async def _run_local(
 
         async def one(line: int, custom_id: str, body: dict[str, Any]) -> None:
             async with slots:
-                status, response = await executor(url, body)
-            record = output_record(line, custom_id, status, response)
+                response = await executor(url, body)
+            record = output_record(suffix, line, custom_id, response.status_code, response.body)
             output.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
             output.flush()
             os.fsync(output.fileno())
-            summary.add(status, response)
+            summary.add(response.status_code, response.body)
             tick(summary)
 
         async with app.router.lifespan_context(app):
@@ -219,7 +220,9 @@ def _build_app(args: argparse.Namespace) -> Any:
 
     data_dir = default_cache_dir()
     settings = engine_config(args, data_dir, scheduler=SchedulerConfig(max_num_seqs=64))
-    generator = AsyncEngine(lambda: LLMEngine(settings), FrontendConfig(max_queued_requests=4096))
+    generator = AsyncEngine(
+        lambda: LLMEngine(settings), FrontendConfig(max_queued_requests=4096), name=args.model
+    )
     predictors = []
     if args.config is not None:
         from inferline.cli.models_file import load_specs
@@ -228,5 +231,4 @@ def _build_app(args: argparse.Namespace) -> Any:
         predictors = build_predictors(
             load_specs(args.config), data_dir, trust_pickle=args.trust_pickle
         )
-    config = ServerConfig(served_model_names=(args.model,))
-    return create_app(generator, config, predictors=predictors)
+    return create_app(generator, ServerConfig(), predictors=predictors)

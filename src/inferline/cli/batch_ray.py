@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from inferline.cli.batch import _build_app, output_record
+from inferline.cli.batch import _build_app, run_suffix
 from inferline.core.errors import InvalidParameterError
 
 ENGINE_OPTIONS = (
@@ -37,9 +37,10 @@ ENGINE_OPTIONS = (
 class LineWorker:
     """A Ray Data actor: one engine replica answering batches of lines."""
 
-    def __init__(self, options: dict[str, Any], url: str) -> None:
-        from inferline.cli.jobs_factory import AppExecutor
+    def __init__(self, options: dict[str, Any], url: str, suffix: str) -> None:
+        from inferline.jobs import AppExecutor
 
+        self.suffix = suffix
         args = argparse.Namespace(**options, config=None, trust_pickle=False)
         self.url = url
         self.app = _build_app(args)
@@ -61,9 +62,14 @@ class LineWorker:
         slots = asyncio.Semaphore(self.slots)
 
         async def one(line: Any, custom_id: Any, body: Any) -> str:
+            from inferline.jobs import output_record
+
             async with slots:
-                status, response = await self.executor(self.url, json.loads(str(body)))
-            return json.dumps(output_record(int(line), str(custom_id), status, response))
+                response = await self.executor(self.url, json.loads(str(body)))
+            record = output_record(
+                self.suffix, int(line), str(custom_id), response.status_code, response.body
+            )
+            return json.dumps(record)
 
         return list(await asyncio.gather(*(one(*row) for row in rows)))
 
@@ -85,7 +91,7 @@ def run_on_ray(
     dataset = ray.data.from_items(items, override_num_blocks=max(1, 4 * args.replicas))
     results = dataset.map_batches(
         LineWorker,
-        fn_constructor_kwargs={"options": options, "url": url},
+        fn_constructor_kwargs={"options": options, "url": url, "suffix": run_suffix(args.input)},
         concurrency=args.replicas,
         batch_size=args.ray_batch_size,
         num_cpus=args.cpus_per_replica,

@@ -45,26 +45,25 @@ def build_app(
         FrontendConfig(
             max_queued_requests=args.max_queued_requests, stall_timeout_s=args.stall_timeout
         ),
+        name=(args.served_model_name or [args.model])[0],
     )
     database = connect(args.database_url or default_database_url(data_dir))
     migrate(database)
     writer = RequestLogWriter(RequestLog(database))
     config = ServerConfig(
-        served_model_names=tuple(args.served_model_name or [args.model]),
         api_keys=api_keys,
         cors_origins=tuple(args.cors_origin),
         max_body_bytes=args.max_body_bytes,
         log_text=not args.no_log_text,
         drain_timeout_s=args.drain_timeout,
     )
-    from inferline.cli.jobs_factory import build_jobs, mount_jobs
+    from inferline.cli.jobs_factory import jobs_extension
 
-    runner, executor, jobs_state = build_jobs(
+    jobs = jobs_extension(
         database,
         data_dir,
         api_keys[0] if api_keys else None,
         max_in_flight=args.batch_max_in_flight,
     )
-    app = create_app(generator, config, log_writer=writer, predictors=predictors, services=[runner])
-    mount_jobs(app, executor, jobs_state)
+    app = create_app(generator, config, log_writer=writer, predictors=predictors, extensions=[jobs])
     return app, app.state.inferline

@@ -1,28 +1,57 @@
 """Pure-Python types shared by every layer: sampling parameters, outputs, errors, registry."""
 
 from inferline.core.errors import (
+    AllTargetsFailedError,
+    ContentFilteredError,
     ContextLengthExceededError,
+    DeadlineExceededError,
     EngineDeadError,
     InferlineError,
     InvalidParameterError,
     ModelLoadError,
+    NotFoundError,
     OverloadedError,
+    RateLimitedError,
+    StreamInterruptedError,
     UnknownModelError,
+    UpstreamConfigError,
+    UpstreamError,
+    UpstreamRejectedError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
 )
 from inferline.core.outputs import (
+    Attempt,
     CompletionOutput,
     FinishReason,
     Logprob,
     RequestMetrics,
     RequestOutput,
+    RouteReport,
+    ToolCall,
+    ToolCallDelta,
 )
-from inferline.core.protocols import GenerationRequest, Generator, GeneratorStats, HealthReport
+from inferline.core.predictor import Predictor
+from inferline.core.protocols import (
+    GenerationRequest,
+    Generator,
+    GeneratorStats,
+    HealthReport,
+    ModelInfo,
+    Service,
+    TargetStatus,
+)
 from inferline.core.registry import Registry
 from inferline.core.sampling_params import Priority, SamplingParams
+from inferline.core.structured import StructuredOutput
 
 __all__ = [
+    "AllTargetsFailedError",
+    "Attempt",
     "CompletionOutput",
+    "ContentFilteredError",
     "ContextLengthExceededError",
+    "DeadlineExceededError",
     "EngineDeadError",
     "FinishReason",
     "GenerationRequest",
@@ -32,12 +61,28 @@ __all__ = [
     "InferlineError",
     "InvalidParameterError",
     "Logprob",
+    "ModelInfo",
     "ModelLoadError",
+    "NotFoundError",
     "OverloadedError",
+    "Predictor",
     "Priority",
+    "RateLimitedError",
     "Registry",
     "RequestMetrics",
     "RequestOutput",
+    "RouteReport",
     "SamplingParams",
+    "Service",
+    "StreamInterruptedError",
+    "StructuredOutput",
+    "TargetStatus",
+    "ToolCall",
+    "ToolCallDelta",
     "UnknownModelError",
+    "UpstreamConfigError",
+    "UpstreamError",
+    "UpstreamRejectedError",
+    "UpstreamTimeoutError",
+    "UpstreamUnavailableError",
 ]

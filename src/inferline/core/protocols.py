@@ -1,15 +1,19 @@
 """The seam between the serving layers and whatever generates text.
 
 `server`, `jobs` and `evals` take a `Generator`; the CLI decides whether it is the local
-engine (`inferline.engine.AsyncEngine`), a router over remote engines, or a test fake.
+engine (`inferline.engine.AsyncEngine`), a router over local engines and remote upstreams
+(`inferline.router.Router`), a remote upstream alone (`inferline.client`), or a test fake.
+The contract is transport-neutral: requests name a model, outputs carry counts and
+structured tool calls, so a remote server with no token ids fits it as well as the engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
+from inferline.core.errors import InvalidParameterError
 from inferline.core.outputs import RequestOutput
 from inferline.core.sampling_params import Priority, SamplingParams
 
@@ -20,6 +24,17 @@ class GenerationRequest:
 
     Exactly one of ``prompt`` and ``messages`` is set. Messages are rendered with the
     model's own chat template (``tools`` are passed to it).
+
+    Attributes:
+        model: the route or model the client named ("" = the generator's only model).
+        key_id: the id of the caller's API key (never the secret), for limits and logs.
+        user, session: who asked (OpenAI's ``user``; the ``x-inferline-session`` header),
+            used for sticky routing.
+        metadata: free labels carried to traces (team, tags).
+        deadline: ``time.monotonic()`` by which the answer must be complete (None: none);
+            a router also applies its route's own deadline, whichever comes first.
+        assistant_prefix: text the answer must continue (the start of the assistant's
+            message, or of the completion): how a stream cut mid-way is finished elsewhere.
     """
 
     request_id: str
@@ -28,10 +43,17 @@ class GenerationRequest:
     tools: list[dict[str, Any]] | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
     priority: Priority = Priority.INTERACTIVE
+    model: str = ""
+    key_id: str | None = None
+    user: str | None = None
+    session: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    deadline: float | None = None
+    assistant_prefix: str | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
-            raise ValueError("set exactly one of prompt and messages")
+            raise InvalidParameterError("set exactly one of prompt and messages", "messages")
 
 
 @dataclass(frozen=True)
@@ -49,7 +71,10 @@ class HealthReport:
 
 @dataclass(frozen=True)
 class GeneratorStats:
-    """Point-in-time load and cumulative counters, read by the metrics endpoint."""
+    """Point-in-time load and cumulative counters of one model, read by metrics and routers.
+
+    A remote upstream reports its in-flight requests as ``num_running`` and has no blocks.
+    """
 
     num_running: int = 0
     num_waiting: int = 0
@@ -58,6 +83,34 @@ class GeneratorStats:
     prefix_cache_queried_tokens: int = 0
     prefix_cache_hit_tokens: int = 0
     num_preemptions: int = 0
+    max_num_seqs: int = 0
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    """A route target as `GET /v1/routes` shows it."""
+
+    name: str
+    kind: str  # llm | openai
+    breaker: str = "closed"  # closed | open | half_open
+    in_flight: int = 0
+    num_requests: int = 0  # over the breaker's window
+    error_rate: float = 0.0  # over the breaker's window
+    latency_ms_p50: float | None = None
+    ttft_ms_p50: float | None = None
+    weight: float | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One name a client may put in ``model``: a model, or a route over several models."""
+
+    name: str
+    kind: Literal["model", "route"] = "model"
+    max_model_len: int | None = None
+    owned_by: str = "inferline"
+    strategy: str | None = None  # routes only
+    targets: tuple[TargetStatus, ...] = ()  # routes only
 
 
 class Generator(Protocol):
@@ -65,12 +118,10 @@ class Generator(Protocol):
 
     Invariants: `submit` validates before returning (bad input raises
     `InvalidParameterError`, a full queue raises `OverloadedError`, a dead generator raises
-    `EngineDeadError`); the returned stream ends with an output whose ``finished`` is True,
-    or raises `EngineDeadError`; `abort` frees the request's resources at once.
+    `EngineDeadError`, an unknown ``model`` raises `UnknownModelError`); the returned stream
+    ends with an output whose ``finished`` is True, or raises an `InferlineError`;
+    `abort` frees the request's resources at once and ends its stream.
     """
-
-    model_name: str
-    max_model_len: int
 
     async def start(self) -> None:
         """Starts background work; called once from the server's event loop."""
@@ -88,12 +139,16 @@ class Generator(Protocol):
         """Stops a request (no-op if unknown or finished)."""
         ...
 
+    def models(self) -> list[ModelInfo]:
+        """The names ``GenerationRequest.model`` may take, first the default one."""
+        ...
+
     def health(self) -> HealthReport:
         """Liveness and readiness, computed on demand (cheap)."""
         ...
 
-    def stats(self) -> GeneratorStats:
-        """Current load and counters (cheap)."""
+    def stats(self) -> dict[str, GeneratorStats]:
+        """Current load and counters per model (cheap)."""
         ...
 
 

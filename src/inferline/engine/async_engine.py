@@ -1,9 +1,12 @@
 """`AsyncEngine`: the engine loop on its own thread, streams delivered to asyncio callers.
 
-The engine is single-threaded by design; callers never touch it. They validate a request in
-their own thread (tokenization, context checks), then hand it over through a command queue.
-The loop thread applies commands between steps and pushes each step's outputs to
-per-request `asyncio.Queue`s with ``call_soon_threadsafe``.
+The engine is single-threaded by design; callers never touch its state. A request is
+rendered, tokenized and checked in a worker thread (off the event loop, so 64 long prompts
+do not stall every stream), then handed to the loop thread through a command queue; adds,
+aborts and the engine's death all go through that queue or the registry lock, so no stream
+can be registered after the engine died and wait forever. The loop thread applies commands
+between steps and pushes each step's outputs to per-request `asyncio.Queue`s with
+``call_soon_threadsafe``.
 
 A watchdog on the event loop marks the engine dead if one step runs longer than the stall
 timeout; every stream then ends with `EngineDeadError` instead of hanging, and `health()`
@@ -20,9 +23,19 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-from inferline.core.errors import EngineDeadError, OverloadedError
+from inferline.core.errors import (
+    EngineDeadError,
+    InvalidParameterError,
+    OverloadedError,
+    UnknownModelError,
+)
 from inferline.core.outputs import RequestOutput
-from inferline.core.protocols import GenerationRequest, GeneratorStats, HealthReport
+from inferline.core.protocols import (
+    GenerationRequest,
+    GeneratorStats,
+    HealthReport,
+    ModelInfo,
+)
 from inferline.engine.config import FrontendConfig
 from inferline.engine.llm_engine import LLMEngine, PreparedRequest
 
@@ -30,12 +43,18 @@ _StreamItem = RequestOutput | BaseException
 
 
 class AsyncEngine:
-    """Implements `inferline.core.Generator` over a local `LLMEngine`."""
+    """Implements `inferline.core.Generator` over a local `LLMEngine` (one model).
+
+    ``name`` is the model name it reports (default: the engine's model); a request's
+    ``model`` is not checked here (a router does that).
+    """
 
     def __init__(
         self,
         engine: LLMEngine | Callable[[], LLMEngine],
         config: FrontendConfig | None = None,
+        *,
+        name: str | None = None,
     ) -> None:
         """Starts the loop thread; with a factory, the engine is also built on that thread.
 
@@ -46,6 +65,7 @@ class AsyncEngine:
         self.config = config or FrontendConfig()
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._wakeup = threading.Event()
+        self._lock = threading.Lock()  # guards _streams and _dead_reason
         self._streams: dict[str, asyncio.Queue[_StreamItem]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -62,9 +82,12 @@ class AsyncEngine:
         self._built.wait()
         if self._build_error is not None:
             raise self._build_error
-        self.model_name = self.engine.config.model
+        self.name = name or self.engine.config.model
         self.max_model_len = self.engine.max_model_len
-        self._stats = GeneratorStats(num_kv_blocks_total=self.engine.block_pool.num_blocks)
+        self._stats = GeneratorStats(
+            num_kv_blocks_total=self.engine.block_pool.num_blocks,
+            max_num_seqs=self.engine.config.scheduler.max_num_seqs,
+        )
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -74,13 +97,16 @@ class AsyncEngine:
         self._watchdog = asyncio.create_task(self._watch())
 
     async def shutdown(self, drain_timeout_s: float = 30.0) -> None:
-        """Stops admitting, lets running requests finish up to the timeout, then stops."""
+        """Stops admitting, lets running requests finish up to the timeout, then stops.
+
+        Requests still running at the timeout end with `EngineDeadError` (never with a
+        finish reason that would pass for a complete answer).
+        """
         self._accepting = False
         deadline = time.monotonic() + drain_timeout_s
         while self._streams and time.monotonic() < deadline and self._dead_reason is None:
             await asyncio.sleep(0.05)
-        for request_id in list(self._streams):
-            await self.abort(request_id)
+        self._die("the server shut down before the request finished")
         self._stopping = True
         self._wakeup.set()
         if self._watchdog is not None:
@@ -90,25 +116,31 @@ class AsyncEngine:
     # ---- Generator protocol ------------------------------------------------------------
 
     async def submit(self, request: GenerationRequest) -> AsyncGenerator[RequestOutput, None]:
-        """Validates ``request`` here, queues it for the loop; returns its output stream."""
+        """Renders and checks ``request`` off the loop, queues it; returns its stream."""
+        if request.model and request.model != self.name:
+            raise UnknownModelError.not_served(request.model, [self.name])
         self._check_can_admit()
-        prompt = request.prompt
-        if request.messages is not None:
-            prompt = self.engine.tokenizer.apply_chat_template(
-                request.messages, tools=request.tools
-            )
-        assert prompt is not None
-        prepared = self.engine.prepare_request(
-            prompt, request.params, request_id=request.request_id, priority=request.priority
-        )
+        prepared = await asyncio.to_thread(self._prepare, request)
         stream: asyncio.Queue[_StreamItem] = asyncio.Queue()
-        self._streams[prepared.request_id] = stream
-        self._send("add", prepared)
+        with self._lock:
+            if self._dead_reason is not None:
+                raise EngineDeadError(f"the engine is not running: {self._dead_reason}")
+            if prepared.request_id in self._streams:
+                raise InvalidParameterError(
+                    f"request id {prepared.request_id!r} is already in use", "request_id"
+                )
+            self._streams[prepared.request_id] = stream
+            self._commands.put(("add", prepared))
+        self._wakeup.set()
         return self._stream(prepared.request_id, stream)
 
     async def abort(self, request_id: str) -> None:
-        """Asks the loop to stop ``request_id`` and free its blocks."""
+        """Stops ``request_id``, frees its blocks; its stream ends with finish reason abort."""
         self._send("abort", request_id)
+
+    def models(self) -> list[ModelInfo]:
+        """The one model this engine runs."""
+        return [ModelInfo(self.name, "model", self.max_model_len)]
 
     def health(self) -> HealthReport:
         """Dead or stalled loop -> not live; draining -> not ready."""
@@ -123,9 +155,9 @@ class AsyncEngine:
             return HealthReport(True, False, "shutting down")
         return HealthReport(True, True, "ok")
 
-    def stats(self) -> GeneratorStats:
+    def stats(self) -> dict[str, GeneratorStats]:
         """The snapshot taken after the last step."""
-        return self._stats
+        return {self.name: self._stats}
 
     # ---- caller side -----------------------------------------------------------------
 
@@ -140,6 +172,23 @@ class AsyncEngine:
                 f"the request queue is full ({self.config.max_queued_requests} waiting)"
             )
 
+    def _prepare(self, request: GenerationRequest) -> PreparedRequest:
+        """Template, prefix and tokens of a request, checked (runs in a worker thread)."""
+        tokenizer = self.engine.tokenizer
+        prompt = request.prompt
+        if request.messages is not None:
+            prompt = tokenizer.apply_chat_template(request.messages, tools=request.tools)
+        assert prompt is not None
+        if request.assistant_prefix:
+            if isinstance(prompt, str):
+                prompt += request.assistant_prefix
+            else:
+                prefix_ids = tokenizer.encode(request.assistant_prefix, add_special_tokens=False)
+                prompt = [*prompt, *prefix_ids]
+        return self.engine.prepare_request(
+            prompt, request.params, request_id=request.request_id, priority=request.priority
+        )
+
     def _send(self, command: str, payload: Any) -> None:
         self._commands.put((command, payload))
         self._wakeup.set()
@@ -152,11 +201,13 @@ class AsyncEngine:
             while not finished:
                 item = await stream.get()
                 if isinstance(item, BaseException):
+                    finished = True  # the engine is done with it
                     raise item
                 finished = item.finished
                 yield item
         finally:
-            self._streams.pop(request_id, None)
+            with self._lock:
+                self._streams.pop(request_id, None)
             if not finished:  # the consumer went away: free the blocks now
                 self._send("abort", request_id)
 
@@ -214,7 +265,9 @@ class AsyncEngine:
             if command == "add":
                 self._add(payload)
             elif command == "abort":
-                self.engine.abort_request(payload)
+                final = self.engine.abort_request(payload)
+                if final is not None:
+                    self._deliver([final])
 
     def _add(self, prepared: PreparedRequest) -> None:
         if prepared.request_id not in self._streams:
@@ -224,6 +277,7 @@ class AsyncEngine:
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         assert self._loop is not None
         for output in outputs:
+            output.model = self.name
             stream = self._streams.get(output.request_id)
             if stream is not None:
                 self._loop.call_soon_threadsafe(stream.put_nowait, output)
@@ -238,16 +292,23 @@ class AsyncEngine:
             prefix_cache_queried_tokens=pool.stats.num_queried_tokens,
             prefix_cache_hit_tokens=pool.stats.num_hit_tokens,
             num_preemptions=scheduler.num_preemptions,
+            max_num_seqs=self.engine.config.scheduler.max_num_seqs,
         )
 
     def _die(self, reason: str) -> None:
-        """Marks the engine dead and ends every stream with `EngineDeadError`."""
-        if self._dead_reason is not None:
-            return
-        self._dead_reason = reason
+        """Marks the engine dead and ends every registered stream with `EngineDeadError`.
+
+        Under the registry lock: a `submit` either registered its stream before (and gets
+        the error here) or sees the engine dead and raises.
+        """
+        with self._lock:
+            if self._dead_reason is not None:
+                return
+            self._dead_reason = reason
+            streams = list(self._streams.values())
         if self._loop is None:
             return
-        for stream in list(self._streams.values()):
+        for stream in streams:
             error = EngineDeadError(f"the engine stopped: {reason}")
             with contextlib.suppress(RuntimeError):  # loop already closed
                 self._loop.call_soon_threadsafe(stream.put_nowait, error)

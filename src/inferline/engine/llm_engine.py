@@ -103,13 +103,12 @@ class LLMEngine:
         request_id: str | None = None,
         priority: Priority = Priority.INTERACTIVE,
     ) -> PreparedRequest:
-        """Tokenizes and validates without touching engine state (safe from any thread)."""
+        """Tokenizes and validates without touching engine state (safe from any thread).
+
+        A duplicate request id is caught where requests are added (`add_prepared`).
+        """
         params = params or SamplingParams()
         request_id = request_id or f"req-{next(self._ids)}"
-        if request_id in self.output_processor.states:
-            raise InvalidParameterError(
-                f"request id {request_id!r} is already in use", "request_id"
-            )
         text = prompt if isinstance(prompt, str) else None
         prompt_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         max_tokens = self._check_prompt(prompt_ids, params)
@@ -166,6 +165,10 @@ class LLMEngine:
 
     def add_prepared(self, prepared: PreparedRequest) -> None:
         """Queues a prepared request (engine thread only)."""
+        if prepared.request_id in self.output_processor.states:
+            raise InvalidParameterError(
+                f"request id {prepared.request_id!r} is already in use", "request_id"
+            )
         self.output_processor.add_request(prepared.prompt, prepared.requests)
         for request in prepared.requests:
             self.scheduler.add_request(request)
@@ -177,13 +180,52 @@ class LLMEngine:
         vocab_size = self.loaded.config.vocab_size
         if min(prompt_ids) < 0 or max(prompt_ids) >= vocab_size:
             raise InvalidParameterError(f"prompt token ids must be in [0, {vocab_size})", "prompt")
-        room = self.max_model_len - len(prompt_ids)
+        num_prompt = len(prompt_ids)
+        room = self.max_model_len - num_prompt
         max_tokens = params.max_tokens if params.max_tokens is not None else room
         if room < 1 or max_tokens > room:
-            raise ContextLengthExceededError(
-                len(prompt_ids), max(max_tokens, 1), self.max_model_len
-            )
+            raise ContextLengthExceededError(num_prompt, max(max_tokens, 1), self.max_model_len)
+        if params.max_tokens is None:  # "as long as it can": what the KV cache holds, too
+            max_tokens = min(max_tokens, self._kv_room(num_prompt, params.n))
+        self._check_kv_fit(num_prompt, max(max_tokens, 1), params.n)
         return max_tokens
+
+    def _kv_blocks_needed(self, num_prompt: int, max_tokens: int, n: int) -> int:
+        """Blocks a request holds at its longest: the prompt with one completion, and each
+        further completion's own tokens plus the copied block of the last prompt token."""
+        size = self.block_pool.block_size
+        first = -(-(num_prompt + max_tokens) // size)
+        return first + (n - 1) * (-(-max_tokens // size) + 1)
+
+    def _kv_room(self, num_prompt: int, n: int) -> int:
+        """The most output tokens per completion the KV cache can hold for this prompt."""
+        low, high = 0, self.max_model_len
+        while low < high:  # the largest max_tokens that still fits
+            middle = (low + high + 1) // 2
+            if self._kv_blocks_needed(num_prompt, middle, n) <= self.block_pool.num_blocks:
+                low = middle
+            else:
+                high = middle - 1
+        return low
+
+    def _check_kv_fit(self, num_prompt: int, max_tokens: int, n: int) -> None:
+        """A request that could never fit the KV cache would be preempted forever at the
+        head of the queue: refuse it with both numbers instead."""
+        needed = self._kv_blocks_needed(num_prompt, max_tokens, n)
+        if needed <= self.block_pool.num_blocks:
+            return
+        size = self.block_pool.block_size
+        capacity = self.block_pool.num_blocks * size
+        many = f" for each of n={n} completions" if n > 1 else ""
+        raise ContextLengthExceededError(
+            num_prompt,
+            max_tokens,
+            self.max_model_len,
+            message=f"This request needs {needed * size} tokens of KV cache ({num_prompt} in "
+            f"the prompt, {max_tokens} for the completion{many}), but this server's KV cache "
+            f"holds {capacity} tokens (raise --kv-cache-gib). Please reduce the length of "
+            "the prompt or max_tokens.",
+        )
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
         """Stops a request (all its ``n`` completions) and frees its blocks at once."""

@@ -2,7 +2,9 @@
 
 Stop strings are matched on text, so they are found even when split across tokens. In a
 stream, the last ``len(longest stop) - 1`` characters are held back until it is certain they
-do not begin a stop string; a matched stop string never reaches the client.
+do not begin a stop string; a matched stop string never reaches the client. A request that
+may call tools has its visible text parsed here (`ToolOutputParser`): its outputs carry the
+content and structured tool calls, not Hermes markup.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from inferline.core.outputs import (
     Logprob,
     RequestMetrics,
     RequestOutput,
+    ToolCallDelta,
 )
 from inferline.engine.request import Request
+from inferline.engine.tool_parser import ToolOutputParser
 from inferline.models.tokenizer import IncrementalDetokenizer, Tokenizer
 
 
@@ -33,6 +37,7 @@ class _SequenceState:
     logprobs: list[Logprob] | None = None
     finish_reason: FinishReason | None = None
     stop_reason: str | int | None = None
+    tool_parser: ToolOutputParser | None = None  # set when the request may call tools
 
 
 @dataclass
@@ -62,11 +67,13 @@ class OutputProcessor:
         """Registers the ``n`` engine requests of one user request."""
         first = requests[0]
         params = first.sampling_params
+        calls_tools = params.structured is not None and params.structured.kind == "tool_calls"
         sequences = [
             _SequenceState(
                 r,
                 IncrementalDetokenizer(self.tokenizer, params.skip_special_tokens),
                 logprobs=[] if params.logprobs is not None else None,
+                tool_parser=ToolOutputParser() if calls_tools else None,
             )
             for r in requests
         ]
@@ -146,26 +153,38 @@ class OutputProcessor:
                 else max(sequence.num_sent_chars, len(sequence.text) - holdback)
             )
             token_ids = sequence.request.output_token_ids
-            outputs.append(
-                CompletionOutput(
-                    index=i,
-                    text=sequence.text[:visible],
-                    token_ids=token_ids,
-                    text_delta=sequence.text[sequence.num_sent_chars : visible],
-                    token_ids_delta=token_ids[sequence.num_sent_tokens :],
-                    logprobs=list(sequence.logprobs) if sequence.logprobs is not None else None,
-                    finish_reason=sequence.finish_reason,
-                    stop_reason=sequence.stop_reason,
-                )
+            output = CompletionOutput(
+                index=i,
+                text=sequence.text[:visible],
+                token_ids=token_ids,
+                text_delta=sequence.text[sequence.num_sent_chars : visible],
+                token_ids_delta=token_ids[sequence.num_sent_tokens :],
+                num_tokens=len(token_ids),
+                num_tokens_delta=len(token_ids) - sequence.num_sent_tokens,
+                logprobs=list(sequence.logprobs) if sequence.logprobs is not None else None,
+                finish_reason=sequence.finish_reason,
+                stop_reason=sequence.stop_reason,
             )
+            if sequence.tool_parser is not None:
+                _parse_tools(output, sequence.tool_parser, finished)
+            outputs.append(output)
             sequence.num_sent_chars, sequence.num_sent_tokens = visible, len(token_ids)
         finished = state.is_finished
         if finished:
             state.metrics.finished_s = now
-            state.metrics.num_cached_prompt_tokens = state.sequences[
-                0
-            ].request.num_cached_prompt_tokens
+            first = state.sequences[0].request
+            state.metrics.num_cached_prompt_tokens = first.num_cached_prompt_tokens
+            state.metrics.num_preemptions = sum(s.request.num_preemptions for s in state.sequences)
             del self.states[state.request_id]
         return RequestOutput(
             state.request_id, state.prompt, state.prompt_token_ids, outputs, finished, state.metrics
         )
+
+
+def _parse_tools(output: CompletionOutput, parser: ToolOutputParser, is_last: bool) -> None:
+    """Replaces the raw text of ``output`` by its content and structured tool calls."""
+    deltas: list[ToolCallDelta]
+    output.text_delta, deltas = parser.feed(output.text_delta, is_last)
+    output.text = parser.content
+    output.tool_call_deltas = deltas
+    output.tool_calls = parser.tool_calls

@@ -61,3 +61,30 @@ def batch_object(row: dict[str, Any], counts: dict[str, int]) -> dict[str, Any]:
         },
         "metadata": row.get("metadata"),
     }
+
+
+def output_record(
+    suffix: str,
+    line: int,
+    custom_id: str,
+    status_code: int | None,
+    body: dict[str, Any] | None = None,
+    *,
+    error: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One line of a batch output or error file (``id`` is ``batch_req_<suffix>_<line>``,
+    whichever path ran the line: the Batches API or ``inferline batch run``)."""
+    response = None
+    if error is None:
+        body = body or {}
+        response = {
+            "status_code": status_code,
+            "request_id": body.get("id", f"req_{suffix}_{line}"),
+            "body": body,
+        }
+    return {
+        "id": f"batch_req_{suffix}_{line}",
+        "custom_id": custom_id,
+        "response": response,
+        "error": error,
+    }

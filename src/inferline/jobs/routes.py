@@ -1,12 +1,15 @@
 """``/v1/files`` and ``/v1/batches``: the OpenAI Files and Batches API on the job store.
 
-Mounted on the server's app by the CLI; the job state lives on ``app.state.jobs``. Errors
-are inferline's own exceptions (400 naming the field, 404 for unknown ids), which the app
-answers in the OpenAI error envelope.
+Added to the server's app as an extension (built by the CLI, included by `create_app`, so
+the routes are in ``/openapi.json``); the job state lives on ``app.state.jobs``. Errors are
+inferline's own exceptions (400 naming the field, 404 for unknown ids), which the app
+answers in the OpenAI error envelope. The routes are plain functions (run in a worker
+thread by FastAPI): the store is synchronous, and must never block the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass
@@ -76,12 +79,13 @@ async def upload_file(
     content = await file.read()
     if not content.strip():
         raise InvalidParameterError("the file is empty", "file")
-    row = _jobs(request).files.add(content, file.filename or "upload.jsonl", purpose)
+    name = file.filename or "upload.jsonl"
+    row = await asyncio.to_thread(_jobs(request).files.add, content, name, purpose)
     return file_object(row)
 
 
 @router.get("/v1/files")
-async def list_files(
+def list_files(
     request: Request,
     purpose: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
@@ -93,27 +97,27 @@ async def list_files(
 
 
 @router.get("/v1/files/{file_id}")
-async def retrieve_file(file_id: str, request: Request) -> dict[str, Any]:
+def retrieve_file(file_id: str, request: Request) -> dict[str, Any]:
     """One file's object."""
     return file_object(_jobs(request).files.get(file_id))
 
 
 @router.get("/v1/files/{file_id}/content", response_model=None)
-async def file_content(file_id: str, request: Request) -> FileResponse:
+def file_content(file_id: str, request: Request) -> FileResponse:
     """The file's bytes."""
     row = _jobs(request).files.get(file_id)
     return FileResponse(Path(row["path"]), media_type="application/octet-stream")
 
 
 @router.delete("/v1/files/{file_id}")
-async def delete_file(file_id: str, request: Request) -> dict[str, Any]:
+def delete_file(file_id: str, request: Request) -> dict[str, Any]:
     """Deletes a file."""
     _jobs(request).files.delete(file_id)
     return {"id": file_id, "object": "file", "deleted": True}
 
 
 @router.post("/v1/batches")
-async def create_batch(body: CreateBatchRequest, request: Request) -> dict[str, Any]:
+def create_batch(body: CreateBatchRequest, request: Request) -> dict[str, Any]:
     """Creates a job in ``validating``; the runner takes it from there."""
     jobs = _jobs(request)
     if body.endpoint not in ENDPOINTS:
@@ -145,13 +149,13 @@ async def create_batch(body: CreateBatchRequest, request: Request) -> dict[str, 
 
 
 @router.get("/v1/batches/{batch_id}")
-async def retrieve_batch(batch_id: str, request: Request) -> dict[str, Any]:
+def retrieve_batch(batch_id: str, request: Request) -> dict[str, Any]:
     """One job, with its current counts."""
     return _batch(_jobs(request), batch_id)
 
 
 @router.get("/v1/batches")
-async def list_batches(
+def list_batches(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: str | None = None,
@@ -163,7 +167,7 @@ async def list_batches(
 
 
 @router.post("/v1/batches/{batch_id}/cancel")
-async def cancel_batch(batch_id: str, request: Request) -> dict[str, Any]:
+def cancel_batch(batch_id: str, request: Request) -> dict[str, Any]:
     """Moves a running job to ``cancelling``; finished lines are kept."""
     jobs = _jobs(request)
     row = _batch(jobs, batch_id)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 
 from inferline.core.errors import InvalidParameterError
@@ -13,11 +15,28 @@ from inferline.core.protocols import Generator, Service
 from inferline.server import routes_chat, routes_completions, routes_embeddings, routes_ops
 from inferline.server.config import ServerConfig
 from inferline.server.errors import APIError, install_error_handlers
+from inferline.server.metrics import Metrics
 from inferline.server.middleware import GuardMiddleware
-from inferline.server.observe import Metrics, Observer
+from inferline.server.observe import Observer
 from inferline.server.predictors import PredictorEntry, PredictorPool
-from inferline.server.state import ServerState
+from inferline.server.state import Reload, ServerState
 from inferline.store.request_log import RequestLogWriter
+
+
+@dataclass(frozen=True)
+class Extension:
+    """Routes another package adds to the app (the Batches API), with what they need.
+
+    ``state`` is kept on ``app.state.<state_name>``; ``bind`` runs once the app exists (to
+    point an in-process client at it); ``service`` starts after the models, stops before
+    they drain.
+    """
+
+    router: APIRouter
+    state_name: str
+    state: Any
+    bind: Callable[[FastAPI], None] | None = None
+    service: Service | None = None
 
 
 def create_app(
@@ -26,24 +45,26 @@ def create_app(
     *,
     log_writer: RequestLogWriter | None = None,
     predictors: Sequence[PredictorEntry] = (),
-    services: Sequence[Service] = (),
+    extensions: Sequence[Extension] = (),
+    reload: Reload | None = None,
 ) -> FastAPI:
-    """Builds the app; the generator and the predictors' batchers start and stop with it.
+    """Builds the app; the generator, the predictors' batchers and the extensions' services
+    start and stop with it.
 
     ``predictors`` are one-pass models (already set up) served on ``/v1/embeddings`` and
-    ``/v1/predict/{model}`` beside the generator's LLM. ``services`` are background workers
-    (the batch job runner) started after the models and stopped before they drain.
+    ``/v1/predict/{model}`` beside the generator's LLMs; ``reload`` re-reads the config
+    (``POST /admin/reload``).
     """
-    config = config or ServerConfig(served_model_names=(generator.model_name,))
-    clash = next(
-        (e.predictor.name for e in predictors if e.predictor.name in config.served_model_names),
-        None,
-    )
+    config = config or ServerConfig()
+    served = {info.name for info in generator.models()}
+    clash = next((e.predictor.name for e in predictors if e.predictor.name in served), None)
     if clash is not None:
         raise InvalidParameterError(f"the model name {clash!r} is served twice", "model")
     metrics = Metrics(generator)
     observer = Observer(metrics, log_writer, config.log_text)
-    state = ServerState(generator, config, metrics, observer, PredictorPool(predictors, metrics))
+    pool = PredictorPool(predictors, metrics)
+    state = ServerState(generator, config, metrics, observer, pool, reload)
+    services = [e.service for e in extensions if e.service is not None]
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -68,7 +89,15 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.inferline = state
+    _add_routes(app, state, extensions)
+    _add_middleware(app, state, config)
+    for extension in extensions:
+        if extension.bind is not None:
+            extension.bind(app)
+    return app
 
+
+def _add_routes(app: FastAPI, state: ServerState, extensions: Sequence[Extension]) -> None:
     def on_rejected(request: Request, error: APIError) -> None:
         model = request.path_params.get("model", "") if request.path_params else ""
         endpoint = (
@@ -79,12 +108,19 @@ def create_app(
     install_error_handlers(app, on_rejected)
     for module in (routes_chat, routes_completions, routes_embeddings, routes_ops):
         app.include_router(module.router)
+    for extension in extensions:
+        setattr(app.state, extension.state_name, extension.state)
+        app.include_router(extension.router)
+
+
+def _add_middleware(app: FastAPI, state: ServerState, config: ServerConfig) -> None:
     app.add_middleware(
         GuardMiddleware,
         api_keys=config.api_keys,
         max_body_bytes=config.max_body_bytes,
+        max_file_bytes=config.max_file_bytes,
         is_draining=lambda: state.is_draining,
-        metrics=metrics,
+        metrics=state.metrics,
     )
     if config.cors_origins:
         app.add_middleware(
@@ -93,4 +129,3 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    return app

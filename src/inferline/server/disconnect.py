@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 
 T = TypeVar("T")
+CLIENT_CLOSED = 499  # nginx's code for "client closed the request"
 
 
 class ClientDisconnected(Exception):

@@ -17,11 +17,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inferline.core.errors import (
     ContextLengthExceededError,
+    DeadlineExceededError,
     EngineDeadError,
+    InferlineError,
     InvalidParameterError,
     NotFoundError,
     OverloadedError,
     UnknownModelError,
+    UpstreamError,
 )
 
 logger = logging.getLogger(__name__)
@@ -60,20 +63,48 @@ def api_error_from(exc: Exception) -> APIError:
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, UnknownModelError):
-        return APIError(404, exc.message, param="model", code="model_not_found")
+        return APIError(
+            404, exc.message, type="not_found_error", param="model", code="model_not_found"
+        )
     if isinstance(exc, NotFoundError):
         return APIError(404, exc.message, type="not_found_error", param=exc.param, code="not_found")
     if isinstance(exc, ContextLengthExceededError):
         return APIError(400, exc.message, param=exc.param, code="context_length_exceeded")
     if isinstance(exc, InvalidParameterError):
-        return APIError(400, exc.message, param=exc.param, code="invalid_value")
+        return APIError(400, exc.message, param=exc.param, code=exc.code or "invalid_value")
+    if isinstance(exc, InferlineError):
+        return _serving_error(exc)
+    logger.exception("unexpected error", exc_info=exc)
+    return APIError(500, "internal server error", type="server_error", code="internal_error")
+
+
+def _serving_error(exc: InferlineError) -> APIError:
+    """Errors of the generator or its upstreams: overload, death, deadlines, upstreams."""
     if isinstance(exc, OverloadedError):
         headers = {"Retry-After": str(exc.retry_after_s)}
         return APIError(503, str(exc), type="overloaded_error", code="overloaded", headers=headers)
     if isinstance(exc, EngineDeadError):
         return APIError(503, str(exc), type="server_error", code="engine_dead")
+    if isinstance(exc, DeadlineExceededError):
+        return APIError(504, str(exc), type="timeout_error", code="deadline_exceeded")
+    if isinstance(exc, UpstreamError):
+        headers = {}
+        if exc.retry_after_s is not None:
+            headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+        kind = _TYPES.get(exc.status_code, "server_error" if exc.status_code >= 500 else None)
+        return APIError(
+            exc.status_code,
+            exc.message,
+            type=kind or "invalid_request_error",
+            param=exc.param,
+            code=exc.code,
+            headers=headers,
+        )
     logger.exception("unexpected error", exc_info=exc)
     return APIError(500, "internal server error", type="server_error", code="internal_error")
+
+
+_TYPES = {429: "rate_limit_error", 401: "authentication_error", 403: "permission_error"}
 
 
 def _field_path(location: tuple[Any, ...]) -> str | None:
@@ -134,6 +165,5 @@ def install_error_handlers(app: FastAPI, on_rejected: OnRejected) -> None:
 
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
-    handled = (APIError, InvalidParameterError, NotFoundError, OverloadedError, EngineDeadError)
-    for cls in (*handled, Exception):
+    for cls in (APIError, InferlineError, Exception):
         app.add_exception_handler(cls, on_api_error)

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from inferline.server.errors import APIError
-from inferline.server.observe import Metrics
+from inferline.server.metrics import Metrics
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -18,7 +18,25 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _OPEN_PATHS = ("/health",)  # probes work without a key
 _KNOWN_ROUTES = frozenset(
-    ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics")
+    (
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/models",
+        "/v1/routes",
+        "/v1/files",
+        "/v1/batches",
+        "/admin/reload",
+        "/health",
+        "/ready",
+        "/metrics",
+    )
+)
+_ROUTE_PREFIXES = (  # paths with an id: one label per route, not per id
+    ("/v1/models/", "/v1/models/{model}"),
+    ("/v1/predict/", "/v1/predict/{model}"),
+    ("/v1/files/", "/v1/files/{file_id}"),
+    ("/v1/batches/", "/v1/batches/{batch_id}"),
 )
 
 
@@ -45,7 +63,7 @@ class GuardMiddleware:
         max_body_bytes: int,
         is_draining: Callable[[], bool],
         metrics: Metrics,
-        max_file_bytes: int = 200 * 1024 * 1024,
+        max_file_bytes: int,
     ) -> None:
         self.app = app
         self.api_keys = [k.encode() for k in api_keys]
@@ -121,10 +139,10 @@ class GuardMiddleware:
 
     def _counting(self, path: str, send: Send) -> Send:
         # bounded label values: a fuzzer's random paths must not grow the metric without end
-        if path.startswith("/v1/models/"):
-            route = "/v1/models/{model}"
-        else:
-            route = path if path in _KNOWN_ROUTES else "other"
+        route = path if path in _KNOWN_ROUTES else "other"
+        for prefix, label in _ROUTE_PREFIXES:
+            if path.startswith(prefix):
+                route = label
 
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":

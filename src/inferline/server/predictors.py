@@ -17,11 +17,10 @@ from starlette.requests import Request
 
 from inferline.batching import BatcherConfig, BatchReport, DynamicBatcher
 from inferline.core.predictor import Predictor, Task
-from inferline.server.disconnect import ClientDisconnected, until_disconnect
+from inferline.server.disconnect import CLIENT_CLOSED, ClientDisconnected, until_disconnect
 from inferline.server.errors import APIError, api_error_from
-from inferline.server.observe import Metrics, Observer, RowsTrace
-
-CLIENT_CLOSED = 499
+from inferline.server.metrics import Metrics
+from inferline.server.observe import Observer, RowsTrace
 
 
 @dataclass(frozen=True)

@@ -17,16 +17,16 @@ from fastapi import APIRouter, Request
 from pydantic import Field, ValidationError, ValidatorFunctionWrapHandler, field_validator
 
 from inferline.core.predictor import Embedder
+from inferline.openai.schemas import LenientModel
 from inferline.server.errors import APIError
 from inferline.server.predictors import decode_rows, new_trace
-from inferline.server.schemas import _Lenient
 from inferline.server.state import ServerState
 
 router = APIRouter()
 MAX_INPUTS = 2048  # OpenAI's limit per embeddings request
 
 
-class EmbeddingRequest(_Lenient):
+class EmbeddingRequest(LenientModel):
     """The OpenAI embeddings body: a string, strings, token ids, or lists of token ids."""
 
     model: str
@@ -48,7 +48,7 @@ class EmbeddingRequest(_Lenient):
             ) from None
 
 
-class PredictRequest(_Lenient):
+class PredictRequest(LenientModel):
     """Rows of features: each a list of numbers or an object keyed by feature name."""
 
     instances: Annotated[list[Any], Field(min_length=1, max_length=MAX_INPUTS)]

@@ -1,7 +1,8 @@
-"""Models list, health, readiness and metrics."""
+"""Models and routes lists, health, readiness, metrics and the admin reload."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -9,21 +10,29 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from inferline.core.errors import UnknownModelError
+from inferline.core.protocols import ModelInfo
+from inferline.server.errors import APIError
 from inferline.server.state import ServerState
 
 router = APIRouter()
 _STARTED = int(time.time())
 
 
-def _model_card(state: ServerState, name: str) -> dict[str, Any]:
-    return {
-        "id": name,
+def _card(info: ModelInfo) -> dict[str, Any]:
+    card: dict[str, Any] = {
+        "id": info.name,
         "object": "model",
         "created": _STARTED,
-        "owned_by": "inferline",
+        "owned_by": info.owned_by,
         "task": "generate",
-        "max_model_len": state.generator.max_model_len,
+        "kind": info.kind,
+        "max_model_len": info.max_model_len,
     }
+    if info.kind == "route":
+        card["strategy"] = info.strategy
+        card["targets"] = [t.name for t in info.targets]
+    return card
 
 
 def _predictor_card(state: ServerState, name: str) -> dict[str, Any]:
@@ -40,21 +49,56 @@ def _predictor_card(state: ServerState, name: str) -> dict[str, Any]:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    """The served models, OpenAI-shaped: the LLM's names, then the micro-batched models."""
+    """What ``model`` may name, OpenAI-shaped: routes and LLMs, then micro-batched models."""
     state: ServerState = request.app.state.inferline
-    cards = [_model_card(state, n) for n in state.config.served_model_names]
+    cards = [_card(info) for info in state.generator.models()]
     cards += [_predictor_card(state, n) for n in state.predictors.names()]
     return {"object": "list", "data": cards}
 
 
 @router.get("/v1/models/{model}")
 async def retrieve_model(model: str, request: Request) -> dict[str, Any]:
-    """One served model, or 404."""
+    """One route, model or micro-batched model, or 404."""
     state: ServerState = request.app.state.inferline
     if model in state.predictors.entries:
         return _predictor_card(state, model)
-    state.check_model(model)
-    return _model_card(state, model)
+    infos = state.generator.models()
+    for info in infos:
+        if info.name == model:
+            return _card(info)
+    served = [i.name for i in infos] + state.predictors.names()
+    raise UnknownModelError.not_served(model, served)
+
+
+@router.get("/v1/routes")
+async def list_routes(request: Request) -> dict[str, Any]:
+    """Every route with its targets: breaker state, in-flight, error rate, latency."""
+    state: ServerState = request.app.state.inferline
+    routes = [
+        {
+            "id": info.name,
+            "object": "route",
+            "strategy": info.strategy,
+            "targets": [dataclasses.asdict(t) for t in info.targets],
+        }
+        for info in state.generator.models()
+        if info.kind == "route"
+    ]
+    return {"object": "list", "data": routes}
+
+
+@router.post(
+    "/admin/reload",
+    responses={400: {"description": "the new config is invalid; the old one stays"}},
+)
+async def reload(request: Request) -> dict[str, Any]:
+    """Re-reads the config file: new models load before traffic moves, dropped ones drain."""
+    state: ServerState = request.app.state.inferline
+    if state.reload is None:
+        raise APIError(
+            400, "this server was not started with --config: nothing to reload", param="config"
+        )
+    return await state.reload()
 
 
 @router.get("/health")

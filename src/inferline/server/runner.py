@@ -1,33 +1,71 @@
-"""Submit requests to the generator, then collect or stream their outputs, observed."""
+"""Submit requests to the generator, then collect or stream their outputs, observed.
+
+Both paths wait for the first output before answering: a request that fails before its
+first token (every target down, deadline passed) gets a proper HTTP error, and a stream's
+headers name the target that produced its first token.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.requests import Request
 
-from inferline.core.outputs import RequestOutput
+from inferline.core.errors import StreamInterruptedError
+from inferline.core.outputs import RequestOutput, RouteReport
 from inferline.core.protocols import GenerationRequest
 from inferline.core.sampling_params import Priority
-from inferline.server.disconnect import ClientDisconnected, until_disconnect
-from inferline.server.errors import api_error_from
-from inferline.server.formatting import sse
+from inferline.openai.requests import CallerContext
+from inferline.openai.responses import sse
+from inferline.server.disconnect import CLIENT_CLOSED, ClientDisconnected, until_disconnect
+from inferline.server.errors import APIError, api_error_from
 from inferline.server.observe import RequestTrace
 from inferline.server.state import ServerState
 
 Stream = AsyncGenerator[RequestOutput, None]
-CLIENT_CLOSED = 499  # nginx's code for "client closed the request"
+Chunks = Callable[[int, RequestOutput], Iterable[dict[str, Any]]]
+FinalChunk = Callable[[list[RequestOutput]], dict[str, Any] | None]
 PRIORITY_HEADER = "x-inferline-priority"
+SESSION_HEADER = "x-inferline-session"
+TIMEOUT_HEADER = "x-inferline-timeout-ms"
 
 
-def request_priority(request: Request) -> Priority:
-    """``x-inferline-priority: batch`` puts a request behind live traffic (batch job lines)."""
+def new_request_id(prefix: str) -> str:
+    """``<prefix>-<32 hex>``: the id of the response, the request log row and the trace."""
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def caller_context(request: Request) -> CallerContext:
+    """Priority, session and deadline from the headers; the key id from the guard."""
+    priority = Priority.INTERACTIVE
     if request.headers.get(PRIORITY_HEADER, "").lower() == "batch":
-        return Priority.BATCH
-    return Priority.INTERACTIVE
+        priority = Priority.BATCH  # batch job lines wait behind live traffic
+    deadline = None
+    timeout_ms = request.headers.get(TIMEOUT_HEADER)
+    if timeout_ms is not None:
+        try:
+            value = float(timeout_ms)
+        except ValueError:
+            value = -1.0
+        if not 0 < value <= 86_400_000:
+            raise APIError(
+                400,
+                f"{TIMEOUT_HEADER} must be a number of milliseconds in (0, 86400000]",
+                param=TIMEOUT_HEADER,
+            )
+        deadline = time.monotonic() + value / 1000
+    return CallerContext(
+        priority=priority,
+        key_id=request.scope.get("state", {}).get("key_id"),
+        session=request.headers.get(SESSION_HEADER),
+        deadline=deadline,
+    )
 
 
 async def submit_all(
@@ -41,11 +79,32 @@ async def submit_all(
     except Exception as exc:
         for stream in streams:
             await stream.aclose()
-        error = api_error_from(exc)
-        state.observer.finish(trace, error.status_code, error.message)
-        error.is_logged = True
-        raise error from exc
+        raise _failed(state, trace, exc) from exc
     return streams
+
+
+def _failed(state: ServerState, trace: RequestTrace, exc: BaseException) -> APIError:
+    """The HTTP error for ``exc``, logged once (with the route report it may carry)."""
+    error = api_error_from(exc) if isinstance(exc, Exception) else api_error_from(Exception())
+    trace.route = getattr(exc, "route_report", None) or trace.route
+    state.observer.finish(trace, error.status_code, error.message)
+    error.is_logged = True
+    error.headers.update(route_headers(trace.request_id, trace.route))
+    return error
+
+
+def route_headers(request_id: str, route: RouteReport | None) -> dict[str, str]:
+    """``x-request-id`` and, when a router served it, the route, target and attempts."""
+    headers = {"x-request-id": request_id}
+    if route is None:
+        return headers
+    headers["x-inferline-route"] = route.route
+    if route.target:
+        headers["x-inferline-target"] = route.target
+    headers["x-inferline-attempts"] = str(len(route.attempts))
+    if route.fallback_reason:
+        headers["x-inferline-fallback-reason"] = route.fallback_reason
+    return headers
 
 
 async def _last_output(stream: Stream, state: ServerState, trace: RequestTrace) -> RequestOutput:
@@ -53,8 +112,26 @@ async def _last_output(stream: Stream, state: ServerState, trace: RequestTrace) 
     async for output in stream:
         trace.on_output(output, state.metrics)
         last = output
-    assert last is not None and last.finished
+    if last is None or not last.finished:
+        raise StreamInterruptedError("the generator's stream ended before its answer did")
     return last
+
+
+async def _collect_all(
+    streams: list[Stream], state: ServerState, trace: RequestTrace
+) -> list[RequestOutput]:
+    """Every stream's final output; the first failure cancels the others (and raises)."""
+    tasks = [asyncio.ensure_future(_last_output(s, state, trace)) for s in streams]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        failed = next((t for t in tasks if t.done() and t.exception() is not None), None)
+        if failed is not None:
+            raise failed.exception()  # type: ignore[misc]
+        return [t.result() for t in tasks]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def respond(
@@ -64,24 +141,25 @@ async def respond(
     streams: list[Stream],
     build: Callable[[list[RequestOutput]], dict[str, Any]],
 ) -> Response:
-    """Waits for every stream to finish (aborting if the client leaves); returns JSON."""
-    work = asyncio.gather(*(_last_output(s, state, trace) for s in streams))
+    """Waits for every stream to finish (aborting if the client leaves); returns JSON.
+
+    The body is built before the request is logged, so a failure to build it is logged as
+    the 500 it is, not as a 200.
+    """
     try:
-        finals = await until_disconnect(_await(work), request)
+        finals = await until_disconnect(_collect_all(streams, state, trace), request)
     except ClientDisconnected:
         state.observer.finish(trace, CLIENT_CLOSED, "client disconnected")
         return Response(status_code=CLIENT_CLOSED)
     except Exception as exc:
-        error = api_error_from(exc)
-        state.observer.finish(trace, error.status_code, error.message)
-        return error.response()
-    trace.outputs = list(finals)
+        return _failed(state, trace, exc).response()
+    trace.outputs = finals
+    try:
+        body = build(finals)
+    except Exception as exc:
+        return _failed(state, trace, exc).response()
     state.observer.finish(trace, 200)
-    return JSONResponse(build(trace.outputs))
-
-
-async def _await(work: Any) -> list[RequestOutput]:
-    return list(await work)
+    return JSONResponse(body, headers=route_headers(trace.request_id, trace.route))
 
 
 async def merged(streams: list[Stream]) -> AsyncGenerator[tuple[int, RequestOutput], None]:
@@ -119,44 +197,83 @@ async def merged(streams: list[Stream]) -> AsyncGenerator[tuple[int, RequestOutp
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def stream_response(
+async def _close(source: AsyncGenerator[Any, None], streams: list[Stream]) -> None:
+    await source.aclose()  # stops the pumps first
+    for stream in streams:
+        await stream.aclose()  # aborts unfinished ones
+
+
+async def stream_response(
+    request: Request,
     state: ServerState,
     trace: RequestTrace,
     streams: list[Stream],
-    chunks: Callable[[int, RequestOutput], Iterable[dict[str, Any]]],
-    final_chunk: Callable[[list[RequestOutput]], dict[str, Any] | None],
-) -> StreamingResponse:
+    chunks: Chunks,
+    final_chunk: FinalChunk,
+) -> Response:
     """Server-sent events: ``chunks`` per output, then ``final_chunk`` (usage), then [DONE].
 
-    An error after the stream started is sent as ``data: {"error": ...}``. A client that
-    disconnects cancels this generator, which aborts the requests (their blocks are freed).
+    The response starts with the first output, so its headers name the target that made
+    it, and a failure before it is an HTTP error. An error after that is sent as
+    ``data: {"error": ...}`` before ``[DONE]``; a stream that ends before its answer is
+    complete is such an error, never a clean end. A client that disconnects cancels the
+    generator, which aborts the requests (their blocks are freed).
     """
+    source = merged(streams)
+    try:
+        first = await until_disconnect(anext(source), request)
+    except ClientDisconnected:
+        await _close(source, streams)
+        state.observer.finish(trace, CLIENT_CLOSED, "client disconnected")
+        return Response(status_code=CLIENT_CLOSED)
+    except Exception as exc:
+        await _close(source, streams)
+        if isinstance(exc, StopAsyncIteration):
+            exc = StreamInterruptedError("the generator's stream ended before its answer did")
+        return _failed(state, trace, exc).response()
+    trace.route = first[1].route
+    headers = route_headers(trace.request_id, trace.route)
+    events = _events(state, trace, streams, source, first, chunks, final_chunk)
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
-    async def events() -> AsyncIterator[str]:
-        status, error_message = CLIENT_CLOSED, "client disconnected"
-        finals: dict[int, RequestOutput] = {}
-        source = merged(streams)
-        try:
-            async for index, output in source:
-                trace.on_output(output, state.metrics)
-                finals[index] = output
-                for chunk in chunks(index, output):
-                    yield sse(chunk)
-            trace.outputs = [finals[i] for i in sorted(finals)]
-            last = final_chunk(trace.outputs)
-            if last is not None:
-                yield sse(last)
-            status, error_message = 200, ""
-        except Exception as exc:
-            error = api_error_from(exc)
-            status, error_message = error.status_code, error.message
-            yield sse(error.body())
-        finally:
-            await source.aclose()  # stops the pumps first
-            for stream in streams:
-                await stream.aclose()  # aborts unfinished ones
-            trace.outputs = trace.outputs or [finals[i] for i in sorted(finals)]
-            state.observer.finish(trace, status, error_message or None)
-        yield sse("[DONE]")
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+async def _events(
+    state: ServerState,
+    trace: RequestTrace,
+    streams: list[Stream],
+    source: AsyncGenerator[tuple[int, RequestOutput], None],
+    first: tuple[int, RequestOutput],
+    chunks: Chunks,
+    final_chunk: FinalChunk,
+) -> AsyncIterator[str]:
+    status, error_message = CLIENT_CLOSED, "client disconnected"
+    finals: dict[int, RequestOutput] = {}
+    try:
+        index, output = first
+        while True:
+            trace.on_output(output, state.metrics)
+            finals[index] = output
+            for chunk in chunks(index, output):
+                yield sse(chunk)
+            try:
+                index, output = await anext(source)
+            except StopAsyncIteration:
+                break
+        if len(finals) < len(streams) or not all(o.finished for o in finals.values()):
+            raise StreamInterruptedError("the generator's stream ended before its answer did")
+        trace.outputs = [finals[i] for i in sorted(finals)]
+        last = final_chunk(trace.outputs)
+        if last is not None:
+            yield sse(last)
+        status, error_message = 200, ""
+    except Exception as exc:
+        error = api_error_from(exc)
+        trace.route = getattr(exc, "route_report", None) or trace.route
+        status, error_message = error.status_code, error.message
+        yield sse(error.body())
+    finally:
+        with contextlib.suppress(Exception):
+            await _close(source, streams)
+        trace.outputs = trace.outputs or [finals[i] for i in sorted(finals)]
+        state.observer.finish(trace, status, error_message or None)
+    yield sse("[DONE]")

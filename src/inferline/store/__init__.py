@@ -1,11 +1,15 @@
-"""Persistent records: the request log (SQLite by default, any SQLAlchemy URL)."""
+"""Persistent records: the request log and the batch jobs (SQLite by default, any
+SQLAlchemy URL)."""
 
 from inferline.store.db import connect, default_database_url
+from inferline.store.jobs import JobStore
 from inferline.store.migrations import MIGRATIONS, migrate
-from inferline.store.request_log import RequestLog, RequestLogWriter, RequestRecord
+from inferline.store.request_log import AttemptRecord, RequestLog, RequestLogWriter, RequestRecord
 
 __all__ = [
     "MIGRATIONS",
+    "AttemptRecord",
+    "JobStore",
     "RequestLog",
     "RequestLogWriter",
     "RequestRecord",

@@ -230,16 +230,16 @@ class JobStore:
                     "error": json.loads(r.error) if r.error else None,
                 }
 
-    def unfinished_custom_ids(self, batch_id: str) -> list[str]:
-        """custom_ids of lines with no result (for the error file of a cancelled job)."""
+    def unfinished_lines(self, batch_id: str) -> list[tuple[int, str]]:
+        """(line, custom_id) of lines with no result (the error file of a cancelled job)."""
         c = self.lines.c
         query = (
-            select(c.custom_id)
+            select(c.line, c.custom_id)
             .where(c.batch_id == batch_id, c.status_code.is_(None))
             .order_by(c.line)
         )
         with self.engine.connect() as conn:
-            return list(conn.scalars(query))
+            return [(int(r.line), str(r.custom_id)) for r in conn.execute(query)]
 
 
 def _decoded(row: dict[str, Any]) -> dict[str, Any]:

@@ -139,6 +139,44 @@ def m003_files_and_batches(conn: Connection) -> None:
     metadata.create_all(conn)
 
 
+@migration
+def m004_routes_and_attempts(conn: Connection) -> None:
+    """The gateway: which route and target served a request, its cost, and every attempt.
+
+    ``request_attempts`` has one row per try of a request on a target (retries, fallbacks,
+    cascade stages, stream continuations), with its tokens and cost, so the cost of a
+    failed attempt is never lost.
+    """
+    for column in (
+        "route VARCHAR(256)",
+        "target VARCHAR(256)",
+        "num_attempts INTEGER NOT NULL DEFAULT 0",
+        "fallback_reason VARCHAR(128)",
+        "cost_usd FLOAT NOT NULL DEFAULT 0",
+    ):
+        conn.execute(text(f"ALTER TABLE requests ADD COLUMN {column}"))
+    Table(
+        "request_attempts",
+        MetaData(),
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("request_id", String(128), nullable=False),
+        Column("attempt", Integer, nullable=False),
+        Column("target", String(256), nullable=False),
+        Column("reason", String(64), nullable=False),
+        Column("started_at", Float, nullable=False),
+        Column("ttft_s", Float),
+        Column("duration_s", Float),
+        Column("status", String(16), nullable=False),
+        Column("error_type", String(64)),
+        Column("error", Text),
+        Column("prompt_tokens", Integer, nullable=False, default=0),
+        Column("completion_tokens", Integer, nullable=False, default=0),
+        Column("cost_usd", Float, nullable=False, default=0.0),
+        Index("ix_request_attempts_request_id", "request_id"),
+        Index("ix_request_attempts_started_at", "started_at"),
+    ).create(conn)
+
+
 def migrate(engine: Engine) -> list[str]:
     """Applies missing migrations, each in its own transaction; returns the names applied."""
     _migrations_table.create(engine, checkfirst=True)

@@ -1,7 +1,8 @@
-"""The request log: one row per request, written off the hot path in batches.
+"""The request log: one row per request, and one per attempt, written off the hot path.
 
 `RequestLogWriter.record` only appends to an in-memory queue; a background thread writes
-batches. A failed write is logged and dropped: it never fails or slows a request.
+batches. A failed write is logged and dropped: it never fails or slows a request. The queue
+is bounded: when the database cannot keep up, the newest records are dropped and counted.
 """
 
 from __future__ import annotations
@@ -15,6 +16,25 @@ from typing import Any
 from sqlalchemy import Engine, MetaData, Table, insert, select
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One try of a request on one target (``started_at`` is epoch seconds)."""
+
+    request_id: str
+    attempt: int
+    target: str
+    reason: str
+    started_at: float
+    status: str
+    ttft_s: float | None = None
+    duration_s: float | None = None
+    error_type: str | None = None
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -38,19 +58,34 @@ class RequestRecord:
     total_time_s: float | None = None
     user_id: str | None = None
     batch_ids: str | None = None  # micro-batched models: the batches the rows ran in
+    route: str | None = None
+    target: str | None = None  # the model entry that answered
+    num_attempts: int = 0
+    fallback_reason: str | None = None
+    cost_usd: float = 0.0
+
+
+_Item = tuple[RequestRecord, tuple[AttemptRecord, ...]]
 
 
 class RequestLog:
-    """Reads and writes the ``requests`` table (the schema comes from migrations)."""
+    """Reads and writes ``requests`` and ``request_attempts`` (schema from migrations)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.table = Table("requests", MetaData(), autoload_with=engine)
+        metadata = MetaData()
+        self.table = Table("requests", metadata, autoload_with=engine)
+        self.attempts = Table("request_attempts", metadata, autoload_with=engine)
 
-    def insert_many(self, records: list[RequestRecord]) -> None:
-        """Writes ``records`` in one transaction."""
+    def insert_many(
+        self, records: list[RequestRecord], attempts: list[AttemptRecord] | None = None
+    ) -> None:
+        """Writes ``records`` and their attempts in one transaction."""
         with self.engine.begin() as conn:
-            conn.execute(insert(self.table), [asdict(r) for r in records])
+            if records:
+                conn.execute(insert(self.table), [asdict(r) for r in records])
+            if attempts:
+                conn.execute(insert(self.attempts), [asdict(a) for a in attempts])
 
     def recent(
         self,
@@ -71,22 +106,40 @@ class RequestLog:
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
+    def attempts_of(self, request_id: str) -> list[dict[str, Any]]:
+        """Every attempt of one request, in order."""
+        c = self.attempts.c
+        query = select(self.attempts).where(c.request_id == request_id).order_by(c.attempt)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
 
 class RequestLogWriter:
     """Batches records on a background thread; `close` flushes what is left."""
 
-    def __init__(self, log: RequestLog, *, batch_size: int = 64, flush_interval_s: float = 0.5):
+    def __init__(
+        self,
+        log: RequestLog,
+        *,
+        batch_size: int = 64,
+        flush_interval_s: float = 0.5,
+        max_queued: int = 100_000,
+    ):
         self.log = log
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.num_failed_writes = 0
-        self._queue: queue.SimpleQueue[RequestRecord | None] = queue.SimpleQueue()
+        self.num_dropped = 0
+        self._queue: queue.Queue[_Item | None] = queue.Queue(max_queued)
         self._thread = threading.Thread(target=self._run, name="inferline-request-log", daemon=True)
         self._thread.start()
 
-    def record(self, record: RequestRecord) -> None:
-        """Queues one record (never blocks, never raises)."""
-        self._queue.put(record)
+    def record(self, record: RequestRecord, attempts: tuple[AttemptRecord, ...] = ()) -> None:
+        """Queues one record and its attempts (never blocks, never raises)."""
+        try:
+            self._queue.put_nowait((record, attempts))
+        except queue.Full:
+            self.num_dropped += 1
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Writes everything queued so far, then stops the thread."""
@@ -96,7 +149,7 @@ class RequestLogWriter:
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            batch: list[RequestRecord] = []
+            batch: list[_Item] = []
             try:
                 item = self._queue.get(timeout=self.flush_interval_s)
                 while True:
@@ -112,9 +165,11 @@ class RequestLogWriter:
             if batch:
                 self._write(batch)
 
-    def _write(self, batch: list[RequestRecord]) -> None:
+    def _write(self, batch: list[_Item]) -> None:
+        records = [record for record, _ in batch]
+        attempts = [attempt for _, items in batch for attempt in items]
         try:
-            self.log.insert_many(batch)
+            self.log.insert_many(records, attempts)
         except Exception:  # a logging failure must never fail requests
             self.num_failed_writes += len(batch)
             logger.exception("request log: dropped %d records", len(batch))

@@ -1,4 +1,5 @@
-"""OpenAI request bodies -> `SamplingParams`, with a 400 for anything we cannot honour."""
+"""OpenAI request bodies -> `SamplingParams`; anything we cannot honour is an
+`InvalidParameterError` (a 400 naming the field)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,19 @@ import dataclasses
 import json
 from typing import Any
 
+from inferline.core.errors import InvalidParameterError
 from inferline.core.sampling_params import SamplingParams
 from inferline.core.structured import StructuredOutput
 from inferline.core.tool_calls import ToolCalling
-from inferline.server.errors import APIError
-from inferline.server.schemas import ChatCompletionRequest, CompletionRequest, _SamplingFields
+from inferline.openai.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 
 
-def _not_supported(param: str, what: str) -> APIError:
-    return APIError(400, f"{what} is not supported yet", param=param, code="unsupported_parameter")
+def _not_supported(param: str, what: str) -> InvalidParameterError:
+    return InvalidParameterError(f"{what} is not supported yet", param, "unsupported_parameter")
 
 
 def _structured(
-    body: _SamplingFields,
+    body: SamplingFields,
     response_format: dict[str, Any] | None,
     tool_calling: ToolCalling | None = None,
 ) -> StructuredOutput | None:
@@ -39,7 +40,9 @@ def _structured(
         if value is not None
     ]
     if len(asked) > 1:
-        raise APIError(400, f"at most one of {', '.join(asked)} per request", param=asked[1])
+        raise InvalidParameterError(
+            f"at most one of {', '.join(asked)} per request", param=asked[1]
+        )
     if tool_calling is not None:
         return tool_calling.to_structured()
     if body.guided_json is not None:
@@ -52,13 +55,13 @@ def _structured(
 
 
 def _tools_with_answer_format(
-    body: _SamplingFields, calling: ToolCalling, answer: StructuredOutput
+    body: SamplingFields, calling: ToolCalling, answer: StructuredOutput
 ) -> StructuredOutput:
     """Tools and a ``response_format``: in ``auto``, a text answer must follow the format
     (calls stay possible); ``required`` and named choices write calls only, so the format
     has nothing to constrain."""
     if body.guided_json or body.guided_regex or body.guided_choice:
-        raise APIError(400, "guided_* cannot be combined with tools", param="tools")
+        raise InvalidParameterError("guided_* cannot be combined with tools", param="tools")
     if calling.mode != "auto":
         return calling.to_structured()
     schema = answer.spec or '{"type": "object"}'  # json_object: any object
@@ -73,21 +76,19 @@ def _response_format(response_format: dict[str, Any]) -> StructuredOutput:
         spec = response_format.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
-            raise APIError(
-                400,
+            raise InvalidParameterError(
                 "response_format.json_schema.schema must be a JSON Schema object",
                 param="response_format.json_schema.schema",
             )
         return StructuredOutput("json_schema", json.dumps(schema), "response_format")
-    raise APIError(
-        400,
+    raise InvalidParameterError(
         f"response_format.type must be text, json_object or json_schema, got {kind!r}",
         param="response_format.type",
     )
 
 
 def _common(
-    body: _SamplingFields,
+    body: SamplingFields,
     max_tokens: int | None,
     logprobs: int | None,
     response_format: dict[str, Any] | None = None,
@@ -116,13 +117,16 @@ def _common(
 def chat_sampling_params(
     body: ChatCompletionRequest, tool_calling: ToolCalling | None = None
 ) -> SamplingParams:
-    """Sampling for a chat request; raises `APIError` 400 for unsupported features.
+    """Sampling for a chat request; raises `InvalidParameterError` for unsupported features.
 
-    ``tool_calling`` (from `plan_tools`) becomes the request's grammar; it cannot be
-    combined with ``response_format`` or a ``guided_*`` field.
+    ``tool_calling`` (from `plan_tools`) becomes the request's grammar; with a
+    ``response_format`` in ``auto`` mode, a text answer must follow that format; it cannot
+    be combined with a ``guided_*`` field.
     """
     if body.top_logprobs is not None and not body.logprobs:
-        raise APIError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
+        raise InvalidParameterError(
+            "top_logprobs requires logprobs to be true", param="top_logprobs"
+        )
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     max_tokens = body.max_completion_tokens or body.max_tokens
     return _common(body, max_tokens, logprobs, body.response_format, tool_calling)

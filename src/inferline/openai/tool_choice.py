@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from inferline.core.errors import InvalidParameterError
 from inferline.core.tool_calls import ToolCalling, ToolFunction, ToolMode
-from inferline.server.errors import APIError
-from inferline.server.schemas import ChatCompletionRequest
+from inferline.openai.schemas import ChatCompletionRequest
 
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
@@ -43,14 +43,16 @@ def plan_tools(body: ChatCompletionRequest) -> ToolPlan:
     names = [f.name for f in functions]
     if len(set(names)) != len(names):
         duplicate = next(n for n in names if names.count(n) > 1)
-        raise APIError(400, f"tools: the function name {duplicate!r} is used twice", param="tools")
+        raise InvalidParameterError(
+            f"tools: the function name {duplicate!r} is used twice", "tools"
+        )
     choice = body.tool_choice
     if choice is None:
         choice = "auto" if functions else "none"
     if choice == "none":
         return ToolPlan()
     if not functions:
-        raise APIError(400, "tool_choice needs tools to choose from", param="tool_choice")
+        raise InvalidParameterError("tool_choice needs tools to choose from", "tool_choice")
     parallel = body.parallel_tool_calls is not False
     if choice in ("auto", "required"):
         mode: ToolMode = "auto" if choice == "auto" else "required"
@@ -59,8 +61,8 @@ def plan_tools(body: ChatCompletionRequest) -> ToolPlan:
         name = _chosen_name(choice)
         chosen = [f for f in functions if f.name == name]
         if not chosen:
-            raise APIError(
-                400, f"tool_choice names {name!r}, which is not in tools", param="tool_choice"
+            raise InvalidParameterError(
+                f"tool_choice names {name!r}, which is not in tools", "tool_choice"
             )
         calling = ToolCalling(tuple(chosen), "named", False)
     return ToolPlan(body.tools, calling)
@@ -69,41 +71,37 @@ def plan_tools(body: ChatCompletionRequest) -> ToolPlan:
 def _function(tool: dict[str, Any], index: int) -> ToolFunction:
     where = f"tools[{index}]"
     if tool.get("type") != "function":
-        raise APIError(400, f"{where}.type must be 'function'", param=f"{where}.type")
+        raise InvalidParameterError(f"{where}.type must be 'function'", f"{where}.type")
     function = tool.get("function")
     if not isinstance(function, dict):
-        raise APIError(400, f"{where}.function must be an object", param=f"{where}.function")
+        raise InvalidParameterError(f"{where}.function must be an object", f"{where}.function")
     name = function.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
-        raise APIError(
-            400,
+        raise InvalidParameterError(
             f"{where}.function.name must be 1-64 letters, digits, '_' or '-'",
-            param=f"{where}.function.name",
+            f"{where}.function.name",
         )
     parameters = function.get("parameters")
     if parameters is None:
         return ToolFunction(name)
     if not isinstance(parameters, dict):
-        raise APIError(
-            400,
+        raise InvalidParameterError(
             f"{where}.function.parameters must be a JSON Schema object",
-            param=f"{where}.function.parameters",
+            f"{where}.function.parameters",
         )
     return ToolFunction(name, json.dumps(parameters or {"type": "object"}))
 
 
 def _chosen_name(choice: str | dict[str, Any]) -> str:
     if isinstance(choice, str):
-        raise APIError(
-            400,
+        raise InvalidParameterError(
             f"tool_choice must be none, auto, required or a named function, got {choice!r}",
             param="tool_choice",
         )
     function = choice.get("function")
     name = function.get("name") if isinstance(function, dict) else None
     if choice.get("type") != "function" or not isinstance(name, str):
-        raise APIError(
-            400,
+        raise InvalidParameterError(
             'tool_choice must look like {"type": "function", "function": {"name": ...}}',
             param="tool_choice",
         )
@@ -117,20 +115,20 @@ def check_tool_messages(body: ChatCompletionRequest) -> None:
             where = f"messages[{i}].tool_calls[{j}]"
             function = call.get("function")
             if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-                raise APIError(400, f"{where}.function.name is missing", param=f"{where}.function")
+                raise InvalidParameterError(
+                    f"{where}.function.name is missing", f"{where}.function"
+                )
             arguments = function.get("arguments", "{}")
             if isinstance(arguments, str):
                 try:
                     json.loads(arguments)
                 except ValueError:
-                    raise APIError(
-                        400,
+                    raise InvalidParameterError(
                         f"{where}.function.arguments is not valid JSON",
-                        param=f"{where}.function.arguments",
+                        f"{where}.function.arguments",
                     ) from None
         if message.role == "tool" and not message.tool_call_id:
-            raise APIError(
-                400,
+            raise InvalidParameterError(
                 f"messages[{i}].tool_call_id is required for a tool message",
-                param=f"messages[{i}].tool_call_id",
+                f"messages[{i}].tool_call_id",
             )

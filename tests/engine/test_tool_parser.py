@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from inferline.server.tool_parser import (
+from inferline.engine.tool_parser import (
     ArgumentsDelta,
     CallStart,
     HermesToolParser,

@@ -1,4 +1,4 @@
-"""Generated text -> content and OpenAI ``tool_calls``, as the text streams in (Hermes format).
+"""Generated text -> content and tool calls, as the text streams in (Hermes format).
 
 The model writes ``text <tool_call>\\n{"name": "f", "arguments": {...}}\\n</tool_call>``.
 `HermesToolParser` turns text deltas into events: content deltas (text outside calls, with
@@ -6,6 +6,8 @@ the whitespace before a call dropped), the start of a call (its id and name, onc
 name is complete) and argument deltas (the raw JSON text of ``arguments``, streamed as it
 arrives, holding back only what may be the closing ``}`` and ``</tool_call>``). A
 non-streaming response runs the same parser over the whole text, so both agree exactly.
+`ToolOutputParser` turns the events into what `CompletionOutput` carries: content deltas
+and `ToolCallDelta`s, with the calls so far.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from inferline.core.outputs import ToolCall, ToolCallDelta
 from inferline.core.tool_calls import CALL_CLOSE, CALL_OPEN
 
 _HEADER = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*(?=\S)')
@@ -224,3 +227,33 @@ def accumulate(events: list[ToolEvent]) -> ParsedMessage:
         elif isinstance(event, ArgumentsDelta):
             parsed.tool_calls[event.index]["function"]["arguments"] += event.text
     return parsed
+
+
+class ToolOutputParser:
+    """One completion's text deltas -> content deltas and tool-call deltas, cumulatively."""
+
+    def __init__(self) -> None:
+        self._parser = HermesToolParser()
+        self.content = ""
+        self._calls: list[list[str]] = []  # [id, name, arguments] per call
+
+    def feed(self, text: str, is_last: bool) -> tuple[str, list[ToolCallDelta]]:
+        """The content and call deltas that ``text`` completes (``is_last``: flush all)."""
+        events = self._parser.feed(text) + (self._parser.finish() if is_last else [])
+        content, deltas = "", []
+        for event in events:
+            if isinstance(event, ContentDelta):
+                content += event.text
+            elif isinstance(event, CallStart):
+                self._calls.append([event.call_id, event.name, ""])
+                deltas.append(ToolCallDelta(event.index, "", event.call_id, event.name))
+            else:
+                self._calls[event.index][2] += event.text
+                deltas.append(ToolCallDelta(event.index, event.text))
+        self.content += content
+        return content, deltas
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        """The calls so far (the last one may still be growing)."""
+        return [ToolCall(call_id, name, arguments) for call_id, name, arguments in self._calls]

@@ -1,7 +1,8 @@
 """Request bodies of the OpenAI-compatible endpoints (pydantic; unknown fields ignored).
 
 Bounds follow the OpenAI spec; our extensions (``top_k``, ``min_p``, ``repetition_penalty``,
-``ignore_eos``, ``stop_token_ids``) follow vLLM's names.
+``ignore_eos``, ``stop_token_ids``, ``guided_*``, ``continue_final_message``) follow vLLM's
+names.
 """
 
 from __future__ import annotations
@@ -11,26 +12,26 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class _Lenient(BaseModel):
+class LenientModel(BaseModel):
     """Fields OpenAI accepts but we do not use are ignored, not rejected."""
 
     model_config = ConfigDict(extra="ignore")
 
 
-class StreamOptions(_Lenient):
+class StreamOptions(LenientModel):
     """``stream_options``: ``include_usage`` adds a final usage chunk."""
 
     include_usage: bool = False
 
 
-class TextPart(_Lenient):
+class TextPart(LenientModel):
     """A text part of a message's content list."""
 
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(_Lenient):
+class ChatMessage(LenientModel):
     """One message of a conversation."""
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
@@ -52,7 +53,7 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 
 
-class _SamplingFields(_Lenient):
+class SamplingFields(LenientModel):
     """Fields shared by chat and completions."""
 
     model: str
@@ -80,7 +81,7 @@ class _SamplingFields(_Lenient):
     guided_json: dict[str, Any] | None = None
 
 
-class ChatCompletionRequest(_SamplingFields):
+class ChatCompletionRequest(SamplingFields):
     """``POST /v1/chat/completions``."""
 
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
@@ -91,9 +92,12 @@ class ChatCompletionRequest(_SamplingFields):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    # vLLM's: the last (assistant) message is a prefix the answer continues
+    continue_final_message: bool = False
+    add_generation_prompt: bool = True
 
 
-class CompletionRequest(_SamplingFields):
+class CompletionRequest(SamplingFields):
     """``POST /v1/completions``."""
 
     prompt: str | list[str] | list[int] | list[list[int]]

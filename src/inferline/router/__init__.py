@@ -1,0 +1,3 @@
+"""The router: one `Generator` over many targets (local engines, remote upstreams)."""
+
+__all__: list[str] = []
