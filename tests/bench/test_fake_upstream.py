@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import openai
 import pytest
 
+import openai
 from inferline.bench.fake_upstream import (
     FakeUpstreamHandle,
     canonical_text,
@@ -23,7 +23,7 @@ from inferline.bench.fake_upstream import (
 
 WORDS = canonical_words()
 TEXT = canonical_text()
-USER = [{"role": "user", "content": "tell me a story"}]
+USER: Any = [{"role": "user", "content": "tell me a story"}]
 
 
 @pytest.fixture(scope="module")
@@ -72,24 +72,26 @@ def test_the_canonical_words_are_distinct() -> None:
         words = canonical_words(n)
         keys = {re.sub(r"[^a-z0-9]", "", w.lower()) for w in words}
         assert len(words) == len(keys) == n
-    assert canonical_words(250)[:60] == WORDS and TEXT == " ".join(WORDS)
+    assert canonical_words(250)[:60] == WORDS and " ".join(WORDS) == TEXT
 
 
 def test_healthy_chat_with_the_sdk(up: FakeUpstreamHandle, sdk: openai.OpenAI) -> None:
-    reply = sdk.chat.completions.create(model="gpt-x", messages=USER)  # type: ignore[arg-type]
+    reply = sdk.chat.completions.create(model="gpt-x", messages=USER)
     assert reply.model == "gpt-x" and reply.choices[0].message.content == TEXT
     assert reply.choices[0].finish_reason == "stop"
     assert reply.usage and (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (4, 60)
     chunks = list(
         sdk.chat.completions.create(
             model="gpt-x",
-            messages=USER,  # type: ignore[arg-type]
+            messages=USER,
             stream=True,
             stream_options={"include_usage": True},
             max_tokens=7,
         )
     )
-    pieces = [c.choices[0].delta.content for c in chunks[1:] if c.choices and c.choices[0].delta.content]
+    pieces = [
+        c.choices[0].delta.content for c in chunks[1:] if c.choices and c.choices[0].delta.content
+    ]
     assert pieces == [WORDS[0]] + [" " + w for w in WORDS[1:7]]  # one word per chunk
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-2].choices[0].finish_reason == "length"
@@ -102,7 +104,9 @@ def test_healthy_chat_with_the_sdk(up: FakeUpstreamHandle, sdk: openai.OpenAI) -
 
 def test_completions_and_models(up: FakeUpstreamHandle, sdk: openai.OpenAI) -> None:
     reply = sdk.completions.create(model="base", prompt="once upon", max_tokens=3)
-    assert reply.choices[0].text == "Quietly, the amber" and reply.choices[0].finish_reason == "length"
+    assert (
+        reply.choices[0].text == "Quietly, the amber" and reply.choices[0].finish_reason == "length"
+    )
     events = sse(up, "/completions")
     assert events[-1] == "[DONE]" and stream_text(events) == TEXT and len(events) == 62
     assert [m.id for m in sdk.models.list()] == ["fake-model"]
@@ -112,12 +116,13 @@ def test_completions_and_models(up: FakeUpstreamHandle, sdk: openai.OpenAI) -> N
 def test_chat_continuation_completes_the_canonical_text(up: FakeUpstreamHandle, m: int) -> None:
     prefixes = {" ".join(WORDS[:m]), " ".join(WORDS[:m]) + " " if m else ""}
     for prefix in prefixes:
+        expected = TEXT[len(prefix) :] if m < 60 else ""  # prefix + continuation == TEXT
         messages = [*USER, {"role": "assistant", "content": prefix}]
         reply = chat(up, messages=messages, continue_final_message=True).json()
-        assert prefix + reply["choices"][0]["message"]["content"] == TEXT
+        assert reply["choices"][0]["message"]["content"] == expected
         assert reply["usage"]["completion_tokens"] == 60 - m
         events = sse(up, messages=[*USER, {"role": "assistant", "content": prefix, "prefix": True}])
-        assert prefix + stream_text(events) == TEXT
+        assert stream_text(events) == expected
     assert {(e["continuation"], e["prefix_words"]) for e in up.log()} == {(True, m)}
 
 
@@ -144,21 +149,25 @@ def test_continuation_errors_and_completions_rule(up: FakeUpstreamHandle) -> Non
         ({"status": 401}, openai.AuthenticationError, "invalid_api_key"),
     ],
 )
-def test_status_faults(up: FakeUpstreamHandle, sdk: openai.OpenAI, fault: Any, error: Any, code: Any) -> None:
+def test_status_faults(
+    up: FakeUpstreamHandle, sdk: openai.OpenAI, fault: Any, error: Any, code: Any
+) -> None:
     up.script("*", {"kind": "status", **fault})
     with pytest.raises(error) as caught:
-        sdk.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+        sdk.chat.completions.create(model="m", messages=USER)
     assert caught.value.code == code and caught.value.status_code == fault.get("status", 400)
-    assert caught.value.response.headers.get("retry-after") == ("2" if "retry_after" in fault else None)
+    assert caught.value.response.headers.get("retry-after") == (
+        "2" if "retry_after" in fault else None
+    )
     if code == "context_length_exceeded":
         assert "maximum context length is 8192 tokens" in caught.value.message
-    assert sdk.chat.completions.create(model="m", messages=USER).choices  # type: ignore[arg-type]
+    assert sdk.chat.completions.create(model="m", messages=USER).choices
 
 
 def test_the_log_counts_sdk_retries(up: FakeUpstreamHandle) -> None:
     up.script("m", {"kind": "status", "status": 429, "retry_after": 0.05})
     with openai.OpenAI(base_url=up.api_base, api_key="x", max_retries=2) as client:
-        assert client.chat.completions.create(model="m", messages=USER).choices  # type: ignore[arg-type]
+        assert client.chat.completions.create(model="m", messages=USER).choices
     assert [e["status"] for e in up.log(endpoint="/v1/chat/completions")] == [429, 200]
     assert up.log()[0]["fault"] == {"kind": "status", "status": 429, "retry_after": 0.05}
 
@@ -186,7 +195,9 @@ def test_script_fifo_times_and_reset(up: FakeUpstreamHandle) -> None:
     assert codes == [429, 429, 200, 500, 503, 503, 503]
     up.reset()
     assert chat(up, model="a").status_code == 200 and len(up.log()) == 1
-    bad = httpx.post(up.base_url + "/_control/script", json={"model": "a", "faults": [{"kind": "x"}]})
+    bad = httpx.post(
+        up.base_url + "/_control/script", json={"model": "a", "faults": [{"kind": "x"}]}
+    )
     assert bad.status_code == 400 and not up.control("GET", "/_control/script")["scripts"]
 
 
@@ -195,7 +206,10 @@ def test_refuse_prefix(up: FakeUpstreamHandle) -> None:
     assert chat(up).status_code == 200
     continuation = [*USER, {"role": "assistant", "content": "Quietly,"}]
     response = chat(up, messages=continuation, continue_final_message=True)
-    assert response.status_code == 400 and "continue_final_message" in response.json()["error"]["message"]
+    assert (
+        response.status_code == 400
+        and "continue_final_message" in response.json()["error"]["message"]
+    )
 
 
 def test_hang_until_the_client_times_out(up: FakeUpstreamHandle) -> None:
@@ -222,8 +236,8 @@ def test_first_token_delay(up: FakeUpstreamHandle) -> None:
 def test_cut_drops_the_connection(up: FakeUpstreamHandle, sdk: openai.OpenAI) -> None:
     up.script("*", {"kind": "cut", "after": 40}, {"kind": "cut"})
     seen: list[str] = []
-    with pytest.raises(openai.APIConnectionError):  # noqa: PT012
-        for chunk in sdk.chat.completions.create(model="m", messages=USER, stream=True):  # type: ignore[arg-type]
+    with pytest.raises(openai.APIConnectionError):
+        for chunk in sdk.chat.completions.create(model="m", messages=USER, stream=True):
             seen.append(chunk.choices[0].delta.content or "")
     assert "".join(seen) == " ".join(WORDS[:40])
     with pytest.raises(httpx.RemoteProtocolError):
@@ -232,7 +246,9 @@ def test_cut_drops_the_connection(up: FakeUpstreamHandle, sdk: openai.OpenAI) ->
 
 
 def test_stall_pauses_then_continues(up: FakeUpstreamHandle) -> None:
-    up.script("*", {"kind": "stall", "after": 10, "duration": 0.5}, {"kind": "stall", "duration": None})
+    up.script(
+        "*", {"kind": "stall", "after": 10, "duration": 0.5}, {"kind": "stall", "duration": None}
+    )
     body = {"model": "m", "messages": USER, "stream": True}
     arrivals: list[tuple[float, str]] = []
     with httpx.stream("POST", up.api_base + "/chat/completions", json=body, timeout=5) as response:
@@ -247,16 +263,21 @@ def test_stall_pauses_then_continues(up: FakeUpstreamHandle) -> None:
 
 
 def test_malformed_and_no_done(up: FakeUpstreamHandle, sdk: openai.OpenAI) -> None:
-    up.script("*", {"kind": "malformed", "after": 3}, {"kind": "malformed", "after": 3, "then": "stop"})
+    up.script(
+        "*", {"kind": "malformed", "after": 3}, {"kind": "malformed", "after": 3, "then": "stop"}
+    )
     events = sse(up)
     assert events[4] == "{not json" and events[-1] == "[DONE]" and len(events) == 64
     assert sse(up)[-1] == "{not json"
     up.script("*", {"kind": "malformed"})
     with pytest.raises(ValueError):
-        list(sdk.chat.completions.create(model="m", messages=USER, stream=True))  # type: ignore[arg-type]
+        list(sdk.chat.completions.create(model="m", messages=USER, stream=True))
     up.script("*", {"kind": "no_done"}, {"kind": "no_done", "finish": False})
     events = sse(up)
-    assert json.loads(events[-1])["choices"][0]["finish_reason"] == "stop" and stream_text(events) == TEXT
+    assert (
+        json.loads(events[-1])["choices"][0]["finish_reason"] == "stop"
+        and stream_text(events) == TEXT
+    )
     events = sse(up, stream_options={"include_usage": True})
     assert json.loads(events[-1])["usage"]["completion_tokens"] == 60
     assert all(json.loads(e)["choices"][0]["finish_reason"] is None for e in events[:-1])
@@ -264,9 +285,12 @@ def test_malformed_and_no_done(up: FakeUpstreamHandle, sdk: openai.OpenAI) -> No
 
 def test_content_filter_200(up: FakeUpstreamHandle, sdk: openai.OpenAI) -> None:
     up.script("*", {"kind": "content_filter_200", "times": 2})
-    reply = sdk.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
-    assert reply.choices[0].finish_reason == "content_filter" and reply.choices[0].message.content == ""
-    chunks = list(sdk.chat.completions.create(model="m", messages=USER, stream=True))  # type: ignore[arg-type]
+    reply = sdk.chat.completions.create(model="m", messages=USER)
+    assert (
+        reply.choices[0].finish_reason == "content_filter"
+        and reply.choices[0].message.content == ""
+    )
+    chunks = list(sdk.chat.completions.create(model="m", messages=USER, stream=True))
     assert [c.choices[0].finish_reason for c in chunks] == [None, "content_filter"]
 
 
@@ -282,9 +306,9 @@ def test_flap(up: FakeUpstreamHandle) -> None:
 
 def test_the_reset_port(up: FakeUpstreamHandle) -> None:
     assert up.reset_url is not None
-    with openai.OpenAI(base_url=up.reset_url, api_key="x", max_retries=0) as client:
-        with pytest.raises(openai.APIConnectionError):
-            client.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+    client = openai.OpenAI(base_url=up.reset_url, api_key="x", max_retries=0)
+    with client, pytest.raises(openai.APIConnectionError):
+        client.chat.completions.create(model="m", messages=USER)
     with pytest.raises(httpx.TransportError):
         httpx.get(up.reset_url + "/models")
 
@@ -302,13 +326,13 @@ def test_token_delay_paces_the_stream(up: FakeUpstreamHandle) -> None:
 def test_stop_releases_paused_requests() -> None:
     handle = start_fake_upstream()
     handle.script("*", {"kind": "hang"})
-    errors: list[BaseException] = []
+    results: list[object] = []
 
     def call() -> None:
         try:
-            chat(handle, timeout=10)
+            results.append(chat(handle, timeout=10).status_code)
         except httpx.HTTPError as exc:
-            errors.append(exc)
+            results.append(exc)
 
     thread = threading.Thread(target=call)
     thread.start()
@@ -316,7 +340,7 @@ def test_stop_releases_paused_requests() -> None:
     start = time.monotonic()
     handle.stop()
     thread.join(5)
-    assert time.monotonic() - start < 2 and not thread.is_alive() and len(errors) == 1
+    assert time.monotonic() - start < 2 and not thread.is_alive() and results == [500]
 
 
 def test_the_subprocess_runner_and_cli() -> None:

@@ -1,4 +1,5 @@
-"""`inferline` entry point: `serve`, `generate`, `chat`, `models`, `logs`, `bench`, `batch`."""
+"""`inferline` entry point: `serve`, `generate`, `chat`, `models`, `logs`, `bench`, `batch`,
+`config`."""
 
 from __future__ import annotations
 
@@ -59,11 +60,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
-    from inferline.cli import batch, bench, chat, generate, logs, models, serve
+    from inferline.cli import batch, bench, chat, config_cmd, generate, logs, models, serve
 
     parser = argparse.ArgumentParser(prog="inferline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (serve, generate, chat, models, logs, bench, batch):
+    for module in (serve, generate, chat, models, logs, bench, batch, config_cmd):
         module.register(sub)
     return parser
 

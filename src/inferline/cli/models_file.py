@@ -69,7 +69,8 @@ def parse_specs(document: Any, base_dir: Path) -> list[PredictorSpec]:
     if not isinstance(document, dict) or not isinstance(document.get("models"), list):
         raise InvalidParameterError("the models file needs a top-level list `models:`", "models")
     specs = [
-        _parse_entry(entry, f"models[{i}]", base_dir) for i, entry in enumerate(document["models"])
+        parse_predictor(entry, f"models[{i}]", base_dir)
+        for i, entry in enumerate(document["models"])
     ]
     names = [spec.name for spec in specs]
     duplicate = next((n for n in names if names.count(n) > 1), None)
@@ -78,7 +79,8 @@ def parse_specs(document: Any, base_dir: Path) -> list[PredictorSpec]:
     return specs
 
 
-def _parse_entry(entry: Any, where: str, base_dir: Path) -> PredictorSpec:
+def parse_predictor(entry: Any, where: str, base_dir: Path) -> PredictorSpec:
+    """One entry of a one-pass kind (the ``where`` names its place in the file)."""
     if not isinstance(entry, dict):
         raise InvalidParameterError(f"{where}: expected a mapping", where)
     unknown = sorted(set(entry) - _KEYS)

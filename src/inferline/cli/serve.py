@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -65,7 +67,8 @@ def register(sub: Any) -> None:
         "--config",
         type=Path,
         default=None,
-        help="models file: embedding and tabular models to serve beside the LLM (YAML)",
+        help="config file (YAML): models (local llm, remote openai, embedding and classic "
+        "models) and routes over them; reloaded on SIGHUP or POST /admin/reload",
     )
     p.add_argument(
         "--trust-pickle",
@@ -115,23 +118,26 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _load_summary(generator: object) -> str:
-    """One line on what was loaded: model, weight format (and the measured crossover)."""
-    loaded = getattr(getattr(generator, "engine", None), "loaded", None)
-    if loaded is None:
-        return "model loaded"
-    weights = loaded.weight_format
-    if weights == "mixed":
-        rows = getattr(loaded.model, "int4_max_rows", 0)
-        weights += f" (int4 up to {rows} rows, W8A8 above: measured on this CPU)"
-    return (
-        f"loaded {loaded.name} in {loaded.load_time_s:.1f} s: weights {weights}, "
-        f"kernels {loaded.kernels}"
-    )
+def _load_summary(gateway: Any) -> str:
+    """What was loaded: per local model its weight format (and the measured crossover)."""
+    lines = []
+    for target in gateway.router.targets.values():
+        loaded = getattr(getattr(target.generator, "engine", None), "loaded", None)
+        if loaded is None:
+            continue
+        weights = loaded.weight_format
+        if weights == "mixed":
+            rows = getattr(loaded.model, "int4_max_rows", 0)
+            weights += f" (int4 up to {rows} rows, W8A8 above: measured on this CPU)"
+        lines.append(
+            f"{target.name}: loaded {loaded.name} in {loaded.load_time_s:.1f} s: weights "
+            f"{weights}, kernels {loaded.kernels}"
+        )
+    return "\n".join([*lines, gateway.summary()])
 
 
 def run(args: argparse.Namespace) -> int:
-    """Loads the model, starts the server, returns 0 after a graceful shutdown."""
+    """Loads the models, starts the server, returns 0 after a graceful shutdown."""
     import uvicorn
 
     from inferline.cli.server_factory import build_app
@@ -143,8 +149,9 @@ def run(args: argparse.Namespace) -> int:
             "(or --insecure-no-auth if the network is trusted)",
             "host",
         )
-    app, state = build_app(args, api_keys, default_cache_dir())
-    print(f"inferline: {_load_summary(state.generator)}", file=sys.stderr)
+    app, state, gateway = build_app(args, api_keys, default_cache_dir())
+    for line in _load_summary(gateway).splitlines():
+        print(f"inferline: {line}", file=sys.stderr)
     config = uvicorn.Config(
         app,
         host=args.host,
@@ -159,12 +166,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 class _DrainingServer:
-    """uvicorn.Server that marks the app draining the moment SIGTERM/SIGINT arrives."""
+    """uvicorn.Server that marks the app draining the moment SIGTERM/SIGINT arrives, and
+    reloads the config on SIGHUP."""
 
     def __new__(cls, config: Any, state: Any) -> Any:
         import uvicorn
 
         class Server(uvicorn.Server):
+            async def startup(self, sockets: Any = None) -> None:
+                await super().startup(sockets)
+                if state.reload is not None and hasattr(signal, "SIGHUP"):
+                    loop = asyncio.get_running_loop()
+                    loop.add_signal_handler(signal.SIGHUP, _reload_in_background, state)
+
             def handle_exit(self, sig: int, frame: Any) -> None:
                 state.is_draining = True  # new requests get 503 while in-flight ones finish
                 super().handle_exit(sig, frame)
@@ -175,3 +189,21 @@ class _DrainingServer:
                     captured.clear()
 
         return Server(config)
+
+
+_RELOADS: set[asyncio.Task[Any]] = set()
+
+
+def _reload_in_background(state: Any) -> None:
+    """SIGHUP: reload the config; a bad one is reported and the old one stays."""
+
+    async def reload() -> None:
+        try:
+            result = await state.reload()
+            print(f"inferline: reloaded: {result}", file=sys.stderr)
+        except InvalidParameterError as error:
+            print(f"inferline: reload refused, the old config stays: {error}", file=sys.stderr)
+
+    task = asyncio.get_running_loop().create_task(reload())
+    _RELOADS.add(task)
+    task.add_done_callback(_RELOADS.discard)

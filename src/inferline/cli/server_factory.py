@@ -1,12 +1,13 @@
-"""Builds the engine, request log and app for `inferline serve` (the wiring, in one place)."""
+"""Builds the router, request log and app for `inferline serve` (the wiring, in one place)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
-from inferline.cli.engine_factory import engine_config
+from inferline.cli.gateway_factory import Gateway
 from inferline.server import ServerConfig, create_app
 from inferline.server.state import ServerState
 from inferline.store import RequestLog, RequestLogWriter, connect, default_database_url, migrate
@@ -14,43 +15,24 @@ from inferline.store import RequestLog, RequestLogWriter, connect, default_datab
 
 def build_app(
     args: argparse.Namespace, api_keys: tuple[str, ...], data_dir: Path
-) -> tuple[Any, ServerState]:
-    """Loads the models (slow), opens the request log, returns the app and its state."""
+) -> tuple[Any, ServerState, Gateway]:
+    """Checks the config, loads the models (slow), opens the request log; returns the app,
+    its state and the gateway (routes and targets, reloadable)."""
+    from inferline.cli.gateway_factory import serve_config
+
+    config = serve_config(args, os.environ)  # every mistake is reported before a load
     predictors = []
-    if args.config is not None:  # read and check the models file before the slow part
-        from inferline.cli.models_file import load_specs
+    if config.predictors:
         from inferline.cli.predictor_factory import build_predictors
 
-        specs = load_specs(args.config)
-        predictors = build_predictors(specs, data_dir, trust_pickle=args.trust_pickle)
-    from inferline.engine import (
-        AsyncEngine,
-        FrontendConfig,
-        LLMEngine,
-        SchedulerConfig,
-    )
-
-    engine_settings = engine_config(
-        args,
-        data_dir,
-        scheduler=SchedulerConfig(
-            max_num_batched_tokens=args.max_num_batched_tokens,
-            max_num_seqs=args.max_num_seqs,
-            batch_token_share=args.batch_token_share,
-            batch_prefill_tokens=args.batch_prefill_tokens,
-        ),
-    )
-    generator = AsyncEngine(
-        lambda: LLMEngine(engine_settings),  # built on the engine thread (see AsyncEngine)
-        FrontendConfig(
-            max_queued_requests=args.max_queued_requests, stall_timeout_s=args.stall_timeout
-        ),
-        name=(args.served_model_name or [args.model])[0],
-    )
+        predictors = build_predictors(
+            list(config.predictors), data_dir, trust_pickle=args.trust_pickle
+        )
+    gateway = Gateway(args, data_dir, os.environ)
     database = connect(args.database_url or default_database_url(data_dir))
     migrate(database)
     writer = RequestLogWriter(RequestLog(database))
-    config = ServerConfig(
+    server_config = ServerConfig(
         api_keys=api_keys,
         cors_origins=tuple(args.cors_origin),
         max_body_bytes=args.max_body_bytes,
@@ -65,5 +47,12 @@ def build_app(
         api_keys[0] if api_keys else None,
         max_in_flight=args.batch_max_in_flight,
     )
-    app = create_app(generator, config, log_writer=writer, predictors=predictors, extensions=[jobs])
-    return app, app.state.inferline
+    app = create_app(
+        gateway.router,
+        server_config,
+        log_writer=writer,
+        predictors=predictors,
+        extensions=[jobs],
+        reload=gateway.reload if args.config is not None else None,
+    )
+    return app, app.state.inferline, gateway

@@ -101,7 +101,8 @@ def route_headers(request_id: str, route: RouteReport | None) -> dict[str, str]:
     headers["x-inferline-route"] = route.route
     if route.target:
         headers["x-inferline-target"] = route.target
-    headers["x-inferline-attempts"] = str(len(route.attempts))
+    tried = sum(1 for attempt in route.attempts if attempt.status != "skipped")
+    headers["x-inferline-attempts"] = str(tried)
     if route.fallback_reason:
         headers["x-inferline-fallback-reason"] = route.fallback_reason
     return headers

@@ -1,0 +1,93 @@
+"""The config file of ``inferline serve --config FILE``: models and routes, checked whole
+before anything loads (``inferline config check FILE`` runs the same check).
+
+Three kinds of ``models:`` entries: ``llm`` and ``openai`` generate text (see
+`config_models`), the one-pass kinds (``sentence-embeddings``, ``onnx``, ...) run
+micro-batched (see `models_file`); ``routes:`` (see `config_routes`) put several text
+models behind one name. Every model entry is also addressable by its own name, so names
+are unique across models and routes. A mistake is an error naming its place:
+``routes[0].targets[1]: unknown model 'parnter'``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inferline.cli.config_fields import fail, mapping, value
+from inferline.cli.config_models import LocalModelSpec, UpstreamSpec, parse_llm, parse_openai
+from inferline.cli.config_routes import parse_route
+from inferline.cli.models_file import KINDS as PREDICTOR_KINDS
+from inferline.cli.models_file import PredictorSpec, parse_predictor
+from inferline.core.errors import InvalidParameterError
+from inferline.router.config import RouteConfig
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything a config file describes."""
+
+    local: tuple[LocalModelSpec, ...] = ()
+    upstreams: tuple[UpstreamSpec, ...] = ()
+    predictors: tuple[PredictorSpec, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+    path: Path | None = field(default=None, compare=False)
+
+    @property
+    def generator_names(self) -> list[str]:
+        """The entries that generate text, in file order."""
+        return [m.name for m in self.local] + [u.name for u in self.upstreams]
+
+
+def load_config(path: Path, environ: Mapping[str, str]) -> ServeConfig:
+    """Reads and checks a config file (relative paths are relative to it)."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise InvalidParameterError(
+            f"cannot read the config file {path}: {error}", "config"
+        ) from error
+    except yaml.YAMLError as error:
+        raise InvalidParameterError(f"{path} is not valid YAML: {error}", "config") from error
+    config = parse_config(document, path.parent, environ)
+    return ServeConfig(config.local, config.upstreams, config.predictors, config.routes, path)
+
+
+def parse_config(document: Any, base_dir: Path, environ: Mapping[str, str]) -> ServeConfig:
+    """Checks a parsed config document (see the module docstring)."""
+    if not isinstance(document, dict) or not isinstance(document.get("models"), list):
+        raise InvalidParameterError("the config file needs a top-level list `models:`", "models")
+    mapping(document, "config", {"models", "routes"})
+    local, upstreams, predictors = [], [], []
+    names: set[str] = set()
+    for index, raw in enumerate(document["models"]):
+        place = f"models[{index}]"
+        entry = mapping(raw, place)
+        name, kind = value(entry, "name", str, place), value(entry, "kind", str, place)
+        if name in names:
+            raise fail(f"{place}.name", f"the name {name!r} is used twice")
+        names.add(name)
+        if kind == "llm":
+            local.append(parse_llm(entry, place, base_dir))
+        elif kind == "openai":
+            upstreams.append(parse_openai(entry, place, environ))
+        elif kind in PREDICTOR_KINDS:
+            predictors.append(parse_predictor(entry, place, base_dir))
+        else:
+            kinds = ", ".join(("llm", "openai", *PREDICTOR_KINDS))
+            raise fail(f"{place}.kind", f"{kind!r} is not one of {kinds}")
+    generators = {m.name for m in local} | {u.name for u in upstreams}
+    routes = []
+    for index, raw in enumerate(value(document, "routes", list, "config", [])):
+        route = parse_route(raw, f"routes[{index}]", generators)
+        if route.name in names:
+            raise fail(f"routes[{index}].name", f"the name {route.name!r} is already used")
+        names.add(route.name)
+        routes.append(route)
+    if routes and not generators:
+        raise fail("routes", "routes need models of kind llm or openai")
+    return ServeConfig(tuple(local), tuple(upstreams), tuple(predictors), tuple(routes))

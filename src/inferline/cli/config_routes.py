@@ -1,0 +1,72 @@
+"""The ``routes:`` section: what clients put in ``model`` and how it is served.
+
+```yaml
+routes:
+  - name: support-bot
+    strategy: fallback            # fallback | weighted | least_loaded | cascade
+    targets: [partner, small]     # or [{name: a, weight: 3}, {name: b, weight: 1}]
+    retry: {attempts: 2, backoff_ms: 200, max_backoff_ms: 5000}
+    deadline_s: 30
+    checks:                       # cascade only: when a cheap answer is good enough
+      - {kind: logprob_mean, threshold: -0.8}
+    sticky: true                  # weighted: the same user/session keeps its target
+```
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inferline.cli.config_fields import build, fail, mapping, section, value
+from inferline.router.config import CheckConfig, RetryPolicy, RouteConfig, TargetRef
+
+_ROUTE_KEYS = {"name", "strategy", "targets", "retry", "deadline_s", "checks", "sticky"}
+_CHECK_KEYS = {"kind", "threshold", "pattern"}
+
+
+def parse_route(raw: Any, place: str, generators: set[str]) -> RouteConfig:
+    """One route; its targets must name ``generators`` (``kind: llm`` or ``openai``)."""
+    entry = mapping(raw, place, _ROUTE_KEYS)
+    targets = value(entry, "targets", list, place)
+    refs = tuple(
+        _target_ref(item, f"{place}.targets[{i}]", generators) for i, item in enumerate(targets)
+    )
+    checks = value(entry, "checks", list, place, [])
+    fields = {
+        "name": value(entry, "name", str, place),
+        "strategy": value(entry, "strategy", str, place, "fallback"),
+        "targets": refs,
+        "retry": section(
+            entry,
+            "retry",
+            place,
+            RetryPolicy,
+            {"attempts": int, "backoff_ms": float, "max_backoff_ms": float},
+        ),  # fmt: skip
+        "deadline_s": value(entry, "deadline_s", float, place, None),
+        "checks": tuple(_check(item, f"{place}.checks[{i}]") for i, item in enumerate(checks)),
+        "sticky": value(entry, "sticky", bool, place, True),
+    }
+    return build(RouteConfig, fields, place)
+
+
+def _target_ref(raw: Any, place: str, generators: set[str]) -> TargetRef:
+    if isinstance(raw, str):
+        name, weight = raw, 1.0
+    else:
+        entry = mapping(raw, place, {"name", "weight"})
+        name, weight = value(entry, "name", str, place), value(entry, "weight", float, place, 1.0)
+    if name not in generators:
+        known = ", ".join(sorted(generators)) or "none"
+        raise fail(place, f"unknown model {name!r} (models that generate text: {known})")
+    return build(TargetRef, {"name": name, "weight": weight}, place)
+
+
+def _check(raw: Any, place: str) -> CheckConfig:
+    entry = mapping(raw, place, _CHECK_KEYS)
+    fields = {
+        "kind": value(entry, "kind", str, place),
+        "threshold": value(entry, "threshold", float, place, 0.0),
+        "pattern": value(entry, "pattern", str, place, ""),
+    }
+    return build(CheckConfig, fields, place)

@@ -1,0 +1,163 @@
+"""Builds the router of ``inferline serve``: local engines, upstream clients, targets,
+routes, and reloads them (``POST /admin/reload``, SIGHUP) without dropping a request."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from inferline.cli.config_file import ServeConfig, load_config
+from inferline.cli.config_models import LocalModelSpec, UpstreamSpec
+from inferline.core.errors import InvalidParameterError
+from inferline.core.protocols import Generator
+from inferline.router.config import RetryPolicy, RouteConfig, TargetConfig, TargetRef
+from inferline.router.router import Router
+from inferline.router.target import Target
+
+logger = logging.getLogger(__name__)
+Spec = LocalModelSpec | UpstreamSpec
+
+
+def single_model_config(args: argparse.Namespace) -> ServeConfig:
+    """``serve --model X`` as a config: one local model, named by the first
+    ``--served-model-name`` (default X); the other names are routes to it."""
+    names = list(args.served_model_name or [args.model])
+    model = LocalModelSpec(names[0], args.model, {}, TargetConfig(names[0]))
+    aliases = tuple(
+        RouteConfig(alias, (TargetRef(names[0]),), retry=RetryPolicy(attempts=1))
+        for alias in dict.fromkeys(names[1:])
+        if alias != names[0]
+    )
+    return ServeConfig(local=(model,), routes=aliases)
+
+
+def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeConfig:
+    """The config file if it names text models, else ``--model`` beside its predictors."""
+    if args.config is None:
+        return single_model_config(args)
+    config = load_config(args.config, environ)
+    if config.generator_names:
+        return config
+    single = single_model_config(args)
+    return dataclasses.replace(single, predictors=config.predictors, path=config.path)
+
+
+def _build_local(spec: LocalModelSpec, args: argparse.Namespace, data_dir: Path) -> Generator:
+    """A local engine on its own thread (slow: loads the model)."""
+    from inferline.cli.engine_factory import engine_config
+    from inferline.engine import AsyncEngine, FrontendConfig, LLMEngine, SchedulerConfig
+
+    options = {**vars(args), **spec.engine, "model": spec.source}
+    settings = argparse.Namespace(**options)
+    scheduler = SchedulerConfig(
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+        max_num_seqs=settings.max_num_seqs,
+        batch_token_share=settings.batch_token_share,
+        batch_prefill_tokens=settings.batch_prefill_tokens,
+    )
+    config = engine_config(settings, data_dir, scheduler=scheduler)
+    frontend = FrontendConfig(
+        max_queued_requests=settings.max_queued_requests, stall_timeout_s=settings.stall_timeout
+    )
+    # built on the engine thread (see AsyncEngine)
+    return AsyncEngine(lambda: LLMEngine(config), frontend, name=spec.name)
+
+
+def _build_upstream(spec: UpstreamSpec) -> Generator:
+    from inferline.client import UpstreamClient
+
+    return UpstreamClient(spec.client)
+
+
+class Gateway:
+    """The targets and routes in force, built from a `ServeConfig`, and their reload."""
+
+    def __init__(self, args: argparse.Namespace, data_dir: Path, environ: Mapping[str, str]):
+        self.args, self.data_dir, self.environ = args, data_dir, environ
+        self.config = serve_config(args, environ)
+        self._targets: dict[str, tuple[Spec, Target]] = {}
+        self.router = Router(
+            [self._target(spec) for spec in self._specs(self.config)], self.config.routes
+        )
+
+    @staticmethod
+    def _specs(config: ServeConfig) -> list[Spec]:
+        return [*config.local, *config.upstreams]
+
+    def _target(self, spec: Spec) -> Target:
+        target = self._make_target(spec)
+        self._targets[spec.name] = (spec, target)
+        return target
+
+    def _make_target(self, spec: Spec) -> Target:
+        if isinstance(spec, LocalModelSpec):
+            generator = _build_local(spec, self.args, self.data_dir)
+        else:
+            generator = _build_upstream(spec)
+        return Target(spec.target, generator)
+
+    def summary(self) -> str:
+        """One line per model entry and route (for the server's start-up output)."""
+        lines = []
+        for spec, target in self._targets.values():
+            where = spec.source if isinstance(spec, LocalModelSpec) else spec.client.base_url
+            lines.append(f"model {spec.name}: {target.config.kind} {where}")
+        lines += [
+            f"route {r.name}: {r.strategy} over {', '.join(t.name for t in r.targets)}"
+            for r in self.config.routes
+        ]
+        return "\n".join(lines)
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-reads the config file; a bad one is refused (the old one stays). New models
+        load before traffic moves to them; dropped ones drain, then stop."""
+        if self.config.path is None:
+            raise InvalidParameterError("the server was not started with --config", "config")
+        args = argparse.Namespace(**{**vars(self.args), "config": self.config.path})
+        new = serve_config(args, self.environ)
+        if new.predictors != self.config.predictors:
+            raise InvalidParameterError(
+                "the embedding and classic models changed: restart the server to apply that",
+                "models",
+            )
+        kept, loaded, targets, built = [], [], [], []
+        try:
+            for spec in self._specs(new):
+                old = self._targets.get(spec.name)
+                if old is not None and old[0] == spec:
+                    targets.append(old[1])
+                    kept.append(spec.name)
+                    continue
+                target = await asyncio.to_thread(self._make_target, spec)
+                built.append((spec, target))
+                targets.append(target)
+                loaded.append(spec.name)
+            dropped = await self.router.replace(targets, new.routes)
+        except Exception as error:
+            for _, target in built:
+                await target.generator.shutdown(0)
+            if isinstance(error, InvalidParameterError):
+                raise
+            raise InvalidParameterError(f"reload failed: {error}", "config") from error
+        self._targets = {
+            spec.name: (spec, target)
+            for spec, target in [*((s, t) for s, t in self._targets.values()), *built]
+            if target in targets
+        }
+        for target in dropped:
+            asyncio.create_task(target.generator.shutdown(self.args.drain_timeout))
+        self.config = new
+        names = sorted(t.name for t in dropped)
+        logger.warning("reloaded %s: loaded %s, dropped %s", new.path, loaded, names)
+        return {
+            "object": "reload",
+            "loaded": loaded,
+            "kept": kept,
+            "dropped": names,
+            "routes": [r.name for r in new.routes],
+        }

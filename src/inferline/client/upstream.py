@@ -1,0 +1,263 @@
+"""`UpstreamClient`: a remote OpenAI-compatible server as a `core.Generator`.
+
+Each request is asked of the upstream as a stream (whatever the gateway's client asked),
+so the time to first token, stalls and cuts are seen per attempt; failures are typed
+(`inferline.client.errors`) and never retried here: the router owns retries, fallbacks
+and breakers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx
+
+from inferline.client.config import UpstreamConfig
+from inferline.client.errors import error_from_response, error_from_transport
+from inferline.client.flight import Aborted, Flight
+from inferline.client.stream import Deadlines, UpstreamStream
+from inferline.core.errors import (
+    InvalidParameterError,
+    StreamInterruptedError,
+    UnknownModelError,
+    UpstreamConfigError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from inferline.core.outputs import RequestMetrics, RequestOutput
+from inferline.core.protocols import GenerationRequest, GeneratorStats, HealthReport, ModelInfo
+from inferline.openai.upstream import ChunkAccumulator, UpstreamCall, upstream_call
+
+EMBEDDINGS_PATH = "/embeddings"
+_DRAIN_POLL_S = 0.02
+_STREAM_HEADERS = {"Accept": "text/event-stream", "Accept-Encoding": "identity"}
+
+
+class UpstreamClient:
+    """One upstream (`UpstreamConfig`) behind the `Generator` protocol, plus embeddings.
+
+    Requests only ever go to ``config.base_url`` + a fixed path; redirects are not
+    followed, the environment (proxies, ``.netrc``) is not read. ``transport`` replaces
+    the network (tests pass an ``httpx.MockTransport``).
+    """
+
+    def __init__(
+        self, config: UpstreamConfig, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.config = config
+        self._transport = transport
+        self._http: httpx.AsyncClient | None = None
+        self._flights: dict[str, Flight] = {}
+        self._num_embeddings = 0
+        self._is_accepting = True
+
+    @property
+    def name(self) -> str:
+        """The model entry's name (``config.name``)."""
+        return self.config.name
+
+    @property
+    def can_continue(self) -> bool:
+        """Whether a chat request with an ``assistant_prefix`` can be sent here."""
+        return self.config.can_continue
+
+    async def start(self) -> None:
+        """Opens the connection pool (if not yet) and admits requests."""
+        self._is_accepting = True
+        self._client()
+
+    async def shutdown(self, drain_timeout_s: float) -> None:
+        """Stops admitting, waits up to ``drain_timeout_s`` for requests in flight, then
+        ends the rest with `StreamInterruptedError` (code ``shutdown``) and closes the pool."""
+        self._is_accepting = False
+        deadline = time.monotonic() + drain_timeout_s
+        while (self._flights or self._num_embeddings) and time.monotonic() < deadline:
+            await asyncio.sleep(_DRAIN_POLL_S)
+        for flight in list(self._flights.values()):
+            flight.stop(
+                StreamInterruptedError(
+                    f"{self.name}: the client shut down before the answer ended",
+                    target=self.name,
+                    code="shutdown",
+                )
+            )
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.aclose()
+
+    async def submit(self, request: GenerationRequest) -> AsyncGenerator[RequestOutput, None]:
+        """Sends ``request`` and waits for the upstream's status (within the first-token
+        timeout); a non-2xx status or a failure to connect raises its typed error here.
+        Returns the stream of outputs (cumulative text, counts and calls, with deltas)."""
+        self._check_admissible(request)
+        stream = self._open(request, self._call(request))
+        try:
+            await stream.wait_started()
+        except asyncio.CancelledError:
+            stream.close_now()
+            raise
+        except BaseException:
+            await stream.aclose()
+            raise
+        return stream
+
+    def _open(self, request: GenerationRequest, call: UpstreamCall) -> UpstreamStream:
+        """Sends ``call`` now (its deadlines start now) and registers it as in flight."""
+        metrics = RequestMetrics(arrival_s=time.time())
+        deadlines = Deadlines.starting_now(self.config.timeouts, request.deadline)
+        http = self._client()
+        body = http.build_request(
+            "POST", self._url(call.path), json=call.body, headers=_STREAM_HEADERS
+        )
+        flight = Flight(
+            request.request_id, http, body, target=self.name, secrets=self.config.secrets
+        )
+        self._flights[request.request_id] = flight
+        accumulator = ChunkAccumulator(
+            request.request_id,
+            n=request.params.n,
+            is_chat=call.is_chat,
+            model=self.name,
+            metrics=metrics,
+            prompt=request.prompt if isinstance(request.prompt, str) else None,
+            target=self.name,
+        )
+        release = functools.partial(self._release, request.request_id, flight)
+        return UpstreamStream(flight, accumulator, deadlines, release)
+
+    def _call(self, request: GenerationRequest) -> UpstreamCall:
+        """The upstream body. A continuation this upstream cannot do is a fault of the
+        target (`UpstreamConfigError`: another target may continue it), not of the request."""
+        try:
+            return upstream_call(request, self.config.model, can_continue=self.can_continue)
+        except InvalidParameterError as exc:
+            if exc.param != "assistant_prefix":
+                raise
+            message = f"{self.name}: {exc.message}"
+            raise UpstreamConfigError(
+                message, target=self.name, code="cannot_continue", param="assistant_prefix"
+            ) from None
+
+    async def abort(self, request_id: str) -> None:
+        """Closes the request's HTTP response; its stream ends at once with an output whose
+        unfinished completions have finish reason ``abort``. No-op if unknown or done."""
+        flight = self._flights.get(request_id)
+        if flight is not None:
+            flight.stop(Aborted())
+
+    def models(self) -> list[ModelInfo]:
+        """The one model this upstream serves, under its entry's name."""
+        return [ModelInfo(self.name, "model", self.config.max_model_len)]
+
+    def health(self) -> HealthReport:
+        """Always live and ready: whether the upstream answers is the router's breakers'
+        business (a probe here would cost a request)."""
+        return HealthReport(True, True, "ok")
+
+    def stats(self) -> dict[str, GeneratorStats]:
+        """Requests in flight (streams not yet closed, embeddings calls) as ``num_running``."""
+        return {self.name: GeneratorStats(num_running=len(self._flights) + self._num_embeddings)}
+
+    async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Posts an OpenAI ``/embeddings`` body with the upstream's model name; returns the
+        upstream's body with ``model`` set to this entry's name. Errors as for `submit`."""
+        self._check_accepting()
+        self._num_embeddings += 1
+        try:
+            answer = await self._post_json(EMBEDDINGS_PATH, {**body, "model": self.config.model})
+        finally:
+            self._num_embeddings -= 1
+        return {**answer, "model": self.name}
+
+    async def _post_json(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """One non-streaming call: status within the first-token timeout, the whole body
+        within the total timeout."""
+        timeouts, http = self.config.timeouts, self._client()
+        request = http.build_request("POST", self._url(path), json=payload)
+        started = time.monotonic()
+        phase = "first_token_timeout"
+        try:
+            async with asyncio.timeout(timeouts.first_token_s):
+                response = await http.send(request, stream=True)
+            try:
+                phase = "total_timeout"
+                remaining_s = timeouts.total_s - (time.monotonic() - started)
+                async with asyncio.timeout(max(0.0, remaining_s)):
+                    body = await response.aread()
+            finally:
+                await response.aclose()
+        except TimeoutError:
+            message = f"{self.name}: no complete answer from the upstream in time ({phase})"
+            raise UpstreamTimeoutError(message, target=self.name, code=phase) from None
+        except (httpx.HTTPError, RuntimeError) as exc:  # RuntimeError: the pool was closed
+            raise error_from_transport(
+                exc, is_started=False, target=self.name, secrets=self.config.secrets
+            ) from None
+        return self._json_answer(response, body)
+
+    def _json_answer(self, response: httpx.Response, body: bytes) -> dict[str, Any]:
+        if not response.is_success:
+            raise error_from_response(
+                response.status_code,
+                response.headers,
+                body,
+                target=self.name,
+                secrets=self.config.secrets,
+            )
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            message = f"{self.name}: the upstream's answer is not a JSON object"
+            raise UpstreamError(message, target=self.name, code="malformed_response")
+        return answer
+
+    def _check_admissible(self, request: GenerationRequest) -> None:
+        self._check_accepting()
+        if request.model and request.model != self.name:
+            raise UnknownModelError.not_served(request.model, [self.name])
+        if request.request_id in self._flights:
+            raise InvalidParameterError(
+                f"request id {request.request_id!r} is already in use", "request_id"
+            )
+
+    def _check_accepting(self) -> None:
+        if not self._is_accepting:
+            message = f"{self.name}: the upstream client is shutting down"
+            raise UpstreamUnavailableError(message, target=self.name, code="shutting_down")
+
+    def _release(self, request_id: str, flight: Flight) -> None:
+        if self._flights.get(request_id) is flight:
+            del self._flights[request_id]
+
+    def _url(self, path: str) -> str:
+        """Only ever the configured base URL plus one of our fixed paths."""
+        return self.config.base_url + path
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            config = self.config
+            headers = {"User-Agent": "inferline", **config.headers}
+            if config.api_key is not None:
+                headers["Authorization"] = f"Bearer {config.api_key}"
+            self._http = httpx.AsyncClient(
+                transport=self._transport,
+                limits=httpx.Limits(
+                    max_connections=config.max_connections,
+                    max_keepalive_connections=config.max_connections,
+                ),
+                # read/write stay unbounded here: the stream's deadlines bound them
+                timeout=httpx.Timeout(
+                    None, connect=config.timeouts.connect_s, pool=config.timeouts.first_token_s
+                ),
+                follow_redirects=False,
+                trust_env=False,
+                headers=headers,
+            )
+        return self._http

@@ -1,0 +1,70 @@
+"""Acceptance checks of a cascade stage's answer (`CheckConfig`), with the failed one named.
+
+The logprob checks read the answer's own token logprobs (a local engine computes them for
+free; a remote upstream is asked for them); ``json_schema`` validates against the request's
+own schema (``response_format``), or just parses when the request has none.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from inferline.core.outputs import CompletionOutput
+from inferline.core.sampling_params import SamplingParams
+from inferline.router.config import CheckConfig
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Whether an answer passed; ``failed`` names the first failed check (and its value)."""
+
+    passed: bool
+    failed: str | None = None
+    value: float | None = None
+
+
+def run_checks(
+    checks: Sequence[CheckConfig], output: CompletionOutput, params: SamplingParams
+) -> CheckResult:
+    """Every check on one completion; the first failure decides."""
+    for check in checks:
+        passed, value = _run(check, output, params)
+        if not passed:
+            return CheckResult(False, check.kind, value)
+    return CheckResult(True)
+
+
+def _run(
+    check: CheckConfig, output: CompletionOutput, params: SamplingParams
+) -> tuple[bool, float | None]:
+    if check.kind in ("logprob_mean", "logprob_min"):
+        values = [lp.logprob for lp in output.logprobs or []]
+        if not values:
+            return False, None  # nothing to judge the answer by: do not accept it
+        value = sum(values) / len(values) if check.kind == "logprob_mean" else min(values)
+        return value >= check.threshold, value
+    if check.kind == "regex":
+        return re.search(check.pattern, output.text) is not None, None
+    return _valid_json(output.text, params), None
+
+
+def _valid_json(text: str, params: SamplingParams) -> bool:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return False
+    structured = params.structured
+    if structured is None or structured.kind != "json_schema":
+        return True
+    import jsonschema
+
+    try:
+        jsonschema.validate(value, json.loads(structured.spec))
+    except jsonschema.ValidationError:
+        return False
+    except jsonschema.SchemaError:
+        return True  # the engine accepted the schema; do not second-guess it here
+    return True

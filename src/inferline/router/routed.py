@@ -1,0 +1,465 @@
+"""One request served by a route: attempts, retries, fallbacks, deadline, continuation.
+
+`RoutedRequest.stream` is the request's output stream. Each attempt runs in a pump task
+that copies the target's outputs into a queue; the request reads that queue, so a deadline
+timer (or an abort) can end the wait at once by putting a marker in it, whatever the
+target is doing, and the target's stream is closed (a local engine frees the KV blocks).
+
+Before the first token reaches the client, any failure falls back invisibly (retries of
+the same target for retryable errors, within its retry budget and the deadline, then the
+next target). After it, a cut, stalled or failed stream is continued on the next target
+that can continue an assistant message; where none can, the stream ends with an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+from inferline.core.errors import (
+    AllTargetsFailedError,
+    ContentFilteredError,
+    ContextLengthExceededError,
+    DeadlineExceededError,
+    EngineDeadError,
+    InvalidParameterError,
+    OverloadedError,
+    RateLimitedError,
+    StreamInterruptedError,
+    UpstreamError,
+    UpstreamRejectedError,
+)
+from inferline.core.outputs import Attempt, RequestOutput, RouteReport
+from inferline.core.protocols import GenerationRequest
+from inferline.router.checks import run_checks
+from inferline.router.config import RouteConfig
+from inferline.router.progress import Progress
+from inferline.router.target import Target
+
+logger = logging.getLogger(__name__)
+_END, _DEADLINE, _ABORT = object(), object(), object()
+Clock = Callable[[], float]
+
+
+@dataclasses.dataclass
+class _Outcome:
+    """How an attempt ended: finished (its final output sent or buffered) or an error."""
+
+    finished: bool = False
+    error: BaseException | None = None
+    rejected_by: str | None = None  # a cascade check the answer failed
+
+
+class RoutedRequest:
+    """The life of one request on one route (see the module docstring)."""
+
+    def __init__(
+        self,
+        route: RouteConfig,
+        plan: list[Target],
+        request: GenerationRequest,
+        *,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.route, self.plan, self.request = route, plan, request
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.report = RouteReport(route.name)
+        self.progress = Progress()
+        self.deadline = _deadline(request.deadline, route.deadline_s, clock())
+        self._queue: asyncio.Queue[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = asyncio.Event()
+        self._aborted = False
+        self._errors: list[Exception] = []  # of every attempt that failed
+
+    # ---- the stream ------------------------------------------------------------------
+
+    async def stream(self) -> AsyncGenerator[RequestOutput, None]:
+        """The outputs the client sees; raises with ``route_report`` set on failure."""
+        if self.deadline is not None:
+            delay = max(0.0, self.deadline - self.clock())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._expire)
+        try:
+            async for output in self._serve():
+                yield output
+        except BaseException as error:
+            if isinstance(error, Exception):
+                error.route_report = self.report  # type: ignore[attr-defined]
+            raise
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def abort(self) -> None:
+        """Ends the request now (its stream ends with finish reason ``abort``)."""
+        self._aborted = True
+        if self._queue is not None:
+            self._queue.put_nowait(_ABORT)
+
+    def _expire(self) -> None:
+        self._expired.set()
+        if self._queue is not None:
+            self._queue.put_nowait(_DEADLINE)
+
+    async def _serve(self) -> AsyncGenerator[RequestOutput, None]:
+        reason = "first"
+        last_error: BaseException | None = None
+        for target in self.plan:
+            if self.progress.started and not self._can_continue_on(target):
+                continue
+            skip = self._skip_reason(target)
+            if skip is not None:
+                self._record_skip(target, skip)
+                last_error = last_error or UpstreamError(skip, target=target.name)
+                continue
+            tries = 0
+            while True:
+                tries += 1
+                outcome = _Outcome()
+                async for output in self._attempt(target, reason, outcome):
+                    yield output
+                if outcome.finished:
+                    return
+                last_error = outcome.error
+                delay = self._retry_delay(target, outcome, tries)
+                if delay is None:
+                    break
+                await self._sleep(delay)
+                reason = "retry"
+            reason = self._next_reason(outcome)
+            if self.report.fallback_reason is None:
+                self.report.fallback_reason = self._fallback_reason(outcome)
+        raise self._exhausted(last_error)
+
+    # ---- decisions -------------------------------------------------------------------
+
+    def _skip_reason(self, target: Target) -> str | None:
+        """Why ``target`` is not tried at all (its breaker, its load, the time left)."""
+        if target.is_full():
+            return "target_full"
+        if self.deadline is not None:
+            left = self.deadline - self.clock()
+            typical = target.window.p50_ttft_s()
+            if left <= 0 or (typical is not None and left < typical):
+                return "no_time"
+        if not target.breaker.allow():
+            return "breaker_open"
+        return None
+
+    def _can_continue_on(self, target: Target) -> bool:
+        """A stream the client has part of can go on only where a prefix can be continued,
+        for one choice without structure that would restart (JSON, a call under way)."""
+        if not target.config.can_continue or self.request.params.n != 1:
+            return False
+        structured = self.request.params.structured
+        if structured is None:
+            return True
+        return structured.kind == "tool_calls" and self.progress.num_tool_calls == 0
+
+    def _retry_delay(self, target: Target, outcome: _Outcome, tries: int) -> float | None:
+        """Seconds to wait before retrying the same target, or None to move on.
+
+        Raises the error when no target can help (the request itself is wrong)."""
+        error = outcome.error
+        if outcome.rejected_by is not None or error is None:
+            return None
+        if isinstance(error, DeadlineExceededError) or self._aborted:
+            raise error
+        if _is_clients_fault(error):
+            raise error
+        if self.progress.started or not _is_retryable(error):
+            return None
+        if tries >= self.route.retry.attempts or not target.budget.try_retry():
+            return None
+        retry_after = getattr(error, "retry_after_s", None)
+        if retry_after is not None:
+            delay = float(retry_after)  # honoured exactly, or not at all
+        else:
+            cap = min(
+                self.route.retry.max_backoff_ms, self.route.retry.backoff_ms * 2 ** (tries - 1)
+            )
+            delay = self.rng.uniform(0, cap) / 1000
+        if self.deadline is not None and self.clock() + delay >= self.deadline:
+            return None  # it would not fit: the next target at once
+        return delay
+
+    def _next_reason(self, outcome: _Outcome) -> str:
+        """Why the next attempt is made (recorded on it): a continuation of a stream the
+        client has part of, or a fallback for the reason `_fallback_reason` gives."""
+        return "continuation" if self.progress.started else self._fallback_reason(outcome)
+
+    @staticmethod
+    def _fallback_reason(outcome: _Outcome) -> str:
+        """What made the request leave a target (the ``x-inferline-fallback-reason``)."""
+        if outcome.rejected_by is not None:
+            return f"cascade:{outcome.rejected_by}"
+        if isinstance(outcome.error, ContextLengthExceededError):
+            return "context_window"
+        return _error_type(outcome.error) if outcome.error is not None else "error"
+
+    async def _sleep(self, delay: float) -> None:
+        """Waits ``delay`` seconds, or less if the deadline passes first."""
+        try:
+            await asyncio.wait_for(self._expired.wait(), delay)
+        except TimeoutError:
+            return
+        raise DeadlineExceededError(self._deadline_message())
+
+    def _exhausted(self, error: BaseException | None) -> Exception:
+        """The error after every target was tried (or skipped)."""
+        if self.progress.started:
+            return StreamInterruptedError(
+                "the answer could not be completed: the stream failed "
+                f"({_describe(error)}) and no other target could continue it",
+                code="stream_incomplete",
+            )
+        errors = self._errors
+        for kind in (ContextLengthExceededError, ContentFilteredError):
+            if errors and all(isinstance(e, kind) for e in errors):
+                return errors[-1]  # no target could take it: the client's to fix
+        summary = "; ".join(f"{a.target}: {a.error_type or a.status}" for a in self.report.attempts)
+        status, retry_after = 503, self._breaker_retry_after()
+        if errors and all(isinstance(e, RateLimitedError) for e in errors):
+            status = 429
+            retry_after = min((e.retry_after_s or 1.0) for e in errors)  # type: ignore[attr-defined]
+        return AllTargetsFailedError(
+            f"route {self.route.name!r}: every target failed ({summary or 'none available'})",
+            status_code=status,
+            retry_after_s=retry_after,
+        )
+
+    def _breaker_retry_after(self) -> float | None:
+        waits = [t.breaker.retry_after_s() for t in self.plan if t.breaker.state == "open"]
+        return min(waits) if waits and len(waits) == len(self.plan) else None
+
+    def _deadline_message(self) -> str:
+        limit = self.route.deadline_s
+        return (
+            f"the request's deadline passed before an answer was complete "
+            f"(route {self.route.name!r}, deadline {limit} s or the client's timeout)"
+        )
+
+    # ---- one attempt -----------------------------------------------------------------
+
+    def _attempt_request(self, target: Target, attempt_number: int) -> GenerationRequest:
+        request, params = self.request, self.request.params
+        changes: dict[str, Any] = {
+            "request_id": f"{request.request_id}-a{attempt_number}",
+            "model": target.model_name,
+        }
+        if self.progress.started:
+            changes["assistant_prefix"] = self.progress.continuation_prefix(
+                request.assistant_prefix
+            )
+            if params.max_tokens is not None:
+                left = max(1, params.max_tokens - self.progress.num_tokens)
+                params = dataclasses.replace(params, max_tokens=left)
+        needs_logprobs = any(c.needs_logprobs for c in self.route.checks)
+        if self._is_cascade_stage(target) and params.logprobs is None and needs_logprobs:
+            params = dataclasses.replace(params, logprobs=0)
+        changes["params"] = params
+        return dataclasses.replace(request, **changes)
+
+    def _is_cascade_stage(self, target: Target) -> bool:
+        """A stage whose answer is checked before the client sees it (not the last)."""
+        return self.route.strategy == "cascade" and target is not self.plan[-1]
+
+    async def _attempt(
+        self, target: Target, reason: str, outcome: _Outcome
+    ) -> AsyncGenerator[RequestOutput, None]:
+        attempt = Attempt(len(self.report.attempts) + 1, target.name, reason, time.time())
+        self.report.attempts.append(attempt)
+        request = self._attempt_request(target, attempt.number)
+        buffered: list[RequestOutput] | None = [] if self._is_cascade_stage(target) else None
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._queue = queue
+        if reason != "retry":
+            target.budget.record_request()
+        target.in_flight += 1
+        started = self.clock()
+        pump = asyncio.ensure_future(_pump(target, request, queue))
+        last: RequestOutput | None = None
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    break
+                if item is _DEADLINE or item is _ABORT:
+                    outcome.error = self._stop_error(item)
+                    break
+                if isinstance(item, BaseException):
+                    outcome.error = item
+                    break
+                last = item
+                self._note_output(attempt, item, started)
+                if buffered is not None:
+                    buffered.append(item)
+                    continue
+                yield self._forward(item, target)
+            if outcome.error is None:
+                self._finish(last, outcome, request)
+            if outcome.finished and buffered is not None:
+                for output in self._accepted(buffered, target, outcome):
+                    yield output
+        finally:
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
+            target.in_flight -= 1
+            self._record(target, attempt, outcome, started)
+
+    def _stop_error(self, marker: object) -> Exception:
+        if marker is _ABORT:
+            return InvalidParameterError("the request was aborted", "request_id")
+        return DeadlineExceededError(self._deadline_message())
+
+    def _note_output(self, attempt: Attempt, output: RequestOutput, started: float) -> None:
+        if attempt.first_token_s is None and any(c.num_tokens_delta for c in output.outputs):
+            attempt.first_token_s = self.clock() - started
+        attempt.num_prompt_tokens = output.num_prompt_tokens
+        attempt.num_output_tokens = output.num_generated_tokens
+
+    def _forward(self, output: RequestOutput, target: Target) -> RequestOutput:
+        if not self.report.target:
+            self.report.target = target.name
+        self.report.model = target.name
+        if self.request.params.logprobs is None:
+            for completion in output.outputs:
+                completion.logprobs = None  # asked only for a cascade check
+        return self.progress.rebase(output, self.report)
+
+    def _finish(
+        self, last: RequestOutput | None, outcome: _Outcome, request: GenerationRequest
+    ) -> None:
+        """Decides whether the attempt's end is the answer's end."""
+        if last is None or not last.finished:
+            outcome.error = StreamInterruptedError(
+                "the stream ended before its answer did", code="stream_cut"
+            )
+            return
+        if any(c.finish_reason == "abort" for c in last.outputs):
+            outcome.error = StreamInterruptedError("the target aborted the request")
+            return
+        outcome.finished = True
+
+    def _accepted(
+        self, buffered: list[RequestOutput], target: Target, outcome: _Outcome
+    ) -> list[RequestOutput]:
+        """A cascade stage's answer, if every check passes (else nothing, and the next
+        stage answers)."""
+        final = buffered[-1]
+        for completion in final.outputs:
+            result = run_checks(self.route.checks, completion, self.request.params)
+            if not result.passed:
+                outcome.finished = False
+                outcome.rejected_by = result.failed
+                return []
+        return [self._forward(output, target) for output in buffered]
+
+    def _record(self, target: Target, attempt: Attempt, outcome: _Outcome, started: float) -> None:
+        """Closes the attempt's record and tells the target's breaker and window."""
+        duration = self.clock() - started
+        attempt.duration_s = duration
+        attempt.cost_usd = target.config.price.cost_usd(
+            attempt.num_prompt_tokens, attempt.num_output_tokens
+        )
+        error = outcome.error
+        if isinstance(error, Exception):
+            self._errors.append(error)
+        if outcome.rejected_by is not None:
+            attempt.error_type = f"check_failed:{outcome.rejected_by}"
+        if error is None and not self._aborted:
+            target.breaker.record_success()
+            target.window.record(True, attempt.first_token_s, duration)
+            return
+        if error is None:
+            target.breaker.release_probe()
+            return
+        attempt.status = "aborted" if self._aborted else "error"
+        attempt.error_type = _error_type(error)
+        attempt.error = str(error)[:500]
+        if _counts_as_failure(error):
+            target.breaker.record_failure()
+            target.window.record(False, None, None)
+        else:
+            target.breaker.release_probe()
+
+    def _record_skip(self, target: Target, reason: str) -> None:
+        attempt = Attempt(
+            len(self.report.attempts) + 1, target.name, "skipped", time.time(), status="skipped"
+        )
+        attempt.error_type = reason
+        attempt.duration_s = 0.0
+        self.report.attempts.append(attempt)
+
+
+async def _pump(target: Target, request: GenerationRequest, queue: asyncio.Queue[Any]) -> None:
+    """Copies one attempt's outputs (or its error) into ``queue``; cancelled to stop it,
+    which closes the target's stream (a local engine aborts the request at once)."""
+    stream = None
+    try:
+        stream = await target.generator.submit(request)
+        async for output in stream:
+            queue.put_nowait(output)
+        queue.put_nowait(_END)
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:  # noqa: BLE001 - handed to the request, which decides
+        queue.put_nowait(error)
+    finally:
+        if stream is not None:
+            await stream.aclose()
+
+
+def _deadline(requested: float | None, route_s: float | None, now: float) -> float | None:
+    candidates = [d for d in (requested, None if route_s is None else now + route_s) if d]
+    return min(candidates) if candidates else None
+
+
+def _is_clients_fault(error: BaseException) -> bool:
+    """An error no other target would avoid: the request itself is wrong."""
+    if isinstance(error, ContextLengthExceededError | ContentFilteredError):
+        return False  # another target may have a longer window, or another filter
+    return isinstance(error, InvalidParameterError | UpstreamRejectedError)
+
+
+def _is_retryable(error: BaseException) -> bool:
+    if isinstance(error, UpstreamError):
+        return error.retryable
+    return isinstance(error, OverloadedError)
+
+
+def _counts_as_failure(error: BaseException) -> bool:
+    """Whether the error says something about the target's health (breaker, error rate)."""
+    if isinstance(error, UpstreamError):
+        return error.counts_as_failure
+    # a full local queue is load, not failure (the router sees the queue anyway); an engine
+    # that died, or a bug in a target, is
+    return not isinstance(error, InvalidParameterError | DeadlineExceededError | OverloadedError)
+
+
+def _error_type(error: BaseException) -> str:
+    if isinstance(error, UpstreamError):
+        return error.code
+    if isinstance(error, ContextLengthExceededError):
+        return "context_length_exceeded"
+    if isinstance(error, RateLimitedError):
+        return "rate_limited"
+    return {
+        DeadlineExceededError: "deadline_exceeded",
+        EngineDeadError: "engine_dead",
+        OverloadedError: "overloaded",
+        InvalidParameterError: "invalid_request",
+    }.get(type(error), type(error).__name__)
+
+
+def _describe(error: BaseException | None) -> str:
+    if error is None:
+        return "no target available"
+    return f"{_error_type(error)}: {str(error)[:200]}"
