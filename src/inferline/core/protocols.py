@@ -35,6 +35,8 @@ class GenerationRequest:
             a router also applies its route's own deadline, whichever comes first.
         assistant_prefix: text the answer must continue (the start of the assistant's
             message, or of the completion): how a stream cut mid-way is finished elsewhere.
+        streaming: the client sees outputs as they come; when False, an answer that fails
+            mid-way may be restarted from scratch elsewhere rather than continued.
     """
 
     request_id: str
@@ -50,6 +52,7 @@ class GenerationRequest:
     metadata: Mapping[str, str] = field(default_factory=dict)
     deadline: float | None = None
     assistant_prefix: str | None = None
+    streaming: bool = True
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):

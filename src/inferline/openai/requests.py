@@ -14,7 +14,12 @@ from inferline.core.errors import InvalidParameterError
 from inferline.core.protocols import GenerationRequest
 from inferline.core.sampling_params import Priority
 from inferline.openai.sampling import chat_sampling_params, completion_sampling_params
-from inferline.openai.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
+from inferline.openai.schemas import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    SamplingFields,
+)
 from inferline.openai.tool_choice import check_tool_messages, plan_tools
 
 MAX_PROMPTS = 64
@@ -78,7 +83,7 @@ def chat_generation(
         tools=plan.template_tools,
         params=params,
         assistant_prefix=prefix,
-        **_context_fields(body.model, body.user, context),
+        **_context_fields(body, context),
     )
     return ChatGeneration(request, plan.mode)
 
@@ -89,19 +94,20 @@ def completion_generations(
     """One request per prompt of a completions body (ids ``<request_id>-<i>``)."""
     context = context or CallerContext()
     params = completion_sampling_params(body)
-    fields = _context_fields(body.model, body.user, context)
+    fields = _context_fields(body, context)
     return [
         GenerationRequest(f"{request_id}-{i}", prompt=prompt, params=params, **fields)
         for i, prompt in enumerate(_prompts(body.prompt))
     ]
 
 
-def _context_fields(model: str, user: str | None, context: CallerContext) -> dict[str, Any]:
+def _context_fields(body: SamplingFields, context: CallerContext) -> dict[str, Any]:
     return {
-        "model": model,
+        "model": body.model,
+        "streaming": body.stream,
         "priority": context.priority,
         "key_id": context.key_id,
-        "user": user,
+        "user": body.user,
         "session": context.session,
         "metadata": context.metadata,
         "deadline": context.deadline,

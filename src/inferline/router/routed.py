@@ -33,6 +33,7 @@ from inferline.core.errors import (
     StreamInterruptedError,
     UpstreamError,
     UpstreamRejectedError,
+    UpstreamTimeoutError,
 )
 from inferline.core.outputs import Attempt, RequestOutput, RouteReport
 from inferline.core.protocols import GenerationRequest
@@ -128,6 +129,8 @@ class RoutedRequest:
                 if outcome.finished:
                     return
                 last_error = outcome.error
+                if self.progress.started and not self.request.streaming:
+                    self.progress = Progress()  # nobody saw it: answer again from the start
                 delay = self._retry_delay(target, outcome, tries)
                 if delay is None:
                     break
@@ -172,9 +175,11 @@ class RoutedRequest:
             return None
         if isinstance(error, DeadlineExceededError) or self._aborted:
             raise error
+        if self.progress.started:
+            return None  # a continuation is our request, not the client's: try the next
         if _is_clients_fault(error):
             raise error
-        if self.progress.started or not _is_retryable(error):
+        if not _is_retryable(error):
             return None
         if tries >= self.route.retry.attempts or not target.budget.try_retry():
             return None
@@ -430,6 +435,10 @@ def _is_clients_fault(error: BaseException) -> bool:
 
 
 def _is_retryable(error: BaseException) -> bool:
+    """Worth trying the same target again (a timeout is not: a target that did not answer
+    in time is passed over at once, rather than waited for again)."""
+    if isinstance(error, UpstreamTimeoutError):
+        return False
     if isinstance(error, UpstreamError):
         return error.retryable
     return isinstance(error, OverloadedError)
