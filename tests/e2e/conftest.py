@@ -40,9 +40,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(tmp_path: Path, *extra: str) -> ServerProcess:
-    """Starts `inferline serve` and waits until /ready answers 200."""
-    port = free_port()
+def start_server(tmp_path: Path, *extra: str, port: int | None = None) -> ServerProcess:
+    """Starts `inferline serve` (on ``port``, default a free one); waits until /ready is 200."""
+    port = port or free_port()
+    tmp_path.mkdir(parents=True, exist_ok=True)
     database_url = f"sqlite:///{tmp_path / 'requests.db'}"
     log = (tmp_path / f"server-{port}.log").open("wb")
     process = subprocess.Popen(
