@@ -118,7 +118,9 @@ def test_a_killed_upstream_loses_no_request_and_gets_traffic_back(servers) -> No
         assert wait_until(lambda: sum(r[0] > killed_at + 1 for r in load.results) >= 6, 60)
         servers["a"] = start_server(servers["tmp"] / "a2", *UPSTREAM_ARGS, port=servers["port_a"])
         restarted_at = time.monotonic()
-        back = wait_until(lambda: any(r[0] > restarted_at and r[2] == "a" for r in load.results), 60)
+        back = wait_until(
+            lambda: any(r[0] > restarted_at and r[2] == "a" for r in load.results), 60
+        )
     failures = [r for r in load.results if r[1] != 200]
     assert not failures, failures[:5]
     after_kill = [r for r in load.results if killed_at < r[0] < restarted_at]

@@ -67,18 +67,22 @@ class BatchRunner:
         self._running: dict[str, set[asyncio.Task[None]]] = {}
 
     async def start(self) -> None:
-        """Starts the worker (resuming every unfinished job)."""
-        if self._task is None:
-            self._loop = asyncio.get_running_loop()
-            self._task = self._loop.create_task(self._run())
+        """Starts the worker (resuming every unfinished job) on the running event loop."""
+        loop = asyncio.get_running_loop()
+        if self._task is not None and self._loop is loop:
+            return
+        self._loop = loop
+        self._wakeup = asyncio.Event()  # bound to this loop (an app may be restarted)
+        self._task = loop.create_task(self._run())
 
     async def stop(self) -> None:
         """Stops the worker; running lines are aborted and stay pending for the next start."""
-        if self._task is not None:
-            self._task.cancel()
+        task, self._task = self._task, None
+        if task is not None and self._loop is asyncio.get_running_loop():
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._loop = None
 
     def wake(self) -> None:
         """A job was created: look now rather than at the next poll (from any thread)."""

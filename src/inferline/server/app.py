@@ -18,6 +18,7 @@ from inferline.server.errors import APIError, install_error_handlers
 from inferline.server.metrics import Metrics
 from inferline.server.middleware import GuardMiddleware
 from inferline.server.observe import Observer
+from inferline.server.openapi import install_openapi
 from inferline.server.predictors import PredictorEntry, PredictorPool
 from inferline.server.state import Reload, ServerState
 from inferline.store.request_log import RequestLogWriter
@@ -91,6 +92,7 @@ def create_app(
     app.state.inferline = state
     _add_routes(app, state, extensions)
     _add_middleware(app, state, config)
+    install_openapi(app)
     for extension in extensions:
         if extension.bind is not None:
             extension.bind(app)

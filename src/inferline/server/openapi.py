@@ -1,0 +1,106 @@
+"""``/openapi.json`` lists every status each route can return, in the OpenAI error shape.
+
+FastAPI documents only 200 and its own 422 (which this server never sends: a bad body is a
+400). The statuses come from one table here, by what a route does: every route but
+``/health`` may answer 401 (API keys), every ``/v1/`` route 503 while draining, every POST
+400 and 413, generation routes 404 (unknown model), 429, 502, 503 and 504 (upstreams,
+deadlines), routes with an id in the path 404.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+_DESCRIPTIONS = {
+    400: "The request is invalid: the message names the field.",
+    401: "Missing or invalid API key.",
+    404: "Unknown model, route, file or batch.",
+    413: "The request body is over the size limit.",
+    429: "Rate limited: retry after the Retry-After header.",
+    500: "A bug in inferline (never caused by the request).",
+    502: "An upstream failed, or a stream could not be completed.",
+    503: "Overloaded, draining, every target down, or the engine stopped.",
+    504: "The request's deadline passed before an answer.",
+}
+_GENERATION = ("/v1/chat/completions", "/v1/completions")
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+
+def statuses(path: str, method: str) -> list[int]:
+    """The error statuses ``method path`` may return."""
+    codes = {500}
+    if path != "/health":
+        codes.add(401)
+    if path.startswith("/v1/"):
+        codes.add(503)
+    if path in ("/health", "/ready"):
+        codes.add(503)
+    if method == "post":
+        codes |= {400, 413}
+    if "{" in path:
+        codes.add(404)
+    if path in _GENERATION:
+        codes |= {404, 429, 502, 503, 504}
+    if path in ("/v1/embeddings", "/v1/predict/{model}"):
+        codes |= {404, 503}
+    if path == "/v1/files" and method == "get":
+        codes.add(400)
+    if path == "/v1/batches" and method == "get":
+        codes.add(400)
+    return sorted(codes)
+
+
+def _document(schema: dict[str, Any]) -> dict[str, Any]:
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    components["ErrorResponse"] = _ERROR_SCHEMA
+    reference = {"$ref": "#/components/schemas/ErrorResponse"}
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            for code in statuses(path, method):
+                responses.setdefault(
+                    str(code),
+                    {
+                        "description": _DESCRIPTIONS[code],
+                        "content": {"application/json": {"schema": reference}},
+                    },
+                )
+    return schema
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Replaces the app's schema generator by one that documents every error status."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                routes=app.routes,
+            )
+            app.openapi_schema = _document(schema)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
