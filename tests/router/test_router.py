@@ -297,3 +297,12 @@ def test_abort_ends_the_stream_and_closes_the_targets() -> None:
 
     asyncio.run(run())
     assert slow.closed == ["r-a1"]
+
+
+def test_a_non_streaming_answer_cut_midway_is_answered_again_from_the_start() -> None:
+    """Nobody saw its first words: the next target answers whole, no prefix."""
+    a, b = ScriptedGenerator("a", [Step(cut_after=4)]), ScriptedGenerator("b")
+    router = Router([target(a), target(b)], [route("bot", "a", "b")])
+    outputs, _ = asyncio.run(ask(router, streaming=False))
+    assert outputs[-1].outputs[0].text == WHOLE and outputs[-1].model == "b"
+    assert b.requests[0].assistant_prefix is None and b.requests[0].params.max_tokens == 50
