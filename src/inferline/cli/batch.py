@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from inferline.cli.main import add_engine_arguments, default_cache_dir
+from inferline.cli.main import add_engine_arguments, add_runtime_arguments, default_cache_dir
 from inferline.core.errors import InvalidParameterError
 
 
@@ -30,12 +30,11 @@ def register(sub: Any) -> None:
     commands = parser.add_subparsers(dest="batch_command", required=True)
     run_parser = commands.add_parser("run", help="run an input file in process, no server")
     add_engine_arguments(run_parser)
+    add_runtime_arguments(run_parser)
     run_parser.add_argument("input", type=Path, help="JSONL: {custom_id, method, url, body}")
     run_parser.add_argument("-o", "--output", type=Path, required=True)
     run_parser.add_argument("--resume", action="store_true", help="skip custom_ids in OUTPUT")
     run_parser.add_argument("--max-in-flight", type=int, default=64)
-    run_parser.add_argument("--config", type=Path, default=None, help="models file (embeddings)")
-    run_parser.add_argument("--trust-pickle", action="store_true")
     run_parser.add_argument("--price-input", type=float, default=None, help="per 1M input tokens")
     run_parser.add_argument("--price-output", type=float, default=None, help="per 1M output tokens")
     run_parser.add_argument("--no-progress", action="store_true")
@@ -169,66 +168,55 @@ def _progress(args: argparse.Namespace, total: int) -> Iterator[Callable[[_Summa
 
 def _run_all(args: argparse.Namespace, todo: list[tuple[int, str, dict[str, Any]]]) -> _Summary:
     summary = _Summary()
-    url = _endpoint(args.input)
+    url, suffix = _endpoint(args.input), run_suffix(args.input)
     with _progress(args, len(todo)) as tick:
         if args.runner == "ray":
-            from inferline.cli.batch_ray import run_on_ray
+            from inferline.cli.app_factory import app_from_options
+            from inferline.jobs.offline_ray import run_on_ray
 
-            for status, body in run_on_ray(args, todo, url):
+            results = run_on_ray(
+                todo,
+                url,
+                suffix,
+                args.output,
+                app_factory=app_from_options,
+                options=_replica_options(args),
+                address=args.address,
+                replicas=args.replicas,
+                cpus_per_replica=args.cpus_per_replica,
+                batch_size=args.ray_batch_size,
+            )
+            for status, body in results:
                 summary.add(status, body)
                 tick(summary)
         else:
-            asyncio.run(_run_local(args, todo, url, summary, tick))
+            asyncio.run(_run_local(args, todo, url, suffix, summary, tick))
     return summary
+
+
+def _replica_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options each Ray replica builds its app from (no callables, picklable)."""
+    return {k: v for k, v in vars(args).items() if k != "run"}
 
 
 async def _run_local(
     args: argparse.Namespace,
     todo: list[tuple[int, str, dict[str, Any]]],
     url: str,
+    suffix: str,
     summary: _Summary,
     tick: Callable[[_Summary], None],
 ) -> None:
-    from inferline.jobs import AppExecutor, output_record
+    from inferline.cli.app_factory import build_app
+    from inferline.jobs.executor import LineResponse
+    from inferline.jobs.offline import run_lines
 
-    suffix = run_suffix(args.input)
-    app = _build_app(args)
-    executor = AppExecutor(None)
-    executor.bind(app)
-    slots = asyncio.Semaphore(args.max_in_flight)
-    with args.output.open("ab") as output:
+    app, _ = build_app(args, default_cache_dir(), os.environ)
 
-        async def one(line: int, custom_id: str, body: dict[str, Any]) -> None:
-            async with slots:
-                response = await executor(url, body)
-            record = output_record(suffix, line, custom_id, response.status_code, response.body)
-            output.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
-            output.flush()
-            os.fsync(output.fileno())
-            summary.add(response.status_code, response.body)
-            tick(summary)
+    def on_result(response: LineResponse) -> None:
+        summary.add(response.status_code, response.body)
+        tick(summary)
 
-        async with app.router.lifespan_context(app):
-            await asyncio.gather(*(one(*line) for line in todo))
-
-
-def _build_app(args: argparse.Namespace) -> Any:
-    """The server's app on an in-process engine (no HTTP listener, no request log)."""
-    from inferline.cli.engine_factory import engine_config
-    from inferline.engine import AsyncEngine, FrontendConfig, LLMEngine, SchedulerConfig
-    from inferline.server import ServerConfig, create_app
-
-    data_dir = default_cache_dir()
-    settings = engine_config(args, data_dir, scheduler=SchedulerConfig(max_num_seqs=64))
-    generator = AsyncEngine(
-        lambda: LLMEngine(settings), FrontendConfig(max_queued_requests=4096), name=args.model
+    await run_lines(
+        app, todo, url, suffix, args.output, max_in_flight=args.max_in_flight, on_result=on_result
     )
-    predictors = []
-    if args.config is not None:
-        from inferline.cli.models_file import load_specs
-        from inferline.cli.predictor_factory import build_predictors
-
-        predictors = build_predictors(
-            load_specs(args.config), data_dir, trust_pickle=args.trust_pickle
-        )
-    return create_app(generator, ServerConfig(), predictors=predictors)

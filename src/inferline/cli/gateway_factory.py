@@ -26,7 +26,7 @@ Spec = LocalModelSpec | UpstreamSpec
 def single_model_config(args: argparse.Namespace) -> ServeConfig:
     """``serve --model X`` as a config: one local model, named by the first
     ``--served-model-name`` (default X); the other names are routes to it."""
-    names = list(args.served_model_name or [args.model])
+    names = list(getattr(args, "served_model_name", None) or [args.model])
     model = LocalModelSpec(names[0], args.model, {}, TargetConfig(names[0]))
     aliases = tuple(
         RouteConfig(alias, (TargetRef(names[0]),), retry=RetryPolicy(attempts=1))
@@ -81,6 +81,8 @@ class Gateway:
         self.args, self.data_dir, self.environ = args, data_dir, environ
         self.config = serve_config(args, environ)
         self._targets: dict[str, tuple[Spec, Target]] = {}
+        self._draining: set[asyncio.Task[None]] = set()
+        self._drain_timeout_s = float(getattr(args, "drain_timeout", 30.0))
         self.router = Router(
             [self._target(spec) for spec in self._specs(self.config)], self.config.routes
         )
@@ -150,7 +152,9 @@ class Gateway:
             if target in targets
         }
         for target in dropped:
-            asyncio.create_task(target.generator.shutdown(self.args.drain_timeout))
+            task = asyncio.create_task(target.generator.shutdown(self._drain_timeout_s))
+            self._draining.add(task)  # kept referenced until it is done
+            task.add_done_callback(self._draining.discard)
         self.config = new
         names = sorted(t.name for t in dropped)
         logger.warning("reloaded %s: loaded %s, dropped %s", new.path, loaded, names)

@@ -48,6 +48,48 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of commands that run engines behind the app (``serve``, ``batch run``)."""
+    parser.add_argument("--max-num-batched-tokens", type=int, default=512)
+    parser.add_argument("--max-num-seqs", type=int, default=64)
+    parser.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=256,
+        help="waiting requests beyond this get 503 + Retry-After",
+    )
+    parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a step may run before the engine counts as hung",
+    )
+    parser.add_argument(
+        "--batch-token-share",
+        type=float,
+        default=0.25,
+        help="in a step with live work, the share of its tokens batch lines may hold",
+    )
+    parser.add_argument(
+        "--batch-prefill-tokens",
+        type=int,
+        default=128,
+        help="prompt tokens batch lines may prefill per step (bounds a live arrival's wait)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config file (YAML): models (local llm, remote openai, embedding and classic "
+        "models) and routes over them",
+    )
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow pickled scikit-learn models in --config (loading a pickle runs its code)",
+    )
+
+
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """Sampling options (the same names as the OpenAI API)."""
     parser.add_argument("--max-tokens", type=int, default=256)

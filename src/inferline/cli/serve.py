@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from inferline.cli.main import add_engine_arguments, default_cache_dir
+from inferline.cli.main import add_engine_arguments, add_runtime_arguments, default_cache_dir
 from inferline.core.errors import InvalidParameterError
 
 
@@ -20,6 +20,7 @@ def register(sub: Any) -> None:
     """Adds the ``serve`` subcommand."""
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
     add_engine_arguments(p)
+    add_runtime_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
@@ -27,20 +28,6 @@ def register(sub: Any) -> None:
         action="append",
         default=None,
         help="name clients use for the model (repeatable; default: --model)",
-    )
-    p.add_argument("--max-num-batched-tokens", type=int, default=512)
-    p.add_argument("--max-num-seqs", type=int, default=64)
-    p.add_argument(
-        "--max-queued-requests",
-        type=int,
-        default=256,
-        help="waiting requests beyond this get 503 + Retry-After",
-    )
-    p.add_argument(
-        "--stall-timeout",
-        type=float,
-        default=60.0,
-        help="seconds a step may run before the engine counts as hung",
     )
     p.add_argument(
         "--api-key",
@@ -64,34 +51,10 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     p.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="config file (YAML): models (local llm, remote openai, embedding and classic "
-        "models) and routes over them; reloaded on SIGHUP or POST /admin/reload",
-    )
-    p.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow pickled scikit-learn models in --config (loading a pickle runs its code)",
-    )
-    p.add_argument(
         "--batch-max-in-flight",
         type=int,
         default=64,
         help="batch job lines running at once (at batch priority, behind live requests)",
-    )
-    p.add_argument(
-        "--batch-token-share",
-        type=float,
-        default=0.25,
-        help="in a step with live work, the share of its tokens batch lines may hold",
-    )
-    p.add_argument(
-        "--batch-prefill-tokens",
-        type=int,
-        default=128,
-        help="prompt tokens batch lines may prefill per step (bounds a live arrival's wait)",
     )
     p.add_argument(
         "--insecure-no-auth",

@@ -1,0 +1,54 @@
+"""The one app builder: the router (`Gateway`) and predictors behind `create_app`, for
+``serve`` (with the request log, the Batches API and reload) and ``batch run`` (in process,
+locally or in each Ray actor)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from inferline.cli.gateway_factory import Gateway, serve_config
+from inferline.cli.main import default_cache_dir
+from inferline.server import ServerConfig, create_app
+from inferline.server.app import Extension
+from inferline.store import RequestLogWriter
+
+
+def build_app(
+    args: argparse.Namespace,
+    data_dir: Path,
+    environ: Mapping[str, str],
+    *,
+    server_config: ServerConfig | None = None,
+    log_writer: RequestLogWriter | None = None,
+    extensions: Sequence[Extension] = (),
+    reloadable: bool = False,
+) -> tuple[Any, Gateway]:
+    """Checks the config (every mistake before a load), loads the models, builds the app."""
+    config = serve_config(args, environ)
+    predictors = []
+    if config.predictors:
+        from inferline.cli.predictor_factory import build_predictors
+
+        predictors = build_predictors(
+            list(config.predictors), data_dir, trust_pickle=args.trust_pickle
+        )
+    gateway = Gateway(args, data_dir, environ)
+    app = create_app(
+        gateway.router,
+        server_config or ServerConfig(),
+        log_writer=log_writer,
+        predictors=predictors,
+        extensions=extensions,
+        reload=gateway.reload if reloadable and args.config is not None else None,
+    )
+    return app, gateway
+
+
+def app_from_options(options: dict[str, Any]) -> Any:
+    """An app from a command's options (a Ray actor rebuilds its replica's app with it)."""
+    app, _ = build_app(argparse.Namespace(**options), default_cache_dir(), os.environ)
+    return app
