@@ -33,7 +33,9 @@ from inferline.store.jobs import JobStore, LineResult
 logger = logging.getLogger(__name__)
 
 RETRYABLE = (429, 500, 502, 503, 504)
-PAUSE_CODES = frozenset(("engine_dead", "shutting_down"))  # not the line's fault: run it later
+# not the line's fault, and not for long: the line waits (an engine restarting, a drain, every
+# target of its route down or cooling down)
+PAUSE_CODES = frozenset(("engine_dead", "shutting_down", "all_targets_failed"))
 MAX_RETRY_AFTER_S = 60.0
 
 

@@ -22,23 +22,25 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from inferline.core.errors import (
-    AllTargetsFailedError,
-    ContentFilteredError,
     ContextLengthExceededError,
     DeadlineExceededError,
-    EngineDeadError,
     InvalidParameterError,
-    OverloadedError,
-    RateLimitedError,
     StreamInterruptedError,
     UpstreamError,
-    UpstreamRejectedError,
-    UpstreamTimeoutError,
 )
 from inferline.core.outputs import Attempt, RequestOutput, RouteReport
 from inferline.core.protocols import GenerationRequest
 from inferline.router.checks import run_checks
 from inferline.router.config import RouteConfig
+from inferline.router.failures import (
+    counts_as_failure,
+    deadline,
+    describe,
+    error_type,
+    exhausted_error,
+    is_clients_fault,
+    is_retryable,
+)
 from inferline.router.progress import Progress
 from inferline.router.target import Target
 
@@ -73,7 +75,7 @@ class RoutedRequest:
         self.rng = rng or random.Random()
         self.report = RouteReport(route.name)
         self.progress = Progress()
-        self.deadline = _deadline(request.deadline, route.deadline_s, clock())
+        self.deadline = deadline(request.deadline, route.deadline_s, clock())
         self._queue: asyncio.Queue[Any] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._expired = asyncio.Event()
@@ -177,9 +179,9 @@ class RoutedRequest:
             raise error
         if self.progress.started:
             return None  # a continuation is our request, not the client's: try the next
-        if _is_clients_fault(error):
+        if is_clients_fault(error):
             raise error
-        if not _is_retryable(error):
+        if not is_retryable(error):
             return None
         if tries >= self.route.retry.attempts or not target.budget.try_retry():
             return None
@@ -207,7 +209,7 @@ class RoutedRequest:
             return f"cascade:{outcome.rejected_by}"
         if isinstance(outcome.error, ContextLengthExceededError):
             return "context_window"
-        return _error_type(outcome.error) if outcome.error is not None else "error"
+        return error_type(outcome.error) if outcome.error is not None else "error"
 
     async def _sleep(self, delay: float) -> None:
         """Waits ``delay`` seconds, or less if the deadline passes first."""
@@ -222,22 +224,15 @@ class RoutedRequest:
         if self.progress.started:
             return StreamInterruptedError(
                 "the answer could not be completed: the stream failed "
-                f"({_describe(error)}) and no other target could continue it",
+                f"({describe(error)}) and no other target could continue it",
                 code="stream_incomplete",
             )
-        errors = self._errors
-        for kind in (ContextLengthExceededError, ContentFilteredError):
-            if errors and all(isinstance(e, kind) for e in errors):
-                return errors[-1]  # no target could take it: the client's to fix
-        summary = "; ".join(f"{a.target}: {a.error_type or a.status}" for a in self.report.attempts)
-        status, retry_after = 503, self._breaker_retry_after()
-        if errors and all(isinstance(e, RateLimitedError) for e in errors):
-            status = 429
-            retry_after = min((e.retry_after_s or 1.0) for e in errors)  # type: ignore[attr-defined]
-        return AllTargetsFailedError(
-            f"route {self.route.name!r}: every target failed ({summary or 'none available'})",
-            status_code=status,
-            retry_after_s=retry_after,
+        return exhausted_error(
+            self.route.name,
+            self.report,
+            self._errors,
+            single_target=len(self.plan) == 1,
+            retry_after_s=self._breaker_retry_after(),
         )
 
     def _breaker_retry_after(self) -> float | None:
@@ -387,9 +382,9 @@ class RoutedRequest:
             target.breaker.release_probe()
             return
         attempt.status = "aborted" if self._aborted else "error"
-        attempt.error_type = _error_type(error)
+        attempt.error_type = error_type(error)
         attempt.error = str(error)[:500]
-        if _counts_as_failure(error):
+        if counts_as_failure(error):
             target.breaker.record_failure()
             target.window.record(False, None, None)
         else:
@@ -420,55 +415,3 @@ async def _pump(target: Target, request: GenerationRequest, queue: asyncio.Queue
     finally:
         if stream is not None:
             await stream.aclose()
-
-
-def _deadline(requested: float | None, route_s: float | None, now: float) -> float | None:
-    candidates = [d for d in (requested, None if route_s is None else now + route_s) if d]
-    return min(candidates) if candidates else None
-
-
-def _is_clients_fault(error: BaseException) -> bool:
-    """An error no other target would avoid: the request itself is wrong."""
-    if isinstance(error, ContextLengthExceededError | ContentFilteredError):
-        return False  # another target may have a longer window, or another filter
-    return isinstance(error, InvalidParameterError | UpstreamRejectedError)
-
-
-def _is_retryable(error: BaseException) -> bool:
-    """Worth trying the same target again (a timeout is not: a target that did not answer
-    in time is passed over at once, rather than waited for again)."""
-    if isinstance(error, UpstreamTimeoutError):
-        return False
-    if isinstance(error, UpstreamError):
-        return error.retryable
-    return isinstance(error, OverloadedError)
-
-
-def _counts_as_failure(error: BaseException) -> bool:
-    """Whether the error says something about the target's health (breaker, error rate)."""
-    if isinstance(error, UpstreamError):
-        return error.counts_as_failure
-    # a full local queue is load, not failure (the router sees the queue anyway); an engine
-    # that died, or a bug in a target, is
-    return not isinstance(error, InvalidParameterError | DeadlineExceededError | OverloadedError)
-
-
-def _error_type(error: BaseException) -> str:
-    if isinstance(error, UpstreamError):
-        return error.code
-    if isinstance(error, ContextLengthExceededError):
-        return "context_length_exceeded"
-    if isinstance(error, RateLimitedError):
-        return "rate_limited"
-    return {
-        DeadlineExceededError: "deadline_exceeded",
-        EngineDeadError: "engine_dead",
-        OverloadedError: "overloaded",
-        InvalidParameterError: "invalid_request",
-    }.get(type(error), type(error).__name__)
-
-
-def _describe(error: BaseException | None) -> str:
-    if error is None:
-        return "no target available"
-    return f"{_error_type(error)}: {str(error)[:200]}"
