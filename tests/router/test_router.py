@@ -306,3 +306,23 @@ def test_a_non_streaming_answer_cut_midway_is_answered_again_from_the_start() ->
     outputs, _ = asyncio.run(ask(router, streaming=False))
     assert outputs[-1].outputs[0].text == WHOLE and outputs[-1].model == "b"
     assert b.requests[0].assistant_prefix is None and b.requests[0].params.max_tokens == 50
+
+
+@pytest.mark.parametrize(("score", "answered_by"), [(0.8, "small"), (0.1, "large")])
+def test_a_cascade_checks_a_one_pass_models_score(score: float, answered_by: str) -> None:
+    small, large = ScriptedGenerator("small"), ScriptedGenerator("large")
+    seen: list[tuple[str, str]] = []
+
+    async def scorer(question: str, answer: str) -> float:
+        seen.append((question, answer))
+        return score
+
+    check = CheckConfig("similarity", threshold=0.5, model="embed")
+    cascade = RouteConfig(
+        "bot", (TargetRef("small"), TargetRef("large")), strategy="cascade", checks=(check,)
+    )
+    router = Router([target(small), target(large)], [cascade], scorers={"embed": scorer})
+    outputs, _ = asyncio.run(ask(router))
+    assert outputs[-1].model == answered_by and seen == [("hi", WHOLE)]
+    with pytest.raises(InvalidParameterError, match=r"checks\[0\].model: 'embed'"):
+        Router([target(small), target(large)], [cascade])

@@ -36,7 +36,9 @@ def build_app(
         predictors = build_predictors(
             list(config.predictors), data_dir, trust_pickle=args.trust_pickle
         )
-    gateway = Gateway(args, data_dir, environ)
+    from inferline.cli.scorers import embedding_scorers
+
+    gateway = Gateway(args, data_dir, environ, scorers=embedding_scorers(predictors))
     app = create_app(
         gateway.router,
         server_config or ServerConfig(),

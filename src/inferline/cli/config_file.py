@@ -62,9 +62,29 @@ def parse_config(document: Any, base_dir: Path, environ: Mapping[str, str]) -> S
     if not isinstance(document, dict) or not isinstance(document.get("models"), list):
         raise InvalidParameterError("the config file needs a top-level list `models:`", "models")
     mapping(document, "config", {"models", "routes"})
+    local, upstreams, predictors = _models(document["models"], base_dir, environ)
+    generators = {m.name for m in local} | {u.name for u in upstreams}
+    names = generators | {p.name for p in predictors}
+    routes = []
+    for index, raw in enumerate(value(document, "routes", list, "config", [])):
+        route = parse_route(raw, f"routes[{index}]", generators)
+        if route.name in names:
+            raise fail(f"routes[{index}].name", f"the name {route.name!r} is already used")
+        names.add(route.name)
+        routes.append(route)
+    if routes and not generators:
+        raise fail("routes", "routes need models of kind llm or openai")
+    _check_scorers(routes, {p.name for p in predictors if p.kind == "sentence-embeddings"})
+    return ServeConfig(tuple(local), tuple(upstreams), tuple(predictors), tuple(routes))
+
+
+def _models(
+    entries: list[Any], base_dir: Path, environ: Mapping[str, str]
+) -> tuple[list[LocalModelSpec], list[UpstreamSpec], list[PredictorSpec]]:
+    """The ``models:`` entries by kind (names unique)."""
     local, upstreams, predictors = [], [], []
     names: set[str] = set()
-    for index, raw in enumerate(document["models"]):
+    for index, raw in enumerate(entries):
         place = f"models[{index}]"
         entry = mapping(raw, place)
         name, kind = value(entry, "name", str, place), value(entry, "kind", str, place)
@@ -80,14 +100,13 @@ def parse_config(document: Any, base_dir: Path, environ: Mapping[str, str]) -> S
         else:
             kinds = ", ".join(("llm", "openai", *PREDICTOR_KINDS))
             raise fail(f"{place}.kind", f"{kind!r} is not one of {kinds}")
-    generators = {m.name for m in local} | {u.name for u in upstreams}
-    routes = []
-    for index, raw in enumerate(value(document, "routes", list, "config", [])):
-        route = parse_route(raw, f"routes[{index}]", generators)
-        if route.name in names:
-            raise fail(f"routes[{index}].name", f"the name {route.name!r} is already used")
-        names.add(route.name)
-        routes.append(route)
-    if routes and not generators:
-        raise fail("routes", "routes need models of kind llm or openai")
-    return ServeConfig(tuple(local), tuple(upstreams), tuple(predictors), tuple(routes))
+    return local, upstreams, predictors
+
+
+def _check_scorers(routes: list[RouteConfig], embedders: set[str]) -> None:
+    """A similarity check needs a sentence-embeddings model of the same file."""
+    for index, route in enumerate(routes):
+        for position, check in enumerate(route.checks):
+            if check.kind == "similarity" and check.model not in embedders:
+                place = f"routes[{index}].checks[{position}].model"
+                raise fail(place, f"{check.model!r} is not a sentence-embeddings model here")

@@ -9,6 +9,7 @@ routes:
     deadline_s: 30
     checks:                       # cascade only: when a cheap answer is good enough
       - {kind: logprob_mean, threshold: -0.8}
+      - {kind: similarity, model: all-minilm-l6-v2, threshold: 0.3}   # on topic?
     sticky: true                  # weighted: the same user/session keeps its target
 ```
 """
@@ -21,7 +22,7 @@ from inferline.cli.config_fields import build, fail, mapping, section, value
 from inferline.router.config import CheckConfig, RetryPolicy, RouteConfig, TargetRef
 
 _ROUTE_KEYS = {"name", "strategy", "targets", "retry", "deadline_s", "checks", "sticky"}
-_CHECK_KEYS = {"kind", "threshold", "pattern"}
+_CHECK_KEYS = {"kind", "threshold", "pattern", "model"}
 
 
 def parse_route(raw: Any, place: str, generators: set[str]) -> RouteConfig:
@@ -68,5 +69,6 @@ def _check(raw: Any, place: str) -> CheckConfig:
         "kind": value(entry, "kind", str, place),
         "threshold": value(entry, "threshold", float, place, 0.0),
         "pattern": value(entry, "pattern", str, place, ""),
+        "model": value(entry, "model", str, place, ""),
     }
     return build(CheckConfig, fields, place)

@@ -15,6 +15,7 @@ from inferline.cli.config_file import ServeConfig, load_config
 from inferline.cli.config_models import LocalModelSpec, UpstreamSpec
 from inferline.core.errors import InvalidParameterError
 from inferline.core.protocols import Generator
+from inferline.router.checks import Scorer
 from inferline.router.config import RetryPolicy, RouteConfig, TargetConfig, TargetRef
 from inferline.router.router import Router
 from inferline.router.target import Target
@@ -77,14 +78,23 @@ def _build_upstream(spec: UpstreamSpec) -> Generator:
 class Gateway:
     """The targets and routes in force, built from a `ServeConfig`, and their reload."""
 
-    def __init__(self, args: argparse.Namespace, data_dir: Path, environ: Mapping[str, str]):
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        data_dir: Path,
+        environ: Mapping[str, str],
+        *,
+        scorers: Mapping[str, Scorer] | None = None,
+    ):
         self.args, self.data_dir, self.environ = args, data_dir, environ
         self.config = serve_config(args, environ)
         self._targets: dict[str, tuple[Spec, Target]] = {}
         self._draining: set[asyncio.Task[None]] = set()
         self._drain_timeout_s = float(getattr(args, "drain_timeout", 30.0))
         self.router = Router(
-            [self._target(spec) for spec in self._specs(self.config)], self.config.routes
+            [self._target(spec) for spec in self._specs(self.config)],
+            self.config.routes,
+            scorers=scorers,
         )
 
     @staticmethod

@@ -2,19 +2,25 @@
 
 The logprob checks read the answer's own token logprobs (a local engine computes them for
 free; a remote upstream is asked for them); ``json_schema`` validates against the request's
-own schema (``response_format``), or just parses when the request has none.
+own schema (``response_format``), or just parses when the request has none; ``similarity``
+asks a `Scorer` (given by the CLI: a sentence-embeddings model of the same server) how
+close the answer is to the question.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from inferline.core.errors import InvalidParameterError
 from inferline.core.outputs import CompletionOutput
 from inferline.core.sampling_params import SamplingParams
 from inferline.router.config import CheckConfig
+
+# (question, answer) -> a score; raises InvalidParameterError for text it cannot score
+Scorer = Callable[[str, str], Awaitable[float]]
 
 
 @dataclass(frozen=True)
@@ -26,15 +32,32 @@ class CheckResult:
     value: float | None = None
 
 
-def run_checks(
-    checks: Sequence[CheckConfig], output: CompletionOutput, params: SamplingParams
+async def run_checks(
+    checks: Sequence[CheckConfig],
+    output: CompletionOutput,
+    params: SamplingParams,
+    question: str,
+    scorers: Mapping[str, Scorer],
 ) -> CheckResult:
     """Every check on one completion; the first failure decides."""
     for check in checks:
-        passed, value = _run(check, output, params)
+        if check.kind == "similarity":
+            passed, value = await _similar(check, output.text, question, scorers)
+        else:
+            passed, value = _run(check, output, params)
         if not passed:
             return CheckResult(False, check.kind, value)
     return CheckResult(True)
+
+
+async def _similar(
+    check: CheckConfig, answer: str, question: str, scorers: Mapping[str, Scorer]
+) -> tuple[bool, float | None]:
+    try:
+        score = await scorers[check.model](question, answer)
+    except InvalidParameterError:
+        return False, None  # too long to score: do not accept it unchecked
+    return score >= check.threshold, score
 
 
 def _run(

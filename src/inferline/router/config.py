@@ -13,8 +13,8 @@ from inferline.core.errors import InvalidParameterError
 
 Strategy = Literal["fallback", "weighted", "least_loaded", "cascade"]
 STRATEGIES = ("fallback", "weighted", "least_loaded", "cascade")
-CheckKind = Literal["logprob_mean", "logprob_min", "json_schema", "regex"]
-CHECK_KINDS = ("logprob_mean", "logprob_min", "json_schema", "regex")
+CheckKind = Literal["logprob_mean", "logprob_min", "json_schema", "regex", "similarity"]
+CHECK_KINDS = ("logprob_mean", "logprob_min", "json_schema", "regex", "similarity")
 
 
 def _positive(name: str, value: float | None) -> None:
@@ -106,12 +106,15 @@ class CheckConfig:
     ``logprob_mean`` / ``logprob_min``: the answer's mean / lowest token logprob must be at
     least ``threshold``; ``json_schema``: the answer must be JSON valid against the
     request's own schema (any JSON when it has none); ``regex``: ``pattern`` must match
-    (search) the answer.
+    (search) the answer; ``similarity``: a one-pass model's score, the cosine similarity of
+    the question's and the answer's embeddings by ``model`` (a sentence-embeddings model of
+    the same server), must be at least ``threshold`` (an off-topic answer is escalated).
     """
 
     kind: CheckKind
     threshold: float = 0.0
     pattern: str = ""
+    model: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in CHECK_KINDS:
@@ -120,6 +123,8 @@ class CheckConfig:
             )
         if self.kind == "regex" and not self.pattern:
             raise InvalidParameterError("a regex check needs a pattern", "pattern")
+        if self.kind == "similarity" and not self.model:
+            raise InvalidParameterError("a similarity check needs a model", "model")
 
     @property
     def needs_logprobs(self) -> bool:

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 from inferline.core.errors import (
@@ -30,7 +30,7 @@ from inferline.core.errors import (
 )
 from inferline.core.outputs import Attempt, RequestOutput, RouteReport
 from inferline.core.protocols import GenerationRequest
-from inferline.router.checks import run_checks
+from inferline.router.checks import Scorer, run_checks
 from inferline.router.config import RouteConfig
 from inferline.router.failures import (
     counts_as_failure,
@@ -69,8 +69,10 @@ class RoutedRequest:
         *,
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
+        scorers: Mapping[str, Scorer] | None = None,
     ) -> None:
         self.route, self.plan, self.request = route, plan, request
+        self.scorers = scorers or {}
         self.clock = clock
         self.rng = rng or random.Random()
         self.report = RouteReport(route.name)
@@ -306,7 +308,7 @@ class RoutedRequest:
             if outcome.error is None:
                 self._finish(last, outcome, request)
             if outcome.finished and buffered is not None:
-                for output in self._accepted(buffered, target, outcome):
+                for output in await self._accepted(buffered, target, outcome):
                     yield output
         finally:
             pump.cancel()
@@ -348,19 +350,29 @@ class RoutedRequest:
             return
         outcome.finished = True
 
-    def _accepted(
+    async def _accepted(
         self, buffered: list[RequestOutput], target: Target, outcome: _Outcome
     ) -> list[RequestOutput]:
         """A cascade stage's answer, if every check passes (else nothing, and the next
         stage answers)."""
         final = buffered[-1]
         for completion in final.outputs:
-            result = run_checks(self.route.checks, completion, self.request.params)
+            result = await run_checks(
+                self.route.checks, completion, self.request.params, self._question(), self.scorers
+            )
             if not result.passed:
                 outcome.finished = False
                 outcome.rejected_by = result.failed
                 return []
         return [self._forward(output, target) for output in buffered]
+
+    def _question(self) -> str:
+        """What the answer answers: the last user message, or the prompt."""
+        request = self.request
+        if request.messages:
+            users = [m for m in request.messages if m.get("role") == "user"]
+            return str((users or request.messages)[-1].get("content") or "")
+        return request.prompt if isinstance(request.prompt, str) else ""
 
     def _record(self, target: Target, attempt: Attempt, outcome: _Outcome, started: float) -> None:
         """Closes the attempt's record and tells the target's breaker and window."""

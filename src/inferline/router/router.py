@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 
 from inferline.core.errors import InvalidParameterError, UnknownModelError
@@ -21,6 +21,7 @@ from inferline.core.protocols import (
     HealthReport,
     ModelInfo,
 )
+from inferline.router.checks import Scorer
 from inferline.router.config import RetryPolicy, RouteConfig, TargetRef
 from inferline.router.health import Clock
 from inferline.router.routed import RoutedRequest
@@ -38,7 +39,9 @@ class _Table:
     default: str
 
 
-def _table(targets: Sequence[Target], routes: Sequence[RouteConfig]) -> _Table:
+def _table(
+    targets: Sequence[Target], routes: Sequence[RouteConfig], scorers: Mapping[str, Scorer]
+) -> _Table:
     by_name = {t.name: t for t in targets}
     if len(by_name) != len(targets):
         raise InvalidParameterError("two model entries have the same name", "models")
@@ -55,6 +58,13 @@ def _table(targets: Sequence[Target], routes: Sequence[RouteConfig]) -> _Table:
                 raise InvalidParameterError(
                     f"{where}.targets[{position}]: unknown model {ref.name!r}",
                     f"{where}.targets[{position}]",
+                )
+        for position, check in enumerate(route.checks):
+            if check.kind == "similarity" and check.model not in scorers:
+                raise InvalidParameterError(
+                    f"{where}.checks[{position}].model: {check.model!r} is not a "
+                    "sentence-embeddings model of this server",
+                    f"{where}.checks[{position}].model",
                 )
         table[route.name] = route
     for target in targets:  # each model entry answers to its own name, without retries
@@ -77,8 +87,10 @@ class Router:
         *,
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
+        scorers: Mapping[str, Scorer] | None = None,
     ) -> None:
-        self._table = _table(targets, routes)
+        self.scorers = dict(scorers or {})
+        self._table = _table(targets, routes, self.scorers)
         self.clock = clock
         self.rng = rng or random.Random()
         self._running: dict[str, RoutedRequest] = {}
@@ -107,7 +119,7 @@ class Router:
         """Puts new routes and targets in force (new targets are started first); returns
         the targets no longer used, for the caller to drain and stop. Requests already
         running finish on the targets they started with."""
-        table = _table(targets, routes)  # raises before anything changes
+        table = _table(targets, routes, self.scorers)  # raises before anything changes
         old = self._table.targets
         for target in table.targets.values():
             if self._started and old.get(target.name) is not target:
@@ -125,7 +137,9 @@ class Router:
             raise UnknownModelError.not_served(name, sorted(table.routes))
         targets = [table.targets[ref.name] for ref in route.targets]
         order = plan(route, targets, request, self.rng)
-        routed = RoutedRequest(route, order, request, clock=self.clock, rng=self.rng)
+        routed = RoutedRequest(
+            route, order, request, clock=self.clock, rng=self.rng, scorers=self.scorers
+        )
         return self._stream(request.request_id, routed)
 
     async def _stream(
