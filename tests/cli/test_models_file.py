@@ -1,4 +1,4 @@
-"""The models file of `inferline serve --config`: parsing and errors that name the place."""
+"""The one-pass entries of `inferline serve --config`: parsing and errors naming the place."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from inferline.cli.models_file import load_specs, parse_specs
+from inferline.cli.config_file import load_config, parse_config
 from inferline.core.errors import InvalidParameterError
 
 GOOD = """
@@ -24,7 +24,7 @@ models:
 def test_a_good_file_is_read(tmp_path: Path) -> None:
     path = tmp_path / "models.yaml"
     path.write_text(GOOD)
-    embed, risk = load_specs(path)
+    embed, risk = load_config(path, {}).predictors
     assert embed.batching.max_batch_size == 16 and embed.batching.adaptive is False
     assert embed.batching.max_wait_ms == 2.5
     assert risk.source == str(tmp_path / "models" / "risk.onnx")  # relative to the file
@@ -56,12 +56,12 @@ def test_a_good_file_is_read(tmp_path: Path) -> None:
 )
 def test_mistakes_name_their_place(document, param) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidParameterError) as error:
-        parse_specs(document, Path("."))
-    assert error.value.param == param
+        parse_config(document, Path("."), {})
+    assert error.value.param is not None and error.value.param.startswith(param), error.value
 
 
 def test_invalid_yaml_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "models.yaml"
     path.write_text("models: [\n")
     with pytest.raises(InvalidParameterError, match="not valid YAML"):
-        load_specs(path)
+        load_config(path, {})

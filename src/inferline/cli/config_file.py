@@ -48,11 +48,9 @@ def load_config(path: Path, environ: Mapping[str, str]) -> ServeConfig:
     try:
         document = yaml.safe_load(path.read_text())
     except OSError as error:
-        raise InvalidParameterError(
-            f"cannot read the config file {path}: {error}", "config"
-        ) from error
+        raise fail("config", f"cannot read the config file {path}: {error}") from error
     except yaml.YAMLError as error:
-        raise InvalidParameterError(f"{path} is not valid YAML: {error}", "config") from error
+        raise fail("config", f"{path} is not valid YAML: {error}") from error
     config = parse_config(document, path.parent, environ)
     return ServeConfig(config.local, config.upstreams, config.predictors, config.routes, path)
 

@@ -1,4 +1,5 @@
-"""The models file: which one-pass models a server runs beside its LLM, and how each batches.
+"""The one-pass entries of the config file: which micro-batched models a server runs beside
+its LLMs, and how each batches (read by `inferline.cli.config_file`).
 
 ```yaml
 models:
@@ -47,36 +48,6 @@ class PredictorSpec:
     source: str = ""
     batching: BatcherConfig = field(default_factory=BatcherConfig)
     options: dict[str, Any] = field(default_factory=dict)
-
-
-def load_specs(path: Path) -> list[PredictorSpec]:
-    """Parses and validates a models file."""
-    import yaml
-
-    try:
-        document = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise InvalidParameterError(
-            f"cannot read the models file {path}: {error}", "config"
-        ) from error
-    except yaml.YAMLError as error:
-        raise InvalidParameterError(f"{path} is not valid YAML: {error}", "config") from error
-    return parse_specs(document, base_dir=path.parent)
-
-
-def parse_specs(document: Any, base_dir: Path) -> list[PredictorSpec]:
-    """Validates the parsed document (see the module docstring for its shape)."""
-    if not isinstance(document, dict) or not isinstance(document.get("models"), list):
-        raise InvalidParameterError("the models file needs a top-level list `models:`", "models")
-    specs = [
-        parse_predictor(entry, f"models[{i}]", base_dir)
-        for i, entry in enumerate(document["models"])
-    ]
-    names = [spec.name for spec in specs]
-    duplicate = next((n for n in names if names.count(n) > 1), None)
-    if duplicate is not None:
-        raise InvalidParameterError(f"the model name {duplicate!r} is used twice", "models")
-    return specs
 
 
 def parse_predictor(entry: Any, where: str, base_dir: Path) -> PredictorSpec:
