@@ -326,3 +326,19 @@ def test_a_cascade_checks_a_one_pass_models_score(score: float, answered_by: str
     assert outputs[-1].model == answered_by and seen == [("hi", WHOLE)]
     with pytest.raises(InvalidParameterError, match=r"checks\[0\].model: 'embed'"):
         Router([target(small), target(large)], [cascade])
+
+
+def test_a_client_leaving_midway_is_no_verdict_on_the_target() -> None:
+    slow = ScriptedGenerator("a", [Step(delay_s=0.02)])
+    config = TargetConfig("a", breaker=BreakerConfig(failures=1))
+    routed = Target(config, slow)
+    router = Router([routed], [route("bot", "a")])
+
+    async def run() -> None:
+        stream = await router.submit(GenerationRequest("r", prompt="x", model="bot"))
+        await stream.__anext__()
+        await stream.aclose()  # the client went away
+
+    asyncio.run(run())
+    assert routed.breaker.state == "closed" and routed.window.num_requests == 0
+    assert slow.closed == ["r-a1"]

@@ -30,6 +30,7 @@ from inferline.core.errors import (
 )
 from inferline.core.outputs import Attempt, RequestOutput, RouteReport
 from inferline.core.protocols import GenerationRequest
+from inferline.core.tool_calls import ToolCalling
 from inferline.router.checks import Scorer, run_checks
 from inferline.router.config import RouteConfig
 from inferline.router.failures import (
@@ -168,7 +169,9 @@ class RoutedRequest:
         structured = self.request.params.structured
         if structured is None:
             return True
-        return structured.kind == "tool_calls" and self.progress.num_tool_calls == 0
+        if structured.kind != "tool_calls" or self.progress.num_tool_calls:
+            return False
+        return not ToolCalling.from_spec(structured.spec).answer_schema  # free text so far
 
     def _retry_delay(self, target: Target, outcome: _Outcome, tries: int) -> float | None:
         """Seconds to wait before retrying the same target, or None to move on.
@@ -386,14 +389,15 @@ class RoutedRequest:
             self._errors.append(error)
         if outcome.rejected_by is not None:
             attempt.error_type = f"check_failed:{outcome.rejected_by}"
-        if error is None and not self._aborted:
+        if outcome.finished or outcome.rejected_by is not None:  # it answered
             target.breaker.record_success()
             target.window.record(True, attempt.first_token_s, duration)
             return
-        if error is None:
+        if error is None or self._aborted:  # the client left: no verdict on the target
+            attempt.status = "aborted"
             target.breaker.release_probe()
             return
-        attempt.status = "aborted" if self._aborted else "error"
+        attempt.status = "error"
         attempt.error_type = error_type(error)
         attempt.error = str(error)[:500]
         if counts_as_failure(error):
