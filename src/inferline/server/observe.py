@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from inferline.core.outputs import RequestOutput, RouteReport
 from inferline.server.metrics import Metrics
@@ -32,6 +33,7 @@ class RequestTrace:
     num_tokens_seen: int = 0
     outputs: list[RequestOutput] = field(default_factory=list)
     route: RouteReport | None = None
+    _itl: Any = field(default=None, repr=False)
 
     def on_output(self, output: RequestOutput, metrics: Metrics) -> None:
         """Records token arrival times (TTFT, inter-token latency)."""
@@ -45,9 +47,11 @@ class RequestTrace:
             self.first_token = now
             metrics.ttft.labels(self.model).observe(now - self.start)
         elif self.last_token is not None:
+            if self._itl is None:
+                self._itl = metrics.itl.labels(self.model)  # looked up once per request
             gap = (now - self.last_token) / num_new
             for _ in range(num_new):
-                metrics.itl.labels(self.model).observe(gap)
+                self._itl.observe(gap)
         self.last_token = now
         self.num_tokens_seen += num_new
 

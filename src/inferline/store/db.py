@@ -30,5 +30,8 @@ def connect(url: str) -> Engine:
 def _configure_sqlite(connection, _record) -> None:  # type: ignore[no-untyped-def]
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers (inferline logs) never block writers
+    # with WAL, NORMAL keeps every commit through a crash of the process (kill -9); only a
+    # power loss may lose the last ones. FULL fsynced each commit: 5 ms of wall time each.
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()

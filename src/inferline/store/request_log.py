@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -121,10 +122,16 @@ class RequestLogWriter:
         self,
         log: RequestLog,
         *,
-        batch_size: int = 64,
-        flush_interval_s: float = 0.5,
+        batch_size: int = 256,
+        flush_interval_s: float = 0.25,
         max_queued: int = 100_000,
     ):
+        """``flush_interval_s``: how long the first record of a batch waits for company.
+
+        A write costs about the same for 1 record as for 64 (one transaction), and the
+        writer holds the GIL while it runs, so records are written in batches of up to
+        ``batch_size`` gathered over ``flush_interval_s``, not one commit per request.
+        """
         self.log = log
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
@@ -149,17 +156,19 @@ class RequestLogWriter:
     def _run(self) -> None:
         stopping = False
         while not stopping:
+            item = self._queue.get()
             batch: list[_Item] = []
+            deadline = time.monotonic() + self.flush_interval_s
             try:
-                item = self._queue.get(timeout=self.flush_interval_s)
                 while True:
                     if item is None:
                         stopping = True
                         break
                     batch.append(item)
-                    if len(batch) >= self.batch_size:
+                    left = deadline - time.monotonic()
+                    if len(batch) >= self.batch_size or left <= 0:
                         break
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=left)
             except queue.Empty:
                 pass
             if batch:
