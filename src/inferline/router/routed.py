@@ -31,10 +31,10 @@ from inferline.core.errors import (
 from inferline.core.outputs import Attempt, RequestOutput, RouteReport
 from inferline.core.protocols import GenerationRequest
 from inferline.core.tool_calls import ToolCalling
+from inferline.router.attempt import ABORT, DEADLINE, END, Outcome, pump, record_attempt
 from inferline.router.checks import Scorer, run_checks
 from inferline.router.config import RouteConfig
 from inferline.router.failures import (
-    counts_as_failure,
     deadline,
     describe,
     error_type,
@@ -46,17 +46,7 @@ from inferline.router.progress import Progress
 from inferline.router.target import Target
 
 logger = logging.getLogger(__name__)
-_END, _DEADLINE, _ABORT = object(), object(), object()
 Clock = Callable[[], float]
-
-
-@dataclasses.dataclass
-class _Outcome:
-    """How an attempt ended: finished (its final output sent or buffered) or an error."""
-
-    finished: bool = False
-    error: BaseException | None = None
-    rejected_by: str | None = None  # a cascade check the answer failed
 
 
 class RoutedRequest:
@@ -107,12 +97,12 @@ class RoutedRequest:
         """Ends the request now (its stream ends with finish reason ``abort``)."""
         self._aborted = True
         if self._queue is not None:
-            self._queue.put_nowait(_ABORT)
+            self._queue.put_nowait(ABORT)
 
     def _expire(self) -> None:
         self._expired.set()
         if self._queue is not None:
-            self._queue.put_nowait(_DEADLINE)
+            self._queue.put_nowait(DEADLINE)
 
     async def _serve(self) -> AsyncGenerator[RequestOutput, None]:
         reason = "first"
@@ -128,7 +118,7 @@ class RoutedRequest:
             tries = 0
             while True:
                 tries += 1
-                outcome = _Outcome()
+                outcome = Outcome()
                 async for output in self._attempt(target, reason, outcome):
                     yield output
                 if outcome.finished:
@@ -173,7 +163,7 @@ class RoutedRequest:
             return False
         return not ToolCalling.from_spec(structured.spec).answer_schema  # free text so far
 
-    def _retry_delay(self, target: Target, outcome: _Outcome, tries: int) -> float | None:
+    def _retry_delay(self, target: Target, outcome: Outcome, tries: int) -> float | None:
         """Seconds to wait before retrying the same target, or None to move on.
 
         Raises the error when no target can help (the request itself is wrong)."""
@@ -202,13 +192,13 @@ class RoutedRequest:
             return None  # it would not fit: the next target at once
         return delay
 
-    def _next_reason(self, outcome: _Outcome) -> str:
+    def _next_reason(self, outcome: Outcome) -> str:
         """Why the next attempt is made (recorded on it): a continuation of a stream the
         client has part of, or a fallback for the reason `_fallback_reason` gives."""
         return "continuation" if self.progress.started else self._fallback_reason(outcome)
 
     @staticmethod
-    def _fallback_reason(outcome: _Outcome) -> str:
+    def _fallback_reason(outcome: Outcome) -> str:
         """What made the request leave a target (the ``x-inferline-fallback-reason``)."""
         if outcome.rejected_by is not None:
             return f"cascade:{outcome.rejected_by}"
@@ -277,7 +267,7 @@ class RoutedRequest:
         return self.route.strategy == "cascade" and target is not self.plan[-1]
 
     async def _attempt(
-        self, target: Target, reason: str, outcome: _Outcome
+        self, target: Target, reason: str, outcome: Outcome
     ) -> AsyncGenerator[RequestOutput, None]:
         attempt = Attempt(len(self.report.attempts) + 1, target.name, reason, time.time())
         self.report.attempts.append(attempt)
@@ -289,14 +279,14 @@ class RoutedRequest:
             target.budget.record_request()
         target.in_flight += 1
         started = self.clock()
-        pump = asyncio.ensure_future(_pump(target, request, queue))
+        pumping = asyncio.ensure_future(pump(target, request, queue))
         last: RequestOutput | None = None
         try:
             while True:
                 item = await queue.get()
-                if item is _END:
+                if item is END:
                     break
-                if item is _DEADLINE or item is _ABORT:
+                if item is DEADLINE or item is ABORT:
                     outcome.error = self._stop_error(item)
                     break
                 if isinstance(item, BaseException):
@@ -314,13 +304,13 @@ class RoutedRequest:
                 for output in await self._accepted(buffered, target, outcome):
                     yield output
         finally:
-            pump.cancel()
-            await asyncio.gather(pump, return_exceptions=True)
+            pumping.cancel()
+            await asyncio.gather(pumping, return_exceptions=True)
             target.in_flight -= 1
             self._record(target, attempt, outcome, started)
 
     def _stop_error(self, marker: object) -> Exception:
-        if marker is _ABORT:
+        if marker is ABORT:
             return InvalidParameterError("the request was aborted", "request_id")
         return DeadlineExceededError(self._deadline_message())
 
@@ -340,7 +330,7 @@ class RoutedRequest:
         return self.progress.rebase(output, self.report)
 
     def _finish(
-        self, last: RequestOutput | None, outcome: _Outcome, request: GenerationRequest
+        self, last: RequestOutput | None, outcome: Outcome, request: GenerationRequest
     ) -> None:
         """Decides whether the attempt's end is the answer's end."""
         if last is None or not last.finished:
@@ -354,7 +344,7 @@ class RoutedRequest:
         outcome.finished = True
 
     async def _accepted(
-        self, buffered: list[RequestOutput], target: Target, outcome: _Outcome
+        self, buffered: list[RequestOutput], target: Target, outcome: Outcome
     ) -> list[RequestOutput]:
         """A cascade stage's answer, if every check passes (else nothing, and the next
         stage answers)."""
@@ -377,34 +367,11 @@ class RoutedRequest:
             return str((users or request.messages)[-1].get("content") or "")
         return request.prompt if isinstance(request.prompt, str) else ""
 
-    def _record(self, target: Target, attempt: Attempt, outcome: _Outcome, started: float) -> None:
+    def _record(self, target: Target, attempt: Attempt, outcome: Outcome, started: float) -> None:
         """Closes the attempt's record and tells the target's breaker and window."""
-        duration = self.clock() - started
-        attempt.duration_s = duration
-        attempt.cost_usd = target.config.price.cost_usd(
-            attempt.num_prompt_tokens, attempt.num_output_tokens
-        )
-        error = outcome.error
-        if isinstance(error, Exception):
-            self._errors.append(error)
-        if outcome.rejected_by is not None:
-            attempt.error_type = f"check_failed:{outcome.rejected_by}"
-        if outcome.finished or outcome.rejected_by is not None:  # it answered
-            target.breaker.record_success()
-            target.window.record(True, attempt.first_token_s, duration)
-            return
-        if error is None or self._aborted:  # the client left: no verdict on the target
-            attempt.status = "aborted"
-            target.breaker.release_probe()
-            return
-        attempt.status = "error"
-        attempt.error_type = error_type(error)
-        attempt.error = str(error)[:500]
-        if counts_as_failure(error):
-            target.breaker.record_failure()
-            target.window.record(False, None, None)
-        else:
-            target.breaker.release_probe()
+        if isinstance(outcome.error, Exception):
+            self._errors.append(outcome.error)
+        record_attempt(target, attempt, outcome, self.clock() - started, self._aborted)
 
     def _record_skip(self, target: Target, reason: str) -> None:
         attempt = Attempt(
@@ -413,21 +380,3 @@ class RoutedRequest:
         attempt.error_type = reason
         attempt.duration_s = 0.0
         self.report.attempts.append(attempt)
-
-
-async def _pump(target: Target, request: GenerationRequest, queue: asyncio.Queue[Any]) -> None:
-    """Copies one attempt's outputs (or its error) into ``queue``; cancelled to stop it,
-    which closes the target's stream (a local engine aborts the request at once)."""
-    stream = None
-    try:
-        stream = await target.generator.submit(request)
-        async for output in stream:
-            queue.put_nowait(output)
-        queue.put_nowait(_END)
-    except asyncio.CancelledError:
-        raise
-    except Exception as error:  # noqa: BLE001 - handed to the request, which decides
-        queue.put_nowait(error)
-    finally:
-        if stream is not None:
-            await stream.aclose()

@@ -83,9 +83,9 @@ async def submit_all(
     return streams
 
 
-def _failed(state: ServerState, trace: RequestTrace, exc: BaseException) -> APIError:
+def _failed(state: ServerState, trace: RequestTrace, exc: Exception) -> APIError:
     """The HTTP error for ``exc``, logged once (with the route report it may carry)."""
-    error = api_error_from(exc) if isinstance(exc, Exception) else api_error_from(Exception())
+    error = api_error_from(exc)
     trace.route = getattr(exc, "route_report", None) or trace.route
     state.observer.finish(trace, error.status_code, error.message)
     error.is_logged = True

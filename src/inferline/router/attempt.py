@@ -1,0 +1,73 @@
+"""One attempt of a routed request: its outcome, the task that pumps a target's outputs
+into the request's queue, and the record of how it went."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+from inferline.core.outputs import Attempt
+from inferline.core.protocols import GenerationRequest
+from inferline.router.failures import counts_as_failure, error_type
+from inferline.router.target import Target
+
+END, DEADLINE, ABORT = object(), object(), object()  # queue markers besides outputs, errors
+
+
+@dataclasses.dataclass
+class Outcome:
+    """How an attempt ended: finished (its final output sent or buffered) or an error."""
+
+    finished: bool = False
+    error: BaseException | None = None
+    rejected_by: str | None = None  # a cascade check the answer failed
+
+
+async def pump(target: Target, request: GenerationRequest, queue: asyncio.Queue[Any]) -> None:
+    """Copies one attempt's outputs (or its error) into ``queue``; cancelled to stop it,
+    which closes the target's stream (a local engine aborts the request at once)."""
+    stream = None
+    try:
+        stream = await target.generator.submit(request)
+        async for output in stream:
+            queue.put_nowait(output)
+        queue.put_nowait(END)
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:  # noqa: BLE001 - handed to the request, which decides
+        queue.put_nowait(error)
+    finally:
+        if stream is not None:
+            await stream.aclose()
+
+
+def record_attempt(
+    target: Target, attempt: Attempt, outcome: Outcome, duration_s: float, aborted: bool
+) -> None:
+    """Closes ``attempt``'s record (duration, cost, status) and tells the target's breaker
+    and window: an answer is a success (a cascade's rejected answer too: the target
+    worked), a client that left is no verdict, an error counts if it is the target's."""
+    attempt.duration_s = duration_s
+    attempt.cost_usd = target.config.price.cost_usd(
+        attempt.num_prompt_tokens, attempt.num_output_tokens
+    )
+    error = outcome.error
+    if outcome.rejected_by is not None:
+        attempt.error_type = f"check_failed:{outcome.rejected_by}"
+    if outcome.finished or outcome.rejected_by is not None:
+        target.breaker.record_success()
+        target.window.record(True, attempt.first_token_s, duration_s)
+        return
+    if error is None or aborted:
+        attempt.status = "aborted"
+        target.breaker.release_probe()
+        return
+    attempt.status = "error"
+    attempt.error_type = error_type(error)
+    attempt.error = str(error)[:500]
+    if counts_as_failure(error):
+        target.breaker.record_failure()
+        target.window.record(False, None, None)
+    else:
+        target.breaker.release_probe()
