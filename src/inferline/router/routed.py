@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import random
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
@@ -45,7 +44,6 @@ from inferline.router.failures import (
 from inferline.router.progress import Progress
 from inferline.router.target import Target
 
-logger = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 
