@@ -1,6 +1,6 @@
-"""`UpstreamClient` over real sockets: a Starlette app under uvicorn in a background thread
-(cuts, stalls, slow starts, abort) and raw sockets (refused, reset before a response) —
-what `httpx.MockTransport` cannot express."""
+"""`UpstreamClient` against another server stack in another thread: a Starlette app under
+uvicorn (cuts, stalls, slow starts, abort, connection reuse) and raw sockets (refused,
+reset before a response)."""
 
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def test_connections_are_reused(server_url: str) -> None:
             request = GenerationRequest(f"r{i}", messages=[{"role": "user", "content": "hi"}])
             outputs = [o async for o in await client.submit(request)]
             assert outputs[-1].finished
-            await asyncio.sleep(0.05)  # the flight reads the body's end after [DONE]
+            await asyncio.sleep(0.05)  # the body's end may follow [DONE]
         await client.shutdown(0)
 
     del CLIENT_PORTS[:]

@@ -9,13 +9,14 @@ Every message is redacted (`redact`): no API key or header value ever reaches on
 from __future__ import annotations
 
 import email.utils
+import http
 import json
 import re
 import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-import httpx
+import aiohttp
 
 from inferline.core.errors import (
     ContentFilteredError,
@@ -111,7 +112,7 @@ def error_from_response(
 ) -> InferlineError:
     """The error for a non-2xx answer (see the module docstring for the mapping)."""
     fields = error_fields(body)
-    message = redact(fields.message or httpx.codes.get_reason_phrase(status_code), secrets)
+    message = redact(fields.message or _reason_phrase(status_code), secrets)
     text = f"{target}: the upstream answered {status_code}: {message}"
     retry_s = retry_after_s(headers)
     if status_code == 429:
@@ -157,12 +158,19 @@ def error_from_transport(
         return StreamInterruptedError(
             f"{target}: the stream was cut ({detail})", target=target, code="stream_cut"
         )
-    if isinstance(exc, httpx.ConnectTimeout):
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return UpstreamTimeoutError(
             f"{target}: connecting timed out ({detail})", target=target, code="connect_timeout"
         )
-    if isinstance(exc, httpx.TimeoutException):  # pool or write timeout
+    if isinstance(exc, TimeoutError):  # any other timeout of the transport
         return UpstreamTimeoutError(f"{target}: {detail}", target=target)
     return UpstreamUnavailableError(
         f"{target}: cannot reach the upstream ({detail})", target=target, code="connect_error"
     )
+
+
+def _reason_phrase(status_code: int) -> str:
+    try:
+        return http.HTTPStatus(status_code).phrase
+    except ValueError:
+        return ""

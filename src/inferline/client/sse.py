@@ -30,16 +30,17 @@ class SSEEvent(NamedTuple):
 class SSEParser:
     """Feeds on bytes, returns the events they complete.
 
-    Invariant: ``_buffer[:_scanned]`` holds no line end, so each byte is scanned once
-    however the stream is split.
+    Each feed's bytes are scanned for line ends once, in bulk; the complete lines are
+    decoded together. Invariant: ``_pending`` (the start of an unfinished line) holds no
+    line end, so a long line arriving in many pieces costs linear time.
     """
 
     def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self.max_event_bytes = max_event_bytes
-        self._buffer = bytearray()
-        self._scanned = 0
+        self._pending: list[bytes] = []
+        self._num_pending = 0
         self._skip_lf = False  # the last line ended with "\r": a leading "\n" is its end
-        self._at_start = True
+        self._start: bytes | None = b""  # the stream's first bytes until the BOM is decided
         self._data: list[str] = []
         self._num_data_bytes = 0
         self._event = ""
@@ -47,67 +48,74 @@ class SSEParser:
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         """Adds ``data``; returns the events it completed, in order. Raises `SSEError`."""
-        self._buffer += data
-        if self._at_start:
-            self._strip_bom()
-        events = []
-        while (line := self._next_line()) is not None:
-            event = self._take_line(line)
-            if event is not None:
-                events.append(event)
-        if len(self._buffer) + self._num_data_bytes > self.max_event_bytes:
-            raise SSEError(f"an event is larger than {self.max_event_bytes} bytes")
+        if self._start is not None:
+            data = self._without_bom(data)
+        if self._skip_lf and data:
+            self._skip_lf = False
+            if data[:1] == b"\n":
+                data = data[1:]
+        if b"\r" in data:
+            self._skip_lf = data[-1:] == b"\r"
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        end = data.rfind(b"\n")
+        if end < 0:
+            self._keep(data)
+            return []
+        lines = self._decoded(data[:end])
+        self._pending, self._num_pending = [], 0
+        events = self._take_lines(lines)
+        self._keep(data[end + 1 :])
         return events
 
-    def _strip_bom(self) -> None:
-        """Drops a leading byte-order mark; undecided while the buffer is a prefix of one."""
-        size = min(len(self._buffer), len(_BOM))
-        if self._buffer[:size] != _BOM[:size]:
-            self._at_start = False
-        elif size == len(_BOM):
-            del self._buffer[:size]
-            self._at_start = False
+    def _without_bom(self, data: bytes) -> bytes:
+        """Drops a leading byte-order mark; undecided (b"") while the stream is a prefix of one."""
+        assert self._start is not None
+        data = self._start + data
+        if len(data) < len(_BOM) and _BOM.startswith(data):
+            self._start = data
+            return b""
+        self._start = None
+        return data.removeprefix(_BOM)
 
-    def _next_line(self) -> bytes | None:
-        buffer = self._buffer
-        if self._skip_lf and buffer:
-            self._skip_lf = False
-            if buffer[:1] == b"\n":
-                del buffer[:1]
-        if self._at_start:
-            return None  # not sure yet whether the stream starts with a BOM
-        end = _find_line_end(buffer, self._scanned)
-        if end < 0:
-            self._scanned = len(buffer)
-            return None
-        line = bytes(buffer[:end])
-        if buffer[end : end + 2] == b"\r\n":
-            del buffer[: end + 2]
-        else:
-            self._skip_lf = buffer[end : end + 1] == b"\r"
-            del buffer[: end + 1]
-        self._scanned = 0
-        return line
+    def _keep(self, piece: bytes) -> None:
+        if piece:
+            self._pending.append(piece)
+            self._num_pending += len(piece)
+        if self._num_pending + self._num_data_bytes > self.max_event_bytes:
+            raise SSEError(f"an event is larger than {self.max_event_bytes} bytes")
 
-    def _take_line(self, raw: bytes) -> SSEEvent | None:
+    def _decoded(self, head: bytes) -> list[str]:
+        if self._pending:
+            head = b"".join(self._pending) + head
         try:
-            line = raw.decode("utf-8")
+            return head.decode("utf-8").split("\n")
         except UnicodeDecodeError as exc:
             raise SSEError(f"an event-stream line is not UTF-8: {exc}") from None
-        if not line:
-            return self._dispatch()
-        if line.startswith(":"):
-            return None  # a comment (keep-alive)
+
+    def _take_lines(self, lines: list[str]) -> list[SSEEvent]:
+        events = []
+        for line in lines:
+            if not line:
+                event = self._dispatch()
+                if event is not None:
+                    events.append(event)
+            elif line.startswith("data: "):  # the usual line, first
+                self._data.append(line[6:])
+                self._num_data_bytes += len(line)
+            elif not line.startswith(":"):  # ":" starts a comment (keep-alive)
+                self._take_field(line)
+        return events
+
+    def _take_field(self, line: str) -> None:
         name, _, value = line.partition(":")
         value = value.removeprefix(" ")
         if name == "data":
             self._data.append(value)
-            self._num_data_bytes += len(raw)
+            self._num_data_bytes += len(line)
         elif name == "event":
             self._event = value
         elif name == "id" and "\0" not in value:
             self._last_id = value
-        return None
 
     def _dispatch(self) -> SSEEvent | None:
         if not self._data:
@@ -116,11 +124,3 @@ class SSEParser:
         event = SSEEvent("\n".join(self._data), self._event or "message", self._last_id)
         self._data, self._num_data_bytes, self._event = [], 0, ""
         return event
-
-
-def _find_line_end(buffer: bytearray, start: int) -> int:
-    """The index of the first ``\\r`` or ``\\n`` at or after ``start``, or -1."""
-    lf, cr = buffer.find(b"\n", start), buffer.find(b"\r", start)
-    if lf < 0 or cr < 0:
-        return max(lf, cr)
-    return min(lf, cr)

@@ -1,5 +1,6 @@
 """The stream `UpstreamClient.submit` returns: a `Flight`'s events -> `RequestOutput`s,
-under the attempt's deadlines (first token, idle, total, and the request's own).
+under the attempt's deadlines (first token, idle, total, and the request's own; the flight
+keeps them).
 
 A class rather than an ``async def`` generator so that closing it releases the upstream
 request even when it was never iterated (a generator that never started runs no
@@ -8,78 +9,17 @@ request even when it was never iterated (a generator that never started runs no
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
 from typing import Any
 
-from inferline.client.config import UpstreamTimeouts
 from inferline.client.errors import redact
-from inferline.client.flight import Aborted, BodyEnd, Flight, Item, Started
+from inferline.client.flight import Aborted, Flight
 from inferline.client.sse import SSEEvent
-from inferline.core.errors import (
-    DeadlineExceededError,
-    InferlineError,
-    StreamInterruptedError,
-    UpstreamError,
-    UpstreamTimeoutError,
-)
+from inferline.core.errors import StreamInterruptedError, UpstreamError
 from inferline.core.outputs import RequestOutput
 from inferline.openai.upstream import ChunkAccumulator
-
-
-@dataclass
-class Deadlines:
-    """When the attempt must have progressed, in ``time.monotonic()`` seconds.
-
-    Before the first content, ``first_token`` applies; after, ``idle_s`` since the last
-    event (comments do not count: keep-alives are not progress). ``total`` and the
-    request's own ``request`` deadline apply throughout.
-    """
-
-    first_token: float
-    total: float
-    request: float | None
-    idle_s: float
-    last_event: float
-
-    @classmethod
-    def starting_now(cls, timeouts: UpstreamTimeouts, request: float | None) -> Deadlines:
-        """The deadlines of an attempt that starts now."""
-        now = time.monotonic()
-        return cls(
-            now + timeouts.first_token_s, now + timeouts.total_s, request, timeouts.idle_s, now
-        )
-
-    def next(self, has_content: bool) -> tuple[float, str]:
-        """The nearest deadline and its kind (``first_token``, ``idle``, ``total``, ``request``)."""
-        phase = (
-            (self.last_event + self.idle_s, "idle")
-            if has_content
-            else (self.first_token, "first_token")
-        )
-        candidates = [phase, (self.total, "total")]
-        if self.request is not None:
-            candidates.append((self.request, "request"))
-        return min(candidates)
-
-    @staticmethod
-    def error(kind: str, has_content: bool, target: str) -> InferlineError:
-        """The error for deadline ``kind`` passing: a timeout until content arrived (retry
-        it anywhere), an interrupted stream after (continue it elsewhere)."""
-        if kind == "request":
-            return DeadlineExceededError(f"{target}: the request's deadline passed")
-        if kind == "idle":
-            message = f"{target}: no event from the upstream within the idle timeout"
-            return StreamInterruptedError(message, target=target, code="stream_stalled")
-        if kind == "first_token":
-            message = f"{target}: no answer from the upstream within the first-token timeout"
-            return UpstreamTimeoutError(message, target=target, code="first_token_timeout")
-        message = f"{target}: the answer did not end within the total timeout"
-        cls = StreamInterruptedError if has_content else UpstreamTimeoutError
-        return cls(message, target=target, code="total_timeout")
 
 
 class UpstreamStream(AsyncGenerator[RequestOutput, None]):
@@ -90,23 +30,17 @@ class UpstreamStream(AsyncGenerator[RequestOutput, None]):
     """
 
     def __init__(
-        self,
-        flight: Flight,
-        accumulator: ChunkAccumulator,
-        deadlines: Deadlines,
-        on_release: Callable[[], None],
+        self, flight: Flight, accumulator: ChunkAccumulator, on_release: Callable[[], None]
     ) -> None:
-        self.flight, self.accumulator, self.deadlines = flight, accumulator, deadlines
+        self.flight, self.accumulator = flight, accumulator
         self._on_release = on_release
         self._is_done = False
 
     async def wait_started(self) -> None:
-        """Waits for the upstream's status; raises its error (or a timeout) if not 2xx. An
-        abort meanwhile is not an error: the stream then yields the abort output."""
-        item = await self._next_item()
-        if isinstance(item, InferlineError):
-            raise item
-        if isinstance(item, Started):
+        """Sends the request and waits for the upstream's status; raises its error (or a
+        timeout) if not 2xx. An abort meanwhile is not an error: the stream then yields the
+        abort output."""
+        if await self.flight.start():
             self.accumulator.metrics.first_scheduled_s = time.time()
 
     async def __anext__(self) -> RequestOutput:
@@ -114,16 +48,12 @@ class UpstreamStream(AsyncGenerator[RequestOutput, None]):
             raise StopAsyncIteration
         try:
             output = await self._next_output()
-        except asyncio.CancelledError:
-            self.close_now()  # no waiting while being cancelled
-            raise
-        except BaseException:
-            await self.aclose()
+        except BaseException:  # an error, a deadline, or the reader cancelled
+            self.close_now()
             raise
         if output.finished:
-            # the flight finishes reading the body's end by itself, so that its connection
-            # goes back to the pool (an aborted flight was cancelled already)
             self._is_done = True
+            self.flight.finish()  # its connection goes back to the pool
             self._on_release()
         return output
 
@@ -139,45 +69,34 @@ class UpstreamStream(AsyncGenerator[RequestOutput, None]):
         raise val if isinstance(val, BaseException) else typ()
 
     async def aclose(self) -> None:
-        """Cancels the upstream request (if not finished), releases it, waits until its
-        response is closed."""
-        if not self._is_done:
-            self.close_now()
-            await self.flight.close()
+        """Cancels the upstream request (if not finished) and releases it; its response is
+        closed at once."""
+        self.close_now()
 
     def close_now(self) -> None:
-        """Cancels the upstream request and releases it without waiting."""
+        """Cancels the upstream request and releases it (never waits)."""
         if not self._is_done:
             self._is_done = True
-            self.flight.cancel()
+            self.flight.close()
             self._on_release()
 
     async def _next_output(self) -> RequestOutput:
+        flight, accumulator = self.flight, self.accumulator
         while True:
-            item = await self._next_item()
-            now_s = time.time()
-            if isinstance(item, Aborted):
-                return self.accumulator.aborted(now_s)
-            if isinstance(item, InferlineError):
-                raise item
-            if isinstance(item, BodyEnd):
-                return self._at_body_end(now_s)
-            if isinstance(item, SSEEvent) and item.data.strip():
-                self.deadlines.last_event = time.monotonic()
-                output = self._on_event(item, now_s)
-                if output is not None:
-                    return output
+            item = await flight.next_event(accumulator.has_content)
+            if isinstance(item, SSEEvent):
+                data = item.data.strip()
+                if data:  # an event with no data is no progress
+                    flight.deadlines.last_event = time.monotonic()
+                    output = self._on_event(item, data, time.time())
+                    if output is not None:
+                        return output
+            elif isinstance(item, Aborted):
+                return accumulator.aborted(time.time())
+            else:
+                return self._at_body_end(time.time())
 
-    async def _next_item(self) -> Item:
-        deadline, kind = self.deadlines.next(self.accumulator.has_content)
-        try:
-            return await self.flight.next_item(deadline)
-        except TimeoutError:
-            pass
-        raise self.deadlines.error(kind, self.accumulator.has_content, self.flight.target)
-
-    def _on_event(self, event: SSEEvent, now_s: float) -> RequestOutput | None:
-        data = event.data.strip()
+    def _on_event(self, event: SSEEvent, data: str, now_s: float) -> RequestOutput | None:
         if data == "[DONE]":
             return self.accumulator.finish(now_s)
         try:

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
-import httpx
+import aiohttp
 
 from inferline.client.config import UpstreamConfig
+from inferline.client.deadlines import Deadlines
 from inferline.client.errors import error_from_response, error_from_transport
 from inferline.client.flight import Aborted, Flight
-from inferline.client.stream import Deadlines, UpstreamStream
+from inferline.client.stream import UpstreamStream
 from inferline.core.errors import (
     InvalidParameterError,
     StreamInterruptedError,
@@ -34,24 +36,32 @@ from inferline.core.protocols import GenerationRequest, GeneratorStats, HealthRe
 from inferline.openai.upstream import ChunkAccumulator, UpstreamCall, upstream_call
 
 EMBEDDINGS_PATH = "/embeddings"
+KEEPALIVE_S = 4.0  # an idle pooled connection is closed before common servers' 5 s do
 _DRAIN_POLL_S = 0.02
+_DEFAULT_HEADERS = {"User-Agent": "inferline", "Content-Type": "application/json"}
 _STREAM_HEADERS = {"Accept": "text/event-stream", "Accept-Encoding": "identity"}
+_JSON_HEADERS = {"Accept": "application/json", "Accept-Encoding": "gzip, deflate"}
 
 
 class UpstreamClient:
     """One upstream (`UpstreamConfig`) behind the `Generator` protocol, plus embeddings.
 
     Requests only ever go to ``config.base_url`` + a fixed path; redirects are not
-    followed, the environment (proxies, ``.netrc``) is not read. ``transport`` replaces
-    the network (tests pass an ``httpx.MockTransport``).
+    followed, the environment (proxies, ``.netrc``) is not read, cookies are not kept.
+    HTTP is aiohttp's, over one keep-alive pool per client (``config.max_connections``).
+    ``connector`` makes that pool instead (called once, in the event loop: e.g. an
+    ``aiohttp.TCPConnector`` with its own resolver or TLS context).
     """
 
     def __init__(
-        self, config: UpstreamConfig, *, transport: httpx.AsyncBaseTransport | None = None
+        self,
+        config: UpstreamConfig,
+        *,
+        connector: Callable[[], aiohttp.BaseConnector] | None = None,
     ) -> None:
         self.config = config
-        self._transport = transport
-        self._http: httpx.AsyncClient | None = None
+        self._connector = connector
+        self._http: aiohttp.ClientSession | None = None
         self._flights: dict[str, Flight] = {}
         self._num_embeddings = 0
         self._is_accepting = True
@@ -88,7 +98,7 @@ class UpstreamClient:
             )
         if self._http is not None:
             http, self._http = self._http, None
-            await http.aclose()
+            await http.close()
 
     async def submit(self, request: GenerationRequest) -> AsyncGenerator[RequestOutput, None]:
         """Sends ``request`` and waits for the upstream's status (within the first-token
@@ -98,11 +108,8 @@ class UpstreamClient:
         stream = self._open(request, self._call(request))
         try:
             await stream.wait_started()
-        except asyncio.CancelledError:
-            stream.close_now()
-            raise
         except BaseException:
-            await stream.aclose()
+            stream.close_now()
             raise
         return stream
 
@@ -110,12 +117,14 @@ class UpstreamClient:
         """Sends ``call`` now (its deadlines start now) and registers it as in flight."""
         metrics = RequestMetrics(arrival_s=time.time())
         deadlines = Deadlines.starting_now(self.config.timeouts, request.deadline)
-        http = self._client()
-        body = http.build_request(
-            "POST", self._url(call.path), json=call.body, headers=_STREAM_HEADERS
-        )
         flight = Flight(
-            request.request_id, http, body, target=self.name, secrets=self.config.secrets
+            request.request_id,
+            self._client(),
+            self._url(call.path),
+            json.dumps(call.body).encode(),
+            deadlines,
+            target=self.name,
+            secrets=self.config.secrets,
         )
         self._flights[request.request_id] = flight
         accumulator = ChunkAccumulator(
@@ -128,7 +137,7 @@ class UpstreamClient:
             target=self.name,
         )
         release = functools.partial(self._release, request.request_id, flight)
-        return UpstreamStream(flight, accumulator, deadlines, release)
+        return UpstreamStream(flight, accumulator, release)
 
     def _call(self, request: GenerationRequest) -> UpstreamCall:
         """The upstream body. A continuation this upstream cannot do is a fault of the
@@ -178,39 +187,43 @@ class UpstreamClient:
         """One non-streaming call: status within the first-token timeout, the whole body
         within the total timeout."""
         timeouts, http = self.config.timeouts, self._client()
-        request = http.build_request("POST", self._url(path), json=payload)
         started = time.monotonic()
         phase = "first_token_timeout"
         try:
-            async with asyncio.timeout(timeouts.first_token_s):
-                response = await http.send(request, stream=True)
-            try:
-                phase = "total_timeout"
-                remaining_s = timeouts.total_s - (time.monotonic() - started)
-                async with asyncio.timeout(max(0.0, remaining_s)):
-                    body = await response.aread()
-            finally:
-                await response.aclose()
-        except TimeoutError:
+            async with asyncio.timeout(timeouts.first_token_s) as scope:
+                response = await http.post(
+                    self._url(path),
+                    data=json.dumps(payload).encode(),
+                    headers=_JSON_HEADERS,
+                    allow_redirects=False,
+                )
+                async with response:
+                    phase = "total_timeout"
+                    remaining_s = timeouts.total_s - (time.monotonic() - started)
+                    scope.reschedule(asyncio.get_running_loop().time() + remaining_s)
+                    body = await response.read()
+        except TimeoutError as exc:
+            if isinstance(exc, aiohttp.ClientError):
+                raise self._transport_error(exc) from None
             message = f"{self.name}: no complete answer from the upstream in time ({phase})"
             raise UpstreamTimeoutError(message, target=self.name, code=phase) from None
-        except (httpx.HTTPError, RuntimeError) as exc:  # RuntimeError: the pool was closed
-            raise error_from_transport(
-                exc, is_started=False, target=self.name, secrets=self.config.secrets
-            ) from None
+        except Exception as exc:  # anything else the transport raises, typed
+            raise self._transport_error(exc) from None
         return self._json_answer(response, body)
 
-    def _json_answer(self, response: httpx.Response, body: bytes) -> dict[str, Any]:
-        if not response.is_success:
+    def _transport_error(self, exc: Exception) -> UpstreamError:
+        return error_from_transport(
+            exc, is_started=False, target=self.name, secrets=self.config.secrets
+        )
+
+    def _json_answer(self, response: aiohttp.ClientResponse, body: bytes) -> dict[str, Any]:
+        if not 200 <= response.status < 300:
             raise error_from_response(
-                response.status_code,
-                response.headers,
-                body,
-                target=self.name,
+                response.status, response.headers, body, target=self.name,
                 secrets=self.config.secrets,
-            )
+            )  # fmt: skip
         try:
-            answer = response.json()
+            answer = json.loads(body)
         except ValueError:
             answer = None
         if not isinstance(answer, dict):
@@ -240,24 +253,31 @@ class UpstreamClient:
         """Only ever the configured base URL plus one of our fixed paths."""
         return self.config.base_url + path
 
-    def _client(self) -> httpx.AsyncClient:
+    def _client(self) -> aiohttp.ClientSession:
         if self._http is None:
             config = self.config
-            headers = {"User-Agent": "inferline", **config.headers}
-            if config.api_key is not None:
-                headers["Authorization"] = f"Bearer {config.api_key}"
-            self._http = httpx.AsyncClient(
-                transport=self._transport,
-                limits=httpx.Limits(
-                    max_connections=config.max_connections,
-                    max_keepalive_connections=config.max_connections,
-                ),
-                # read/write stay unbounded here: the stream's deadlines bound them
-                timeout=httpx.Timeout(
-                    None, connect=config.timeouts.connect_s, pool=config.timeouts.first_token_s
-                ),
-                follow_redirects=False,
+            auth = {} if config.api_key is None else {"Authorization": f"Bearer {config.api_key}"}
+            connector = self._connector() if self._connector else _pool(config)
+            self._http = aiohttp.ClientSession(
+                connector=connector,
+                # what streams send; embeddings calls replace Accept and Accept-Encoding
+                headers=_merged(_DEFAULT_HEADERS, config.headers, auth, _STREAM_HEADERS),
+                # only connecting has a transport timeout: the deadlines bound the rest
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.timeouts.connect_s),
+                cookie_jar=aiohttp.DummyCookieJar(),
                 trust_env=False,
-                headers=headers,
             )
         return self._http
+
+
+def _pool(config: UpstreamConfig) -> aiohttp.TCPConnector:
+    return aiohttp.TCPConnector(limit=config.max_connections, keepalive_timeout=KEEPALIVE_S)
+
+
+def _merged(*layers: Mapping[str, str]) -> dict[str, str]:
+    """The layers' headers, later layers winning; names compare case-insensitively."""
+    merged: dict[str, tuple[str, str]] = {}
+    for layer in layers:
+        for name, value in layer.items():
+            merged[name.lower()] = (name, value)
+    return dict(merged.values())
