@@ -108,3 +108,20 @@ def test_models_routes_and_metrics(setup: Any) -> None:
     assert 'inferline:route_fallbacks_total{reason="upstream_unavailable",route="bot"}' in metrics
     assert 'inferline:target_breaker_state{target="a"} 0.0' in metrics
     assert client.get("/v1/models/nope").status_code == 404
+
+
+def test_the_clients_timeout_header_bounds_the_request(tmp_path: Path) -> None:
+    slow = ScriptedGenerator("slow", [Step(delay_s=0.5)])
+    router = Router([Target(TargetConfig("slow"), slow)], [])
+    with TestClient(create_app(router, ServerConfig())) as client:
+        body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}]}
+        started = time.monotonic()
+        response = client.post(
+            "/v1/chat/completions", json=body, headers={"x-inferline-timeout-ms": "200"}
+        )
+        assert response.status_code == 504 and time.monotonic() - started < 1.0
+        assert response.json()["error"]["code"] == "deadline_exceeded"
+        bad = client.post(
+            "/v1/chat/completions", json=body, headers={"x-inferline-timeout-ms": "x"}
+        )
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "x-inferline-timeout-ms"
