@@ -26,7 +26,7 @@ def test_migrate_a_blank_database_then_nothing_to_do(tmp_path) -> None:  # type:
         "id", "request_id", "created_at", "model", "endpoint", "status_code", "finish_reason",
         "error", "prompt", "output", "prompt_tokens", "completion_tokens", "cached_tokens",
         "queue_time_s", "ttft_s", "total_time_s", "user_id", "batch_ids", "route", "target",
-        "num_attempts", "fallback_reason", "cost_usd",
+        "num_attempts", "fallback_reason", "cost_usd", "key_id",
     }  # fmt: skip
     attempts = {c["name"] for c in inspect(engine).get_columns("request_attempts")}
     assert {"request_id", "attempt", "target", "reason", "status", "cost_usd"} <= attempts

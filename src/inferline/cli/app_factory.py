@@ -15,6 +15,7 @@ from inferline.cli.main import default_cache_dir
 from inferline.server import ServerConfig, create_app
 from inferline.server.app import Extension
 from inferline.store import RequestLogWriter
+from inferline.tenants import Tenants
 
 
 def build_app(
@@ -26,6 +27,7 @@ def build_app(
     log_writer: RequestLogWriter | None = None,
     extensions: Sequence[Extension] = (),
     reloadable: bool = False,
+    tenants: Tenants | None = None,
 ) -> tuple[Any, Gateway]:
     """Checks the config (every mistake before a load), loads the models, builds the app."""
     config = serve_config(args, environ)
@@ -46,6 +48,7 @@ def build_app(
         predictors=predictors,
         extensions=extensions,
         reload=gateway.reload if reloadable and args.config is not None else None,
+        tenants=tenants,
     )
     return app, gateway
 

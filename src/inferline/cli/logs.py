@@ -23,6 +23,7 @@ def register(sub: Any) -> None:
     p.add_argument("--model", default=None)
     p.add_argument("--status", type=int, default=None, help="HTTP status code, e.g. 400")
     p.add_argument("--since", default=None, help="how far back: 30s, 10m, 2h, 1d")
+    p.add_argument("--key", default=None, help="a virtual key's id (key_...)")
     p.add_argument("--database-url", default=None)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(run=run)
@@ -50,7 +51,11 @@ def run(args: argparse.Namespace) -> int:
     database = connect(args.database_url or default_database_url(default_cache_dir()))
     migrate(database)
     rows = RequestLog(database).recent(
-        limit=args.limit, model=args.model, status_code=args.status, since=_since(args.since)
+        limit=args.limit,
+        model=args.model,
+        status_code=args.status,
+        since=_since(args.since),
+        key_id=args.key,
     )
     if args.json:
         for row in rows:

@@ -1,5 +1,5 @@
 """`inferline` entry point: `serve`, `generate`, `chat`, `models`, `logs`, `bench`, `batch`,
-`config`."""
+`config`, `keys`."""
 
 from __future__ import annotations
 
@@ -102,11 +102,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
-    from inferline.cli import batch, bench, chat, config_cmd, generate, logs, models, serve
+    from inferline.cli import batch, bench, chat, config_cmd, generate, keys, logs, models, serve
 
     parser = argparse.ArgumentParser(prog="inferline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (serve, generate, chat, models, logs, bench, batch, config_cmd):
+    for module in (serve, generate, chat, models, logs, bench, batch, config_cmd, keys):
         module.register(sub)
     return parser
 

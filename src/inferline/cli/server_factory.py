@@ -11,7 +11,15 @@ from inferline.cli.app_factory import build_app as build_gateway_app
 from inferline.cli.gateway_factory import Gateway
 from inferline.server import ServerConfig
 from inferline.server.state import ServerState
-from inferline.store import RequestLog, RequestLogWriter, connect, default_database_url, migrate
+from inferline.store import (
+    KeyStore,
+    RequestLog,
+    RequestLogWriter,
+    connect,
+    default_database_url,
+    migrate,
+)
+from inferline.tenants import Tenants
 
 
 def build_app(
@@ -36,6 +44,8 @@ def build_app(
         api_keys[0] if api_keys else None,
         max_in_flight=args.batch_max_in_flight,
     )
+    tenants = Tenants(KeyStore(database), api_keys)
+    tenants.recover()  # requests in flight at a crash: charged as reserved, reported
     app, gateway = build_gateway_app(
         args,
         data_dir,
@@ -44,5 +54,6 @@ def build_app(
         log_writer=RequestLogWriter(RequestLog(database)),
         extensions=[jobs],
         reloadable=True,
+        tenants=tenants,
     )
     return app, app.state.inferline, gateway

@@ -11,6 +11,8 @@ Hierarchy::
     ├── OverloadedError                        the waiting queue is full; retry later
     ├── EngineDeadError (RuntimeError)         the engine loop stopped; requests cannot finish
     ├── DeadlineExceededError (TimeoutError)   the request's deadline passed before an answer
+    ├── PermissionDeniedError                  the caller's key may not do this (403)
+    ├── LimitExceededError                     a key's rate, parallel or budget limit (429)
     └── UpstreamError                          a target (remote server or local engine) failed
         ├── RateLimitedError                   429: retry after ``retry_after_s``
         ├── UpstreamUnavailableError           5xx, connection refused/reset: retryable
@@ -215,3 +217,32 @@ class AllTargetsFailedError(UpstreamError):
 
     retryable = False
     default_code = "all_targets_failed"
+
+
+class PermissionDeniedError(InferlineError):
+    """The caller's key may not do this (a route it is not allowed, the admin API)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class LimitExceededError(InferlineError):
+    """A key's limit refused the request: ``code`` is ``rate_limit_exceeded`` (requests or
+    tokens per minute, requests in flight) or ``insufficient_quota`` (its budget);
+    ``headers`` are the ``x-ratelimit-*`` headers to send with the 429."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "rate_limit_exceeded",
+        retry_after_s: float | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.retry_after_s = retry_after_s
+        self.headers = headers or {}

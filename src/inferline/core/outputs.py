@@ -117,6 +117,7 @@ class Attempt:
     error: str | None = None
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0
+    num_cached_tokens: int = 0
     cost_usd: float = 0.0
 
 
@@ -126,7 +127,8 @@ class RouteReport:
 
     ``target`` is the model entry whose output reached the client first (named by the
     response headers); ``model`` names the one that produced the end of the answer (a
-    stream continued on another target names that one).
+    stream continued on another target names that one). ``stopped_by`` says why an answer
+    was cut short (``budget``: its key's budget could not pay for more).
     """
 
     route: str
@@ -134,6 +136,7 @@ class RouteReport:
     model: str = ""
     attempts: list[Attempt] = field(default_factory=list)
     fallback_reason: str | None = None
+    stopped_by: str | None = None
 
     @property
     def cost_usd(self) -> float:

@@ -18,6 +18,15 @@ from inferline.core.outputs import RequestOutput
 from inferline.core.sampling_params import Priority, SamplingParams
 
 
+class SpendGuard(Protocol):
+    """Charges a request's spend as it is produced, against its key's budget."""
+
+    def charge(self, amount_usd: float) -> bool:
+        """Adds ``amount_usd``; False (nothing charged) when the budget cannot pay it: the
+        generator then stops the request (``finish_reason: length``)."""
+        ...
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One user request: a prompt (text or token ids) or chat messages, and how to sample.
@@ -37,6 +46,8 @@ class GenerationRequest:
             message, or of the completion): how a stream cut mid-way is finished elsewhere.
         streaming: the client sees outputs as they come; when False, an answer that fails
             mid-way may be restarted from scratch elsewhere rather than continued.
+        spend: charged with the cost of every output of every attempt (a router does it);
+            when it refuses, the request is stopped.
     """
 
     request_id: str
@@ -53,6 +64,7 @@ class GenerationRequest:
     deadline: float | None = None
     assistant_prefix: str | None = None
     streaming: bool = True
+    spend: SpendGuard | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
@@ -106,7 +118,12 @@ class TargetStatus:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """One name a client may put in ``model``: a model, or a route over several models."""
+    """One name a client may put in ``model``: a model, or a route over several models.
+
+    The prices (USD per million tokens) are the highest of the route's targets, what a
+    request may cost at worst; ``is_local``: every target is a local engine (its spend
+    can be stopped at any token).
+    """
 
     name: str
     kind: Literal["model", "route"] = "model"
@@ -114,6 +131,10 @@ class ModelInfo:
     owned_by: str = "inferline"
     strategy: str | None = None  # routes only
     targets: tuple[TargetStatus, ...] = ()  # routes only
+    input_usd_per_mtok: float = 0.0
+    cached_input_usd_per_mtok: float = 0.0
+    output_usd_per_mtok: float = 0.0
+    is_local: bool = True
 
 
 class Generator(Protocol):

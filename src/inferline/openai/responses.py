@@ -94,13 +94,23 @@ def chat_completion(
 ) -> dict[str, Any]:
     """A whole ``chat.completion`` body (``header``: id, created)."""
     choices = [chat_choice(c, c.index, tool_mode) for c in outputs[0].outputs]
-    return {
+    body = {
         **header,
         "object": "chat.completion",
         "model": outputs[0].model or header.get("model", ""),
         "choices": choices,
         "usage": usage(outputs),
     }
+    return _with_extension(body, outputs[-1])
+
+
+def _with_extension(body: dict[str, Any], output: RequestOutput) -> dict[str, Any]:
+    """Adds a top-level ``inferline`` object when there is something to say (an answer
+    stopped by its key's budget: ``{"stopped_by": "budget"}``)."""
+    route = output.route
+    if route is not None and route.stopped_by:
+        body["inferline"] = {"stopped_by": route.stopped_by}
+    return body
 
 
 def completion_choice(output: CompletionOutput, index: int) -> dict[str, Any]:
@@ -121,13 +131,14 @@ def text_completion(header: dict[str, Any], outputs: list[RequestOutput], n: int
         for prompt_index, output in enumerate(outputs)
         for c in output.outputs
     ]
-    return {
+    body = {
         **header,
         "object": "text_completion",
         "model": outputs[0].model or header.get("model", ""),
         "choices": choices,
         "usage": usage(outputs),
     }
+    return _with_extension(body, outputs[-1])
 
 
 def sse(data: dict[str, Any] | str) -> str:
@@ -190,7 +201,8 @@ class ChatChunker:
                     finish = tool_finish_reason(
                         completion.finish_reason, len(completion.tool_calls), self.tool_mode
                     )
-                yield self._chunk(output.model, i, delta, logprobs if n == 0 else None, finish)
+                chunk = self._chunk(output.model, i, delta, logprobs if n == 0 else None, finish)
+                yield _with_extension(chunk, output) if finish else chunk
             if completion.finish_reason is not None:
                 self.finished.add(i)
 
@@ -256,7 +268,7 @@ class CompletionChunker:
             chunk = {**self.header, "model": model, "choices": [choice]}
             if self.include_usage:
                 chunk["usage"] = None
-            yield chunk
+            yield _with_extension(chunk, output) if completion.finish_reason else chunk
 
     def final(self, outputs: list[RequestOutput]) -> dict[str, Any] | None:
         """The usage chunk when ``stream_options.include_usage`` is set."""

@@ -17,11 +17,13 @@ END, DEADLINE, ABORT = object(), object(), object()  # queue markers besides out
 
 @dataclasses.dataclass
 class Outcome:
-    """How an attempt ended: finished (its final output sent or buffered) or an error."""
+    """How an attempt ended: finished (its final output sent or buffered), an error, or
+    stopped because the key's budget could not pay for more (``out_of_budget``)."""
 
     finished: bool = False
     error: BaseException | None = None
     rejected_by: str | None = None  # a cascade check the answer failed
+    out_of_budget: bool = False
 
 
 async def pump(target: Target, request: GenerationRequest, queue: asyncio.Queue[Any]) -> None:
@@ -50,12 +52,14 @@ def record_attempt(
     worked), a client that left is no verdict, an error counts if it is the target's."""
     attempt.duration_s = duration_s
     attempt.cost_usd = target.config.price.cost_usd(
-        attempt.num_prompt_tokens, attempt.num_output_tokens
+        attempt.num_prompt_tokens, attempt.num_output_tokens, attempt.num_cached_tokens
     )
     error = outcome.error
     if outcome.rejected_by is not None:
         attempt.error_type = f"check_failed:{outcome.rejected_by}"
-    if outcome.finished or outcome.rejected_by is not None:
+    if outcome.out_of_budget:
+        attempt.error_type = "budget_exhausted"  # stopped by us: the target did its part
+    if outcome.finished or outcome.rejected_by is not None or outcome.out_of_budget:
         target.breaker.record_success()
         target.window.record(True, attempt.first_token_s, duration_s)
         return

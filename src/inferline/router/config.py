@@ -24,19 +24,37 @@ def _positive(name: str, value: float | None) -> None:
 
 @dataclass(frozen=True)
 class Price:
-    """What a target charges per million tokens (USD); a local model costs 0 by default."""
+    """What a target charges per million tokens (USD); a local model costs 0 by default.
+
+    ``cached_input_per_mtok``: prompt tokens served from a prefix cache (default: the input
+    price).
+    """
 
     input_per_mtok: float = 0.0
     output_per_mtok: float = 0.0
+    cached_input_per_mtok: float | None = None
 
     def __post_init__(self) -> None:
-        if self.input_per_mtok < 0 or self.output_per_mtok < 0:
+        cached = self.cached_input_per_mtok or 0.0
+        if self.input_per_mtok < 0 or self.output_per_mtok < 0 or cached < 0:
             raise InvalidParameterError("prices must not be negative", "price")
 
-    def cost_usd(self, num_prompt_tokens: int, num_output_tokens: int) -> float:
-        """The cost of one attempt."""
+    @property
+    def cached_per_mtok(self) -> float:
+        """The price of a cached prompt token."""
+        if self.cached_input_per_mtok is None:
+            return self.input_per_mtok
+        return self.cached_input_per_mtok
+
+    def cost_usd(
+        self, num_prompt_tokens: int, num_output_tokens: int, num_cached_tokens: int = 0
+    ) -> float:
+        """The cost of one attempt (``num_cached_tokens`` of the prompt at the cached price)."""
+        cached = min(num_cached_tokens, num_prompt_tokens)
         return (
-            num_prompt_tokens * self.input_per_mtok + num_output_tokens * self.output_per_mtok
+            (num_prompt_tokens - cached) * self.input_per_mtok
+            + cached * self.cached_per_mtok
+            + num_output_tokens * self.output_per_mtok
         ) / 1e6
 
 

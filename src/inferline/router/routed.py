@@ -24,6 +24,7 @@ from inferline.core.errors import (
     ContextLengthExceededError,
     DeadlineExceededError,
     InvalidParameterError,
+    LimitExceededError,
     StreamInterruptedError,
     UpstreamError,
 )
@@ -72,6 +73,8 @@ class RoutedRequest:
         self._expired = asyncio.Event()
         self._aborted = False
         self._errors: list[Exception] = []  # of every attempt that failed
+        self._charged: dict[int, float] = {}  # what each attempt was charged so far
+        self._last_sent: RequestOutput | None = None
 
     # ---- the stream ------------------------------------------------------------------
 
@@ -120,6 +123,9 @@ class RoutedRequest:
                 async for output in self._attempt(target, reason, outcome):
                     yield output
                 if outcome.finished:
+                    return
+                if outcome.out_of_budget:
+                    yield self._stopped_for_budget()
                     return
                 last_error = outcome.error
                 if self.progress.started and not self.request.streaming:
@@ -278,26 +284,12 @@ class RoutedRequest:
         target.in_flight += 1
         started = self.clock()
         pumping = asyncio.ensure_future(pump(target, request, queue))
-        last: RequestOutput | None = None
         try:
-            while True:
-                item = await queue.get()
-                if item is END:
-                    break
-                if item is DEADLINE or item is ABORT:
-                    outcome.error = self._stop_error(item)
-                    break
-                if isinstance(item, BaseException):
-                    outcome.error = item
-                    break
-                last = item
-                self._note_output(attempt, item, started)
-                if buffered is not None:
-                    buffered.append(item)
-                    continue
-                yield self._forward(item, target)
-            if outcome.error is None:
-                self._finish(last, outcome, request)
+            async for output in self._read(queue, attempt, target, outcome, started):
+                if buffered is None:
+                    yield self._forward(output, target)
+                else:
+                    buffered.append(output)
             if outcome.finished and buffered is not None:
                 for output in await self._accepted(buffered, target, outcome):
                     yield output
@@ -306,6 +298,34 @@ class RoutedRequest:
             await asyncio.gather(pumping, return_exceptions=True)
             target.in_flight -= 1
             self._record(target, attempt, outcome, started)
+
+    async def _read(
+        self,
+        queue: asyncio.Queue[Any],
+        attempt: Attempt,
+        target: Target,
+        outcome: Outcome,
+        started: float,
+    ) -> AsyncGenerator[RequestOutput, None]:
+        """The attempt's outputs, each charged first, until its end (``outcome`` says how)."""
+        last: RequestOutput | None = None
+        while True:
+            item = await queue.get()
+            if item is END:
+                break
+            if item is DEADLINE or item is ABORT:
+                outcome.error = self._stop_error(item)
+                return
+            if isinstance(item, BaseException):
+                outcome.error = item
+                return
+            last = item
+            self._note_output(attempt, item, started)
+            if not self._charge(attempt, target):
+                outcome.out_of_budget = True
+                return
+            yield item
+        self._finish(last, outcome)
 
     def _stop_error(self, marker: object) -> Exception:
         if marker is ABORT:
@@ -317,6 +337,24 @@ class RoutedRequest:
             attempt.first_token_s = self.clock() - started
         attempt.num_prompt_tokens = output.num_prompt_tokens
         attempt.num_output_tokens = output.num_generated_tokens
+        attempt.num_cached_tokens = output.metrics.num_cached_prompt_tokens
+
+    def _charge(self, attempt: Attempt, target: Target) -> bool:
+        """Charges what the attempt cost since its last output to the request's key; False
+        when the budget cannot pay for it (the output is then not sent)."""
+        guard = self.request.spend
+        if guard is None:
+            return True
+        cost = target.config.price.cost_usd(
+            attempt.num_prompt_tokens, attempt.num_output_tokens, attempt.num_cached_tokens
+        )
+        delta = cost - self._charged.get(attempt.number, 0.0)
+        if delta <= 0:
+            return True
+        if not guard.charge(delta):
+            return False
+        self._charged[attempt.number] = cost
+        return True
 
     def _forward(self, output: RequestOutput, target: Target) -> RequestOutput:
         if not self.report.target:
@@ -325,11 +363,33 @@ class RoutedRequest:
         if self.request.params.logprobs is None:
             for completion in output.outputs:
                 completion.logprobs = None  # asked only for a cascade check
-        return self.progress.rebase(output, self.report)
+        self._last_sent = self.progress.rebase(output, self.report)
+        return self._last_sent
 
-    def _finish(
-        self, last: RequestOutput | None, outcome: Outcome, request: GenerationRequest
-    ) -> None:
+    def _stopped_for_budget(self) -> RequestOutput:
+        """The end of an answer the key's budget could not pay for: what was sent so far,
+        finished with ``length`` (as a ``max_tokens`` cut would be), or a 429 if nothing
+        was sent."""
+        self.report.stopped_by = "budget"
+        last = self._last_sent
+        if last is None:
+            raise LimitExceededError(
+                "this key's budget cannot pay for this request", code="insufficient_quota"
+            )
+        completions = [
+            dataclasses.replace(
+                c,
+                text_delta="",
+                token_ids_delta=[],
+                num_tokens_delta=0,
+                tool_call_deltas=[],
+                finish_reason=c.finish_reason or "length",
+            )
+            for c in last.outputs
+        ]
+        return dataclasses.replace(last, outputs=completions, finished=True)
+
+    def _finish(self, last: RequestOutput | None, outcome: Outcome) -> None:
         """Decides whether the attempt's end is the answer's end."""
         if last is None or not last.finished:
             outcome.error = StreamInterruptedError(

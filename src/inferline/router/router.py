@@ -170,6 +170,7 @@ class Router:
                 for t, ref in zip(targets, route.targets, strict=True)
             )
             is_route = name in table.configured
+            prices = [t.config.price for t in targets]
             infos.append(
                 ModelInfo(
                     name,
@@ -177,6 +178,10 @@ class Router:
                     max(lengths) if lengths else None,
                     strategy=route.strategy if is_route else None,
                     targets=statuses,
+                    input_usd_per_mtok=max(p.input_per_mtok for p in prices),
+                    cached_input_usd_per_mtok=max(p.cached_per_mtok for p in prices),
+                    output_usd_per_mtok=max(p.output_per_mtok for p in prices),
+                    is_local=all(t.is_local for t in targets),
                 )
             )
         infos.sort(key=lambda info: (info.name != table.default, info.kind != "route"))

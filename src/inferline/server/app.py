@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,16 +13,23 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from inferline.core.errors import InvalidParameterError
 from inferline.core.protocols import Generator, Service
-from inferline.server import routes_chat, routes_completions, routes_embeddings, routes_ops
+from inferline.server import (
+    routes_admin,
+    routes_chat,
+    routes_completions,
+    routes_embeddings,
+    routes_ops,
+)
 from inferline.server.config import ServerConfig
 from inferline.server.errors import APIError, install_error_handlers
 from inferline.server.metrics import Metrics
 from inferline.server.middleware import GuardMiddleware
-from inferline.server.observe import Observer
+from inferline.server.observe import Observer, Redactor
 from inferline.server.openapi import install_openapi
 from inferline.server.predictors import PredictorEntry, PredictorPool
 from inferline.server.state import Reload, ServerState
 from inferline.store.request_log import RequestLogWriter
+from inferline.tenants import Tenants
 
 
 @dataclass(frozen=True)
@@ -48,13 +56,15 @@ def create_app(
     predictors: Sequence[PredictorEntry] = (),
     extensions: Sequence[Extension] = (),
     reload: Reload | None = None,
+    tenants: Tenants | None = None,
 ) -> FastAPI:
     """Builds the app; the generator, the predictors' batchers and the extensions' services
     start and stop with it.
 
     ``predictors`` are one-pass models (already set up) served on ``/v1/embeddings`` and
     ``/v1/predict/{model}`` beside the generator's LLMs; ``reload`` re-reads the config
-    (``POST /admin/reload``).
+    (``POST /admin/reload``); ``tenants`` holds the virtual keys, limits and budgets (by
+    default: only the config's admin keys, no virtual keys).
     """
     config = config or ServerConfig()
     served = {info.name for info in generator.models()}
@@ -62,14 +72,16 @@ def create_app(
     if clash is not None:
         raise InvalidParameterError(f"the model name {clash!r} is served twice", "model")
     metrics = Metrics(generator)
-    observer = Observer(metrics, log_writer, config.log_text)
+    observer = Observer(metrics, log_writer, config.log_text, Redactor(config.api_keys))
     pool = PredictorPool(predictors, metrics)
-    state = ServerState(generator, config, metrics, observer, pool, reload)
+    tenants = tenants or Tenants(None, config.api_keys)
+    state = ServerState(generator, config, metrics, observer, pool, tenants, reload)
     services = [e.service for e in extensions if e.service is not None]
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state.is_draining = False
+        watcher = asyncio.create_task(state.tenants.watch())
         await generator.start()
         await state.predictors.start()
         for service in services:
@@ -80,6 +92,7 @@ def create_app(
             await service.stop()
         await generator.shutdown(config.drain_timeout_s)
         await state.predictors.stop()
+        watcher.cancel()
         if log_writer is not None:
             log_writer.close()
 
@@ -108,7 +121,7 @@ def _add_routes(app: FastAPI, state: ServerState, extensions: Sequence[Extension
         state.observer.reject(endpoint, model, error.status_code, error.message)
 
     install_error_handlers(app, on_rejected)
-    for module in (routes_chat, routes_completions, routes_embeddings, routes_ops):
+    for module in (routes_chat, routes_completions, routes_embeddings, routes_ops, routes_admin):
         app.include_router(module.router)
     for extension in extensions:
         setattr(app.state, extension.state_name, extension.state)
@@ -118,7 +131,7 @@ def _add_routes(app: FastAPI, state: ServerState, extensions: Sequence[Extension
 def _add_middleware(app: FastAPI, state: ServerState, config: ServerConfig) -> None:
     app.add_middleware(
         GuardMiddleware,
-        api_keys=config.api_keys,
+        tenants=state.tenants,
         max_body_bytes=config.max_body_bytes,
         max_file_bytes=config.max_file_bytes,
         is_draining=lambda: state.is_draining,

@@ -7,6 +7,7 @@ a 500 means a bug in inferline, never a bad request.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -21,8 +22,10 @@ from inferline.core.errors import (
     EngineDeadError,
     InferlineError,
     InvalidParameterError,
+    LimitExceededError,
     NotFoundError,
     OverloadedError,
+    PermissionDeniedError,
     UnknownModelError,
     UpstreamError,
 )
@@ -87,6 +90,15 @@ def _serving_error(exc: InferlineError) -> APIError:
         return APIError(503, str(exc), type="server_error", code="engine_dead")
     if isinstance(exc, DeadlineExceededError):
         return APIError(504, str(exc), type="timeout_error", code="deadline_exceeded")
+    if isinstance(exc, PermissionDeniedError):
+        return APIError(403, exc.message, type="permission_error", param=exc.param,
+                        code="permission_denied")  # fmt: skip
+    if isinstance(exc, LimitExceededError):
+        headers = dict(exc.headers)
+        if exc.retry_after_s is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        quota = "insufficient_quota" if exc.code == "insufficient_quota" else "rate_limit_error"
+        return APIError(429, exc.message, type=quota, code=exc.code, headers=headers)
     if isinstance(exc, UpstreamError):
         headers = {}
         if exc.retry_after_s is not None:

@@ -1,14 +1,15 @@
-"""ASGI middleware: API keys, body size limit, draining, and per-route status counters."""
+"""ASGI middleware: API keys (admin and virtual), body size limit, draining, and per-route
+status counters."""
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from inferline.server.errors import APIError
 from inferline.server.metrics import Metrics
+from inferline.tenants import Identity, Tenants
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -27,6 +28,7 @@ _KNOWN_ROUTES = frozenset(
         "/v1/files",
         "/v1/batches",
         "/admin/reload",
+        "/admin/keys",
         "/health",
         "/ready",
         "/metrics",
@@ -37,6 +39,7 @@ _ROUTE_PREFIXES = (  # paths with an id: one label per route, not per id
     ("/v1/predict/", "/v1/predict/{model}"),
     ("/v1/files/", "/v1/files/{file_id}"),
     ("/v1/batches/", "/v1/batches/{batch_id}"),
+    ("/admin/keys/", "/admin/keys/{key_id}"),
 )
 
 
@@ -59,14 +62,14 @@ class GuardMiddleware:
         self,
         app: ASGIApp,
         *,
-        api_keys: tuple[str, ...],
+        tenants: Tenants,
         max_body_bytes: int,
         is_draining: Callable[[], bool],
         metrics: Metrics,
         max_file_bytes: int,
     ) -> None:
         self.app = app
-        self.api_keys = [k.encode() for k in api_keys]
+        self.tenants = tenants
         self.max_body_bytes = max_body_bytes
         self.max_file_bytes = max_file_bytes  # uploads to /v1/files (batch inputs)
         self.is_draining = is_draining
@@ -89,19 +92,32 @@ class GuardMiddleware:
         await self.app(scope, _replay(body, receive), send)
 
     def _check_key(self, scope: Scope) -> APIError | None:
-        if not self.api_keys or scope["path"] in _OPEN_PATHS:
+        """Who is calling goes into ``scope["state"]["identity"]`` (the key's policy, never
+        its secret); ``/admin/`` needs an admin key once keys are in use."""
+        path = scope["path"]
+        if path in _OPEN_PATHS or not self.tenants.requires_auth:
+            scope.setdefault("state", {})["identity"] = Identity(is_admin=True)
             return None
         headers = dict(scope["headers"])
         auth = headers.get(b"authorization", b"")
         token = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
-        if any(hmac.compare_digest(token, key) for key in self.api_keys):
-            return None
-        return APIError(
-            401,
-            "Missing or invalid API key. Send 'Authorization: Bearer <key>'.",
-            type="authentication_error",
-            code="invalid_api_key",
-        )
+        identity = self.tenants.identify(token.decode("latin-1")) if token else None
+        if identity is None:
+            return APIError(
+                401,
+                "Missing or invalid API key. Send 'Authorization: Bearer <key>'.",
+                type="authentication_error",
+                code="invalid_api_key",
+            )
+        if path.startswith("/admin/") and not identity.is_admin:
+            return APIError(
+                403,
+                "This API key may not use the admin API.",
+                type="permission_error",
+                code="permission_denied",
+            )
+        scope.setdefault("state", {})["identity"] = identity
+        return None
 
     def _check_draining(self, path: str) -> APIError | None:
         if path.startswith("/v1/") and self.is_draining():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -33,6 +34,8 @@ class RequestTrace:
     num_tokens_seen: int = 0
     outputs: list[RequestOutput] = field(default_factory=list)
     route: RouteReport | None = None
+    admission: Any = None  # the key's `tenants.Admission`, settled when the request ends
+    headers: dict[str, str] = field(default_factory=dict)  # sent with the response
     _itl: Any = field(default=None, repr=False)
 
     def on_output(self, output: RequestOutput, metrics: Metrics) -> None:
@@ -96,18 +99,48 @@ def _attempt_records(request_id: str, route: RouteReport | None) -> tuple[Attemp
     )
 
 
+_KEY_PATTERN = r"sk-inf-[A-Za-z0-9_\-]{8,}"
+
+
+class Redactor:
+    """Removes API keys from text before it is logged: inferline's own key format, and the
+    server's admin keys, wherever a client pasted them (a prompt, an answer)."""
+
+    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+        parts = [_KEY_PATTERN, *(re.escape(s) for s in sorted(secrets, key=len, reverse=True))]
+        self._pattern = re.compile("|".join(parts))
+
+    def __call__(self, text: str | None) -> str | None:
+        """``text`` with every key replaced by ``[redacted key]``."""
+        return None if text is None else self._pattern.sub("[redacted key]", text)
+
+
 class Observer:
     """Reports finished requests to Prometheus and to the request log (if any)."""
 
-    def __init__(self, metrics: Metrics, log_writer: RequestLogWriter | None, log_text: bool):
+    def __init__(
+        self,
+        metrics: Metrics,
+        log_writer: RequestLogWriter | None,
+        log_text: bool,
+        redact: Redactor | None = None,
+    ):
         self.metrics = metrics
         self.log_writer = log_writer
         self.log_text = log_text
+        self.redact = redact or Redactor()
 
     def finish(self, trace: RequestTrace, status_code: int, error: str | None = None) -> None:
-        """Called once per request, success or not."""
+        """Called once per request, success or not (its key's spend is settled here)."""
         end = time.perf_counter()
         outputs = trace.outputs
+        if trace.admission is not None:
+            tokens = (
+                sum(o.num_prompt_tokens for o in outputs),
+                sum(o.metrics.num_cached_prompt_tokens for o in outputs),
+                sum(o.num_generated_tokens for o in outputs),
+            )
+            trace.admission.tenants.finish(trace.admission, trace.route, tokens)
         finish_reasons = [c.finish_reason for o in outputs for c in o.outputs if c.finish_reason]
         if status_code == 200:
             self._count_success(trace, end, finish_reasons)
@@ -126,9 +159,9 @@ class Observer:
             endpoint=trace.endpoint,
             status_code=status_code,
             finish_reason=finish_reasons[0] if finish_reasons else None,
-            error=error,
-            prompt=trace.prompt_text if self.log_text else None,
-            output=text if self.log_text else None,
+            error=self.redact(error),
+            prompt=self.redact(trace.prompt_text) if self.log_text else None,
+            output=self.redact(text) if self.log_text else None,
             prompt_tokens=sum(o.num_prompt_tokens for o in outputs),
             completion_tokens=sum(o.num_generated_tokens for o in outputs),
             cached_tokens=sum(o.metrics.num_cached_prompt_tokens for o in outputs),
@@ -141,6 +174,7 @@ class Observer:
             num_attempts=len(route.attempts) if route else 0,
             fallback_reason=route.fallback_reason if route else None,
             cost_usd=route.cost_usd if route else 0.0,
+            key_id=trace.admission.key.id if trace.admission is not None else None,
         )
         self.log_writer.record(record, _attempt_records(trace.request_id, route))
 
@@ -182,8 +216,10 @@ class Observer:
                 endpoint=trace.endpoint,
                 status_code=status_code,
                 error=error,
-                prompt=trace.input_text if self.log_text else None,
-                output=trace.output_text if self.log_text and status_code == 200 else None,
+                prompt=self.redact(trace.input_text) if self.log_text else None,
+                output=self.redact(trace.output_text)
+                if self.log_text and status_code == 200
+                else None,
                 prompt_tokens=trace.num_tokens,
                 total_time_s=end - trace.start,
                 user_id=trace.user,

@@ -3,8 +3,9 @@
 FastAPI documents only 200 and its own 422 (which this server never sends: a bad body is a
 400). The statuses come from one table here, by what a route does: every route but
 ``/health`` may answer 401 (API keys), every ``/v1/`` route 503 while draining, every POST
-400 and 413, generation routes 404 (unknown model), 429, 502, 503 and 504 (upstreams,
-deadlines), routes with an id in the path 404.
+400 and 413, generation routes 403 (a key's routes), 404 (unknown model), 429 (a key's
+limits, upstreams), 502, 503 and 504 (upstreams, deadlines), the admin API 403 (a virtual
+key), routes with an id in the path 404.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi.openapi.utils import get_openapi
 _DESCRIPTIONS = {
     400: "The request is invalid: the message names the field.",
     401: "Missing or invalid API key.",
+    403: "The API key may not do this (a route it is not given, the admin API; revoked).",
     404: "Unknown model, route, file or batch.",
     413: "The request body is over the size limit.",
     429: "Rate limited: retry after the Retry-After header.",
@@ -58,7 +60,9 @@ def statuses(path: str, method: str) -> list[int]:
     if "{" in path:
         codes.add(404)
     if path in _GENERATION:
-        codes |= {404, 429, 502, 503, 504}
+        codes |= {403, 404, 429, 502, 503, 504}
+    if path.startswith("/admin/"):
+        codes |= {400, 403}
     if path in ("/v1/embeddings", "/v1/predict/{model}"):
         codes |= {404, 503}
     if path == "/v1/files" and method == "get":

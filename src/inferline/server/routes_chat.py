@@ -19,6 +19,7 @@ from inferline.server.runner import (
     submit_all,
 )
 from inferline.server.state import ServerState
+from inferline.server.tenancy import admit, key_headers
 
 router = APIRouter()
 
@@ -37,7 +38,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         messages[-1]["content"] if messages else None,
         body.user,
     )
-    streams = await submit_all(state, trace, [generation.request])
+    requests, trace.admission = await admit(state, request, body.model, [generation.request])
+    trace.headers = key_headers(state, trace.admission)
+    streams = await submit_all(state, trace, requests)
     header = {"id": request_id, "created": int(time.time()), "model": body.model}
     mode = generation.tool_mode
     if not body.stream:

@@ -19,6 +19,7 @@ from inferline.server.runner import (
     submit_all,
 )
 from inferline.server.state import ServerState
+from inferline.server.tenancy import admit, key_headers
 
 router = APIRouter()
 
@@ -37,6 +38,8 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         first if isinstance(first, str) else None,
         body.user,
     )
+    generations, trace.admission = await admit(state, request, body.model, generations)
+    trace.headers = key_headers(state, trace.admission)
     streams = await submit_all(state, trace, generations)
     header = {"id": request_id, "created": int(time.time()), "model": body.model}
     if not body.stream:

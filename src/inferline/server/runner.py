@@ -90,6 +90,7 @@ def _failed(state: ServerState, trace: RequestTrace, exc: Exception) -> APIError
     state.observer.finish(trace, error.status_code, error.message)
     error.is_logged = True
     error.headers.update(route_headers(trace.request_id, trace.route))
+    error.headers.update({k: v for k, v in trace.headers.items() if k not in error.headers})
     return error
 
 
@@ -105,6 +106,8 @@ def route_headers(request_id: str, route: RouteReport | None) -> dict[str, str]:
     headers["x-inferline-attempts"] = str(tried)
     if route.fallback_reason:
         headers["x-inferline-fallback-reason"] = route.fallback_reason
+    if route.stopped_by:
+        headers["x-inferline-stopped"] = route.stopped_by
     return headers
 
 
@@ -160,7 +163,8 @@ async def respond(
     except Exception as exc:
         return _failed(state, trace, exc).response()
     state.observer.finish(trace, 200)
-    return JSONResponse(body, headers=route_headers(trace.request_id, trace.route))
+    headers = {**trace.headers, **route_headers(trace.request_id, trace.route)}
+    return JSONResponse(body, headers=headers)
 
 
 async def merged(streams: list[Stream]) -> AsyncGenerator[tuple[int, RequestOutput], None]:
@@ -233,7 +237,7 @@ async def stream_response(
             exc = StreamInterruptedError("the generator's stream ended before its answer did")
         return _failed(state, trace, exc).response()
     trace.route = first[1].route
-    headers = route_headers(trace.request_id, trace.route)
+    headers = {**trace.headers, **route_headers(trace.request_id, trace.route)}
     events = _events(state, trace, streams, source, first, chunks, final_chunk)
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 

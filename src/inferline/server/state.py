@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from inferline.core.protocols import Generator
+from inferline.core.protocols import Generator, ModelInfo
 from inferline.server.config import ServerConfig
 from inferline.server.metrics import Metrics
 from inferline.server.observe import Observer
 from inferline.server.predictors import PredictorPool
+from inferline.tenants import Tenants
 
 Reload = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -29,5 +31,16 @@ class ServerState:
     metrics: Metrics
     observer: Observer
     predictors: PredictorPool
+    tenants: Tenants
     reload: Reload | None = None
     is_draining: bool = False
+    _infos: dict[str, ModelInfo] = field(default_factory=dict)
+    _infos_at: float = -1.0
+
+    def model_info(self, name: str) -> ModelInfo | None:
+        """A route's or model's info (prices, locality), read at most once a second."""
+        now = time.monotonic()
+        if now - self._infos_at > 1.0:
+            self._infos = {info.name: info for info in self.generator.models()}
+            self._infos_at = now
+        return self._infos.get(name)

@@ -3,6 +3,7 @@ SQLAlchemy URL)."""
 
 from inferline.store.db import connect, default_database_url
 from inferline.store.jobs import JobStore
+from inferline.store.keys import KeyStore
 from inferline.store.migrations import MIGRATIONS, migrate
 from inferline.store.request_log import AttemptRecord, RequestLog, RequestLogWriter, RequestRecord
 
@@ -10,6 +11,7 @@ __all__ = [
     "MIGRATIONS",
     "AttemptRecord",
     "JobStore",
+    "KeyStore",
     "RequestLog",
     "RequestLogWriter",
     "RequestRecord",

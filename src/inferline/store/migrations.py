@@ -177,6 +177,60 @@ def m004_routes_and_attempts(conn: Connection) -> None:
     ).create(conn)
 
 
+@migration
+def m005_keys_and_spend(conn: Connection) -> None:
+    """Virtual keys (stored as a SHA-256 of the secret, never the secret) and their spend:
+    one ledger row per request, written when it is admitted (its reservation) and settled
+    when it ends, so a crash leaves the requests in flight visible as unsettled rows."""
+    metadata = MetaData()
+    Table(
+        "api_keys",
+        metadata,
+        Column("id", String(64), primary_key=True),
+        Column("name", String(256), nullable=False),
+        Column("key_hash", String(64), nullable=False, unique=True),
+        Column("key_hint", String(32), nullable=False),
+        Column("routes", Text),  # JSON list; null: every route
+        Column("rpm", Integer),
+        Column("tpm", Integer),
+        Column("max_parallel", Integer),
+        Column("budget_usd", Float),
+        Column("budget_period", String(8)),
+        Column("budget_policy", String(16), nullable=False, server_default="refuse"),
+        Column("expires_at", Float),
+        Column("revoked_at", Float),
+        Column("metadata", Text),  # JSON object
+        Column("created_at", Float, nullable=False),
+        Column("updated_at", Float, nullable=False),
+    )
+    Table(
+        "key_spend",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("key_id", String(64), nullable=False),
+        Column("request_id", String(128), nullable=False),
+        Column("route", String(256), nullable=False),
+        Column("created_at", Float, nullable=False),
+        Column("reserved_usd", Float, nullable=False),
+        Column("status", String(16), nullable=False),  # reserved | settled | interrupted
+        Column("settled_at", Float),
+        Column("spend_usd", Float),
+        Column("prompt_tokens", Integer, nullable=False, server_default="0"),
+        Column("cached_tokens", Integer, nullable=False, server_default="0"),
+        Column("completion_tokens", Integer, nullable=False, server_default="0"),
+        Index("ix_key_spend_key_time", "key_id", "created_at"),
+        Index("ux_key_spend_request", "request_id", unique=True),
+    )
+    metadata.create_all(conn)
+
+
+@migration
+def m006_requests_key_id(conn: Connection) -> None:
+    """The virtual key a request came with (its id, never its secret)."""
+    conn.execute(text("ALTER TABLE requests ADD COLUMN key_id VARCHAR(64)"))
+    conn.execute(text("CREATE INDEX ix_requests_key_id ON requests (key_id)"))
+
+
 def migrate(engine: Engine) -> list[str]:
     """Applies missing migrations, each in its own transaction; returns the names applied."""
     _migrations_table.create(engine, checkfirst=True)

@@ -64,6 +64,7 @@ class RequestRecord:
     num_attempts: int = 0
     fallback_reason: str | None = None
     cost_usd: float = 0.0
+    key_id: str | None = None
 
 
 _Item = tuple[RequestRecord, tuple[AttemptRecord, ...]]
@@ -95,9 +96,12 @@ class RequestLog:
         model: str | None = None,
         status_code: int | None = None,
         since: float | None = None,
+        key_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """The newest rows first, optionally filtered."""
         query = select(self.table).order_by(self.table.c.id.desc()).limit(limit)
+        if key_id is not None:
+            query = query.where(self.table.c.key_id == key_id)
         if model is not None:
             query = query.where(self.table.c.model == model)
         if status_code is not None:
