@@ -320,8 +320,15 @@ class RoutedRequest:
                 outcome.error = item
                 return
             last = item
+            counted = (
+                attempt.num_prompt_tokens,
+                attempt.num_output_tokens,
+                attempt.num_cached_tokens,
+            )
             self._note_output(attempt, item, started)
-            if not self._charge(attempt, target):
+            if not self._charge(attempt, target):  # not sent, not billed: the budget holds
+                attempt.num_prompt_tokens, attempt.num_output_tokens = counted[:2]
+                attempt.num_cached_tokens = counted[2]
                 outcome.out_of_budget = True
                 return
             yield item
