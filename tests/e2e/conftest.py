@@ -25,6 +25,7 @@ class ServerProcess:
     base_url: str
     process: subprocess.Popen[bytes]
     database_url: str
+    log_path: Path
 
     def metric(self, name: str) -> float:
         """The value of an unlabelled-by-route inferline metric (first sample)."""
@@ -40,17 +41,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(tmp_path: Path, *extra: str, port: int | None = None) -> ServerProcess:
+def start_server(
+    tmp_path: Path, *extra: str, port: int | None = None, env: dict[str, str] | None = None
+) -> ServerProcess:
     """Starts `inferline serve` (on ``port``, default a free one); waits until /ready is 200."""
     port = port or free_port()
     tmp_path.mkdir(parents=True, exist_ok=True)
     database_url = f"sqlite:///{tmp_path / 'requests.db'}"
-    log = (tmp_path / f"server-{port}.log").open("wb")
+    log_path = tmp_path / f"server-{port}-{time.monotonic_ns()}.log"
+    log = log_path.open("wb")
     process = subprocess.Popen(
         [str(BIN), "serve", "--port", str(port), "--database-url", database_url, *extra],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "INFERLINE_API_KEY": ""},
+        env={**os.environ, "INFERLINE_API_KEY": "", **(env or {})},
     )
     base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -59,7 +63,7 @@ def start_server(tmp_path: Path, *extra: str, port: int | None = None) -> Server
             raise RuntimeError(f"server exited with {process.returncode}")
         try:
             if httpx.get(f"{base_url}/ready", timeout=1).status_code == 200:
-                return ServerProcess(base_url, process, database_url)
+                return ServerProcess(base_url, process, database_url, log_path)
         except httpx.TransportError:
             pass
         time.sleep(0.3)

@@ -17,7 +17,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_OPEN_PATHS = ("/health",)  # probes work without a key
+_OPEN_PATHS = ("/health", "/ready")  # probes work without a key
 _KNOWN_ROUTES = frozenset(
     (
         "/v1/chat/completions",
