@@ -38,11 +38,17 @@ def build_app(
         predictors = build_predictors(
             list(config.predictors), data_dir, trust_pickle=args.trust_pickle
         )
-    from inferline.cli.scorers import embedding_scorers
+    from inferline.cli.scorers import embedding_functions, embedding_scorers
 
-    gateway = Gateway(args, data_dir, environ, scorers=embedding_scorers(predictors))
+    gateway = Gateway(
+        args,
+        data_dir,
+        environ,
+        scorers=embedding_scorers(predictors),
+        embedders=embedding_functions(predictors),
+    )
     app = create_app(
-        gateway.router,
+        gateway.generator,
         server_config or ServerConfig(),
         log_writer=log_writer,
         predictors=predictors,

@@ -11,14 +11,16 @@ are unique across models and routes. A mistake is an error naming its place:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from inferline.cache import CachePolicy
 from inferline.cli.config_fields import fail, mapping, value
 from inferline.cli.config_models import LocalModelSpec, UpstreamSpec, parse_llm, parse_openai
-from inferline.cli.config_routes import parse_route
+from inferline.cli.config_routes import parse_cache, parse_route
 from inferline.cli.models_file import KINDS as PREDICTOR_KINDS
 from inferline.cli.models_file import PredictorSpec, parse_predictor
 from inferline.core.errors import InvalidParameterError
@@ -33,6 +35,7 @@ class ServeConfig:
     upstreams: tuple[UpstreamSpec, ...] = ()
     predictors: tuple[PredictorSpec, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
+    caches: tuple[tuple[str, CachePolicy], ...] = ()  # (route name, its response cache)
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -51,8 +54,7 @@ def load_config(path: Path, environ: Mapping[str, str]) -> ServeConfig:
         raise fail("config", f"cannot read the config file {path}: {error}") from error
     except yaml.YAMLError as error:
         raise fail("config", f"{path} is not valid YAML: {error}") from error
-    config = parse_config(document, path.parent, environ)
-    return ServeConfig(config.local, config.upstreams, config.predictors, config.routes, path)
+    return dataclasses.replace(parse_config(document, path.parent, environ), path=path)
 
 
 def parse_config(document: Any, base_dir: Path, environ: Mapping[str, str]) -> ServeConfig:
@@ -63,17 +65,24 @@ def parse_config(document: Any, base_dir: Path, environ: Mapping[str, str]) -> S
     local, upstreams, predictors = _models(document["models"], base_dir, environ)
     generators = {m.name for m in local} | {u.name for u in upstreams}
     names = generators | {p.name for p in predictors}
-    routes = []
+    routes, caches = [], []
     for index, raw in enumerate(value(document, "routes", list, "config", [])):
         route = parse_route(raw, f"routes[{index}]", generators)
         if route.name in names:
             raise fail(f"routes[{index}].name", f"the name {route.name!r} is already used")
         names.add(route.name)
         routes.append(route)
+        cache = parse_cache(raw, f"routes[{index}]")
+        if cache is not None:
+            caches.append((route.name, cache))
     if routes and not generators:
         raise fail("routes", "routes need models of kind llm or openai")
-    _check_scorers(routes, {p.name for p in predictors if p.kind == "sentence-embeddings"})
-    return ServeConfig(tuple(local), tuple(upstreams), tuple(predictors), tuple(routes))
+    embedders = {p.name for p in predictors if p.kind == "sentence-embeddings"}
+    _check_scorers(routes, embedders)
+    _check_caches(caches, embedders)
+    return ServeConfig(
+        tuple(local), tuple(upstreams), tuple(predictors), tuple(routes), tuple(caches)
+    )
 
 
 def _models(
@@ -99,6 +108,16 @@ def _models(
             kinds = ", ".join(("llm", "openai", *PREDICTOR_KINDS))
             raise fail(f"{place}.kind", f"{kind!r} is not one of {kinds}")
     return local, upstreams, predictors
+
+
+def _check_caches(caches: list[tuple[str, CachePolicy]], embedders: set[str]) -> None:
+    """A semantic cache needs a sentence-embeddings model of the same file."""
+    for name, cache in caches:
+        if cache.mode == "semantic" and cache.embedding_model not in embedders:
+            raise fail(
+                f"route {name!r}: cache.embedding_model",
+                f"{cache.embedding_model!r} is not a sentence-embeddings model here",
+            )
 
 
 def _check_scorers(routes: list[RouteConfig], embedders: set[str]) -> None:

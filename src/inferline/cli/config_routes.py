@@ -11,6 +11,7 @@ routes:
       - {kind: logprob_mean, threshold: -0.8}
       - {kind: similarity, model: all-minilm-l6-v2, threshold: 0.3}   # on topic?
     sticky: true                  # weighted: the same user/session keeps its target
+    cache: {mode: semantic, embedding_model: all-minilm-l6-v2, threshold: 0.95, ttl_s: 3600}
 ```
 """
 
@@ -18,10 +19,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from inferline.cache import CachePolicy
 from inferline.cli.config_fields import build, fail, mapping, section, value
 from inferline.router.config import CheckConfig, RetryPolicy, RouteConfig, TargetRef
 
-_ROUTE_KEYS = {"name", "strategy", "targets", "retry", "deadline_s", "checks", "sticky"}
+_ROUTE_KEYS = {"name", "strategy", "targets", "retry", "deadline_s", "checks", "sticky", "cache"}
+_CACHE_TYPES: dict[str, type] = {
+    "mode": str,
+    "ttl_s": float,
+    "max_entries": int,
+    "threshold": float,
+    "embedding_model": str,
+    "deterministic_only": bool,
+    "shared": bool,
+}
 _CHECK_KEYS = {"kind", "threshold", "pattern", "model"}
 
 
@@ -72,3 +83,11 @@ def _check(raw: Any, place: str) -> CheckConfig:
         "model": value(entry, "model", str, place, ""),
     }
     return build(CheckConfig, fields, place)
+
+
+def parse_cache(raw: Any, place: str) -> CachePolicy | None:
+    """A route's ``cache:`` (None when it has none)."""
+    entry = mapping(raw, place)
+    if "cache" not in entry or entry["cache"] is None:
+        return None
+    return section(entry, "cache", place, CachePolicy, _CACHE_TYPES)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import hashlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from inferline.cache import CachedGenerator, CachePolicy, Embed
 from inferline.cli.config_file import ServeConfig, load_config
 from inferline.cli.config_models import LocalModelSpec, UpstreamSpec
 from inferline.core.errors import InvalidParameterError
@@ -85,6 +87,7 @@ class Gateway:
         environ: Mapping[str, str],
         *,
         scorers: Mapping[str, Scorer] | None = None,
+        embedders: Mapping[str, Embed] | None = None,
     ):
         self.args, self.data_dir, self.environ = args, data_dir, environ
         self.config = serve_config(args, environ)
@@ -96,6 +99,27 @@ class Gateway:
             self.config.routes,
             scorers=scorers,
         )
+        self.cache: CachedGenerator | None = None
+        if self.config.caches:
+            self.cache = CachedGenerator(self.router, self._policies(self.config), embedders)
+
+    @property
+    def generator(self) -> Generator:
+        """What the app serves: the router, behind the response cache when routes have one."""
+        return self.cache if self.cache is not None else self.router
+
+    def _policies(self, config: ServeConfig) -> dict[str, CachePolicy]:
+        """Each cached route's policy, with the revision of its models: a changed model
+        (its source, settings or upstream) starts a new set of entries."""
+        specs = {spec.name: spec for spec in self._specs(config)}
+        routes = {route.name: route for route in config.routes}
+        policies = {}
+        for name, policy in config.caches:
+            route = routes[name]
+            revision = repr((route, [specs[t.name] for t in route.targets]))
+            digest = hashlib.sha256(revision.encode()).hexdigest()[:16]
+            policies[name] = dataclasses.replace(policy, revision=digest)
+        return policies
 
     @staticmethod
     def _specs(config: ServeConfig) -> list[Spec]:
@@ -166,6 +190,8 @@ class Gateway:
             self._draining.add(task)  # kept referenced until it is done
             task.add_done_callback(self._draining.discard)
         self.config = new
+        if self.cache is not None:
+            self.cache.set_policies(self._policies(new))
         names = sorted(t.name for t in dropped)
         logger.warning("reloaded %s: loaded %s, dropped %s", new.path, loaded, names)
         return {

@@ -1,5 +1,6 @@
-"""Scorers for the router's ``similarity`` check, from the server's sentence-embeddings
-models: the cosine similarity of the question's and the answer's embeddings."""
+"""From the server's sentence-embeddings models: scorers for the router's ``similarity``
+check (the cosine similarity of the question's and the answer's embeddings) and embedders
+for the semantic response cache."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from inferline.cache import Embed
 from inferline.core.errors import InvalidParameterError
 from inferline.core.predictor import Embedder
 from inferline.router.checks import Scorer
@@ -41,6 +43,26 @@ def embedding_scorers(entries: Sequence[PredictorEntry]) -> dict[str, Scorer]:
     """A scorer per sentence-embeddings model, by its served name."""
     return {
         entry.predictor.name: similarity_scorer(entry.predictor)
+        for entry in entries
+        if isinstance(entry.predictor, Embedder)
+    }
+
+
+def embedding_functions(entries: Sequence[PredictorEntry]) -> dict[str, Embed]:
+    """text -> unit vector, per sentence-embeddings model (the semantic cache's)."""
+
+    def embed_with(embedder: Embedder) -> Embed:
+        async def embed(text: str) -> Sequence[float]:
+            row = embedder.decode(_clip(text), "message")
+            (result,) = await asyncio.to_thread(embedder.predict, [row])
+            if isinstance(result, Exception):
+                raise InvalidParameterError(f"cannot embed: {result}", "messages")
+            return [float(x) for x in result]
+
+        return embed
+
+    return {
+        entry.predictor.name: embed_with(entry.predictor)
         for entry in entries
         if isinstance(entry.predictor, Embedder)
     }

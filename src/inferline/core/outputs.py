@@ -128,7 +128,8 @@ class RouteReport:
     ``target`` is the model entry whose output reached the client first (named by the
     response headers); ``model`` names the one that produced the end of the answer (a
     stream continued on another target names that one). ``stopped_by`` says why an answer
-    was cut short (``budget``: its key's budget could not pay for more).
+    was cut short (``budget``: its key's budget could not pay for more). ``cache`` says
+    whether a response cache answered (a hit has no attempts: it cost nothing).
     """
 
     route: str
@@ -137,6 +138,8 @@ class RouteReport:
     attempts: list[Attempt] = field(default_factory=list)
     fallback_reason: str | None = None
     stopped_by: str | None = None
+    cache: str | None = None  # hit | semantic-hit | miss (None: no cache in front)
+    cache_similarity: float | None = None  # of a semantic hit
 
     @property
     def cost_usd(self) -> float:

@@ -48,6 +48,8 @@ class GenerationRequest:
             mid-way may be restarted from scratch elsewhere rather than continued.
         spend: charged with the cost of every output of every attempt (a router does it);
             when it refuses, the request is stopped.
+        cache: the client's ``Cache-Control``: ``default``, ``no-cache`` (do not answer from
+            a cache, but store the new answer) or ``no-store`` (neither).
     """
 
     request_id: str
@@ -65,6 +67,7 @@ class GenerationRequest:
     assistant_prefix: str | None = None
     streaming: bool = True
     spend: SpendGuard | None = None
+    cache: Literal["default", "no-cache", "no-store"] = "default"
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):

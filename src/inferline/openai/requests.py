@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from inferline.core.errors import InvalidParameterError
 from inferline.core.protocols import GenerationRequest
@@ -34,6 +34,7 @@ class CallerContext:
     session: str | None = None
     deadline: float | None = None  # time.monotonic()
     metadata: Mapping[str, str] = field(default_factory=dict)
+    cache: Literal["default", "no-cache", "no-store"] = "default"  # the Cache-Control header
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ def _context_fields(body: SamplingFields, context: CallerContext) -> dict[str, A
         "session": context.session,
         "metadata": context.metadata,
         "deadline": context.deadline,
+        "cache": context.cache,
     }
 
 

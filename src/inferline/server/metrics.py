@@ -136,6 +136,9 @@ class Metrics:
             ["route", "reason"],
         )
         self.cost = counter("cost_usd", "Cost of every attempt, by target.", ["target"])
+        self.cache = counter(
+            "response_cache", "Requests by response-cache outcome.", ["route", "outcome"]
+        )
         self.batch_size = histogram(
             "batch_size_rows", "Rows per model call of a micro-batched model.", _BATCH_SIZE_BUCKETS
         )

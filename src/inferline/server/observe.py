@@ -191,6 +191,8 @@ class Observer:
     def _count_route(self, route: RouteReport | None) -> None:
         if route is None:
             return
+        if route.cache is not None:
+            self.metrics.cache.labels(route.route, route.cache).inc()
         for attempt in route.attempts:
             self.metrics.attempts.labels(route.route, attempt.target, attempt.status).inc()
             if attempt.cost_usd:

@@ -12,7 +12,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.requests import Request
@@ -60,12 +60,25 @@ def caller_context(request: Request) -> CallerContext:
                 param=TIMEOUT_HEADER,
             )
         deadline = time.monotonic() + value / 1000
+    identity = request.scope.get("state", {}).get("identity")
+    key = getattr(identity, "key", None)
     return CallerContext(
         priority=priority,
-        key_id=request.scope.get("state", {}).get("key_id"),
+        key_id=key.id if key is not None else None,
         session=request.headers.get(SESSION_HEADER),
         deadline=deadline,
+        cache=_cache_control(request.headers.get("cache-control", "")),
     )
+
+
+def _cache_control(value: str) -> Literal["default", "no-cache", "no-store"]:
+    """The client's ``Cache-Control`` as far as the response cache cares."""
+    directives = {part.strip().lower() for part in value.split(",")}
+    if "no-store" in directives:
+        return "no-store"
+    if "no-cache" in directives:
+        return "no-cache"
+    return "default"
 
 
 async def submit_all(
@@ -108,6 +121,9 @@ def route_headers(request_id: str, route: RouteReport | None) -> dict[str, str]:
         headers["x-inferline-fallback-reason"] = route.fallback_reason
     if route.stopped_by:
         headers["x-inferline-stopped"] = route.stopped_by
+    headers["x-inferline-cache"] = route.cache or "miss"
+    if route.cache_similarity is not None:
+        headers["x-inferline-cache-similarity"] = f"{route.cache_similarity:.4f}"
     return headers
 
 
