@@ -138,6 +138,8 @@ def test_a_semantic_hit_needs_a_close_message_and_everything_else_equal() -> Non
     hit = ask(cached, request("How can I change my forgotten password?"))[-1].route
     assert hit.cache == "semantic-hit" and hit.cache_similarity == pytest.approx(0.98)
     assert ask(cached, request("How do I reset my username?"))[-1].route.cache == "miss"
-    other_system = [{"role": "system", "content": "Be long."},
-                    {"role": "user", "content": "How can I change my forgotten password?"}]  # fmt: skip
+    other_system = [
+        {"role": "system", "content": "Be long."},
+        {"role": "user", "content": "How can I change my forgotten password?"},
+    ]
     assert ask(cached, request(messages=other_system))[-1].route.cache == "miss"
