@@ -150,6 +150,9 @@ def test_a_budget_holds_under_concurrency(setup: Any) -> None:
     assert spent <= 35.0 and round(spent, 2) == round(attempts, 2) == 30.0
     usage = admin(client, "GET", f"/admin/keys/{key_id}/usage").json()
     assert usage["budget"]["spend_usd"] == pytest.approx(30.0)
+    metrics = admin(client, "GET", "/metrics").text
+    assert f'inferline:key_spend_usd_total{{key="{key_id}"}} 30.0' in metrics
+    assert f'inferline:key_requests_total{{key="{key_id}",status_code="429"}} 17.0' in metrics
 
 
 def test_an_answer_past_the_budget_is_stopped_not_overspent(setup: Any, monkeypatch: Any) -> None:

@@ -21,6 +21,7 @@ _BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _BATCH_TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 _ITL_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
 _BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+MAX_KEY_LABELS = 256
 
 
 def _engine_families(stats: dict[str, GeneratorStats]) -> Iterable[Metric]:
@@ -139,6 +140,11 @@ class Metrics:
         self.cache = counter(
             "response_cache", "Requests by response-cache outcome.", ["route", "outcome"]
         )
+        self.key_requests = counter(
+            "key_requests", "Requests of virtual keys by HTTP status.", ["key", "status_code"]
+        )
+        self.key_spend = counter("key_spend_usd", "Spend of virtual keys.", ["key"])
+        self._key_labels: set[str] = set()
         self.batch_size = histogram(
             "batch_size_rows", "Rows per model call of a micro-batched model.", _BATCH_SIZE_BUCKETS
         )
@@ -156,6 +162,13 @@ class Metrics:
             "predicted_rows", "Rows answered by micro-batched models.", labels
         )
         r.register(_GeneratorCollector(generator))
+
+    def key_label(self, key_id: str) -> str:
+        """A key's label: its id for the first 256 keys seen, ``other`` beyond (bounded)."""
+        if key_id in self._key_labels or len(self._key_labels) < MAX_KEY_LABELS:
+            self._key_labels.add(key_id)
+            return key_id
+        return "other"
 
     def observe_batch(self, model: str, batch: BatchReport) -> None:
         """Records one model call of a micro-batched model."""

@@ -140,7 +140,10 @@ class Observer:
                 sum(o.metrics.num_cached_prompt_tokens for o in outputs),
                 sum(o.num_generated_tokens for o in outputs),
             )
-            trace.admission.tenants.finish(trace.admission, trace.route, tokens)
+            spend = trace.admission.tenants.finish(trace.admission, trace.route, tokens)
+            label = self.metrics.key_label(trace.admission.key.id)
+            self.metrics.key_requests.labels(label, str(status_code)).inc()
+            self.metrics.key_spend.labels(label).inc(spend)
         finish_reasons = [c.finish_reason for o in outputs for c in o.outputs if c.finish_reason]
         if status_code == 200:
             self._count_success(trace, end, finish_reasons)

@@ -9,9 +9,10 @@ from typing import Any
 
 from starlette.requests import Request
 
+from inferline.core.errors import LimitExceededError, PermissionDeniedError
 from inferline.core.protocols import GenerationRequest, ModelInfo
 from inferline.server.state import ServerState
-from inferline.tenants import Admission, Estimate, Identity
+from inferline.tenants import Admission, Estimate, Identity, KeyPolicy
 
 _CHARS_PER_TOKEN = 3  # a generous estimate before tokenization (English is ~4)
 
@@ -40,6 +41,17 @@ async def admit(
     key = identity_of(request).key
     if key is None:
         return generations, None
+    try:
+        return await _admit(state, key, model, generations)
+    except (LimitExceededError, PermissionDeniedError) as refused:
+        status = "429" if isinstance(refused, LimitExceededError) else "403"
+        state.metrics.key_requests.labels(state.metrics.key_label(key.id), status).inc()
+        raise
+
+
+async def _admit(
+    state: ServerState, key: KeyPolicy, model: str, generations: list[GenerationRequest]
+) -> tuple[list[GenerationRequest], Admission]:
     state.tenants.check_access(key, model)
     info = state.model_info(model) or ModelInfo(model)
     params = generations[0].params
