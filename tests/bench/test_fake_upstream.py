@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
-import openai
 from inferline.bench.fake_upstream import (
     FakeUpstreamHandle,
     canonical_text,

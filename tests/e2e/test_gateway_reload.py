@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
-import openai
 from inferline.bench.fake_upstream import FakeUpstreamHandle, start_fake_upstream
 from tests.e2e.conftest import ServerProcess, start_server, stop_server
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
-import openai
 from tests.e2e.conftest import ServerProcess, free_port, start_server, stop_server
 
 pytestmark = pytest.mark.e2e

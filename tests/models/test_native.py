@@ -177,14 +177,18 @@ def test_quantized_native_path_keeps_the_torch_paths_perplexity(
     cache_dir: Path, weight_format: str
 ) -> None:
     """Quantized activations make tokens sensitive to the last bit (a 1-ulp change flips an
-    int8 rounding, and that grows over 30 layers), so compare perplexity, not tokens."""
+    int8 rounding, and that grows over 30 layers), so compare perplexity, not tokens.
+
+    One-sided: the fused path may be closer to fp32 than the torch path (on this text, int8:
+    fp32 96.97, fused 98.07, torch 102.29), never more than 1% worse. The text is a fixed
+    file, not a document that changes with the project."""
     from inferline.engine import EngineConfig, LLMEngine
     from inferline.engine.evaluate import perplexity
 
     engine = LLMEngine(EngineConfig(cache_dir=cache_dir, weight_format=weight_format))
     model = engine.loaded.model
     assert model.native is not None
-    text = (Path(__file__).parents[2] / "ARCHITECTURE.md").read_text()
+    text = (Path(__file__).parent / "data" / "perplexity_text.md").read_text()
     ids = engine.loaded.tokenizer.encode(text)[:512]
     native = perplexity(engine, ids)
     kernels, model.native = model.native, None
@@ -192,4 +196,4 @@ def test_quantized_native_path_keeps_the_torch_paths_perplexity(
         reference = perplexity(engine, ids)
     finally:
         model.native = kernels
-    assert native == pytest.approx(reference, rel=0.01)
+    assert native <= reference * 1.01, (native, reference)

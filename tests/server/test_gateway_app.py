@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from fastapi.testclient import TestClient
 
-import openai
 from inferline.core import RateLimitedError, UpstreamUnavailableError
 from inferline.router.config import RetryPolicy, RouteConfig, TargetConfig, TargetRef
 from inferline.router.router import Router

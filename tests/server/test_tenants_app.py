@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from fastapi.testclient import TestClient
 
-import openai
 from inferline.router.config import Price, RouteConfig, TargetConfig, TargetRef
 from inferline.router.router import Router
 from inferline.router.target import Target
