@@ -132,7 +132,7 @@ def test_a_semantic_hit_needs_a_close_message_and_everything_else_equal() -> Non
     embed = FakeEmbedder({"How do I reset my password?": [1.0, 0.0, 0.0],
                           "How can I change my forgotten password?": [0.98, 0.199, 0.0],
                           "How do I reset my username?": [0.9, 0.436, 0.0]})  # fmt: skip
-    policy = CachePolicy("semantic", threshold=0.95, embedding_model="minilm")
+    policy = CachePolicy("semantic", threshold=0.95, embedding_model="minilm", guard="none")
     cached, a, _ = build(policy, {"minilm": embed})
     ask(cached, request("How do I reset my password?"))
     hit = ask(cached, request("How can I change my forgotten password?"))[-1].route
@@ -143,3 +143,28 @@ def test_a_semantic_hit_needs_a_close_message_and_everything_else_equal() -> Non
         {"role": "user", "content": "How can I change my forgotten password?"},
     ]
     assert ask(cached, request(messages=other_system))[-1].route.cache == "miss"
+
+
+def test_the_default_guard_wants_the_same_words_numbers_and_negations() -> None:
+    same = [1.0, 0.0, 0.0]
+    texts = (
+        "What is the capital of France?",
+        "what's the capital of france",
+        "Flights from Paris to Rome",
+        "flights from Rome to Paris",
+        "I want the blue one",
+        "I don't want the blue one",
+        "Where is order #48213?",
+        "Where is order #48231?",
+    )
+    embed = FakeEmbedder(dict.fromkeys(texts, same))
+    policy = CachePolicy("semantic", threshold=0.9, embedding_model="minilm")  # strict
+    cached, _, _ = build(policy, {"minilm": embed})
+    for cached_text, asked, outcome in [
+        ("What is the capital of France?", "what's the capital of france", "semantic-hit"),
+        ("Flights from Paris to Rome", "flights from Rome to Paris", "miss"),
+        ("I want the blue one", "I don't want the blue one", "miss"),
+        ("Where is order #48213?", "Where is order #48231?", "miss"),
+    ]:
+        ask(cached, request(cached_text))
+        assert ask(cached, request(asked))[-1].route.cache == outcome, (cached_text, asked)

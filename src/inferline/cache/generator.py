@@ -12,6 +12,7 @@ import dataclasses
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 
+from inferline.cache.guards import matches
 from inferline.cache.keys import exact_key, last_user_message, semantic_context
 from inferline.cache.policy import CachePolicy
 from inferline.cache.store import AnswerStore, Entry
@@ -36,6 +37,7 @@ class _Lookup:
     key: str
     context: str | None = None
     vector: tuple[float, ...] | None = None
+    message: str = ""
 
 
 class CachedGenerator:
@@ -127,7 +129,7 @@ class CachedGenerator:
         if found is None or context is None:
             return lookup
         vector = await self._embed(policy, found[1])
-        return dataclasses.replace(lookup, context=context, vector=vector)
+        return dataclasses.replace(lookup, context=context, vector=vector, message=found[1])
 
     async def _embed(self, policy: CachePolicy, text: str) -> tuple[float, ...] | None:
         embed = self.embedders.get(policy.embedding_model)
@@ -144,7 +146,10 @@ class CachedGenerator:
         store = self._stores[name]
         entry, similarity = store.get(lookup.key), None
         if entry is None and lookup.context is not None and lookup.vector is not None:
-            nearest = store.nearest(lookup.context, lookup.vector)
+            guard = lookup.policy.guard
+            nearest = store.nearest(
+                lookup.context, lookup.vector, lambda e: matches(guard, e.message, lookup.message)
+            )
             if nearest is not None and nearest[1] >= lookup.policy.threshold:
                 entry, similarity = store.get(nearest[0]), nearest[1]
         if entry is None:
@@ -168,7 +173,14 @@ class CachedGenerator:
         finally:
             await stream.aclose()
         if lookup is not None and kept and _whole(kept[-1]):
-            entry = Entry(tuple(kept), kept[-1].model, self.clock(), lookup.context, lookup.vector)
+            entry = Entry(
+                tuple(kept),
+                kept[-1].model,
+                self.clock(),
+                lookup.context,
+                lookup.vector,
+                lookup.message,
+            )
             self._stores[name].put(lookup.key, entry)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from inferline.cache.guards import GUARDS, Guard
 from inferline.core.errors import InvalidParameterError
 
 CacheMode = Literal["off", "exact", "semantic"]
@@ -20,8 +21,9 @@ class CachePolicy:
         mode: ``exact`` (the same request, byte for byte after canonical ordering: the
             route, its models' revision, messages or prompt, tools, response format and every
             sampling parameter), ``semantic`` (also: everything identical but the last user
-            message, and that message's embedding within ``threshold`` cosine similarity of
-            a cached one's, by ``embedding_model``), ``off``.
+            message, that message's embedding within ``threshold`` cosine similarity of a
+            cached one's, by ``embedding_model``, and the ``guard``'s word checks, see
+            `inferline.cache.guards`), ``off``.
         ttl_s, max_entries: how long and how many answers are kept (least recently used go
             first).
         deterministic_only: cache only requests that ask for one answer (temperature 0,
@@ -37,6 +39,7 @@ class CachePolicy:
     embedding_model: str = ""
     deterministic_only: bool = True
     shared: bool = False
+    guard: Guard = "strict"
     revision: str = ""
 
     def __post_init__(self) -> None:
@@ -46,6 +49,8 @@ class CachePolicy:
             raise InvalidParameterError("cache.ttl_s and max_entries must be positive", "ttl_s")
         if not 0.0 < self.threshold <= 1.0:
             raise InvalidParameterError("cache.threshold must be in (0, 1]", "threshold")
+        if self.guard not in GUARDS:
+            raise InvalidParameterError(f"cache.guard must be one of {', '.join(GUARDS)}", "guard")
         if self.mode == "semantic" and not self.embedding_model:
             raise InvalidParameterError(
                 "a semantic cache needs an embedding_model (a sentence-embeddings model)",

@@ -21,6 +21,7 @@ class Entry:
     created_s: float
     context: str | None = None  # its semantic context, when it has one
     vector: tuple[float, ...] | None = None  # its last user message's unit embedding
+    message: str = ""  # its last user message
 
 
 class AnswerStore:
@@ -57,12 +58,14 @@ class AnswerStore:
         while len(self._entries) > self.max_entries:
             self._drop(next(iter(self._entries)))
 
-    def nearest(self, context: str, vector: Sequence[float]) -> tuple[str, float] | None:
-        """The fresh entry of ``context`` whose message is most similar to ``vector``:
-        (its key, the cosine similarity), or None."""
+    def nearest(
+        self, context: str, vector: Sequence[float], accept: Callable[[Entry], bool]
+    ) -> tuple[str, float] | None:
+        """The fresh entry of ``context`` that ``accept``s and whose message is most similar
+        to ``vector``: (its key, the cosine similarity), or None."""
         best: tuple[str, float] | None = None
         for key, entry in list(self._contexts.get(context, {}).items()):
-            if self.get(key) is None or entry.vector is None:
+            if self.get(key) is None or entry.vector is None or not accept(entry):
                 continue
             similarity = _dot(entry.vector, vector)
             if best is None or similarity > best[1]:

@@ -32,6 +32,7 @@ _CACHE_TYPES: dict[str, type] = {
     "embedding_model": str,
     "deterministic_only": bool,
     "shared": bool,
+    "guard": str,
 }
 _CHECK_KEYS = {"kind", "threshold", "pattern", "model"}
 
