@@ -16,7 +16,8 @@ models:
     kind: llm
     source: smollm2-135m
     weight_format: int8
-    price: {input_per_mtok: 0.05, output_per_mtok: 0.05}
+    price: {input_per_mtok: 0.05, output_per_mtok: 0.05, cached_input_per_mtok: 0.01,
+            machine_per_hour: 2.5}
   - name: partner
     kind: openai
     base_url: http://127.0.0.1:9001/v1
@@ -48,6 +49,8 @@ def test_the_example_of_the_issue_is_read(tmp_path: Path) -> None:
     config = load_config(path, {"PARTNER_KEY": "sk-secret"})
     (small,) = config.local
     assert small.engine == {"weight_format": "int8"} and small.target.price.input_per_mtok == 0.05
+    assert small.target.price.cached_per_mtok == 0.01
+    assert small.target.price.machine_per_hour == 2.5
     (partner,) = config.upstreams
     assert partner.client.api_key == "sk-secret" and partner.client.model == "served-name"
     assert partner.client.timeouts.idle_s == 5 and not partner.target.can_continue
@@ -95,6 +98,7 @@ def document(**changes: Any) -> dict[str, Any]:
         ({"models__1__api_key_env": "NOT_SET"}, "models[1].api_key_env", "not set"),
         ({"models__1__timeouts": {"idle_s": 0}}, "models[1].timeouts.idle_s", "must be > 0"),
         ({"models__1__price": {"input_per_mtok": -1}}, "models[1].price", "negative"),
+        ({"models__1__price": {"machine_per_hour": 1}}, "models[1]", "needs a local engine"),
         ({"models__0__source": None}, "models[0].source", "required"),
         ({"models__0__kv_cache_gib": "lots"}, "models[0].kv_cache_gib", "a number"),
         ({"models__0__kind": "gguf"}, "models[0].kind", "is not one of"),

@@ -17,8 +17,10 @@ models:
     price: {input_per_mtok: 0.15, output_per_mtok: 0.60}
     can_continue: false           # whether it accepts vLLM's continue_final_message
 ```
-Both kinds also take ``price``, ``breaker: {failures, window_s, cooldown_s}``,
-``retry_budget: {ratio, window_s, min_retries}`` and ``max_in_flight``.
+Both kinds also take ``price: {input_per_mtok, output_per_mtok, cached_input_per_mtok}``
+(a local one also ``machine_per_hour``: its engine time is charged), ``breaker:
+{failures, window_s, cooldown_s}``, ``retry_budget: {ratio, window_s, min_retries}`` and
+``max_in_flight``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ ENGINE_FIELDS: dict[str, type] = {
     "max_queued_requests": int,
     "kernels": str,
     "device": str,
+}
+_PRICE_FIELDS: dict[str, type] = {
+    "input_per_mtok": float,
+    "output_per_mtok": float,
+    "cached_input_per_mtok": float,
+    "machine_per_hour": float,  # local engines only
 }
 _TARGET_KEYS = {"name", "kind", "price", "breaker", "retry_budget", "max_in_flight"}
 _LLM_KEYS = _TARGET_KEYS | {"source"} | set(ENGINE_FIELDS)
@@ -73,9 +81,7 @@ class UpstreamSpec:
 
 
 def _target(entry: dict[str, Any], place: str, kind: str, can_continue: bool) -> TargetConfig:
-    price = section(
-        entry, "price", place, Price, {"input_per_mtok": float, "output_per_mtok": float}
-    )
+    price = section(entry, "price", place, Price, _PRICE_FIELDS)
     breaker = section(
         entry, "breaker", place, BreakerConfig,
         {"failures": int, "window_s": float, "cooldown_s": float},

@@ -88,6 +88,7 @@ class RequestMetrics:
     finished_s: float | None = None
     num_cached_prompt_tokens: int = 0
     num_preemptions: int = 0
+    engine_s: float = 0.0  # engine time used: each step's time split by its tokens
 
     @property
     def time_to_first_token_s(self) -> float | None:
@@ -118,6 +119,7 @@ class Attempt:
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0
     num_cached_tokens: int = 0
+    engine_s: float = 0.0  # a local engine's time (RequestMetrics.engine_s)
     cost_usd: float = 0.0
 
 

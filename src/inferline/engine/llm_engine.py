@@ -21,6 +21,7 @@ from inferline.engine.model_runner import ModelRunner
 from inferline.engine.output_processor import OutputProcessor
 from inferline.engine.request import Request
 from inferline.engine.scheduler import Scheduler
+from inferline.engine.scheduler_output import ScheduledRequest
 from inferline.models.loader import LoadedModel, load_model, resolve_weight_format
 
 
@@ -243,11 +244,25 @@ class LLMEngine:
     # ---- the loop --------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """Runs one batch: schedule, run the model, update state; returns new outputs."""
+        """Runs one batch: schedule, run the model, update state; returns new outputs.
+
+        The step's time is split among its requests by the tokens each had in it (a
+        request's ``engine_s``, what a machine price per hour charges)."""
+        started = time.perf_counter()
         scheduler_output = self.scheduler.schedule()
         runner_output = self.runner.run(scheduler_output)
         updated = self.scheduler.update(scheduler_output, runner_output)
+        _share_step_time(scheduler_output.scheduled, time.perf_counter() - started)
         outputs, stopped = self.output_processor.process(updated, runner_output.logprobs)
         for request, stop in stopped:
             self.scheduler.finish_request(request.request_id, "stop", stop)
         return outputs
+
+
+def _share_step_time(scheduled: Sequence[ScheduledRequest], elapsed_s: float) -> None:
+    """Adds each request's share of a step's ``elapsed_s`` (by its tokens in the step)."""
+    total = sum(s.num_tokens for s in scheduled)
+    if total:
+        per_token = elapsed_s / total
+        for item in scheduled:
+            item.request.engine_s += item.num_tokens * per_token

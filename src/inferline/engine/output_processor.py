@@ -169,6 +169,7 @@ class OutputProcessor:
                 _parse_tools(output, sequence.tool_parser, finished)
             outputs.append(output)
             sequence.num_sent_chars, sequence.num_sent_tokens = visible, len(token_ids)
+        state.metrics.engine_s = sum(s.request.engine_s for s in state.sequences)
         finished = state.is_finished
         if finished:
             state.metrics.finished_s = now

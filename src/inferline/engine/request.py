@@ -50,6 +50,7 @@ class Request:
     block_ids: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)  # of the leading full blocks
     num_preemptions: int = 0
+    engine_s: float = 0.0  # its share of the steps it was in (see LLMEngine.step)
     finish_reason: FinishReason | None = None
     stop_reason: str | int | None = None
     generator: torch.Generator = field(default_factory=torch.Generator)

@@ -52,8 +52,12 @@ def record_attempt(
     worked), a client that left is no verdict, an error counts if it is the target's."""
     attempt.duration_s = duration_s
     attempt.cost_usd = target.config.price.cost_usd(
-        attempt.num_prompt_tokens, attempt.num_output_tokens, attempt.num_cached_tokens
+        attempt.num_prompt_tokens,
+        attempt.num_output_tokens,
+        attempt.num_cached_tokens,
+        attempt.engine_s,
     )
+    target.note_engine_time(attempt.engine_s, attempt.num_output_tokens)
     error = outcome.error
     if outcome.rejected_by is not None:
         attempt.error_type = f"check_failed:{outcome.rejected_by}"

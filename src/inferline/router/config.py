@@ -24,19 +24,23 @@ def _positive(name: str, value: float | None) -> None:
 
 @dataclass(frozen=True)
 class Price:
-    """What a target charges per million tokens (USD); a local model costs 0 by default.
+    """What a target charges (USD); a local model costs 0 by default.
 
-    ``cached_input_per_mtok``: prompt tokens served from a prefix cache (default: the input
-    price).
+    ``*_per_mtok``: per million tokens; ``cached_input_per_mtok``: prompt tokens served from
+    a prefix cache (default: the input price). ``machine_per_hour``: a local engine's
+    machine price, charged for the engine time each request used (each step's time split
+    among its requests by their tokens in it); it adds to the token prices.
     """
 
     input_per_mtok: float = 0.0
     output_per_mtok: float = 0.0
     cached_input_per_mtok: float | None = None
+    machine_per_hour: float = 0.0
 
     def __post_init__(self) -> None:
         cached = self.cached_input_per_mtok or 0.0
-        if self.input_per_mtok < 0 or self.output_per_mtok < 0 or cached < 0:
+        values = (self.input_per_mtok, self.output_per_mtok, cached, self.machine_per_hour)
+        if min(values) < 0:
             raise InvalidParameterError("prices must not be negative", "price")
 
     @property
@@ -47,15 +51,21 @@ class Price:
         return self.cached_input_per_mtok
 
     def cost_usd(
-        self, num_prompt_tokens: int, num_output_tokens: int, num_cached_tokens: int = 0
+        self,
+        num_prompt_tokens: int,
+        num_output_tokens: int,
+        num_cached_tokens: int = 0,
+        engine_s: float = 0.0,
     ) -> float:
-        """The cost of one attempt (``num_cached_tokens`` of the prompt at the cached price)."""
+        """The cost of one attempt (``num_cached_tokens`` of the prompt at the cached price,
+        ``engine_s`` of engine time at the machine price)."""
         cached = min(num_cached_tokens, num_prompt_tokens)
-        return (
+        tokens = (
             (num_prompt_tokens - cached) * self.input_per_mtok
             + cached * self.cached_per_mtok
             + num_output_tokens * self.output_per_mtok
         ) / 1e6
+        return tokens + engine_s * self.machine_per_hour / 3600
 
 
 @dataclass(frozen=True)
@@ -226,3 +236,9 @@ class TargetConfig:
 
     def __post_init__(self) -> None:
         _positive("max_in_flight", self.max_in_flight)
+        if self.kind != "llm" and self.price.machine_per_hour:
+            raise InvalidParameterError(
+                f"{self.name}: price.machine_per_hour needs a local engine (kind: llm); "
+                "a remote target is priced per token",
+                "price",
+            )

@@ -324,11 +324,12 @@ class RoutedRequest:
                 attempt.num_prompt_tokens,
                 attempt.num_output_tokens,
                 attempt.num_cached_tokens,
+                attempt.engine_s,
             )
             self._note_output(attempt, item, started)
             if not self._charge(attempt, target):  # not sent, not billed: the budget holds
                 attempt.num_prompt_tokens, attempt.num_output_tokens = counted[:2]
-                attempt.num_cached_tokens = counted[2]
+                attempt.num_cached_tokens, attempt.engine_s = counted[2:]
                 outcome.out_of_budget = True
                 return
             yield item
@@ -345,6 +346,7 @@ class RoutedRequest:
         attempt.num_prompt_tokens = output.num_prompt_tokens
         attempt.num_output_tokens = output.num_generated_tokens
         attempt.num_cached_tokens = output.metrics.num_cached_prompt_tokens
+        attempt.engine_s = output.metrics.engine_s
 
     def _charge(self, attempt: Attempt, target: Target) -> bool:
         """Charges what the attempt cost since its last output to the request's key; False
@@ -353,7 +355,10 @@ class RoutedRequest:
         if guard is None:
             return True
         cost = target.config.price.cost_usd(
-            attempt.num_prompt_tokens, attempt.num_output_tokens, attempt.num_cached_tokens
+            attempt.num_prompt_tokens,
+            attempt.num_output_tokens,
+            attempt.num_cached_tokens,
+            attempt.engine_s,
         )
         delta = cost - self._charged.get(attempt.number, 0.0)
         if delta <= 0:

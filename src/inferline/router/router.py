@@ -180,7 +180,7 @@ class Router:
                     targets=statuses,
                     input_usd_per_mtok=max(p.input_per_mtok for p in prices),
                     cached_input_usd_per_mtok=max(p.cached_per_mtok for p in prices),
-                    output_usd_per_mtok=max(p.output_per_mtok for p in prices),
+                    output_usd_per_mtok=max(t.reserve_output_per_mtok() for t in targets),
                     is_local=all(t.is_local for t in targets),
                 )
             )

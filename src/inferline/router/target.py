@@ -8,6 +8,11 @@ from inferline.core.protocols import Generator, GeneratorStats, TargetStatus
 from inferline.router.config import TargetConfig
 from inferline.router.health import CircuitBreaker, Clock, RetryAllowance, TargetWindow
 
+# engine seconds per output token assumed before a local target has answered (one stream
+# of a 0.5B model on two cores decodes about 20 tokens/s); only sizes budget reservations
+PRIOR_ENGINE_S_PER_TOKEN = 0.05
+_EWMA_WEIGHT = 0.2
+
 
 class Target:
     """One model entry the router can send requests to.
@@ -29,6 +34,7 @@ class Target:
         self.budget = RetryAllowance(config.retry_budget, clock)
         self.window = TargetWindow(clock=clock)
         self.in_flight = 0
+        self.engine_s_per_token = PRIOR_ENGINE_S_PER_TOKEN  # moving average, local only
         infos = generator.models()
         self.max_model_len = infos[0].max_model_len if infos else None
         # the name the generator answers to (a local engine's own model name)
@@ -43,6 +49,19 @@ class Target:
     def is_local(self) -> bool:
         """A local engine in this process (its load is read from its scheduler)."""
         return self.config.kind == "llm"
+
+    def note_engine_time(self, engine_s: float, num_output_tokens: int) -> None:
+        """Updates the average engine time per output token (prompt time included)."""
+        if engine_s > 0 and num_output_tokens > 0:
+            rate = engine_s / num_output_tokens
+            self.engine_s_per_token += _EWMA_WEIGHT * (rate - self.engine_s_per_token)
+
+    def reserve_output_per_mtok(self) -> float:
+        """What an output token is expected to cost (USD per million), machine time
+        included: what a budget reservation holds for it."""
+        price = self.config.price
+        machine = price.machine_per_hour / 3600 * self.engine_s_per_token * 1e6
+        return price.output_per_mtok + machine
 
     def is_full(self) -> bool:
         """At its ``max_in_flight``: skip it as if overloaded."""

@@ -94,6 +94,8 @@ def _attempt_records(request_id: str, route: RouteReport | None) -> tuple[Attemp
             prompt_tokens=a.num_prompt_tokens,
             completion_tokens=a.num_output_tokens,
             cost_usd=a.cost_usd,
+            cached_tokens=a.num_cached_tokens,
+            engine_s=round(a.engine_s, 6) if a.engine_s else None,
         )
         for a in route.attempts
     )

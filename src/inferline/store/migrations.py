@@ -231,6 +231,14 @@ def m006_requests_key_id(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ix_requests_key_id ON requests (key_id)"))
 
 
+@migration
+def m007_attempt_cached_tokens_and_engine_time(conn: Connection) -> None:
+    """An attempt's prompt tokens served from a prefix cache and a local engine's time it
+    used: the two other things its cost is computed from."""
+    for column in ("cached_tokens INTEGER NOT NULL DEFAULT 0", "engine_s FLOAT"):
+        conn.execute(text(f"ALTER TABLE request_attempts ADD COLUMN {column}"))
+
+
 def migrate(engine: Engine) -> list[str]:
     """Applies missing migrations, each in its own transaction; returns the names applied."""
     _migrations_table.create(engine, checkfirst=True)

@@ -36,6 +36,8 @@ class AttemptRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    cached_tokens: int = 0
+    engine_s: float | None = None  # a local engine's time
 
 
 @dataclass(frozen=True)
