@@ -276,6 +276,30 @@ def test_chat_chunks_accumulate_with_deltas_and_usage() -> None:
     assert final.metrics.finished_s == 102.2
 
 
+def test_the_prompt_is_counted_from_the_estimate_until_the_usage_says() -> None:
+    """A stream cut before its usage chunk still charges the prompt it sent."""
+    metrics = RequestMetrics(arrival_s=100.0)
+    acc = ChunkAccumulator("r", n=1, is_chat=True, model="gpt", metrics=metrics,
+                           estimated_prompt_tokens=40)  # fmt: skip
+    first = acc.feed(delta("Hel"), 101.0)
+    assert first is not None and first.num_prompt_tokens == 40
+    acc.feed(delta(finish="stop"), 102.0)
+    acc.feed({"choices": [], "usage": {"completion_tokens": 1}}, 102.1)  # no prompt count
+    assert acc.num_prompt_tokens == 40
+    acc.feed(usage(9, 1), 102.2)
+    assert acc.finish(102.3).num_prompt_tokens == 9
+
+
+def test_a_request_estimates_its_prompt_tokens_on_the_high_side() -> None:
+    from inferline.core import GenerationRequest
+
+    assert GenerationRequest("r", prompt=[1, 2, 3]).estimated_prompt_tokens() == 3
+    assert GenerationRequest("r", prompt="x" * 30).estimated_prompt_tokens() == 11
+    messages = [{"role": "user", "content": "hello there"}]
+    chat = GenerationRequest("r", messages=messages).estimated_prompt_tokens()
+    assert chat == len('[{"role": "user", "content": "hello there"}][]') // 3 + 1
+
+
 @pytest.mark.parametrize(
     ("upstream", "ours"),
     [

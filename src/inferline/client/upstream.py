@@ -135,6 +135,7 @@ class UpstreamClient:
             metrics=metrics,
             prompt=request.prompt if isinstance(request.prompt, str) else None,
             target=self.name,
+            estimated_prompt_tokens=request.estimated_prompt_tokens(),
         )
         release = functools.partial(self._release, request.request_id, flight)
         return UpstreamStream(flight, accumulator, release)

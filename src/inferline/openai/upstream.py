@@ -294,8 +294,9 @@ class ChunkAccumulator:
     While streaming, a completion counts one token per content or tool-call chunk, or one
     per logprobs entry when there are logprobs. The final output takes the usage chunk's
     numbers: ``completion_tokens`` for ``n == 1``; for ``n > 1`` it is split over the
-    completions in proportion to their counted tokens (`split_tokens`). Without a usage
-    chunk, the counts stay as counted and ``num_prompt_tokens`` is 0.
+    completions in proportion to their counted tokens (`split_tokens`). Until a usage chunk
+    comes (and if none does), ``num_prompt_tokens`` is ``estimated_prompt_tokens``: the
+    prompt was sent, so a stream cut before its usage is still charged for it.
 
     Errors (``target`` names the upstream): a chunk that is not a chunk object raises
     `StreamInterruptedError` (``malformed_chunk``), an ``{"error": ...}`` chunk one with code
@@ -313,11 +314,12 @@ class ChunkAccumulator:
         metrics: RequestMetrics,
         prompt: str | None = None,
         target: str = "",
+        estimated_prompt_tokens: int = 0,
     ) -> None:
         self.request_id, self.is_chat, self.model = request_id, is_chat, model
         self.metrics, self.prompt, self.target = metrics, prompt, target
         self.choices = [_Choice() for _ in range(n)]
-        self.num_prompt_tokens = 0
+        self.num_prompt_tokens = estimated_prompt_tokens
         self.num_completion_tokens: int | None = None
         self.has_content = False  # a token or a finish reason has arrived
 
@@ -420,7 +422,8 @@ class ChunkAccumulator:
             choice.stop_reason = stop_reason
 
     def _read_usage(self, usage: dict[str, Any]) -> None:
-        self.num_prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        if usage.get("prompt_tokens") is not None:
+            self.num_prompt_tokens = int(usage["prompt_tokens"])
         if usage.get("completion_tokens") is not None:
             self.num_completion_tokens = int(usage["completion_tokens"])
         details = usage.get("prompt_tokens_details") or {}

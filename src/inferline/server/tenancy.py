@@ -4,7 +4,6 @@ budget) before it is submitted, and the headers that say where the key stands.""
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 from starlette.requests import Request
@@ -14,23 +13,11 @@ from inferline.core.protocols import GenerationRequest, ModelInfo
 from inferline.server.state import ServerState
 from inferline.tenants import Admission, Estimate, Identity, KeyPolicy
 
-_CHARS_PER_TOKEN = 3  # a generous estimate before tokenization (English is ~4)
-
 
 def identity_of(request: Request) -> Identity:
     """Who is calling (set by the guard middleware)."""
     identity = request.scope.get("state", {}).get("identity")
     return identity if isinstance(identity, Identity) else Identity(is_admin=True)
-
-
-def estimate_prompt_tokens(request: GenerationRequest) -> int:
-    """Prompt tokens a request may have, from its text (it is not tokenized yet)."""
-    if isinstance(request.prompt, list):
-        return len(request.prompt)
-    if isinstance(request.prompt, str):
-        return len(request.prompt) // _CHARS_PER_TOKEN + 1
-    text = json.dumps(request.messages or []) + json.dumps(request.tools or [])
-    return len(text) // _CHARS_PER_TOKEN + 1
 
 
 async def admit(
@@ -57,7 +44,7 @@ async def _admit(
     params = generations[0].params
     copies = len(generations) * params.n
     estimate = Estimate(
-        sum(estimate_prompt_tokens(g) for g in generations),
+        sum(g.estimated_prompt_tokens() for g in generations),
         None if params.max_tokens is None else params.max_tokens * copies,
     )
     admission = await state.tenants.admit(key, generations[0].request_id, info, estimate)
