@@ -14,6 +14,7 @@ that can continue an assistant message; where none can, the stream ends with an 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
 import time
@@ -84,8 +85,9 @@ class RoutedRequest:
             delay = max(0.0, self.deadline - self.clock())
             self._timer = asyncio.get_running_loop().call_later(delay, self._expire)
         try:
-            async for output in self._serve():
-                yield output
+            async with contextlib.aclosing(self._serve()) as outputs:
+                async for output in outputs:
+                    yield output
         except BaseException as error:
             if isinstance(error, Exception):
                 error.route_report = self.report  # type: ignore[attr-defined]
@@ -120,8 +122,9 @@ class RoutedRequest:
             while True:
                 tries += 1
                 outcome = Outcome()
-                async for output in self._attempt(target, reason, outcome):
-                    yield output
+                async with contextlib.aclosing(self._attempt(target, reason, outcome)) as tried:
+                    async for output in tried:
+                        yield output
                 if outcome.finished:
                     return
                 if outcome.out_of_budget:
@@ -285,19 +288,24 @@ class RoutedRequest:
         started = self.clock()
         pumping = asyncio.ensure_future(pump(target, request, queue))
         try:
-            async for output in self._read(queue, attempt, target, outcome, started):
-                if buffered is None:
-                    yield self._forward(output, target)
-                else:
-                    buffered.append(output)
+            async with contextlib.aclosing(
+                self._read(queue, attempt, target, outcome, started)
+            ) as outputs:
+                async for output in outputs:
+                    if buffered is None:
+                        yield self._forward(output, target)
+                    else:
+                        buffered.append(output)
             if outcome.finished and buffered is not None:
                 for output in await self._accepted(buffered, target, outcome):
                     yield output
         finally:
+            # the bookkeeping first: a consumer that was cancelled (a client that left, under
+            # a cancel scope that cancels every await again) must not skip it
             pumping.cancel()
-            await asyncio.gather(pumping, return_exceptions=True)
             target.in_flight -= 1
             self._record(target, attempt, outcome, started)
+            await asyncio.gather(pumping, return_exceptions=True)
 
     async def _read(
         self,

@@ -8,6 +8,7 @@ system: targets never retry by themselves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -147,8 +148,11 @@ class Router:
     ) -> AsyncGenerator[RequestOutput, None]:
         self._running[request_id] = routed
         try:
-            async for output in routed.stream():
-                yield output
+            # closed here, not by the garbage collector: a client that leaves must see its
+            # attempts recorded (and charged) before its request is logged
+            async with contextlib.aclosing(routed.stream()) as outputs:
+                async for output in outputs:
+                    yield output
         finally:
             self._running.pop(request_id, None)
 

@@ -293,8 +293,10 @@ async def _events(
         status, error_message = error.status_code, error.message
         yield sse(error.body())
     finally:
-        with contextlib.suppress(Exception):
-            await _close(source, streams)
-        trace.outputs = trace.outputs or [finals[i] for i in sorted(finals)]
-        state.observer.finish(trace, status, error_message or None)
+        try:  # a client that left cancels every await here: the request is logged anyway
+            with contextlib.suppress(Exception):
+                await _close(source, streams)
+        finally:
+            trace.outputs = trace.outputs or [finals[i] for i in sorted(finals)]
+            state.observer.finish(trace, status, error_message or None)
     yield sse("[DONE]")
