@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from inferline.cache import CachedGenerator, CachePolicy
-from inferline.core import GenerationRequest, SamplingParams
+from inferline.core import GenerationRequest, SamplingParams, StructuredOutput
 from inferline.router.config import RouteConfig, TargetConfig, TargetRef
 from inferline.router.router import Router
 from inferline.router.target import Target
@@ -66,6 +66,8 @@ def test_the_same_deterministic_request_is_answered_from_the_cache() -> None:
         {"params": dataclasses.replace(GREEDY, seed=7)},
         {"params": dataclasses.replace(GREEDY, presence_penalty=0.5)},
         {"params": dataclasses.replace(GREEDY, logprobs=0)},
+        {"params": dataclasses.replace(GREEDY, temperature=0.7, top_k=1)},
+        {"params": dataclasses.replace(GREEDY, structured=StructuredOutput("json_object"))},
         {"messages": [{"role": "system", "content": "Be long."},
                       {"role": "user", "content": "What is the capital of France?"}]},
         {"tools": [{"type": "function", "function": {"name": "f"}}]},
