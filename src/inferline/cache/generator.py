@@ -110,7 +110,9 @@ class CachedGenerator:
                 return replay
         stream = await self.inner.submit(request)
         store = lookup is not None and request.cache != "no-store"
-        return self._recorded(name, lookup if store else None, stream)
+        policy = self.policies.get(name)
+        has_cache = policy is not None and policy.mode != "off"
+        return self._recorded(name, lookup if store else None, stream, has_cache)
 
     async def _lookup(self, name: str, request: GenerationRequest) -> _Lookup | None:
         policy = self.policies.get(name)
@@ -160,12 +162,18 @@ class CachedGenerator:
         return _replayed(request.request_id, entry, report)
 
     async def _recorded(
-        self, name: str, lookup: _Lookup | None, stream: AsyncGenerator[RequestOutput, None]
+        self,
+        name: str,
+        lookup: _Lookup | None,
+        stream: AsyncGenerator[RequestOutput, None],
+        has_cache: bool,
     ) -> AsyncGenerator[RequestOutput, None]:
+        """The stream, kept for the cache when ``lookup`` says so; a route with a cache
+        marks its report ``miss`` (one without leaves it None: no cache was asked)."""
         kept: list[RequestOutput] = []
         try:
             async for output in stream:
-                if output.route is not None:
+                if output.route is not None and has_cache:
                     output.route.cache = "miss"
                 if lookup is not None:
                     kept.append(_stored(output))

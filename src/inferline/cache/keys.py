@@ -14,7 +14,7 @@ from inferline.core.sampling_params import SamplingParams
 
 _NOT_THE_QUESTION = (
     "request_id", "key_id", "user", "session", "metadata", "deadline", "streaming", "spend",
-    "cache", "priority",
+    "cache", "priority", "traceparent",
 )  # fmt: skip
 
 

@@ -63,8 +63,11 @@ class Flight:
         *,
         target: str,
         secrets: tuple[str, ...] = (),
+        headers: dict[str, str] | None = None,
     ) -> None:
+        """``headers``: this request's own, beside the session's (its ``traceparent``)."""
         self.request_id, self.target, self.secrets = request_id, target, secrets
+        self._headers = headers
         self.deadlines = deadlines
         self.stopped: Aborted | InferlineError | None = None  # ends the stream at once
         self._session, self._url, self._body = session, url, body
@@ -88,7 +91,7 @@ class Flight:
         try:
             async with asyncio.timeout(deadline - time.monotonic()) as self._status_scope:
                 response = self._response = await self._session.post(
-                    self._url, data=self._body, allow_redirects=False
+                    self._url, data=self._body, headers=self._headers, allow_redirects=False
                 )
                 if not 200 <= response.status < 300:
                     raise await self._status_error(response)

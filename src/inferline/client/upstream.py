@@ -125,6 +125,7 @@ class UpstreamClient:
             deadlines,
             target=self.name,
             secrets=self.config.secrets,
+            headers={"traceparent": request.traceparent} if request.traceparent else None,
         )
         self._flights[request.request_id] = flight
         accumulator = ChunkAccumulator(

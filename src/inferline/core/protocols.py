@@ -53,6 +53,7 @@ class GenerationRequest:
             when it refuses, the request is stopped.
         cache: the client's ``Cache-Control``: ``default``, ``no-cache`` (do not answer from
             a cache, but store the new answer) or ``no-store`` (neither).
+        traceparent: the W3C trace context of the request's span, sent to remote upstreams.
     """
 
     request_id: str
@@ -71,6 +72,7 @@ class GenerationRequest:
     streaming: bool = True
     spend: SpendGuard | None = None
     cache: Literal["default", "no-cache", "no-store"] = "default"
+    traceparent: str | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):

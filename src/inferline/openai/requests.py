@@ -35,6 +35,7 @@ class CallerContext:
     deadline: float | None = None  # time.monotonic()
     metadata: Mapping[str, str] = field(default_factory=dict)
     cache: Literal["default", "no-cache", "no-store"] = "default"  # the Cache-Control header
+    traceparent: str | None = None  # W3C trace context of this request's span
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,8 @@ def _context_fields(body: SamplingFields, context: CallerContext) -> dict[str, A
         "key_id": context.key_id,
         "user": body.user,
         "session": context.session,
-        "metadata": context.metadata,
+        "metadata": {**(body.metadata or {}), **context.metadata},
+        "traceparent": context.traceparent,
         "deadline": context.deadline,
         "cache": context.cache,
     }

@@ -68,6 +68,10 @@ class SamplingFields(LenientModel):
     presence_penalty: Penalty = 0.0
     frequency_penalty: Penalty = 0.0
     user: str | None = None
+    # OpenAI's: at most 16 string pairs (keys 64 characters, values 512); traces keep them
+    metadata: Annotated[dict[Annotated[str, Field(max_length=64)],
+                             Annotated[str, Field(max_length=512)]],
+                        Field(max_length=16)] | None = None  # fmt: skip
     # extensions (vLLM names)
     top_k: Annotated[int, Field(ge=-1)] = 0
     min_p: Probability = 0.0

@@ -19,6 +19,7 @@ from inferline.server import (
     routes_completions,
     routes_embeddings,
     routes_ops,
+    routes_traces,
 )
 from inferline.server.config import ServerConfig
 from inferline.server.errors import APIError, install_error_handlers
@@ -29,6 +30,7 @@ from inferline.server.openapi import install_openapi
 from inferline.server.predictors import PredictorEntry, PredictorPool
 from inferline.server.state import Reload, ServerState
 from inferline.store.request_log import RequestLogWriter
+from inferline.store.traces import TraceStore
 from inferline.tenants import Tenants
 
 
@@ -76,6 +78,8 @@ def create_app(
     pool = PredictorPool(predictors, metrics)
     tenants = tenants or Tenants(None, config.api_keys)
     state = ServerState(generator, config, metrics, observer, pool, tenants, reload)
+    if log_writer is not None:
+        state.traces = TraceStore(log_writer.log.engine)
     services = [e.service for e in extensions if e.service is not None]
 
     @asynccontextmanager
@@ -121,7 +125,11 @@ def _add_routes(app: FastAPI, state: ServerState, extensions: Sequence[Extension
         state.observer.reject(endpoint, model, error.status_code, error.message)
 
     install_error_handlers(app, on_rejected)
-    for module in (routes_chat, routes_completions, routes_embeddings, routes_ops, routes_admin):
+    modules = (
+        routes_chat, routes_completions, routes_embeddings, routes_ops, routes_admin,
+        routes_traces,
+    )  # fmt: skip
+    for module in modules:
         app.include_router(module.router)
     for extension in extensions:
         setattr(app.state, extension.state_name, extension.state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -11,6 +12,8 @@ from typing import Any
 
 from inferline.core.outputs import RequestOutput, RouteReport
 from inferline.server.metrics import Metrics
+from inferline.server.trace_fields import engine_timings, tool_calls_json
+from inferline.server.tracing import TraceContext
 from inferline.store.request_log import AttemptRecord, RequestLogWriter, RequestRecord
 
 
@@ -36,6 +39,10 @@ class RequestTrace:
     route: RouteReport | None = None
     admission: Any = None  # the key's `tenants.Admission`, settled when the request ends
     headers: dict[str, str] = field(default_factory=dict)  # sent with the response
+    context: TraceContext | None = None  # W3C trace and span ids
+    task_id: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    tool_results: str | None = None  # JSON: the tool_call_ids the request answers
     _itl: Any = field(default=None, repr=False)
 
     def on_output(self, output: RequestOutput, metrics: Metrics) -> None:
@@ -101,6 +108,7 @@ def _attempt_records(request_id: str, route: RouteReport | None) -> tuple[Attemp
     )
 
 
+_HITS = ("hit", "semantic-hit")
 _KEY_PATTERN = r"sk-inf-[A-Za-z0-9_\-]{8,}"
 
 
@@ -180,8 +188,30 @@ class Observer:
             fallback_reason=route.fallback_reason if route else None,
             cost_usd=route.cost_usd if route else 0.0,
             key_id=trace.admission.key.id if trace.admission is not None else None,
+            **self._trace_fields(trace),
         )
         self.log_writer.record(record, _attempt_records(trace.request_id, route))
+
+    def _trace_fields(self, trace: RequestTrace) -> dict[str, Any]:
+        """What the trace adds to the log row: ids, task, team, cache, engine timings, tools."""
+        context, route, key = trace.context, trace.route, None
+        if trace.admission is not None:
+            key = trace.admission.key
+        team = key.metadata.get("team") if key is not None else None
+        return {
+            "trace_id": context.trace_id if context else None,
+            "span_id": context.span_id if context else None,
+            "parent_span_id": context.parent_span_id if context else None,
+            "task_id": trace.task_id,
+            "team": str(team) if team is not None else None,
+            "cache": route.cache if route else None,
+            "stopped_by": route.stopped_by if route else None,
+            "tool_calls": tool_calls_json(trace.outputs, self.log_text),
+            "tool_results": trace.tool_results,
+            "metadata": json.dumps(trace.metadata) if trace.metadata else None,
+            # a cache hit ran no engine: the replayed outputs carry the original's times
+            **engine_timings(() if route and route.cache in _HITS else trace.outputs),
+        }
 
     def _count_success(
         self, trace: RequestTrace, end: float, finish_reasons: Sequence[str]

@@ -69,6 +69,8 @@ def statuses(path: str, method: str) -> list[int]:
         codes.add(400)
     if path == "/v1/batches" and method == "get":
         codes.add(400)
+    if path.startswith("/v1/traces"):
+        codes.add(400)
     return sorted(codes)
 
 

@@ -10,10 +10,8 @@ from fastapi.responses import Response
 from inferline.openai.requests import chat_generation
 from inferline.openai.responses import ChatChunker, chat_completion
 from inferline.openai.schemas import ChatCompletionRequest
-from inferline.server.observe import RequestTrace
+from inferline.server.caller import begin_trace, caller_context, new_request_id
 from inferline.server.runner import (
-    caller_context,
-    new_request_id,
     respond,
     stream_response,
     submit_all,
@@ -31,15 +29,18 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     request_id = new_request_id("chatcmpl")
     generation = chat_generation(body, request_id, caller_context(request))
     messages = generation.request.messages or []
-    trace = RequestTrace(
+    trace = begin_trace(
+        request,
         request_id,
         "/v1/chat/completions",
         body.model,
         messages[-1]["content"] if messages else None,
         body.user,
+        dict(generation.request.metadata),
+        messages,
     )
     requests, trace.admission = await admit(state, request, body.model, [generation.request])
-    trace.headers = key_headers(state, trace.admission)
+    trace.headers.update(key_headers(state, trace.admission))
     streams = await submit_all(state, trace, requests)
     header = {"id": request_id, "created": int(time.time()), "model": body.model}
     mode = generation.tool_mode

@@ -10,10 +10,8 @@ from fastapi.responses import Response
 from inferline.openai.requests import completion_generations
 from inferline.openai.responses import CompletionChunker, text_completion
 from inferline.openai.schemas import CompletionRequest
-from inferline.server.observe import RequestTrace
+from inferline.server.caller import begin_trace, caller_context, new_request_id
 from inferline.server.runner import (
-    caller_context,
-    new_request_id,
     respond,
     stream_response,
     submit_all,
@@ -31,15 +29,17 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     request_id = new_request_id("cmpl")
     generations = completion_generations(body, request_id, caller_context(request))
     first = generations[0].prompt
-    trace = RequestTrace(
+    trace = begin_trace(
+        request,
         request_id,
         "/v1/completions",
         body.model,
         first if isinstance(first, str) else None,
         body.user,
+        dict(generations[0].metadata),
     )
     generations, trace.admission = await admit(state, request, body.model, generations)
-    trace.headers = key_headers(state, trace.admission)
+    trace.headers.update(key_headers(state, trace.admission))
     streams = await submit_all(state, trace, generations)
     header = {"id": request_id, "created": int(time.time()), "model": body.model}
     if not body.stream:

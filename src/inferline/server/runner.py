@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
-from typing import Any, Literal
+from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.requests import Request
@@ -20,8 +18,6 @@ from starlette.requests import Request
 from inferline.core.errors import StreamInterruptedError
 from inferline.core.outputs import RequestOutput, RouteReport
 from inferline.core.protocols import GenerationRequest
-from inferline.core.sampling_params import Priority
-from inferline.openai.requests import CallerContext
 from inferline.openai.responses import sse
 from inferline.server.disconnect import CLIENT_CLOSED, ClientDisconnected, until_disconnect
 from inferline.server.errors import APIError, api_error_from
@@ -31,54 +27,6 @@ from inferline.server.state import ServerState
 Stream = AsyncGenerator[RequestOutput, None]
 Chunks = Callable[[int, RequestOutput], Iterable[dict[str, Any]]]
 FinalChunk = Callable[[list[RequestOutput]], dict[str, Any] | None]
-PRIORITY_HEADER = "x-inferline-priority"
-SESSION_HEADER = "x-inferline-session"
-TIMEOUT_HEADER = "x-inferline-timeout-ms"
-
-
-def new_request_id(prefix: str) -> str:
-    """``<prefix>-<32 hex>``: the id of the response, the request log row and the trace."""
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-def caller_context(request: Request) -> CallerContext:
-    """Priority, session and deadline from the headers; the key id from the guard."""
-    priority = Priority.INTERACTIVE
-    if request.headers.get(PRIORITY_HEADER, "").lower() == "batch":
-        priority = Priority.BATCH  # batch job lines wait behind live traffic
-    deadline = None
-    timeout_ms = request.headers.get(TIMEOUT_HEADER)
-    if timeout_ms is not None:
-        try:
-            value = float(timeout_ms)
-        except ValueError:
-            value = -1.0
-        if not 0 < value <= 86_400_000:
-            raise APIError(
-                400,
-                f"{TIMEOUT_HEADER} must be a number of milliseconds in (0, 86400000]",
-                param=TIMEOUT_HEADER,
-            )
-        deadline = time.monotonic() + value / 1000
-    identity = request.scope.get("state", {}).get("identity")
-    key = getattr(identity, "key", None)
-    return CallerContext(
-        priority=priority,
-        key_id=key.id if key is not None else None,
-        session=request.headers.get(SESSION_HEADER),
-        deadline=deadline,
-        cache=_cache_control(request.headers.get("cache-control", "")),
-    )
-
-
-def _cache_control(value: str) -> Literal["default", "no-cache", "no-store"]:
-    """The client's ``Cache-Control`` as far as the response cache cares."""
-    directives = {part.strip().lower() for part in value.split(",")}
-    if "no-store" in directives:
-        return "no-store"
-    if "no-cache" in directives:
-        return "no-cache"
-    return "default"
 
 
 async def submit_all(

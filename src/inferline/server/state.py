@@ -12,6 +12,7 @@ from inferline.server.config import ServerConfig
 from inferline.server.metrics import Metrics
 from inferline.server.observe import Observer
 from inferline.server.predictors import PredictorPool
+from inferline.store.traces import TraceStore
 from inferline.tenants import Tenants
 
 Reload = Callable[[], Awaitable[dict[str, Any]]]
@@ -33,6 +34,7 @@ class ServerState:
     predictors: PredictorPool
     tenants: Tenants
     reload: Reload | None = None
+    traces: TraceStore | None = None  # the request log's traces, when there is a log
     is_draining: bool = False
     _infos: dict[str, ModelInfo] = field(default_factory=dict)
     _infos_at: float = -1.0

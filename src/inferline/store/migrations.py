@@ -239,6 +239,43 @@ def m007_attempt_cached_tokens_and_engine_time(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE request_attempts ADD COLUMN {column}"))
 
 
+_TRACE_COLUMNS = (
+    "trace_id VARCHAR(32)",  # W3C trace context: the client's trace, or a new one
+    "span_id VARCHAR(16)",  # this request's span
+    "parent_span_id VARCHAR(16)",  # the client's span, when it sent a traceparent
+    "task_id VARCHAR(128)",
+    "team VARCHAR(128)",  # the key's metadata.team
+    "cache VARCHAR(16)",  # hit, semantic-hit, miss (null: no cache on the route)
+    "stopped_by VARCHAR(32)",  # budget
+    "prompt_id VARCHAR(128)",
+    "prompt_version INTEGER",
+    "prompt_label VARCHAR(64)",
+    "prefill_s FLOAT",
+    "decode_s FLOAT",
+    "tpot_s FLOAT",
+    "preemptions INTEGER NOT NULL DEFAULT 0",
+    "tool_calls TEXT",  # JSON: [{"id", "name"}] (arguments only when text is logged)
+    "tool_results TEXT",  # JSON: the tool_call_ids whose results the request brought
+    "metadata TEXT",  # JSON: the request's metadata
+)
+
+
+@migration
+def m008_traces(conn: Connection) -> None:
+    """A request's row becomes its trace: trace context, task, team, cache outcome, prompt
+    version, engine timings and tool calls, with indexes for the traces API's filters."""
+    for column in _TRACE_COLUMNS:
+        conn.execute(text(f"ALTER TABLE requests ADD COLUMN {column}"))
+    for name, columns in (
+        ("ix_requests_route_created", "route, created_at"),
+        ("ix_requests_status_created", "status_code, created_at"),
+        ("ix_requests_prompt", "prompt_id, prompt_version, created_at"),
+        ("ix_requests_task_id", "task_id"),
+        ("ix_requests_trace_id", "trace_id"),
+    ):
+        conn.execute(text(f"CREATE INDEX {name} ON requests ({columns})"))
+
+
 def migrate(engine: Engine) -> list[str]:
     """Applies missing migrations, each in its own transaction; returns the names applied."""
     _migrations_table.create(engine, checkfirst=True)

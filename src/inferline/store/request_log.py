@@ -67,6 +67,23 @@ class RequestRecord:
     fallback_reason: str | None = None
     cost_usd: float = 0.0
     key_id: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+    parent_span_id: str | None = None
+    task_id: str | None = None
+    team: str | None = None
+    cache: str | None = None
+    stopped_by: str | None = None
+    prompt_id: str | None = None
+    prompt_version: int | None = None
+    prompt_label: str | None = None
+    prefill_s: float | None = None
+    decode_s: float | None = None
+    tpot_s: float | None = None
+    preemptions: int = 0
+    tool_calls: str | None = None  # JSON
+    tool_results: str | None = None  # JSON
+    metadata: str | None = None  # JSON
 
 
 _Item = tuple[RequestRecord, tuple[AttemptRecord, ...]]

@@ -48,7 +48,8 @@ Control API: ``POST /_control/script`` ``{"model": "<name or *>", "faults": [...
 to that model's FIFO queue (one fault per matching request); ``GET /_control/script`` shows
 the queues; ``POST /_control/reset`` clears queues, model-name state, flap clocks and the
 log; ``GET /_control/log[?field=value...]`` lists every API request (``/v1/...``) in order:
-seq, id, time (epoch), model, endpoint, stream, continuation, prefix_words, fault, status
+seq, id, time (epoch), model, endpoint, stream, continuation, prefix_words, traceparent
+(the W3C header the client sent, or None), fault, status
 (None if none was sent), words_sent, outcome (``pending``, ``ok``, ``error``, ``cut``,
 ``client_closed``); ``POST /_control/config`` ``{"token_delay_ms": D}`` changes the pace.
 Faults never apply to ``/v1/models`` or ``/health``.

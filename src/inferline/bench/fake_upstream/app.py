@@ -138,6 +138,9 @@ class FakeUpstream:
     ) -> None:
         body = await _read(receive)
         entry = self._entry(scope["path"])
+        headers = dict(scope.get("headers") or [])
+        traceparent = headers.get(b"traceparent")
+        entry["traceparent"] = traceparent.decode("latin-1") if traceparent else None
         try:
             call = parse_call(body, chat=chat, canon=self.canon)
             entry.update(model=call.model, stream=call.stream, continuation=call.continuation)
@@ -163,6 +166,7 @@ class FakeUpstream:
             "stream": False,
             "continuation": False,
             "prefix_words": None,
+            "traceparent": None,
             "fault": None,
             "status": None,
             "words_sent": 0,

@@ -1,0 +1,187 @@
+"""Reading traces: a request's log row joined with its attempts, filtered and paged.
+
+A trace is the ``requests`` row (written by `RequestLogWriter`) and its ``request_attempts``
+rows; `TraceStore` reads them for ``GET /v1/traces`` and ``inferline traces``. Pages run
+newest first and continue from the last row's ``id`` (keyset paging: the same cost on
+page 1,000 as on page 1).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, MetaData, Select, Table, or_, select
+
+from inferline.core.errors import InvalidParameterError
+
+MAX_PAGE = 500
+
+
+@dataclass(frozen=True)
+class TraceFilter:
+    """What ``GET /v1/traces`` can ask for (every field optional; times are epoch seconds).
+
+    ``status``: an HTTP status code, or ``error`` for any status >= 400. ``text``: a
+    substring of the logged prompt or output (only when text is logged; a scan, so pair it
+    with a time range on large logs).
+    """
+
+    since: float | None = None
+    until: float | None = None
+    route: str | None = None
+    model: str | None = None
+    key_id: str | None = None
+    team: str | None = None
+    task_id: str | None = None
+    trace_id: str | None = None
+    prompt_id: str | None = None
+    prompt_version: int | None = None
+    status: int | str | None = None
+    min_latency_s: float | None = None
+    text: str | None = None
+    limit: int = 50
+    before_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= MAX_PAGE:
+            raise InvalidParameterError(f"limit must be in [1, {MAX_PAGE}]", "limit")
+        if isinstance(self.status, str) and self.status != "error":
+            raise InvalidParameterError("status must be a status code or 'error'", "status")
+
+
+_EQUAL = ("route", "model", "key_id", "team", "task_id", "trace_id", "prompt_id")
+
+
+class TraceStore:
+    """Queries over the request log's traces."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        metadata = MetaData()
+        self.requests = Table("requests", metadata, autoload_with=engine)
+        self.attempts = Table("request_attempts", metadata, autoload_with=engine)
+
+    def list(self, where: TraceFilter) -> tuple[list[dict[str, Any]], bool]:
+        """One page of traces (without attempts), newest first, and whether more follow."""
+        query = self._filtered(select(self.requests), where)
+        query = query.order_by(self.requests.c.id.desc()).limit(where.limit + 1)
+        with self.engine.connect() as conn:
+            rows = [dict(row._mapping) for row in conn.execute(query)]
+        return [trace_view(row) for row in rows[: where.limit]], len(rows) > where.limit
+
+    def get(self, request_id: str) -> dict[str, Any] | None:
+        """One trace with its attempts, or None."""
+        c = self.requests.c
+        query = select(self.requests).where(c.request_id == request_id).limit(1)
+        a = self.attempts.c
+        tried = select(self.attempts).where(a.request_id == request_id).order_by(a.attempt)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+            if row is None:
+                return None
+            attempts = [dict(r._mapping) for r in conn.execute(tried)]
+        return trace_view(dict(row._mapping), attempts)
+
+    def _filtered(self, query: Select[Any], where: TraceFilter) -> Select[Any]:
+        c = self.requests.c
+        for name in _EQUAL:
+            value = getattr(where, name)
+            if value is not None:
+                query = query.where(c[name] == value)
+        if where.prompt_version is not None:
+            query = query.where(c.prompt_version == where.prompt_version)
+        if where.since is not None:
+            query = query.where(c.created_at >= where.since)
+        if where.until is not None:
+            query = query.where(c.created_at < where.until)
+        if where.status == "error":
+            query = query.where(c.status_code >= 400)
+        elif where.status is not None:
+            query = query.where(c.status_code == int(where.status))
+        if where.min_latency_s is not None:
+            query = query.where(c.total_time_s >= where.min_latency_s)
+        if where.before_id is not None:
+            query = query.where(c.id < where.before_id)
+        if where.text:
+            pattern = "%" + _escape_like(where.text) + "%"
+            query = query.where(
+                or_(c.prompt.like(pattern, escape="\\"), c.output.like(pattern, escape="\\"))
+            )
+        return query
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def trace_view(row: dict[str, Any], attempts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A log row (and its attempts) as the traces API returns it."""
+    prompt = None
+    if row.get("prompt_id") is not None:
+        prompt = {"id": row["prompt_id"], "version": row["prompt_version"],
+                  "label": row["prompt_label"]}  # fmt: skip
+    view: dict[str, Any] = {
+        "id": row["request_id"],
+        "object": "trace",
+        "cursor": row["id"],
+        "created_at": row["created_at"],
+        "trace_id": row["trace_id"],
+        "span_id": row["span_id"],
+        "parent_span_id": row["parent_span_id"],
+        "endpoint": row["endpoint"],
+        "model": row["model"],
+        "route": row["route"],
+        "target": row["target"],
+        "status_code": row["status_code"],
+        "error": row["error"],
+        "finish_reason": row["finish_reason"],
+        "stopped_by": row["stopped_by"],
+        "key_id": row["key_id"],
+        "team": row["team"],
+        "user": row["user_id"],
+        "task_id": row["task_id"],
+        "metadata": _json(row["metadata"]) or {},
+        "prompt": prompt,
+        "cache": row["cache"],
+        "num_attempts": row["num_attempts"],
+        "fallback_reason": row["fallback_reason"],
+        "timings": {
+            "total_s": row["total_time_s"],
+            "queue_s": row["queue_time_s"],
+            "ttft_s": row["ttft_s"],
+            "prefill_s": row["prefill_s"],
+            "decode_s": row["decode_s"],
+            "tpot_s": row["tpot_s"],
+        },
+        "usage": {
+            "prompt_tokens": row["prompt_tokens"],
+            "completion_tokens": row["completion_tokens"],
+            "cached_tokens": row["cached_tokens"],
+        },
+        "cost_usd": row["cost_usd"],
+        "preemptions": row["preemptions"],
+        "tool_calls": _json(row["tool_calls"]) or [],
+        "tool_results": _json(row["tool_results"]) or [],
+        "input": row["prompt"],
+        "output": row["output"],
+    }
+    if attempts is not None:
+        view["attempts"] = [_attempt_view(a) for a in attempts]
+    return view
+
+
+def _attempt_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: row[key]
+        for key in (
+            "attempt", "target", "reason", "status", "error_type", "error", "started_at",
+            "ttft_s", "duration_s", "prompt_tokens", "completion_tokens", "cached_tokens",
+            "engine_s", "cost_usd",
+        )
+    }  # fmt: skip
