@@ -29,7 +29,8 @@ def register(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
-def _since(value: str | None) -> float | None:
+def parse_since(value: str | None) -> float | None:
+    """``30s``, ``10m``, ``2h`` or ``1d`` ago as epoch seconds (None: no limit)."""
     if value is None:
         return None
     match = _DURATION.match(value)
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         model=args.model,
         status_code=args.status,
-        since=_since(args.since),
+        since=parse_since(args.since),
         key_id=args.key,
     )
     if args.json:

@@ -102,11 +102,22 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
-    from inferline.cli import batch, bench, chat, config_cmd, generate, keys, logs, models, serve
+    from inferline.cli import (
+        batch,
+        bench,
+        chat,
+        config_cmd,
+        generate,
+        keys,
+        logs,
+        models,
+        serve,
+        traces,
+    )
 
     parser = argparse.ArgumentParser(prog="inferline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (serve, generate, chat, models, logs, bench, batch, config_cmd, keys):
+    for module in (serve, generate, chat, models, logs, traces, bench, batch, config_cmd, keys):
         module.register(sub)
     return parser
 

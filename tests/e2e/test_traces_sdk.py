@@ -1,0 +1,132 @@
+"""Traces end to end: a real `serve --config` process with a local engine and our fault
+upstream, the real openai SDK, the trace read back over HTTP and with `inferline traces`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from inferline.bench.fake_upstream import FakeUpstreamHandle, start_fake_upstream
+from tests.e2e.conftest import BIN, ServerProcess, start_server, stop_server
+
+pytestmark = pytest.mark.e2e
+PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+LOCAL_PRICE = {"input": 1.0, "output": 4.0}  # USD per million tokens
+
+
+def config(upstream: FakeUpstreamHandle) -> str:
+    price = f"{{input_per_mtok: {LOCAL_PRICE['input']}, output_per_mtok: {LOCAL_PRICE['output']}}}"
+    return f"""models:
+  - {{name: local, kind: llm, source: smollm2-135m, weight_format: int8, price: {price}}}
+  - name: partner
+    kind: openai
+    base_url: "{upstream.api_base}"
+    model: partner
+    price: {{input_per_mtok: 1.0, output_per_mtok: 2.0}}
+routes:
+  - name: bot
+    targets: [partner, local]
+    retry: {{attempts: 1}}
+    cache: {{mode: exact}}
+"""
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstreamHandle]:
+    handle = start_fake_upstream(port=0, mode="process")
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def server(upstream: FakeUpstreamHandle, tmp_path_factory: Any) -> Iterator[ServerProcess]:
+    directory = Path(tmp_path_factory.mktemp("traces"))
+    (directory / "gateway.yaml").write_text(config(upstream))
+    process = start_server(directory, "--config", str(directory / "gateway.yaml"))
+    yield process
+    stop_server(process)
+
+
+def trace_of(server: ServerProcess, request_id: str) -> dict[str, Any]:
+    """The trace over HTTP; the issue asks for it within a second of the request's end."""
+    deadline = time.monotonic() + 1.0
+    while True:
+        response = httpx.get(f"{server.base_url}/v1/traces/{request_id}")
+        if response.status_code == 200 or time.monotonic() > deadline:
+            assert response.status_code == 200, response.text
+            return response.json()
+        time.sleep(0.05)
+
+
+def test_a_fallback_then_a_cache_hit_are_in_the_traces(
+    server: ServerProcess, upstream: FakeUpstreamHandle
+) -> None:
+    upstream.script("partner", {"kind": "status", "status": 503})
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0)
+    ask = {"model": "bot", "messages": [{"role": "user", "content": "Name a colour."}],
+           "max_tokens": 8, "temperature": 0}  # fmt: skip
+    raw = client.chat.completions.with_raw_response.create(
+        **ask, extra_headers={"traceparent": PARENT}
+    )
+    first = trace_of(server, raw.headers["x-request-id"])
+    assert [(a["target"], a["status"]) for a in first["attempts"]] == [
+        ("partner", "error"), ("local", "ok")]  # fmt: skip
+    assert first["cache"] == "miss" and first["target"] == "local"
+    assert first["trace_id"] == PARENT.split("-")[1]
+    assert first["parent_span_id"] == PARENT.split("-")[2]
+    assert raw.headers["traceparent"].split("-")[1:3] == [first["trace_id"], first["span_id"]]
+    sent = upstream.log(model="partner")[-1]["traceparent"]
+    assert sent == raw.headers["traceparent"]  # the upstream joins our trace under our span
+    assert first["timings"]["prefill_s"] > 0 and first["timings"]["decode_s"] >= 0
+    again = client.chat.completions.with_raw_response.create(**ask)
+    second = trace_of(server, again.headers["x-request-id"])
+    assert (second["cache"], second["attempts"], second["cost_usd"]) == ("hit", [], 0.0)
+    assert again.parse().choices[0].message.content == raw.parse().choices[0].message.content
+
+
+def test_a_streamed_trace_has_exact_tokens_and_cost(server: ServerProcess) -> None:
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0)
+    stream = client.chat.completions.create(
+        model="local", messages=[{"role": "user", "content": "Count to twenty."}],
+        max_tokens=24, stream=True, stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    chunks = list(stream)
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens == 24
+    trace = trace_of(server, chunks[0].id)
+    assert trace["usage"]["prompt_tokens"] == usage.prompt_tokens
+    assert trace["usage"]["completion_tokens"] == 24
+    expected = (usage.prompt_tokens * LOCAL_PRICE["input"] + 24 * LOCAL_PRICE["output"]) / 1e6
+    assert trace["cost_usd"] == pytest.approx(expected)
+    assert trace["timings"]["tpot_s"] is not None and trace["finish_reason"] == "length"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert trace["output"] == text
+
+
+def test_the_cli_lists_and_shows_traces(
+    server: ServerProcess, upstream: FakeUpstreamHandle
+) -> None:
+    upstream.script("partner", {"kind": "status", "status": 503})
+    body = {"model": "bot", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    made = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=60)
+    trace_of(server, made.headers["x-request-id"])
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([str(BIN), "traces", *args, "--database-url", server.database_url],
+                              capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+        return done.stdout
+
+    rows = [json.loads(line) for line in cli("list", "--route", "bot", "--json").splitlines()]
+    assert rows and all(r["route"] == "bot" for r in rows)
+    assert rows[0]["id"] == made.headers["x-request-id"]
+    shown = cli("show", rows[0]["id"])
+    assert rows[0]["id"] in shown and "attempt 1 partner (first): error" in shown
