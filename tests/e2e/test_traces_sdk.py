@@ -130,3 +130,31 @@ def test_the_cli_lists_and_shows_traces(
     assert rows[0]["id"] == made.headers["x-request-id"]
     shown = cli("show", rows[0]["id"])
     assert rows[0]["id"] in shown and "attempt 1 partner (first): error" in shown
+
+
+def test_a_prompt_answers_with_the_labelled_version_and_the_trace_says_which(
+    server: ServerProcess,
+) -> None:
+    base = {"id": "colour", "route": "local", "params": {"max_tokens": 4, "temperature": 0}}
+    versions = [
+        [{"role": "system", "content": "Answer in one word."},
+         {"role": "user", "content": "Name a {{ thing }}."}],
+        [{"role": "system", "content": "Answer with a number."},
+         {"role": "user", "content": "How many {{ thing }}s?"}],
+    ]  # fmt: skip
+    for number, messages in enumerate(versions, start=1):
+        pushed = httpx.post(f"{server.base_url}/v1/prompts", json={**base, "messages": messages})
+        assert pushed.json()["version"] == number, pushed.text
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0)
+    for version in (2, 1):
+        moved = httpx.post(f"{server.base_url}/v1/prompts/colour/labels",
+                           json={"label": "production", "version": version})  # fmt: skip
+        assert moved.status_code == 200
+        raw = client.chat.completions.with_raw_response.create(
+            model="local", messages=[],
+            extra_body={"prompt": {"id": "colour", "variables": {"thing": "colour"}}},
+        )  # fmt: skip
+        trace = trace_of(server, raw.headers["x-request-id"])
+        assert trace["prompt"] == {"id": "colour", "version": version, "label": "production"}
+        assert trace["input"] == versions[version - 1][1]["content"].replace(
+            "{{ thing }}", "colour")  # fmt: skip

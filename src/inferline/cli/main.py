@@ -111,13 +111,27 @@ def build_parser() -> argparse.ArgumentParser:
         keys,
         logs,
         models,
+        prompts,
         serve,
         traces,
     )
 
     parser = argparse.ArgumentParser(prog="inferline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (serve, generate, chat, models, logs, traces, bench, batch, config_cmd, keys):
+    commands = (
+        serve,
+        generate,
+        chat,
+        models,
+        logs,
+        traces,
+        prompts,
+        bench,
+        batch,
+        config_cmd,
+        keys,
+    )
+    for module in commands:
         module.register(sub)
     return parser
 

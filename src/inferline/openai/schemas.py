@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from inferline.core.errors import InvalidParameterError
 
 
 class LenientModel(BaseModel):
@@ -85,10 +87,22 @@ class SamplingFields(LenientModel):
     guided_json: dict[str, Any] | None = None
 
 
-class ChatCompletionRequest(SamplingFields):
-    """``POST /v1/chat/completions``."""
+class PromptRef(LenientModel):
+    """A stored prompt (the Responses API's ``prompt``): its id, a version number or label
+    (default: the ``production`` label, else the latest), and its variables."""
 
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    id: Annotated[str, Field(min_length=1, max_length=128)]
+    version: Annotated[str, Field(min_length=1, max_length=64)] | int | None = None
+    variables: dict[str, Any] = Field(default_factory=dict)
+
+
+class ChatCompletionRequest(SamplingFields):
+    """``POST /v1/chat/completions``. With a ``prompt``, ``model`` may come from the prompt's
+    route and ``messages`` (then appended after the prompt's) may be empty."""
+
+    model: str = ""
+    messages: list[ChatMessage] = Field(default_factory=list)
+    prompt: PromptRef | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
@@ -99,6 +113,14 @@ class ChatCompletionRequest(SamplingFields):
     # vLLM's: the last (assistant) message is a prefix the answer continues
     continue_final_message: bool = False
     add_generation_prompt: bool = True
+
+    @model_validator(mode="after")
+    def _messages_and_model_unless_a_prompt(self) -> ChatCompletionRequest:
+        if self.prompt is None and not self.messages:
+            raise InvalidParameterError("messages: must have at least one message", "messages")
+        if self.prompt is None and not self.model:
+            raise InvalidParameterError("model: a model or route is required", "model")
+        return self
 
 
 class CompletionRequest(SamplingFields):

@@ -13,12 +13,14 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from inferline.core.errors import InvalidParameterError
 from inferline.core.protocols import Generator, Service
+from inferline.prompts import PromptRegistry
 from inferline.server import (
     routes_admin,
     routes_chat,
     routes_completions,
     routes_embeddings,
     routes_ops,
+    routes_prompts,
     routes_traces,
 )
 from inferline.server.config import ServerConfig
@@ -29,6 +31,7 @@ from inferline.server.observe import Observer, Redactor
 from inferline.server.openapi import install_openapi
 from inferline.server.predictors import PredictorEntry, PredictorPool
 from inferline.server.state import Reload, ServerState
+from inferline.store.prompts import PromptStore
 from inferline.store.request_log import RequestLogWriter
 from inferline.store.traces import TraceStore
 from inferline.tenants import Tenants
@@ -80,6 +83,7 @@ def create_app(
     state = ServerState(generator, config, metrics, observer, pool, tenants, reload)
     if log_writer is not None:
         state.traces = TraceStore(log_writer.log.engine)
+        state.prompts = PromptRegistry(PromptStore(log_writer.log.engine))
     services = [e.service for e in extensions if e.service is not None]
 
     @asynccontextmanager
@@ -127,7 +131,7 @@ def _add_routes(app: FastAPI, state: ServerState, extensions: Sequence[Extension
     install_error_handlers(app, on_rejected)
     modules = (
         routes_chat, routes_completions, routes_embeddings, routes_ops, routes_admin,
-        routes_traces,
+        routes_traces, routes_prompts,
     )  # fmt: skip
     for module in modules:
         app.include_router(module.router)

@@ -139,6 +139,9 @@ def validation_error(exc: RequestValidationError) -> APIError:
             "We could not parse the JSON body of your request. Send a valid JSON object.",
             code="invalid_json",
         )
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, InvalidParameterError):  # a model validator's, naming its field
+        return APIError(400, str(cause), param=cause.param, code="invalid_value")
     param = _field_path(tuple(first.get("loc", ())))
     message = first.get("msg", "invalid request")
     if param is None and first.get("type") in ("model_attributes_type", "dict_type"):

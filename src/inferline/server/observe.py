@@ -43,6 +43,7 @@ class RequestTrace:
     task_id: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     tool_results: str | None = None  # JSON: the tool_call_ids the request answers
+    prompt: tuple[str, int, str | None] | None = None  # a stored prompt: id, version, label
     _itl: Any = field(default=None, repr=False)
 
     def on_output(self, output: RequestOutput, metrics: Metrics) -> None:
@@ -209,6 +210,9 @@ class Observer:
             "tool_calls": tool_calls_json(trace.outputs, self.log_text),
             "tool_results": trace.tool_results,
             "metadata": json.dumps(trace.metadata) if trace.metadata else None,
+            "prompt_id": trace.prompt[0] if trace.prompt else None,
+            "prompt_version": trace.prompt[1] if trace.prompt else None,
+            "prompt_label": trace.prompt[2] if trace.prompt else None,
             # a cache hit ran no engine: the replayed outputs carry the original's times
             **engine_timings(() if route and route.cache in _HITS else trace.outputs),
         }

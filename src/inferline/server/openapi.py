@@ -46,31 +46,28 @@ _ERROR_SCHEMA = {
 }
 
 
+_BY_PATH: tuple[tuple[Any, set[int]], ...] = (
+    (lambda p, m: p != "/health", {401}),
+    (lambda p, m: p.startswith("/v1/"), {503}),
+    (lambda p, m: p in ("/health", "/ready"), {503}),
+    (lambda p, m: m == "post", {400, 413}),
+    (lambda p, m: "{" in p, {404}),
+    (lambda p, m: p in _GENERATION, {403, 404, 429, 502, 503, 504}),
+    (lambda p, m: p.startswith("/admin/"), {400, 403}),
+    (lambda p, m: p in ("/v1/embeddings", "/v1/predict/{model}"), {404, 503}),
+    (lambda p, m: p in ("/v1/files", "/v1/batches") and m == "get", {400}),
+    (lambda p, m: p.startswith("/v1/traces"), {400}),
+    (lambda p, m: p.startswith("/v1/prompts"), {400, 404}),
+    (lambda p, m: p.startswith("/v1/prompts") and m == "post", {403}),
+)
+
+
 def statuses(path: str, method: str) -> list[int]:
     """The error statuses ``method path`` may return."""
     codes = {500}
-    if path != "/health":
-        codes.add(401)
-    if path.startswith("/v1/"):
-        codes.add(503)
-    if path in ("/health", "/ready"):
-        codes.add(503)
-    if method == "post":
-        codes |= {400, 413}
-    if "{" in path:
-        codes.add(404)
-    if path in _GENERATION:
-        codes |= {403, 404, 429, 502, 503, 504}
-    if path.startswith("/admin/"):
-        codes |= {400, 403}
-    if path in ("/v1/embeddings", "/v1/predict/{model}"):
-        codes |= {404, 503}
-    if path == "/v1/files" and method == "get":
-        codes.add(400)
-    if path == "/v1/batches" and method == "get":
-        codes.add(400)
-    if path.startswith("/v1/traces"):
-        codes.add(400)
+    for applies, more in _BY_PATH:
+        if applies(path, method):
+            codes |= more
     return sorted(codes)
 
 

@@ -11,6 +11,7 @@ from inferline.openai.requests import chat_generation
 from inferline.openai.responses import ChatChunker, chat_completion
 from inferline.openai.schemas import ChatCompletionRequest
 from inferline.server.caller import begin_trace, caller_context, new_request_id
+from inferline.server.prompting import apply_prompt
 from inferline.server.runner import (
     respond,
     stream_response,
@@ -27,6 +28,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     """Chat completion, streamed as server-sent events when ``stream`` is true."""
     state: ServerState = request.app.state.inferline
     request_id = new_request_id("chatcmpl")
+    body, prompt = await apply_prompt(state, body)
     generation = chat_generation(body, request_id, caller_context(request))
     messages = generation.request.messages or []
     trace = begin_trace(
@@ -39,6 +41,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         dict(generation.request.metadata),
         messages,
     )
+    if prompt is not None:
+        trace.prompt = (prompt.id, prompt.version, prompt.label)
     requests, trace.admission = await admit(state, request, body.model, [generation.request])
     trace.headers.update(key_headers(state, trace.admission))
     streams = await submit_all(state, trace, requests)

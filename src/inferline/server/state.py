@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inferline.core.protocols import Generator, ModelInfo
+from inferline.prompts import PromptRegistry
 from inferline.server.config import ServerConfig
 from inferline.server.metrics import Metrics
 from inferline.server.observe import Observer
@@ -35,6 +36,7 @@ class ServerState:
     tenants: Tenants
     reload: Reload | None = None
     traces: TraceStore | None = None  # the request log's traces, when there is a log
+    prompts: PromptRegistry | None = None  # in the same database
     is_draining: bool = False
     _infos: dict[str, ModelInfo] = field(default_factory=dict)
     _infos_at: float = -1.0

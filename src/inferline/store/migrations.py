@@ -276,6 +276,47 @@ def m008_traces(conn: Connection) -> None:
         conn.execute(text(f"CREATE INDEX {name} ON requests ({columns})"))
 
 
+@migration
+def m009_prompts(conn: Connection) -> None:
+    """The prompt registry: immutable numbered versions of each prompt, labels that move
+    between them (moving one back is the rollback), and every move kept."""
+    metadata = MetaData()
+    Table(
+        "prompt_versions",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("prompt_id", String(128), nullable=False),
+        Column("version", Integer, nullable=False),
+        Column("created_at", Float, nullable=False),
+        Column("body", Text, nullable=False),  # JSON: messages, route/model, params, ...
+        Column("body_hash", String(64), nullable=False),
+        Column("prefix_tokens", Integer),  # the static prefix its renders share
+        Column("warning", Text),
+        Column("message", Text),  # what changed, from whoever pushed it
+        Index("ux_prompt_versions", "prompt_id", "version", unique=True),
+    )
+    Table(
+        "prompt_labels",
+        metadata,
+        Column("prompt_id", String(128), primary_key=True),
+        Column("label", String(64), primary_key=True),
+        Column("version", Integer, nullable=False),
+        Column("updated_at", Float, nullable=False),
+    )
+    Table(
+        "prompt_label_moves",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("prompt_id", String(128), nullable=False),
+        Column("label", String(64), nullable=False),
+        Column("from_version", Integer),
+        Column("to_version", Integer, nullable=False),
+        Column("moved_at", Float, nullable=False),
+        Index("ix_prompt_label_moves", "prompt_id", "moved_at"),
+    )
+    metadata.create_all(conn)
+
+
 def migrate(engine: Engine) -> list[str]:
     """Applies missing migrations, each in its own transaction; returns the names applied."""
     _migrations_table.create(engine, checkfirst=True)
