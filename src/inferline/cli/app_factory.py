@@ -8,7 +8,7 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inferline.cli.gateway_factory import Gateway, serve_config
 from inferline.cli.main import default_cache_dir
@@ -16,6 +16,9 @@ from inferline.server import ServerConfig, create_app
 from inferline.server.app import Extension
 from inferline.store import RequestLogWriter
 from inferline.tenants import Tenants
+
+if TYPE_CHECKING:
+    from inferline.server.otel import OtelExporter
 
 
 def build_app(
@@ -28,8 +31,10 @@ def build_app(
     extensions: Sequence[Extension] = (),
     reloadable: bool = False,
     tenants: Tenants | None = None,
+    otel_exporter: OtelExporter | None = None,
 ) -> tuple[Any, Gateway]:
-    """Checks the config (every mistake before a load), loads the models, builds the app."""
+    """Checks the config (every mistake before a load), loads the models, builds the app
+    (``otel_exporter``: where finished requests go as spans, if anywhere)."""
     config = serve_config(args, environ)
     predictors = []
     if config.predictors:
@@ -55,6 +60,7 @@ def build_app(
         extensions=extensions,
         reload=gateway.reload if reloadable and args.config is not None else None,
         tenants=tenants,
+        otel_exporter=otel_exporter,
     )
     return app, gateway
 

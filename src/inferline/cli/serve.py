@@ -61,6 +61,19 @@ def register(sub: Any) -> None:
         action="store_true",
         help="allow a non-loopback bind without an API key",
     )
+    p.add_argument(
+        "--otlp-endpoint",
+        default=None,
+        metavar="URL",
+        help="export request traces as OpenTelemetry spans over OTLP/HTTP to this collector "
+        "(e.g. http://localhost:4318; /v1/traces is added; default: "
+        "$OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or $OTEL_EXPORTER_OTLP_ENDPOINT, else none)",
+    )
+    p.add_argument(
+        "--otel-capture-content",
+        action="store_true",
+        help="put prompt and output text on the exported spans (not with --no-log-text)",
+    )
     p.set_defaults(run=run)  # fmt: skip
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inferline.cli.app_factory import build_app as build_gateway_app
 from inferline.cli.gateway_factory import Gateway
@@ -20,6 +21,11 @@ from inferline.store import (
     migrate,
 )
 from inferline.tenants import Tenants
+
+if TYPE_CHECKING:
+    from inferline.server.otel import OtelExporter
+
+_TRACES_PATH = "/v1/traces"
 
 
 def build_app(
@@ -55,5 +61,34 @@ def build_app(
         extensions=[jobs],
         reloadable=True,
         tenants=tenants,
+        otel_exporter=otel_exporter(args, os.environ),
     )
     return app, app.state.inferline, gateway
+
+
+def otlp_traces_endpoint(flag: str | None, environ: Mapping[str, str]) -> str | None:
+    """Where spans go: ``--otlp-endpoint`` (a collector's base URL, ``/v1/traces`` added
+    unless there), else ``$OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` as it is, else
+    ``$OTEL_EXPORTER_OTLP_ENDPOINT`` plus ``/v1/traces``; None: nothing is exported."""
+    base = flag or None
+    if base is None:
+        traces = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+        if traces:
+            return traces
+        base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or None
+    if base is None:
+        return None
+    base = base.rstrip("/")
+    return base if base.endswith(_TRACES_PATH) else base + _TRACES_PATH
+
+
+def otel_exporter(args: argparse.Namespace, environ: Mapping[str, str]) -> OtelExporter | None:
+    """The span exporter ``serve`` was asked for (``--otlp-endpoint`` or the standard
+    variables), with message content when ``--otel-capture-content``; else None."""
+    endpoint = otlp_traces_endpoint(getattr(args, "otlp_endpoint", None), environ)
+    if endpoint is None:
+        return None
+    from inferline.server.otel import OtelExporter
+
+    capture = bool(getattr(args, "otel_capture_content", False))
+    return OtelExporter.otlp(endpoint, capture_content=capture)

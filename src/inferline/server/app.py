@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -21,6 +21,7 @@ from inferline.server import (
     routes_embeddings,
     routes_ops,
     routes_prompts,
+    routes_tasks,
     routes_traces,
 )
 from inferline.server.config import ServerConfig
@@ -35,6 +36,9 @@ from inferline.store.prompts import PromptStore
 from inferline.store.request_log import RequestLogWriter
 from inferline.store.traces import TraceStore
 from inferline.tenants import Tenants
+
+if TYPE_CHECKING:  # the OpenTelemetry SDK is imported only when an exporter is made
+    from inferline.server.otel import OtelExporter
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ def create_app(
     extensions: Sequence[Extension] = (),
     reload: Reload | None = None,
     tenants: Tenants | None = None,
+    otel_exporter: OtelExporter | None = None,
 ) -> FastAPI:
     """Builds the app; the generator, the predictors' batchers and the extensions' services
     start and stop with it.
@@ -69,7 +74,8 @@ def create_app(
     ``predictors`` are one-pass models (already set up) served on ``/v1/embeddings`` and
     ``/v1/predict/{model}`` beside the generator's LLMs; ``reload`` re-reads the config
     (``POST /admin/reload``); ``tenants`` holds the virtual keys, limits and budgets (by
-    default: only the config's admin keys, no virtual keys).
+    default: only the config's admin keys, no virtual keys); ``otel_exporter`` gets every
+    finished chat or text completion as spans, and is flushed and shut down when the app stops.
     """
     config = config or ServerConfig()
     served = {info.name for info in generator.models()}
@@ -77,7 +83,11 @@ def create_app(
     if clash is not None:
         raise InvalidParameterError(f"the model name {clash!r} is served twice", "model")
     metrics = Metrics(generator)
-    observer = Observer(metrics, log_writer, config.log_text, Redactor(config.api_keys))
+    observer = Observer(
+        metrics, log_writer, config.log_text, Redactor(config.api_keys), otel_exporter
+    )
+    if otel_exporter is not None:
+        otel_exporter.bind(generator)
     pool = PredictorPool(predictors, metrics)
     tenants = tenants or Tenants(None, config.api_keys)
     state = ServerState(generator, config, metrics, observer, pool, tenants, reload)
@@ -103,6 +113,8 @@ def create_app(
         watcher.cancel()
         if log_writer is not None:
             log_writer.close()
+        if otel_exporter is not None:
+            await asyncio.to_thread(otel_exporter.shutdown)  # flushes: off the event loop
 
     app = FastAPI(
         title="inferline",
@@ -131,7 +143,7 @@ def _add_routes(app: FastAPI, state: ServerState, extensions: Sequence[Extension
     install_error_handlers(app, on_rejected)
     modules = (
         routes_chat, routes_completions, routes_embeddings, routes_ops, routes_admin,
-        routes_traces, routes_prompts,
+        routes_traces, routes_prompts, routes_tasks,
     )  # fmt: skip
     for module in modules:
         app.include_router(module.router)

@@ -2,7 +2,9 @@
 
 Request metrics are labelled by the model or route the client named; engine gauges and
 counters are read from `Generator.stats()` per model at scrape time; route targets' breaker
-state and in-flight requests from `Generator.models()`.
+state and in-flight requests from `Generator.models()`. Beside them, the GenAI semantic
+conventions' server histograms (``gen_ai_server_*``: time to first token, time per output
+token), labelled by operation and requested model.
 """
 
 from __future__ import annotations
@@ -22,6 +24,14 @@ _BATCH_TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2
 _ITL_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
 _BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 MAX_KEY_LABELS = 256
+# the GenAI semantic conventions' server metrics, with the bucket boundaries they advise
+_GEN_AI_TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+_GEN_AI_TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+_GEN_AI_LABELS = ["gen_ai_operation_name", "gen_ai_request_model"]
+GEN_AI_OPERATIONS = {"/v1/chat/completions": "chat", "/v1/completions": "text_completion"}
+"""``gen_ai.operation.name`` of the endpoints that generate text."""
 
 
 def _engine_families(stats: dict[str, GeneratorStats]) -> Iterable[Metric]:
@@ -161,6 +171,20 @@ class Metrics:
         self.predicted_rows = counter(
             "predicted_rows", "Rows answered by micro-batched models.", labels
         )
+        self.gen_ai_ttft = Histogram(
+            "gen_ai_server_time_to_first_token_seconds",
+            "gen_ai.server.time_to_first_token: time to generate the first token.",
+            _GEN_AI_LABELS,
+            registry=r,
+            buckets=_GEN_AI_TTFT_BUCKETS,
+        )
+        self.gen_ai_tpot = Histogram(
+            "gen_ai_server_time_per_output_token_seconds",
+            "gen_ai.server.time_per_output_token: time per output token after the first.",
+            _GEN_AI_LABELS,
+            registry=r,
+            buckets=_GEN_AI_TPOT_BUCKETS,
+        )
         r.register(_GeneratorCollector(generator))
 
     def key_label(self, key_id: str) -> str:
@@ -169,6 +193,18 @@ class Metrics:
             self._key_labels.add(key_id)
             return key_id
         return "other"
+
+    def observe_gen_ai(
+        self, endpoint: str, model: str, ttft_s: float | None = None, tpot_s: float | None = None
+    ) -> None:
+        """Records a chat or text completion's GenAI server metrics (other endpoints: none)."""
+        operation = GEN_AI_OPERATIONS.get(endpoint)
+        if operation is None:
+            return
+        if ttft_s is not None:
+            self.gen_ai_ttft.labels(operation, model).observe(ttft_s)
+        if tpot_s is not None:
+            self.gen_ai_tpot.labels(operation, model).observe(tpot_s)
 
     def observe_batch(self, model: str, batch: BatchReport) -> None:
         """Records one model call of a micro-batched model."""

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from inferline.core.outputs import RequestOutput, RouteReport
 from inferline.server.metrics import Metrics
@@ -57,6 +57,7 @@ class RequestTrace:
         if self.first_token is None:
             self.first_token = now
             metrics.ttft.labels(self.model).observe(now - self.start)
+            metrics.observe_gen_ai(self.endpoint, self.model, ttft_s=now - self.start)
         elif self.last_token is not None:
             if self._itl is None:
                 self._itl = metrics.itl.labels(self.model)  # looked up once per request
@@ -110,6 +111,19 @@ def _attempt_records(request_id: str, route: RouteReport | None) -> tuple[Attemp
 
 
 _HITS = ("hit", "semantic-hit")
+
+
+def _time_per_output_token(trace: RequestTrace) -> float | None:
+    """First to last token over the tokens after the first, of the longest choice (the
+    choices decode together); None for a cache hit (replayed, not decoded) or one token."""
+    if trace.first_token is None or trace.last_token is None:
+        return None
+    if trace.route is not None and trace.route.cache in _HITS:
+        return None
+    tokens = max((c.num_tokens for o in trace.outputs for c in o.outputs), default=0)
+    return (trace.last_token - trace.first_token) / (tokens - 1) if tokens > 1 else None
+
+
 _KEY_PATTERN = r"sk-inf-[A-Za-z0-9_\-]{8,}"
 
 
@@ -126,8 +140,16 @@ class Redactor:
         return None if text is None else self._pattern.sub("[redacted key]", text)
 
 
+class RecordExporter(Protocol):
+    """Where finished requests go besides the log (`server.otel.OtelExporter`)."""
+
+    def export(self, record: RequestRecord, attempts: Sequence[AttemptRecord] = ()) -> None:
+        """Takes one finished request; must not block or raise."""
+
+
 class Observer:
-    """Reports finished requests to Prometheus and to the request log (if any)."""
+    """Reports finished requests to Prometheus, to the request log and to the exporter
+    (if any)."""
 
     def __init__(
         self,
@@ -135,11 +157,13 @@ class Observer:
         log_writer: RequestLogWriter | None,
         log_text: bool,
         redact: Redactor | None = None,
+        exporter: RecordExporter | None = None,
     ):
         self.metrics = metrics
         self.log_writer = log_writer
         self.log_text = log_text
         self.redact = redact or Redactor()
+        self.exporter = exporter
 
     def finish(self, trace: RequestTrace, status_code: int, error: str | None = None) -> None:
         """Called once per request, success or not (its key's spend is settled here)."""
@@ -162,7 +186,7 @@ class Observer:
         queue_time = self._queue_time(outputs)
         if queue_time is not None:
             self.metrics.queue.labels(trace.model).observe(queue_time)
-        if self.log_writer is None:
+        if self.log_writer is None and self.exporter is None:
             return
         text = "\x1e".join(c.text for o in outputs for c in o.outputs) if outputs else None
         route = trace.route
@@ -191,7 +215,11 @@ class Observer:
             key_id=trace.admission.key.id if trace.admission is not None else None,
             **self._trace_fields(trace),
         )
-        self.log_writer.record(record, _attempt_records(trace.request_id, route))
+        attempts = _attempt_records(trace.request_id, route)
+        if self.log_writer is not None:
+            self.log_writer.record(record, attempts)
+        if self.exporter is not None:
+            self.exporter.export(record, attempts)
 
     def _trace_fields(self, trace: RequestTrace) -> dict[str, Any]:
         """What the trace adds to the log row: ids, task, team, cache, engine timings, tools."""
@@ -226,6 +254,9 @@ class Observer:
         m.generation_tokens.labels(model).inc(sum(o.num_generated_tokens for o in trace.outputs))
         for reason in finish_reasons:
             m.request_success.labels(model, reason).inc()
+        tpot = _time_per_output_token(trace)
+        if tpot is not None:
+            m.observe_gen_ai(trace.endpoint, model, tpot_s=tpot)
 
     def _count_route(self, route: RouteReport | None) -> None:
         if route is None:

@@ -56,7 +56,7 @@ _BY_PATH: tuple[tuple[Any, set[int]], ...] = (
     (lambda p, m: p.startswith("/admin/"), {400, 403}),
     (lambda p, m: p in ("/v1/embeddings", "/v1/predict/{model}"), {404, 503}),
     (lambda p, m: p in ("/v1/files", "/v1/batches") and m == "get", {400}),
-    (lambda p, m: p.startswith("/v1/traces"), {400}),
+    (lambda p, m: p.startswith(("/v1/traces", "/v1/tasks")), {400}),
     (lambda p, m: p.startswith("/v1/prompts"), {400, 404}),
     (lambda p, m: p.startswith("/v1/prompts") and m == "post", {403}),
 )

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 from sqlalchemy import (
+    Boolean,
     Column,
     Connection,
     Engine,
@@ -315,6 +316,23 @@ def m009_prompts(conn: Connection) -> None:
         Index("ix_prompt_label_moves", "prompt_id", "moved_at"),
     )
     metadata.create_all(conn)
+
+
+@migration
+def m010_task_outcomes(conn: Connection) -> None:
+    """What became of each task (a group of requests serving one job): success, a score, a
+    comment, and who said so; the requests themselves are in ``requests`` by task_id."""
+    Table(
+        "task_outcomes",
+        MetaData(),
+        Column("task_id", String(128), primary_key=True),
+        Column("success", Boolean, nullable=False),
+        Column("score", Float),
+        Column("comment", Text),
+        Column("source", String(32), nullable=False),  # api, or the check that decided
+        Column("key_id", String(64)),
+        Column("recorded_at", Float, nullable=False),
+    ).create(conn)
 
 
 def migrate(engine: Engine) -> list[str]:
