@@ -158,3 +158,45 @@ def test_a_prompt_answers_with_the_labelled_version_and_the_trace_says_which(
         assert trace["prompt"] == {"id": "colour", "version": version, "label": "production"}
         assert trace["input"] == versions[version - 1][1]["content"].replace(
             "{{ thing }}", "colour")  # fmt: skip
+
+
+INSTRUCTIONS = (
+    "You are the support assistant of a hardware shop. Answer in one short sentence, "
+    "name the part when you know it, never invent prices, say so when you are unsure, "
+    "and point the customer to the returns page for anything about refunds or exchanges. "
+)
+
+
+def test_a_variable_moved_ahead_is_warned_and_loses_the_prefix_cache(
+    server: ServerProcess,
+) -> None:
+    """v1: fixed instructions, then the question; v2: the customer's name first. Under the
+    same requests, v1's prompts hit the prefix cache and v2's do not."""
+    base = {"id": "shop", "route": "local", "params": {"max_tokens": 1, "temperature": 0}}
+    asks = {"role": "user", "content": "{{ name }} asks: {{ q }}"}
+    first = {**base, "messages": [{"role": "system", "content": INSTRUCTIONS}, asks]}
+    second = {**base, "messages": [
+        {"role": "system", "content": "Customer: {{ name }}. " + INSTRUCTIONS},
+        {"role": "user", "content": "{{ q }}"}]}  # fmt: skip
+    v1 = httpx.post(f"{server.base_url}/v1/prompts", json=first).json()
+    v2 = httpx.post(f"{server.base_url}/v1/prompts", json=second).json()
+    assert v1["warning"] is None and v1["prefix_tokens"] > 40
+    assert v2["prefix_tokens"] < 10 and "down from" in v2["warning"]
+    diff = httpx.get(f"{server.base_url}/v1/prompts/shop/diff", params={"from": 1, "to": 2})
+    assert "# warning (v2)" in diff.json()["diff"]
+    for version in ("1", "2"):
+        for i in range(6):
+            values = {"name": f"Customer {i}", "q": f"Do you sell bolt size {i}?"}
+            prompt = {"id": "shop", "version": version, "variables": values}
+            body = {"model": "local", "messages": [], "prompt": prompt}
+            answer = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=60)
+            assert answer.status_code == 200, answer.text
+    time.sleep(0.5)
+    usage = {v["version"]: v["usage"] for v in
+             httpx.get(f"{server.base_url}/v1/prompts/shop").json()["versions"]}  # fmt: skip
+    print(f"prefix tokens v1 {v1['prefix_tokens']} v2 {v2['prefix_tokens']}; "
+          f"hit rate v1 {usage[1]['prefix_cache_hit_rate']:.3f} "
+          f"v2 {usage[2]['prefix_cache_hit_rate']:.3f}")  # fmt: skip
+    assert usage[1]["requests"] == usage[2]["requests"] == 6
+    assert usage[1]["prefix_cache_hit_rate"] > 0.3, usage  # 3 of its ~5 blocks, from the 2nd
+    assert usage[2]["prefix_cache_hit_rate"] < 0.1, usage

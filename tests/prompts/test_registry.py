@@ -84,3 +84,19 @@ def test_a_diff_shows_what_changed(registry: PromptRegistry) -> None:
     diff = registry.diff("support", 1, 2)
     assert "-You answer {{ product }} questions." in diff
     assert "+Be brief about {{ product }}." in diff and '+    "temperature": 0.0' in diff
+
+
+def test_probe_renders_differ_only_in_the_variables_and_the_warning_needs_a_halving(
+    registry: PromptRegistry,
+) -> None:
+    from inferline.prompts.registry import prefix_warning, probe_renders
+
+    first, second = probe_renders(spec())
+    assert first[0]["content"] == "You answer 1111 questions."
+    assert second[0]["content"] == "You answer 2222 questions."
+    registry.push(spec(), prefix_tokens=60)
+    latest = registry.store.version("support")
+    assert prefix_warning(latest, 31) is None and prefix_warning(None, 1) is None
+    assert "down from 60 in version 1" in (prefix_warning(latest, 29) or "")
+    pushed = registry.push(spec("{{ product }} first, then the rules."), prefix_tokens=5)
+    assert pushed["warning"] and "5 tokens" in registry.diff("support", 1, 2)

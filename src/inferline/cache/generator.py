@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 from inferline.cache.guards import matches
 from inferline.cache.keys import exact_key, last_user_message, semantic_context
@@ -19,6 +20,7 @@ from inferline.cache.store import AnswerStore, Entry
 from inferline.core.errors import InvalidParameterError
 from inferline.core.outputs import RequestMetrics, RequestOutput, RouteReport
 from inferline.core.protocols import (
+    ChatTokenizer,
     GenerationRequest,
     Generator,
     GeneratorStats,
@@ -70,6 +72,14 @@ class CachedGenerator:
     async def abort(self, request_id: str) -> None:
         """Aborts in the wrapped generator (a replay is never long)."""
         await self.inner.abort(request_id)
+
+    async def tokenize_chat(
+        self, model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> list[int] | None:
+        """What the wrapped generator says (None if it cannot tell)."""
+        if isinstance(self.inner, ChatTokenizer):
+            return await self.inner.tokenize_chat(model, messages, tools)
+        return None
 
     def models(self) -> list[ModelInfo]:
         """The wrapped generator's models."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from inferline.core.errors import InvalidParameterError
 from inferline.core.outputs import RequestOutput
@@ -193,6 +193,18 @@ class Generator(Protocol):
 
     def stats(self) -> dict[str, GeneratorStats]:
         """Current load and counters per model (cheap)."""
+        ...
+
+
+@runtime_checkable
+class ChatTokenizer(Protocol):
+    """A generator that can say which token ids a chat becomes for a model (a local engine;
+    a router asks the first local target of the route)."""
+
+    async def tokenize_chat(
+        self, model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> list[int] | None:
+        """The prompt token ids of ``messages`` on ``model``, or None if it cannot tell."""
         ...
 
 

@@ -172,6 +172,20 @@ class AsyncEngine:
                 f"the request queue is full ({self.config.max_queued_requests} waiting)"
             )
 
+    async def tokenize_chat(
+        self, model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> list[int] | None:
+        """The prompt ids ``messages`` become with this model's chat template (a worker
+        thread renders them; ``model`` is this engine's only one)."""
+        return await asyncio.to_thread(self._chat_ids, messages, tools)
+
+    def _chat_ids(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> list[int]:
+        tokenizer = self.engine.tokenizer
+        prompt = tokenizer.apply_chat_template(messages, tools=tools)
+        return list(prompt) if not isinstance(prompt, str) else tokenizer.encode(prompt)
+
     def _prepare(self, request: GenerationRequest) -> PreparedRequest:
         """Template, prefix and tokens of a request, checked (runs in a worker thread)."""
         tokenizer = self.engine.tokenizer

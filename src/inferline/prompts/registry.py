@@ -46,11 +46,18 @@ class PromptRegistry:
         self.store = store
         self._versions: dict[tuple[str, int], dict[str, Any]] = {}
 
-    def push(self, spec: PromptSpec) -> dict[str, Any]:
-        """Writes ``spec`` as a new version unless it equals the latest; moves its labels."""
+    def push(self, spec: PromptSpec, prefix_tokens: int | None = None) -> dict[str, Any]:
+        """Writes ``spec`` as a new version unless it equals the latest; moves its labels.
+
+        ``prefix_tokens``: how many leading prompt tokens its renders share (see
+        `probe_renders`); a version that shares under half its predecessor's gets a
+        warning, kept with it."""
         body = spec.body()
         _check(body)
-        row, created = self.store.add_version(spec.id, body, message=spec.message)
+        warning = prefix_warning(self.store.version(spec.id), prefix_tokens)
+        row, created = self.store.add_version(
+            spec.id, body, message=spec.message, prefix_tokens=prefix_tokens, warning=warning
+        )
         labels = self.store.label_map(spec.id)
         for label in spec.labels:
             if labels.get(label) != row["version"]:  # a push of the same file moves nothing
@@ -62,6 +69,7 @@ class PromptRegistry:
             "created": created,
             "variables": variables_of([m["content"] for m in body["messages"]]),
             "labels": self.store.label_map(spec.id),
+            "prefix_tokens": row["prefix_tokens"],
             "warning": row["warning"],
         }
 
@@ -86,10 +94,13 @@ class PromptRegistry:
         history = self.store.history(prompt_id)
         if not history:
             raise NotFoundError(f"no prompt {prompt_id!r}", "prompt_id")
+        usage = self.store.usage(prompt_id)
         return {
             "id": prompt_id,
             "object": "prompt",
-            "versions": [_version_view(row) for row in history],
+            "versions": [
+                {**_version_view(row), "usage": usage.get(row["version"])} for row in history
+            ],
             "labels": self.store.label_map(prompt_id),
             "label_moves": self.store.label_moves(prompt_id),
         }
@@ -97,12 +108,19 @@ class PromptRegistry:
     def diff(self, prompt_id: str, old: int, new: int) -> str:
         """A unified diff of two versions' bodies (messages first, then the settings)."""
         a, b = self._version(prompt_id, old), self._version(prompt_id, new)
-        return "".join(
+        text = "".join(
             difflib.unified_diff(
                 _lines(a["body"]), _lines(b["body"]),
                 f"{prompt_id} v{old}", f"{prompt_id} v{new}",
             )
         )  # fmt: skip
+        if a["prefix_tokens"] is not None or b["prefix_tokens"] is not None:
+            text += (f"# shared prefix: v{old} {a['prefix_tokens']} tokens, "
+                     f"v{new} {b['prefix_tokens']} tokens\n")  # fmt: skip
+        for row in (a, b):
+            if row["warning"]:
+                text += f"# warning (v{row['version']}): {row['warning']}\n"
+        return text
 
     def version_of(self, prompt_id: str, version: str | int | None) -> tuple[int, str | None]:
         """The number a reference names, and the label it went through (404 if none)."""
@@ -130,6 +148,32 @@ class PromptRegistry:
                 raise NotFoundError(f"prompt {prompt_id!r} has no version {number}", "version")
             self._versions[(prompt_id, number)] = cached
         return cached
+
+
+def probe_renders(spec: PromptSpec) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """The version's messages rendered twice, every variable with a different value each
+    time: their token ids agree up to the static prefix all its requests share."""
+    body = spec.body()
+    names = variables_of([m["content"] for m in body["messages"]])
+    renders = []
+    for mark in ("1", "2"):
+        values = dict.fromkeys(names, f"{mark * 4}")
+        renders.append([{"role": m["role"], "content": render(m["content"], values, "probe")}
+                        for m in body["messages"]])  # fmt: skip
+    return renders[0], renders[1]
+
+
+def prefix_warning(previous: dict[str, Any] | None, prefix_tokens: int | None) -> str | None:
+    """A warning when a version shares under half the static prefix of the one before."""
+    if previous is None or prefix_tokens is None or not previous["prefix_tokens"]:
+        return None
+    if prefix_tokens >= previous["prefix_tokens"] / 2:
+        return None
+    return (
+        f"the static prefix its requests share is {prefix_tokens} tokens, down from "
+        f"{previous['prefix_tokens']} in version {previous['version']}: a variable moved "
+        "ahead of the fixed text? Requests will reuse less of the prefix cache"
+    )
 
 
 def _check(body: dict[str, Any]) -> None:

@@ -13,10 +13,12 @@ import random
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from inferline.core.errors import InvalidParameterError, UnknownModelError
 from inferline.core.outputs import RequestOutput
 from inferline.core.protocols import (
+    ChatTokenizer,
     GenerationRequest,
     GeneratorStats,
     HealthReport,
@@ -161,6 +163,18 @@ class Router:
         routed = self._running.get(request_id)
         if routed is not None:
             routed.abort()
+
+    async def tokenize_chat(
+        self, model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> list[int] | None:
+        """The prompt ids on the route's first local target that can tell (None: none can,
+        or no such route)."""
+        route = self._table.routes.get(model)
+        for ref in route.targets if route is not None else ():
+            target = self._table.targets[ref.name]
+            if target.is_local and isinstance(target.generator, ChatTokenizer):
+                return await target.generator.tokenize_chat(target.model_name, messages, tools)
+        return None
 
     def models(self) -> list[ModelInfo]:
         """Routes from the config first (the default one leading), then the model entries."""

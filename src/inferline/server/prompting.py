@@ -11,8 +11,10 @@ import asyncio
 from typing import Any
 
 from inferline.core.errors import InvalidParameterError
+from inferline.core.protocols import ChatTokenizer
 from inferline.openai.schemas import ChatCompletionRequest
-from inferline.prompts import ResolvedPrompt
+from inferline.prompts import PromptSpec, ResolvedPrompt
+from inferline.prompts.registry import probe_renders
 from inferline.server.state import ServerState
 
 
@@ -40,3 +42,18 @@ async def apply_prompt(
             f"prompt {ref.id!r} names no route: the request must name a model", "model"
         )
     return ChatCompletionRequest.model_validate(merged), resolved
+
+
+async def shared_prefix_tokens(generator: object, spec: PromptSpec) -> int | None:
+    """How many leading prompt tokens every render of ``spec`` shares on its route's local
+    model (None without a route or a local engine to tokenize with)."""
+    if spec.route is None or not isinstance(generator, ChatTokenizer):
+        return None
+    first, second = probe_renders(spec)
+    a = await generator.tokenize_chat(spec.route, first, spec.tools)
+    b = await generator.tokenize_chat(spec.route, second, spec.tools)
+    if a is None or b is None:
+        return None
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )

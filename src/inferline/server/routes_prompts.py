@@ -7,6 +7,7 @@ FastAPI runs these off the loop.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from inferline.core.errors import InvalidParameterError, NotFoundError, PermissionDeniedError
 from inferline.prompts import PromptRegistry, PromptSpec
 from inferline.prompts.spec import Label
+from inferline.server.prompting import shared_prefix_tokens
 from inferline.server.state import ServerState
 from inferline.server.tenancy import identity_of
 
@@ -39,9 +41,13 @@ def _registry(request: Request, write: bool = False) -> PromptRegistry:
 
 
 @router.post("/v1/prompts")
-def push_prompt(body: PromptSpec, request: Request) -> dict[str, Any]:
-    """A new version (unless it equals the latest: then that one, ``created`` false)."""
-    return _registry(request, write=True).push(body)
+async def push_prompt(body: PromptSpec, request: Request) -> dict[str, Any]:
+    """A new version (unless it equals the latest: then that one, ``created`` false), with
+    the static prefix its requests share measured on its route's local model."""
+    registry = _registry(request, write=True)
+    state: ServerState = request.app.state.inferline
+    prefix = await shared_prefix_tokens(state.generator, body)
+    return await asyncio.to_thread(registry.push, body, prefix)
 
 
 @router.get("/v1/prompts")

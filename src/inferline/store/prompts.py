@@ -13,7 +13,7 @@ import json
 import time
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, Table, func, insert, select, update
+from sqlalchemy import Engine, MetaData, Table, case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from inferline.core.errors import NotFoundError
@@ -33,6 +33,7 @@ class PromptStore:
         self.versions = Table("prompt_versions", metadata, autoload_with=engine)
         self.labels = Table("prompt_labels", metadata, autoload_with=engine)
         self.moves = Table("prompt_label_moves", metadata, autoload_with=engine)
+        self.requests = Table("requests", metadata, autoload_with=engine)
 
     def add_version(
         self,
@@ -119,6 +120,34 @@ class PromptStore:
         query = select(self.moves).where(c.prompt_id == prompt_id).order_by(c.id)
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
+
+    def usage(self, prompt_id: str) -> dict[int, dict[str, Any]]:
+        """Per version, from the request log: requests, errors, mean latency, cost, and the
+        prefix-cache hit rate (cached prompt tokens over prompt tokens) the engine measured."""
+        c = self.requests.c
+        query = (
+            select(
+                c.prompt_version, func.count().label("requests"),
+                func.sum(case((c.status_code >= 400, 1), else_=0)).label("errors"),
+                func.avg(c.total_time_s).label("mean_latency_s"),
+                func.sum(c.cost_usd).label("cost_usd"),
+                func.sum(c.prompt_tokens).label("prompt_tokens"),
+                func.sum(c.cached_tokens).label("cached_tokens"),
+            )
+            .where(c.prompt_id == prompt_id)
+            .group_by(c.prompt_version)
+        )  # fmt: skip
+        with self.engine.connect() as conn:
+            rows = [dict(row._mapping) for row in conn.execute(query)]
+        return {
+            row.pop("prompt_version"): {
+                **row,
+                "prefix_cache_hit_rate": (
+                    row["cached_tokens"] / row["prompt_tokens"] if row["prompt_tokens"] else None
+                ),
+            }
+            for row in rows
+        }
 
     def prompts(self) -> list[dict[str, Any]]:
         """Each prompt: its id, latest version, when that was written, and its labels."""
