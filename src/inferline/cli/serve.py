@@ -44,6 +44,18 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--no-log-text", action="store_true", help="log counts and timings, not text")
     p.add_argument(
+        "--log-retention-days",
+        type=float,
+        default=None,
+        help="delete request-log rows (traces) older than this, in the background",
+    )
+    p.add_argument(
+        "--log-max-rows",
+        type=int,
+        default=None,
+        help="keep at most this many request-log rows (the oldest go first)",
+    )
+    p.add_argument(
         "--drain-timeout",
         type=float,
         default=30.0,

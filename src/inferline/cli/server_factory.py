@@ -58,12 +58,25 @@ def build_app(
         os.environ,
         server_config=server_config,
         log_writer=RequestLogWriter(RequestLog(database)),
-        extensions=[jobs],
+        extensions=[jobs, *_retention(args, database)],
         reloadable=True,
         tenants=tenants,
         otel_exporter=otel_exporter(args, os.environ),
     )
     return app, app.state.inferline, gateway
+
+
+def _retention(args: argparse.Namespace, database: Any) -> list[Any]:
+    """The request log's pruner, when the command set a limit."""
+    from inferline.core.errors import InvalidParameterError
+    from inferline.server.retention import LogPruner, retention_extension
+
+    days, rows = args.log_retention_days, args.log_max_rows
+    if days is None and rows is None:
+        return []
+    if (days is not None and days <= 0) or (rows is not None and rows < 1):
+        raise InvalidParameterError("--log-retention-days and --log-max-rows must be positive")
+    return [retention_extension(LogPruner(database, max_age_days=days, max_rows=rows))]
 
 
 def otlp_traces_endpoint(flag: str | None, environ: Mapping[str, str]) -> str | None:
