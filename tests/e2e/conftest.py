@@ -15,7 +15,17 @@ from pathlib import Path
 import httpx
 import pytest
 
+from inferline.bench.fake_upstream import FakeUpstreamHandle, start_fake_upstream
+
 BIN = Path(sys.executable).parent / "inferline"
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstreamHandle]:
+    """Our fault-injecting OpenAI upstream in its own process, one per test module."""
+    handle = start_fake_upstream(port=0, mode="process")
+    yield handle
+    handle.stop()
 
 
 @dataclass

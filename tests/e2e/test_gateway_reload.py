@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from inferline.bench.fake_upstream import FakeUpstreamHandle, start_fake_upstream
+from inferline.bench.fake_upstream import FakeUpstreamHandle
 from tests.e2e.conftest import ServerProcess, start_server, stop_server
 
 pytestmark = pytest.mark.e2e
@@ -42,13 +42,6 @@ def write(path: Path, models: str, routes: str) -> None:
 
 def route(name: str, targets: str) -> str:
     return f"\n  - {{name: {name}, targets: [{targets}]}}"
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstreamHandle]:
-    handle = start_fake_upstream(port=0, mode="process")
-    yield handle
-    handle.stop()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from inferline.bench.fake_upstream import FakeUpstreamHandle, start_fake_upstream
+from inferline.bench.fake_upstream import FakeUpstreamHandle
 from tests.e2e.conftest import ServerProcess, free_port, start_server, stop_server
 
 pytestmark = pytest.mark.e2e
@@ -33,13 +33,6 @@ def config(upstream: FakeUpstreamHandle) -> str:
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstreamHandle]:
-    handle = start_fake_upstream(port=0, mode="process")
-    yield handle
-    handle.stop()
-
-
-@pytest.fixture(scope="module")
 def setup(upstream: FakeUpstreamHandle, tmp_path_factory: Any) -> Iterator[dict[str, Any]]:
     directory = Path(tmp_path_factory.mktemp("budget"))
     path = directory / "gateway.yaml"
@@ -47,9 +40,11 @@ def setup(upstream: FakeUpstreamHandle, tmp_path_factory: Any) -> Iterator[dict[
     port = free_port()
     args = ("--config", str(path), "--api-key", ADMIN)
     server = start_server(directory, *args, port=port, env={"INFERLINE_API_KEY": ""})
-    yield {"server": server, "dir": directory, "args": args, "port": port}
-    if server.process.poll() is None:
-        stop_server(server)
+    state = {"server": server, "dir": directory, "args": args, "port": port}
+    yield state
+    running = state["server"]  # the kill -9 test replaces it with the restarted one
+    if running.process.poll() is None:
+        stop_server(running)
 
 
 def create_key(server: ServerProcess, **fields: Any) -> tuple[str, str]:

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from inferline.bench.fake_upstream import FakeUpstreamHandle, start_fake_upstream
+from inferline.bench.fake_upstream import FakeUpstreamHandle
 from tests.e2e.conftest import BIN, ServerProcess, start_server, stop_server
 
 pytestmark = pytest.mark.e2e
@@ -37,13 +37,6 @@ routes:
     retry: {{attempts: 1}}
     cache: {{mode: exact}}
 """
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstreamHandle]:
-    handle = start_fake_upstream(port=0, mode="process")
-    yield handle
-    handle.stop()
 
 
 @pytest.fixture(scope="module")
