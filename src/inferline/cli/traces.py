@@ -43,18 +43,10 @@ def _prompt(value: str | None) -> tuple[str | None, int | None]:
     return name, int(version) if version else None
 
 
-def _status(value: str | None) -> int | str | None:
-    if value is None or value == "error":
-        return value
-    if not value.isdigit():
-        raise InvalidParameterError("--status must be a status code or 'error'", "status")
-    return int(value)
-
-
 def run(args: argparse.Namespace) -> int:
     """Lists traces or shows one; 1 when the one asked for is not there."""
     from inferline.store import connect, default_database_url, migrate
-    from inferline.store.traces import TraceFilter, TraceStore
+    from inferline.store.traces import TraceFilter, TraceStore, parse_status
 
     database = connect(args.database_url or default_database_url(default_cache_dir()))
     migrate(database)
@@ -70,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     where = TraceFilter(
         since=parse_since(args.since), route=args.route, model=args.model, key_id=args.key,
         team=args.team, task_id=args.task, prompt_id=prompt_id, prompt_version=prompt_version,
-        status=_status(args.status), text=args.text, limit=args.limit,
+        status=parse_status(args.status), text=args.text, limit=args.limit,
         min_latency_s=None if args.min_latency_ms is None else args.min_latency_ms / 1000,
     )  # fmt: skip
     traces, _ = store.list(where)

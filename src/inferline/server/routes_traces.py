@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 from inferline.core.errors import InvalidParameterError, NotFoundError
 from inferline.server.state import ServerState
 from inferline.server.tenancy import identity_of
-from inferline.store.traces import MAX_PAGE, TraceFilter, TraceStore
+from inferline.store.traces import MAX_PAGE, TraceFilter, TraceStore, parse_status
 
 router = APIRouter()
 
@@ -31,14 +31,6 @@ def _own_key(request: Request) -> str | None:
     if identity.is_admin or identity.key is None:
         return None
     return identity.key.id
-
-
-def _status(value: str | None) -> int | str | None:
-    if value is None or value == "error":
-        return value
-    if not value.isdigit():
-        raise InvalidParameterError("status must be a status code or 'error'", "status")
-    return int(value)
 
 
 @router.get("/v1/traces")
@@ -68,7 +60,7 @@ def list_traces(
     where = TraceFilter(
         since=since, until=until, route=route, model=model, key_id=own or key_id, team=team,
         task_id=task_id, trace_id=trace_id, prompt_id=prompt_id, prompt_version=prompt_version,
-        status=_status(status),
+        status=parse_status(status),
         min_latency_s=None if min_latency_ms is None else min_latency_ms / 1000,
         text=q, limit=limit, before_id=before,
     )  # fmt: skip
