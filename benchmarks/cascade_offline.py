@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import re
 import statistics
 import time
@@ -33,6 +31,8 @@ import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from inferline.bench.host import cpu_description
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_QUESTIONS = ROOT / "data" / "cascade_questions.jsonl"
@@ -409,14 +409,6 @@ def summary_markdown(report: dict[str, Any]) -> str:
     )
 
 
-def machine() -> str:
-    """The CPU model and core count, for the record."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return f"{names[0] if names else platform.machine()}, {os.cpu_count()} cores"
-
-
 def display_path(path: Path) -> str:
     """``path`` relative to the repository when it lies inside it."""
     try:
@@ -444,7 +436,7 @@ def build_report(
             "repeats": args.repeats,
             "price_small_per_mtok": args.price_small,
             "price_large_per_mtok": args.price_large,
-            "machine": machine(),
+            "machine": cpu_description(),
         },
         "timings": {model: run[1] for model, run in runs.items()},
         "simulation": simulate(small, large, prices),

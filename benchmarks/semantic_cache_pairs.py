@@ -35,8 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
 import time
 from collections import Counter
@@ -44,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from inferline.bench.host import cpu_description
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_PAIRS = ROOT / "data" / "semantic_cache_pairs.jsonl"
@@ -353,14 +353,6 @@ def summary_markdown(report: dict[str, Any]) -> str:
     )
 
 
-def machine() -> str:
-    """The CPU model and core count, for the record."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return f"{names[0] if names else platform.machine()}, {os.cpu_count()} cores"
-
-
 def display_path(path: Path) -> str:
     """``path`` relative to the repository when it lies inside it."""
     try:
@@ -476,7 +468,7 @@ def main() -> None:
             "pairs_file": display_path(args.pairs),
             "model": MODEL,
             "wrong_hit_target": WRONG_HIT_TARGET,
-            "machine": machine(),
+            "machine": cpu_description(),
         },
         "counts": counts(pairs),
         "timings": {
