@@ -185,3 +185,15 @@ def test_a_key_pasted_into_a_prompt_never_reaches_the_log(setup: Any) -> None:
     (row,) = setup["log"].recent()
     assert secret not in str(row) and ADMIN not in str(row)
     assert "[redacted key]" in row["prompt"]
+
+
+def test_a_key_pasted_into_metadata_never_reaches_the_log(setup: Any) -> None:
+    client = setup["client"]
+    _, secret = make_key(client)
+    sdk(client, secret).chat.completions.create(
+        model="other", messages=[{"role": "user", "content": "hi"}],
+        metadata={"note": f"key {secret}"},
+    )  # fmt: skip
+    setup["writer"].close()
+    (row,) = setup["log"].recent()
+    assert secret not in str(row) and "[redacted key]" in row["metadata"]

@@ -122,6 +122,11 @@ class PromptRegistry:
                 text += f"# warning (v{row['version']}): {row['warning']}\n"
         return text
 
+    def version_view(self, prompt_id: str, number: int) -> dict[str, Any]:
+        """One version as the API shows it, with its usage from the log."""
+        usage = self.store.usage(prompt_id).get(number)
+        return {**_version_view(self._version(prompt_id, number)), "usage": usage}
+
     def version_of(self, prompt_id: str, version: str | int | None) -> tuple[int, str | None]:
         """The number a reference names, and the label it went through (404 if none)."""
         return self._number(prompt_id, version)

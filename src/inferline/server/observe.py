@@ -235,9 +235,10 @@ class Observer:
             "team": str(team) if team is not None else None,
             "cache": route.cache if route else None,
             "stopped_by": route.stopped_by if route else None,
-            "tool_calls": tool_calls_json(trace.outputs, self.log_text),
+            "tool_calls": self.redact(tool_calls_json(trace.outputs, self.log_text)),
             "tool_results": trace.tool_results,
-            "metadata": json.dumps(trace.metadata) if trace.metadata else None,
+            # client-written text: a key pasted into it is redacted like one in a prompt
+            "metadata": self.redact(json.dumps(trace.metadata)) if trace.metadata else None,
             "prompt_id": trace.prompt[0] if trace.prompt else None,
             "prompt_version": trace.prompt[1] if trace.prompt else None,
             "prompt_label": trace.prompt[2] if trace.prompt else None,

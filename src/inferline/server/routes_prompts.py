@@ -70,9 +70,8 @@ def get_version(prompt_id: str, version: str, request: Request) -> dict[str, Any
     """One version, by number or label."""
     registry = _registry(request)
     number, label = registry.version_of(prompt_id, version)
-    described = registry.describe(prompt_id)
-    found = next(v for v in described["versions"] if v["version"] == number)
-    return {"id": prompt_id, "object": "prompt.version", "label": label, **found}
+    return {"id": prompt_id, "object": "prompt.version", "label": label,
+            **registry.version_view(prompt_id, number)}  # fmt: skip
 
 
 @router.post("/v1/prompts/{prompt_id}/labels")
