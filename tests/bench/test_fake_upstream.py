@@ -294,6 +294,24 @@ def test_content_filter_200(up: FakeUpstreamHandle, sdk: openai.OpenAI) -> None:
     assert [c.choices[0].finish_reason for c in chunks] == [None, "content_filter"]
 
 
+def test_tool_call(up: FakeUpstreamHandle, sdk: openai.OpenAI) -> None:
+    up.script("*", {"kind": "tool_call", "name": "refund", "arguments": '{"id": 7}', "times": 2})
+    reply = sdk.chat.completions.create(model="m", messages=USER)
+    (call,) = reply.choices[0].message.tool_calls or []
+    assert (call.function.name, call.function.arguments) == ("refund", '{"id": 7}')
+    assert reply.choices[0].finish_reason == "tool_calls" and call.id == f"call_{reply.id}"
+    assert reply.usage is not None and reply.usage.completion_tokens == 10
+    chunks = list(sdk.chat.completions.create(model="m", messages=USER, stream=True))
+    deltas = [c.choices[0].delta.tool_calls for c in chunks if c.choices[0].delta.tool_calls]
+    assert [d[0].function.name for d in deltas] == ["refund", None]  # type: ignore[union-attr]
+    assert "".join(d[0].function.arguments or "" for d in deltas) == '{"id": 7}'  # type: ignore[union-attr]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert chat(up).json()["choices"][0]["message"]["content"] == TEXT  # the script is spent
+    up.script("*", {"kind": "tool_call"})
+    text = httpx.post(up.api_base + "/completions", json={"model": "m", "prompt": "x"})
+    assert text.status_code == 400
+
+
 def test_flap(up: FakeUpstreamHandle) -> None:
     up.script("*", {"kind": "flap", "up": 0.4, "down": 0.4, "retry_after": 1})
     start = time.monotonic()

@@ -31,7 +31,14 @@ def config(upstream: FakeUpstreamHandle) -> str:
     base_url: "{upstream.api_base}"
     model: partner
     price: {{input_per_mtok: 1.0, output_per_mtok: 2.0}}
+  - name: tooly
+    kind: openai
+    base_url: "{upstream.api_base}"
+    model: tooly
+    price: {{input_per_mtok: 1000.0, output_per_mtok: 2000.0}}
 routes:
+  - name: agent
+    targets: [tooly]
   - name: bot
     targets: [partner, local]
     retry: {{attempts: 1}}
@@ -103,6 +110,58 @@ def test_a_streamed_trace_has_exact_tokens_and_cost(server: ServerProcess) -> No
     assert trace["timings"]["tpot_s"] is not None and trace["finish_reason"] == "length"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert trace["output"] == text
+
+
+def test_a_three_step_tool_task_has_its_tool_latency_and_cost_per_success(
+    server: ServerProcess, upstream: FakeUpstreamHandle
+) -> None:
+    """Two tool calls, then an answer; the upstream counts a word as a token and each call as
+    10 tokens, at 1,000 / 2,000 USD per million: by hand, the steps see 4, 5 and 6 prompt words
+    (user 4; a tool result 1 each) and give 10, 10 and 5 tokens -> 0.024 + 0.025 + 0.016."""
+    upstream.script("tooly", {"kind": "tool_call", "name": "lookup", "times": 2})
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0)
+    tools: Any = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
+    messages: list[Any] = [{"role": "user", "content": "Find the order status."}]
+    waits = (0.4, 0.2)
+    for step in range(3):
+        reply = client.chat.completions.create(
+            model="agent", messages=messages, tools=tools, max_tokens=5,
+            extra_headers={"x-inferline-task-id": "order-run"},
+        )  # fmt: skip
+        message = reply.choices[0].message
+        if step == 2:
+            assert message.tool_calls is None and message.content
+            break
+        (call,) = message.tool_calls or []
+        time.sleep(waits[step])  # the tool runs
+        messages += [message.model_dump(exclude_none=True),
+                     {"role": "tool", "tool_call_id": call.id, "content": "shipped"}]  # fmt: skip
+    lone = client.chat.completions.with_raw_response.create(
+        model="agent", messages=messages[:1], max_tokens=5, metadata={"task_id": "lone-run"}
+    )
+    trace_of(server, lone.headers["x-request-id"])  # every step is in the log now
+    outcome = httpx.post(f"{server.base_url}/v1/tasks/order-run/outcome", json={"success": True})
+    assert outcome.status_code == 200, outcome.text
+    httpx.post(f"{server.base_url}/v1/tasks/lone-run/outcome", json={"success": False})
+    task = httpx.get(f"{server.base_url}/v1/tasks/order-run").json()
+    assert task["num_requests"] == 3
+    assert [s["context_tokens"] for s in task["steps"]] == [4, 5, 6]
+    measured = [s["tool_wait_s"] for s in task["steps"]]
+    assert measured[0] is None
+    for got, slept in zip(measured[1:], waits, strict=True):
+        assert slept <= got < slept + 0.15, measured
+    assert task["cost_usd"] == pytest.approx(0.024 + 0.025 + 0.016)
+    stats = httpx.get(f"{server.base_url}/v1/tasks/stats", params={"route": "agent"}).json()
+    assert (stats["tasks"], stats["succeeded"]) == (2, 1)
+    lone_cost = 4 * 1000 / 1e6 + 5 * 2000 / 1e6  # counted in the numerator: it was spent
+    assert stats["cost_per_successful_task_usd"] == pytest.approx(0.065 + lone_cost)
+    assert stats["tool_time_share"] == pytest.approx(
+        task["tool_s"]
+        / (
+            task["latency_s"]
+            + httpx.get(f"{server.base_url}/v1/tasks/lone-run").json()["latency_s"]
+        )
+    )
 
 
 def test_the_cli_lists_and_shows_traces(

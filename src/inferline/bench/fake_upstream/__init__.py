@@ -38,6 +38,9 @@ Kinds and parameters (JSON; ``times`` on each, default 1, ``null`` = until reset
 - ``{"kind": "flap", "up": 5, "down": 2, "status": 503}``: healthy for U s, then the
   status for D s, repeating from the first matching request (``times`` defaults to null).
 - ``{"kind": "content_filter_200"}``: 200, empty content, finish_reason ``content_filter``.
+- ``{"kind": "tool_call", "name": "lookup", "arguments": "{}"}``: 200, no content, one call
+  of that function (id ``call_<response id>``), finish_reason ``tool_calls``, 10 completion
+  tokens (streamed as OpenAI does: the name first, then the arguments).
 
 ``after`` counts the words of this response (default two thirds of them). Without
 streaming, ``cut`` sends half the JSON body then drops, ``stall`` pauses after half the

@@ -38,6 +38,7 @@ _PARAMS: dict[str, frozenset[str]] = {
     "no_done": frozenset({"finish"}),
     "flap": frozenset({"up", "down", "status", "retry_after"}),
     "content_filter_200": frozenset(),
+    "tool_call": frozenset({"name", "arguments"}),
 }
 KINDS = tuple(_PARAMS)
 
@@ -62,6 +63,8 @@ class Fault:
     finish: bool = True
     up: float = 1.0
     down: float = 1.0
+    name: str = "lookup"
+    arguments: str = "{}"
     spec: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def down_at(self, since: float, now: float) -> bool:
@@ -118,6 +121,9 @@ def parse_fault(raw: Any) -> tuple[Fault, int | None]:
     message = raw.get("message")
     if message is not None and not isinstance(message, str):
         raise FaultError("message must be a string")
+    name, arguments = raw.get("name", "lookup"), raw.get("arguments", "{}")
+    if not isinstance(name, str) or not name or not isinstance(arguments, str):
+        raise FaultError("tool_call needs a non-empty string name and string arguments")
     up, down = _number(raw, "up", 1.0), _number(raw, "down", 1.0)
     if not up or not down:
         raise FaultError("flap needs positive up and down seconds")
@@ -134,6 +140,8 @@ def parse_fault(raw: Any) -> tuple[Fault, int | None]:
         finish=bool(raw.get("finish", True)),
         up=up,
         down=down,
+        name=name,
+        arguments=arguments,
         spec={k: v for k, v in raw.items() if k != "times"},
     )
     return fault, times

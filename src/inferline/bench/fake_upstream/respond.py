@@ -17,6 +17,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 _JSON = [(b"content-type", b"application/json")]
+TOOL_CALL_TOKENS = 10
 REFUSE_PREFIX = "continuing a final assistant message (continue_final_message) is not supported"
 
 
@@ -273,3 +274,18 @@ class Exchange:
             return
         await self._start(200, _SSE)
         await self._body(self.writer.role() + self._tail("content_filter", 0), more=False)
+
+    async def _tool_call(self, fault: Fault | None) -> None:
+        assert fault is not None
+        if not self.call.chat:
+            body = error_body(400, message="tool_call faults need /v1/chat/completions")
+            await self._json(400, body, [])
+            return
+        prompt, tokens = self.call.prompt_words, TOOL_CALL_TOKENS
+        if not self.call.stream:
+            body = self.writer.tool_call_body(fault.name, fault.arguments, prompt, tokens)
+            await self._json(200, body, [])
+            return
+        await self._start(200, _SSE)
+        chunks = self.writer.tool_call_chunks(fault.name, fault.arguments)
+        await self._body(self.writer.role() + chunks + self._tail("tool_calls", tokens), False)

@@ -124,6 +124,28 @@ class Writer:
             + b"}\n\n"
         )
 
+    def tool_call_chunks(self, name: str, arguments: str) -> bytes:
+        """A streamed tool call as OpenAI sends it: id and name first, then the arguments."""
+        head = {"index": 0, "id": f"call_{self.rid}", "type": "function",
+                "function": {"name": name, "arguments": ""}}  # fmt: skip
+        tail = {"index": 0, "function": {"arguments": arguments}}
+        return b"".join(self._delta({"tool_calls": [call]}) for call in (head, tail))
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+        return self.pre + b'"choices":' + json.dumps([choice]).encode() + b"}\n\n"
+
+    def tool_call_body(self, name: str, arguments: str, prompt: int, completion: int) -> bytes:
+        """A non-streaming chat response whose message asks for one function call."""
+        call = {"id": f"call_{self.rid}", "type": "function",
+                "function": {"name": name, "arguments": arguments}}  # fmt: skip
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        return self._document(
+            {"index": 0, "message": message, "logprobs": None, "finish_reason": "tool_calls"},
+            prompt,
+            completion,
+        )
+
     def body(self, text: str, finish: str | None, prompt: int, completion: int) -> bytes:
         """A non-streaming response's JSON body."""
         choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": finish}
@@ -131,6 +153,9 @@ class Writer:
             choice["message"] = {"role": "assistant", "content": text}
         else:
             choice["text"] = text
+        return self._document(choice, prompt, completion)
+
+    def _document(self, choice: dict[str, Any], prompt: int, completion: int) -> bytes:
         return json.dumps(
             {
                 "id": self.rid,
