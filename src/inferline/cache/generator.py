@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
-from typing import Any
 
 from inferline.cache.guards import matches
 from inferline.cache.keys import exact_key, last_user_message, semantic_context
@@ -19,14 +18,8 @@ from inferline.cache.policy import CachePolicy
 from inferline.cache.store import AnswerStore, Entry
 from inferline.core.errors import InvalidParameterError
 from inferline.core.outputs import RequestMetrics, RequestOutput, RouteReport
-from inferline.core.protocols import (
-    ChatTokenizer,
-    GenerationRequest,
-    Generator,
-    GeneratorStats,
-    HealthReport,
-    ModelInfo,
-)
+from inferline.core.protocols import GenerationRequest, Generator
+from inferline.core.wrapping import GeneratorWrapper
 
 Embed = Callable[[str], Awaitable[Sequence[float]]]  # text -> unit vector
 
@@ -42,7 +35,7 @@ class _Lookup:
     message: str = ""
 
 
-class CachedGenerator:
+class CachedGenerator(GeneratorWrapper):
     """Implements `inferline.core.Generator`: answers repeated questions from a cache,
     the rest from ``inner`` (the router). ``policies`` by route or model name."""
 
@@ -53,45 +46,13 @@ class CachedGenerator:
         embedders: Mapping[str, Embed] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.policies = dict(policies)
         self.embedders = dict(embedders or {})
         self.clock = clock
         self._stores = {
             name: AnswerStore(p.max_entries, p.ttl_s, clock) for name, p in self.policies.items()
         }
-
-    async def start(self) -> None:
-        """Starts the wrapped generator."""
-        await self.inner.start()
-
-    async def shutdown(self, drain_timeout_s: float) -> None:
-        """Stops the wrapped generator."""
-        await self.inner.shutdown(drain_timeout_s)
-
-    async def abort(self, request_id: str) -> None:
-        """Aborts in the wrapped generator (a replay is never long)."""
-        await self.inner.abort(request_id)
-
-    async def tokenize_chat(
-        self, model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
-    ) -> list[int] | None:
-        """What the wrapped generator says (None if it cannot tell)."""
-        if isinstance(self.inner, ChatTokenizer):
-            return await self.inner.tokenize_chat(model, messages, tools)
-        return None
-
-    def models(self) -> list[ModelInfo]:
-        """The wrapped generator's models."""
-        return self.inner.models()
-
-    def health(self) -> HealthReport:
-        """The wrapped generator's health."""
-        return self.inner.health()
-
-    def stats(self) -> dict[str, GeneratorStats]:
-        """The wrapped generator's stats."""
-        return self.inner.stats()
 
     def set_policies(self, policies: Mapping[str, CachePolicy]) -> None:
         """New policies (a reload): a route whose policy changed starts empty."""

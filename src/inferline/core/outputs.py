@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from inferline.core.decisions import Decision
+
 FinishReason = Literal["stop", "length", "abort", "error", "content_filter"]
 AttemptStatus = Literal["ok", "error", "aborted", "skipped"]
 
@@ -132,6 +134,7 @@ class RouteReport:
     stream continued on another target names that one). ``stopped_by`` says why an answer
     was cut short (``budget``: its key's budget could not pay for more). ``cache`` says
     whether a response cache answered (a hit has no attempts: it cost nothing).
+    ``decision`` is what the route's checks decided (`inferline.guard`).
     """
 
     route: str
@@ -142,6 +145,7 @@ class RouteReport:
     stopped_by: str | None = None
     cache: str | None = None  # hit | semantic-hit | miss (None: no cache in front)
     cache_similarity: float | None = None  # of a semantic hit
+    decision: Decision | None = None  # what the route's checks decided (None: no checks)
 
     @property
     def cost_usd(self) -> float:

@@ -54,6 +54,8 @@ class GenerationRequest:
         cache: the client's ``Cache-Control``: ``default``, ``no-cache`` (do not answer from
             a cache, but store the new answer) or ``no-store`` (neither).
         traceparent: the W3C trace context of the request's span, sent to remote upstreams.
+        variables: a registry prompt's variables, as the request gave them (the route's
+            missing-context checks read them); None when no stored prompt was used.
     """
 
     request_id: str
@@ -73,6 +75,7 @@ class GenerationRequest:
     spend: SpendGuard | None = None
     cache: Literal["default", "no-cache", "no-store"] = "default"
     traceparent: str | None = None
+    variables: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):

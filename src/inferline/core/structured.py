@@ -42,3 +42,24 @@ class StructuredOutput:
                 )
         if self.kind in ("json_schema", "regex", "tool_calls") and not self.spec:
             raise InvalidParameterError(f"a {self.kind} constraint needs a value", self.param)
+
+
+def json_answer_valid(text: str, structured: StructuredOutput | None) -> bool:
+    """Whether ``text`` is JSON, valid against ``structured``'s schema when it is a
+    ``json_schema`` (a schema the validator cannot read is not held against the answer: the
+    engine accepted it)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return False
+    if structured is None or structured.kind != "json_schema":
+        return True
+    import jsonschema
+
+    try:
+        jsonschema.validate(value, json.loads(structured.spec))
+    except jsonschema.ValidationError:
+        return False
+    except jsonschema.SchemaError:
+        return True
+    return True

@@ -9,7 +9,6 @@ close the answer is to the question.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from inferline.core.errors import InvalidParameterError
 from inferline.core.outputs import CompletionOutput
 from inferline.core.sampling_params import SamplingParams
+from inferline.core.structured import json_answer_valid
 from inferline.router.config import CheckConfig
 
 # (question, answer) -> a score; raises InvalidParameterError for text it cannot score
@@ -71,23 +71,4 @@ def _run(
         return value >= check.threshold, value
     if check.kind == "regex":
         return re.search(check.pattern, output.text) is not None, None
-    return _valid_json(output.text, params), None
-
-
-def _valid_json(text: str, params: SamplingParams) -> bool:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return False
-    structured = params.structured
-    if structured is None or structured.kind != "json_schema":
-        return True
-    import jsonschema
-
-    try:
-        jsonschema.validate(value, json.loads(structured.spec))
-    except jsonschema.ValidationError:
-        return False
-    except jsonschema.SchemaError:
-        return True  # the engine accepted the schema; do not second-guess it here
-    return True
+    return json_answer_valid(output.text, params.structured), None

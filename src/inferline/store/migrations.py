@@ -350,6 +350,52 @@ def m011_trace_list_indexes(conn: Connection) -> None:
         conn.execute(text(f"CREATE INDEX {name} ON requests ({columns})"))
 
 
+@migration
+def m012_checks_and_reviews(conn: Connection) -> None:
+    """What a route's checks decided about each request (and every check's score), the
+    human-review cases they opened, and a key's role (``reviewer`` keys work the queue)."""
+    for column in (
+        "decision VARCHAR(32)",
+        "decision_check VARCHAR(128)",
+        "decision_score FLOAT",
+        "review_id VARCHAR(64)",
+        "checks TEXT",  # JSON: every check that ran, with its score and verdict
+    ):
+        conn.execute(text(f"ALTER TABLE requests ADD COLUMN {column}"))
+    conn.execute(text("CREATE INDEX ix_requests_decision ON requests (decision, created_at)"))
+    conn.execute(text("ALTER TABLE api_keys ADD COLUMN role VARCHAR(16)"))
+    Table(
+        "reviews",
+        MetaData(),
+        Column("id", String(64), primary_key=True),
+        Column("request_id", String(128), nullable=False),
+        Column("trace_id", String(32)),
+        Column("route", String(256), nullable=False),
+        Column("key_id", String(64)),
+        Column("created_at", Float, nullable=False),
+        Column("deadline_at", Float, nullable=False),
+        Column("on_expiry", String(16), nullable=False),  # abstain | allow
+        Column("status", String(16), nullable=False),  # pending|approved|edited|rejected|expired
+        Column("check_name", String(128), nullable=False),
+        Column("score", Float),
+        Column("request", Text, nullable=False),  # JSON: model, messages, tools
+        Column("draft", Text, nullable=False),  # JSON: message, finish_reason, usage
+        Column("checks", Text, nullable=False),  # JSON: every check that ran
+        Column("texts", Text, nullable=False),  # JSON: the route's abstain text, at the time
+        Column("result", Text),  # JSON: the message the client gets once decided
+        Column("reviewer", String(64)),  # the key id (or "admin") that decided
+        Column("comment", Text),
+        Column("decided_at", Float),
+        Column("webhook_due", Boolean, nullable=False, server_default="0"),
+        Column("webhook_attempts", Integer, nullable=False, server_default="0"),
+        Column("webhook_next_at", Float),
+        Column("webhook_error", Text),
+        Index("ix_reviews_status_created", "status", "created_at"),
+        Index("ix_reviews_pending_deadline", "status", "deadline_at"),
+        Index("ix_reviews_webhook", "webhook_due", "webhook_next_at"),
+    ).create(conn)
+
+
 def migrate(engine: Engine) -> list[str]:
     """Applies missing migrations, each in its own transaction; returns the names applied."""
     _migrations_table.create(engine, checkfirst=True)
