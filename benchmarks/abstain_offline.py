@@ -12,10 +12,9 @@ simulates these policies offline:
 - X + abstain a: as X, but the final answer is withheld when its mean token logprob < a
   (a picked so that about 5/10/20/30% of the answerable questions are withheld).
 
-An answer whose first line declines ("I'm sorry", "I don't know", ...) counts as an
-abstention by the model under every policy. An answered unanswerable question is wrong.
-Cost is `cascade_offline`'s illustrative price model; a withheld answer was still paid
-for, so cost per answered question = all the money spent / the questions answered.
+An answer whose first line declines ("I'm sorry", ...) is an abstention by the model under
+every policy; an answered unanswerable question is wrong. Cost: `cascade_offline`'s price
+model; a withheld answer is still paid for (cost per answered = all spent / answered).
 
 usage:
   flock /tmp/bench.lock .venv/bin/python benchmarks/abstain_offline.py \\
@@ -63,7 +62,8 @@ from inferline.bench.host import cpu_description  # noqa: E402
 DEFAULT_UNANSWERABLE = ROOT / "data" / "unanswerable_questions.jsonl"
 DEFAULT_OUT = ROOT / "results" / "abstain_offline"
 TARGET_ABSTAIN = (0.05, 0.1, 0.2, 0.3)  # shares of answerable questions withheld by `a`
-WRONG_PENALTY = 1.0  # ship rule: a wrong answer costs as much as a right one earns
+KEEP_RIGHT = 0.95  # ship rule: withhold at most 5% of the right answers a route gives
+WRONG_TOLERANCE = 0.02  # ship rule: routes this close in wrong answers tie; cheapest wins
 _DECLINE = re.compile(
     r"\b(i'?m sorry|i am sorry|i (?:don'?t|do not) (?:know|have)|i'?m not sure|i am not sure"
     r"|i can'?not|i can'?t|as an ai|as a chatbot|unable to|no such|there (?:is|are|was) no"
@@ -81,121 +81,103 @@ def declined(answer: Answer) -> bool:
 # --- the policies --------------------------------------------------------------------------
 
 
+def served(s: Answer, g: Answer, t: float) -> Answer:
+    """The answer a cascade at ``t`` serves: ``-inf`` always the small one (the large model
+    never runs), ``inf`` always the large one (the small model never runs)."""
+    return s if t == -INF or (t != INF and s.mean_logprob >= t) else g
+
+
 def evaluate(
     label: str,
-    small: list[Answer],
-    large: list[Answer],
+    route: str,
+    runs: tuple[list[Answer], list[Answer]],
     unanswerable: list[bool],
     t: float,
     a: float | None,
     prices: tuple[float, float],
 ) -> dict[str, Any]:
-    """One policy: the small answer stands when its mean logprob >= ``t`` (``-inf``: always,
-    the large model never runs; ``inf``: never, the small model never runs), and the final
-    answer is withheld when its mean logprob < ``a`` (``None``: never) or it declines."""
-    n = len(small)
-    answered, right, withheld_by_model, costs, latencies, escalated = [], [], [], [], [], []
-    for s, g in zip(small, large, strict=True):
-        accepted = t == -INF or (t != INF and s.mean_logprob >= t)
-        final = s if accepted else g
-        cost, latency = 0.0, 0.0
-        if t != INF:
-            cost, latency = cost_usd(s, prices[0]), s.latency_s
-        if not accepted:
-            cost, latency = cost + cost_usd(g, prices[1]), latency + g.latency_s
+    """One policy: the cascade at ``t`` (see `served`), its answer withheld when it declines
+    or its mean logprob < ``a`` (``None``: never)."""
+    n, rows = len(unanswerable), []
+    for s, g, unans in zip(*runs, unanswerable, strict=True):
+        final = served(s, g, t)
+        escalated = final is g and t != INF
+        cost = (cost_usd(s, prices[0]) if t != INF else 0.0) + (
+            cost_usd(g, prices[1]) if final is g else 0.0
+        )
+        latency = (s.latency_s if t != INF else 0.0) + (g.latency_s if final is g else 0.0)
         by_model = declined(final)
-        withheld = by_model or (a is not None and final.mean_logprob < a)
-        answered.append(not withheld)
-        right.append(not withheld and final.correct)
-        withheld_by_model.append(by_model)
-        costs.append(cost)
-        latencies.append(latency)
-        escalated.append(not accepted and t != INF)
-    n_unans = sum(unanswerable) or 1
-    n_ans = (n - sum(unanswerable)) or 1
-    n_answered = sum(answered)
+        by_a = a is not None and final.mean_logprob < a and not by_model
+        rows.append((unans, by_model, by_a, final.correct, escalated, cost, latency))
+    answered = [r for r in rows if not (r[1] or r[2])]
+    right = sum(r[3] for r in answered)
+    n_unans, n_ans = max(1, sum(unanswerable)), max(1, n - sum(unanswerable))
     return {
         "policy": label,
+        "route": route,
         "t": None if abs(t) == INF else t,
         "a": a,
-        "uses_small": t != INF,
-        "uses_large": t != -INF,
-        "answered": n_answered / n,
-        "accuracy_answered": sum(right) / n_answered if n_answered else None,
-        "right": sum(right) / n,
-        "wrong": (n_answered - sum(right)) / n,
-        "abstained": 1 - n_answered / n,
-        "declined_by_model": sum(withheld_by_model) / n,
-        "unanswerable_abstained": sum(
-            not ok for ok, u in zip(answered, unanswerable, strict=True) if u
-        )
-        / n_unans,
-        "answerable_abstained": sum(
-            not ok for ok, u in zip(answered, unanswerable, strict=True) if not u
-        )
-        / n_ans,
-        "answerable_accuracy_answered": _share(
-            [r for r, ok, u in zip(right, answered, unanswerable, strict=True) if ok and not u]
-        ),
-        "escalated": sum(escalated) / n,
-        "usd_per_1m_answered": 1e6 * sum(costs) / n_answered if n_answered else None,
-        "latency_mean_s": statistics.fmean(latencies),
-        "latency_p95_s": quantile(latencies, 0.95),
-        "net": (sum(right) - WRONG_PENALTY * (n_answered - sum(right))) / n,
+        "answered": len(answered) / n,
+        "accuracy_answered": right / len(answered) if answered else None,
+        "right": right / n,
+        "wrong": (len(answered) - right) / n,
+        "abstained": 1 - len(answered) / n,
+        "declined_by_model": sum(r[1] for r in rows) / n,
+        "unanswerable_abstained": sum(r[0] and (r[1] or r[2]) for r in rows) / n_unans,
+        "answerable_abstained": sum(not r[0] and (r[1] or r[2]) for r in rows) / n_ans,
+        "answerable_right_withheld": sum(not r[0] and r[2] and r[3] for r in rows) / n_ans,
+        "escalated": sum(r[4] for r in rows) / n,
+        "usd_per_1m_answered": 1e6 * sum(r[5] for r in rows) / len(answered) if answered else None,
+        "latency_mean_s": statistics.fmean(r[6] for r in rows),
+        "latency_p95_s": quantile([r[6] for r in rows], 0.95),
     }
 
 
-def _share(flags: list[bool]) -> float | None:
-    return sum(flags) / len(flags) if flags else None
+def choose(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The policy to ship, and the best abstain threshold of each route.
 
-
-def final_logprobs(
-    small: list[Answer], large: list[Answer], mask: list[bool], t: float
-) -> list[float]:
-    """Mean logprobs of the answers a cascade at ``t`` serves, on the questions in ``mask``."""
-    values = []
-    for s, g, keep in zip(small, large, mask, strict=True):
-        if keep:
-            accepted = t == -INF or (t != INF and s.mean_logprob >= t)
-            values.append((s if accepted else g).mean_logprob)
-    return values
+    Per route: the fewest wrong answers among the thresholds that keep at least
+    ``KEEP_RIGHT`` of the route's right answers. Across routes: the fewest wrong answers,
+    and among routes within ``WRONG_TOLERANCE`` of it, the cheapest per answered question.
+    """
+    best = []
+    for route in dict.fromkeys(r["route"] for r in rows):
+        mine = [r for r in rows if r["route"] == route]
+        plain = next(r for r in mine if r["a"] is None)
+        kept = [r for r in mine if r["right"] >= KEEP_RIGHT * plain["right"] - 1e-9]
+        best.append(min(kept, key=lambda r: (r["wrong"], -r["right"])))
+    fewest = min(r["wrong"] for r in best)
+    near = [r for r in best if r["wrong"] <= fewest + WRONG_TOLERANCE + 1e-9]
+    return min(near, key=lambda r: r["usd_per_1m_answered"]), best
 
 
 def simulate(
     small: list[Answer], large: list[Answer], unanswerable: list[bool], prices: tuple
 ) -> dict[str, Any]:
-    """The baselines, the cascades, each with abstain thresholds, and a fine grid for the
-    ship rule (the highest net right - wrong per question; ties: the cheapest)."""
+    """The baselines and cascades, each without and with abstain thresholds (the picked
+    ones for the table, a fine grid for `choose`), and how well logprobs separate."""
     answerable = [not u for u in unanswerable]
-    ts = sorted(
-        {
-            threshold_for_share(
-                [s.mean_logprob for s, k in zip(small, answerable, strict=True) if k], share
-            )
-            for share in TARGET_ACCEPT
-        },
-        reverse=True,
-    )
+    small_values = [s.mean_logprob for s, k in zip(small, answerable, strict=True) if k]
+    ts = sorted({threshold_for_share(small_values, x) for x in TARGET_ACCEPT}, reverse=True)
     routes = [("small", -INF), ("large", INF)] + [(f"cascade t={t:.3f}", t) for t in ts]
-
-    def run(label: str, t: float, a: float | None) -> dict[str, Any]:
-        return evaluate(label, small, large, unanswerable, t, a, prices)
-
     main, grid = [], []
-    for name, t in routes:
-        main.append(run(name + ("-only" if abs(t) == INF else ""), t, None))
-        values = final_logprobs(small, large, answerable, t)
-        for share in TARGET_ABSTAIN:
-            a = threshold_for_share(values, 1 - share)
-            main.append(run(f"{name} + abstain a={a:.3f}", t, a))
-        for share in [i / 40 for i in range(1, 25)]:  # withhold 2.5% .. 60% of answerable
-            a = threshold_for_share(values, 1 - share)
-            grid.append(run(f"{name} + abstain a={a:.3f}", t, a))
-    best = max(r["net"] for r in grid + main)
-    ship = min(
-        (r for r in grid + main if r["net"] >= best - 1e-9),
-        key=lambda r: r["usd_per_1m_answered"] or INF,
-    )
+    for route, t in routes:
+
+        def run(a: float | None, route: str = route, t: float = t) -> dict[str, Any]:
+            label = route + ("-only" if a is None and abs(t) == INF else "")
+            label += f" + abstain a={a:.3f}" if a is not None else ""
+            return evaluate(label, route, (small, large), unanswerable, t, a, prices)
+
+        values = [
+            served(s, g, t).mean_logprob
+            for s, g, k in zip(small, large, answerable, strict=True)
+            if k
+        ]
+        main += [run(None)] + [run(threshold_for_share(values, 1 - x)) for x in TARGET_ABSTAIN]
+        # a fine grid: withhold 1 .. 60% of the answerable questions
+        grid += [run(threshold_for_share(values, 1 - i / 100)) for i in range(1, 61)]
+    main = list({r["policy"]: r for r in main}.values())
+    ship, per_route = choose(main + grid)
     separation = {}
     for model, answers in (("small", small), ("large", large)):
         scores = [x.mean_logprob for x in answers]
@@ -203,7 +185,14 @@ def simulate(
             "answerable_vs_unanswerable": auroc(scores, answerable),
             "right_vs_wrong_or_unanswerable": auroc(scores, [x.correct for x in answers]),
         }
-    return {"thresholds_t": ts, "policies": main, "grid": grid, "ship": ship, "auroc": separation}
+    return {
+        "thresholds_t": ts,
+        "policies": main,
+        "per_route_best": per_route,
+        "ship": ship,
+        "grid": grid,
+        "auroc": separation,
+    }
 
 
 # --- reporting -----------------------------------------------------------------------------
@@ -213,22 +202,23 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table of policies."""
-    head = (
-        "| policy | answered | accuracy of answered | abstained | unanswerable abstained "
-        "| answerable abstained | wrong answers | large calls | $ / 1M answered "
-        "| latency mean s | latency p95 s |\n|---|---|---|---|---|---|---|---|---|---|---|"
-    )
-    lines = [head]
+def table(rows: list[dict[str, Any]], ship: dict[str, Any]) -> str:
+    """A Markdown table of policies; the shipped one in bold."""
+    lines = [
+        "| policy | answered | accuracy of answered | abstained (by the model) "
+        "| unanswerable abstained | answerable abstained | answerable right withheld "
+        "| wrong answers | large calls | $ / 1M answered | latency mean s | latency p95 s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        cost = r["usd_per_1m_answered"]
+        name = f"**{r['policy']}** (ship)" if r["policy"] == ship["policy"] else r["policy"]
         lines.append(
-            f"| {r['policy']} | {_pct(r['answered'])} | {_pct(r['accuracy_answered'])} "
-            f"| {_pct(r['abstained'])} | {_pct(r['unanswerable_abstained'])} "
-            f"| {_pct(r['answerable_abstained'])} | {_pct(r['wrong'])} | {_pct(r['escalated'])} "
-            f"| {'-' if cost is None else f'{cost:.2f}'} | {r['latency_mean_s']:.3f} "
-            f"| {r['latency_p95_s']:.3f} |"
+            f"| {name} | {_pct(r['answered'])} | {_pct(r['accuracy_answered'])} "
+            f"| {_pct(r['abstained'])} ({_pct(r['declined_by_model'])}) "
+            f"| {_pct(r['unanswerable_abstained'])} | {_pct(r['answerable_abstained'])} "
+            f"| {_pct(r['answerable_right_withheld'])} | {_pct(r['wrong'])} "
+            f"| {_pct(r['escalated'])} | {r['usd_per_1m_answered']:.2f} "
+            f"| {r['latency_mean_s']:.3f} | {r['latency_p95_s']:.3f} |"
         )
     return "\n".join(lines)
 
@@ -246,25 +236,33 @@ def commit() -> str:
 def ship_text(sim: dict[str, Any]) -> str:
     """Which (t, a) to ship and why, in figures."""
     ship = sim["ship"]
-    by_label = {r["policy"]: r for r in sim["policies"]}
-    route = ship["policy"].split(" + ")[0]
-    plain = by_label.get(route) or by_label.get(route + "-only")
-    t = "small always accepted" if ship["t"] is None and not ship["uses_large"] else None
-    t = t or ("large always (no small call)" if ship["t"] is None else f"t = {ship['t']:.3f}")
+    plain = next(r for r in sim["policies"] if r["route"] == ship["route"] and r["a"] is None)
+    others = [r for r in sim["per_route_best"] if r["policy"] != ship["policy"]]
+    other = min(others, key=lambda r: r["wrong"])
+    t = {"small": "t = -inf: no large call", "large": "t = +inf: no small call"}.get(
+        ship["route"], f"t = {ship['t']}"
+    )
     return (
-        f"Ship **{ship['policy']}** ({t}, a = {ship['a']:.3f}). Rule: the highest "
-        f"right - {WRONG_PENALTY:g} x wrong answers per question over every policy above and a "
-        f"grid of a (2.5%..60% of answerable withheld), the cheapest per answered question on "
-        f"ties. It answers {_pct(ship['answered'])} of all questions with "
-        f"{_pct(ship['accuracy_answered'])} of them right (the same route without abstaining: "
-        f"{_pct(plain['answered'])}, {_pct(plain['accuracy_answered'])}); it withholds "
+        f"Ship **{ship['policy']}** ({t}; a = {ship['a']}). Rule: for each route, the abstain "
+        f"threshold (of a grid withholding 1..60% of the answerable questions) with the fewest "
+        f"wrong answers that still keeps {100 * KEEP_RIGHT:.0f}% of the route's right answers; "
+        f"then the route with the fewest wrong answers, or the cheapest per answered question "
+        f"of those within {100 * WRONG_TOLERANCE:.0f} points of it. Against the same route "
+        f"without abstaining, it answers {_pct(ship['answered'])} of the questions instead "
+        f"of {_pct(plain['answered'])}, {_pct(ship['accuracy_answered'])} of them right "
+        f"instead of {_pct(plain['accuracy_answered'])}; wrong answers fall from "
+        f"{_pct(plain['wrong'])} to {_pct(ship['wrong'])} of all questions while right ones "
+        f"go from {_pct(plain['right'])} to {_pct(ship['right'])}; it withholds "
         f"{_pct(ship['unanswerable_abstained'])} of the unanswerable questions and "
-        f"{_pct(ship['answerable_abstained'])} of the answerable ones; wrong answers fall from "
-        f"{_pct(plain['wrong'])} to {_pct(ship['wrong'])} of questions, for "
-        f"${ship['usd_per_1m_answered']:.2f} per million answered questions (without "
-        f"abstaining ${plain['usd_per_1m_answered']:.2f}) and {ship['latency_mean_s']:.3f} s "
-        f"mean / {ship['latency_p95_s']:.3f} s p95 latency. Both thresholds are fitted on "
-        f"these same questions, so the figures are optimistic."
+        f"{_pct(ship['answerable_abstained'])} of the answerable ones (of which "
+        f"{_pct(ship['answerable_right_withheld'])} would have been right); "
+        f"${ship['usd_per_1m_answered']:.2f} per million answered questions instead of "
+        f"${plain['usd_per_1m_answered']:.2f}, latency {ship['latency_mean_s']:.3f} s mean / "
+        f"{ship['latency_p95_s']:.3f} s p95. Runner-up: {other['policy']}, "
+        f"{_pct(other['wrong'])} wrong and {_pct(other['right'])} right answers, "
+        f"${other['usd_per_1m_answered']:.2f} per million answered, latency "
+        f"{other['latency_mean_s']:.3f} s mean / {other['latency_p95_s']:.3f} s p95. Both "
+        f"thresholds are fitted on these same questions, so the figures are optimistic."
     )
 
 
@@ -292,15 +290,20 @@ def summary_markdown(report: dict[str, Any]) -> str:
             f"{s['max_tokens']}, one request at a time, latency = lowest of {s['repeats']} runs. "
             f"Illustrative prices per million tokens: small ${s['price_small_per_mtok']}, large "
             f"${s['price_large_per_mtok']}; a withheld answer is still paid for. t: the small "
-            f"answer stands when its mean token logprob >= t; a: the final answer is withheld "
-            f"when its mean token logprob < a (picked to withhold about 5/10/20/30% of the "
-            f"answerable questions). An answer whose first line declines counts as an "
-            f"abstention; an answered unanswerable question counts as wrong. Shares are of all "
-            f"{s['answerable'] + s['unanswerable']} questions unless named.",
+            f"answer stands when its mean token logprob >= t (t picked to accept about 30/50/70% "
+            f"of the small answers to the answerable questions, as cascade_offline does); a: the "
+            f"served answer is withheld when its mean token logprob < a (picked to withhold "
+            f"about 5/10/20/30% of the answerable questions). An answer whose first line "
+            f"declines counts as an abstention (by the model); an answered unanswerable question "
+            f"counts as wrong. Shares are of all {s['answerable'] + s['unanswerable']} questions "
+            f"unless named: unanswerable/answerable abstained are of that subset, 'answerable "
+            f"right withheld' counts answerable questions whose withheld answer was right.",
             "## Recommendation",
             ship_text(sim),
             "## Policies",
-            table(sim["policies"] + [sim["ship"]]),
+            table(sim["policies"], sim["ship"]),
+            "## The best abstain threshold of each route (the ship rule's candidates)",
+            table(sim["per_route_best"], sim["ship"]),
             f"Separation by mean token logprob (AUROC) — {auc}.",
             "\n".join(per_category),
             "## Timings (s)",
@@ -313,16 +316,14 @@ def ship_by_category(
     questions: list[dict[str, Any]], small: list[Answer], large: list[Answer], ship: dict
 ) -> dict[str, dict[str, float]]:
     """Share of each unanswerable category the shipped policy withholds."""
-    t = ship["t"] if ship["t"] is not None else (INF if ship["uses_large"] else -INF)
+    t = {"small": -INF, "large": INF}.get(ship["route"], ship["t"])
     result: dict[str, dict[str, float]] = {}
     for q, s, g in zip(questions, small, large, strict=True):
-        if q["difficulty"] != "unanswerable":
-            continue
-        accepted = t == -INF or (t != INF and s.mean_logprob >= t)
-        final = s if accepted else g
-        group = result.setdefault(q["category"], {"n": 0, "abstained": 0})
-        group["n"] += 1
-        group["abstained"] += declined(final) or final.mean_logprob < ship["a"]
+        if q["difficulty"] == "unanswerable":
+            final = served(s, g, t)
+            group = result.setdefault(q["category"], {"n": 0, "abstained": 0})
+            group["n"] += 1
+            group["abstained"] += declined(final) or final.mean_logprob < ship["a"]
     return {k: {"n": v["n"], "abstained": v["abstained"] / v["n"]} for k, v in result.items()}
 
 
@@ -353,14 +354,11 @@ def main() -> None:
     started = time.perf_counter()
     if args.reuse:
         old = json.loads(args.reuse.read_text())
-        fields = set(Answer.__dataclass_fields__)
-        runs = {
-            m: (
-                [Answer(**{k: v for k, v in a.items() if k in fields}) for a in rows],
-                old["timings"][m],
-            )
-            for m, rows in old["answers"].items()
+        keep = Answer.__dataclass_fields__
+        answers = {
+            m: [Answer(**{k: a[k] for k in keep}) for a in v] for m, v in old["answers"].items()
         }
+        runs = {m: (v, old["timings"][m]) for m, v in answers.items()}
         assert [a.id for a in runs[SMALL][0]] == [q["id"] for q in questions], "other questions"
     else:
         runs = {model: run_model(model, questions, args.repeats) for model in (SMALL, LARGE)}

@@ -18,6 +18,7 @@ from inferline.store import RequestLogWriter
 from inferline.tenants import Tenants
 
 if TYPE_CHECKING:
+    from inferline.guard import ReviewDesk
     from inferline.server.otel import OtelExporter
 
 
@@ -32,9 +33,11 @@ def build_app(
     reloadable: bool = False,
     tenants: Tenants | None = None,
     otel_exporter: OtelExporter | None = None,
+    desk: ReviewDesk | None = None,
 ) -> tuple[Any, Gateway]:
     """Checks the config (every mistake before a load), loads the models, builds the app
-    (``otel_exporter``: where finished requests go as spans, if anywhere)."""
+    (``otel_exporter``: where finished requests go as spans, if anywhere; ``desk``: where
+    review cases are kept)."""
     config = serve_config(args, environ)
     predictors = []
     if config.predictors:
@@ -43,7 +46,7 @@ def build_app(
         predictors = build_predictors(
             list(config.predictors), data_dir, trust_pickle=args.trust_pickle
         )
-    from inferline.cli.scorers import embedding_functions, embedding_scorers
+    from inferline.cli.scorers import embedding_functions, embedding_scorers, guard_classifiers
 
     gateway = Gateway(
         args,
@@ -51,6 +54,8 @@ def build_app(
         environ,
         scorers=embedding_scorers(predictors),
         embedders=embedding_functions(predictors),
+        classifiers=lambda policies: guard_classifiers(policies, predictors),
+        desk=desk,
     )
     app = create_app(
         gateway.generator,

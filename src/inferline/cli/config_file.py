@@ -18,13 +18,24 @@ from pathlib import Path
 from typing import Any
 
 from inferline.cache import CachePolicy
+from inferline.cli.config_checks import guard_policy
 from inferline.cli.config_fields import fail, mapping, value
 from inferline.cli.config_models import LocalModelSpec, UpstreamSpec, parse_llm, parse_openai
 from inferline.cli.config_routes import parse_cache, parse_route
 from inferline.cli.models_file import KINDS as PREDICTOR_KINDS
 from inferline.cli.models_file import PredictorSpec, parse_predictor
 from inferline.core.errors import InvalidParameterError
+from inferline.guard import GuardPolicy
 from inferline.router.config import RouteConfig
+
+
+@dataclass(frozen=True)
+class ReviewsConfig:
+    """Where decided reviews are posted (``reviews:`` at the top of the file): a URL from the
+    config only, signed with the secret in the environment variable ``webhook_secret_env``."""
+
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,8 @@ class ServeConfig:
     predictors: tuple[PredictorSpec, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     caches: tuple[tuple[str, CachePolicy], ...] = ()  # (route name, its response cache)
+    guards: tuple[GuardPolicy, ...] = ()  # routes' checks that abstain, review or block
+    reviews: ReviewsConfig = field(default_factory=lambda: ReviewsConfig())
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -61,13 +74,16 @@ def parse_config(document: Any, base_dir: Path, environ: Mapping[str, str]) -> S
     """Checks a parsed config document (see the module docstring)."""
     if not isinstance(document, dict) or not isinstance(document.get("models"), list):
         raise InvalidParameterError("the config file needs a top-level list `models:`", "models")
-    mapping(document, "config", {"models", "routes"})
+    mapping(document, "config", {"models", "routes", "reviews"})
     local, upstreams, predictors = _models(document["models"], base_dir, environ)
     generators = {m.name for m in local} | {u.name for u in upstreams}
     names = generators | {p.name for p in predictors}
-    routes, caches = [], []
+    routes, caches, guards = [], [], []
     for index, raw in enumerate(value(document, "routes", list, "config", [])):
         route = parse_route(raw, f"routes[{index}]", generators)
+        guard = guard_policy(raw, f"routes[{index}]", route.name)
+        if guard is not None:
+            guards.append(guard)
         if route.name in names:
             raise fail(f"routes[{index}].name", f"the name {route.name!r} is already used")
         names.add(route.name)
@@ -80,9 +96,40 @@ def parse_config(document: Any, base_dir: Path, environ: Mapping[str, str]) -> S
     embedders = {p.name for p in predictors if p.kind == "sentence-embeddings"}
     _check_scorers(routes, embedders)
     _check_caches(caches, embedders)
+    _check_classifiers(guards, {p.name for p in predictors}, embedders)
     return ServeConfig(
-        tuple(local), tuple(upstreams), tuple(predictors), tuple(routes), tuple(caches)
-    )
+        tuple(local), tuple(upstreams), tuple(predictors), tuple(routes), tuple(caches),
+        tuple(guards), _reviews(document, environ),
+    )  # fmt: skip
+
+
+def _reviews(document: dict[str, Any], environ: Mapping[str, str]) -> ReviewsConfig:
+    entry = mapping(document.get("reviews") or {}, "reviews", {"webhook_url", "webhook_secret_env"})
+    url = value(entry, "webhook_url", str, "reviews", None)
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise fail("reviews.webhook_url", "expected an http(s) URL")
+    secret_env = value(entry, "webhook_secret_env", str, "reviews", None)
+    secret = None
+    if secret_env is not None:
+        secret = environ.get(secret_env) or None
+        if secret is None:
+            raise fail("reviews.webhook_secret_env", f"${secret_env} is not set")
+    if url is not None and secret is None:
+        raise fail("reviews.webhook_secret_env", "a webhook is signed: name the secret's variable")
+    return ReviewsConfig(url, secret)
+
+
+def _check_classifiers(guards: list[GuardPolicy], models: set[str], embedders: set[str]) -> None:
+    """A classifier check names a one-pass model of the same file (examples: embeddings)."""
+    for guard in guards:
+        for check in guard.checks:
+            if check.kind != "classifier":
+                continue
+            place = f"route {guard.route!r}: check {check.name!r}: model"
+            if check.model not in models:
+                raise fail(place, f"{check.model!r} is not a one-pass model of this file")
+            if check.examples and check.model not in embedders:
+                raise fail(place, f"examples need a sentence-embeddings model, not {check.model!r}")
 
 
 def _models(

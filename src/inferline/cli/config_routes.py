@@ -10,6 +10,7 @@ routes:
     checks:                       # cascade only: when a cheap answer is good enough
       - {kind: logprob_mean, threshold: -0.8}
       - {kind: similarity, model: all-minilm-l6-v2, threshold: 0.3}   # on topic?
+                                  # and checks that abstain, review, block: see config_checks
     sticky: true                  # weighted: the same user/session keeps its target
     cache: {mode: semantic, embedding_model: all-minilm-l6-v2, threshold: 0.95, ttl_s: 3600}
 ```
@@ -20,10 +21,14 @@ from __future__ import annotations
 from typing import Any
 
 from inferline.cache import CachePolicy
+from inferline.cli.config_checks import ROUTE_KEYS, cascade_checks
 from inferline.cli.config_fields import build, fail, mapping, section, value
-from inferline.router.config import CheckConfig, RetryPolicy, RouteConfig, TargetRef
+from inferline.router.config import RetryPolicy, RouteConfig, TargetRef
 
-_ROUTE_KEYS = {"name", "strategy", "targets", "retry", "deadline_s", "checks", "sticky", "cache"}
+_ROUTE_KEYS = {
+    "name", "strategy", "targets", "retry", "deadline_s", "checks", "sticky", "cache",
+    *ROUTE_KEYS,
+}  # fmt: skip
 _CACHE_TYPES: dict[str, type] = {
     "mode": str,
     "ttl_s": float,
@@ -34,7 +39,6 @@ _CACHE_TYPES: dict[str, type] = {
     "shared": bool,
     "guard": str,
 }
-_CHECK_KEYS = {"kind", "threshold", "pattern", "model"}
 
 
 def parse_route(raw: Any, place: str, generators: set[str]) -> RouteConfig:
@@ -57,7 +61,7 @@ def parse_route(raw: Any, place: str, generators: set[str]) -> RouteConfig:
             {"attempts": int, "backoff_ms": float, "max_backoff_ms": float},
         ),  # fmt: skip
         "deadline_s": value(entry, "deadline_s", float, place, None),
-        "checks": tuple(_check(item, f"{place}.checks[{i}]") for i, item in enumerate(checks)),
+        "checks": cascade_checks(checks, f"{place}.checks"),
         "sticky": value(entry, "sticky", bool, place, True),
     }
     return build(RouteConfig, fields, place)
@@ -73,17 +77,6 @@ def _target_ref(raw: Any, place: str, generators: set[str]) -> TargetRef:
         known = ", ".join(sorted(generators)) or "none"
         raise fail(place, f"unknown model {name!r} (models that generate text: {known})")
     return build(TargetRef, {"name": name, "weight": weight}, place)
-
-
-def _check(raw: Any, place: str) -> CheckConfig:
-    entry = mapping(raw, place, _CHECK_KEYS)
-    fields = {
-        "kind": value(entry, "kind", str, place),
-        "threshold": value(entry, "threshold", float, place, 0.0),
-        "pattern": value(entry, "pattern", str, place, ""),
-        "model": value(entry, "model", str, place, ""),
-    }
-    return build(CheckConfig, fields, place)
 
 
 def parse_cache(raw: Any, place: str) -> CachePolicy | None:

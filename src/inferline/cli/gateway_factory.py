@@ -8,7 +8,7 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from inferline.cli.config_file import ServeConfig, load_config
 from inferline.cli.config_models import LocalModelSpec, UpstreamSpec
 from inferline.core.errors import InvalidParameterError
 from inferline.core.protocols import Generator
+from inferline.guard import Classify, GuardedGenerator, GuardPolicy, ReviewDesk
 from inferline.router.checks import Scorer
 from inferline.router.config import RetryPolicy, RouteConfig, TargetConfig, TargetRef
 from inferline.router.router import Router
@@ -24,6 +25,7 @@ from inferline.router.target import Target
 
 logger = logging.getLogger(__name__)
 Spec = LocalModelSpec | UpstreamSpec
+ClassifiersFor = Callable[[Sequence[GuardPolicy]], dict[str, Classify]]
 
 
 def single_model_config(args: argparse.Namespace) -> ServeConfig:
@@ -88,6 +90,8 @@ class Gateway:
         *,
         scorers: Mapping[str, Scorer] | None = None,
         embedders: Mapping[str, Embed] | None = None,
+        classifiers: ClassifiersFor | None = None,
+        desk: ReviewDesk | None = None,
     ):
         self.args, self.data_dir, self.environ = args, data_dir, environ
         self.config = serve_config(args, environ)
@@ -102,10 +106,23 @@ class Gateway:
         self.cache: CachedGenerator | None = None
         if self.config.caches:
             self.cache = CachedGenerator(self.router, self._policies(self.config), embedders)
+        self._classifiers = classifiers or (lambda _: {})
+        self.guard: GuardedGenerator | None = None
+        if self.config.guards:
+            inner = self.cache if self.cache is not None else self.router
+            self.guard = GuardedGenerator(
+                inner,
+                {g.route: g for g in self.config.guards},
+                classifiers=self._classifiers(self.config.guards),
+                desk=desk,
+            )
 
     @property
     def generator(self) -> Generator:
-        """What the app serves: the router, behind the response cache when routes have one."""
+        """What the app serves: the router, behind the response cache when routes have one,
+        behind the checks when routes have them."""
+        if self.guard is not None:
+            return self.guard
         return self.cache if self.cache is not None else self.router
 
     def _policies(self, config: ServeConfig) -> dict[str, CachePolicy]:
@@ -149,6 +166,21 @@ class Gateway:
         ]
         return "\n".join(lines)
 
+    def _check_reloadable(self, new: ServeConfig) -> None:
+        """Refuses a new config that a reload cannot apply."""
+        if new.predictors != self.config.predictors:
+            raise InvalidParameterError(
+                "the embedding and classic models changed: restart the server to apply that",
+                "models",
+            )
+        if new.guards and self.guard is None:
+            raise InvalidParameterError(
+                "the new config adds checks to a server started without any: restart it",
+                "checks",
+            )
+        if self.guard is not None:
+            self.guard.check_desk(new.guards)
+
     async def reload(self) -> dict[str, Any]:
         """Re-reads the config file; a bad one is refused (the old one stays). New models
         load before traffic moves to them; dropped ones drain, then stop."""
@@ -156,11 +188,7 @@ class Gateway:
             raise InvalidParameterError("the server was not started with --config", "config")
         args = argparse.Namespace(**{**vars(self.args), "config": self.config.path})
         new = serve_config(args, self.environ)
-        if new.predictors != self.config.predictors:
-            raise InvalidParameterError(
-                "the embedding and classic models changed: restart the server to apply that",
-                "models",
-            )
+        self._check_reloadable(new)
         kept, loaded, targets, built = [], [], [], []
         try:
             for spec in self._specs(new):
@@ -192,6 +220,8 @@ class Gateway:
         self.config = new
         if self.cache is not None:
             self.cache.set_policies(self._policies(new))
+        if self.guard is not None:
+            self.guard.set_policies({g.route: g for g in new.guards}, self._classifiers(new.guards))
         names = sorted(t.name for t in dropped)
         logger.warning("reloaded %s: loaded %s, dropped %s", new.path, loaded, names)
         return {

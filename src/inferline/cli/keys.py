@@ -42,6 +42,9 @@ def _limit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget-policy", choices=["refuse", "lower_max_tokens"], default=None)
     parser.add_argument("--expires-at", type=float, default=None, help="epoch seconds")
     parser.add_argument("--metadata", type=json.loads, default=None, help="a JSON object")
+    parser.add_argument(
+        "--role", choices=["user", "reviewer"], default=None, help="reviewer: works /v1/reviews"
+    )
 
 
 def _fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -55,6 +58,7 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
         "budget_policy": args.budget_policy,
         "expires_at": args.expires_at,
         "metadata": args.metadata,
+        "role": args.role,
     }
     if getattr(args, "name", None) is not None:
         fields["name"] = args.name

@@ -52,18 +52,37 @@ def build_app(
     )
     tenants = Tenants(KeyStore(database), api_keys)
     tenants.recover()  # requests in flight at a crash: charged as reserved, reported
+    desk, reviews = _reviews(args, database)
     app, gateway = build_gateway_app(
         args,
         data_dir,
         os.environ,
         server_config=server_config,
         log_writer=RequestLogWriter(RequestLog(database)),
-        extensions=[jobs, *_retention(args, database)],
+        extensions=[jobs, reviews, *_retention(args, database)],
         reloadable=True,
         tenants=tenants,
         otel_exporter=otel_exporter(args, os.environ),
+        desk=desk,
     )
     return app, app.state.inferline, gateway
+
+
+def _reviews(args: argparse.Namespace, database: Any) -> tuple[Any, Any]:
+    """The review desk (cases in the database) and its extension: the queue's routes, the
+    expiry of overdue cases and the webhook of the config's ``reviews:``."""
+    from inferline.cli.gateway_factory import serve_config
+    from inferline.guard import ReviewDesk
+    from inferline.server.reviews import ReviewService
+    from inferline.server.routes_reviews import reviews_extension
+    from inferline.store.reviews import ReviewStore
+
+    settings = serve_config(args, os.environ).reviews
+    desk = ReviewDesk(ReviewStore(database))
+    service = ReviewService(
+        desk, webhook_url=settings.webhook_url, webhook_secret=settings.webhook_secret
+    )
+    return desk, reviews_extension(service)
 
 
 def _retention(args: argparse.Namespace, database: Any) -> list[Any]:

@@ -47,7 +47,8 @@ class CheckOutcome:
 class Decision:
     """The decision about a request that the client sees in the response's ``inferline``
     object and its ``x-inferline-decision`` header; ``check``/``score``/``reason`` name the
-    check that decided it (none for ``allow``); ``checks`` are every check that ran."""
+    check that decided it (none for ``allow``); ``checks`` are every check that ran;
+    ``withheld`` is the answer replaced by an abstention or a review (for the trace)."""
 
     decision: DecisionKind
     reason: str | None = None
@@ -55,6 +56,7 @@ class Decision:
     score: float | None = None
     review_id: str | None = None
     checks: list[CheckOutcome] = field(default_factory=list)
+    withheld: str | None = None  # the answer the client did not get (abstain, review)
 
     def as_dict(self) -> dict[str, Any]:
         """The response's ``inferline`` object (every check is in the trace, not here)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any
 
 from inferline.core.decisions import CheckOutcome, Decision, DecisionKind
@@ -45,14 +45,20 @@ class GuardedGenerator(GeneratorWrapper):
         self.policies = dict(policies)
         self.classifiers = dict(classifiers or {})
         self.desk = desk
-        needs_desk = any(c.action == "review" for p in self.policies.values() for c in p.checks)
-        if needs_desk and desk is None:
-            raise InvalidParameterError("review checks need a store for the cases", "checks")
+        self.check_desk(self.policies.values())
+
+    def check_desk(self, policies: Iterable[GuardPolicy]) -> None:
+        """Raises if a review check has no store for its cases."""
+        if self.desk is None and any(c.action == "review" for p in policies for c in p.checks):
+            raise InvalidParameterError(
+                "review checks need a store for the cases (serve with a database)", "checks"
+            )
 
     def set_policies(
         self, policies: Mapping[str, GuardPolicy], classifiers: Mapping[str, Classify]
     ) -> None:
         """New checks (a reload)."""
+        self.check_desk(policies.values())
         self.policies, self.classifiers = dict(policies), dict(classifiers)
 
     async def submit(self, request: GenerationRequest) -> Stream:
@@ -191,6 +197,7 @@ def _draft(final: RequestOutput) -> dict[str, Any]:
 def _replaced(final: RequestOutput, text: str, decision: Decision) -> RequestOutput:
     """The final output with every completion's answer replaced by ``text`` (its tokens
     still counted: they were generated)."""
+    decision.withheld = "\x1e".join(c.text for c in final.outputs)
     completions = [
         CompletionOutput(
             c.index,

@@ -150,6 +150,18 @@ class Metrics:
         self.cache = counter(
             "response_cache", "Requests by response-cache outcome.", ["route", "outcome"]
         )
+        self.decisions = counter(
+            "check_decisions",
+            "Requests of routes with checks, by the decision and the check that made it.",
+            ["route", "check", "decision"],
+        )
+        self.check_seconds = Histogram(
+            "inferline:check_duration_seconds",
+            "Time one check took, by kind.",
+            ["kind"],
+            buckets=(0.00001, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+            registry=self.registry,
+        )
         self.key_requests = counter(
             "key_requests", "Requests of virtual keys by HTTP status.", ["key", "status_code"]
         )

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from inferline.core.outputs import RequestOutput, RouteReport
 from inferline.server.metrics import Metrics
-from inferline.server.trace_fields import engine_timings, tool_calls_json
+from inferline.server.trace_fields import decision_fields, engine_timings, tool_calls_json
 from inferline.server.tracing import TraceContext
 from inferline.store.request_log import AttemptRecord, RequestLogWriter, RequestRecord
 
@@ -242,6 +242,7 @@ class Observer:
             "prompt_id": trace.prompt[0] if trace.prompt else None,
             "prompt_version": trace.prompt[1] if trace.prompt else None,
             "prompt_label": trace.prompt[2] if trace.prompt else None,
+            **decision_fields(route, self.log_text, self.redact),
             # a cache hit ran no engine: the replayed outputs carry the original's times
             **engine_timings(() if route and route.cache in _HITS else trace.outputs),
         }
@@ -270,6 +271,13 @@ class Observer:
                 self.metrics.cost.labels(attempt.target).inc(attempt.cost_usd)
         if route.fallback_reason:
             self.metrics.fallbacks.labels(route.route, route.fallback_reason).inc()
+        if route.decision is not None:
+            decision = route.decision
+            self.metrics.decisions.labels(
+                route.route, decision.check or "", decision.decision
+            ).inc()
+            for check in decision.checks:
+                self.metrics.check_seconds.labels(check.kind).observe(check.duration_s)
 
     def finish_rows(self, trace: RowsTrace, status_code: int, error: str | None = None) -> None:
         """Called once per embeddings or predict request, success or not."""

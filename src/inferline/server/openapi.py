@@ -5,7 +5,7 @@ FastAPI documents only 200 and its own 422 (which this server never sends: a bad
 ``/health`` may answer 401 (API keys), every ``/v1/`` route 503 while draining, every POST
 400 and 413, generation routes 403 (a key's routes), 404 (unknown model), 429 (a key's
 limits, upstreams), 502, 503 and 504 (upstreams, deadlines), the admin API 403 (a virtual
-key), routes with an id in the path 404.
+key), routes with an id in the path 404, a review already decided 409.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ _DESCRIPTIONS = {
     401: "Missing or invalid API key.",
     403: "The API key may not do this (a route it is not given, the admin API; revoked).",
     404: "Unknown model, route, file or batch.",
+    409: "The review was decided already (by another reviewer, or its deadline).",
     413: "The request body is over the size limit.",
     429: "Rate limited: retry after the Retry-After header.",
     500: "A bug in inferline (never caused by the request).",
@@ -59,6 +60,8 @@ _BY_PATH: tuple[tuple[Any, set[int]], ...] = (
     (lambda p, m: p.startswith(("/v1/traces", "/v1/tasks")), {400}),
     (lambda p, m: p.startswith("/v1/prompts"), {400, 404}),
     (lambda p, m: p.startswith("/v1/prompts") and m == "post", {403}),
+    (lambda p, m: p.startswith("/v1/reviews"), {400, 403}),
+    (lambda p, m: p.startswith("/v1/reviews/") and m == "post", {409}),
 )
 
 

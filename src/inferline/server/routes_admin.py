@@ -43,6 +43,7 @@ class KeyBody(BaseModel):
     budget: BudgetBody | None = None
     expires_at: float | None = None
     metadata: dict[str, Any] | None = None
+    role: Literal["user", "reviewer"] | None = None
 
 
 def _store(request: Request) -> KeyStore:
@@ -73,6 +74,7 @@ def key_object(row: dict[str, Any]) -> dict[str, Any]:
             "policy": row.get("budget_policy") or "refuse",
         }
     fields = ("name", "key_hint", "routes", "rpm", "tpm", "max_parallel", "expires_at")
+    role = row.get("role") or "user"
     return {
         "id": row["id"],
         "object": "api_key",
@@ -80,6 +82,7 @@ def key_object(row: dict[str, Any]) -> dict[str, Any]:
         "budget": budget,
         "revoked_at": row.get("revoked_at"),
         "metadata": row.get("metadata") or {},
+        "role": role,
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -28,8 +29,12 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     """Chat completion, streamed as server-sent events when ``stream`` is true."""
     state: ServerState = request.app.state.inferline
     request_id = new_request_id("chatcmpl")
+    reference = body.prompt
     body, prompt = await apply_prompt(state, body)
     generation = chat_generation(body, request_id, caller_context(request))
+    if reference is not None:  # the route's missing-context checks read the variables
+        variables = dict(reference.variables)
+        generation = replace(generation, request=replace(generation.request, variables=variables))
     messages = generation.request.messages or []
     trace = begin_trace(
         request,

@@ -46,6 +46,7 @@ def list_traces(
     trace_id: str | None = None,
     prompt_id: str | None = None,
     prompt_version: int | None = None,
+    decision: str | None = None,
     status: str | None = None,
     min_latency_ms: Annotated[float, Query(ge=0)] | None = None,
     q: Annotated[str, Query(min_length=1, max_length=500)] | None = None,
@@ -60,7 +61,7 @@ def list_traces(
     where = TraceFilter(
         since=since, until=until, route=route, model=model, key_id=own or key_id, team=team,
         task_id=task_id, trace_id=trace_id, prompt_id=prompt_id, prompt_version=prompt_version,
-        status=parse_status(status),
+        decision=decision, status=parse_status(status),
         min_latency_s=None if min_latency_ms is None else min_latency_ms / 1000,
         text=q, limit=limit, before_id=before,
     )  # fmt: skip

@@ -72,7 +72,16 @@ def route_headers(request_id: str, route: RouteReport | None) -> dict[str, str]:
     headers["x-inferline-cache"] = route.cache or "miss"
     if route.cache_similarity is not None:
         headers["x-inferline-cache-similarity"] = f"{route.cache_similarity:.4f}"
+    if route.decision is not None:
+        headers["x-inferline-decision"] = route.decision.decision
     return headers
+
+
+def with_decision(body: dict[str, Any], route: RouteReport | None) -> dict[str, Any]:
+    """``body`` with the top-level ``inferline`` object when the route's checks decided."""
+    if route is not None and route.decision is not None:
+        body["inferline"] = route.decision.as_dict()
+    return body
 
 
 async def _last_output(stream: Stream, state: ServerState, trace: RequestTrace) -> RequestOutput:
@@ -123,7 +132,7 @@ async def respond(
         return _failed(state, trace, exc).response()
     trace.outputs = finals
     try:
-        body = build(finals)
+        body = with_decision(build(finals), trace.route)
     except Exception as exc:
         return _failed(state, trace, exc).response()
     state.observer.finish(trace, 200)
@@ -219,10 +228,13 @@ async def _events(
     finals: dict[int, RequestOutput] = {}
     try:
         index, output = first
+        decided = trace.route is not None and trace.route.decision is not None
         while True:
             trace.on_output(output, state.metrics)
             finals[index] = output
             for chunk in chunks(index, output):
+                if decided:  # the decision rides on the first chunk
+                    chunk, decided = with_decision(chunk, trace.route), False
                 yield sse(chunk)
             try:
                 index, output = await anext(source)

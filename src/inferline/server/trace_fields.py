@@ -4,10 +4,10 @@ tool calls, the tool results it brought, and the ids and labels around it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from inferline.core.outputs import RequestOutput
+from inferline.core.outputs import RequestOutput, RouteReport
 
 
 def engine_timings(outputs: Sequence[RequestOutput]) -> dict[str, Any]:
@@ -54,3 +54,23 @@ def tool_results_json(messages: Sequence[dict[str, Any]] | None) -> str | None:
     ids = [m["tool_call_id"] for m in messages or () if m.get("role") == "tool"
            and isinstance(m.get("tool_call_id"), str)]  # fmt: skip
     return json.dumps(ids) if ids else None
+
+
+def decision_fields(
+    route: RouteReport | None, log_text: bool, redact: Callable[[str | None], str | None]
+) -> dict[str, Any]:
+    """What the route's checks decided, and every check's score (with the answer they
+    withheld when text is logged)."""
+    decision = route.decision if route is not None else None
+    if decision is None:
+        return {}
+    checks: dict[str, Any] = {"outcomes": [c.as_dict() for c in decision.checks]}
+    if log_text and decision.withheld is not None:
+        checks["withheld"] = redact(decision.withheld)
+    return {
+        "decision": decision.decision,
+        "decision_check": decision.check,
+        "decision_score": decision.score,
+        "review_id": decision.review_id,
+        "checks": json.dumps(checks),
+    }

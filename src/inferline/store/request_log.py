@@ -84,6 +84,11 @@ class RequestRecord:
     tool_calls: str | None = None  # JSON
     tool_results: str | None = None  # JSON
     metadata: str | None = None  # JSON
+    decision: str | None = None  # what the route's checks decided
+    decision_check: str | None = None
+    decision_score: float | None = None
+    review_id: str | None = None
+    checks: str | None = None  # JSON: every check's outcome (and the withheld answer)
 
 
 _Item = tuple[RequestRecord, tuple[AttemptRecord, ...]]

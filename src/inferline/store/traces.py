@@ -63,6 +63,7 @@ class TraceFilter:
     trace_id: str | None = None
     prompt_id: str | None = None
     prompt_version: int | None = None
+    decision: str | None = None
     status: int | str | None = None
     min_latency_s: float | None = None
     text: str | None = None
@@ -76,7 +77,7 @@ class TraceFilter:
             raise InvalidParameterError("status must be a status code or 'error'", "status")
 
 
-_EQUAL = ("route", "model", "key_id", "team", "task_id", "trace_id", "prompt_id")
+_EQUAL = ("route", "model", "key_id", "team", "task_id", "trace_id", "prompt_id", "decision")
 
 
 def parse_status(value: str | None) -> int | str | None:
@@ -245,10 +246,21 @@ def trace_view(row: dict[str, Any], attempts: list[dict[str, Any]] | None = None
         "tool_results": _json(row["tool_results"]) or [],
         "input": row["prompt"],
         "output": row["output"],
+        "decision": _decision_view(row),
     }
     if attempts is not None:
         view["attempts"] = [_attempt_view(a) for a in attempts]
     return view
+
+
+def _decision_view(row: dict[str, Any]) -> dict[str, Any] | None:
+    """What the route's checks decided, every check's outcome, the answer they withheld."""
+    if row.get("decision") is None:
+        return None
+    checks = _json(row["checks"]) or {}
+    return {"decision": row["decision"], "check": row["decision_check"],
+            "score": row["decision_score"], "review_id": row["review_id"],
+            "checks": checks.get("outcomes", []), "withheld": checks.get("withheld")}  # fmt: skip
 
 
 def _attempt_view(row: dict[str, Any]) -> dict[str, Any]:

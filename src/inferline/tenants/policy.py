@@ -14,6 +14,7 @@ BudgetPeriod = Literal["day", "month", "total"]
 BudgetPolicy = Literal["refuse", "lower_max_tokens"]
 PERIODS = ("day", "month", "total")
 POLICIES = ("refuse", "lower_max_tokens")
+ROLES = ("user", "reviewer")
 
 
 def _positive(name: str, value: float | None) -> None:
@@ -33,6 +34,8 @@ class KeyPolicy:
             ``total``; ``budget_policy``: when what is left cannot pay for ``max_tokens`` on
             a remote target, ``refuse`` (429 ``insufficient_quota``) or
             ``lower_max_tokens`` (to what it can pay for).
+        role: ``user`` (calls the routes) or ``reviewer`` (also works the review queue:
+            ``/v1/reviews``; never the admin API).
     """
 
     id: str
@@ -47,6 +50,7 @@ class KeyPolicy:
     expires_at: float | None = None
     revoked_at: float | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    role: str = "user"
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm", "max_parallel", "budget_usd"):
@@ -59,6 +63,8 @@ class KeyPolicy:
             raise InvalidParameterError(
                 f"budget.policy must be one of {', '.join(POLICIES)}", "budget.policy"
             )
+        if self.role not in ROLES:
+            raise InvalidParameterError(f"role must be one of {', '.join(ROLES)}", "role")
         if self.routes is not None and not all(isinstance(r, str) and r for r in self.routes):
             raise InvalidParameterError("routes must be a list of route names", "routes")
 
@@ -101,4 +107,5 @@ class KeyPolicy:
             expires_at=row.get("expires_at"),
             revoked_at=row.get("revoked_at"),
             metadata=row.get("metadata") or {},
+            role=row.get("role") or "user",
         )
