@@ -125,3 +125,80 @@ def test_config_check_command(tmp_path: Path, capsys: Any, monkeypatch: Any) -> 
     path.write_text(GATEWAY.replace("[partner, small]", "[parnter, small]"))
     assert main(["config", "check", str(path)]) == 2
     assert "routes[0].targets[0]: unknown model 'parnter'" in capsys.readouterr().err
+
+
+CHECKED = [
+    {"on": "input", "kind": "classifier", "model": "embed", "examples": ["wipe the database"],
+     "above": 0.8, "action": "abstain"},
+    {"on": "input", "kind": "pattern", "detectors": ["credit_card"], "action": "block"},
+    {"on": "output", "kind": "logprob", "min_mean": -1.5, "min_token": -6, "action": "escalate"},
+    {"on": "output", "kind": "logprob", "min_mean": -2.5, "action": "abstain"},
+    {"on": "tool_call", "tools": ["refund"], "action": "review", "deadline_s": 60},
+]  # fmt: skip
+
+
+def test_route_checks_split_between_the_cascade_and_the_guard() -> None:
+    changes = {
+        "routes__2__checks": CHECKED,
+        "routes__2__abstain_text": "Ask a person.",
+        "reviews": {"webhook_url": "https://hooks.example/r", "webhook_secret_env": "S"},
+    }
+    config = parse_config(document(**changes), Path("."), {"PARTNER_KEY": "k", "S": "shh"})
+    answers = config.routes[2]
+    assert [(c.kind, c.threshold) for c in answers.checks] == [
+        ("logprob_mean", -1.5), ("logprob_min", -6.0)]  # fmt: skip
+    (guard,) = config.guards
+    assert guard.route == "answers" and guard.abstain_text == "Ask a person."
+    assert [(c.name, c.on, c.action) for c in guard.checks] == [
+        ("classifier-0", "input", "abstain"), ("pattern-1", "input", "block"),
+        ("logprob-3", "output", "abstain"), ("tool-4", "tool_call", "review")]  # fmt: skip
+    assert guard.checks[3].deadline_s == 60 and guard.checks[3].tools == ("refund",)
+    assert config.reviews.webhook_url == "https://hooks.example/r"
+    assert "shh" not in repr(config.reviews)
+
+
+@pytest.mark.parametrize(
+    ("check", "place", "words"),
+    [
+        ({"on": "input", "kind": "logprob", "min_mean": -1, "action": "abstain"},
+         "routes[0].checks[0].kind", "a check on input is one of"),
+        ({"on": "input", "kind": "length", "max_chars": 9, "action": "escalate"},
+         "routes[0].checks[0].action", "escalate takes output checks"),
+        ({"on": "output", "kind": "pattern", "detectors": ["iban"], "action": "escalate"},
+         "routes[0].checks[0].pattern", "no detectors"),
+        ({"on": "input", "kind": "pattern", "detectors": ["passport"], "action": "block"},
+         "routes[0].checks[0].detectors", "unknown detectors"),
+        ({"on": "input", "kind": "classifier", "model": "small", "label": "x", "above": 0.5,
+          "action": "abstain"}, "route 'support-bot': check", "not a one-pass model"),
+        ({"on": "output", "kind": "logprob", "action": "abstain"},
+         "routes[0].checks[0]", "needs min_mean"),
+        ({"on": "tool_call", "action": "review", "deadline_s": 0},
+         "routes[0].checks[0].deadline_s", "positive"),
+    ],
+)  # fmt: skip
+def test_check_mistakes_are_named(check: dict[str, Any], place: str, words: str) -> None:
+    with pytest.raises(InvalidParameterError) as info:
+        parse_config(document(routes__0__checks=[check]), Path("."), {"PARTNER_KEY": "k"})
+    assert info.value.param is not None and info.value.param.startswith(place), info.value
+    assert words in str(info.value), info.value
+
+
+def test_a_webhook_needs_its_secret() -> None:
+    doc = document(reviews={"webhook_url": "https://hooks.example/r"})
+    with pytest.raises(InvalidParameterError, match="signed"):
+        parse_config(doc, Path("."), {"PARTNER_KEY": "k"})
+    doc = document(routes__0__abstain_text="x")
+    with pytest.raises(InvalidParameterError, match="only routes with checks"):
+        parse_config(doc, Path("."), {"PARTNER_KEY": "k"})
+
+
+def test_a_bare_yaml_on_key_means_on() -> None:
+    import yaml
+
+    doc = document()
+    doc["routes"][0]["checks"] = yaml.safe_load(
+        "- {on: tool_call, tools: [refund], action: review}\n"
+        "- {on: output, kind: logprob, min_mean: -1, action: abstain}"
+    )  # YAML 1.1 reads the key `on` as true
+    (guard,) = parse_config(doc, Path("."), {"PARTNER_KEY": "k"}).guards
+    assert [c.on for c in guard.checks] == ["tool_call", "output"]

@@ -48,9 +48,9 @@ def cascade_checks(items: list[Any], place: str) -> tuple[CheckConfig, ...]:
     checks: list[CheckConfig] = []
     for i, raw in enumerate(items):
         where = f"{place}[{i}]"
-        entry = mapping(raw, where)
+        entry = _with_on(mapping(raw, where))
         if "on" not in entry and "action" not in entry:
-            checks.append(_cascade(mapping(raw, where, _CASCADE_KEYS), where))
+            checks.append(_cascade(mapping(entry, where, _CASCADE_KEYS), where))
         elif entry.get("action") == "escalate":
             checks += _escalation(_guard_check(entry, where, i), where)
     return tuple(checks)
@@ -62,7 +62,7 @@ def guard_policy(entry: dict[str, Any], place: str, route: str) -> GuardPolicy |
     checks = []
     for i, raw in enumerate(items):
         where = f"{place}.checks[{i}]"
-        item = mapping(raw, where)
+        item = _with_on(mapping(raw, where))
         if ("on" in item or "action" in item) and item.get("action") != "escalate":
             checks.append(_guard_check(item, where, i))
     if not checks:
@@ -74,6 +74,13 @@ def guard_policy(entry: dict[str, Any], place: str, route: str) -> GuardPolicy |
         if key in entry:
             fields[key] = value(entry, key, str, place)
     return build(GuardPolicy, fields, place)
+
+
+def _with_on(entry: dict[str, Any]) -> dict[str, Any]:
+    """YAML 1.1 reads a bare ``on:`` key as the boolean true: it means ``on``."""
+    if True in entry and "on" not in entry:
+        entry = {("on" if k is True else k): v for k, v in entry.items()}
+    return entry
 
 
 def _cascade(entry: dict[str, Any], place: str) -> CheckConfig:
