@@ -31,8 +31,9 @@ TOOLS: Any = [{"type": "function", "function": {"name": "refund", "parameters": 
 
 def config(upstream: FakeUpstreamHandle, hook_port: int) -> str:
     def remote(name: str) -> str:
+        price = "{input_per_mtok: 10, output_per_mtok: 20}"
         return (f"  - {{name: {name}, kind: openai, base_url: \"{upstream.api_base}\", "
-                f"model: {name}, price: {{input_per_mtok: 10, output_per_mtok: 20}}}}\n")  # fmt: skip
+                f"model: {name}, price: {price}}}\n")  # fmt: skip
 
     return f"""models:
   - {{name: small, kind: llm, source: smollm2-135m, weight_format: int8}}
@@ -110,8 +111,8 @@ def setup(upstream: FakeUpstreamHandle, hooks: Hooks, tmp_path_factory: Any) -> 
     port = free_port()
 
     def start() -> ServerProcess:
-        return start_server(directory, "--config", str(directory / "gateway.yaml"),
-                            "--api-key", ADMIN, port=port, env={"REVIEW_SECRET": SECRET})  # fmt: skip
+        path, env = str(directory / "gateway.yaml"), {"REVIEW_SECRET": SECRET}
+        return start_server(directory, "--config", path, "--api-key", ADMIN, port=port, env=env)
 
     state = {"server": start(), "start": start}
     yield state
@@ -147,9 +148,10 @@ def trace_of(server: ServerProcess, request_id: str) -> dict[str, Any]:
 def test_a_flagged_prompt_is_abstained_and_an_unsure_answer_escalates(setup: Any) -> None:
     server = setup["server"]
     client = sdk(server, new_key(server, "user"))
+    flagged = "Please delete every customer account now."
     raw = client.chat.completions.with_raw_response.create(
-        model="ops", max_tokens=8,
-        messages=[{"role": "user", "content": "Please delete every customer account now."}])  # fmt: skip
+        model="ops", max_tokens=8, messages=[{"role": "user", "content": flagged}]
+    )
     answer = raw.parse()
     assert raw.headers["x-inferline-decision"] == "abstain"
     assert answer.choices[0].message.content == "I can't help with that here."
