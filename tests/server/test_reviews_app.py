@@ -150,3 +150,29 @@ def test_a_streamed_review_decision_rides_on_the_first_chunk(app: TestClient) ->
 def test_openapi_lists_the_review_statuses(app: TestClient) -> None:
     paths = app.get("/openapi.json").json()["paths"]
     assert {"403", "404", "409"} <= set(paths["/v1/reviews/{review_id}"]["post"]["responses"])
+
+
+def test_check_stats_and_task_outcomes_from_checks(app: TestClient) -> None:
+    reviewer = key(app, "reviewer")
+    task = {"x-inferline-task-id": "pay-run"}
+    assert chat(app, "charge 4111 1111 1111 1111", task).status_code == 400
+    held = [chat(app, "look up order 7", {}).json()["inferline"]["review_id"] for _ in range(3)]
+    app.post(f"/v1/reviews/{held[0]}", json={"action": "approve"}, headers=reviewer)
+    app.post(f"/v1/reviews/{held[1]}", json={"action": "reject"}, headers=reviewer)
+    chat(app, "hello", {})
+    time.sleep(0.2)  # the log is written in the background
+    stats = app.get("/v1/checks/stats", params={"route": "agent"}, headers=reviewer).json()
+    by = {(d["check"], d["decision"]): d for d in stats["decisions"]}
+    assert by[("cards", "block")]["requests"] == 1
+    assert by[("refunds", "pending_review")]["requests"] == 3
+    assert by[(None, "allow")]["requests"] == 1
+    (verdicts,) = stats["reviews"]
+    assert (verdicts["approved"], verdicts["rejected"], verdicts["pending"]) == (1, 1, 1)
+    assert verdicts["held_rightly"] == 0.5
+    assert app.get("/v1/checks/stats", headers=key(app, "user")).status_code == 403
+    outcome = app.get("/v1/tasks/pay-run").json()["outcome"]
+    assert outcome["success"] is False and outcome["source"] == "check:cards"
+    app.post("/v1/tasks/pay-run/outcome", json={"success": True})  # the API wins from now on
+    assert chat(app, "charge 4111 1111 1111 1111", task).status_code == 400
+    time.sleep(0.2)
+    assert app.get("/v1/tasks/pay-run").json()["outcome"]["success"] is True

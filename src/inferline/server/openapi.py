@@ -60,7 +60,7 @@ _BY_PATH: tuple[tuple[Any, set[int]], ...] = (
     (lambda p, m: p.startswith(("/v1/traces", "/v1/tasks")), {400}),
     (lambda p, m: p.startswith("/v1/prompts"), {400, 404}),
     (lambda p, m: p.startswith("/v1/prompts") and m == "post", {403}),
-    (lambda p, m: p.startswith("/v1/reviews"), {400, 403}),
+    (lambda p, m: p.startswith(("/v1/reviews", "/v1/checks")), {400, 403}),
     (lambda p, m: p.startswith("/v1/reviews/") and m == "post", {409}),
 )
 

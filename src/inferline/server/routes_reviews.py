@@ -15,11 +15,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from inferline.core.errors import PermissionDeniedError
+from inferline.core.errors import InvalidParameterError, PermissionDeniedError
 from inferline.guard import ReviewClosedError, ReviewDesk
 from inferline.server.app import Extension
 from inferline.server.errors import APIError
 from inferline.server.reviews import ReviewService, review_object
+from inferline.server.state import ServerState
+from inferline.store.decisions import decision_stats
 from inferline.server.tenancy import identity_of
 from inferline.store.reviews import STATUSES
 
@@ -102,6 +104,19 @@ def decide_review(review_id: str, body: VerdictBody, request: Request) -> dict[s
         raise APIError(409, str(closed), param="review_id", code="review_closed") from None
     service.nudge_threadsafe()
     return review_object(case, reviewer_view=True)
+
+
+@router.get("/v1/checks/stats")
+def check_stats(
+    request: Request, since: float | None = None, route: str | None = None
+) -> dict[str, Any]:
+    """Per route, check and decision since ``since``: requests, cost, p50/p95 latency; per
+    review check, the reviewers' verdicts and how often holding the answer was right."""
+    _must_review(request)
+    state: ServerState = request.app.state.inferline
+    if state.traces is None:
+        raise InvalidParameterError("this server keeps no request log", "checks")
+    return decision_stats(state.traces.engine, since=since, route=route)
 
 
 def reviews_extension(service: ReviewService) -> Extension:

@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, Table, insert, select
+from sqlalchemy import Connection, Engine, MetaData, Table, delete, insert, select
 
 logger = logging.getLogger(__name__)
 
@@ -102,16 +102,34 @@ class RequestLog:
         metadata = MetaData()
         self.table = Table("requests", metadata, autoload_with=engine)
         self.attempts = Table("request_attempts", metadata, autoload_with=engine)
+        self.outcomes = Table("task_outcomes", metadata, autoload_with=engine)
 
     def insert_many(
         self, records: list[RequestRecord], attempts: list[AttemptRecord] | None = None
     ) -> None:
-        """Writes ``records`` and their attempts in one transaction."""
+        """Writes ``records`` and their attempts in one transaction; a task whose request a
+        check abstained or blocked is recorded as failed by that check (unless its outcome
+        was set through the API, which wins)."""
         with self.engine.begin() as conn:
             if records:
                 conn.execute(insert(self.table), [asdict(r) for r in records])
             if attempts:
                 conn.execute(insert(self.attempts), [asdict(a) for a in attempts])
+            for record in records:
+                if record.task_id and record.decision in ("abstain", "block"):
+                    self._failed_by_check(conn, record)
+
+    def _failed_by_check(self, conn: Connection, record: RequestRecord) -> None:
+        c = self.outcomes.c
+        source = conn.scalar(select(c.source).where(c.task_id == record.task_id))
+        if source is not None and not source.startswith("check:"):
+            return
+        conn.execute(delete(self.outcomes).where(c.task_id == record.task_id))
+        conn.execute(insert(self.outcomes).values(
+            task_id=record.task_id, success=False, score=record.decision_score,
+            comment=f"{record.decision} by check {record.decision_check}",
+            source=f"check:{record.decision_check}", key_id=record.key_id,
+            recorded_at=record.created_at))  # fmt: skip
 
     def recent(
         self,
