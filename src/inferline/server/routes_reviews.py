@@ -21,8 +21,8 @@ from inferline.server.app import Extension
 from inferline.server.errors import APIError
 from inferline.server.reviews import ReviewService, review_object
 from inferline.server.state import ServerState
-from inferline.store.decisions import decision_stats
 from inferline.server.tenancy import identity_of
+from inferline.store.decisions import decision_stats
 from inferline.store.reviews import STATUSES
 
 router = APIRouter()
