@@ -174,6 +174,10 @@ def test_route_checks_split_between_the_cascade_and_the_guard() -> None:
          "routes[0].checks[0]", "needs min_mean"),
         ({"on": "tool_call", "action": "review", "deadline_s": 0},
          "routes[0].checks[0].deadline_s", "positive"),
+        ({"on": "output", "kind": "judge", "route": "nowhere", "rubric": "ok?", "below": 0.5,
+          "action": "abstain"}, "route 'support-bot': check", "not a route or text model"),
+        ({"on": "output", "kind": "agreement", "below": 2, "action": "abstain"},
+         "routes[0].checks[0]", "below in (0, 1]"),
     ],
 )  # fmt: skip
 def test_check_mistakes_are_named(check: dict[str, Any], place: str, words: str) -> None:

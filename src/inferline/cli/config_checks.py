@@ -36,7 +36,8 @@ _CASCADE_KEYS = {"kind", "threshold", "pattern", "model"}
 _FIELDS: dict[str, type] = {
     "name": str, "model": str, "label": str, "above": float, "pattern": str,
     "max_chars": int, "min_mean": float, "min_token": float, "max_entropy": float,
-    "arguments_pattern": str, "deadline_s": float,
+    "arguments_pattern": str, "deadline_s": float, "route": str, "rubric": str,
+    "below": float, "samples": int,
 }  # fmt: skip
 _LISTS = ("examples", "detectors", "variables", "tools")
 _GUARD_KEYS = {"on", "kind", "action", *_FIELDS, *_LISTS}

@@ -97,6 +97,7 @@ def parse_config(document: Any, base_dir: Path, environ: Mapping[str, str]) -> S
     _check_scorers(routes, embedders)
     _check_caches(caches, embedders)
     _check_classifiers(guards, {p.name for p in predictors}, embedders)
+    _check_judges(guards, generators | {r.name for r in routes})
     return ServeConfig(
         tuple(local), tuple(upstreams), tuple(predictors), tuple(routes), tuple(caches),
         tuple(guards), _reviews(document, environ),
@@ -117,6 +118,15 @@ def _reviews(document: dict[str, Any], environ: Mapping[str, str]) -> ReviewsCon
     if url is not None and secret is None:
         raise fail("reviews.webhook_secret_env", "a webhook is signed: name the secret's variable")
     return ReviewsConfig(url, secret)
+
+
+def _check_judges(guards: list[GuardPolicy], callable_names: set[str]) -> None:
+    """A judge check names a route or a text model of the same file."""
+    for guard in guards:
+        for check in guard.checks:
+            if check.kind == "judge" and check.route not in callable_names:
+                place = f"route {guard.route!r}: check {check.name!r}: route"
+                raise fail(place, f"{check.route!r} is not a route or text model of this file")
 
 
 def _check_classifiers(guards: list[GuardPolicy], models: set[str], embedders: set[str]) -> None:

@@ -17,7 +17,7 @@ from inferline.core.errors import InvalidParameterError
 # the kinds each stage offers
 KINDS: dict[str, tuple[str, ...]] = {
     "input": ("classifier", "pattern", "length", "missing_context"),
-    "output": ("logprob", "json_schema", "pattern", "classifier", "length"),
+    "output": ("logprob", "json_schema", "pattern", "classifier", "length", "judge", "agreement"),
     "tool_call": ("tool",),
 }
 # the actions each stage offers here (``escalate`` on output is the router's)
@@ -58,6 +58,11 @@ class GuardCheck:
             when it has none).
         tool: a call of one of ``tools`` (every tool when empty) whose arguments match
             ``arguments_pattern`` (when set).
+        judge: ``route`` scores the answer against ``rubric`` (0 to 1, structured output);
+            fires when the score is ``below``. Its cost is the request's.
+        agreement: ``samples`` more answers to the same question (sampled at temperature
+            0.8 or the request's, if higher); fires when the share that agree with the answer
+            (first line, folded) is ``below``. For short answers; their cost is the request's.
     ``deadline_s``: how long a review case waits for a person (``review`` only).
     """
 
@@ -78,6 +83,10 @@ class GuardCheck:
     max_entropy: float | None = None
     tools: tuple[str, ...] = ()
     arguments_pattern: str = ""
+    route: str = ""
+    rubric: str = ""
+    below: float | None = None
+    samples: int = 3
     deadline_s: float = 3600.0
 
     def __post_init__(self) -> None:
@@ -125,6 +134,16 @@ class GuardCheck:
 
     def _validate_json_schema(self) -> None:
         pass
+
+    def _validate_judge(self) -> None:
+        if not self.route or not self.rubric or self.below is None:
+            raise _fail("a judge check needs route, rubric and below", "route")
+
+    def _validate_agreement(self) -> None:
+        if self.below is None or not 0 < self.below <= 1:
+            raise _fail("an agreement check needs below in (0, 1]", "below")
+        if not 1 <= self.samples <= 16:
+            raise _fail("samples must be in [1, 16]", "samples")
 
     def _validate_tool(self) -> None:
         _compiles(self.arguments_pattern, "arguments_pattern")

@@ -11,11 +11,12 @@ from typing import Any
 
 from inferline.core.decisions import CheckOutcome
 from inferline.core.errors import InvalidParameterError
-from inferline.core.outputs import CompletionOutput
+from inferline.core.outputs import CompletionOutput, RouteReport
 from inferline.core.protocols import GenerationRequest
 from inferline.core.structured import json_answer_valid
 from inferline.guard.config import GuardCheck
 from inferline.guard.detectors import detect
+from inferline.guard.opinions import Ask, agreement, judge
 
 # text -> a score in [0, 1] (a class's probability, a similarity); built by the CLI from the
 # server's one-pass models, one per classifier check (by the check's name)
@@ -61,12 +62,23 @@ async def output_outcomes(
     completion: CompletionOutput,
     request: GenerationRequest,
     classifiers: Mapping[str, Classify],
+    ask: Ask | None = None,
+    report: RouteReport | None = None,
 ) -> list[CheckOutcome]:
-    """Every output and tool-call check on one completion of the answer."""
+    """Every output and tool-call check on one completion of the answer (``ask`` serves the
+    judge's and the samples' requests; their attempts join ``report``)."""
     outcomes = []
     for check in checks:
         started = time.perf_counter()
-        if check.on == "tool_call":
+        if check.kind in ("judge", "agreement"):
+            assert ask is not None
+            if check.kind == "judge":
+                question = (user_texts(request) or [""])[-1]
+                verdict = await judge(check, request, question, completion.text, ask, report)
+            else:
+                verdict = await agreement(check, request, completion.text, ask, report)
+            fired, score, detail = verdict
+        elif check.on == "tool_call":
             fired, score, detail = _tool(check, completion)
         elif check.kind == "logprob":
             fired, score, detail = _logprob(check, completion)

@@ -19,7 +19,7 @@ from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any
 
 from inferline.core.decisions import CheckOutcome, Decision, DecisionKind
-from inferline.core.errors import InvalidParameterError
+from inferline.core.errors import InvalidParameterError, StreamInterruptedError
 from inferline.core.outputs import CompletionOutput, RequestMetrics, RequestOutput, RouteReport
 from inferline.core.protocols import GenerationRequest, Generator
 from inferline.core.wrapping import GeneratorWrapper
@@ -97,7 +97,9 @@ class GuardedGenerator(GeneratorWrapper):
         final = held[-1]
         later = [c for c in policy.checks if c.on != "input"]
         for completion in final.outputs:
-            checks += await output_outcomes(later, completion, request, self.classifiers)
+            checks += await output_outcomes(
+                later, completion, request, self.classifiers, self._ask, final.route
+            )
         fired = _first_fired(policy, checks)
         if fired is None:
             _decide(final, Decision("allow", checks=checks))
@@ -119,6 +121,17 @@ class GuardedGenerator(GeneratorWrapper):
             yield _replaced(final, policy.review_text, decision)
             return
         yield _replaced(final, policy.abstain_text, decision)
+
+    async def _ask(self, request: GenerationRequest) -> RequestOutput:
+        """A check's own request (a judge, more samples) to the wrapped generator: its
+        final output."""
+        last = None
+        async with contextlib.aclosing(await self.inner.submit(request)) as stream:
+            async for output in stream:
+                last = output
+        if last is None or not last.finished:
+            raise StreamInterruptedError("a check's request ended before its answer")
+        return last
 
 
 def _first_fired(
