@@ -120,6 +120,8 @@ def test_a_risky_call_is_held_for_review_and_decided_once(app: TestClient) -> No
     logged = trace(app, held.headers["x-request-id"])
     assert logged["decision"]["decision"] == "pending_review"
     assert logged["decision"]["review_id"] == review_id
+    assert logged["decision"]["review"]["status"] == "approved"  # what became of it
+    assert logged["decision"]["review"]["comment"] == "order 7 is theirs"
 
 
 def test_block_and_allow_are_in_body_header_and_trace(app: TestClient) -> None:

@@ -96,6 +96,25 @@ def _line(trace: dict[str, Any]) -> str:
     )
 
 
+def _decision_lines(decision: dict[str, Any] | None) -> list[str]:
+    """What the route's checks decided, each check's score, and the review's outcome."""
+    if decision is None:
+        return []
+    head = f"decision {decision['decision']}"
+    if decision["check"]:
+        head += f" by {decision['check']} (score {decision['score']})"
+    lines = [head]
+    for check in decision["checks"]:
+        fired = "fired" if check["fired"] else "passed"
+        lines.append(f"  check {check['check']} ({check['on']} {check['kind']}): {fired}"
+                     f"  score {check['score']}  {check['duration_s'] * 1000:.2f} ms")  # fmt: skip
+    review = decision.get("review")
+    if review is not None:
+        who, comment = review["reviewer"] or "-", review["comment"] or ""
+        lines.append(f"  review {decision['review_id']}: {review['status']} by {who}  {comment}")
+    return lines
+
+
 def _describe(trace: dict[str, Any]) -> str:
     """A trace as lines a person reads: who, what, how long, each attempt."""
     t, prompt = trace["timings"], trace["prompt"]
@@ -120,6 +139,7 @@ def _describe(trace: dict[str, Any]) -> str:
         lines.append(f"error: {trace['error']}")
     for call in trace["tool_calls"]:
         lines.append(f"tool call {call['id']} {call['name']}")
+    lines += _decision_lines(trace.get("decision"))
     for attempt in trace.get("attempts", []):
         lines.append(
             f"  attempt {attempt['attempt']} {attempt['target']} ({attempt['reason']}): "

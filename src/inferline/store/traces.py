@@ -97,6 +97,7 @@ class TraceStore:
         metadata = MetaData()
         self.requests = Table("requests", metadata, autoload_with=engine)
         self.attempts = Table("request_attempts", metadata, autoload_with=engine)
+        self.reviews: Table | None = None  # read when a trace names a review case
 
     def list(self, where: TraceFilter) -> tuple[list[dict[str, Any]], bool]:
         """One page of traces (without attempts), newest first, and whether more follow."""
@@ -119,7 +120,22 @@ class TraceStore:
             if row is None:
                 return None
             attempts = [dict(r._mapping) for r in conn.execute(tried)]
-        return trace_view(dict(row._mapping), attempts)
+            review = self._review(conn, row._mapping["review_id"])
+        view = trace_view(dict(row._mapping), attempts)
+        if review is not None:
+            view["decision"]["review"] = review
+        return view
+
+    def _review(self, conn: Connection, review_id: str | None) -> dict[str, Any] | None:
+        """What became of the request's review case: status, verdict, who, when."""
+        if review_id is None:
+            return None
+        if self.reviews is None:
+            self.reviews = Table("reviews", MetaData(), autoload_with=self.engine)
+        r = self.reviews.c
+        query = select(r.status, r.reviewer, r.comment, r.decided_at).where(r.id == review_id)
+        found = conn.execute(query).first()
+        return dict(found._mapping) if found is not None else None
 
     def _filtered(
         self, query: Select[Any], where: TraceFilter, selective: str | None = None
