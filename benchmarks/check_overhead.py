@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
@@ -63,9 +64,10 @@ ROUTES = ("plain", "logprob", "input")
 CONCURRENCIES = (1, 16)
 QUIET_CORES = 0.1
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-WORDS = ("the quarterly report shows steady growth in every region while costs stayed flat "
-         "and the team plans to hire two engineers next spring to support the new billing "
-         "service that customers asked for during the last review meeting").split()  # fmt: skip
+TEXT = ("the quarterly report shows steady growth in every region while costs stayed flat and "
+        "the team plans to hire two engineers next spring to support the new billing service "
+        "that customers asked for during the last review meeting")  # fmt: skip
+WORDS = TEXT.split()
 ALL_DETECTORS = tuple(DETECTORS)
 CONFIG = f"""models:
   - {{name: small, kind: llm, source: smollm2-135m, weight_format: int8}}
@@ -151,56 +153,37 @@ async def micro(runs: int) -> list[dict[str, Any]]:
     clf_out = GuardCheck("topic", "output", "classifier", "abstain", model="all-minilm-l6-v2",
                          examples=clf.examples, above=0.99)  # fmt: skip
     classifiers = build_classifier(clf)
-    cases: list[tuple[str, str, Callable[[], Awaitable[Any]]]] = []
-
-    def inp(label: str, detail: str, check: GuardCheck, request: GenerationRequest) -> None:
-        cases.append((label, detail, lambda: input_outcomes([check], request, classifiers)))
-
-    def out(label: str, detail: str, check: GuardCheck, completion: CompletionOutput,
-            request: GenerationRequest = plain_q) -> None:  # fmt: skip
-        cases.append((label, detail,
-                      lambda: output_outcomes([check], completion, request, classifiers)))  # fmt: skip
-
     pattern = GuardCheck("p", "input", "pattern", "block", detectors=ALL_DETECTORS)
-    inp("pattern (input)", "all detectors, 200 words, no match", pattern, plain_q)
-    inp("pattern (input)", "all detectors, 200 words, card at the end", pattern, hit_q)
-    out(
-        "pattern (output)",
-        "all detectors, 64-word answer",
-        GuardCheck("p", "output", "pattern", "block", detectors=ALL_DETECTORS),
-        lp0,
-    )
-    inp(
-        "length", "200 words", GuardCheck("l", "input", "length", "block", max_chars=20000), plain_q
-    )
-    missing = GuardCheck("m", "input", "missing_context", "abstain",
-                         variables=("context", "question"))  # fmt: skip
-    inp(
-        "missing_context",
-        "2 variables, present",
-        missing,
-        ask("q", variables={"context": "the manual, page 3", "question": "how?"}),
-    )
-    out("logprob", "64 tokens, min_mean", GuardCheck("lp", "output", "logprob", "abstain",
-                                                     min_mean=-100.0), lp0)  # fmt: skip
-    out(
-        "logprob",
-        "64 tokens x 5 alternatives, max_entropy",
-        GuardCheck("lp", "output", "logprob", "abstain", min_mean=-100.0, max_entropy=99.0),
-        lp5,
-    )
-    out(
-        "json_schema",
-        "3-property schema, valid answer",
-        GuardCheck("j", "output", "json_schema", "block"),
-        json_a,
-        json_q,
-    )
-    out("tool", "3 calls, tools + arguments_pattern",
-        GuardCheck("t", "tool_call", "tool", "review", tools=("refund", "delete_account"),
-                   arguments_pattern=r'"amount"'), tool_a)  # fmt: skip
-    inp("classifier (input)", "MiniLM, 200 words (150 embedded), 3 examples", clf, plain_q)
-    out("classifier (output)", "MiniLM, 64-word answer, 3 examples", clf_out, lp0)
+    g = GuardCheck
+    given = ask("q", variables={"context": "the manual, page 3", "question": "how?"})
+    specs = [  # (check, what it reads, input: the request; else (completion, request))
+        ("pattern (input)", "all detectors, 200 words, no match", pattern, plain_q),
+        ("pattern (input)", "all detectors, 200 words, card at the end", pattern, hit_q),
+        ("pattern (output)", "all detectors, 64-word answer",
+         g("p", "output", "pattern", "block", detectors=ALL_DETECTORS), (lp0, plain_q)),
+        ("length", "200 words", g("l", "input", "length", "block", max_chars=20000), plain_q),
+        ("missing_context", "2 variables, present",
+         g("m", "input", "missing_context", "abstain", variables=("context", "question")), given),
+        ("logprob", "64 tokens, min_mean",
+         g("lp", "output", "logprob", "abstain", min_mean=-100.0), (lp0, plain_q)),
+        ("logprob", "64 tokens x 5 alternatives, max_entropy",
+         g("lp", "output", "logprob", "abstain", min_mean=-100.0, max_entropy=99.0),
+         (lp5, plain_q)),
+        ("json_schema", "3-property schema, valid answer",
+         g("j", "output", "json_schema", "block"), (json_a, json_q)),
+        ("tool", "3 calls, tools + arguments_pattern",
+         g("t", "tool_call", "tool", "review", tools=("refund", "delete_account"),
+           arguments_pattern=r'"amount"'), (tool_a, plain_q)),
+        ("classifier (input)", "MiniLM, 200 words (150 embedded), 3 examples", clf, plain_q),
+        ("classifier (output)", "MiniLM, 64-word answer, 3 examples", clf_out, (lp0, plain_q)),
+    ]  # fmt: skip
+    cases: list[tuple[str, str, Callable[[], Awaitable[Any]]]] = []
+    for label, detail, check, on in specs:
+        if isinstance(on, GenerationRequest):
+            call = functools.partial(input_outcomes, [check], on, classifiers)
+        else:
+            call = functools.partial(output_outcomes, [check], on[0], on[1], classifiers)
+        cases.append((label, detail, call))
     rows = []
     for label, detail, call in cases:
         n = max(50, runs // 20) if label.startswith("classifier") else runs
@@ -280,11 +263,8 @@ async def one(client: httpx.AsyncClient, url: str, route: str, i: int, max_token
             chunk = json.loads(line[6:])
             if "error" in chunk:
                 raise RuntimeError(f"{route}: {chunk['error']}")
-            if (
-                ttft is None
-                and chunk.get("choices")
-                and chunk["choices"][0]["delta"].get("content")
-            ):
+            choices = chunk.get("choices") or [{}]
+            if ttft is None and choices[0].get("delta", {}).get("content"):
                 ttft = time.perf_counter() - started
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
@@ -328,8 +308,8 @@ def cell(args: argparse.Namespace, pid: int, url: str, route: str, c: int) -> di
 def served(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     process, url = start_server(workdir)
     try:
-        for route in ROUTES:  # warm-up: every route, both batch shapes
-            asyncio.run(closed_loop(url, route, 4, 4, args.max_tokens))
+        for route in ROUTES:  # warm-up: 8 requests to every route at c=4
+            asyncio.run(closed_loop(url, route, 4, 8, args.max_tokens))
         cells = []
         for r in range(args.rounds):
             order = ROUTES[r % 3 :] + ROUTES[: r % 3]
@@ -385,7 +365,7 @@ def markdown(result: dict[str, Any]) -> str:
              "| check | input | fired | median µs | p95 µs |", "|---|---|---|---|---|"]  # fmt: skip
     lines += [f"| {r['check']} | {r['input']} | {r['fired']} | {r['median_us']:.1f} | "
               f"{r['p95_us']:.1f} |" for r in result["micro"]]  # fmt: skip
-    if not result["served"]:
+    if not result["summary"]:
         return "\n".join(lines) + "\n"
     lines += ["", f"## Served: SmolLM2-135M int8, streamed chat, {meta['max_tokens']} tokens out "
               f"(ignore_eos), {meta['rounds']} rounds, requests per cell: c=1 "
@@ -396,12 +376,23 @@ def markdown(result: dict[str, Any]) -> str:
     for s in result["summary"]:
         ttft = "held" if s["route"] == "logprob" else f"{s['ttft_p50_s']:.3f}"
         other = f"{s['max_other_cores']:.2f}" + (" †" if s["max_other_cores"] > QUIET_CORES else "")
+        speeds, ratios = (
+            ", ".join(f"{v:{f}}" for v in s[k])
+            for k, f in (("tokens_per_s", ".1f"), ("ratio_per_round", ".3f"))
+        )
         lines.append(
-            f"| {s['concurrency']} | {s['route']} | {', '.join(f'{v:.1f}' for v in s['tokens_per_s'])}"
-            f" | {s['mean']:.1f} | {s['spread_pct']:.1f} | "
-            f"{', '.join(f'{v:.3f}' for v in s['ratio_per_round'])} | {s['ratio_mean']:.3f} "
+            f"| {s['concurrency']} | {s['route']} | {speeds} | {s['mean']:.1f} | "
+            f"{s['spread_pct']:.1f} | {ratios} | {s['ratio_mean']:.3f} "
             f"({s['ratio_min']:.3f}..{s['ratio_max']:.3f}) | {ttft} | {s['e2e_p50_s']:.2f} | "
             f"{s['server_cpu_ms_per_token']:.2f} | {other} |")  # fmt: skip
+    lp = next(r for r in result["micro"] if r["check"] == "logprob")
+    lines.append("")
+    for s in (s for s in result["summary"] if s["route"] == "plain"):
+        token_us = 1e6 / s["mean"]
+        share = lp["median_us"] / meta["max_tokens"] / token_us * 100
+        lines.append(f"- c={s['concurrency']}: the logprob check (min_mean) costs "
+                     f"{lp['median_us'] / meta['max_tokens']:.3f} µs per answer token, "
+                     f"{share:.4f}% of a served token ({token_us:.0f} µs at plain's)")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -178,3 +178,30 @@ def test_check_stats_and_task_outcomes_from_checks(app: TestClient) -> None:
     assert chat(app, "charge 4111 1111 1111 1111", task).status_code == 400
     time.sleep(0.2)
     assert app.get("/v1/tasks/pay-run").json()["outcome"]["success"] is True
+
+
+def test_a_prompt_version_brings_its_own_checks(app: TestClient) -> None:
+    checks = [{"on": "input", "kind": "missing_context", "variables": ["order"],
+               "action": "abstain"},
+              {"on": "output", "kind": "pattern", "pattern": "^done$", "action": "abstain"}]  # fmt: skip
+    version = {"id": "orders", "route": "agent", "checks": checks,
+               "messages": [{"role": "user", "content": "hello {{ order }}"}]}  # fmt: skip
+    assert app.post("/v1/prompts", json=version).status_code == 200
+    for bad, words in (({"on": "output", "kind": "logprob", "min_mean": -1,
+                         "action": "escalate"}, "escalate is the route's"),
+                       ({"on": "input", "kind": "length", "action": "abstain"}, "max_chars")):  # fmt: skip
+        refused = app.post("/v1/prompts", json={**version, "checks": [bad]})
+        assert refused.status_code == 400 and words in refused.json()["error"]["message"]
+
+    def ask(order: str) -> Any:
+        prompt = {"id": "orders", "variables": {"order": order}}
+        return app.post("/v1/chat/completions", json={"prompt": prompt, "messages": []}).json()
+
+    assert ask("")["inferline"]["check"] == "prompt:missing_context-0"
+    answered = ask("7")  # the fake answers "done": the version's pattern withholds it
+    assert answered["inferline"]["check"] == "prompt:pattern-1"
+    assert answered["choices"][0]["message"]["content"] != "done"
+    logged = trace(app, answered["id"])["decision"]
+    assert [c["check"] for c in logged["checks"]] == [
+        "cards", "prompt:missing_context-0", "refunds", "prompt:pattern-1"]  # fmt: skip
+    assert logged["withheld"] == "done"

@@ -29,18 +29,12 @@ from __future__ import annotations
 from typing import Any
 
 from inferline.cli.config_fields import build, fail, mapping, value
+from inferline.core.errors import InvalidParameterError
 from inferline.guard import GuardCheck, GuardPolicy
+from inferline.guard.parse import CHECK_KEYS, check_from_dict, is_guard_entry, with_on
 from inferline.router.config import CheckConfig
 
 _CASCADE_KEYS = {"kind", "threshold", "pattern", "model"}
-_FIELDS: dict[str, type] = {
-    "name": str, "model": str, "label": str, "above": float, "pattern": str,
-    "max_chars": int, "min_mean": float, "min_token": float, "max_entropy": float,
-    "arguments_pattern": str, "deadline_s": float, "route": str, "rubric": str,
-    "below": float, "samples": int,
-}  # fmt: skip
-_LISTS = ("examples", "detectors", "variables", "tools")
-_GUARD_KEYS = {"on", "kind", "action", *_FIELDS, *_LISTS}
 ROUTE_KEYS = {"abstain_text", "review_text", "on_review_expiry"}
 
 
@@ -49,8 +43,8 @@ def cascade_checks(items: list[Any], place: str) -> tuple[CheckConfig, ...]:
     checks: list[CheckConfig] = []
     for i, raw in enumerate(items):
         where = f"{place}[{i}]"
-        entry = _with_on(mapping(raw, where))
-        if "on" not in entry and "action" not in entry:
+        entry = with_on(mapping(raw, where))
+        if not is_guard_entry(entry):
             checks.append(_cascade(mapping(entry, where, _CASCADE_KEYS), where))
         elif entry.get("action") == "escalate":
             checks += _escalation(_guard_check(entry, where, i), where)
@@ -63,8 +57,8 @@ def guard_policy(entry: dict[str, Any], place: str, route: str) -> GuardPolicy |
     checks = []
     for i, raw in enumerate(items):
         where = f"{place}.checks[{i}]"
-        item = _with_on(mapping(raw, where))
-        if ("on" in item or "action" in item) and item.get("action") != "escalate":
+        item = with_on(mapping(raw, where))
+        if is_guard_entry(item) and item.get("action") != "escalate":
             checks.append(_guard_check(item, where, i))
     if not checks:
         for key in ROUTE_KEYS & set(entry):
@@ -75,13 +69,6 @@ def guard_policy(entry: dict[str, Any], place: str, route: str) -> GuardPolicy |
         if key in entry:
             fields[key] = value(entry, key, str, place)
     return build(GuardPolicy, fields, place)
-
-
-def _with_on(entry: dict[str, Any]) -> dict[str, Any]:
-    """YAML 1.1 reads a bare ``on:`` key as the boolean true: it means ``on``."""
-    if True in entry and "on" not in entry:
-        entry = {("on" if k is True else k): v for k, v in entry.items()}
-    return entry
 
 
 def _cascade(entry: dict[str, Any], place: str) -> CheckConfig:
@@ -95,27 +82,13 @@ def _cascade(entry: dict[str, Any], place: str) -> CheckConfig:
 
 
 def _guard_check(raw: dict[str, Any], place: str, index: int) -> GuardCheck:
-    entry = mapping(raw, place, _GUARD_KEYS)
-    on = value(entry, "on", str, place)
-    kind = value(entry, "kind", str, place, "tool" if on == "tool_call" else ...)
-    fields: dict[str, Any] = {
-        "on": on,
-        "kind": kind,
-        "action": value(entry, "action", str, place),
-        "name": value(entry, "name", str, place, f"{kind}-{index}"),
-    }
-    for key, kind_of in _FIELDS.items():
-        if key in entry and key != "name":
-            fields[key] = value(entry, key, kind_of, place)
-    for key in _LISTS:
-        if key in entry:
-            items = value(entry, key, list, place)
-            if not all(isinstance(x, str) and x for x in items):
-                raise fail(f"{place}.{key}", "expected a list of non-empty strings")
-            fields[key] = tuple(items)
-    if fields["action"] == "escalate":
-        fields["action"] = "abstain"  # checked as an output check, then given to the router
-    return build(GuardCheck, fields, place)
+    try:
+        return check_from_dict(raw, index)
+    except InvalidParameterError as error:
+        param = error.param if error.param in CHECK_KEYS else None
+        where = f"{place}.{param}" if param else place
+        message = error.message.removeprefix(f"{param}: ")
+        raise fail(where, message) from error
 
 
 def _escalation(check: GuardCheck, place: str) -> list[CheckConfig]:

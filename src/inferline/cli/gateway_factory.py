@@ -107,23 +107,19 @@ class Gateway:
         if self.config.caches:
             self.cache = CachedGenerator(self.router, self._policies(self.config), embedders)
         self._classifiers = classifiers or (lambda _: {})
-        self.guard: GuardedGenerator | None = None
-        if self.config.guards:
-            inner = self.cache if self.cache is not None else self.router
-            self.guard = GuardedGenerator(
-                inner,
-                {g.route: g for g in self.config.guards},
-                classifiers=self._classifiers(self.config.guards),
-                desk=desk,
-            )
+        # always there: a prompt version may bring checks to a route that has none
+        self.guard = GuardedGenerator(
+            self.cache if self.cache is not None else self.router,
+            {g.route: g for g in self.config.guards},
+            classifiers=self._classifiers(self.config.guards),
+            desk=desk,
+        )
 
     @property
     def generator(self) -> Generator:
-        """What the app serves: the router, behind the response cache when routes have one,
-        behind the checks when routes have them."""
-        if self.guard is not None:
-            return self.guard
-        return self.cache if self.cache is not None else self.router
+        """What the app serves: the routes' checks, in front of the response cache (when
+        routes have one), in front of the router."""
+        return self.guard
 
     def _policies(self, config: ServeConfig) -> dict[str, CachePolicy]:
         """Each cached route's policy, with the revision of its models: a changed model
@@ -173,13 +169,7 @@ class Gateway:
                 "the embedding and classic models changed: restart the server to apply that",
                 "models",
             )
-        if new.guards and self.guard is None:
-            raise InvalidParameterError(
-                "the new config adds checks to a server started without any: restart it",
-                "checks",
-            )
-        if self.guard is not None:
-            self.guard.check_desk(new.guards)
+        self.guard.check_desk(new.guards)
 
     async def reload(self) -> dict[str, Any]:
         """Re-reads the config file; a bad one is refused (the old one stays). New models
@@ -220,8 +210,7 @@ class Gateway:
         self.config = new
         if self.cache is not None:
             self.cache.set_policies(self._policies(new))
-        if self.guard is not None:
-            self.guard.set_policies({g.route: g for g in new.guards}, self._classifiers(new.guards))
+        self.guard.set_policies({g.route: g for g in new.guards}, self._classifiers(new.guards))
         names = sorted(t.name for t in dropped)
         logger.warning("reloaded %s: loaded %s, dropped %s", new.path, loaded, names)
         return {

@@ -37,11 +37,17 @@ def register(sub: Any) -> None:
 
 
 def _spec(path: Path) -> Any:
+    from inferline.guard.parse import prompt_checks
     from inferline.prompts import PromptSpec
 
     try:
         data = yaml.safe_load(path.read_text())
-        return PromptSpec.model_validate(data)
+        spec = PromptSpec.model_validate(data)
+        try:
+            prompt_checks(spec.checks or ())
+        except InvalidParameterError as exc:
+            raise InvalidParameterError(f"{path}: {exc.message}", "files") from None
+        return spec
     except (OSError, yaml.YAMLError) as exc:
         raise InvalidParameterError(f"{path}: {exc}", "files") from None
     except ValidationError as exc:

@@ -56,6 +56,8 @@ class GenerationRequest:
         traceparent: the W3C trace context of the request's span, sent to remote upstreams.
         variables: a registry prompt's variables, as the request gave them (the route's
             missing-context checks read them); None when no stored prompt was used.
+        checks: a stored prompt version's own checks (route-check entries, as written),
+            run with the route's.
     """
 
     request_id: str
@@ -76,6 +78,7 @@ class GenerationRequest:
     cache: Literal["default", "no-cache", "no-store"] = "default"
     traceparent: str | None = None
     variables: Mapping[str, Any] | None = None
+    checks: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import time
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any
@@ -26,6 +27,7 @@ from inferline.core.wrapping import GeneratorWrapper
 from inferline.guard.config import GuardCheck, GuardPolicy
 from inferline.guard.desk import ReviewDesk
 from inferline.guard.evaluate import Classify, call_dicts, input_outcomes, output_outcomes
+from inferline.guard.parse import prompt_checks
 
 Stream = AsyncGenerator[RequestOutput, None]
 
@@ -46,6 +48,7 @@ class GuardedGenerator(GeneratorWrapper):
         self.classifiers = dict(classifiers or {})
         self.desk = desk
         self.check_desk(self.policies.values())
+        self._prompt_checks: dict[str, tuple[GuardCheck, ...]] = {}  # by their JSON
 
     def check_desk(self, policies: Iterable[GuardPolicy]) -> None:
         """Raises if a review check has no store for its cases."""
@@ -61,9 +64,23 @@ class GuardedGenerator(GeneratorWrapper):
         self.check_desk(policies.values())
         self.policies, self.classifiers = dict(policies), dict(classifiers)
 
+    def policy_for(self, request: GenerationRequest) -> GuardPolicy | None:
+        """The route's checks, with those of the request's stored prompt version."""
+        policy = self.policies.get(request.model)
+        if not request.checks:
+            return policy
+        key = json.dumps(request.checks, sort_keys=True)
+        extra = self._prompt_checks.get(key)
+        if extra is None:
+            extra = self._prompt_checks[key] = prompt_checks(request.checks)
+            self.check_desk([GuardPolicy(request.model, extra)])
+        if policy is None:
+            return GuardPolicy(request.model, extra)
+        return dataclasses.replace(policy, checks=policy.checks + extra)
+
     async def submit(self, request: GenerationRequest) -> Stream:
         """The answer, as the route's checks decide (see the module docstring)."""
-        policy = self.policies.get(request.model)
+        policy = self.policy_for(request)
         if policy is None or not policy.checks:
             return await self.inner.submit(request)
         checks = await input_outcomes(policy.stage("input"), request, self.classifiers)

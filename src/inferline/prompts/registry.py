@@ -37,6 +37,7 @@ class ResolvedPrompt:
     params: dict[str, Any] = field(default_factory=dict)
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
+    checks: list[dict[str, Any]] | None = None  # checks of this version, beside the route's
 
 
 class PromptRegistry:
@@ -87,7 +88,7 @@ class PromptRegistry:
         ]
         return ResolvedPrompt(prompt_id, number, label, messages, body.get("route"),
                               dict(body.get("params", {})), body.get("response_format"),
-                              body.get("tools"))  # fmt: skip
+                              body.get("tools"), body.get("checks"))  # fmt: skip
 
     def describe(self, prompt_id: str) -> dict[str, Any]:
         """Every version, the labels and their moves (404 for an unknown prompt)."""

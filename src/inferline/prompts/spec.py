@@ -36,6 +36,7 @@ class PromptSpec(BaseModel):
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     defaults: dict[str, Any] = Field(default_factory=dict)  # variables not every caller sets
+    checks: list[dict[str, Any]] | None = None  # the route's check entries, for this version
     message: str | None = None  # what changed (not part of the version's identity)
     labels: list[Label] = Field(default_factory=list)
 

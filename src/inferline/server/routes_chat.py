@@ -32,9 +32,10 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     reference = body.prompt
     body, prompt = await apply_prompt(state, body)
     generation = chat_generation(body, request_id, caller_context(request))
-    if reference is not None:  # the route's missing-context checks read the variables
-        variables = dict(reference.variables)
-        generation = replace(generation, request=replace(generation.request, variables=variables))
+    if reference is not None and prompt is not None:  # for the route's and the version's checks
+        checks = tuple(prompt.checks or ())
+        changed = replace(generation.request, variables=dict(reference.variables), checks=checks)
+        generation = replace(generation, request=changed)
     messages = generation.request.messages or []
     trace = begin_trace(
         request,

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict
 
 from inferline.core.errors import InvalidParameterError, NotFoundError, PermissionDeniedError
+from inferline.guard.parse import prompt_checks
 from inferline.prompts import PromptRegistry, PromptSpec
 from inferline.prompts.spec import Label
 from inferline.server.prompting import shared_prefix_tokens
@@ -46,6 +47,7 @@ async def push_prompt(body: PromptSpec, request: Request) -> dict[str, Any]:
     the static prefix its requests share measured on its route's local model."""
     registry = _registry(request, write=True)
     state: ServerState = request.app.state.inferline
+    prompt_checks(body.checks or ())  # a bad check is a 400 now, not at its first request
     prefix = await shared_prefix_tokens(state.generator, body)
     return await asyncio.to_thread(registry.push, body, prefix)
 
