@@ -181,15 +181,16 @@ def test_check_stats_and_task_outcomes_from_checks(app: TestClient) -> None:
 
 
 def test_a_prompt_version_brings_its_own_checks(app: TestClient) -> None:
-    checks = [{"on": "input", "kind": "missing_context", "variables": ["order"],
-               "action": "abstain"},
-              {"on": "output", "kind": "pattern", "pattern": "^done$", "action": "abstain"}]  # fmt: skip
+    checks = [
+        {"on": "input", "kind": "missing_context", "variables": ["order"], "action": "abstain"},
+        {"on": "output", "kind": "pattern", "pattern": "^done$", "action": "abstain"},
+    ]
     version = {"id": "orders", "route": "agent", "checks": checks,
                "messages": [{"role": "user", "content": "hello {{ order }}"}]}  # fmt: skip
     assert app.post("/v1/prompts", json=version).status_code == 200
-    for bad, words in (({"on": "output", "kind": "logprob", "min_mean": -1,
-                         "action": "escalate"}, "escalate is the route's"),
-                       ({"on": "input", "kind": "length", "action": "abstain"}, "max_chars")):  # fmt: skip
+    escalate = {"on": "output", "kind": "logprob", "min_mean": -1, "action": "escalate"}
+    no_limit = {"on": "input", "kind": "length", "action": "abstain"}
+    for bad, words in ((escalate, "escalate is the route's"), (no_limit, "max_chars")):
         refused = app.post("/v1/prompts", json={**version, "checks": [bad]})
         assert refused.status_code == 400 and words in refused.json()["error"]["message"]
 
