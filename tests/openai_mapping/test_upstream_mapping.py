@@ -18,14 +18,8 @@ from inferline.core import (
 )
 from inferline.openai.requests import chat_generation, completion_generations
 from inferline.openai.schemas import ChatCompletionRequest, CompletionRequest
-from inferline.openai.upstream import (
-    CHAT_PATH,
-    COMPLETIONS_PATH,
-    ChunkAccumulator,
-    map_finish_reason,
-    split_tokens,
-    upstream_call,
-)
+from inferline.openai.upstream import CHAT_PATH, COMPLETIONS_PATH, upstream_call
+from inferline.openai.upstream_chunks import ChunkAccumulator, map_finish_reason, split_tokens
 
 USER = [{"role": "user", "content": "hi"}]
 WEATHER = {

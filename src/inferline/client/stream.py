@@ -19,7 +19,7 @@ from inferline.client.flight import Aborted, Flight
 from inferline.client.sse import SSEEvent
 from inferline.core.errors import StreamInterruptedError, UpstreamError
 from inferline.core.outputs import RequestOutput
-from inferline.openai.upstream import ChunkAccumulator
+from inferline.openai.upstream_chunks import ChunkAccumulator
 
 
 class UpstreamStream(AsyncGenerator[RequestOutput, None]):

@@ -33,7 +33,8 @@ from inferline.core.errors import (
 )
 from inferline.core.outputs import RequestMetrics, RequestOutput
 from inferline.core.protocols import GenerationRequest, GeneratorStats, HealthReport, ModelInfo
-from inferline.openai.upstream import ChunkAccumulator, UpstreamCall, upstream_call
+from inferline.openai.upstream import UpstreamCall, upstream_call
+from inferline.openai.upstream_chunks import ChunkAccumulator
 
 EMBEDDINGS_PATH = "/embeddings"
 KEEPALIVE_S = 4.0  # an idle pooled connection is closed before common servers' 5 s do
