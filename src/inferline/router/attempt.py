@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from typing import Any
 
-from inferline.core.outputs import Attempt
+from inferline.core.errors import ContextLengthExceededError, LimitExceededError
+from inferline.core.outputs import Attempt, RequestOutput, RouteReport
 from inferline.core.protocols import GenerationRequest
 from inferline.router.failures import counts_as_failure, error_type
 from inferline.router.target import Target
@@ -79,3 +81,53 @@ def record_attempt(
         target.window.record(False, None, None)
     else:
         target.breaker.release_probe()
+
+
+def note_output(attempt: Attempt, output: RequestOutput, elapsed_s: float) -> None:
+    """What an output says about its attempt: first token time, token counts, engine time."""
+    if attempt.first_token_s is None and any(c.num_tokens_delta for c in output.outputs):
+        attempt.first_token_s = elapsed_s
+    attempt.num_prompt_tokens = output.num_prompt_tokens
+    attempt.num_output_tokens = output.num_generated_tokens
+    attempt.num_cached_tokens = output.metrics.num_cached_prompt_tokens
+    attempt.engine_s = output.metrics.engine_s
+
+
+def end_for_budget(last: RequestOutput | None, report: RouteReport) -> RequestOutput:
+    """The end of an answer the key's budget could not pay for: what was sent so far,
+    finished with ``length`` (as a ``max_tokens`` cut would be), or a 429 if nothing was
+    sent."""
+    report.stopped_by = "budget"
+    if last is None:
+        raise LimitExceededError(
+            "this key's budget cannot pay for this request", code="insufficient_quota"
+        )
+    completions = [
+        dataclasses.replace(
+            c,
+            text_delta="",
+            token_ids_delta=[],
+            num_tokens_delta=0,
+            tool_call_deltas=[],
+            finish_reason=c.finish_reason or "length",
+        )
+        for c in last.outputs
+    ]
+    return dataclasses.replace(last, outputs=completions, finished=True)
+
+
+def fallback_reason(outcome: Outcome) -> str:
+    """What made the request leave a target (the ``x-inferline-fallback-reason``)."""
+    if outcome.rejected_by is not None:
+        return f"cascade:{outcome.rejected_by}"
+    if isinstance(outcome.error, ContextLengthExceededError):
+        return "context_window"
+    return error_type(outcome.error) if outcome.error is not None else "error"
+
+
+def skipped(number: int, target: Target, reason: str) -> Attempt:
+    """The record of a target not tried (its breaker, its load, the time left)."""
+    attempt = Attempt(number, target.name, "skipped", time.time(), status="skipped")
+    attempt.error_type = reason
+    attempt.duration_s = 0.0
+    return attempt

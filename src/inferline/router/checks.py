@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from inferline.core.errors import InvalidParameterError
 from inferline.core.outputs import CompletionOutput
+from inferline.core.protocols import GenerationRequest
 from inferline.core.sampling_params import SamplingParams
 from inferline.core.structured import json_answer_valid
 from inferline.router.config import CheckConfig
@@ -48,6 +49,14 @@ async def run_checks(
         if not passed:
             return CheckResult(False, check.kind, value)
     return CheckResult(True)
+
+
+def question_of(request: GenerationRequest) -> str:
+    """What an answer answers: the last user message, or the prompt."""
+    if request.messages:
+        users = [m for m in request.messages if m.get("role") == "user"]
+        return str((users or request.messages)[-1].get("content") or "")
+    return request.prompt if isinstance(request.prompt, str) else ""
 
 
 async def _similar(

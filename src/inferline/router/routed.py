@@ -22,23 +22,31 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 from inferline.core.errors import (
-    ContextLengthExceededError,
     DeadlineExceededError,
     InvalidParameterError,
-    LimitExceededError,
     StreamInterruptedError,
     UpstreamError,
 )
 from inferline.core.outputs import Attempt, RequestOutput, RouteReport
 from inferline.core.protocols import GenerationRequest
 from inferline.core.tool_calls import ToolCalling
-from inferline.router.attempt import ABORT, DEADLINE, END, Outcome, pump, record_attempt
-from inferline.router.checks import Scorer, run_checks
+from inferline.router.attempt import (
+    ABORT,
+    DEADLINE,
+    END,
+    Outcome,
+    end_for_budget,
+    fallback_reason,
+    note_output,
+    pump,
+    record_attempt,
+    skipped,
+)
+from inferline.router.checks import Scorer, question_of, run_checks
 from inferline.router.config import RouteConfig
 from inferline.router.failures import (
     deadline,
     describe,
-    error_type,
     exhausted_error,
     is_clients_fault,
     is_retryable,
@@ -115,7 +123,7 @@ class RoutedRequest:
                 continue
             skip = self._skip_reason(target)
             if skip is not None:
-                self._record_skip(target, skip)
+                self.report.attempts.append(skipped(len(self.report.attempts) + 1, target, skip))
                 last_error = last_error or UpstreamError(skip, target=target.name)
                 continue
             tries = 0
@@ -128,7 +136,7 @@ class RoutedRequest:
                 if outcome.finished:
                     return
                 if outcome.out_of_budget:
-                    yield self._stopped_for_budget()
+                    yield end_for_budget(self._last_sent, self.report)
                     return
                 last_error = outcome.error
                 if self.progress.started and not self.request.streaming:
@@ -140,7 +148,7 @@ class RoutedRequest:
                 reason = "retry"
             reason = self._next_reason(outcome)
             if self.report.fallback_reason is None:
-                self.report.fallback_reason = self._fallback_reason(outcome)
+                self.report.fallback_reason = fallback_reason(outcome)
         raise self._exhausted(last_error)
 
     # ---- decisions -------------------------------------------------------------------
@@ -201,17 +209,8 @@ class RoutedRequest:
 
     def _next_reason(self, outcome: Outcome) -> str:
         """Why the next attempt is made (recorded on it): a continuation of a stream the
-        client has part of, or a fallback for the reason `_fallback_reason` gives."""
-        return "continuation" if self.progress.started else self._fallback_reason(outcome)
-
-    @staticmethod
-    def _fallback_reason(outcome: Outcome) -> str:
-        """What made the request leave a target (the ``x-inferline-fallback-reason``)."""
-        if outcome.rejected_by is not None:
-            return f"cascade:{outcome.rejected_by}"
-        if isinstance(outcome.error, ContextLengthExceededError):
-            return "context_window"
-        return error_type(outcome.error) if outcome.error is not None else "error"
+        client has part of, or a fallback for the reason `fallback_reason` gives."""
+        return "continuation" if self.progress.started else fallback_reason(outcome)
 
     async def _sleep(self, delay: float) -> None:
         """Waits ``delay`` seconds, or less if the deadline passes first."""
@@ -334,7 +333,7 @@ class RoutedRequest:
                 attempt.num_cached_tokens,
                 attempt.engine_s,
             )
-            self._note_output(attempt, item, started)
+            note_output(attempt, item, self.clock() - started)
             if not self._charge(attempt, target):  # not sent, not billed: the budget holds
                 attempt.num_prompt_tokens, attempt.num_output_tokens = counted[:2]
                 attempt.num_cached_tokens, attempt.engine_s = counted[2:]
@@ -347,14 +346,6 @@ class RoutedRequest:
         if marker is ABORT:
             return InvalidParameterError("the request was aborted", "request_id")
         return DeadlineExceededError(self._deadline_message())
-
-    def _note_output(self, attempt: Attempt, output: RequestOutput, started: float) -> None:
-        if attempt.first_token_s is None and any(c.num_tokens_delta for c in output.outputs):
-            attempt.first_token_s = self.clock() - started
-        attempt.num_prompt_tokens = output.num_prompt_tokens
-        attempt.num_output_tokens = output.num_generated_tokens
-        attempt.num_cached_tokens = output.metrics.num_cached_prompt_tokens
-        attempt.engine_s = output.metrics.engine_s
 
     def _charge(self, attempt: Attempt, target: Target) -> bool:
         """Charges what the attempt cost since its last output to the request's key; False
@@ -386,29 +377,6 @@ class RoutedRequest:
         self._last_sent = self.progress.rebase(output, self.report)
         return self._last_sent
 
-    def _stopped_for_budget(self) -> RequestOutput:
-        """The end of an answer the key's budget could not pay for: what was sent so far,
-        finished with ``length`` (as a ``max_tokens`` cut would be), or a 429 if nothing
-        was sent."""
-        self.report.stopped_by = "budget"
-        last = self._last_sent
-        if last is None:
-            raise LimitExceededError(
-                "this key's budget cannot pay for this request", code="insufficient_quota"
-            )
-        completions = [
-            dataclasses.replace(
-                c,
-                text_delta="",
-                token_ids_delta=[],
-                num_tokens_delta=0,
-                tool_call_deltas=[],
-                finish_reason=c.finish_reason or "length",
-            )
-            for c in last.outputs
-        ]
-        return dataclasses.replace(last, outputs=completions, finished=True)
-
     def _finish(self, last: RequestOutput | None, outcome: Outcome) -> None:
         """Decides whether the attempt's end is the answer's end."""
         if last is None or not last.finished:
@@ -429,7 +397,11 @@ class RoutedRequest:
         final = buffered[-1]
         for completion in final.outputs:
             result = await run_checks(
-                self.route.checks, completion, self.request.params, self._question(), self.scorers
+                self.route.checks,
+                completion,
+                self.request.params,
+                question_of(self.request),
+                self.scorers,
             )
             if not result.passed:
                 outcome.finished = False
@@ -437,24 +409,8 @@ class RoutedRequest:
                 return []
         return [self._forward(output, target) for output in buffered]
 
-    def _question(self) -> str:
-        """What the answer answers: the last user message, or the prompt."""
-        request = self.request
-        if request.messages:
-            users = [m for m in request.messages if m.get("role") == "user"]
-            return str((users or request.messages)[-1].get("content") or "")
-        return request.prompt if isinstance(request.prompt, str) else ""
-
     def _record(self, target: Target, attempt: Attempt, outcome: Outcome, started: float) -> None:
         """Closes the attempt's record and tells the target's breaker and window."""
         if isinstance(outcome.error, Exception):
             self._errors.append(outcome.error)
         record_attempt(target, attempt, outcome, self.clock() - started, self._aborted)
-
-    def _record_skip(self, target: Target, reason: str) -> None:
-        attempt = Attempt(
-            len(self.report.attempts) + 1, target.name, "skipped", time.time(), status="skipped"
-        )
-        attempt.error_type = reason
-        attempt.duration_s = 0.0
-        self.report.attempts.append(attempt)
