@@ -39,7 +39,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from cascade_offline import is_correct, load_questions, machine  # noqa: E402
+from cascade_offline import is_correct, load_questions  # noqa: E402
+
+from inferline.bench.host import cpu_description  # noqa: E402
 
 DEFAULT_QUESTIONS = ROOT / "data" / "cascade_questions.jsonl"
 PRICES = {"small": 0.05, "large": 0.20}  # USD per million tokens, input and output alike
@@ -219,7 +221,7 @@ def main() -> None:
     ).stdout.strip()
     report |= {
         "questions": len(load_questions(args.questions, args.limit)),
-        "machine": machine(),
+        "machine": cpu_description(),
         "commit": commit,
         "date": date.today().isoformat(),
         "command": " ".join(["python", *sys.argv]),

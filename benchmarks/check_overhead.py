@@ -22,7 +22,7 @@ TTFT only means something for ``plain`` and ``input``. Before each cell the benc
 used during it († when > 0.1).
 
 usage: flock /tmp/bench.lock .venv/bin/python benchmarks/check_overhead.py [--quick]
-           [--rounds 6] [--requests-c1 12] [--requests-c16 48] [--max-tokens 64] [--out DIR]
+           [--rounds 8] [--requests-c1 12] [--requests-c16 48] [--max-tokens 64] [--out DIR]
 Writes check_overhead.json and check_overhead.md to ``--out`` (default
 benchmarks/results/<date>-<cpu tag>/).
 """
@@ -286,23 +286,33 @@ async def closed_loop(url: str, route: str, concurrency: int, n: int, max_tokens
 
 
 def cell(args: argparse.Namespace, pid: int, url: str, route: str, c: int) -> dict[str, Any]:
-    """One route at one concurrency on a quiet host."""
-    n = args.requests_c1 if c == 1 else args.requests_c16
-    waited = time.monotonic()
-    while other_cores(pid, 1.0) >= QUIET_CORES and time.monotonic() - waited < args.max_wait:
-        pass
-    host0, server0, own0 = host_busy_s(), cpu_seconds(pid), time.process_time()
-    results, wall = asyncio.run(closed_loop(url, route, c, n, args.max_tokens))
-    server = cpu_seconds(pid) - server0
-    other = host_busy_s() - host0 - server - (time.process_time() - own0)
-    tokens = sum(r["tokens"] for r in results)
-    ttfts = [r["ttft_s"] for r in results if r["ttft_s"] is not None]
-    return {"route": route, "concurrency": c, "requests": n, "output_tokens": tokens,
-            "wall_s": wall, "tokens_per_s": tokens / wall,
-            "ttft_p50_s": statistics.median(ttfts) if ttfts else None,
-            "e2e_p50_s": statistics.median(r["e2e_s"] for r in results),
-            "server_cpu_ms_per_token": server / max(1, tokens) * 1000,
-            "other_cpu_cores": max(0.0, other / wall)}  # fmt: skip
+    """One route at one concurrency on a quiet host, again (up to ``--retries`` times) while
+    other processes used > `QUIET_CORES` during it; the least disturbed run."""
+    n, best = args.requests_c1 if c == 1 else args.requests_c16, None
+    for attempt in range(1 + args.retries):
+        waited = time.monotonic()
+        while other_cores(pid, 1.0) >= QUIET_CORES and time.monotonic() - waited < args.max_wait:
+            pass
+        host0, server0, own0 = host_busy_s(), cpu_seconds(pid), time.process_time()
+        results, wall = asyncio.run(closed_loop(url, route, c, n, args.max_tokens))
+        server, own = cpu_seconds(pid) - server0, time.process_time() - own0
+        other = max(0.0, (host_busy_s() - host0 - server - own) / wall)
+        tokens = sum(r["tokens"] for r in results)
+        ttfts = [r["ttft_s"] for r in results if r["ttft_s"] is not None]
+        run = {"route": route, "concurrency": c, "requests": n, "output_tokens": tokens,
+               "wall_s": wall, "tokens_per_s": tokens / wall,
+               "ttft_p50_s": statistics.median(ttfts) if ttfts else None,
+               "e2e_p50_s": statistics.median(r["e2e_s"] for r in results),
+               "server_cpu_ms_per_token": server / max(1, tokens) * 1000,
+               "client_cpu_ms_per_token": own / max(1, tokens) * 1000,
+               "other_cpu_cores": other, "runs": attempt + 1}  # fmt: skip
+        if best is None or other < best["other_cpu_cores"]:
+            best = run
+        best["runs"] = attempt + 1
+        if other <= QUIET_CORES:
+            break
+    assert best is not None
+    return best
 
 
 def served(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
@@ -347,8 +357,8 @@ def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                          "ratio_min": min(ratios), "ratio_max": max(ratios),
                          "ttft_p50_s": statistics.median(ttft) if ttft else None,
                          "e2e_p50_s": statistics.median(x["e2e_p50_s"] for x in own),
-                         "server_cpu_ms_per_token": statistics.fmean(
-                             x["server_cpu_ms_per_token"] for x in own),
+                         **{k: statistics.fmean(x[k] for x in own) for k in
+                            ("server_cpu_ms_per_token", "client_cpu_ms_per_token")},
                          "max_other_cores": max(x["other_cpu_cores"] for x in own)})  # fmt: skip
     return rows
 
@@ -372,7 +382,8 @@ def markdown(result: dict[str, Any]) -> str:
               f"{meta['requests_c1']}, c=16 {meta['requests_c16']}", "",
               "| c | route | tok/s per round | mean tok/s | spread % | ratio to plain per round "
               "| ratio mean (min..max) | TTFT p50 s | e2e p50 s | server CPU ms/token "
-              "| max other cores |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "| client CPU ms/token | max other cores |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for s in result["summary"]:
         ttft = "held" if s["route"] == "logprob" else f"{s['ttft_p50_s']:.3f}"
         other = f"{s['max_other_cores']:.2f}" + (" †" if s["max_other_cores"] > QUIET_CORES else "")
@@ -384,7 +395,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {s['concurrency']} | {s['route']} | {speeds} | {s['mean']:.1f} | "
             f"{s['spread_pct']:.1f} | {ratios} | {s['ratio_mean']:.3f} "
             f"({s['ratio_min']:.3f}..{s['ratio_max']:.3f}) | {ttft} | {s['e2e_p50_s']:.2f} | "
-            f"{s['server_cpu_ms_per_token']:.2f} | {other} |")  # fmt: skip
+            f"{s['server_cpu_ms_per_token']:.2f} | {s['client_cpu_ms_per_token']:.2f} | "
+            f"{other} |")  # fmt: skip
     lp = next(r for r in result["micro"] if r["check"] == "logprob")
     lines.append("")
     for s in (s for s in result["summary"] if s["route"] == "plain"):
@@ -412,11 +424,12 @@ def default_out() -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5000, help="micro: calls per check")
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--requests-c1", type=int, default=12)
     parser.add_argument("--requests-c16", type=int, default=48)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-wait", type=float, default=120.0, help="s to wait for quiet")
+    parser.add_argument("--retries", type=int, default=2, help="reruns of a disturbed cell")
     parser.add_argument("--skip-served", action="store_true")
     parser.add_argument("--quick", action="store_true", help="500 runs, 1 round, few requests")
     parser.add_argument("--out", type=Path, default=None)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
@@ -13,14 +12,17 @@ from fastapi import APIRouter, Request
 from sqlalchemy import Engine
 
 from inferline.server.app import Extension
+from inferline.server.periodic import Periodic
 from inferline.store.retention import prune_log
 
 logger = logging.getLogger(__name__)
 DAY_S = 86_400.0
 
 
-class LogPruner:
+class LogPruner(Periodic):
     """Deletes log rows past ``max_age_days`` or beyond ``max_rows`` (None: no limit)."""
+
+    name = "request log: pruning"
 
     def __init__(
         self,
@@ -30,22 +32,15 @@ class LogPruner:
         max_rows: int | None = None,
         interval_s: float = 600.0,
     ) -> None:
-        self.engine, self.interval_s = engine, interval_s
+        super().__init__(interval_s)
+        self.engine = engine
         self.max_age_s = None if max_age_days is None else max_age_days * DAY_S
         self.max_rows = max_rows
         self.last: dict[str, Any] | None = None
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        """Starts the pruning loop."""
-        self._task = asyncio.create_task(self._loop())
-
-    async def stop(self) -> None:
-        """Stops it (a pass under way finishes its batch on its thread)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def run_once(self) -> dict[str, Any]:
+        """One pass (see `prune_now`)."""
+        return await self.prune_now()
 
     async def prune_now(self) -> dict[str, Any]:
         """One pass, on a worker thread; what it deleted and how long it took."""
@@ -59,14 +54,6 @@ class LogPruner:
         if pruned.requests:
             logger.info("request log: pruned %d requests", pruned.requests)
         return self.last
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.prune_now()
-            except Exception:  # a failed pass is retried at the next interval
-                logger.exception("request log: pruning failed")
-            await asyncio.sleep(self.interval_s)
 
 
 router = APIRouter()

@@ -10,7 +10,6 @@ it and refuses an old ``t``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -21,6 +20,7 @@ from typing import Any
 import httpx
 
 from inferline.guard import ReviewDesk
+from inferline.server.periodic import Periodic
 
 logger = logging.getLogger(__name__)
 MAX_DELIVERIES = 8  # then the delivery is given up (the case keeps its result for polls)
@@ -83,8 +83,10 @@ def review_object(case: dict[str, Any], *, reviewer_view: bool) -> dict[str, Any
     return body
 
 
-class ReviewService:
+class ReviewService(Periodic):
     """Expires overdue cases and delivers decided ones to the webhook (if configured)."""
+
+    name = "reviews: a pass"
 
     def __init__(
         self,
@@ -94,32 +96,21 @@ class ReviewService:
         webhook_secret: str | None = None,
         interval_s: float = 1.0,
     ) -> None:
-        self.desk, self.interval_s = desk, interval_s
+        super().__init__(interval_s)
+        self.desk = desk
         self.webhook_url, self._secret = webhook_url, webhook_secret
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
-        self._loop_ref: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
-        """Starts the loop."""
-        self._loop_ref = asyncio.get_running_loop()
+        """Starts the passes."""
         self._client = httpx.AsyncClient(timeout=10.0, follow_redirects=False, trust_env=False)
-        self._task = asyncio.create_task(self._loop())
+        await super().start()
 
     async def stop(self) -> None:
-        """Stops it (undelivered decisions stay due in the store)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stops them (undelivered decisions stay due in the store)."""
+        await super().stop()
         if self._client is not None:
             await self._client.aclose()
-
-    def nudge_threadsafe(self) -> None:
-        """Runs a pass now (a case was just decided; callable from a worker thread)."""
-        if self._loop_ref is not None and not self._loop_ref.is_closed():
-            self._loop_ref.call_soon_threadsafe(self._wake.set)
 
     async def run_once(self) -> None:
         """One pass: expire what is overdue, deliver what is due."""
@@ -129,16 +120,6 @@ class ReviewService:
         now = time.time()
         for case in await asyncio.to_thread(self.desk.store.webhooks_due, now):
             await self._deliver(case)
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception:  # a failed pass is retried at the next one
-                logger.exception("reviews: a pass failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval_s)
-            self._wake.clear()
 
     async def _deliver(self, case: dict[str, Any]) -> None:
         assert self._client is not None and self.webhook_url is not None
