@@ -120,8 +120,7 @@ def setup(upstream: FakeUpstreamHandle, hooks: Hooks, tmp_path_factory: Any) -> 
 
 
 def admin(server: ServerProcess) -> httpx.Client:
-    return httpx.Client(base_url=server.base_url, timeout=60,
-                        headers={"authorization": f"Bearer {ADMIN}"})  # fmt: skip
+    return keyed(server, ADMIN)
 
 
 def new_key(server: ServerProcess, role: str) -> str:
@@ -180,17 +179,20 @@ def review_task(server: ServerProcess, upstream: FakeUpstreamHandle, key: str, r
     return decision["review_id"], held
 
 
+def keyed(server: ServerProcess, key: str) -> httpx.Client:
+    return httpx.Client(base_url=server.base_url, timeout=30,
+                        headers={"authorization": f"Bearer {key}"})  # fmt: skip
+
+
 def poll(server: ServerProcess, key: str, review_id: str) -> dict[str, Any]:
-    with httpx.Client(base_url=server.base_url, timeout=30,
-                      headers={"authorization": f"Bearer {key}"}) as client:  # fmt: skip
+    with keyed(server, key) as client:
         found = client.get(f"/v1/reviews/{review_id}")
     assert found.status_code == 200, found.text
     return dict(found.json())
 
 
 def decide(server: ServerProcess, key: str, review_id: str, **verdict: Any) -> httpx.Response:
-    with httpx.Client(base_url=server.base_url, timeout=30,
-                      headers={"authorization": f"Bearer {key}"}) as client:  # fmt: skip
+    with keyed(server, key) as client:
         return client.post(f"/v1/reviews/{review_id}", json=verdict)
 
 
