@@ -214,3 +214,19 @@ def test_a_review_check_needs_a_desk_and_escalate_belongs_to_the_router() -> Non
         GuardCheck("e", "output", "logprob", "escalate", min_mean=-1)  # type: ignore[arg-type]
     with pytest.raises(InvalidParameterError, match="detectors"):
         GuardCheck("p", "input", "pattern", "block", detectors=("passport",))
+
+
+async def test_a_cached_answer_is_checked_again_with_its_logprobs() -> None:
+    from inferline.cache import CachedGenerator, CachePolicy
+
+    inner = Scripted("It is Paris.", -0.2)
+    cached = CachedGenerator(inner, {"bot": CachePolicy(mode="exact")})
+    check = GuardCheck("unsure", "output", "logprob", "abstain", min_mean=-1.0)
+    guarded = GuardedGenerator(cached, policy(check))
+    greedy = SamplingParams(temperature=0.0)
+    first = await collect(guarded, ask("capital?", params=greedy))
+    again = await collect(guarded, ask("capital?", params=greedy))
+    assert len(inner.requests) == 1  # the second came from the cache
+    assert again[-1].route is not None and again[-1].route.cache == "hit"
+    assert again[-1].route.decision.decision == "allow"  # type: ignore[union-attr]
+    assert again[-1].outputs[0].text == first[-1].outputs[0].text == "It is Paris."
