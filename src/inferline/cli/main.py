@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         logs,
         models,
         prompts,
+        reviews,
         serve,
         traces,
     )
@@ -126,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         logs,
         traces,
         prompts,
+        reviews,
         bench,
         batch,
         config_cmd,
