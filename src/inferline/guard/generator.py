@@ -119,8 +119,11 @@ class GuardedGenerator(GeneratorWrapper):
             )
         fired = _first_fired(policy, checks)
         if fired is None:
-            _decide(final, Decision("allow", checks=checks))
+            allowed = Decision("allow", checks=checks)
+            _decide(final, allowed)
             for output in held:
+                if output.route is not None:  # the first output's report names it too
+                    output.route.decision = allowed
                 yield _without_logprobs(output, asked)
             return
         check, outcome = fired
