@@ -200,7 +200,9 @@ async def test_rejected_edited_and_expired_cases(desk: ReviewDesk) -> None:
         desk.decide(ids[1], "edit", reviewer="rk")  # an edit needs its answer
     assert desk.expire_overdue() == []
     desk.clock = lambda: time.time() + 6
-    (expired,) = desk.expire_overdue()
+    with pytest.raises(ReviewClosedError):  # past its deadline: no verdict changes it now
+        desk.decide(ids[2], "approve", reviewer="rk")
+    (expired,) = desk.store.find(status="expired")
     assert expired["id"] == ids[2] and expired["status"] == "expired"
     assert expired["result"]["reason"] == "review_expired"
     assert expired["result"]["decision"] == "abstain"

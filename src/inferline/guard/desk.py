@@ -97,6 +97,9 @@ class ReviewDesk:
         if (verdict == "edit") != (answer is not None):
             raise InvalidParameterError("answer is given with edit, and only then", "answer")
         case = self.get(review_id)
+        if case["status"] == "pending" and self.clock() >= case["deadline_at"]:
+            self.expire_overdue()  # too late: the route's expiry action, not the verdict
+            case = self.get(review_id)
         if case["status"] != "pending":
             raise ReviewClosedError(case)
         result = _result(case, verdict, answer)
