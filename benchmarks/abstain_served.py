@@ -1,29 +1,22 @@
-"""Cascade + abstain, served: the policies `abstain_offline` recommends, through a real
-``inferline serve --config`` gateway, on the answerable and the unanswerable question sets.
+"""Cascade + abstain, served: `abstain_offline`'s pick and runner-up through a real
+``inferline serve --config`` gateway, on the answerable and the unanswerable questions.
 
-One server (`cascade.start_server`) runs SmolLM2-135M and Qwen2.5-Coder-0.5B (int8, the
-prices of `cascade.py`) under five names: ``small``, ``large``, ``cascade`` (t: escalate
-when the small answer's mean token logprob < t), ``large-abstain`` and ``cascade-abstain``
-(route checks ``{on: output, kind: logprob, min_mean: a, action: abstain}``; defaults
-are the offline probe's pick and runner-up). Every question of both sets goes to every
-name, one request at a time, greedy, ``max_tokens`` 24 and no ``stop`` (as the offline
-run: its mean logprob is over the whole 24-token output, not the first line; ``--stop``
-sends ``["\\n"]`` like `cascade.py`). Abstentions are counted from the request log's
-``decision`` column and checked against each response's ``inferline.decision`` object and
-``x-inferline-decision`` header; cost is the request log's ``cost_usd`` (every attempt,
-abstained requests included), latency the client's. An answer whose first line declines
-counts as abstained by the model, an answered unanswerable question as wrong (as offline).
-
-The figures are printed next to `abstain_offline`'s for the same thresholds, recomputed
-from its stored answers (``--offline``), and every served answer is compared with the
-offline answer of the model that gave it.
+One server (`cascade.start_server`; int8, `cascade.PRICES`) serves ``small``, ``large``,
+``cascade`` (escalate when the small answer's mean token logprob < t), ``large-abstain``
+and ``cascade-abstain`` (plus ``{on: output, kind: logprob, min_mean: a, action:
+abstain}``). Every question goes to every name, one request at a time, greedy,
+``max_tokens`` 24, no ``stop`` (as offline: the mean is over the whole output; ``--stop``
+sends ``["\\n"]`` like `cascade.py`). Abstentions come from the request log's ``decision``
+(checked against each response's ``inferline.decision`` and ``x-inferline-decision``),
+cost from its ``cost_usd`` (abstained requests included), latency from the client. As
+offline, a first line that declines is abstained by the model, an answered unanswerable
+question is wrong; the offline figures for the same t and a are recomputed from
+``--offline``'s stored answers, and each served answer is compared with the offline one.
+Prefix caching stays on (as served; offline had it off).
 
 usage:
   flock /tmp/bench.lock .venv/bin/python benchmarks/abstain_served.py [--limit N]
       [--out DIR] [--t -0.362] [--a-cascade -0.664] [--a-large -0.747] [--stop]
-
-Prefix caching stays on (as served; the offline run had it off): the routes run one after
-another, so a prompt's later runs start from cached blocks.
 """
 
 from __future__ import annotations
@@ -32,7 +25,7 @@ import argparse
 import json
 import signal
 import sqlite3
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
@@ -44,7 +37,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from abstain_offline import DEFAULT_UNANSWERABLE, declined, evaluate, table  # noqa: E402
+from abstain_offline import DEFAULT_UNANSWERABLE, commit, declined, evaluate, table  # noqa: E402
 from cascade import PRICES, start_server  # noqa: E402
 from cascade_offline import (  # noqa: E402
     DEFAULT_QUESTIONS,
@@ -129,20 +122,11 @@ def log_rows(database: Path) -> dict[str, dict[str, Any]]:
     attempts' targets, tokens and prompt tokens served from the prefix cache."""
     with sqlite3.connect(database) as conn:
         conn.row_factory = sqlite3.Row
+        fields = "request_id, cost_usd, target, decision, decision_check, decision_score, checks"
         rows = {
-            r["request_id"]: dict(r)
-            for r in conn.execute(
-                "SELECT request_id, cost_usd, num_attempts, target, decision, decision_check,"
-                " decision_score, checks FROM requests"
-            )
+            r[0]: dict(r) | {"attempts": []} for r in conn.execute(f"SELECT {fields} FROM requests")
         }
-        for r in rows.values():
-            r["attempts"] = []
-        query = (
-            "SELECT request_id, target, status, prompt_tokens, completion_tokens, cached_tokens,"
-            " cost_usd FROM request_attempts ORDER BY request_id, attempt"
-        )
-        for a in conn.execute(query):
+        for a in conn.execute("SELECT * FROM request_attempts ORDER BY request_id, attempt"):
             if a["request_id"] in rows:
                 rows[a["request_id"]]["attempts"].append(dict(a))
     return rows
@@ -164,21 +148,27 @@ def score(answer: dict[str, Any], question: dict[str, Any], log: dict[str, Any])
         "withheld_correct": withheld is not None
         and is_correct(withheld, question["answers"], question["match"]),
     }
-    answer["model_declined"] = not answer["server_abstained"] and declined(
-        Answer(answer["id"], answer["text"], False, 0, 0, 0, 0, 0, 0)
-    )
+    text_only = Answer(answer["id"], answer["text"], False, 0, 0, 0, 0, 0, 0)
+    answer["model_declined"] = not answer["server_abstained"] and declined(text_only)
     answer["final_text"] = withheld if withheld is not None else answer["text"]
+    scores = [o["score"] for o in checks.get("outcomes", []) if o["kind"] == "logprob"]
+    answer["mean_logprob"] = scores[0] if scores else None  # the abstain check's reading
 
 
 def served_row(name: str, answers: list[dict[str, Any]], r: dict[str, Any]) -> dict[str, Any]:
     """The figures of one served name, with the keys of `abstain_offline.evaluate`."""
     mine = [x for x in answers if x["name"] == name]
-    n, n_unans = len(mine), max(1, sum(x["unanswerable"] for x in mine))
-    n_ans = max(1, n - sum(x["unanswerable"] for x in mine))
-    out = [x["server_abstained"] or x["model_declined"] for x in mine]
-    answered = [x for x, o in zip(mine, out, strict=True) if not o]
+    unans = [x for x in mine if x["unanswerable"]]
+    ans = [x for x in mine if not x["unanswerable"]]
+    n, n_unans, n_ans = len(mine), max(1, len(unans)), max(1, len(ans))
+
+    def out(x: dict[str, Any]) -> bool:
+        return x["server_abstained"] or x["model_declined"]
+
+    answered = [x for x in mine if not out(x)]
     right = sum(x["correct"] and not x["unanswerable"] for x in answered)
     latencies = [x["latency_s"] for x in mine]
+    cost = sum(x["cost_usd"] for x in mine)
     return {
         "policy": f"served: {name}",
         "route": name,
@@ -188,27 +178,14 @@ def served_row(name: str, answers: list[dict[str, Any]], r: dict[str, Any]) -> d
         "accuracy_answered": right / len(answered) if answered else None,
         "right": right / n,
         "wrong": (len(answered) - right) / n,
-        "abstained": sum(out) / n,
+        "abstained": 1 - len(answered) / n,
         "abstained_by_server": sum(x["server_abstained"] for x in mine) / n,
         "declined_by_model": sum(x["model_declined"] for x in mine) / n,
-        "unanswerable_abstained": sum(
-            o for x, o in zip(mine, out, strict=True) if x["unanswerable"]
-        )
-        / n_unans,
-        "answerable_abstained": sum(
-            o for x, o in zip(mine, out, strict=True) if not x["unanswerable"]
-        )
-        / n_ans,
-        "answerable_right_withheld": sum(
-            x["withheld_correct"] for x in mine if not x["unanswerable"]
-        )
-        / n_ans,
-        "escalated": sum(len(x["attempts"]) > 1 for x in mine) / n
-        if len(r["targets"]) > 1
-        else 0.0,
-        "usd_per_1m_answered": 1e6 * sum(x["cost_usd"] for x in mine) / len(answered)
-        if answered
-        else None,
+        "unanswerable_abstained": sum(map(out, unans)) / n_unans,
+        "answerable_abstained": sum(map(out, ans)) / n_ans,
+        "answerable_right_withheld": sum(x["withheld_correct"] for x in ans) / n_ans,
+        "escalated": sum(len(x["attempts"]) > 1 for x in mine) / n,
+        "usd_per_1m_answered": 1e6 * cost / len(answered) if answered else None,
         "latency_mean_s": sum(latencies) / n,
         "latency_p95_s": quantile(latencies, 0.95),
         "decisions_agree": all(
@@ -230,28 +207,53 @@ def offline_rows(
     }
     runs = tuple([by_model[m][i] for i in ids] for m in (SMALL, LARGE))
     prices = (PRICES["small"], PRICES["large"])
-    rows = []
-    for name, r in names.items():
-        row = evaluate(f"offline: {name}", name, runs, unanswerable, r["t"], r["a"], prices)
-        rows.append(row)
+    rows = [
+        evaluate(f"offline: {name}", name, runs, unanswerable, r["t"], r["a"], prices)
+        for name, r in names.items()
+    ]
     return rows, by_model
 
 
-def versus_offline(answers: list[dict[str, Any]], offline: dict[str, dict[str, Answer]]) -> dict:
-    """Per served name: how many final answers (withheld ones included) differ in text from
-    the offline answer of the model that gave them, and which."""
+def versus_offline(
+    answers: list[dict[str, Any]], offline: dict[str, dict[str, Answer]], names: dict
+) -> dict[str, dict[str, Any]]:
+    """Per served name, against the offline answer of the model that gave each final
+    answer (withheld ones included): which differ in text, how many of those flip right /
+    wrong, which abstain decisions differ, and the largest gap in mean logprob."""
     model = {"small": SMALL, "large": LARGE}
     result: dict[str, dict[str, Any]] = {}
     for x in answers:
-        who = x["attempts"][-1]["target"] if x["attempts"] else x["answered_by"]
-        off = offline[model[who]][x["id"]]
-        group = result.setdefault(x["name"], {"compared": 0, "text_differs": [], "flips": 0})
+        off = offline[model[x["attempts"][-1]["target"]]][x["id"]]
+        group = result.setdefault(
+            x["name"],
+            {"compared": 0, "text_differs": [], "flips": 0, "decision_differs": [], "gap": None},
+        )
         group["compared"] += 1
         if x["final_text"].strip() != off.text.strip():
             group["text_differs"].append(x["id"])
-            served_right = x["correct"] or x["withheld_correct"]
-            group["flips"] += served_right != off.correct
+            group["flips"] += (x["correct"] or x["withheld_correct"]) != off.correct
+        a = names[x["name"]]["a"]
+        if a is not None and x["server_abstained"] != (off.mean_logprob < a):
+            group["decision_differs"].append(x["id"])
+        if x["mean_logprob"] is not None:
+            gap = abs(x["mean_logprob"] - off.mean_logprob)
+            group["gap"] = max(group["gap"] or 0.0, gap)
     return result
+
+
+def per_token(answers: list[dict[str, Any]], offline: dict[str, dict[str, Answer]]) -> dict:
+    """Latency = intercept + slope x output tokens, least squares, for the single-model
+    names, served and offline (where the serving path's time goes)."""
+    fits = {}
+    for name, model in (("small", SMALL), ("large", LARGE)):
+        mine = [x for x in answers if x["name"] == name]
+        tokens = [x["attempts"][0]["completion_tokens"] for x in mine]
+        served = [x["latency_s"] for x in mine]
+        for side, lat in (("served", served), ("offline", [offline[model][x["id"]].latency_s
+                                                           for x in mine])):  # fmt: skip
+            fit = statistics.linear_regression(tokens, lat)
+            fits[f"{name} {side}"] = {"s_per_token": fit.slope, "s_fixed": fit.intercept}
+    return fits
 
 
 def cache_hits(answers: list[dict[str, Any]]) -> dict[str, float]:
@@ -263,16 +265,6 @@ def cache_hits(answers: list[dict[str, Any]]) -> dict[str, float]:
             h[0] += a["cached_tokens"] or 0
             h[1] += a["prompt_tokens"] or 0
     return {k: v[0] / v[1] if v[1] else 0.0 for k, v in hits.items()}
-
-
-def commit() -> str:
-    """The short commit, marked when the working tree differs from it."""
-
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT)
-
-    head = git("rev-parse", "--short", "HEAD").stdout.strip() or "unknown"
-    return head + (" (+ uncommitted changes)" if git("diff", "--quiet", "HEAD").returncode else "")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -318,8 +310,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "served": [served_row(name, answers, r) for name, r in names.items()],
         "offline": offline,
-        "versus_offline": versus_offline(answers, stored),
+        "versus_offline": versus_offline(answers, stored, names),
         "prefix_cache_share": cache_hits(answers),
+        "latency_fit": per_token(answers, stored),
         "answers": answers,
     }
 
@@ -330,8 +323,13 @@ def markdown(report: dict[str, Any]) -> str:
     pairs = [row for pair in zip(report["served"], report["offline"], strict=True) for row in pair]
     diff = "\n".join(
         f"| {name} | {v['compared']} | {len(v['text_differs'])} | {v['flips']} "
+        f"| {len(v['decision_differs'])} | {'-' if v['gap'] is None else round(v['gap'], 4)} "
         f"| {100 * report['prefix_cache_share'][name]:.0f}% |"
         for name, v in report["versus_offline"].items()
+    )
+    fits = "; ".join(
+        f"{k} {1000 * v['s_per_token']:.1f} ms/token + {1000 * v['s_fixed']:.0f} ms"
+        for k, v in report["latency_fit"].items()
     )
     agree = all(r["decisions_agree"] for r in report["served"])
     return "\n\n".join(
@@ -355,8 +353,13 @@ def markdown(report: dict[str, Any]) -> str:
             + f". Log decisions agree with every response's `inferline.decision` and "
             f"`x-inferline-decision`: {'yes' if agree else 'NO'}.",
             "## Served answers against the offline answer of the same model",
-            "| name | answers | text differs | right/wrong flipped | prompt tokens from prefix "
-            "cache |\n|---|---|---|---|---|\n" + diff,
+            "| name | answers | text differs | right/wrong flipped | abstain decision differs "
+            "| max abs. mean-logprob gap (abstain check) | prompt tokens from prefix cache |\n"
+            "|---|---|---|---|---|---|---|\n" + diff,
+            "Text differences: the served path may start from prefix-cached blocks (the "
+            "offline run had caching off), another numeric path that can move an int8 greedy "
+            "near-tie. Latency fit, latency = fixed + per output token (single-model "
+            f"names): {fits}.",
             "## Config\n\n```yaml\n" + s["config"] + "```",
         ]
     )
