@@ -50,7 +50,7 @@ from typing import Any
 
 import httpx
 
-from inferline.bench.host import cpu_description
+from inferline.bench.host import cpu_description, cpu_seconds, host_busy_s
 from inferline.core import CompletionOutput, GenerationRequest
 from inferline.core.outputs import Logprob, ToolCall
 from inferline.core.sampling_params import SamplingParams
@@ -63,7 +63,6 @@ REPO = Path(__file__).resolve().parents[1]
 ROUTES = ("plain", "logprob", "input")
 CONCURRENCIES = (1, 16)
 QUIET_CORES = 0.1
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 TEXT = ("the quarterly report shows steady growth in every region while costs stayed flat and "
         "the team plans to hire two engineers next spring to support the new billing service "
         "that customers asked for during the last review meeting")  # fmt: skip
@@ -223,17 +222,6 @@ def start_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
         time.sleep(0.5)
     process.kill()
     raise RuntimeError(f"serve did not start: see {log}")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def host_busy_s() -> float:
-    user, nice, system, _idle, _iowait, irq, softirq = Path("/proc/stat").read_text().split(
-        "\n", 1)[0].split()[1:8]  # fmt: skip
-    return sum(int(x) for x in (user, nice, system, irq, softirq)) / CLOCK_TICKS
 
 
 def other_cores(pid: int, seconds: float) -> float:

@@ -49,10 +49,10 @@ from typing import Any
 import httpx
 
 from inferline.bench import SLO, LoadGenerator, Scenario, summarize
+from inferline.bench.host import cpu_seconds, host_busy_s
 
 ROOT = Path(__file__).resolve().parent
 QUIET_CORES = 0.1  # other processes' load below which a cell may start, and counts as clean
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 CONFIGS = ("log off", "log, no text", "log, text")
 LAUNCHER = """import sys
 if sys.argv[1] == "off":
@@ -91,19 +91,6 @@ def start(config: str, directory: Path, tag: str) -> tuple[subprocess.Popen[byte
         time.sleep(0.5)
     process.kill()
     raise RuntimeError(f"serve did not start: see {directory / f'server-{tag}.log'}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def host_busy_s() -> float:
-    """CPU seconds every process of this machine has used (/proc/stat; steal excluded)."""
-    user, nice, system, _idle, _iowait, irq, softirq = Path("/proc/stat").read_text().split(
-        "\n", 1)[0].split()[1:8]  # fmt: skip
-    return sum(int(x) for x in (user, nice, system, irq, softirq)) / CLOCK_TICKS
 
 
 class Accounting:
