@@ -72,16 +72,20 @@ def _reviews(args: argparse.Namespace, database: Any) -> tuple[Any, Any]:
     """The review desk (cases in the database) and its extension: the queue's routes, the
     expiry of overdue cases and the webhook of the config's ``reviews:``."""
     from inferline.cli.gateway_factory import serve_config
+    from inferline.evals.reviewed import ReviewedCases
     from inferline.guard import ReviewDesk
     from inferline.server.reviews import ReviewService
     from inferline.server.routes_reviews import reviews_extension
+    from inferline.store.datasets import DatasetStore
     from inferline.store.reviews import ReviewStore
 
     settings = serve_config(args, os.environ).reviews
     desk = ReviewDesk(ReviewStore(database))
+    reviewed = ReviewedCases(desk.store, DatasetStore(database))
     service = ReviewService(
-        desk, webhook_url=settings.webhook_url, webhook_secret=settings.webhook_secret
-    )
+        desk, webhook_url=settings.webhook_url, webhook_secret=settings.webhook_secret,
+        reviewed=reviewed,
+    )  # fmt: skip
     return desk, reviews_extension(service)
 
 

@@ -44,6 +44,7 @@ class RequestTrace:
     metadata: dict[str, str] = field(default_factory=dict)
     tool_results: str | None = None  # JSON: the tool_call_ids the request answers
     prompt: tuple[str, int, str | None] | None = None  # a stored prompt: id, version, label
+    body: Any = None  # the request as the client sent it (a pydantic model), for the log
     _itl: Any = field(default=None, repr=False)
 
     def on_output(self, output: RequestOutput, metrics: Metrics) -> None:
@@ -242,10 +243,18 @@ class Observer:
             "prompt_id": trace.prompt[0] if trace.prompt else None,
             "prompt_version": trace.prompt[1] if trace.prompt else None,
             "prompt_label": trace.prompt[2] if trace.prompt else None,
+            "request_body": self._request_body(trace),
             **decision_fields(route, self.log_text, self.redact),
             # a cache hit ran no engine: the replayed outputs carry the original's times
             **engine_timings(() if route and route.cache in _HITS else trace.outputs),
         }
+
+    def _request_body(self, trace: RequestTrace) -> str | None:
+        """The client's request as JSON (what a dataset item or a replay is made of), only
+        when text is logged, redacted like the prompt."""
+        if not self.log_text or trace.body is None:
+            return None
+        return self.redact(trace.body.model_dump_json(exclude_unset=True))
 
     def _count_success(
         self, trace: RequestTrace, end: float, finish_reasons: Sequence[str]

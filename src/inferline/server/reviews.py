@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from inferline.evals.reviewed import ReviewedCases
 from inferline.guard import ReviewDesk
 from inferline.server.periodic import Periodic
 
@@ -84,7 +85,8 @@ def review_object(case: dict[str, Any], *, reviewer_view: bool) -> dict[str, Any
 
 
 class ReviewService(Periodic):
-    """Expires overdue cases and delivers decided ones to the webhook (if configured)."""
+    """Expires overdue cases, adds the ones people decided to the route's reviews dataset,
+    and delivers decided ones to the webhook (if configured)."""
 
     name = "reviews: a pass"
 
@@ -95,9 +97,11 @@ class ReviewService(Periodic):
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
         interval_s: float = 1.0,
+        reviewed: ReviewedCases | None = None,
     ) -> None:
         super().__init__(interval_s)
         self.desk = desk
+        self.reviewed = reviewed  # adds decided cases to the ``reviews/<route>`` datasets
         self.webhook_url, self._secret = webhook_url, webhook_secret
         self._client: httpx.AsyncClient | None = None
 
@@ -115,6 +119,8 @@ class ReviewService(Periodic):
     async def run_once(self) -> None:
         """One pass: expire what is overdue, deliver what is due."""
         await asyncio.to_thread(self.desk.expire_overdue)
+        if self.reviewed is not None:
+            await asyncio.to_thread(self.reviewed.sync)
         if self.webhook_url is None or self._client is None:
             return
         now = time.time()

@@ -29,7 +29,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     """Chat completion, streamed as server-sent events when ``stream`` is true."""
     state: ServerState = request.app.state.inferline
     request_id = new_request_id("chatcmpl")
-    reference = body.prompt
+    reference, sent = body.prompt, body
     body, prompt = await apply_prompt(state, body)
     generation = chat_generation(body, request_id, caller_context(request))
     if reference is not None and prompt is not None:  # for the route's and the version's checks
@@ -47,6 +47,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         dict(generation.request.metadata),
         messages,
     )
+    trace.body = sent
     if prompt is not None:
         trace.prompt = (prompt.id, prompt.version, prompt.label)
     requests, trace.admission = await admit(state, request, body.model, [generation.request])

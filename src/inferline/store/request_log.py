@@ -89,6 +89,7 @@ class RequestRecord:
     decision_score: float | None = None
     review_id: str | None = None
     checks: str | None = None  # JSON: every check's outcome (and the withheld answer)
+    request_body: str | None = None  # JSON: the request as the client sent it (text logged)
 
 
 _Item = tuple[RequestRecord, tuple[AttemptRecord, ...]]

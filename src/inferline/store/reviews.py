@@ -119,6 +119,19 @@ class ReviewStore:
         with self.engine.begin() as conn:
             conn.execute(update(self.table).where(c.id == review_id).values(**values))
 
+    def decided_by_people(self, since: float, limit: int = 500) -> list[dict[str, Any]]:
+        """Cases a reviewer decided at or after ``since`` (not expired ones), oldest
+        decision first."""
+        c = self.table.c
+        query = (
+            select(self.table)
+            .where(c.status.in_(("approved", "edited", "rejected")), c.decided_at >= since)
+            .order_by(c.decided_at, c.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [_decoded(r._asdict()) for r in conn.execute(query).all()]
+
     def counts(self, since: float | None = None) -> dict[str, dict[str, int]]:
         """Cases per check and status (how often review fired, and what reviewers said)."""
         c = self.table.c

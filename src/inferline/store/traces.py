@@ -262,6 +262,7 @@ def trace_view(row: dict[str, Any], attempts: list[dict[str, Any]] | None = None
         "tool_results": _json(row["tool_results"]) or [],
         "input": row["prompt"],
         "output": row["output"],
+        "request": _json(row.get("request_body")),
         "decision": _decision_view(row),
     }
     if attempts is not None:

@@ -1,0 +1,135 @@
+"""Migrations of the evaluation loop (issue 19): the request a client sent (so a trace can
+become a dataset item or be replayed), versioned datasets, experiments with their per-item
+results, and judge calibrations. Registered after ``migrations.py``'s own, in order."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+
+from inferline.store.migrations import migration
+
+
+@migration
+def m013_datasets(conn: Connection) -> None:
+    """Datasets as numbered versions over one item table: an item belongs to every version
+    from ``added_in`` until ``removed_in`` (so appending a reviewed case is one row, and an
+    old version reads back exactly as it was). ``requests.request_body``: the request as
+    the client sent it (JSON), kept when text is logged."""
+    conn.execute(text("ALTER TABLE requests ADD COLUMN request_body TEXT"))
+    metadata = MetaData()
+    Table(
+        "datasets",
+        metadata,
+        Column("name", String(128), primary_key=True),
+        Column("created_at", Float, nullable=False),
+        Column("description", Text),
+        Column("latest_version", Integer, nullable=False),
+    )
+    Table(
+        "dataset_versions",
+        metadata,
+        Column("dataset", String(128), primary_key=True),
+        Column("version", Integer, primary_key=True),
+        Column("created_at", Float, nullable=False),
+        Column("source", String(64), nullable=False),  # file | traces | reviews | copy
+        Column("note", Text),
+        Column("added", Integer, nullable=False),
+        Column("removed", Integer, nullable=False),
+    )
+    Table(
+        "dataset_items",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("dataset", String(128), nullable=False),
+        Column("item_key", String(128), nullable=False),
+        Column("added_in", Integer, nullable=False),
+        Column("removed_in", Integer),
+        Column("input", Text, nullable=False),  # JSON: messages, variables, or a string
+        Column("expected", Text),  # JSON
+        Column("metadata", Text, nullable=False),  # JSON object
+        Column("source", String(256)),  # trace:<request id> | review:<id> | <file>:<line>
+        Index("ux_dataset_items", "dataset", "item_key", "added_in", unique=True),
+        Index("ix_dataset_items_live", "dataset", "removed_in", "added_in"),
+        Index("ix_dataset_items_source", "source"),
+    )
+    metadata.create_all(conn)
+
+
+@migration
+def m014_experiments(conn: Connection) -> None:
+    """An experiment (a dataset version run on targets, scored) and one row per
+    (target, item, repetition): written once, when the item is scored, so a resumed run
+    skips exactly the rows that exist. Judge calibrations, with the judge's version."""
+    metadata = MetaData()
+    Table(
+        "experiments",
+        metadata,
+        Column("id", String(64), primary_key=True),
+        Column("name", String(256)),
+        Column("dataset", String(128), nullable=False),
+        Column("dataset_version", Integer, nullable=False),
+        Column("created_at", Float, nullable=False),
+        Column("finished_at", Float),
+        Column("status", String(16), nullable=False),  # running | done | failed
+        Column("config", Text, nullable=False),  # JSON: targets, scorers, repetitions, ...
+    )
+    Table(
+        "experiment_results",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("experiment_id", String(64), nullable=False),
+        Column("target", String(256), nullable=False),
+        Column("item_key", String(128), nullable=False),
+        Column("repetition", Integer, nullable=False),
+        Column("created_at", Float, nullable=False),
+        Column("request_id", String(128)),
+        Column("status_code", Integer, nullable=False),
+        Column("error", Text),
+        Column("output", Text),
+        Column("latency_s", Float),
+        Column("cost_usd", Float, nullable=False),
+        Column("prompt_tokens", Integer),
+        Column("completion_tokens", Integer),
+        Column("scores", Text, nullable=False),  # JSON: scorer -> value in [0, 1] (or null)
+        Column("scoring_cost_usd", Float, nullable=False),  # judges' requests
+        Column("passed", Boolean),  # every scorer passed (None: the request failed)
+        Index(
+            "ux_experiment_results",
+            "experiment_id",
+            "target",
+            "item_key",
+            "repetition",
+            unique=True,
+        ),  # fmt: skip
+    )
+    Table(
+        "judge_calibrations",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("judge", String(128), nullable=False),  # the rubric prompt's id
+        Column("judge_version", Integer),
+        Column("route", String(256)),
+        Column("created_at", Float, nullable=False),
+        Column("labels", String(256), nullable=False),  # dataset@version or a file
+        Column("n", Integer, nullable=False),
+        Column("agreement", Float, nullable=False),
+        Column("kappa", Float),
+        Column("baseline_agreement", Float, nullable=False),
+        Column("tpr", Float),
+        Column("tnr", Float),
+        Column("details", Text, nullable=False),  # JSON: threshold, confusion matrix, swaps
+        Index("ix_judge_calibrations", "judge", "created_at"),
+    )
+    metadata.create_all(conn)
