@@ -5,7 +5,8 @@ semantic response cache, and the classifier checks' scorers."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -119,3 +120,21 @@ def _label_scorer(predictor: Predictor, label: str) -> Classify:
         raise InvalidParameterError(f"{predictor.name} gives no probability of {label!r}", "checks")
 
     return score
+
+
+def text_embedder(source: str = "all-minilm-l6-v2") -> Callable[[Sequence[str]], Any]:
+    """texts -> unit vectors with a local sentence-embeddings model (the evals' embedding
+    scorer; loaded when called)."""
+    from inferline.predictors.embeddings import SentenceEmbedder
+
+    embedder = SentenceEmbedder("eval-embedder", source)
+
+    async def embed(texts: Sequence[str]) -> list[list[float]]:
+        rows = [embedder.decode(_clip(t), "texts") for t in texts]
+        results = await asyncio.to_thread(embedder.predict, rows)
+        for result in results:
+            if isinstance(result, Exception):
+                raise InvalidParameterError(f"cannot embed: {result}", "texts")
+        return [[float(x) for x in r] for r in results]
+
+    return embed

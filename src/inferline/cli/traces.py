@@ -34,7 +34,8 @@ def register(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
-def _prompt(value: str | None) -> tuple[str | None, int | None]:
+def prompt_filter(value: str | None) -> tuple[str | None, int | None]:
+    """``--prompt id`` or ``id:version`` as (id, version)."""
     if value is None:
         return None, None
     name, _, version = value.partition(":")
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(json.dumps(trace, indent=2) if args.json else _describe(trace))
         return 0
-    prompt_id, prompt_version = _prompt(args.prompt)
+    prompt_id, prompt_version = prompt_filter(args.prompt)
     where = TraceFilter(
         since=parse_since(args.since), route=args.route, model=args.model, key_id=args.key,
         team=args.team, task_id=args.task, prompt_id=prompt_id, prompt_version=prompt_version,

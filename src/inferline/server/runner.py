@@ -55,8 +55,12 @@ def _failed(state: ServerState, trace: RequestTrace, exc: Exception) -> APIError
     return error
 
 
-def route_headers(request_id: str, route: RouteReport | None) -> dict[str, str]:
-    """``x-request-id`` and, when a router served it, the route, target and attempts."""
+def route_headers(
+    request_id: str, route: RouteReport | None, *, final: bool = True
+) -> dict[str, str]:
+    """``x-request-id`` and, when a router served it, the route, target, attempts and
+    cost (of every attempt, judges' included, as the key is charged; only when ``final``:
+    a stream's headers go out before its cost is known)."""
     headers = {"x-request-id": request_id}
     if route is None:
         return headers
@@ -69,6 +73,8 @@ def route_headers(request_id: str, route: RouteReport | None) -> dict[str, str]:
         headers["x-inferline-fallback-reason"] = route.fallback_reason
     if route.stopped_by:
         headers["x-inferline-stopped"] = route.stopped_by
+    if final:
+        headers["x-inferline-cost-usd"] = f"{route.cost_usd:.8f}"
     headers["x-inferline-cache"] = route.cache or "miss"
     if route.cache_similarity is not None:
         headers["x-inferline-cache-similarity"] = f"{route.cache_similarity:.4f}"
@@ -210,7 +216,7 @@ async def stream_response(
             exc = StreamInterruptedError("the generator's stream ended before its answer did")
         return _failed(state, trace, exc).response()
     trace.route = first[1].route
-    headers = {**trace.headers, **route_headers(trace.request_id, trace.route)}
+    headers = {**trace.headers, **route_headers(trace.request_id, trace.route, final=False)}
     events = _events(state, trace, streams, source, first, chunks, final_chunk)
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 

@@ -1,0 +1,137 @@
+"""Experiments with a scripted gateway: targets and their bodies, a run cancelled mid-way
+and resumed (no item answered or scored twice), the report's figures, the HTML page."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from inferline.core.errors import InvalidParameterError
+from inferline.evals import html
+from inferline.evals.experiment import Plan, Runner, start
+from inferline.evals.gateway import Reply
+from inferline.evals.report import disagreements, failing_targets, summarize
+from inferline.evals.scorers import Contains
+from inferline.evals.targets import Target, parse_target
+from inferline.store.datasets import DatasetItem, DatasetStore
+from inferline.store.experiments import ExperimentStore
+
+pytestmark = pytest.mark.anyio
+
+
+def test_targets_and_their_requests() -> None:
+    assert parse_target("bot") == Target("bot", "route", model="bot")
+    assert parse_target("model:large") == Target("model:large", "model", model="large")
+    prompt = parse_target("prompt:reply@3/large")
+    assert (prompt.prompt_id, prompt.prompt_version, prompt.model) == ("reply", 3, "large")
+    assert parse_target("prompt:reply@production").prompt_version == "production"
+    with pytest.raises(InvalidParameterError):
+        parse_target("prompt:")
+    item = DatasetItem("k", {"question": "why?"})
+    body = prompt.body(item, {"temperature": 0}, {"inferline_item": "k"})
+    assert body == {"temperature": 0, "messages": [], "metadata": {"inferline_item": "k"},
+                    "prompt": {"id": "reply", "version": 3, "variables": {"question": "why?"}},
+                    "model": "large"}  # fmt: skip
+    with pytest.raises(InvalidParameterError, match="must be a prompt"):
+        parse_target("bot").body(item, {}, {})
+    assert parse_target("bot").body(DatasetItem("k", "hi"), {}, {})["messages"] == [
+        {"role": "user", "content": "hi"}
+    ]
+
+
+class Fleet:
+    """Two models: ``good`` names the expected colour, ``bad`` does for even items only;
+    ``slow`` waits, so a run can be cancelled mid-way."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s, self.calls = delay_s, []  # type: ignore[var-annotated]
+
+    async def chat(self, body: dict[str, Any]) -> Reply:
+        await asyncio.sleep(self.delay_s)
+        key = body["metadata"]["inferline_item"]
+        self.calls.append((body["model"], key))
+        n = int(key[1:])
+        if body["model"] == "broken":
+            return Reply(503, error="no", latency_s=0.01)
+        right = body["model"] == "good" or n % 2 == 0
+        text = f"it is {'red' if right else 'blue'}"
+        return Reply(200, text=text, latency_s=0.1 * (1 + n % 3), cost_usd=0.002,
+                     prompt_tokens=5, completion_tokens=3, request_id=f"r{n}")  # fmt: skip
+
+
+def _setup(database: Any, n: int, targets: tuple[str, ...]) -> tuple[Any, Any, dict[str, Any]]:
+    datasets, experiments = DatasetStore(database), ExperimentStore(database)
+    items = [DatasetItem(f"i{n}", f"colour {n}?", "red") for n in range(n)]
+    datasets.write("colours", items, source="file")
+    plan = Plan("colours", 1, targets, ("contains",), repetitions=1, params={"max_tokens": 8})
+    return datasets, experiments, start(experiments, datasets, plan)
+
+
+async def test_a_cancelled_run_resumes_without_scoring_an_item_twice(database) -> None:  # type: ignore[no-untyped-def]
+    datasets, experiments, experiment = _setup(database, 20, ("good", "bad"))
+    items = datasets.items("colours")
+    slow = Fleet(delay_s=0.02)
+    runner = Runner(experiments, slow, [Contains()], concurrency=3)
+    task = asyncio.ensure_future(runner.run(experiment["id"], items))
+    while len(experiments.rows(experiment["id"])) < 10:
+        await asyncio.sleep(0.01)
+    task.cancel()  # a crash mid-run: the rows written are kept
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert experiments.get(experiment["id"])["status"] == "failed"
+    written = len(experiments.rows(experiment["id"]))
+    assert 10 <= written < 40
+    fleet = Fleet()
+    progress = await Runner(experiments, fleet, [Contains()], concurrency=3).run(
+        experiment["id"], items
+    )
+    assert (progress.total, progress.skipped, progress.done) == (40, written, 40 - written)
+    assert len(fleet.calls) == 40 - written  # only the missing rows were asked again
+    rows = experiments.rows(experiment["id"])
+    keys = [(r["target"], r["item_key"], r["repetition"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 40
+    assert experiments.get(experiment["id"])["status"] == "done"
+    assert not experiments.add_result({**rows[0], "id": None})  # a second write is refused
+
+
+async def test_the_report_figures(database) -> None:  # type: ignore[no-untyped-def]
+    datasets, experiments, experiment = _setup(database, 12, ("good", "bad", "broken"))
+    await Runner(experiments, Fleet(), [Contains()]).run(
+        experiment["id"], datasets.items("colours")
+    )
+    rows = experiments.rows(experiment["id"])
+    summary = summarize(experiments.get(experiment["id"]), rows)
+    good, bad, broken = (summary["targets"][t] for t in ("good", "bad", "broken"))
+    assert (good["mean"], bad["mean"], broken["mean"]) == (1.0, 0.5, 0.0)
+    assert good["ci95"] == [1.0, 1.0] and bad["ci95"][0] < 0.5 < bad["ci95"][1]
+    assert (broken["errors"], broken["cost"]["per_success_usd"]) == (12, None)
+    assert good["cost"]["per_item_usd"] == pytest.approx(0.002)
+    assert bad["cost"]["per_success_usd"] == pytest.approx(0.004)  # 12 × 0.002 over 6 passed
+    # latencies 0.1, 0.2, 0.3 (four of each): p50 0.2
+    assert good["latency"]["p50_s"] == pytest.approx(0.2)
+    first = next(
+        c for c in summary["comparisons"] if c["target"] == "bad" and c["metric"] == "pass"
+    )
+    assert first["mean"] == pytest.approx(-0.5) and first["p_value"] < 0.05
+    assert failing_targets(summary, 0.6) == ["bad", "broken"]
+    odd = disagreements(rows, ["good", "bad", "broken"])
+    assert {d["item"] for d in odd} == {f"i{n}" for n in range(12)}  # broken fails even ones
+
+
+async def test_the_html_page_escapes_answers(database) -> None:  # type: ignore[no-untyped-def]
+    datasets, experiments, experiment = _setup(database, 2, ("good", "bad"))
+
+    class Evil(Fleet):
+        async def chat(self, body: dict[str, Any]) -> Reply:
+            reply = await super().chat(body)
+            return Reply(200, text="<script>alert(1)</script> " + (reply.text or ""),
+                         latency_s=0.1)  # fmt: skip
+
+    await Runner(experiments, Evil(), [Contains()]).run(experiment["id"], datasets.items("colours"))
+    rows = experiments.rows(experiment["id"])
+    summary = summarize(experiments.get(experiment["id"]), rows)
+    page = html.render(summary, rows, disagreements(rows, ["good", "bad"]))
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert page.count("<svg") == 2
