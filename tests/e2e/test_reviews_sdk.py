@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import openai
 import pytest
 
 from inferline.bench.fake_upstream import FakeUpstreamHandle
-from tests.e2e.conftest import ServerProcess, free_port, start_server, stop_server
+from tests.e2e.conftest import BIN, ServerProcess, free_port, start_server, stop_server
 
 pytestmark = pytest.mark.e2e
 ADMIN, SECRET = "admin-e2e-key", "webhook-secret"
@@ -219,6 +220,29 @@ def test_a_refund_is_approved_or_rejected_by_a_reviewer(
     assert message == {"role": "assistant", "content": "The refund was not approved."}
     assert rejection["result"]["inferline"]["reason"] == "rejected_by_reviewer"
     assert hooks.wait_for(rejected_id)["review"]["status"] == "rejected"
+    # both decided cases flow into the route's reviews dataset by themselves
+    items = reviewed_items(server, "reviews/agent", {approved_id, rejected_id})
+    assert items[approved_id]["metadata"]["human_label"] == 1
+    assert items[approved_id]["expected"] == [{"name": "refund", "arguments": '{"order": 7}'}]
+    assert items[rejected_id]["metadata"]["human_label"] == 0
+    assert items[rejected_id]["expected"] is None
+    assert items[rejected_id]["metadata"]["comment"] == "no"
+
+
+def reviewed_items(server: ServerProcess, name: str, wanted: set[str]) -> dict[str, Any]:
+    """The dataset's items by id, read with `inferline datasets export` once ``wanted`` are
+    all there (the server's review pass runs every second)."""
+    deadline = time.monotonic() + 10
+    while True:
+        done = subprocess.run(
+            [str(BIN), "datasets", "export", name, "--database-url", server.database_url],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        items = {row["id"]: row for row in map(json.loads, done.stdout.splitlines())}
+        if wanted <= set(items) or time.monotonic() > deadline:
+            assert wanted <= set(items), done.stderr
+            return items
+        time.sleep(0.5)
 
 
 def test_an_expired_case_gets_the_fallback_action(

@@ -14,6 +14,7 @@ Labels come from a dataset whose items carry the judged answer (``metadata.draft
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,8 @@ def labelled(items: Sequence[DatasetItem]) -> list[Labelled]:
         label = meta.get("human_label", meta.get("label"))
         if answer is None or label not in (0, 1, True, False, "0", "1"):
             continue
-        out.append(Labelled(item, str(answer), int(label)))
+        text = answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False)
+        out.append(Labelled(item, text, int(label)))
     if not out:
         raise InvalidParameterError(
             "no item has an answer (metadata.draft or .output) and a human label "

@@ -166,14 +166,22 @@ def from_review(case: dict[str, Any]) -> DatasetItem | None:
         return None
     draft = (case.get("draft") or {}).get("message") or {}
     result = (case.get("result") or {}).get("message") or {}
-    expected = result.get("content") if case["status"] != "rejected" else None
+    expected = _answer_of(result) if case["status"] != "rejected" else None
     metadata = {"verdict": case["status"], "human_label": int(case["status"] == "approved"),
-                "draft": draft.get("content"), "draft_tool_calls": draft.get("tool_calls"),
+                "draft": _answer_of(draft),
                 "check": case["check_name"], "score": case["score"], "route": case["route"],
                 "reviewer": case["reviewer"], "comment": case["comment"],
                 "request_id": case["request_id"], "decided_at": case["decided_at"]}  # fmt: skip
     return DatasetItem(key=case["id"], input=value, expected=expected, metadata=metadata,
                        source=f"review:{case['id']}")  # fmt: skip
+
+
+def _answer_of(message: dict[str, Any]) -> Any:
+    """A message's answer: its text, or its tool calls (name and arguments) when it has no
+    text."""
+    if message.get("content") is None and message.get("tool_calls"):
+        return [call.get("function", call) for call in message["tool_calls"]]
+    return message.get("content")
 
 
 def to_jsonl(rows: Iterable[dict[str, Any]]) -> str:
