@@ -171,3 +171,30 @@ def test_a_dataset_is_sampled_from_logged_traffic(setup: dict[str, Any]) -> None
     ]
     assert sorted(i["input"][0]["content"] for i in items) == sorted(asked)
     assert all(i["source"] == f"trace:{i['id']}" and i["metadata"]["route"] == "bot" for i in items)
+
+
+def test_logged_traffic_replays_on_a_candidate_config_with_its_timing(
+    setup: dict[str, Any],
+) -> None:
+    server, directory = setup["server"], setup["dir"]
+    offsets = [0.0, 0.5, 0.6, 1.4, 1.7]
+    start = time.monotonic()
+    for n, offset in enumerate(offsets):
+        time.sleep(max(0.0, start + offset - time.monotonic()))
+        stream = n == 2
+        response = httpx.post(f"{server.base_url}/v1/chat/completions", json={
+            "model": "bot", "max_tokens": 4, "temperature": 0, "stream": stream,
+            "messages": [{"role": "user", "content": f"Replay me {n}"}]}, timeout=60)  # fmt: skip
+        assert response.status_code == 200
+    time.sleep(1.0)  # the log writer's flush
+    out = directory / "replay.json"
+    cli(server, "replay", "--against", str(directory / "gateway.yaml"), "--route", "bot",
+        "--text", "Replay me", "--since", "1h", "--json", str(out))  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["requests"] == 5 and report["errors"] == {"logged": 0, "replayed": 0}
+    # the same model, greedy, one request at a time: the same answers, the same cost
+    assert report["outputs"]["compared"] == 5 and report["outputs"]["exact"] == 5
+    assert report["cost_usd"]["replayed"] == pytest.approx(report["cost_usd"]["logged"])
+    assert report["cost_usd"]["logged"] > 0
+    assert report["arrival"]["gap_error_p95"] < 0.10  # recorded inter-arrival times kept
+    assert report["ttft_s"]["replayed"]["p50"] is not None  # the streamed one
