@@ -21,10 +21,12 @@ from inferline.cache import CachePolicy
 from inferline.cli.config_checks import guard_policy
 from inferline.cli.config_fields import fail, mapping, value
 from inferline.cli.config_models import LocalModelSpec, UpstreamSpec, parse_llm, parse_openai
+from inferline.cli.config_rollouts import parse_rollouts
 from inferline.cli.config_routes import parse_cache, parse_route
 from inferline.cli.models_file import KINDS as PREDICTOR_KINDS
 from inferline.cli.models_file import PredictorSpec, parse_predictor
 from inferline.core.errors import InvalidParameterError
+from inferline.evals.rollout import RolloutSpec
 from inferline.guard import GuardPolicy
 from inferline.router.config import RouteConfig
 
@@ -49,6 +51,7 @@ class ServeConfig:
     caches: tuple[tuple[str, CachePolicy], ...] = ()  # (route name, its response cache)
     guards: tuple[GuardPolicy, ...] = ()  # routes' checks that abstain, review or block
     reviews: ReviewsConfig = field(default_factory=lambda: ReviewsConfig())
+    rollouts: tuple[RolloutSpec, ...] = ()  # candidates on a share of traffic (config_rollouts)
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -74,7 +77,7 @@ def parse_config(document: Any, base_dir: Path, environ: Mapping[str, str]) -> S
     """Checks a parsed config document (see the module docstring)."""
     if not isinstance(document, dict) or not isinstance(document.get("models"), list):
         raise InvalidParameterError("the config file needs a top-level list `models:`", "models")
-    mapping(document, "config", {"models", "routes", "reviews"})
+    mapping(document, "config", {"models", "routes", "reviews", "rollouts"})
     local, upstreams, predictors = _models(document["models"], base_dir, environ)
     generators = {m.name for m in local} | {u.name for u in upstreams}
     names = generators | {p.name for p in predictors}
@@ -98,9 +101,12 @@ def parse_config(document: Any, base_dir: Path, environ: Mapping[str, str]) -> S
     _check_caches(caches, embedders)
     _check_classifiers(guards, {p.name for p in predictors}, embedders)
     _check_judges(guards, generators | {r.name for r in routes})
+    route_names = {r.name for r in routes}
+    rollouts = parse_rollouts(document.get("rollouts"), base_dir, generators | route_names,
+                              route_names)  # fmt: skip
     return ServeConfig(
         tuple(local), tuple(upstreams), tuple(predictors), tuple(routes), tuple(caches),
-        tuple(guards), _reviews(document, environ),
+        tuple(guards), _reviews(document, environ), tuple(rollouts),
     )  # fmt: skip
 
 

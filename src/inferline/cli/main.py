@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         prompts,
         replay,
         reviews,
+        rollouts,
         serve,
         traces,
     )
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         datasets,
         evals,
         replay,
+        rollouts,
         bench,
         batch,
         config_cmd,

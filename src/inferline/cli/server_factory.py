@@ -59,7 +59,7 @@ def build_app(
         os.environ,
         server_config=server_config,
         log_writer=RequestLogWriter(RequestLog(database)),
-        extensions=[jobs, reviews, *_retention(args, database)],
+        extensions=[jobs, reviews, *_retention(args, database), *_rollouts(args, database)],
         reloadable=True,
         tenants=tenants,
         otel_exporter=otel_exporter(args, os.environ),
@@ -87,6 +87,28 @@ def _reviews(args: argparse.Namespace, database: Any) -> tuple[Any, Any]:
         reviewed=reviewed,
     )  # fmt: skip
     return desk, reviews_extension(service)
+
+
+def _rollouts(args: argparse.Namespace, database: Any) -> list[Any]:
+    """The config's rollouts (their scorers, state in the database), when it has any."""
+    from inferline.cli.gateway_factory import serve_config
+    from inferline.evals.rollout import RolloutController
+    from inferline.evals.scorer_specs import ScorerContext, build_scorer
+    from inferline.server.rollouts import RolloutService, rollouts_extension
+    from inferline.store.prompts import PromptStore
+    from inferline.store.rollouts import RolloutStore
+
+    config = serve_config(args, os.environ)
+    if not config.rollouts:
+        return []
+    base_dir = config.path.parent if config.path is not None else Path.cwd()
+    store, prompts = RolloutStore(database), PromptStore(database)
+    controllers = []
+    for spec in config.rollouts:
+        context = ScorerContext(base_dir=base_dir)
+        scorers = [(build_scorer(name, context), share) for name, share in spec.scorers]
+        controllers.append(RolloutController(spec, store, scorers, prompts))
+    return [rollouts_extension(RolloutService(controllers))]
 
 
 def _retention(args: argparse.Namespace, database: Any) -> list[Any]:

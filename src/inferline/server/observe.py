@@ -6,7 +6,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -43,8 +43,10 @@ class RequestTrace:
     task_id: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     tool_results: str | None = None  # JSON: the tool_call_ids the request answers
+    latency_s: float | None = None  # set when it finishes (for a rollout's sample)
     prompt: tuple[str, int, str | None] | None = None  # a stored prompt: id, version, label
     body: Any = None  # the request as the client sent it (a pydantic model), for the log
+    rollout: tuple[str, str] | None = None  # (rollout, arm) when a rollout chose its arm
     _itl: Any = field(default=None, repr=False)
 
     def on_output(self, output: RequestOutput, metrics: Metrics) -> None:
@@ -165,6 +167,8 @@ class Observer:
         self.log_text = log_text
         self.redact = redact or Redactor()
         self.exporter = exporter
+        # a finished request of a rollout goes here (the rollouts' worker queue)
+        self.rollout_sink: Callable[[RequestTrace, int, str | None], None] | None = None
 
     def finish(self, trace: RequestTrace, status_code: int, error: str | None = None) -> None:
         """Called once per request, success or not (its key's spend is settled here)."""
@@ -187,9 +191,12 @@ class Observer:
         queue_time = self._queue_time(outputs)
         if queue_time is not None:
             self.metrics.queue.labels(trace.model).observe(queue_time)
+        text = "\x1e".join(c.text for o in outputs for c in o.outputs) if outputs else None
+        if self.rollout_sink is not None and trace.rollout is not None:
+            trace.latency_s = end - trace.start
+            self.rollout_sink(trace, status_code, text)
         if self.log_writer is None and self.exporter is None:
             return
-        text = "\x1e".join(c.text for o in outputs for c in o.outputs) if outputs else None
         route = trace.route
         record = RequestRecord(
             request_id=trace.request_id,

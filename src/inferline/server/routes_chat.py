@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from inferline.openai.requests import chat_generation
 from inferline.openai.responses import ChatChunker, chat_completion
 from inferline.openai.schemas import ChatCompletionRequest
-from inferline.server.caller import begin_trace, caller_context, new_request_id
+from inferline.server.caller import SESSION_HEADER, begin_trace, caller_context, new_request_id
 from inferline.server.prompting import apply_prompt
 from inferline.server.runner import (
     respond,
@@ -29,7 +29,12 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     """Chat completion, streamed as server-sent events when ``stream`` is true."""
     state: ServerState = request.app.state.inferline
     request_id = new_request_id("chatcmpl")
-    reference, sent = body.prompt, body
+    sent = body
+    rollouts = getattr(request.app.state, "rollouts", None)
+    arm = None
+    if rollouts is not None:
+        body, arm = rollouts.assign(body, request.headers.get(SESSION_HEADER))
+    reference = body.prompt
     body, prompt = await apply_prompt(state, body)
     generation = chat_generation(body, request_id, caller_context(request))
     if reference is not None and prompt is not None:  # for the route's and the version's checks
@@ -47,7 +52,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         dict(generation.request.metadata),
         messages,
     )
-    trace.body = sent
+    trace.body, trace.rollout = sent, arm
+    if arm is not None:
+        trace.metadata["inferline_rollout"] = ":".join(arm)
     if prompt is not None:
         trace.prompt = (prompt.id, prompt.version, prompt.label)
     requests, trace.admission = await admit(state, request, body.model, [generation.request])

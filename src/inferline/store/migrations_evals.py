@@ -133,3 +133,51 @@ def m014_experiments(conn: Connection) -> None:
         Index("ix_judge_calibrations", "judge", "created_at"),
     )
     metadata.create_all(conn)
+
+
+@migration
+def m015_rollouts(conn: Connection) -> None:
+    """Rollouts of a prompt version or a route to a share of live traffic: their state,
+    every scored answer of both arms (the evidence), and every decision as an event."""
+    metadata = MetaData()
+    Table(
+        "rollouts",
+        metadata,
+        Column("name", String(128), primary_key=True),
+        Column("kind", String(16), nullable=False),  # prompt | route
+        Column("subject", String(256), nullable=False),  # the prompt id, or the route
+        Column("label", String(64)),  # the prompt label rolled out
+        Column("baseline", String(256), nullable=False),  # a version number, or a route
+        Column("candidate", String(256), nullable=False),
+        Column("share", Float, nullable=False),
+        Column("state", String(16), nullable=False),  # running | promoted | rolled_back
+        Column("config", Text, nullable=False),  # JSON: sticky, scorers, SLOs, policy
+        Column("created_at", Float, nullable=False),
+        Column("decided_at", Float),
+    )
+    Table(
+        "rollout_samples",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("rollout", String(128), nullable=False),
+        Column("arm", String(16), nullable=False),  # baseline | candidate
+        Column("at", Float, nullable=False),
+        Column("request_id", String(128)),
+        Column("status_code", Integer, nullable=False),
+        Column("latency_s", Float),
+        Column("passed", Boolean),  # None: not scored (the request failed)
+        Column("scores", Text, nullable=False),  # JSON: scorer -> value
+        Index("ix_rollout_samples", "rollout", "arm", "id"),
+    )
+    Table(
+        "rollout_events",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("rollout", String(128), nullable=False),
+        Column("at", Float, nullable=False),
+        Column("kind", String(32), nullable=False),  # started | promoted | rolled_back | ...
+        Column("reason", Text, nullable=False),
+        Column("evidence", Text, nullable=False),  # JSON
+        Index("ix_rollout_events", "rollout", "at"),
+    )
+    metadata.create_all(conn)
