@@ -96,7 +96,8 @@ def test_an_experiment_killed_mid_run_resumes_and_reports(setup: dict[str, Any])
     run_args = [
         "eval", "run", "words", "--target", "partner", "--target", "bot",
         "--target", "prompt:terse@1", "--scorer", "contains", "--scorer", "judge:rubric@1/bot",
-        "--param", "max_tokens=8", "--param", "temperature=0", "--concurrency", "1",
+        "--param", "max_tokens=8", "--param", "temperature=0", "--param", "logprobs=true",
+        "--concurrency", "1",
         "--base-url", server.base_url, "--name", "three targets",
         "--database-url", server.database_url,
     ]  # fmt: skip
@@ -142,6 +143,15 @@ def test_an_experiment_killed_mid_run_resumes_and_reports(setup: dict[str, Any])
     assert "three targets" in page and page.count("<svg") == 2
     again = cli(server, "eval", "report", experiment, "--fail-under", "0.99", check=False)
     assert again.returncode == 1 and "below 0.99: partner" in again.stderr
+    # the cascade bot -> partner, its threshold fitted on the local model's logprobs
+    curve_file = directory / "curve.json"
+    fitted = cli(server, "eval", "fit-threshold", experiment, "--small", "bot", "--large",
+                 "partner", "--max-error", "1.0", "--json", str(curve_file),
+                 "--html", str(directory / "curve.html"), check=False)  # fmt: skip
+    assert fitted.returncode == 0, fitted.stderr
+    points = json.loads(curve_file.read_text())["curve"]
+    assert len(points) >= 3 and points[0]["escalated"] == 0 and points[-1]["escalated"] == 1
+    assert "action: escalate" in fitted.stdout
 
 
 def _experiment_id(process: subprocess.Popen[str]) -> str:

@@ -61,6 +61,15 @@ def register(sub: Any) -> None:
     report.add_argument("--export", type=Path, default=None, help="every row, .jsonl or .csv")
     for action in (run_p, resume, report):
         _output_args(action)
+    fit = actions.add_parser("fit-threshold", help="the cascade's escalation threshold")
+    fit.add_argument("experiment", help="one that ran --target SMALL and LARGE, with logprobs")
+    fit.add_argument("--small", required=True, help="the cheap target, as in the experiment")
+    fit.add_argument("--large", required=True, help="the target it escalates to")
+    target = fit.add_mutually_exclusive_group(required=True)
+    target.add_argument("--max-error", type=float, help="the cheapest threshold within this")
+    target.add_argument("--max-cost", type=float, help="the most accurate within this $/item")
+    fit.add_argument("--json", type=Path, default=None, help="write the curve here")
+    fit.add_argument("--html", type=Path, default=None, help="write the curve's plot here")
     actions.add_parser("list", help="experiments, newest first")
     cal = actions.add_parser("calibrate", help="a judge against human verdicts")
     cal.add_argument("--judge", required=True, help="PROMPT[@VERSION][/MODEL]")
@@ -82,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         return _list(database)
     if args.action == "report":
         return _report(args, database)
+    if args.action == "fit-threshold":
+        return _fit(args, database)
     return asyncio.run(_run_async(args, database))
 
 
@@ -230,6 +241,34 @@ def _table(summary: dict[str, Any]) -> str:
         lines.append(f"{c['target']} - {c['baseline']} ({c['metric']}): {num(c['mean'])} "
                      f"[{num(c['ci95'][0])}, {num(c['ci95'][1])}], p = {p_value}")  # fmt: skip
     return "\n".join(lines)
+
+
+def _fit(args: argparse.Namespace, database: Any) -> int:
+    from inferline.evals import html
+    from inferline.evals.threshold import choose, curve, pairs_of
+    from inferline.store.experiments import ExperimentStore
+
+    rows = ExperimentStore(database).rows(args.experiment)
+    points = curve(pairs_of(rows, args.small, args.large))
+    chosen = choose(points, max_error=args.max_error, max_cost=args.max_cost)
+    print(f"{'threshold':>10} {'escalated':>9} {'error':>6} {'$/item':>10}")
+    for p in points:
+        mark = "  <- chosen" if p is chosen else ""
+        print(f"{p['threshold']:>10.4f} {p['escalated']:>9.3f} {p['error']:>6.3f} "
+              f"{p['cost_per_item']:>10.6f}{mark}")  # fmt: skip
+    if args.json is not None:
+        args.json.write_text(json.dumps({"curve": points, "chosen": chosen}, default=str))
+    if args.html is not None:
+        args.html.write_text(
+            html.curve_page(f"Cascade {args.small} -> {args.large}", points, chosen)
+        )
+    if chosen is None:
+        print("no threshold meets the target", file=sys.stderr)
+        return 1
+    print(f"route check: {{on: output, kind: logprob, min_mean: {chosen['threshold']:.4f}, "
+          f"action: escalate}}  # error {chosen['error']:.3f}, "
+          f"${chosen['cost_per_item']:.6f}/item")  # fmt: skip
+    return 0
 
 
 def _list(database: Any) -> int:

@@ -149,6 +149,7 @@ class Runner:
             "latency_s": reply.latency_s, "cost_usd": reply.cost_usd,
             "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
             "scores": scores, "scoring_cost_usd": scoring_cost, "passed": passed,
+            "confidence": reply.confidence,
         }  # fmt: skip
 
 

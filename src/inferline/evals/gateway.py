@@ -26,6 +26,7 @@ class Reply:
     completion_tokens: int | None = None
     request_id: str | None = None
     decision: str | None = None  # what the route's checks decided (x-inferline-decision)
+    confidence: float | None = None  # the answer's mean token logprob (asked with logprobs)
     body: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -93,6 +94,8 @@ def reply_of(response: httpx.Response, latency_s: float) -> Reply:
     if text is None and message.get("tool_calls"):
         text = json.dumps([c["function"] for c in message["tool_calls"]])
     usage = body.get("usage") or {}
-    return Reply(200, text=text if text is not None else "", body=body,
+    tokens = ((body["choices"][0].get("logprobs") or {}).get("content")) or []
+    confidence = sum(t["logprob"] for t in tokens) / len(tokens) if tokens else None
+    return Reply(200, text=text if text is not None else "", body=body, confidence=confidence,
                  prompt_tokens=usage.get("prompt_tokens"),
                  completion_tokens=usage.get("completion_tokens"), **common)  # fmt: skip

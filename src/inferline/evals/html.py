@@ -144,3 +144,41 @@ def _disagreement_table(summary: dict[str, Any], items: Sequence[dict[str, Any]]
             cells.append(f"<td class='text'>{mark} {escape(text[:600])}</td>")
         lines.append(f"<tr><th>{escape(entry['item'])}</th>{''.join(cells)}</tr>")
     return "".join(lines) + "</table>"
+
+
+def curve_page(
+    title: str, points: Sequence[dict[str, float]], chosen: dict[str, float] | None
+) -> str:
+    """The cascade's quality/cost curve: error rate against cost per item, one point per
+    threshold, the chosen one circled."""
+    width, height, left, bottom = 640, 360, 70, 40
+    costs = [p["cost_per_item"] for p in points]
+    low, high = min(costs), max(costs)
+    span = (high - low) or 1.0
+    top = max(p["error"] for p in points) or 1.0
+
+    def xy(p: dict[str, float]) -> tuple[float, float]:
+        x = left + (p["cost_per_item"] - low) / span * (width - left - 20)
+        y = (height - bottom) - p["error"] / top * (height - bottom - 20)
+        return x, y
+
+    dots = "".join(f"<circle cx='{x:.1f}' cy='{y:.1f}' r='3' fill='#1f77b4'/>"
+                   for x, y in map(xy, points))  # fmt: skip
+    mark = ""
+    if chosen is not None:
+        x, y = xy(chosen)
+        mark = f"<circle cx='{x:.1f}' cy='{y:.1f}' r='8' fill='none' stroke='#d62728'/>"
+    rows = "".join(
+        f"<tr><td>{p['threshold']:.4f}</td><td>{p['escalated']:.3f}</td><td>{p['error']:.3f}</td>"
+        f"<td>{_money(p['cost_per_item'])}</td></tr>"
+        for p in points
+    )
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+            f"<style>{_STYLE}</style></head><body><h1>{escape(title)}</h1>"
+            f"<svg width='{width}' height='{height}' role='img'>{dots}{mark}"
+            f"<text x='{left}' y='{height - 8}'>{_money(low)}</text><text x='{width - 20}' "
+            f"y='{height - 8}' text-anchor='end'>{_money(high)} per item</text>"
+            f"<text x='4' y='20'>error {top:.2f}</text>"
+            f"<text x='4' y='{height - bottom}'>0</text></svg>"
+            "<table><tr><th>threshold</th><th>escalated</th><th>error</th><th>cost/item</th></tr>"
+            f"{rows}</table></body></html>")  # fmt: skip

@@ -105,6 +105,7 @@ def m014_experiments(conn: Connection) -> None:
         Column("scores", Text, nullable=False),  # JSON: scorer -> value in [0, 1] (or null)
         Column("scoring_cost_usd", Float, nullable=False),  # judges' requests
         Column("passed", Boolean),  # every scorer passed (None: the request failed)
+        Column("confidence", Float),  # mean token logprob, when the target returned them
         Index(
             "ux_experiment_results",
             "experiment_id",
