@@ -9,7 +9,7 @@ out to a share of its traffic and decided by online scorers, SLOs and a sequenti
         candidate: 2
         share: 0.2
         sticky: user             # user | session | request
-        scorers: [json_schema:person.json, {scorer: "regex:^\\\\{", sample: 0.5}]
+        scorers: [json_schema:person.json, {scorer: "judge:rubric@2/large", sample: 0.2}]
         slo: {error_rate: 0.05, latency_p95_s: 10}
         policy: {alpha: 0.05, beta: 0.2, delta: 0.1, margin: 0.05, min_samples: 10,
                  max_samples: 400}
@@ -24,6 +24,7 @@ from inferline.cli.config_fields import fail, mapping, value
 from inferline.evals.rollout import RolloutSpec, Slo
 from inferline.evals.scorer_specs import ScorerContext, build_scorer
 from inferline.evals.sequential import Policy
+from inferline.evals.targets import parse_target
 
 _KEYS = {"name", "prompt", "route", "label", "baseline", "candidate", "share", "sticky",
          "scorers", "slo", "policy"}  # fmt: skip
@@ -96,10 +97,11 @@ def _scorers(raw: Any, place: str, base_dir: Path) -> tuple[tuple[str, float], .
             )
         if not 0 < share <= 1:
             raise fail(f"{where}.sample", "a share of answers in (0, 1]")
-        if spec.startswith("judge:"):
-            raise fail(where, "judges are not run online yet: use a cheap scorer")
         try:
-            build_scorer(spec, ScorerContext(base_dir=base_dir))
+            if spec.startswith("judge:"):  # built by the server, with its registry
+                parse_target(f"prompt:{spec.removeprefix('judge:')}")
+            else:
+                build_scorer(spec, ScorerContext(base_dir=base_dir))
         except Exception as exc:  # the scorer's own message, placed
             raise fail(where, str(exc)) from None
         out.append((spec, share))

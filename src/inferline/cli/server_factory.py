@@ -59,7 +59,12 @@ def build_app(
         os.environ,
         server_config=server_config,
         log_writer=RequestLogWriter(RequestLog(database)),
-        extensions=[jobs, reviews, *_retention(args, database), *_rollouts(args, database)],
+        extensions=[
+            jobs,
+            reviews,
+            *_retention(args, database),
+            *_rollouts(args, database, api_keys[0] if api_keys else None),
+        ],  # fmt: skip
         reloadable=True,
         tenants=tenants,
         otel_exporter=otel_exporter(args, os.environ),
@@ -89,11 +94,14 @@ def _reviews(args: argparse.Namespace, database: Any) -> tuple[Any, Any]:
     return desk, reviews_extension(service)
 
 
-def _rollouts(args: argparse.Namespace, database: Any) -> list[Any]:
-    """The config's rollouts (their scorers, state in the database), when it has any."""
+def _rollouts(args: argparse.Namespace, database: Any, admin_key: str | None) -> list[Any]:
+    """The config's rollouts (their scorers, state in the database), when it has any;
+    their judges ask the server itself, with the admin key, at batch priority."""
     from inferline.cli.gateway_factory import serve_config
+    from inferline.evals.gateway import InProcessGateway
     from inferline.evals.rollout import RolloutController
     from inferline.evals.scorer_specs import ScorerContext, build_scorer
+    from inferline.prompts import PromptRegistry
     from inferline.server.rollouts import RolloutService, rollouts_extension
     from inferline.store.prompts import PromptStore
     from inferline.store.rollouts import RolloutStore
@@ -103,12 +111,14 @@ def _rollouts(args: argparse.Namespace, database: Any) -> list[Any]:
         return []
     base_dir = config.path.parent if config.path is not None else Path.cwd()
     store, prompts = RolloutStore(database), PromptStore(database)
+    registry, gateway = PromptRegistry(prompts), InProcessGateway(admin_key)
+    context = ScorerContext(gateway=gateway, base_dir=base_dir,
+                            resolve_prompt=lambda p, v: registry.version_of(p, v)[0])  # fmt: skip
     controllers = []
     for spec in config.rollouts:
-        context = ScorerContext(base_dir=base_dir)
         scorers = [(build_scorer(name, context), share) for name, share in spec.scorers]
         controllers.append(RolloutController(spec, store, scorers, prompts))
-    return [rollouts_extension(RolloutService(controllers))]
+    return [rollouts_extension(RolloutService(controllers), bind=gateway.bind)]
 
 
 def _retention(args: argparse.Namespace, database: Any) -> list[Any]:

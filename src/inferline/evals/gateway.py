@@ -75,6 +75,32 @@ class HttpGateway:
         await self.client.aclose()
 
 
+class InProcessGateway:
+    """A `Gateway` into the server's own app (the rollouts' judges): every request takes a
+    client's path (routes, prompts, traces, costs) at batch priority, behind live traffic.
+    Usable once `bind` has pointed it at the app."""
+
+    def __init__(self, api_key: str | None) -> None:
+        self.headers = {"x-inferline-priority": "batch", "cache-control": "no-store"}
+        if api_key:
+            self.headers["authorization"] = f"Bearer {api_key}"
+        self.client: httpx.AsyncClient | None = None
+
+    def bind(self, app: Any) -> None:
+        """Points it at the (ASGI) app, which exists only after the gateway is built."""
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                        base_url="http://inferline", headers=self.headers,
+                                        timeout=300.0)  # fmt: skip
+
+    async def chat(self, body: dict[str, Any]) -> Reply:
+        """The reply to ``body`` from the app itself."""
+        if self.client is None:
+            return Reply(0, error="the in-process gateway is not bound to an app yet")
+        start = time.perf_counter()
+        response = await self.client.post("/v1/chat/completions", json=body)
+        return reply_of(response, time.perf_counter() - start)
+
+
 def reply_of(response: httpx.Response, latency_s: float) -> Reply:
     """A `Reply` from a chat completion response (or an OpenAI-shaped error)."""
     headers = response.headers

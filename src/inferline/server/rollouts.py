@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -143,11 +143,16 @@ def _view(store: Any, row: dict[str, Any]) -> dict[str, Any]:
     return {"object": "rollout", **row, "arms": counts}
 
 
-def rollouts_extension(service: RolloutService) -> Extension:
-    """Rollouts as an app extension: the routes, the worker, the observer's hook."""
+def rollouts_extension(
+    service: RolloutService, bind: Callable[[FastAPI], None] | None = None
+) -> Extension:
+    """Rollouts as an app extension: the routes, the worker, the observer's hook
+    (``bind``: also given the app, for the judges' in-process gateway)."""
 
-    def bind(app: FastAPI) -> None:
+    def bind_all(app: FastAPI) -> None:
         state: ServerState = app.state.inferline
         state.observer.rollout_sink = service.observe
+        if bind is not None:
+            bind(app)
 
-    return Extension(router, "rollouts", service, bind=bind, service=service)
+    return Extension(router, "rollouts", service, bind=bind_all, service=service)
