@@ -135,3 +135,33 @@ async def test_the_html_page_escapes_answers(database) -> None:  # type: ignore[
     page = html.render(summary, rows, disagreements(rows, ["good", "bad"]))
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert page.count("<svg") == 2
+
+
+async def test_pairwise_verdicts_are_stored_once_and_summarized(database) -> None:  # type: ignore[no-untyped-def]
+    from inferline.evals.judges import JudgeSpec, PairwiseJudge
+    from inferline.evals.pairwise import judge_pairs
+
+    datasets, experiments, experiment = _setup(database, 6, ("good", "bad"))
+    items = datasets.items("colours")
+    await Runner(experiments, Fleet(), [Contains()]).run(experiment["id"], items)
+
+    class RedLover:
+        """Prefers the answer that says red, in either place."""
+
+        async def chat(self, body: dict[str, Any]) -> Reply:
+            data = body["messages"][-1]["content"]
+            a = data.split("Answer A:\n")[1].split("\n\nAnswer B:")[0]
+            b = data.split("Answer B:\n")[1].split("\n\nWhich")[0]
+            winner = "tie" if ("red" in a) == ("red" in b) else ("A" if "red" in a else "B")
+            return Reply(200, text=f'{{"winner": "{winner}"}}', cost_usd=0.001)
+
+    judge = PairwiseJudge(JudgeSpec("cmp", 1), RedLover())
+    assert await judge_pairs(experiments, experiment["id"], ("good", "bad"), items, judge) == 6
+    assert await judge_pairs(experiments, experiment["id"], ("good", "bad"), items, judge) == 0
+    summary = summarize(experiments.get(experiment["id"]), experiments.rows(experiment["id"]))
+    (pair,) = summary["pairwise"]
+    # bad says blue on odd items (3 losses), red on even ones (3 ties)
+    assert (pair["wins"], pair["losses"], pair["ties"]) == (0, 3, 3)
+    assert pair["win_rate"] == pytest.approx(0.25) and pair["consistent"] == 1.0
+    assert pair["cost_usd"] == pytest.approx(0.012)
+    assert set(summary["targets"]) == {"good", "bad"}  # verdicts are not a target

@@ -51,6 +51,10 @@ def register(sub: Any) -> None:
     run_p.add_argument("--repetitions", type=int, default=1)
     run_p.add_argument("--param", action="append", default=[], help="KEY=JSON, e.g. temperature=0")
     run_p.add_argument("--name", default=None)
+    run_p.add_argument(
+        "--pairwise", default=None, metavar="PROMPT[@V][/MODEL]",
+        help="also judge each target's answer against the first target's",
+    )  # fmt: skip
     resume = actions.add_parser("resume", help="go on with an experiment (after a crash)")
     resume.add_argument("experiment")
     resume.add_argument("--retry-errors", action="store_true", help="run failed requests again")
@@ -135,7 +139,7 @@ async def _experiment(args: argparse.Namespace, database: Any, gateway: Any) -> 
         name, version = split_version(args.dataset)
         version = version or datasets.get(name)["latest_version"]
         plan = Plan(name, version, tuple(args.target), tuple(args.scorer), args.repetitions,
-                    _params(args.param), args.name)  # fmt: skip
+                    _params(args.param), args.name, args.pairwise)  # fmt: skip
         scorers = [build_scorer(s, _context(database, gateway)) for s in plan.scorers]
         experiment = start(experiments, datasets, plan)
     else:
@@ -148,6 +152,15 @@ async def _experiment(args: argparse.Namespace, database: Any, gateway: Any) -> 
     items = datasets.items(plan.dataset, plan.dataset_version)
     runner = Runner(experiments, gateway, scorers, concurrency=args.concurrency)
     await _with_progress(runner, experiment["id"], items)
+    if plan.pairwise is not None:
+        from inferline.evals.judges import PairwiseJudge, judge_spec
+        from inferline.evals.pairwise import judge_pairs
+
+        context = _context(database, gateway)
+        judge = PairwiseJudge(judge_spec(plan.pairwise, context.resolve_prompt), gateway)
+        written = await judge_pairs(experiments, experiment["id"], plan.targets, items, judge,
+                                    args.concurrency)  # fmt: skip
+        print(f"{written} pairwise verdicts written", file=sys.stderr)
     return _report(argparse.Namespace(**{**vars(args), "experiment": experiment["id"],
                                          "export": None}), database)  # fmt: skip
 
@@ -236,6 +249,11 @@ def _table(summary: dict[str, Any]) -> str:
             f"{num(s['cost']['per_item_usd'], '{:.6f}'):>10} "
             f"{num(s['cost']['per_success_usd'], '{:.6f}'):>10}"
         )  # fmt: skip
+    for w in summary["pairwise"]:
+        lines.append(f"{w['target']} vs {w['baseline']} (pairwise judge): win rate "
+                     f"{num(w['win_rate'])} [{num(w['ci95'][0])}, {num(w['ci95'][1])}], "
+                     f"{w['wins']}/{w['losses']}/{w['ties']} won/lost/tied, verdicts kept "
+                     f"under the swap {num(w['consistent'])}")  # fmt: skip
     for c in summary["comparisons"]:
         p_value = num(c["p_value"], "{:.4f}")
         lines.append(f"{c['target']} - {c['baseline']} ({c['metric']}): {num(c['mean'])} "

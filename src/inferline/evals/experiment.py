@@ -33,11 +33,13 @@ class Plan:
     repetitions: int = 1
     params: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
+    pairwise: str | None = None  # a pairwise judge: PROMPT[@VERSION][/MODEL]
 
     def config(self) -> dict[str, Any]:
         """The plan as stored."""
         return {"targets": list(self.targets), "scorers": list(self.scorers),
-                "repetitions": self.repetitions, "params": self.params}  # fmt: skip
+                "repetitions": self.repetitions, "params": self.params,
+                "pairwise": self.pairwise}  # fmt: skip
 
 
 def plan_of(experiment: dict[str, Any]) -> Plan:
@@ -45,7 +47,7 @@ def plan_of(experiment: dict[str, Any]) -> Plan:
     config = experiment["config"]
     return Plan(experiment["dataset"], experiment["dataset_version"], tuple(config["targets"]),
                 tuple(config["scorers"]), int(config["repetitions"]), dict(config["params"]),
-                experiment["name"])  # fmt: skip
+                experiment["name"], config.get("pairwise"))  # fmt: skip
 
 
 def start(experiments: ExperimentStore, datasets: DatasetStore, plan: Plan) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def render(
         f"{summary['repetitions']}; status {escape(summary['status'])}</p>",
         _summary_table(summary), "<h2>Pass rate (95% bootstrap interval)</h2>",
         _pass_chart(summary), "<h2>Latency (cumulative share of requests)</h2>",
-        _latency_chart(summary, rows), _comparison_table(summary),
+        _latency_chart(summary, rows), _comparison_table(summary), _pairwise_table(summary),
         _disagreement_table(summary, disagreements), "</body></html>",
     ]  # fmt: skip
     return "\n".join(parts)
@@ -125,6 +125,22 @@ def _comparison_table(summary: dict[str, Any]) -> str:
             f"<td>{escape(c['metric'])}</td><td>{c['n']}</td><td>{_num(c['mean'])}</td>"
             f"<td>[{_num(c['ci95'][0])}, {_num(c['ci95'][1])}]</td>"
             f"<td>{_num(c['p_value'], 4)}</td></tr>"
+        )  # fmt: skip
+    return "".join(lines) + "</table>"
+
+
+def _pairwise_table(summary: dict[str, Any]) -> str:
+    if not summary.get("pairwise"):
+        return ""
+    lines = ["<h2>Pairwise judge (challenger against the first target)</h2><table><tr>"
+             "<th>baseline</th><th>target</th><th>n</th><th>won</th><th>lost</th><th>tied</th>"
+             "<th>win rate</th><th>95% CI</th><th>kept under swap</th></tr>"]  # fmt: skip
+    for w in summary["pairwise"]:
+        lines.append(
+            f"<tr><td>{escape(w['baseline'])}</td><td>{escape(w['target'])}</td><td>{w['n']}</td>"
+            f"<td>{w['wins']}</td><td>{w['losses']}</td><td>{w['ties']}</td>"
+            f"<td>{_num(w['win_rate'])}</td><td>[{_num(w['ci95'][0])}, {_num(w['ci95'][1])}]"
+            f"</td><td>{_num(w['consistent'])}</td></tr>"
         )  # fmt: skip
     return "".join(lines) + "</table>"
 

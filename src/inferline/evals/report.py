@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from inferline.evals.pairwise import pairwise_summary
 from inferline.evals.stats import Interval, bootstrap_mean, paired_difference, percentile
 
 PASS = "pass"  # the metric of passing every scorer
@@ -31,6 +32,7 @@ def summarize(experiment: dict[str, Any], rows: Sequence[dict[str, Any]]) -> dic
         "targets": {t: _target(t, [r for r in rows if r["target"] == t], per_item.get(t, {}),
                                config["scorers"]) for t in targets},
         "comparisons": _comparisons(targets, per_item, [PASS, *config["scorers"]]),
+        "pairwise": pairwise_summary(rows, targets),
     }  # fmt: skip
     return summary
 
