@@ -86,7 +86,7 @@ def test_errors_have_the_right_status_and_shape(client, server) -> None:  # type
     assert info.value.body["code"] == "context_length_exceeded"
     assert "8192" in info.value.body["message"]
     with pytest.raises(openai.BadRequestError):
-        client.completions.create(model=MODEL, prompt="x", echo=True)
+        client.completions.create(model=MODEL, prompt="x", suffix="!")  # not supported
     huge = {"model": MODEL, "prompt": "x" * (5 * 1024 * 1024)}
     assert httpx.post(f"{server.base_url}/v1/completions", json=huge).status_code == 413
 

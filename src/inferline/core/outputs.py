@@ -158,7 +158,10 @@ class RequestOutput:
     """The state of a request after an engine step (or at the end).
 
     ``model`` is the model that produced it (set by generators serving several models);
-    ``route`` is set when a router served it.
+    ``route`` is set when a router served it. ``prompt_logprobs`` (when the request's
+    ``SamplingParams.prompt_logprobs`` asked) has one entry per prompt token, the first
+    ``None`` (nothing precedes it); each token's ``token`` is the text it adds to the
+    decoded prompt, so they concatenate to ``prompt``.
     """
 
     request_id: str
@@ -170,6 +173,7 @@ class RequestOutput:
     num_prompt_tokens: int = -1  # -1: len(prompt_token_ids)
     model: str = ""
     route: RouteReport | None = None
+    prompt_logprobs: list[Logprob | None] | None = None
 
     def __post_init__(self) -> None:
         if self.num_prompt_tokens < 0:

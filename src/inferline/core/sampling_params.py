@@ -41,6 +41,9 @@ class SamplingParams:
             unless ``ignore_eos``).
         logprobs: number of top alternatives to return per token (0 = only the chosen one,
             ``None`` = no logprobs).
+        prompt_logprobs: the same for every prompt token (vLLM's name; what ``echo`` with
+            ``logprobs`` returns): the engine then computes the logits of every prompt
+            position and skips the prefix cache for the request (``None`` = none).
         skip_special_tokens: drop special tokens from the text.
         structured: a constraint on the output (JSON, JSON Schema, regex, choice); the
             engine masks the logits at each step so the output always matches it.
@@ -60,6 +63,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
     ignore_eos: bool = False
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     structured: StructuredOutput | None = None
 
@@ -83,6 +87,11 @@ class SamplingParams:
         if self.logprobs is not None and not 0 <= self.logprobs <= _MAX_LOGPROBS:
             raise InvalidParameterError(
                 f"logprobs must be in [0, {_MAX_LOGPROBS}], got {self.logprobs}", "logprobs"
+            )
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= _MAX_LOGPROBS:
+            raise InvalidParameterError(
+                f"prompt_logprobs must be in [0, {_MAX_LOGPROBS}], got {self.prompt_logprobs}",
+                "prompt_logprobs",
             )
         if self.seed is not None and not -(2**63) <= self.seed < 2**64:
             raise InvalidParameterError("seed must fit in 64 bits", "seed")

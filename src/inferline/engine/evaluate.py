@@ -30,12 +30,10 @@ def perplexity(engine: LLMEngine, token_ids: Sequence[int]) -> float:
     request.block_ids = pool.allocate(-(-len(token_ids) // pool.block_size))
     try:
         runner = engine.runner
-        input_ids, positions, metadata, _ = runner._prepare(
-            [ScheduledRequest(request, len(token_ids), needs_sample=True)]
-        )
-        every_position = torch.arange(len(token_ids), device=input_ids.device)
+        batch = runner._prepare([ScheduledRequest(request, len(token_ids), needs_sample=True)])
+        every_position = torch.arange(len(token_ids), device=batch.input_ids.device)
         logits = runner.model(
-            input_ids, positions, engine.kv_cache.tensor, metadata, every_position
+            batch.input_ids, batch.positions, engine.kv_cache.tensor, batch.metadata, every_position
         )
     finally:
         pool.free(list(reversed(request.block_ids)))

@@ -110,9 +110,10 @@ class LLMEngine:
         """
         params = params or SamplingParams()
         request_id = request_id or f"req-{next(self._ids)}"
-        text = prompt if isinstance(prompt, str) else None
         prompt_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         max_tokens = self._check_prompt(prompt_ids, params)
+        # a token-id prompt's text is what its tokens spell (echo shows it)
+        text = prompt if isinstance(prompt, str) else self.tokenizer.decode(prompt_ids, False)
         self._check_room_for_structure(params, max_tokens)
         arrival_s = time.time()
         requests: list[Request] = []
@@ -253,7 +254,9 @@ class LLMEngine:
         runner_output = self.runner.run(scheduler_output)
         updated = self.scheduler.update(scheduler_output, runner_output)
         _share_step_time(scheduler_output.scheduled, time.perf_counter() - started)
-        outputs, stopped = self.output_processor.process(updated, runner_output.logprobs)
+        outputs, stopped = self.output_processor.process(
+            updated, runner_output.logprobs, runner_output.prompt_logprobs
+        )
         for request, stop in stopped:
             self.scheduler.finish_request(request.request_id, "stop", stop)
         return outputs

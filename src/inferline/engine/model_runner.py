@@ -8,6 +8,7 @@ stack itself sees only batched tensors.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -15,10 +16,46 @@ from torch import nn
 
 from inferline.core.outputs import Logprob
 from inferline.engine.kv_cache import KVCache
+from inferline.engine.prompt_logprobs import PromptRows, plan_prompt_rows, score_prompt_rows
 from inferline.engine.sampler import Sampler, SamplingRow
 from inferline.engine.scheduler_output import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
 from inferline.models.attention import AttentionGroup, AttentionMetadata, DecodeBatch
 from inferline.models.tokenizer import Tokenizer
+
+
+class ScoringModel(Protocol):
+    """What a step with prompt logprobs needs of the model beyond its ``forward``
+    (`inferline.models.llama.DecoderForCausalLM` has it)."""
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: torch.Tensor,
+        metadata: AttentionMetadata,
+        rows: torch.Tensor,
+    ) -> torch.Tensor:
+        """Final-normed hidden states ``[R, hidden]`` of ``rows`` (the K/V cache written)."""
+        ...
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The sampling head's float32 logits."""
+        ...
+
+    def exact_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The fp32 head's float32 logits for every token."""
+        ...
+
+
+@dataclass
+class _Batch:
+    """The flat batch of one step, as the model takes it."""
+
+    input_ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T]
+    metadata: AttentionMetadata
+    logits_index: torch.Tensor  # [S] rows that sample, in `scheduled` order
+    prompt_rows: list[PromptRows]  # rows scoring prompt tokens (prompt logprobs)
 
 
 @dataclass
@@ -102,19 +139,42 @@ class ModelRunner:
             self.kv_cache.copy_block(src, dst)
         if out.is_empty:
             return ModelRunnerOutput()
-        input_ids, positions, metadata, logits_index = self._prepare(out.scheduled)
+        batch = self._prepare(out.scheduled)
+        if batch.prompt_rows:
+            return self._run_scoring_prompts(batch, out)
         sampling = [s for s in out.scheduled if s.needs_sample]
+        args = (batch.input_ids, batch.positions, self.kv_cache.tensor, batch.metadata)
         if not sampling:
-            self.model(input_ids, positions, self.kv_cache.tensor, metadata, logits_index)
+            self.model(*args, batch.logits_index)
             return ModelRunnerOutput()
-        logits = self.model(input_ids, positions, self.kv_cache.tensor, metadata, logits_index)
+        logits = self.model(*args, batch.logits_index)
         return self._sample(logits, sampling)
 
-    def _prepare(
-        self, scheduled: list[ScheduledRequest]
-    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
+    def _run_scoring_prompts(self, batch: _Batch, out: SchedulerOutput) -> ModelRunnerOutput:
+        """A step with prompt logprobs: the hidden states of the sampling rows go through
+        the sampling head, those of the prompt rows through the exact one."""
+        prompt_index = [r for plan in batch.prompt_rows for r in plan.rows]
+        rows = torch.cat(
+            [batch.logits_index, torch.tensor(prompt_index, dtype=torch.long, device=self.device)]
+        )
+        model = cast(ScoringModel, self.model)
+        hidden = model.hidden_states(
+            batch.input_ids, batch.positions, self.kv_cache.tensor, batch.metadata, rows
+        )
+        num_sampling = batch.logits_index.shape[0]
+        sampling = [s for s in out.scheduled if s.needs_sample]
+        result = ModelRunnerOutput()
+        if sampling:
+            result = self._sample(model.compute_logits(hidden[:num_sampling]), sampling)
+        result.prompt_logprobs = score_prompt_rows(
+            hidden[num_sampling:], batch.prompt_rows, model.exact_logits
+        )
+        return result
+
+    def _prepare(self, scheduled: list[ScheduledRequest]) -> _Batch:
         block_size = self.kv_cache.block_size
         chunks, input_ids, positions, slots, logits_index = [], [], [], [], []
+        prompt_rows: list[PromptRows] = []
         first_token = 0
         for s in scheduled:
             request = s.request
@@ -125,6 +185,9 @@ class ModelRunner:
             input_ids.append(request.all_token_ids[start : start + s.num_tokens])
             positions.append(chunk_positions)
             slots.append(_slots(request.block_ids, chunk_positions, block_size))
+            if request.sampling_params.prompt_logprobs is not None:
+                plan = plan_prompt_rows(request, start, s.num_tokens, first_token)
+                prompt_rows += [plan] if plan is not None else []
             first_token += s.num_tokens
             if s.needs_sample:
                 logits_index.append(first_token - 1)
@@ -143,7 +206,7 @@ class ModelRunner:
         flat_ids = torch.tensor([t for ids in input_ids for t in ids], device=self.device)
         flat_positions = torch.from_numpy(np.concatenate(positions)).to(self.device)
         logits_rows = torch.tensor(logits_index, dtype=torch.long, device=self.device)
-        return flat_ids, flat_positions, metadata, logits_rows
+        return _Batch(flat_ids, flat_positions, metadata, logits_rows, prompt_rows)
 
     def _sample(self, logits: torch.Tensor, sampling: list[ScheduledRequest]) -> ModelRunnerOutput:
         rows = [

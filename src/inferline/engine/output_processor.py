@@ -20,6 +20,7 @@ from inferline.core.outputs import (
     RequestOutput,
     ToolCallDelta,
 )
+from inferline.engine.prompt_logprobs import PromptLogprobsChunk, PromptLogprobsCollector
 from inferline.engine.request import Request
 from inferline.engine.tool_parser import ToolOutputParser
 from inferline.models.tokenizer import IncrementalDetokenizer, Tokenizer
@@ -50,6 +51,7 @@ class RequestState:
     sequences: list[_SequenceState]
     metrics: RequestMetrics
     stop: tuple[str, ...] = field(default_factory=tuple)
+    prompt_logprobs: PromptLogprobsCollector | None = None  # when the request asked
 
     @property
     def is_finished(self) -> bool:
@@ -77,7 +79,7 @@ class OutputProcessor:
             )
             for r in requests
         ]
-        self.states[first.group_id] = RequestState(
+        self.states[first.group_id] = state = RequestState(
             first.group_id,
             prompt,
             first.prompt_token_ids,
@@ -85,16 +87,25 @@ class OutputProcessor:
             RequestMetrics(arrival_s=first.arrival_s),
             params.stop,
         )
+        if params.prompt_logprobs is not None:
+            state.prompt_logprobs = PromptLogprobsCollector(first.prompt_token_ids)
 
     def process(
-        self, updated: list[Request], logprobs: dict[str, Logprob]
+        self,
+        updated: list[Request],
+        logprobs: dict[str, Logprob],
+        prompt_logprobs: dict[str, PromptLogprobsChunk] | None = None,
     ) -> tuple[list[RequestOutput], list[tuple[Request, str]]]:
-        """Handles this step's new tokens.
+        """Handles this step's new tokens (and prompt logprobs of its prefill chunks).
 
         Returns the outputs to deliver and the (request, stop string) pairs that matched
         a stop string (the engine must finish those requests).
         """
         now = time.time()
+        for request_id, chunk in (prompt_logprobs or {}).items():
+            state = self.states.get(request_id)
+            if state is not None and state.prompt_logprobs is not None:
+                state.prompt_logprobs.add(chunk)
         touched: dict[str, RequestState] = {}
         stopped: list[tuple[Request, str]] = []
         for request in updated:
@@ -177,9 +188,26 @@ class OutputProcessor:
             state.metrics.num_cached_prompt_tokens = first.num_cached_prompt_tokens
             state.metrics.num_preemptions = sum(s.request.num_preemptions for s in state.sequences)
             del self.states[state.request_id]
+        prompt, prompt_logprobs = self._prompt_logprobs(state)
         return RequestOutput(
-            state.request_id, state.prompt, state.prompt_token_ids, outputs, finished, state.metrics
+            state.request_id,
+            prompt,
+            state.prompt_token_ids,
+            outputs,
+            finished,
+            state.metrics,
+            prompt_logprobs=prompt_logprobs,
         )
+
+    def _prompt_logprobs(
+        self, state: RequestState
+    ) -> tuple[str | None, list[Logprob | None] | None]:
+        """The prompt text and its logprobs once the prompt is computed (the first output
+        token exists), for a request that asked; else ``(state.prompt, None)``."""
+        collector = state.prompt_logprobs
+        if collector is None or state.sequences[0].request.num_output_tokens == 0:
+            return state.prompt, None
+        return collector.result(self.tokenizer)
 
 
 def _parse_tools(output: CompletionOutput, parser: ToolOutputParser, is_last: bool) -> None:

@@ -273,7 +273,9 @@ class Scheduler:
         """Gives ``request`` its blocks and first chunk; returns the tokens scheduled (0 = no)."""
         if self._can_fork(request):
             return self._admit_fork(request, out)
-        cached_ids = self.block_pool.find_cached_prefix(request.all_token_ids)
+        cached_ids: list[int] = []
+        if request.sampling_params.prompt_logprobs is None:  # a cached prefix has no logits
+            cached_ids = self.block_pool.find_cached_prefix(request.all_token_ids)
         num_cached = len(cached_ids) * self.block_size
         num_tokens = min(request.num_tokens - num_cached, budget)
         num_new = -(-(num_cached + num_tokens) // self.block_size) - len(cached_ids)

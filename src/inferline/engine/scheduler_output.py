@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from inferline.core.outputs import Logprob
+from inferline.engine.prompt_logprobs import PromptLogprobsChunk
 from inferline.engine.request import Request
 
 
@@ -47,7 +48,9 @@ class SchedulerOutput:
 
 @dataclass
 class ModelRunnerOutput:
-    """Tokens sampled this step, keyed by request id (only for requests that sampled)."""
+    """Tokens sampled this step, keyed by request id (only for requests that sampled), and
+    the prompt logprobs of this step's chunks of requests that asked for them."""
 
     sampled_token_ids: dict[str, int] = field(default_factory=dict)
     logprobs: dict[str, Logprob] = field(default_factory=dict)
+    prompt_logprobs: dict[str, PromptLogprobsChunk] = field(default_factory=dict)

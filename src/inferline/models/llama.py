@@ -213,18 +213,39 @@ class DecoderForCausalLM(nn.Module):
         logits_indices: torch.Tensor,  # [S] rows of the batch whose logits are needed
     ) -> torch.Tensor:
         """Returns float32 logits ``[S, vocab_size]``."""
+        hidden = self.hidden_states(input_ids, positions, kv_caches, metadata, logits_indices)
+        return self.compute_logits(hidden)
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,  # [T]
+        positions: torch.Tensor,  # [T]
+        kv_caches: torch.Tensor,  # [num_layers, 2, num_slots, num_kv_heads, head_dim]
+        metadata: AttentionMetadata,
+        rows: torch.Tensor,  # [R] rows of the batch whose hidden states are needed
+    ) -> torch.Tensor:
+        """Runs the layer stack (writing the K/V cache); returns the final-normed hidden
+        states ``[R, hidden]`` of ``rows``, for `compute_logits` or `exact_logits`."""
         if self.native is not None:
             hidden = fused_forward(self, self.native, input_ids, positions, kv_caches, metadata)
-            hidden = hidden[logits_indices]
-        else:
-            hidden = self.embed_tokens(input_ids)
-            rope = self.rotary(positions)
-            for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-                hidden = layer(hidden, rope, kv_cache, metadata)
-            hidden = self.norm(hidden[logits_indices])
+            return hidden[rows]
+        hidden = self.embed_tokens(input_ids)
+        rope = self.rotary(positions)
+        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+            hidden = layer(hidden, rope, kv_cache, metadata)
+        return self.norm(hidden[rows])
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The sampling head: float32 logits ``[R, vocab_size]``, exact for each row's best
+        candidates (`ApproximateThenExactHead` on quantized weights)."""
         if self.fast_head is not None:
             return self.fast_head(hidden)
         return self.lm_head(hidden).float()
+
+    def exact_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 logits ``[R, vocab_size]`` from the fp32 head for every token (prompt
+        logprobs score tokens far from the top, where the fast head approximates)."""
+        return self.lm_head(hidden.float()).float()
 
     def quantize(self, weight_format: WeightFormat) -> None:
         """Quantizes the decoder layers' projections; the LM head stays fp32.

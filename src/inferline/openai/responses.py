@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from inferline.core.outputs import CompletionOutput, Logprob, RequestOutput, ToolCallDelta
+from inferline.openai.echo import EchoOptions, echoed_choice, echoed_usage, generated_logprobs
 
 
 def usage(outputs: list[RequestOutput]) -> dict[str, Any]:
@@ -50,16 +51,7 @@ def chat_logprobs(logprobs: list[Logprob]) -> dict[str, Any]:
 
 def completion_logprobs(logprobs: list[Logprob], text_offset_start: int) -> dict[str, Any]:
     """``choices[i].logprobs`` of a legacy completion."""
-    offsets, position = [], text_offset_start
-    for lp in logprobs:
-        offsets.append(position)
-        position += len(lp.token)
-    return {
-        "tokens": [lp.token for lp in logprobs],
-        "token_logprobs": [lp.logprob for lp in logprobs],
-        "top_logprobs": [{text: value for _, text, value in lp.top} for lp in logprobs],
-        "text_offset": offsets,
-    }
+    return generated_logprobs(logprobs, text_offset_start)
 
 
 def tool_finish_reason(finish_reason: str | None, num_calls: int, tool_mode: str) -> str | None:
@@ -113,21 +105,36 @@ def _with_extension(body: dict[str, Any], output: RequestOutput) -> dict[str, An
     return body
 
 
-def completion_choice(output: CompletionOutput, index: int) -> dict[str, Any]:
-    """One choice of a non-streaming legacy completion."""
-    logprobs = completion_logprobs(output.logprobs, 0) if output.logprobs is not None else None
-    return {
-        "index": index,
-        "text": output.text,
-        "logprobs": logprobs,
-        "finish_reason": output.finish_reason,
-    }
+def completion_choice(
+    output: CompletionOutput,
+    index: int,
+    request_output: RequestOutput | None = None,
+    echo: EchoOptions | None = None,
+    prompt_index: int = 0,
+) -> dict[str, Any]:
+    """One choice of a non-streaming legacy completion (``echo``: the prompt before it,
+    from ``request_output``)."""
+    if echo is None or request_output is None:
+        logprobs = output.logprobs
+        lp_body = completion_logprobs(logprobs, 0) if logprobs is not None else None
+        return {"index": index, "text": output.text, "logprobs": lp_body,
+                "finish_reason": output.finish_reason}  # fmt: skip
+    choice = echoed_choice(
+        echo, prompt_index, request_output, output, text=output.text, logprobs=output.logprobs
+    )
+    return {"index": index, "text": choice.text, "logprobs": choice.logprobs,
+            "finish_reason": choice.finish_reason}  # fmt: skip
 
 
-def text_completion(header: dict[str, Any], outputs: list[RequestOutput], n: int) -> dict[str, Any]:
+def text_completion(
+    header: dict[str, Any],
+    outputs: list[RequestOutput],
+    n: int,
+    echo: EchoOptions | None = None,
+) -> dict[str, Any]:
     """A whole ``text_completion`` body over the requests of every prompt."""
     choices = [
-        completion_choice(c, prompt_index * n + c.index)
+        completion_choice(c, prompt_index * n + c.index, output, echo, prompt_index)
         for prompt_index, output in enumerate(outputs)
         for c in output.outputs
     ]
@@ -136,7 +143,7 @@ def text_completion(header: dict[str, Any], outputs: list[RequestOutput], n: int
         "object": "text_completion",
         "model": outputs[0].model or header.get("model", ""),
         "choices": choices,
-        "usage": usage(outputs),
+        "usage": echoed_usage(usage(outputs), echo or EchoOptions()),
     }
     return _with_extension(body, outputs[-1])
 
@@ -232,15 +239,23 @@ class ChatChunker:
 class CompletionChunker:
     """Turns outputs into streamed ``text_completion`` objects."""
 
-    def __init__(self, header: dict[str, Any], n: int, include_usage: bool) -> None:
+    def __init__(
+        self,
+        header: dict[str, Any],
+        n: int,
+        include_usage: bool,
+        echo: EchoOptions | None = None,
+    ) -> None:
         self.header = {**header, "object": "text_completion"}
         self.n, self.include_usage = n, include_usage
+        self.echo = echo or EchoOptions()
         self.finished: set[int] = set()
         self.num_logprobs_sent: dict[int, int] = {}
-        self.num_chars_sent: dict[int, int] = {}
+        self.num_chars_sent: dict[int, int] = {}  # of the choice's text, echo included
 
     def chunks(self, prompt_index: int, output: RequestOutput) -> Iterator[dict[str, Any]]:
-        """One chunk per completion that has new text or just finished."""
+        """One chunk per completion that has new text or just finished; a choice's first
+        chunk carries the echoed prompt."""
         for completion in output.outputs:
             index = prompt_index * self.n + completion.index
             if index in self.finished:
@@ -253,16 +268,20 @@ class CompletionChunker:
                 continue
             logprobs = None
             if completion.logprobs is not None:
-                sent = self.num_logprobs_sent.get(index, 0)
-                offset = self.num_chars_sent.get(index, 0)
-                logprobs = completion_logprobs(completion.logprobs[sent:], offset)
+                logprobs = completion.logprobs[self.num_logprobs_sent.get(index, 0) :]
                 self.num_logprobs_sent[index] = len(completion.logprobs)
-            self.num_chars_sent[index] = len(completion.text)
+            is_first = index not in self.num_chars_sent
+            offset = self.num_chars_sent.get(index, 0)
+            echoed = echoed_choice(
+                self.echo, prompt_index, output, completion, text=completion.text_delta,
+                logprobs=logprobs, with_prompt=is_first, offset=offset,
+            )  # fmt: skip
+            self.num_chars_sent[index] = offset + len(echoed.text)
             choice = {
                 "index": index,
-                "text": completion.text_delta,
-                "logprobs": logprobs,
-                "finish_reason": completion.finish_reason,
+                "text": echoed.text,
+                "logprobs": echoed.logprobs,
+                "finish_reason": echoed.finish_reason,
             }
             model = output.model or self.header.get("model", "")
             chunk = {**self.header, "model": model, "choices": [choice]}
@@ -275,4 +294,5 @@ class CompletionChunker:
         if not self.include_usage:
             return None
         model = (outputs[-1].model if outputs else "") or self.header.get("model", "")
-        return {**self.header, "model": model, "choices": [], "usage": usage(outputs)}
+        body_usage = echoed_usage(usage(outputs), self.echo)
+        return {**self.header, "model": model, "choices": [], "usage": body_usage}

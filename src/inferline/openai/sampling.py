@@ -133,12 +133,24 @@ def chat_sampling_params(
 
 
 def completion_sampling_params(body: CompletionRequest) -> SamplingParams:
-    """Sampling for a legacy completions request."""
-    if body.echo:
-        raise _not_supported("echo", "echo")
+    """Sampling for a legacy completions request.
+
+    ``echo`` with ``logprobs`` asks for the prompt's logprobs too; ``max_tokens: 0`` (only
+    with ``echo``) samples one token, which the response drops (`inferline.openai.echo`).
+    """
     if body.suffix:
         raise _not_supported("suffix", "suffix")
     if body.best_of is not None and body.best_of != body.n:
         raise _not_supported("best_of", "best_of different from n")
     max_tokens = 16 if body.max_tokens is None else body.max_tokens  # the OpenAI default
-    return _common(body, max_tokens, body.logprobs)
+    if max_tokens == 0:
+        if not body.echo:
+            raise InvalidParameterError(
+                "max_tokens must be at least 1 (0 is allowed with echo: the prompt alone)",
+                "max_tokens",
+            )
+        max_tokens = 1
+    params = _common(body, max_tokens, body.logprobs)
+    if body.echo and body.logprobs is not None:
+        params = dataclasses.replace(params, prompt_logprobs=body.logprobs)
+    return params

@@ -124,10 +124,19 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    """``POST /v1/completions``."""
+    """``POST /v1/completions``. ``echo`` returns the prompt before each choice's text
+    (with ``logprobs``, the prompt tokens' logprobs too); ``max_tokens: 0`` is allowed with
+    ``echo`` only (the prompt alone: how lm-evaluation-harness scores text)."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="tokens to generate (default 16); 0 only with echo: the prompt alone"
+    )
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
-    echo: bool = False
+    echo: bool = Field(
+        False,
+        description="the prompt before each choice's text; with logprobs, the prompt tokens' "
+        "logprobs too (the first is null; local models only, else a 400 naming echo)",
+    )
     suffix: str | None = None
     best_of: Annotated[int, Field(ge=1)] | None = None

@@ -46,8 +46,15 @@ def upstream_call(
 
     Raises `InvalidParameterError` (param ``assistant_prefix``) for a continuation the
     upstream cannot do: chat when ``can_continue`` is False (the upstream does not accept
-    vLLM's ``continue_final_message``), or a token-id prompt.
+    vLLM's ``continue_final_message``), or a token-id prompt; and (param ``echo``) for
+    prompt logprobs, which only a local engine computes.
     """
+    if request.params.prompt_logprobs is not None:
+        raise InvalidParameterError(
+            "echo with logprobs (prompt logprobs) is only served by local models",
+            "echo",
+            "unsupported_parameter",
+        )
     is_chat = request.messages is not None
     body: dict[str, Any] = {"model": model}
     if is_chat:

@@ -7,6 +7,7 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from inferline.openai.echo import echo_options
 from inferline.openai.requests import completion_generations
 from inferline.openai.responses import CompletionChunker, text_completion
 from inferline.openai.schemas import CompletionRequest
@@ -38,14 +39,16 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         body.user,
         dict(generations[0].metadata),
     )
+    trace.body = body
     generations, trace.admission = await admit(state, request, body.model, generations)
     trace.headers.update(key_headers(state, trace.admission))
     streams = await submit_all(state, trace, generations)
     header = {"id": request_id, "created": int(time.time()), "model": body.model}
+    echo = echo_options(body)
     if not body.stream:
         return await respond(
-            request, state, trace, streams, lambda outs: text_completion(header, outs, body.n)
+            request, state, trace, streams, lambda outs: text_completion(header, outs, body.n, echo)
         )
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    chunker = CompletionChunker(header, body.n, include_usage)
+    chunker = CompletionChunker(header, body.n, include_usage, echo)
     return await stream_response(request, state, trace, streams, chunker.chunks, chunker.final)
