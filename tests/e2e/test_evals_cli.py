@@ -118,7 +118,15 @@ def test_an_experiment_killed_mid_run_resumes_and_reports(setup: dict[str, Any])
     rows = rows_of(server, experiment)
     keys = [(r["target"], r["item_key"], r["repetition"]) for r in rows]
     assert len(keys) == len(set(keys)) == 18  # nothing scored twice, nothing missing
-    summary = json.loads(out.read_text())
+    check_report(server, directory, experiment, json.loads(out.read_text()), rows)
+
+
+def check_report(
+    server: ServerProcess, directory: Path, experiment: str, summary: dict[str, Any],
+    rows: list[dict[str, Any]],
+) -> None:  # fmt: skip
+    """The resumed experiment's report against the traces, the HTML page, --fail-under and
+    the cascade's threshold fitted on it."""
     partner = summary["targets"]["partner"]
     assert partner["n"] == 6 and partner["errors"] == 0
     assert partner["scores"]["contains"]["mean"] == pytest.approx(4 / 6)

@@ -56,7 +56,7 @@ def register(sub: Any) -> None:
 def split_version(text: str) -> tuple[str, int | None]:
     """``NAME@VERSION`` -> (name, version); a bare name -> (name, None)."""
     name, _, version = text.rpartition("@")
-    if name and version.isdigit():
+    if name and version.isdecimal():
         return name, int(version)
     return text, None
 
@@ -107,19 +107,13 @@ def _from_traces(args: argparse.Namespace, database: Any, store: Any) -> None:
     from inferline.store.traces import TraceFilter, TraceStore, parse_status
 
     prompt_id, prompt_version = prompt_filter(args.prompt)
-    traces, before = TraceStore(database), None
-    found: list[dict[str, Any]] = []
-    while len(found) < args.scan:
-        where = TraceFilter(
-            since=parse_since(args.since), route=args.route, model=args.model, team=args.team,
-            decision=args.decision, prompt_id=prompt_id, prompt_version=prompt_version,
-            status=parse_status(args.status), text=args.text, limit=500, before_id=before,
-        )  # fmt: skip
-        page, more = traces.list(where)
-        found.extend(page)
-        if not more or not page:
-            break
-        before = page[-1]["cursor"]
+    traces = TraceStore(database)
+    where = TraceFilter(
+        since=parse_since(args.since), route=args.route, model=args.model, team=args.team,
+        decision=args.decision, prompt_id=prompt_id, prompt_version=prompt_version,
+        status=parse_status(args.status), text=args.text,
+    )  # fmt: skip
+    found = traces.matching(where, args.scan)
     # the list view has no request body: read each sampled trace whole
     chosen = random.Random(args.seed).sample(found, min(args.sample, len(found)))
     items = [from_trace(traces.get(t["id"]) or t, expected_from_output=args.expected_from_output)

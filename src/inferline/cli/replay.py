@@ -73,21 +73,13 @@ def _traces(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     database = connect(args.database_url or default_database_url(default_cache_dir()))
     migrate(database)
-    store, before = TraceStore(database), None
-    found: list[dict[str, Any]] = []
     prompt_id, prompt_version = prompt_filter(args.prompt)
-    while len(found) < args.limit:
-        where = TraceFilter(
-            since=parse_since(args.since), route=args.route, model=args.model, team=args.team,
-            decision=args.decision, prompt_id=prompt_id, prompt_version=prompt_version,
-            status=parse_status(args.status), text=args.text,
-            limit=min(500, args.limit - len(found)), before_id=before,
-        )  # fmt: skip
-        page, more = store.list(where)
-        found.extend(page)
-        if not more or not page:
-            break
-        before = page[-1]["cursor"]
+    where = TraceFilter(
+        since=parse_since(args.since), route=args.route, model=args.model, team=args.team,
+        decision=args.decision, prompt_id=prompt_id, prompt_version=prompt_version,
+        status=parse_status(args.status), text=args.text,
+    )  # fmt: skip
+    found = TraceStore(database).matching(where, args.limit)
     return sorted(found, key=lambda t: t["created_at"])
 
 
@@ -97,7 +89,7 @@ async def _replay(args: argparse.Namespace, base_url: str, requests: list[Any]) 
     from inferline.evals.replay import ReplayOptions, compare, replay
 
     version: str | int | None = args.prompt_version
-    if isinstance(version, str) and version.isdigit():
+    if isinstance(version, str) and version.isdecimal():
         version = int(version)
     options = ReplayOptions(speed=args.speed, model=args.to_model, prompt_version=version)
     key = args.api_key or os.environ.get("INFERLINE_API_KEY")

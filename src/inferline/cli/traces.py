@@ -39,7 +39,7 @@ def prompt_filter(value: str | None) -> tuple[str | None, int | None]:
     if value is None:
         return None, None
     name, _, version = value.partition(":")
-    if version and not version.isdigit():
+    if version and not version.isdecimal():
         raise InvalidParameterError("--prompt must be an id or id:version", "prompt")
     return name, int(version) if version else None
 

@@ -60,7 +60,7 @@ def parse_target(spec: str) -> Target:
         found = _PROMPT.match(rest)
         if found is not None:
             version: str | int | None = found["version"]
-            if isinstance(version, str) and version.isdigit():
+            if isinstance(version, str) and version.isdecimal():
                 version = int(version)
             return Target(spec, "prompt", model=found["model"], prompt_id=found["id"],
                           prompt_version=version)  # fmt: skip

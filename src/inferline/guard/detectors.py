@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 def luhn_valid(digits: str) -> bool:
     """The Luhn checksum every payment card number satisfies."""
-    numbers = [int(d) for d in digits if d.isdigit()]
+    numbers = [int(d) for d in digits if d.isdecimal()]
     if not 13 <= len(numbers) <= 19:
         return False
     total = 0

@@ -133,7 +133,7 @@ class PromptRegistry:
         return self._number(prompt_id, version)
 
     def _number(self, prompt_id: str, version: str | int | None) -> tuple[int, str | None]:
-        if isinstance(version, int) or (isinstance(version, str) and version.isdigit()):
+        if isinstance(version, int) or (isinstance(version, str) and version.isdecimal()):
             return int(version), None
         labels = self.store.label_map(prompt_id)
         label = version or (DEFAULT_LABEL if DEFAULT_LABEL in labels else None)

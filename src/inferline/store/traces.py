@@ -19,6 +19,8 @@ through its index.
 
 from __future__ import annotations
 
+import builtins
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,7 +86,7 @@ def parse_status(value: str | None) -> int | str | None:
     """A ``status`` filter as given: a status code, ``error``, or None (400 otherwise)."""
     if value is None or value == "error":
         return value
-    if not value.isdigit():
+    if not value.isdecimal():
         raise InvalidParameterError("status must be a status code or 'error'", "status")
     return int(value)
 
@@ -108,6 +110,20 @@ class TraceStore:
             query = select(self.requests).where(c.id.in_(ids)).order_by(c.id.desc())
             rows = [dict(row._mapping) for row in conn.execute(query)]
         return [trace_view(row) for row in rows[: where.limit]], len(rows) > where.limit
+
+    def matching(self, where: TraceFilter, at_most: int) -> builtins.list[dict[str, Any]]:
+        """Up to ``at_most`` traces ``where`` selects (its ``limit`` and ``before_id`` are
+        the pages'), newest first, read page by page."""
+        found: builtins.list[dict[str, Any]] = []
+        before = where.before_id
+        while len(found) < at_most:
+            size = min(MAX_PAGE, at_most - len(found))
+            page, more = self.list(dataclasses.replace(where, limit=size, before_id=before))
+            found.extend(page)
+            if not more or not page:
+                break
+            before = page[-1]["cursor"]
+        return found
 
     def get(self, request_id: str) -> dict[str, Any] | None:
         """One trace with its attempts, or None."""

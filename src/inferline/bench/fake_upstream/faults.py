@@ -168,7 +168,7 @@ def _parse_step(step: str) -> tuple[Fault, int | None]:
     if suffix:
         head, times = suffix[1], 1 if suffix[2] == "once" else int(suffix[3])
     raw: dict[str, Any] = {"kind": head}
-    if head.isdigit():
+    if head.isdecimal():
         raw = {"kind": "status", "status": int(head)}
     elif head in CODES:
         raw = {"kind": "status", "code": head}
