@@ -34,6 +34,8 @@ def build_app(
     """Loads the models (slow), opens the request log; returns the app, its state and the
     gateway (routes and targets, reloadable)."""
     from inferline.cli.jobs_factory import jobs_extension
+    from inferline.dashboard import dashboard_extension
+    from inferline.dashboard.auth import Sessions
 
     database = connect(args.database_url or default_database_url(data_dir))
     migrate(database)
@@ -64,6 +66,7 @@ def build_app(
             reviews,
             *_retention(args, database),
             *_rollouts(args, database, api_keys[0] if api_keys else None),
+            dashboard_extension(Sessions(tenants)),
         ],  # fmt: skip
         reloadable=True,
         tenants=tenants,

@@ -26,8 +26,11 @@ def m013_datasets(conn: Connection) -> None:
     """Datasets as numbered versions over one item table: an item belongs to every version
     from ``added_in`` until ``removed_in`` (so appending a reviewed case is one row, and an
     old version reads back exactly as it was). ``requests.request_body``: the request as
-    the client sent it (JSON), kept when text is logged."""
+    the client sent it (JSON), kept when text is logged; reviews indexed by decision time
+    (reviewed cases join their route's dataset from there)."""
     conn.execute(text("ALTER TABLE requests ADD COLUMN request_body TEXT"))
+    # the review pass reads the cases decided since its last pass, every second
+    conn.execute(text("CREATE INDEX ix_reviews_decided ON reviews (decided_at)"))
     metadata = MetaData()
     Table(
         "datasets",

@@ -130,6 +130,11 @@ class Tenants:
             )  # fmt: skip
         return self.interrupted
 
+    def has_key(self, key_id: str) -> bool:
+        """Whether a live (not revoked) virtual key has this id."""
+        with self._lock:
+            return any(policy.id == key_id for policy in self._by_hash.values())
+
     @property
     def requires_auth(self) -> bool:
         """A key is needed once there is an admin key or any virtual key."""

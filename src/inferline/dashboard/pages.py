@@ -1,0 +1,156 @@
+"""Pages that read: traces (the traces API's filters; a trace as a timeline), prompts
+(versions, diffs, labels — moving one, after a confirmation, is the rollback — and each
+version's requests, latency, cost and prefix-cache hits), evals (experiments side by
+side, rollouts and their decisions) and keys with their spend (admin)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import RedirectResponse, Response
+
+from inferline.core.errors import InferlineError, NotFoundError
+from inferline.dashboard.app import require, require_post, state_of
+from inferline.dashboard.render import page
+from inferline.dashboard.timeline import timeline
+from inferline.store.traces import TraceFilter, parse_status
+
+router = APIRouter(include_in_schema=False)
+_FILTERS = ("route", "model", "key_id", "team", "task_id", "decision", "text")
+_SINCE = {"5m": 300, "1h": 3600, "24h": 86400, "7d": 7 * 86400}
+
+
+@router.get("/ui/traces")
+def traces(request: Request) -> Response:
+    """Traces newest first, filtered like ``GET /v1/traces``, 50 a page."""
+    session = require(request, "viewer")
+    store = state_of(request).traces
+    query = request.query_params
+    chosen = {name: query.get(name) or None for name in _FILTERS}
+    since = _SINCE.get(query.get("since") or "")
+    error, more = None, False
+    rows: list[dict[str, Any]] = []
+    before = query.get("before", "")
+    try:
+        where = TraceFilter(
+            since=time.time() - since if since else None,
+            status=parse_status(query.get("status") or None),
+            before_id=int(before) if before.isdecimal() else None, **chosen,  # type: ignore[arg-type]
+        )  # fmt: skip
+        if store is not None:
+            rows, more = store.list(where)
+    except InferlineError as exc:
+        error = str(exc)
+    return page(request, "traces.html", session, rows=rows, more=more, error=error,
+                filters={**chosen, "status": query.get("status") or "",
+                         "since": query.get("since") or ""}, has_log=store is not None)  # fmt: skip
+
+
+@router.get("/ui/traces/{request_id}")
+def trace(request_id: str, request: Request) -> Response:
+    """One trace: its timeline (queue, prefill, decode, attempts, checks, tool waits), the
+    messages when text is logged, the decision."""
+    session = require(request, "viewer")
+    store = state_of(request).traces
+    found = store.get(request_id) if store is not None else None
+    if found is None:
+        raise NotFoundError(f"no trace {request_id!r}", "request_id")
+    return page(request, "trace.html", session, trace=found, bars=timeline(found))
+
+
+@router.get("/ui/prompts")
+def prompts(request: Request) -> Response:
+    """Every prompt with its latest version and labels."""
+    session = require(request, "viewer")
+    registry = state_of(request).prompts
+    rows = registry.store.prompts() if registry is not None else []
+    return page(request, "prompts.html", session, prompts=rows)
+
+
+@router.get("/ui/prompts/{prompt_id}")
+def prompt(prompt_id: str, request: Request) -> Response:
+    """A prompt's versions with their figures, labels, moves, and a diff to choose."""
+    session = require(request, "viewer")
+    registry = state_of(request).prompts
+    if registry is None:
+        raise NotFoundError("this server keeps no prompt registry", "prompt_id")
+    described = registry.describe(prompt_id)
+    numbers = [v["version"] for v in described["versions"]]
+    old = int(request.query_params.get("old", numbers[-2] if len(numbers) > 1 else numbers[-1]))
+    new = int(request.query_params.get("new", numbers[-1]))
+    confirm = request.query_params.get("confirm")  # "label:version" awaiting a yes
+    return page(
+        request, "prompt.html", session, prompt=described, old=old, new=new, numbers=numbers,
+        diff=registry.diff(prompt_id, old, new), confirm=confirm.split(":", 1) if confirm else None,
+    )  # fmt: skip
+
+
+@router.post("/ui/prompts/{prompt_id}/labels")
+def move_label(
+    prompt_id: str, request: Request, label: str = Form(...), version: int = Form(...),
+    confirmed: str = Form(""), csrf: str | None = Form(None),
+) -> Response:  # fmt: skip
+    """Moves a label (admin), once confirmed; otherwise back to the page to confirm."""
+    require_post(request, "admin", csrf)
+    registry = state_of(request).prompts
+    if registry is None:
+        raise NotFoundError("this server keeps no prompt registry", "prompt_id")
+    if confirmed != "yes":
+        return RedirectResponse(
+            f"/ui/prompts/{prompt_id}?confirm={label}:{version}", status_code=303
+        )
+    registry.store.move_label(prompt_id, label, version)
+    return RedirectResponse(f"/ui/prompts/{prompt_id}", status_code=303)
+
+
+def _engine(request: Request) -> Any:
+    store = state_of(request).traces
+    return store.engine if store is not None else None
+
+
+@router.get("/ui/evals")
+def evals(request: Request) -> Response:
+    """Experiments (newest first) and rollouts with their decisions."""
+    from inferline.store.experiments import ExperimentStore
+    from inferline.store.rollouts import RolloutStore
+
+    session = require(request, "viewer")
+    engine = _engine(request)
+    experiments = ExperimentStore(engine).recent(50) if engine is not None else []
+    rollouts = []
+    if engine is not None:
+        rollout_store = RolloutStore(engine)
+        rollouts = [
+            {**r, "events": rollout_store.events_of(r["name"])} for r in rollout_store.all()
+        ]
+    return page(request, "evals.html", session, experiments=experiments, rollouts=rollouts)
+
+
+@router.get("/ui/evals/{experiment_id}")
+def experiment(experiment_id: str, request: Request) -> Response:
+    """One experiment's report: targets side by side, comparisons, disagreeing items."""
+    from inferline.evals.report import disagreements, summarize
+    from inferline.store.experiments import ExperimentStore
+
+    session = require(request, "viewer")
+    store = ExperimentStore(_engine(request))
+    found = store.get(experiment_id)
+    rows = store.rows(experiment_id)
+    summary = summarize(found, rows)
+    items = disagreements(rows, found["config"]["targets"], limit=30)
+    return page(request, "experiment.html", session, summary=summary, items=items)
+
+
+@router.get("/ui/keys")
+def keys(request: Request) -> Response:
+    """Keys, their limits, and their spend against their budget (admin)."""
+    session = require(request, "admin")
+    store = state_of(request).tenants.store
+    rows = store.all() if store is not None else []
+    month = time.time() - 30 * 86400
+    views = (
+        [{**row, "spent_30d": store.spent_since(row["id"], month)} for row in rows] if store else []
+    )
+    return page(request, "keys.html", session, keys=views)
