@@ -16,6 +16,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, MetaData, Table, delete, insert, select
 
+from inferline.store.rollups import fold, upsert
+
 logger = logging.getLogger(__name__)
 
 
@@ -104,16 +106,18 @@ class RequestLog:
         self.table = Table("requests", metadata, autoload_with=engine)
         self.attempts = Table("request_attempts", metadata, autoload_with=engine)
         self.outcomes = Table("task_outcomes", metadata, autoload_with=engine)
+        self.rollups = Table("request_rollups", metadata, autoload_with=engine)
 
     def insert_many(
         self, records: list[RequestRecord], attempts: list[AttemptRecord] | None = None
     ) -> None:
-        """Writes ``records`` and their attempts in one transaction; a task whose request a
-        check abstained or blocked is recorded as failed by that check (unless its outcome
-        was set through the API, which wins)."""
+        """Writes ``records`` and their attempts in one transaction, with their per-minute
+        rollups (`rollups`); a task whose request a check abstained or blocked is recorded
+        as failed by that check (unless its outcome was set through the API, which wins)."""
         with self.engine.begin() as conn:
             if records:
                 conn.execute(insert(self.table), [asdict(r) for r in records])
+                upsert(conn, self.rollups, fold(records))
             if attempts:
                 conn.execute(insert(self.attempts), [asdict(a) for a in attempts])
             for record in records:
