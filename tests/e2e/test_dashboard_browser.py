@@ -144,17 +144,24 @@ def test_every_page_loads_and_script_stays_text(
     chrome: Any, server: ServerProcess, upstream: FakeUpstreamHandle
 ) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     user = _key(server, "user")
     review_id, request_id = open_case(server, user, upstream)
     time.sleep(1.0)  # the log writer's flush
     sign_in(chrome, server, ADMIN)
-    pages = (("/ui/traces", "traces"), (f"/ui/traces/{request_id}", "trace"),
+    pages = (("/ui", "overview"), ("/ui/traces", "traces"), (f"/ui/traces/{request_id}", "trace"),
              ("/ui/prompts", "prompts"), ("/ui/prompts/greet", "prompt"), ("/ui/evals", "evals"),
              ("/ui/reviews", "reviews"), ("/ui/keys", "keys"))  # fmt: skip
     for path, shot in pages:
         visit(chrome, f"{server.base_url}{path}", shot)
         assert chrome.execute_script("return window.pwned") is None
+    visit(chrome, f"{server.base_url}/ui?window=5m", "overview")
+    WebDriverWait(chrome, 10).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#charts canvas")) == 5
+    )
+    assert "agent" in chrome.find_element(By.TAG_NAME, "main").text  # its route's row
+    chrome.save_screenshot(str(SHOTS / "overview.png"))
     visit(chrome, f"{server.base_url}/ui/traces/{request_id}", "trace")
     assert not chrome.find_elements(By.ID, "bold")  # the model's HTML is not markup
     assert EVIL.replace('"', '\\"') in chrome.find_element(By.TAG_NAME, "main").text

@@ -85,13 +85,6 @@ def logout(request: Request, csrf: str | None = Form(None)) -> Response:
     return response
 
 
-@router.get("/ui")
-def home(request: Request) -> Response:
-    """The first page (the overview comes with its pre-aggregated series)."""
-    require(request, "viewer")
-    return RedirectResponse("/ui/traces", status_code=303)
-
-
 async def _forbidden(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Forbidden)
     if exc.session is None:
@@ -101,10 +94,10 @@ async def _forbidden(request: Request, exc: Exception) -> Response:
 
 def dashboard_extension(sessions: Sessions) -> Extension:
     """The dashboard as an app extension: its routes, static files and sessions."""
-    from inferline.dashboard import pages, review
+    from inferline.dashboard import overview, pages, review
 
     combined = APIRouter(include_in_schema=False)
-    for part in (router, pages.router, review.router):
+    for part in (router, overview.router, pages.router, review.router):
         combined.include_router(part)
 
     def bind(app: FastAPI) -> None:

@@ -49,9 +49,9 @@ def _pretty(value: Any) -> str:
 _ENV.filters.update(when=_when, ms=_ms, money=_money, pretty=_pretty)
 
 NAV = (
-    ("traces", "/ui/traces", "viewer"), ("prompts", "/ui/prompts", "viewer"),
-    ("evals", "/ui/evals", "viewer"), ("reviews", "/ui/reviews", "reviewer"),
-    ("keys", "/ui/keys", "admin"),
+    ("overview", "/ui", "viewer"), ("traces", "/ui/traces", "viewer"),
+    ("prompts", "/ui/prompts", "viewer"), ("evals", "/ui/evals", "viewer"),
+    ("reviews", "/ui/reviews", "reviewer"), ("keys", "/ui/keys", "admin"),
 )  # fmt: skip
 
 

@@ -46,3 +46,30 @@
     if (action) { event.preventDefault(); action(); }
   });
 }());
+// The overview's charts: series from the per-minute rollups, redrawn every 10 s.
+(function () {
+  "use strict";
+  var charts = document.getElementById("charts");
+  if (!charts || typeof uPlot === "undefined") { return; }
+  var plots = [];
+  function draw(data) {
+    plots.forEach(function (p) { p.destroy(); });
+    plots = [];
+    Array.prototype.forEach.call(charts.querySelectorAll(".chart"), function (box) {
+      var values = (data[box.dataset.key] || []).map(function (v) { return v === null ? null : v; });
+      var opts = {
+        title: box.dataset.title, width: Math.max(300, box.clientWidth - 10), height: 200,
+        series: [{}, { label: box.dataset.title, stroke: "#1f77b4", width: 2, spanGaps: false }],
+        axes: [{}, { size: 60 }], legend: { show: false }
+      };
+      plots.push(new uPlot(opts, [data.t || [], values], box));
+    });
+  }
+  function load() {
+    fetch(charts.dataset.series, { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (data) { if (data) { draw(data); } });
+  }
+  load();
+  setInterval(load, 10000);
+}());
