@@ -140,6 +140,23 @@ def open_case(server: ServerProcess, key: str, upstream: FakeUpstreamHandle) -> 
     return response.json()["inferline"]["review_id"], response.headers["x-request-id"]
 
 
+def start_batch(server: ServerProcess) -> str:
+    """A two-line batch job on the bot route: its id."""
+    auth = {"authorization": f"Bearer {ADMIN}"}
+    body = {"model": "bot", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    lines = "".join(json.dumps({"custom_id": f"c{n}", "method": "POST",
+                                "url": "/v1/chat/completions", "body": body}) + "\n"
+                    for n in range(2))  # fmt: skip
+    uploaded = httpx.post(f"{server.base_url}/v1/files", headers=auth, data={"purpose": "batch"},
+                          files={"file": ("in.jsonl", lines.encode())})  # fmt: skip
+    assert uploaded.status_code == 200, uploaded.text
+    made = httpx.post(f"{server.base_url}/v1/batches", headers=auth, json={
+        "input_file_id": uploaded.json()["id"], "endpoint": "/v1/chat/completions",
+        "completion_window": "24h"})  # fmt: skip
+    assert made.status_code == 200, made.text
+    return str(made.json()["id"])
+
+
 def test_every_page_loads_and_script_stays_text(
     chrome: Any, server: ServerProcess, upstream: FakeUpstreamHandle
 ) -> None:
@@ -148,14 +165,18 @@ def test_every_page_loads_and_script_stays_text(
 
     user = _key(server, "user")
     review_id, request_id = open_case(server, user, upstream)
+    batch_id = start_batch(server)
     time.sleep(1.0)  # the log writer's flush
     sign_in(chrome, server, ADMIN)
     pages = (("/ui", "overview"), ("/ui/traces", "traces"), (f"/ui/traces/{request_id}", "trace"),
              ("/ui/prompts", "prompts"), ("/ui/prompts/greet", "prompt"), ("/ui/evals", "evals"),
-             ("/ui/reviews", "reviews"), ("/ui/keys", "keys"))  # fmt: skip
+             ("/ui/reviews", "reviews"), ("/ui/batches", "batches"),
+             ("/ui/keys", "keys"))  # fmt: skip
     for path, shot in pages:
         visit(chrome, f"{server.base_url}{path}", shot)
         assert chrome.execute_script("return window.pwned") is None
+    visit(chrome, f"{server.base_url}/ui/batches", "batches")
+    assert batch_id in chrome.find_element(By.TAG_NAME, "main").text
     visit(chrome, f"{server.base_url}/ui?window=5m", "overview")
     WebDriverWait(chrome, 10).until(
         lambda d: len(d.find_elements(By.CSS_SELECTOR, "#charts canvas")) == 5

@@ -94,10 +94,10 @@ async def _forbidden(request: Request, exc: Exception) -> Response:
 
 def dashboard_extension(sessions: Sessions) -> Extension:
     """The dashboard as an app extension: its routes, static files and sessions."""
-    from inferline.dashboard import overview, pages, review
+    from inferline.dashboard import batches, overview, pages, review
 
     combined = APIRouter(include_in_schema=False)
-    for part in (router, overview.router, pages.router, review.router):
+    for part in (router, overview.router, pages.router, review.router, batches.router):
         combined.include_router(part)
 
     def bind(app: FastAPI) -> None:

@@ -51,7 +51,8 @@ _ENV.filters.update(when=_when, ms=_ms, money=_money, pretty=_pretty)
 NAV = (
     ("overview", "/ui", "viewer"), ("traces", "/ui/traces", "viewer"),
     ("prompts", "/ui/prompts", "viewer"), ("evals", "/ui/evals", "viewer"),
-    ("reviews", "/ui/reviews", "reviewer"), ("keys", "/ui/keys", "admin"),
+    ("reviews", "/ui/reviews", "reviewer"), ("batches", "/ui/batches", "viewer"),
+    ("keys", "/ui/keys", "admin"),
 )  # fmt: skip
 
 

@@ -169,7 +169,11 @@ def list_batches(
 @router.post("/v1/batches/{batch_id}/cancel")
 def cancel_batch(batch_id: str, request: Request) -> dict[str, Any]:
     """Moves a running job to ``cancelling``; finished lines are kept."""
-    jobs = _jobs(request)
+    return cancel_job(_jobs(request), batch_id)
+
+
+def cancel_job(jobs: JobsState, batch_id: str) -> dict[str, Any]:
+    """Cancels a job that has not finished (400 when it has): its batch object after."""
     row = _batch(jobs, batch_id)
     if row["status"] in TERMINAL:
         raise InvalidParameterError(f"the batch is already {row['status']}", "batch_id")
