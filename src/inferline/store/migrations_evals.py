@@ -204,3 +204,71 @@ def m016_request_rollups(conn: Connection) -> None:
                 for h in ("lat", "ttft") for i in range(22)]  # fmt: skip
     Table("request_rollups", MetaData(), Column("minute", Integer, primary_key=True),
           Column("route", String(256), primary_key=True), *columns).create(conn)  # fmt: skip
+    _backfill_rollups(conn, sums)
+
+
+def _backfill_rollups(conn: Connection, sums: tuple[str, ...]) -> None:
+    """The log written before m016, rolled up in one SQL pass (frozen here, like the
+    schema: the same sums and bucket edges as `rollups.fold` had when m016 was written)."""
+    edges = (
+        0.005,
+        0.01,
+        0.02,
+        0.05,
+        0.1,
+        0.2,
+        0.35,
+        0.5,
+        0.75,
+        1.0,
+        1.5,
+        2.0,
+        3.0,
+        5.0,
+        7.5,
+        10.0,
+        15.0,
+        20.0,
+        30.0,
+        60.0,
+        120.0,
+    )  # the last bucket is everything above
+    ok = "status_code < 400"
+
+    def buckets(column: str, prefix: str) -> list[str]:
+        out, low = [], None
+        for i in range(22):
+            range_ = [f"{column} > {low}"] if low is not None else []
+            if i < len(edges):
+                range_.append(f"{column} <= {edges[i]}")
+                low = edges[i]
+            where = " AND ".join([ok, f"{column} IS NOT NULL", *range_])
+            out.append(f"SUM(CASE WHEN {where} THEN 1 ELSE 0 END) AS {prefix}_h{i}")
+        return out
+
+    values = {
+        "requests": "COUNT(*)",
+        "errors": "SUM(CASE WHEN status_code >= 400 THEN 1 ELSE 0 END)",
+        "successes": f"SUM(CASE WHEN {ok} AND (decision IS NULL OR decision NOT IN "
+                     "('abstain', 'block')) THEN 1 ELSE 0 END)",
+        "fallbacks": "SUM(CASE WHEN num_attempts > 1 THEN 1 ELSE 0 END)",
+        "cache_hits": "SUM(CASE WHEN cache IN ('exact', 'semantic', 'hit') THEN 1 ELSE 0 END)",
+        "prompt_tokens": "SUM(prompt_tokens)", "completion_tokens": "SUM(completion_tokens)",
+        "cost_usd": "SUM(COALESCE(cost_usd, 0))",
+        "latency_sum": f"SUM(CASE WHEN {ok} THEN COALESCE(total_time_s, 0) ELSE 0 END)",
+        "ttft_sum": f"SUM(CASE WHEN {ok} THEN COALESCE(ttft_s, 0) ELSE 0 END)",
+        "ttft_n": f"SUM(CASE WHEN {ok} AND ttft_s IS NOT NULL THEN 1 ELSE 0 END)",
+        "tpot_sum": f"SUM(CASE WHEN {ok} THEN COALESCE(tpot_s, 0) ELSE 0 END)",
+        "tpot_n": f"SUM(CASE WHEN {ok} AND tpot_s IS NOT NULL THEN 1 ELSE 0 END)",
+    }  # fmt: skip
+    assert tuple(values) == sums
+    minute = ("CAST(FLOOR(created_at / 60) AS INTEGER)" if conn.dialect.name == "postgresql"
+              else "CAST(created_at / 60 AS INTEGER)")  # fmt: skip
+    selected = [f"{minute} AS minute", "COALESCE(route, model) AS route",
+                *(f"COALESCE({sql}, 0) AS {name}" for name, sql in values.items()),
+                *buckets("total_time_s", "lat"), *buckets("ttft_s", "ttft")]  # fmt: skip
+    names = ["minute", "route", *sums, *(f"{h}_h{i}" for h in ("lat", "ttft") for i in range(22))]
+    conn.execute(text(
+        f"INSERT INTO request_rollups ({', '.join(names)}) SELECT {', '.join(selected)} "
+        f"FROM requests GROUP BY {minute}, COALESCE(route, model)"
+    ))  # fmt: skip
