@@ -29,7 +29,10 @@ def traces(request: Request) -> Response:
     store = state_of(request).traces
     query = request.query_params
     chosen = {name: query.get(name) or None for name in _FILTERS}
-    since = _SINCE.get(query.get("since") or "")
+    since_name = query.get("since") or ""
+    if chosen["text"] and since_name not in _SINCE:
+        since_name = "24h"  # a text search scans: within a day unless a range is chosen
+    since = _SINCE.get(since_name)
     error, more = None, False
     rows: list[dict[str, Any]] = []
     before = query.get("before", "")
@@ -44,8 +47,8 @@ def traces(request: Request) -> Response:
     except InferlineError as exc:
         error = str(exc)
     return page(request, "traces.html", session, rows=rows, more=more, error=error,
-                filters={**chosen, "status": query.get("status") or "",
-                         "since": query.get("since") or ""}, has_log=store is not None)  # fmt: skip
+                filters={**chosen, "status": query.get("status") or "", "since": since_name},
+                has_log=store is not None)  # fmt: skip
 
 
 @router.get("/ui/traces/{request_id}")
