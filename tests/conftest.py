@@ -26,6 +26,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio, what the server runs on (trio, which selenium brings in,
+    would be tried too otherwise)."""
+    return "asyncio"
+
+
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
     """Where assembled model files live (shared with the CLI's default)."""

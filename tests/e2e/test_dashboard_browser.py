@@ -157,6 +157,25 @@ def start_batch(server: ServerProcess) -> str:
     return str(made.json()["id"])
 
 
+def run_task(server: ServerProcess, upstream: FakeUpstreamHandle) -> str:
+    """A two-step tool task on the bot route (a 0.3 s tool wait between): its id."""
+    auth = {"authorization": f"Bearer {ADMIN}", "x-inferline-task-id": "task-ui"}
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "look it up"}]
+    upstream.script("partner", {"kind": "tool_call", "name": "lookup", "arguments": "{}"})
+    url = f"{server.base_url}/v1/chat/completions"
+    first = httpx.post(url, headers=auth, timeout=60,
+                       json={"model": "bot", "messages": messages, "tools": tools})  # fmt: skip
+    message = first.json()["choices"][0]["message"]
+    time.sleep(0.3)  # the tool runs
+    messages += [message, {"role": "tool", "tool_call_id": message["tool_calls"][0]["id"],
+                           "content": "found"}]  # fmt: skip
+    second = httpx.post(f"{server.base_url}/v1/chat/completions", headers=auth, timeout=60,
+                        json={"model": "bot", "messages": messages, "tools": tools})  # fmt: skip
+    assert second.status_code == 200, second.text
+    return "task-ui"
+
+
 def test_every_page_loads_and_script_stays_text(
     chrome: Any, server: ServerProcess, upstream: FakeUpstreamHandle
 ) -> None:
@@ -166,6 +185,7 @@ def test_every_page_loads_and_script_stays_text(
     user = _key(server, "user")
     review_id, request_id = open_case(server, user, upstream)
     batch_id = start_batch(server)
+    task_id = run_task(server, upstream)
     time.sleep(1.0)  # the log writer's flush
     sign_in(chrome, server, ADMIN)
     pages = (("/ui", "overview"), ("/ui/traces", "traces"), (f"/ui/traces/{request_id}", "trace"),
@@ -175,6 +195,9 @@ def test_every_page_loads_and_script_stays_text(
     for path, shot in pages:
         visit(chrome, f"{server.base_url}{path}", shot)
         assert chrome.execute_script("return window.pwned") is None
+    visit(chrome, f"{server.base_url}/ui/tasks/{task_id}", "task")
+    assert len(chrome.find_elements(By.CSS_SELECTOR, ".timeline .bar.attempt")) == 2
+    assert len(chrome.find_elements(By.CSS_SELECTOR, ".timeline .bar.tool")) == 1
     visit(chrome, f"{server.base_url}/ui/batches", "batches")
     assert batch_id in chrome.find_element(By.TAG_NAME, "main").text
     visit(chrome, f"{server.base_url}/ui?window=5m", "overview")
@@ -232,7 +255,7 @@ def test_moving_a_label_back_in_the_ui_changes_the_version_used(
     chrome: Any, server: ServerProcess
 ) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     label = {"label": "production", "version": 2}
     httpx.post(f"{server.base_url}/v1/prompts/greet/labels", json=label,
@@ -242,10 +265,12 @@ def test_moving_a_label_back_in_the_ui_changes_the_version_used(
     visit(chrome, f"{server.base_url}/ui/prompts/greet", "prompt-before")
     Select(chrome.find_element(By.CSS_SELECTOR, "select[name=version]")).select_by_value("1")
     chrome.find_element(By.ID, "move-production").click()
-    assert chrome.find_element(By.ID, "confirm")  # asks first
+    WebDriverWait(chrome, 10).until(lambda d: d.find_elements(By.ID, "confirm"))  # asks first
     chrome.save_screenshot(str(SHOTS / "prompt-confirm.png"))
     assert _version_used(server) == 2  # nothing moved yet
     chrome.find_element(By.ID, "confirm-move").click()
+    WebDriverWait(chrome, 10).until(lambda d: "confirm=" not in d.current_url
+                                    and not d.find_elements(By.ID, "confirm"))  # fmt: skip
     assert _version_used(server) == 1
 
 

@@ -1,4 +1,5 @@
-"""Pages that read: traces (the traces API's filters; a trace as a timeline), prompts
+"""Pages that read: traces (the traces API's filters; a trace as a timeline; a task's
+steps and tool waits), prompts
 (versions, diffs, labels — moving one, after a confirmation, is the rollback — and each
 version's requests, latency, cost and prefix-cache hits), evals (experiments side by
 side, rollouts and their decisions) and keys with their spend (admin)."""
@@ -157,3 +158,36 @@ def keys(request: Request) -> Response:
         [{**row, "spent_30d": store.spent_since(row["id"], month)} for row in rows] if store else []
     )
     return page(request, "keys.html", session, keys=views)
+
+
+@router.get("/ui/tasks/{task_id}")
+def task(task_id: str, request: Request) -> Response:
+    """A task's steps on one time axis: each request, and the tool waits between them."""
+    from inferline.store.tasks import TaskStore
+
+    session = require(request, "viewer")
+    engine = _engine(request)
+    found = TaskStore(engine).task(task_id) if engine is not None else None
+    if found is None:
+        raise NotFoundError(f"no task {task_id!r}", "task_id")
+    return page(request, "task.html", session, task=found, bars=task_bars(found))
+
+
+def task_bars(found: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each step's request and the tool wait before it, as % of the task's span."""
+    start = found["steps"][0]["started_at"]
+    span = max(1e-9, found["latency_s"])
+    bars = []
+    for step in found["steps"]:
+        if step["tool_wait_s"]:
+            wait_from = step["started_at"] - step["tool_wait_s"] - start
+            bars.append({"label": "tool", "kind": "tool", "start_s": wait_from,
+                         "length_s": step["tool_wait_s"]})  # fmt: skip
+        bars.append({"label": f"{step['route']} ({step['status_code']})", "kind": "attempt",
+                     "start_s": step["started_at"] - start,
+                     "length_s": step["ended_at"] - step["started_at"],
+                     "request_id": step["request_id"]})  # fmt: skip
+    for bar in bars:
+        bar["left_pct"] = round(100 * bar["start_s"] / span, 2)
+        bar["width_pct"] = max(0.5, round(100 * bar["length_s"] / span, 2))
+    return bars
