@@ -90,3 +90,42 @@ def test_templates_escape_untrusted_text() -> None:
     )  # fmt: skip
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "&lt;i&gt;me&lt;/i&gt;" in html
+
+
+def test_a_prompt_versions_scores_from_experiments_and_rollouts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from inferline.dashboard.pages import version_scores
+    from inferline.store import connect, migrate
+    from inferline.store.experiments import ExperimentStore
+    from inferline.store.rollouts import RolloutStore
+
+    engine = connect(f"sqlite:///{tmp_path / 'p.db'}")
+    migrate(engine)
+    store = ExperimentStore(engine)
+    config = {"targets": ["prompt:reply@1", "prompt:reply@2", "bot"], "scorers": ["exact"],
+              "repetitions": 1, "params": {}}  # fmt: skip
+    store.create({"id": "exp_1", "name": None, "dataset": "d", "dataset_version": 1,
+                  "config": config})  # fmt: skip
+    for n, (target, passed) in enumerate([("prompt:reply@1", True), ("prompt:reply@1", False),
+                                          ("prompt:reply@2", True), ("bot", True)]):  # fmt: skip
+        store.add_result({"experiment_id": "exp_1", "target": target, "item_key": f"i{n}",
+                          "repetition": 0, "request_id": None, "status_code": 200, "error": None,
+                          "output": "x", "latency_s": 0.1, "cost_usd": 0.0, "prompt_tokens": 1,
+                          "completion_tokens": 1, "scores": {}, "scoring_cost_usd": 0.0,
+                          "passed": passed, "confidence": None})  # fmt: skip
+    rollouts = RolloutStore(engine)
+    row = {"name": "r", "kind": "prompt", "subject": "reply", "label": "production",
+           "baseline": "1", "candidate": "2", "share": 0.2, "config": {}}  # fmt: skip
+    rollouts.ensure(row, {})
+    for arm, passed in (("baseline", True), ("candidate", False), ("candidate", True)):
+        rollouts.add_sample("r", {"arm": arm, "status_code": 200, "passed": passed})
+    scores = version_scores(engine, "reply")
+    assert scores[1] == [{"source": "experiment exp_1", "n": 2, "pass_rate": 0.5},
+                         {"source": "rollout r (baseline)", "n": 1, "pass_rate": 1.0}]  # fmt: skip
+    assert scores[2][1] == {"source": "rollout r (candidate)", "n": 2, "pass_rate": 0.5}
+    assert version_scores(engine, "other") == {}
+
+
+def test_the_cache_outcome_is_on_the_timeline() -> None:
+    trace = {"timings": {"total_s": 0.01}, "cache": "exact", "attempts": [], "decision": None}
+    (bar,) = timeline(trace)
+    assert bar["label"] == "cache lookup: exact" and bar["kind"] == "cache"

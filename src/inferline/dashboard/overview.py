@@ -75,4 +75,9 @@ def _live(request: Request) -> dict[str, Any]:
                        "kv_use": stats.num_kv_blocks_used / total if total else None,
                        "prefix_hit_rate": stats.prefix_cache_hit_tokens / asked if asked else None,
                        "preemptions": stats.num_preemptions})  # fmt: skip
-    return {"routes": routes, "models": models}
+    return {
+        "routes": routes,
+        "models": models,
+        "reload": state_of(request).last_reload,
+        "reloadable": state_of(request).reload is not None,
+    }

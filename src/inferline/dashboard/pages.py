@@ -85,8 +85,11 @@ def prompt(prompt_id: str, request: Request) -> Response:
     old = int(request.query_params.get("old", numbers[-2] if len(numbers) > 1 else numbers[-1]))
     new = int(request.query_params.get("new", numbers[-1]))
     confirm = request.query_params.get("confirm")  # "label:version" awaiting a yes
+    engine = _engine(request)
+    scores = version_scores(engine, prompt_id) if engine is not None else {}
     return page(
         request, "prompt.html", session, prompt=described, old=old, new=new, numbers=numbers,
+        scores=scores,
         diff=registry.diff(prompt_id, old, new), confirm=confirm.split(":", 1) if confirm else None,
     )  # fmt: skip
 
@@ -191,3 +194,39 @@ def task_bars(found: dict[str, Any]) -> list[dict[str, Any]]:
         bar["left_pct"] = round(100 * bar["start_s"] / span, 2)
         bar["width_pct"] = max(0.5, round(100 * bar["length_s"] / span, 2))
     return bars
+
+
+def version_scores(engine: Any, prompt_id: str) -> dict[int, list[dict[str, Any]]]:
+    """Per version of a prompt, its scores: the pass rate of each recent experiment target
+    ``prompt:ID@N`` and of each rollout arm on it."""
+    from inferline.evals.targets import parse_target
+    from inferline.store.experiments import ExperimentStore
+    from inferline.store.rollouts import RolloutStore
+
+    out: dict[int, list[dict[str, Any]]] = {}
+    experiments = ExperimentStore(engine)
+    for experiment in experiments.recent(50):
+        specs = [s for s in experiment["config"]["targets"] if s.startswith("prompt:")]
+        targets = {s: parse_target(s) for s in specs}
+        mine = {s: t for s, t in targets.items()
+                if t.prompt_id == prompt_id and isinstance(t.prompt_version, int)}  # fmt: skip
+        if not mine:
+            continue
+        rows = experiments.rows(experiment["id"])
+        for spec, target in mine.items():
+            passed = [bool(r["passed"]) for r in rows if r["target"] == spec]
+            if passed:
+                out.setdefault(int(target.prompt_version or 0), []).append(
+                    {"source": f"experiment {experiment['id']}", "n": len(passed),
+                     "pass_rate": sum(passed) / len(passed)})  # fmt: skip
+    rollouts = RolloutStore(engine)
+    for rollout in rollouts.all():
+        if rollout["kind"] != "prompt" or rollout["subject"] != prompt_id:
+            continue
+        for arm, counts in rollouts.counts(rollout["name"]).items():
+            scored = counts["passes"] + counts["fails"]
+            if scored:
+                out.setdefault(int(rollout[arm]), []).append(
+                    {"source": f"rollout {rollout['name']} ({arm})", "n": scored,
+                     "pass_rate": counts["passes"] / scored})  # fmt: skip
+    return out

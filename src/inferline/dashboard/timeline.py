@@ -12,6 +12,8 @@ def timeline(trace: dict[str, Any]) -> list[dict[str, Any]]:
     timings = trace["timings"]
     total = timings["total_s"] or 0.0
     bars: list[dict[str, Any]] = []
+    if trace.get("cache"):  # the lookup's own time is not recorded: a marker at the start
+        bars.append(_bar(f"cache lookup: {trace['cache']}", "cache", 0.0, 0.0))
     at = 0.0
     for label, key in (("queue", "queue_s"), ("prefill", "prefill_s"), ("decode", "decode_s")):
         if timings.get(key):

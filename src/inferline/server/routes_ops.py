@@ -98,7 +98,13 @@ async def reload(request: Request) -> dict[str, Any]:
         raise APIError(
             400, "this server was not started with --config: nothing to reload", param="config"
         )
-    return await state.reload()
+    try:
+        result = await state.reload()
+    except Exception as exc:
+        state.last_reload = {"at": time.time(), "ok": False, "error": str(exc)[:500]}
+        raise
+    state.last_reload = {"at": time.time(), "ok": True, "result": result}
+    return result
 
 
 @router.get("/health")

@@ -38,6 +38,7 @@ class ServerState:
     traces: TraceStore | None = None  # the request log's traces, when there is a log
     prompts: PromptRegistry | None = None  # in the same database
     is_draining: bool = False
+    last_reload: dict[str, Any] | None = None  # when the config was last reloaded, and how
     _infos: dict[str, ModelInfo] = field(default_factory=dict)
     _infos_at: float = -1.0
 
