@@ -173,6 +173,9 @@ def run_task(server: ServerProcess, upstream: FakeUpstreamHandle) -> str:
     second = httpx.post(f"{server.base_url}/v1/chat/completions", headers=auth, timeout=60,
                         json={"model": "bot", "messages": messages, "tools": tools})  # fmt: skip
     assert second.status_code == 200, second.text
+    outcome = httpx.post(f"{server.base_url}/v1/tasks/task-ui/outcome", json={"success": True},
+                         headers={"authorization": f"Bearer {ADMIN}"})  # fmt: skip
+    assert outcome.status_code == 200, outcome.text
     return "task-ui"
 
 
@@ -204,7 +207,10 @@ def test_every_page_loads_and_script_stays_text(
     WebDriverWait(chrome, 10).until(
         lambda d: len(d.find_elements(By.CSS_SELECTOR, "#charts canvas")) == 5
     )
-    assert "agent" in chrome.find_element(By.TAG_NAME, "main").text  # its route's row
+    main = chrome.find_element(By.TAG_NAME, "main").text
+    assert "agent" in main and "Tasks" in main  # a route's row; the tool task's route
+    tasks = chrome.find_element(By.XPATH, "//h2[text()='Tasks']/following-sibling::table[1]")
+    assert "bot 1 1 100.0%" in tasks.text  # one task, judged a success, its cost per success
     chrome.save_screenshot(str(SHOTS / "overview.png"))
     visit(chrome, f"{server.base_url}/ui/traces/{request_id}", "trace")
     assert not chrome.find_elements(By.ID, "bold")  # the model's HTML is not markup

@@ -38,11 +38,21 @@ def overview(request: Request) -> Response:
     session = require(request, "viewer")
     name, seconds = _window(request)
     rollups = _rollups(request)
-    windows = rollups.windows(time.time(), seconds) if rollups is not None else {}
+    now = time.time()
+    windows = rollups.windows(now, seconds) if rollups is not None else {}
     everything = windows.pop("*", None)
+    tasks = _tasks(request, now - seconds)
     return page(request, "overview.html", session, window=name, windows=WINDOWS,
                 everything=everything, routes=sorted(windows.items()), live=_live(request),
-                has_log=rollups is not None)  # fmt: skip
+                has_log=rollups is not None, tasks=tasks)  # fmt: skip
+
+
+def _tasks(request: Request, since: float) -> dict[str, dict[str, Any]]:
+    """Per route, its tasks of the window: success rate and cost per successful task."""
+    from inferline.store.tasks import TaskStore
+
+    store = state_of(request).traces
+    return TaskStore(store.engine).stats_by_route(since=since) if store is not None else {}
 
 
 @router.get("/ui/overview/series")

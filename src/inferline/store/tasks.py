@@ -73,6 +73,18 @@ class TaskStore:
     ) -> dict[str, Any]:
         """Tasks that started since ``since`` (and used ``route``): counts, success rate,
         cost per successful task, latency percentiles, the share of time in tools."""
+        tasks = self._tasks(since, key_id)
+        return aggregate([t for t in tasks if route is None or route in t["routes"]])
+
+    def stats_by_route(self, *, since: float | None = None) -> dict[str, dict[str, Any]]:
+        """`stats` for every route a task used (a task counts under each of its routes),
+        read in one pass."""
+        tasks = self._tasks(since, None)
+        routes = sorted({r for t in tasks for r in t["routes"]})
+        return {route: aggregate([t for t in tasks if route in t["routes"]]) for route in routes}
+
+    def _tasks(self, since: float | None, key_id: str | None) -> list[dict[str, Any]]:
+        """The summarized tasks that started since ``since``, each with the routes it used."""
         c = self.requests.c
         query = select(*(c[name] for name in _STEP_COLUMNS)).where(c.task_id.is_not(None))
         if since is not None:
@@ -89,12 +101,11 @@ class TaskStore:
                     select(self.outcomes).where(self.outcomes.c.task_id.in_(list(grouped)))
                 )
             }
-        tasks = [
-            summarize(task_id, rows, outcomes.get(task_id))
+        return [
+            {**summarize(task_id, rows, outcomes.get(task_id)),
+             "routes": {r["route"] for r in rows if r["route"]}}
             for task_id, rows in grouped.items()
-            if route is None or any(r["route"] == route for r in rows)
-        ]
-        return aggregate(tasks)
+        ]  # fmt: skip
 
 
 def _ids(text: str | None, key: str | None = None) -> list[str]:
