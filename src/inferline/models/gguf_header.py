@@ -8,6 +8,7 @@ UTF-8 bytes. Tensor data is exposed as a read-only memory map, never read eagerl
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ _SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f"
 _NUMPY_TYPES = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "<u1",
                 10: "<u8", 11: "<i8", 12: "<f8"}  # fmt: skip
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,20 @@ class GGUFHeader:
     fields: dict[str, Any]
     tensors: list[GGUFTensorInfo]
     data: np.ndarray  # uint8 memmap of the data section
+    mapping: mmap.mmap | None = None  # the whole file's map (None: ``data`` is not a map)
+    data_start: int = 0  # file offset of ``data``
+
+    def release_pages(self, offset: int, num_bytes: int) -> None:
+        """Drops the mapped pages of ``data[offset : offset + num_bytes]`` from this process
+        once decoded (they stay in the page cache; a later read maps them again). Without it
+        the file's pages count in the process's RSS until the map is gone: 470 MiB of
+        Qwen2.5-0.5B's load peak."""
+        if self.mapping is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start = (self.data_start + offset) // mmap.PAGESIZE * mmap.PAGESIZE
+        end = min(self.data_start + offset + num_bytes, len(self.mapping))
+        if end > start:
+            self.mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
 class _Cursor:
@@ -74,15 +90,33 @@ class _Cursor:
             items = np.frombuffer(self.buffer, dtype, count, self.pos)
             self.pos += count * dtype.itemsize
             return items.tolist()
+        if item_type == _STRING:
+            return self._strings(count)
         return [self.value(item_type) for _ in range(count)]
+
+    def _strings(self, count: int) -> list[str]:
+        """``count`` strings in one tight loop (a vocabulary is 50k-150k of them: the
+        per-item method calls of `value` cost Qwen2.5 0.4 s)."""
+        buffer, pos, read_length = self.buffer, self.pos, _U64.unpack_from
+        items = []
+        for _ in range(count):
+            length = read_length(buffer, pos)[0]
+            pos += 8
+            items.append(str(buffer[pos : pos + length], "utf-8", "replace"))
+            pos += length
+        self.pos = pos
+        return items
 
 
 def read_gguf_header(path: Path) -> GGUFHeader:
     """Parses ``path``'s header; raises `ModelLoadError` on anything that is not GGUF v2/v3."""
     try:
-        mapped = np.memmap(path, dtype=np.uint8, mode="r")
+        with path.open("rb") as file:
+            # copy-on-write: writable for torch.from_numpy, yet the file is never written
+            mapping = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read GGUF file {path}: {exc}") from exc
+    mapped = np.frombuffer(mapping, dtype=np.uint8)
     cursor = _Cursor(memoryview(mapped))  # type: ignore[arg-type]
     try:
         if bytes(mapped[:4]) != b"GGUF":
@@ -101,7 +135,7 @@ def read_gguf_header(path: Path) -> GGUFHeader:
         raise ModelLoadError(f"{path}: truncated or corrupt GGUF header ({exc})") from exc
     alignment = int(fields.get("general.alignment", 32))
     data_start = -(-cursor.pos // alignment) * alignment
-    return GGUFHeader(fields, tensors, mapped[data_start:])
+    return GGUFHeader(fields, tensors, mapped[data_start:], mapping, data_start)
 
 
 def _tensor_info(cursor: _Cursor) -> GGUFTensorInfo:
