@@ -13,12 +13,9 @@ slower).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
-import shutil
 import subprocess
-import tempfile
 import threading
 from functools import cache
 from pathlib import Path
@@ -26,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from inferline.models.native.build import compiled, compiler
 
 logger = logging.getLogger(__name__)
 
@@ -143,47 +142,13 @@ def disable() -> None:
 def _load(cache_dir: Path) -> QuantKernels | None:
     if os.environ.get("INFERLINE_NATIVE_KERNELS", "1") == "0":
         return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None or not SOURCE.is_file():
+    cc = compiler()
+    if cc is None or not SOURCE.is_file():
         logger.info("no C compiler or kernel source: load-time quantization runs in torch")
         return None
     try:
-        path = _library_path(cache_dir, compiler)
-        if not path.exists():
-            _build(compiler, path)
-        return QuantKernels(ctypes.CDLL(str(path)))
+        return QuantKernels(compiled(SOURCE, COMPILE_FLAGS, cache_dir, cc))
     except (OSError, subprocess.CalledProcessError) as error:
         detail = getattr(error, "stderr", "") or str(error)
         logger.warning("load-time kernels unavailable (%s): quantizing in torch", detail)
         return None
-
-
-def _library_path(cache_dir: Path, compiler: str) -> Path:
-    version = subprocess.run(
-        [compiler, "--version"], capture_output=True, text=True, check=False
-    ).stdout
-    flags = next((ln for ln in _cpuinfo().splitlines() if ln.startswith("flags")), "")
-    key = hashlib.sha256(
-        "\n".join([SOURCE.read_text(), compiler, version, " ".join(COMPILE_FLAGS), flags]).encode()
-    ).hexdigest()[:16]
-    return cache_dir / "kernels" / f"quant_kernels-{key}.so"
-
-
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
-def _build(compiler: str, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        partial = Path(tmp) / target.name
-        subprocess.run(
-            [compiler, *COMPILE_FLAGS, "-o", str(partial), str(SOURCE), "-lm"],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        partial.replace(target)  # atomic: concurrent builders never see half a library

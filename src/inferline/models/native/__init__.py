@@ -12,17 +12,15 @@ plain torch path.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
-import shutil
 import subprocess
-import tempfile
 from functools import cache
 from pathlib import Path
 
 import torch
 
+from inferline.models.native.build import compiled, compiler
 from inferline.models.quant import Int8Rows, Int32Product
 
 logger = logging.getLogger(__name__)
@@ -49,59 +47,17 @@ Activation = torch.Tensor | Int8Rows | Int32Product
 MatmulInput = torch.Tensor | Int8Rows
 
 
-def _cpu_signature() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return ""
-
-
-def _compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-
-
-def _build(compiler: str, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        partial = Path(tmp) / target.name
-        subprocess.run(
-            [compiler, *COMPILE_FLAGS, "-o", str(partial), str(SOURCE), "-lm"],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        partial.replace(target)  # atomic: concurrent builders never see half a library
-
-
-def library_path(cache_dir: Path, compiler: str) -> Path:
-    """Where the library for this source, compiler and CPU is cached."""
-    version = subprocess.run(
-        [compiler, "--version"], capture_output=True, text=True, check=False
-    ).stdout
-    key = hashlib.sha256(
-        "\n".join([SOURCE.read_text(), compiler, version, " ".join(COMPILE_FLAGS)]).encode()
-        + _cpu_signature().encode()
-    ).hexdigest()[:16]
-    return cache_dir / "kernels" / f"cpu_kernels-{key}.so"
-
-
 @cache
 def load_kernels(cache_dir: Path) -> NativeKernels | None:
     """The compiled kernels, building them if needed; None where they cannot be had."""
     if os.environ.get("INFERLINE_NATIVE_KERNELS", "1") == "0":
         return None
-    compiler = _compiler()
-    if compiler is None:
+    cc = compiler()
+    if cc is None:
         logger.warning("no C compiler found: running the plain torch path (slower)")
         return None
     try:
-        path = library_path(cache_dir, compiler)
-        if not path.exists():
-            _build(compiler, path)
-        return NativeKernels(ctypes.CDLL(str(path)))
+        return NativeKernels(compiled(SOURCE, COMPILE_FLAGS, cache_dir, cc))
     except (OSError, subprocess.CalledProcessError) as error:
         detail = getattr(error, "stderr", "") or str(error)
         logger.warning("native kernels unavailable (%s): running the torch path", detail)
