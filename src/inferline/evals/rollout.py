@@ -12,6 +12,7 @@ once decided, all of them go to the winner.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 from collections.abc import Sequence
@@ -150,9 +151,13 @@ class RolloutController:
                     scores[scorer.name] = verdict.value
                     verdicts.append(verdict.passed)
             passed = all(verdicts) if verdicts else None
-        self.store.add_sample(self.spec.name, {
-            "arm": seen.arm, "request_id": seen.request_id, "status_code": seen.status_code,
-            "latency_s": seen.latency_s, "passed": passed, "scores": scores})  # fmt: skip
+        sample = {"arm": seen.arm, "request_id": seen.request_id, "status_code": seen.status_code,
+                  "latency_s": seen.latency_s, "passed": passed, "scores": scores}  # fmt: skip
+        # the store is synchronous: off the event loop, which streams tokens meanwhile
+        return await asyncio.to_thread(self._record, sample)
+
+    def _record(self, sample: dict[str, Any]) -> str | None:
+        self.store.add_sample(self.spec.name, sample)
         return self.judge()
 
     def judge(self) -> str | None:
