@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,18 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from trace_store import serve  # the same server on the same file (run from benchmarks/)
 
 from inferline.bench.host import cpu_description
 from inferline.store import connect, migrate
 from inferline.store.prompts import PromptStore
 
 BIN = Path(sys.executable).parent / "inferline"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def prepare(db: Path) -> dict[str, Any]:
@@ -62,38 +54,6 @@ def prepare(db: Path) -> dict[str, Any]:
     engine.dispose()
     return {"applied": applied, "migrate_s": seconds, "trace": trace_id, "rollup_rows": rollups,
             "rows": rows}  # fmt: skip
-
-
-def serve(db: Path, directory: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    config = directory / "gateway.yaml"
-    config.write_text(
-        'models:\n  - {name: upstream, kind: openai, base_url: "http://127.0.0.1:9/v1", model: fake}\n'
-    )
-    process = subprocess.Popen(
-        [
-            str(BIN),
-            "serve",
-            "--config",
-            str(config),
-            "--port",
-            str(port),
-            "--database-url",
-            f"sqlite:///{db}",
-        ],
-        stdout=(directory / "server.log").open("wb"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "INFERLINE_API_KEY": "", "INFERLINE_HOME": str(directory)},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.3)
-    raise SystemExit("the server did not start")
 
 
 def main() -> None:

@@ -4,7 +4,6 @@ through (a session with the page's role; a CSRF token on every POST)."""
 from __future__ import annotations
 
 from importlib.resources import files
-from typing import Any
 
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import RedirectResponse, Response
@@ -108,7 +107,8 @@ def dashboard_extension(sessions: Sessions) -> Extension:
     return Extension(combined, "dashboard", sessions, bind=bind)
 
 
-def form_value(form: Any, name: str) -> str | None:
-    """A form field as text (None when absent)."""
-    value = form.get(name)
-    return value if isinstance(value, str) else None
+def with_notice(path: str, notice: str) -> RedirectResponse:
+    """A redirect (303) to a page that shows ``notice`` (quoted, at most 200 characters)."""
+    from urllib.parse import quote
+
+    return RedirectResponse(f"{path}?notice={quote(notice[:200])}", status_code=303)

@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 
 from inferline.core.errors import InferlineError
-from inferline.dashboard.app import require, require_post
+from inferline.dashboard.app import require, require_post, with_notice
 from inferline.dashboard.render import page
 from inferline.jobs.objects import batch_object
 from inferline.jobs.routes import cancel_job
@@ -55,6 +55,4 @@ def cancel(batch_id: str, request: Request, csrf: str | None = Form(None)) -> Re
         cancel_job(jobs, batch_id)
     except InferlineError as exc:
         notice = str(exc)
-    from urllib.parse import quote
-
-    return RedirectResponse(f"/ui/batches?notice={quote(notice[:200])}", status_code=303)
+    return with_notice("/ui/batches", notice)

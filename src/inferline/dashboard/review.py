@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 
-from inferline.dashboard.app import require, require_post
+from inferline.dashboard.app import require, require_post, with_notice
 from inferline.dashboard.render import page
 from inferline.guard import ReviewClosedError
 
@@ -48,7 +48,7 @@ def decide(
     session = require_post(request, "reviewer", csrf)
     service = _service(request)
     if service is None or action not in _ACTIONS:
-        return RedirectResponse("/ui/reviews?notice=unknown+action", status_code=303)
+        return with_notice("/ui/reviews", "unknown action")
     reviewer = session.key_id or "admin"
     try:
         service.desk.decide(review_id, action, reviewer=reviewer, comment=comment or None,
@@ -57,10 +57,4 @@ def decide(
     except ReviewClosedError as closed:
         notice = str(closed)
     service.nudge_threadsafe()
-    return RedirectResponse(f"/ui/reviews?notice={_quote(notice)}", status_code=303)
-
-
-def _quote(text: str) -> str:
-    from urllib.parse import quote
-
-    return quote(text[:200])
+    return with_notice("/ui/reviews", notice)

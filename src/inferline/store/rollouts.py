@@ -9,7 +9,7 @@ import json
 import time
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, Table, func, insert, select, update
+from sqlalchemy import Engine, MetaData, Table, insert, select, update
 
 _SAMPLE_COLUMNS = ("arm", "status_code", "latency_s", "passed")
 
@@ -116,9 +116,3 @@ class RolloutStore:
             return [
                 {**r._asdict(), "evidence": json.loads(r.evidence)} for r in conn.execute(query)
             ]
-
-    def sample_count(self, name: str) -> int:
-        """How many answers were recorded."""
-        s = self.samples.c
-        with self.engine.connect() as conn:
-            return int(conn.scalar(select(func.count()).where(s.rollout == name)) or 0)

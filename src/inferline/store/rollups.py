@@ -17,7 +17,6 @@ from sqlalchemy import (
     Engine,
     MetaData,
     Table,
-    func,
     select,
 )
 
@@ -174,10 +173,3 @@ class Rollups:
             for name in ("latency_p50_s", "latency_p95_s", "ttft_p50_s"):
                 out[name].append(view[name])
         return out
-
-
-def count_rows(engine: Engine) -> int:
-    """How many rollup rows there are."""
-    table = Table("request_rollups", MetaData(), autoload_with=engine)
-    with engine.connect() as conn:
-        return int(conn.scalar(select(func.count()).select_from(table)) or 0)
