@@ -56,9 +56,34 @@ class APIError(Exception):
         error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
         return {"error": error}
 
-    def response(self) -> JSONResponse:
-        """The HTTP response."""
-        return JSONResponse(self.body(), status_code=self.status_code, headers=self.headers)
+    def response(self, path: str = "") -> JSONResponse:
+        """The HTTP response (in Anthropic's shape on ``/v1/messages``)."""
+        body = anthropic_error_body(self) if is_anthropic_path(path) else self.body()
+        return JSONResponse(body, status_code=self.status_code, headers=self.headers)
+
+
+def is_anthropic_path(path: str) -> bool:
+    """The Anthropic Messages API's paths answer errors in Anthropic's shape."""
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
+_ANTHROPIC_TYPES = {
+    "insufficient_quota": "rate_limit_error",
+    "server_error": "api_error",
+    "timeout_error": "timeout_error",
+}
+
+
+def anthropic_error_body(error: APIError) -> dict[str, Any]:
+    """``{"type": "error", "error": {"type", "message"}}``: Anthropic's error envelope
+    (its SDK maps the status to its exception class; the type says why)."""
+    kind = _ANTHROPIC_TYPES.get(error.type, error.type)
+    if error.code == "request_too_large":
+        kind = "request_too_large"
+    message = error.message
+    if error.param and error.param not in message:
+        message = f"{error.param}: {message}"
+    return {"type": "error", "error": {"type": kind, "message": message}}
 
 
 def api_error_from(exc: Exception) -> APIError:
@@ -164,7 +189,7 @@ def install_error_handlers(app: FastAPI, on_rejected: OnRejected) -> None:
     def reject(request: Request, error: APIError) -> JSONResponse:
         if not error.is_logged and request.url.path.startswith("/v1/"):
             on_rejected(request, error)
-        return error.response()
+        return error.response(request.url.path)
 
     async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
         return reject(request, api_error_from(exc))
@@ -173,10 +198,10 @@ def install_error_handlers(app: FastAPI, on_rejected: OnRejected) -> None:
         assert isinstance(exc, RequestValidationError)
         return reject(request, validation_error(exc))
 
-    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return APIError(exc.status_code, str(exc.detail), type=kind).response()
+        return APIError(exc.status_code, str(exc.detail), type=kind).response(request.url.path)
 
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

@@ -7,7 +7,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from inferline.server.errors import APIError
+from inferline.server.errors import APIError, anthropic_error_body, is_anthropic_path
 from inferline.server.metrics import Metrics
 from inferline.tenants import Identity, Tenants
 
@@ -43,8 +43,9 @@ _ROUTE_PREFIXES = (  # paths with an id: one label per route, not per id
 )
 
 
-async def _send_error(send: Send, error: APIError) -> None:
-    body = json.dumps(error.body()).encode()
+async def _send_error(send: Send, error: APIError, path: str) -> None:
+    shaped = anthropic_error_body(error) if is_anthropic_path(path) else error.body()
+    body = json.dumps(shaped).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
     await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
@@ -83,11 +84,11 @@ class GuardMiddleware:
         send = self._counting(path, send)
         error = self._check_key(scope) or self._check_draining(path)
         if error is not None:
-            await _send_error(send, error)
+            await _send_error(send, error, path)
             return
         body, error = await self._read_body(scope, receive)
         if error is not None:
-            await _send_error(send, error)
+            await _send_error(send, error, path)
             return
         await self.app(scope, _replay(body, receive), send)
 
@@ -104,11 +105,13 @@ class GuardMiddleware:
         headers = dict(scope["headers"])
         auth = headers.get(b"authorization", b"")
         token = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
+        token = token or headers.get(b"x-api-key", b"").strip()  # how Anthropic's SDK sends it
         identity = self.tenants.identify(token.decode("latin-1")) if token else None
         if identity is None:
             return APIError(
                 401,
-                "Missing or invalid API key. Send 'Authorization: Bearer <key>'.",
+                "Missing or invalid API key. Send 'Authorization: Bearer <key>' "
+                "(or 'x-api-key: <key>').",
                 type="authentication_error",
                 code="invalid_api_key",
             )

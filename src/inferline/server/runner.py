@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+import inspect
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -26,7 +28,48 @@ from inferline.server.state import ServerState
 
 Stream = AsyncGenerator[RequestOutput, None]
 Chunks = Callable[[int, RequestOutput], Iterable[dict[str, Any]]]
-FinalChunk = Callable[[list[RequestOutput]], dict[str, Any] | None]
+Finals = dict[str, Any] | list[dict[str, Any]] | None
+# the last events of a stream (usage; a Responses stream's ``response.completed``), given
+# every final output; may be a coroutine (a stored response is written before it is sent)
+FinalChunk = Callable[[list[RequestOutput]], Finals | Awaitable[Finals]]
+# the events that end a stream which failed after it started (default: the dialect's error)
+FailedChunk = Callable[[APIError], Finals | Awaitable[Finals]]
+Body = dict[str, Any]
+BuildBody = Callable[[list[RequestOutput]], Body | Awaitable[Body]]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one API writes its stream events and its errors: OpenAI's Chat Completions
+    (``data:`` lines, ``[DONE]``), its Responses API and Anthropic's Messages (``event:``
+    lines, no terminator, errors in their own shapes)."""
+
+    event: Callable[[dict[str, Any]], str] = sse
+    error_body: Callable[[APIError], dict[str, Any]] = APIError.body
+    done: str | None = "data: [DONE]\n\n"
+
+    def error_response(self, error: APIError) -> Response:
+        """The HTTP response of an error before the answer started."""
+        return JSONResponse(
+            self.error_body(error), status_code=error.status_code, headers=error.headers
+        )
+
+
+OPENAI = Dialect()
+
+
+def named_event(data: dict[str, Any]) -> str:
+    """One server-sent event named by its ``type`` (``event: <type>``), as the Responses
+    and Messages APIs send them."""
+    return f"event: {data['type']}\n{sse(data)}"
+
+
+async def _resolved(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def _listed(events: Finals) -> list[dict[str, Any]]:
+    return [events] if isinstance(events, dict) else list(events or [])
 
 
 async def submit_all(
@@ -122,12 +165,13 @@ async def respond(
     state: ServerState,
     trace: RequestTrace,
     streams: list[Stream],
-    build: Callable[[list[RequestOutput]], dict[str, Any]],
+    build: BuildBody,
+    dialect: Dialect = OPENAI,
 ) -> Response:
     """Waits for every stream to finish (aborting if the client leaves); returns JSON.
 
-    The body is built before the request is logged, so a failure to build it is logged as
-    the 500 it is, not as a 200.
+    The body is built (and, by a coroutine ``build``, stored) before the request is
+    logged, so a failure to build it is logged as the 500 it is, not as a 200.
     """
     try:
         finals = await until_disconnect(_collect_all(streams, state, trace), request)
@@ -135,12 +179,12 @@ async def respond(
         state.observer.finish(trace, CLIENT_CLOSED, "client disconnected")
         return Response(status_code=CLIENT_CLOSED)
     except Exception as exc:
-        return _failed(state, trace, exc).response()
+        return dialect.error_response(_failed(state, trace, exc))
     trace.outputs = finals
     try:
-        body = with_decision(build(finals), trace.route)
+        body = with_decision(await _resolved(build(finals)), trace.route)
     except Exception as exc:
-        return _failed(state, trace, exc).response()
+        return dialect.error_response(_failed(state, trace, exc))
     state.observer.finish(trace, 200)
     headers = {**trace.headers, **route_headers(trace.request_id, trace.route)}
     return JSONResponse(body, headers=headers)
@@ -194,14 +238,18 @@ async def stream_response(
     streams: list[Stream],
     chunks: Chunks,
     final_chunk: FinalChunk,
+    dialect: Dialect = OPENAI,
+    failed: FailedChunk | None = None,
 ) -> Response:
-    """Server-sent events: ``chunks`` per output, then ``final_chunk`` (usage), then [DONE].
+    """Server-sent events: ``chunks`` per output, then ``final_chunk`` (usage), then [DONE]
+    (as the ``dialect`` writes them).
 
     The response starts with the first output, so its headers name the target that made
     it, and a failure before it is an HTTP error. An error after that is sent as
     ``data: {"error": ...}`` before ``[DONE]``; a stream that ends before its answer is
-    complete is such an error, never a clean end. A client that disconnects cancels the
-    generator, which aborts the requests (their blocks are freed).
+    complete is such an error (``failed``'s events when given), never a clean end. A
+    client that disconnects cancels the generator, which aborts the requests (their blocks
+    are freed).
     """
     source = merged(streams)
     try:
@@ -214,10 +262,10 @@ async def stream_response(
         await _close(source, streams)
         if isinstance(exc, StopAsyncIteration):
             exc = StreamInterruptedError("the generator's stream ended before its answer did")
-        return _failed(state, trace, exc).response()
+        return dialect.error_response(_failed(state, trace, exc))
     trace.route = first[1].route
     headers = {**trace.headers, **route_headers(trace.request_id, trace.route, final=False)}
-    events = _events(state, trace, streams, source, first, chunks, final_chunk)
+    events = _events(state, trace, streams, source, first, (chunks, final_chunk, failed), dialect)
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
@@ -227,9 +275,10 @@ async def _events(
     streams: list[Stream],
     source: AsyncGenerator[tuple[int, RequestOutput], None],
     first: tuple[int, RequestOutput],
-    chunks: Chunks,
-    final_chunk: FinalChunk,
+    formatters: tuple[Chunks, FinalChunk, FailedChunk | None],
+    dialect: Dialect,
 ) -> AsyncIterator[str]:
+    chunks, final_chunk, failed = formatters
     status, error_message = CLIENT_CLOSED, "client disconnected"
     finals: dict[int, RequestOutput] = {}
     try:
@@ -241,7 +290,7 @@ async def _events(
             for chunk in chunks(index, output):
                 if decided:  # the decision rides on the first chunk
                     chunk, decided = with_decision(chunk, trace.route), False
-                yield sse(chunk)
+                yield dialect.event(chunk)
             try:
                 index, output = await anext(source)
             except StopAsyncIteration:
@@ -249,15 +298,16 @@ async def _events(
         if len(finals) < len(streams) or not all(o.finished for o in finals.values()):
             raise StreamInterruptedError("the generator's stream ended before its answer did")
         trace.outputs = [finals[i] for i in sorted(finals)]
-        last = final_chunk(trace.outputs)
-        if last is not None:
-            yield sse(last)
+        for event in _listed(await _resolved(final_chunk(trace.outputs))):
+            yield dialect.event(event)
         status, error_message = 200, ""
     except Exception as exc:
         error = api_error_from(exc)
         trace.route = getattr(exc, "route_report", None) or trace.route
         status, error_message = error.status_code, error.message
-        yield sse(error.body())
+        ending = dialect.error_body(error) if failed is None else await _resolved(failed(error))
+        for event in _listed(ending):
+            yield dialect.event(event)
     finally:
         try:  # a client that left cancels every await here: the request is logged anyway
             with contextlib.suppress(Exception):
@@ -265,4 +315,5 @@ async def _events(
         finally:
             trace.outputs = trace.outputs or [finals[i] for i in sorted(finals)]
             state.observer.finish(trace, status, error_message or None)
-    yield sse("[DONE]")
+    if dialect.done is not None:
+        yield dialect.done
