@@ -143,7 +143,7 @@ async def _last_output(stream: Stream, state: ServerState, trace: RequestTrace) 
     return last
 
 
-async def _collect_all(
+async def collect_all(
     streams: list[Stream], state: ServerState, trace: RequestTrace
 ) -> list[RequestOutput]:
     """Every stream's final output; the first failure cancels the others (and raises)."""
@@ -174,7 +174,7 @@ async def respond(
     logged, so a failure to build it is logged as the 500 it is, not as a 200.
     """
     try:
-        finals = await until_disconnect(_collect_all(streams, state, trace), request)
+        finals = await until_disconnect(collect_all(streams, state, trace), request)
     except ClientDisconnected:
         state.observer.finish(trace, CLIENT_CLOSED, "client disconnected")
         return Response(status_code=CLIENT_CLOSED)

@@ -1,7 +1,10 @@
 """Persistent records: the request log and the batch jobs (SQLite by default, any
 SQLAlchemy URL)."""
 
-from inferline.store import migrations_evals  # noqa: F401  (registers m013 onwards)
+from inferline.store import (
+    migrations_api,  # noqa: F401  (registers m017 onwards)
+    migrations_evals,  # noqa: F401  (registers m013 onwards)
+)
 from inferline.store.db import connect, default_database_url
 from inferline.store.jobs import JobStore
 from inferline.store.keys import KeyStore
