@@ -19,7 +19,7 @@ _DESCRIPTIONS = {
     400: "The request is invalid: the message names the field.",
     401: "Missing or invalid API key.",
     403: "The API key may not do this (a route it is not given, the admin API; revoked).",
-    404: "Unknown model, route, file or batch.",
+    404: "Unknown model, route, file, batch or stored response.",
     409: "The review was decided already (by another reviewer, or its deadline).",
     413: "The request body is over the size limit.",
     429: "Rate limited: retry after the Retry-After header.",
@@ -28,7 +28,7 @@ _DESCRIPTIONS = {
     503: "Overloaded, draining, every target down, or the engine stopped.",
     504: "The request's deadline passed before an answer.",
 }
-_GENERATION = ("/v1/chat/completions", "/v1/completions")
+_GENERATION = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 _ERROR_SCHEMA = {
     "type": "object",
     "required": ["error"],
@@ -62,6 +62,7 @@ _BY_PATH: tuple[tuple[Any, set[int]], ...] = (
     (lambda p, m: p.startswith("/v1/prompts") and m == "post", {403}),
     (lambda p, m: p.startswith(("/v1/reviews", "/v1/checks")), {400, 403}),
     (lambda p, m: p.startswith("/v1/reviews/") and m == "post", {409}),
+    (lambda p, m: p.startswith("/v1/responses/"), {400}),  # no database to keep them in
 )
 
 
