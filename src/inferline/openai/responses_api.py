@@ -32,7 +32,7 @@ class TextFormat(LenientModel):
 class TextConfig(LenientModel):
     """``text``: the output's format (``verbosity`` is accepted and ignored)."""
 
-    format: TextFormat = Field(default_factory=TextFormat)
+    format: TextFormat = Field(default_factory=lambda: TextFormat.model_validate({}))
 
 
 class ResponsesRequest(LenientModel):

@@ -94,7 +94,8 @@ class ResponsesService:
             )
             trace.outputs = outputs = await collect_all(streams, state, trace)
             response = finished(turn.shell, outputs, output_items(outputs[0].outputs[0]))
-            status, message = 200, None
+            status: int | None = 200
+            message: str | None = None
         except asyncio.CancelledError:
             state.observer.finish(trace, 499, "cancelled")
             raise
