@@ -237,3 +237,32 @@ def test_a_background_response_a_crash_interrupted_is_run_at_start(tmp_path: Pat
         done = _poll(sdk, "resp_crashed", ("completed", "incomplete"))
     assert done.output_text == " ".join(WORDS[:2])
     assert target.requests[0].messages == [{"role": "user", "content": "Hi"}]
+
+
+def test_a_stream_cut_mid_way_ends_failed_never_completed(tmp_path: Path) -> None:
+    target = ScriptedGenerator("small", [Step(cut_after=2)])
+    app = make_app(f"sqlite:///{tmp_path / 'db.sqlite'}", target)
+    with TestClient(app, headers={"authorization": f"Bearer {ADMIN}"}) as client:
+        body = {"model": "bot", "input": "Hi", "stream": True}
+        with client.stream("POST", "/v1/responses", json=body) as response:
+            text = "".join(response.iter_text())
+        events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data:")]
+        kinds = [e["type"] for e in events]
+        assert "response.output_text.delta" in kinds
+        assert kinds[-2:] == ["error", "response.failed"]
+        assert "response.completed" not in kinds
+        stored = client.get(f"/v1/responses/{events[0]['response']['id']}").json()
+        assert stored["status"] == "failed" and stored["error"]["code"]
+
+
+def test_a_stored_prompt_answers_a_response(setup: Any) -> None:
+    client, sdk, target = setup
+    spec = {"id": "greet", "route": "bot", "messages": [
+        {"role": "system", "content": "You greet {{ name }}."}]}  # fmt: skip
+    assert client.post("/v1/prompts", json=spec).status_code in (200, 201)
+    response = sdk.responses.create(
+        input="hello", prompt={"id": "greet", "variables": {"name": "Ada"}}
+    )
+    assert response.output_text == " ".join(WORDS)
+    system = {"role": "system", "content": "You greet Ada."}
+    assert target.requests[-1].messages == [system, {"role": "user", "content": "hello"}]
