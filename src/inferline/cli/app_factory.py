@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from inferline.cli.gateway_factory import Gateway, serve_config
 from inferline.cli.main import default_cache_dir
+from inferline.core.protocols import Generator
 from inferline.server import ServerConfig, create_app
 from inferline.server.app import Extension
 from inferline.store import RequestLogWriter
@@ -34,10 +35,12 @@ def build_app(
     tenants: Tenants | None = None,
     otel_exporter: OtelExporter | None = None,
     desk: ReviewDesk | None = None,
+    local_generators: Mapping[str, Generator] | None = None,
 ) -> tuple[Any, Gateway]:
     """Checks the config (every mistake before a load), loads the models, builds the app
     (``otel_exporter``: where finished requests go as spans, if anywhere; ``desk``: where
-    review cases are kept)."""
+    review cases are kept; ``local_generators``: the local models already running
+    elsewhere, by name — their Ray Serve deployments under ``serve --ray``)."""
     config = serve_config(args, environ)
     predictors = []
     if config.predictors:
@@ -56,6 +59,7 @@ def build_app(
         embedders=embedding_functions(predictors),
         classifiers=lambda policies: guard_classifiers(policies, predictors),
         desk=desk,
+        local_generators=local_generators,
     )
     app = create_app(
         gateway.generator,

@@ -32,6 +32,7 @@ from typing import Any
 
 from inferline.cli.config_fields import build, fail, mapping, section, value
 from inferline.client import UpstreamConfig, UpstreamTimeouts
+from inferline.cluster.deploy import Scale
 from inferline.router.config import BreakerConfig, Price, RetryBudget, TargetConfig
 
 ENGINE_FIELDS: dict[str, type] = {
@@ -52,7 +53,8 @@ _PRICE_FIELDS: dict[str, type] = {
     "machine_per_hour": float,  # local engines only
 }
 _TARGET_KEYS = {"name", "kind", "price", "breaker", "retry_budget", "max_in_flight"}
-_LLM_KEYS = _TARGET_KEYS | {"source"} | set(ENGINE_FIELDS)
+_LLM_KEYS = _TARGET_KEYS | {"source"} | set(ENGINE_FIELDS) | {
+    "replicas", "autoscaling", "num_cpus", "threads", "routing"}  # fmt: skip
 _OPENAI_KEYS = _TARGET_KEYS | {
     "base_url", "model", "api_key_env", "timeouts", "max_model_len", "can_continue",
     "max_connections", "headers",
@@ -68,6 +70,7 @@ class LocalModelSpec:
     source: str
     engine: Mapping[str, Any]
     target: TargetConfig
+    scale: Scale = Scale()  # replicas on a Ray cluster (``serve --ray``); one otherwise
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,34 @@ def parse_llm(entry: dict[str, Any], place: str, base_dir: Path) -> LocalModelSp
     engine: dict[str, Any] = {
         k: value(entry, k, t, place) for k, t in ENGINE_FIELDS.items() if k in entry
     }
-    return LocalModelSpec(entry["name"], source, engine, _target(entry, place, "llm", True))
+    target = _target(entry, place, "llm", True)
+    return LocalModelSpec(entry["name"], source, engine, target, _scale(entry, place))
+
+
+def _scale(entry: dict[str, Any], place: str) -> Scale:
+    """``replicas``, ``autoscaling``, ``num_cpus``, ``threads``, ``routing`` of an entry
+    (read by ``serve --ray``)."""
+    fields: dict[str, Any] = {
+        "replicas": value(entry, "replicas", int, place, 1),
+        "num_cpus": value(entry, "num_cpus", float, place, 1.0),
+        "threads": value(entry, "threads", int, place, None),
+    }
+    fields["routing"] = value(entry, "routing", str, place, "prefix")
+    auto = mapping(entry.get("autoscaling") or {}, f"{place}.autoscaling", set(_AUTOSCALING))
+    fields.update({k: value(auto, k, t, f"{place}.autoscaling") for k, t in _AUTOSCALING.items()
+                   if k in auto})  # fmt: skip
+    if auto and "max_replicas" not in auto:
+        raise fail(f"{place}.autoscaling.max_replicas", "is required")
+    return build(Scale, fields, place)
+
+
+_AUTOSCALING: dict[str, type] = {
+    "min_replicas": int,
+    "max_replicas": int,
+    "target_queued_tokens": int,
+    "upscale_delay_s": float,
+    "downscale_delay_s": float,
+}
 
 
 def parse_openai(entry: dict[str, Any], place: str, environ: Mapping[str, str]) -> UpstreamSpec:

@@ -52,7 +52,7 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeC
     return dataclasses.replace(single, predictors=config.predictors, path=config.path)
 
 
-def _build_local(spec: LocalModelSpec, args: argparse.Namespace, data_dir: Path) -> Generator:
+def build_local(spec: LocalModelSpec, args: argparse.Namespace, data_dir: Path) -> Generator:
     """A local engine on its own thread (slow: loads the model)."""
     from inferline.cli.engine_factory import engine_config
     from inferline.engine import AsyncEngine, FrontendConfig, LLMEngine, SchedulerConfig
@@ -92,8 +92,10 @@ class Gateway:
         embedders: Mapping[str, Embed] | None = None,
         classifiers: ClassifiersFor | None = None,
         desk: ReviewDesk | None = None,
+        local_generators: Mapping[str, Generator] | None = None,
     ):
         self.args, self.data_dir, self.environ = args, data_dir, environ
+        self.local_generators = dict(local_generators or {})  # running elsewhere (Ray)
         self.config = serve_config(args, environ)
         self._targets: dict[str, tuple[Spec, Target]] = {}
         self._draining: set[asyncio.Task[None]] = set()
@@ -144,8 +146,15 @@ class Gateway:
         return target
 
     def _make_target(self, spec: Spec) -> Target:
-        if isinstance(spec, LocalModelSpec):
-            generator = _build_local(spec, self.args, self.data_dir)
+        if isinstance(spec, LocalModelSpec) and getattr(self.args, "ray", False):
+            generator = self.local_generators.get(spec.name)
+            if generator is None:  # a reload cannot deploy a model on the cluster
+                raise InvalidParameterError(
+                    f"model {spec.name!r} is not deployed on the cluster: restart to add it",
+                    "models",
+                )
+        elif isinstance(spec, LocalModelSpec):
+            generator = build_local(spec, self.args, self.data_dir)
         else:
             generator = _build_upstream(spec)
         return Target(spec.target, generator)

@@ -131,10 +131,13 @@ class UpstreamError(InferlineError):
         retry_after_s: the upstream asked to wait this long before trying it again.
         counts_as_failure: counts toward the target's circuit breaker (a request the client
             got wrong does not).
+        retry_here: the same target may continue a stream this error cut (another of its
+            replicas answers: a Ray Serve deployment whose replica died).
     """
 
     retryable = True
     counts_as_failure = True
+    retry_here = False
     default_code = "upstream_error"
     default_status = 502
 

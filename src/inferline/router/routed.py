@@ -145,7 +145,7 @@ class RoutedRequest:
                 if delay is None:
                     break
                 await self._sleep(delay)
-                reason = "retry"
+                reason = "continuation" if self.progress.started else "retry"
             reason = self._next_reason(outcome)
             if self.report.fallback_reason is None:
                 self.report.fallback_reason = fallback_reason(outcome)
@@ -187,8 +187,10 @@ class RoutedRequest:
             return None
         if isinstance(error, DeadlineExceededError) or self._aborted:
             raise error
-        if self.progress.started:
-            return None  # a continuation is our request, not the client's: try the next
+        if self.progress.started:  # a continuation is our request, not the client's
+            if getattr(error, "retry_here", False) and tries < self.route.retry.attempts:
+                return 0.0  # another replica of this target continues it
+            return None  # the next target continues it
         if is_clients_fault(error):
             raise error
         if not is_retryable(error):
