@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.redis_server import redis_url  # noqa: F401  (a real redis-server, when asked)
+
 CACHE_DIR = Path(os.environ.get("INFERLINE_HOME") or Path.home() / ".cache" / "inferline")
 
 

@@ -176,3 +176,19 @@ def test_autoscaling_follows_queued_tokens(cluster: ServerProcess) -> None:
         stop.set()
     assert grew, "no second replica while 8 clients queued ~2k-token prompts"
     assert wait_for(lambda: len(replicas("scaled")) == 1, 90), "not scaled back after idling"
+
+
+def test_a_batch_job_runs_on_the_cluster_replicas(cluster: ServerProcess) -> None:
+    from tests.e2e.test_batches import chat_line, read_lines, sdk, submit
+    from tests.e2e.test_batches import wait_for as wait_for_batch
+
+    client = sdk(cluster)
+    lines = [chat_line(f"line-{i}", f"Say {i}.") for i in range(6)]
+    for line in lines:
+        line["body"]["model"] = "bot"  # the route over the deployment's replicas
+    done = wait_for_batch(client, submit(client, lines).id, ("completed", "failed"))
+    assert done.status == "completed", done
+    assert done.request_counts.completed == 6
+    outputs = read_lines(client, done.output_file_id)
+    assert sorted(o["custom_id"] for o in outputs) == [f"line-{i}" for i in range(6)]
+    assert all(o["response"]["status_code"] == 200 for o in outputs)

@@ -3,14 +3,8 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -20,39 +14,16 @@ from inferline.store.prompts import PromptStore
 from inferline.store.retention import prune_log
 from inferline.store.tasks import TaskStore
 from inferline.store.traces import TraceFilter, TraceStore
+from tests.postgres_server import BINARIES, running_postgres
 
 pytest.importorskip("psycopg")
-BINARIES = shutil.which("initdb") and shutil.which("pg_ctl")
 pytestmark = pytest.mark.skipif(not BINARIES, reason="no PostgreSQL binaries on this machine")
-
-
-def _as_postgres_user(args: list[str]) -> list[str]:
-    """initdb refuses to run as root: run it as the postgres user when we are root."""
-    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
 
 
 @pytest.fixture(scope="module")
 def database_url() -> Iterator[str]:
-    # not under pytest's tmp dir: its parents are closed to the postgres user
-    directory = Path(tempfile.mkdtemp(prefix="inferline-pg-"))
-    data = directory / "data"
-    if os.geteuid() == 0:
-        shutil.chown(directory, "postgres")
-    initdb = ["initdb", "-D", str(data), "-U", "inferline", "--auth=trust"]
-    subprocess.run(_as_postgres_user(initdb), check=True, capture_output=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1"
-    subprocess.run(_as_postgres_user(["pg_ctl", "-D", str(data), "-o", options, "-w",
-                                      "-l", str(directory / "log"), "start"]),
-                   check=True, capture_output=True)  # fmt: skip
-    try:
-        yield f"postgresql+psycopg://inferline@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(_as_postgres_user(["pg_ctl", "-D", str(data), "-m", "fast", "stop"]),
-                       capture_output=True)  # fmt: skip
-        shutil.rmtree(directory, ignore_errors=True)
+    with running_postgres() as url:
+        yield url
 
 
 def test_the_stores_work_on_postgresql(database_url: str) -> None:

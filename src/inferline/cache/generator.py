@@ -4,6 +4,10 @@ A hit replays the cached outputs as they were streamed (a stream stays a stream)
 route report that has no attempts: it costs nothing, and says ``cache: hit`` or
 ``semantic-hit`` (with the similarity). A miss goes to the wrapped generator; its answer is
 stored if it finished whole (``stop`` or ``length``, not cut by a budget), with no error.
+
+Entries live in the process (`store.AnswerStore`); with `share` (gateway replicas on one
+Redis) exact-key entries also go to Redis (`shared.RedisAnswers`), so an answer stored by
+one process is a hit in every other; semantic lookups stay per process.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequen
 from inferline.cache.guards import matches
 from inferline.cache.keys import exact_key, last_user_message, semantic_context
 from inferline.cache.policy import CachePolicy
+from inferline.cache.shared import RedisAnswers
 from inferline.cache.store import AnswerStore, Entry
 from inferline.core.errors import InvalidParameterError
 from inferline.core.outputs import RequestMetrics, RequestOutput, RouteReport
@@ -53,6 +58,11 @@ class CachedGenerator(GeneratorWrapper):
         self._stores = {
             name: AnswerStore(p.max_entries, p.ttl_s, clock) for name, p in self.policies.items()
         }
+        self.shared: RedisAnswers | None = None
+
+    def share(self, answers: RedisAnswers | None) -> None:
+        """Keeps exact-key entries in Redis too (every process on it sees them)."""
+        self.shared = answers
 
     def set_policies(self, policies: Mapping[str, CachePolicy]) -> None:
         """New policies (a reload): a route whose policy changed starts empty."""
@@ -76,7 +86,7 @@ class CachedGenerator(GeneratorWrapper):
         name = request.model or (self.inner.models()[0].name if self.inner.models() else "")
         lookup = await self._lookup(name, request)
         if lookup is not None and request.cache == "default":
-            replay = self._replay(name, lookup, request)
+            replay = await self._replay(name, lookup, request)
             if replay is not None:
                 return replay
         stream = await self.inner.submit(request)
@@ -113,11 +123,13 @@ class CachedGenerator(GeneratorWrapper):
         except InvalidParameterError:
             return None  # too long to embed: exact matching only
 
-    def _replay(
+    async def _replay(
         self, name: str, lookup: _Lookup, request: GenerationRequest
     ) -> AsyncGenerator[RequestOutput, None] | None:
         store = self._stores[name]
         entry, similarity = store.get(lookup.key), None
+        if entry is None and self.shared is not None:
+            entry = await self.shared.get(name, lookup.key, self.clock())
         if entry is None and lookup.context is not None and lookup.vector is not None:
             guard = lookup.policy.guard
             nearest = store.nearest(
@@ -161,6 +173,8 @@ class CachedGenerator(GeneratorWrapper):
                 lookup.message,
             )
             self._stores[name].put(lookup.key, entry)
+            if self.shared is not None:
+                self.shared.put(name, lookup.key, entry, lookup.policy.ttl_s)
 
 
 def _stored(output: RequestOutput) -> RequestOutput:

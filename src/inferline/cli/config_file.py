@@ -23,6 +23,7 @@ from inferline.cli.config_fields import fail, mapping, value
 from inferline.cli.config_models import LocalModelSpec, UpstreamSpec, parse_llm, parse_openai
 from inferline.cli.config_rollouts import parse_rollouts
 from inferline.cli.config_routes import parse_cache, parse_route
+from inferline.cli.config_state import StateConfig, parse_state
 from inferline.cli.models_file import KINDS as PREDICTOR_KINDS
 from inferline.cli.models_file import PredictorSpec, parse_predictor
 from inferline.core.errors import InvalidParameterError
@@ -52,6 +53,7 @@ class ServeConfig:
     guards: tuple[GuardPolicy, ...] = ()  # routes' checks that abstain, review or block
     reviews: ReviewsConfig = field(default_factory=lambda: ReviewsConfig())
     rollouts: tuple[RolloutSpec, ...] = ()  # candidates on a share of traffic (config_rollouts)
+    state: StateConfig = field(default_factory=StateConfig)  # what replicas share (config_state)
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -77,7 +79,7 @@ def parse_config(document: Any, base_dir: Path, environ: Mapping[str, str]) -> S
     """Checks a parsed config document (see the module docstring)."""
     if not isinstance(document, dict) or not isinstance(document.get("models"), list):
         raise InvalidParameterError("the config file needs a top-level list `models:`", "models")
-    mapping(document, "config", {"models", "routes", "reviews", "rollouts"})
+    mapping(document, "config", {"models", "routes", "reviews", "rollouts", "state"})
     local, upstreams, predictors = _models(document["models"], base_dir, environ)
     generators = {m.name for m in local} | {u.name for u in upstreams}
     names = generators | {p.name for p in predictors}
@@ -107,6 +109,7 @@ def parse_config(document: Any, base_dir: Path, environ: Mapping[str, str]) -> S
     return ServeConfig(
         tuple(local), tuple(upstreams), tuple(predictors), tuple(routes), tuple(caches),
         tuple(guards), _reviews(document, environ), tuple(rollouts),
+        parse_state(document.get("state"), environ),
     )  # fmt: skip
 
 

@@ -42,6 +42,12 @@ def register(sub: Any) -> None:
         default=None,
         help="request log database (default: sqlite file under $INFERLINE_HOME)",
     )
+    p.add_argument(
+        "--redis-url",
+        default=None,
+        help="share rate limits, budgets and the response cache with every gateway process "
+        "on this Redis (redis://host:port/db; also state.redis_url in --config)",
+    )
     p.add_argument("--no-log-text", action="store_true", help="log counts and timings, not text")
     p.add_argument(
         "--log-retention-days",
@@ -86,6 +92,14 @@ def register(sub: Any) -> None:
         action="store_true",
         help="put prompt and output text on the exported spans (not with --no-log-text)",
     )
+    p.add_argument(
+        "--ray",
+        action="store_true",
+        help="run on Ray Serve: each local model a deployment of its `replicas` (or "
+        "`autoscaling`), the gateway the ingress (same config file, same API)",
+    )
+    p.add_argument("--address", default=None, help="with --ray: a running cluster to join")
+    p.add_argument("--gateway-replicas", type=int, default=1, help="with --ray: ingress replicas")
     p.set_defaults(run=run)  # fmt: skip
 
 
@@ -137,6 +151,10 @@ def run(args: argparse.Namespace) -> int:
             "(or --insecure-no-auth if the network is trusted)",
             "host",
         )
+    if args.ray:
+        from inferline.cli.serve_ray import run_on_ray
+
+        return run_on_ray(args, api_keys)
     app, state, gateway = build_app(args, api_keys, default_cache_dir())
     for line in _load_summary(gateway).splitlines():
         print(f"inferline: {line}", file=sys.stderr)

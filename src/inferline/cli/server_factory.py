@@ -20,7 +20,6 @@ from inferline.store import (
     default_database_url,
     migrate,
 )
-from inferline.tenants import Tenants
 
 if TYPE_CHECKING:
     from inferline.server.otel import OtelExporter
@@ -29,15 +28,21 @@ _TRACES_PATH = "/v1/traces"
 
 
 def build_app(
-    args: argparse.Namespace, api_keys: tuple[str, ...], data_dir: Path
+    args: argparse.Namespace,
+    api_keys: tuple[str, ...],
+    data_dir: Path,
+    local_generators: Mapping[str, Any] | None = None,
 ) -> tuple[Any, ServerState, Gateway]:
-    """Loads the models (slow), opens the request log; returns the app, its state and the
-    gateway (routes and targets, reloadable)."""
+    """Loads the models (slow; ``local_generators``: those already running elsewhere, by
+    name), opens the request log; returns the app, its state and the gateway (routes and
+    targets, reloadable)."""
+    from inferline.cli.config_state import build_shared_state, build_tenants, state_config
     from inferline.cli.jobs_factory import jobs_extension
     from inferline.dashboard import dashboard_extension
     from inferline.dashboard.auth import Sessions
 
-    database = connect(args.database_url or default_database_url(data_dir))
+    state = state_config(args, os.environ)  # what gateway replicas share (state: / flags)
+    database = connect(state.database_url or default_database_url(data_dir))
     migrate(database)
     server_config = ServerConfig(
         api_keys=api_keys,
@@ -52,7 +57,8 @@ def build_app(
         api_keys[0] if api_keys else None,
         max_in_flight=args.batch_max_in_flight,
     )
-    tenants = Tenants(KeyStore(database), api_keys)
+    shared = build_shared_state(state)  # None without a Redis URL: all in this process
+    tenants = build_tenants(KeyStore(database), api_keys, shared)
     tenants.recover()  # requests in flight at a crash: charged as reserved, reported
     desk, reviews = _reviews(args, database)
     app, gateway = build_gateway_app(
@@ -72,7 +78,12 @@ def build_app(
         tenants=tenants,
         otel_exporter=otel_exporter(args, os.environ),
         desk=desk,
+        local_generators=local_generators,
     )
+    if shared is not None and gateway.cache is not None:
+        from inferline.cache.shared import RedisAnswers
+
+        gateway.cache.share(RedisAnswers(shared.client, shared.prefix))
     return app, app.state.inferline, gateway
 
 

@@ -24,6 +24,7 @@ from inferline.guard import ReviewDesk
 from inferline.server.periodic import Periodic
 
 logger = logging.getLogger(__name__)
+CLAIM_S = 60.0  # a delivery taken by a replica that died is due again after this
 MAX_DELIVERIES = 8  # then the delivery is given up (the case keeps its result for polls)
 
 
@@ -124,8 +125,11 @@ class ReviewService(Periodic):
         if self.webhook_url is None or self._client is None:
             return
         now = time.time()
-        for case in await asyncio.to_thread(self.desk.store.webhooks_due, now):
-            await self._deliver(case)
+        store = self.desk.store
+        for case in await asyncio.to_thread(store.webhooks_due, now):
+            claim = (case["id"], case["webhook_next_at"], now + CLAIM_S)
+            if await asyncio.to_thread(store.claim_webhook, *claim):  # one replica posts it
+                await self._deliver(case)
 
     async def _deliver(self, case: dict[str, Any]) -> None:
         assert self._client is not None and self.webhook_url is not None

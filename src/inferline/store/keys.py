@@ -15,6 +15,7 @@ import json
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,20 +160,34 @@ class KeyStore:
         with self.engine.begin() as conn:
             return bool(conn.execute(query).rowcount)
 
-    def interrupt_unsettled(self) -> list[SpendRow]:
+    def interrupt_unsettled(
+        self, keep: Callable[[list[str]], set[str]] | None = None
+    ) -> list[SpendRow]:
         """Marks the rows of requests in flight at a crash ``interrupted``, charged at their
-        reservation; returns them (to report)."""
+        reservation; returns them (to report). ``keep`` names, of the unsettled request ids,
+        those still running in a living process (gateway replicas sharing the database):
+        their rows are left alone. Only rows read here are changed, and only while still
+        ``reserved``, so a row written or settled meanwhile is never interrupted."""
         c = self.spend.c
-        with self.engine.begin() as conn:
+        with self.engine.connect() as conn:
             rows = conn.execute(select(self.spend).where(c.status == "reserved")).all()
-            conn.execute(
-                update(self.spend)
-                .where(c.status == "reserved")
-                .values(status="interrupted", spend_usd=c.reserved_usd, settled_at=time.time())
-            )
+        alive = keep([r.request_id for r in rows]) if keep is not None and rows else set()
+        rows = [r for r in rows if r.request_id not in alive]
+        changed: set[str] = set()
+        with self.engine.begin() as conn:
+            for start in range(0, len(rows), 500):
+                ids = [r.request_id for r in rows[start : start + 500]]
+                where = (c.status == "reserved", c.request_id.in_(ids))
+                changed |= set(conn.execute(select(c.request_id).where(*where)).scalars())
+                conn.execute(
+                    update(self.spend)
+                    .where(*where)
+                    .values(status="interrupted", spend_usd=c.reserved_usd, settled_at=time.time())
+                )
         return [
             SpendRow(r.key_id, r.request_id, r.route, r.reserved_usd, "interrupted", r.reserved_usd)
             for r in rows
+            if r.request_id in changed
         ]
 
     def spent_since(self, key_id: str, since: float) -> float:

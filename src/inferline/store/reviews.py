@@ -106,6 +106,19 @@ class ReviewStore:
         with self.engine.connect() as conn:
             return [_decoded(r._asdict()) for r in conn.execute(query).all()]
 
+    def claim_webhook(self, review_id: str, seen_next_at: float, until: float) -> bool:
+        """Takes a due delivery for this process until ``until`` (a conditional UPDATE on
+        the ``webhook_next_at`` it was read with): of several gateway replicas passing at
+        once, one posts it; if that one dies, the delivery is due again at ``until``."""
+        c = self.table.c
+        query = (
+            update(self.table)
+            .where(c.id == review_id, c.webhook_due.is_(True), c.webhook_next_at == seen_next_at)
+            .values(webhook_next_at=until)
+        )
+        with self.engine.begin() as conn:
+            return bool(conn.execute(query).rowcount)
+
     def webhook_sent(
         self, review_id: str, *, error: str | None = None, next_at: float | None = None
     ) -> None:

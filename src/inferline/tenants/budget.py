@@ -7,13 +7,17 @@ request's expected cost only if it fits what is left; while it runs, every outpu
 charged, and a charge past its reservation must fit what is left too, or the request is
 stopped (the router ends it with ``finish_reason: length``): so the spend of a key never
 passes its budget, whatever runs at once.
+
+`BudgetLedger` keeps this in one process; `redis_budget.RedisLedger` keeps it in Redis for
+every gateway process (the same methods: `Ledger`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from inferline.tenants.policy import KeyPolicy
 
@@ -39,12 +43,56 @@ class _KeyBudget:
         return self.settled + sum(v.holds for k, v in self.live.items() if k != without)
 
 
+class Ledger(Protocol):
+    """A key's settled spend and its live requests' holds (`BudgetLedger`: this process;
+    `redis_budget.RedisLedger`: every gateway process).
+
+    Invariant: settled spend + every live hold <= the budget, whatever runs at once; a hold
+    is the larger of a request's reservation and its charges. ``is_shared``: the calls do
+    network I/O (callers run the admission's off the event loop).
+    """
+
+    is_shared: bool
+
+    def available(self, policy: KeyPolicy) -> float | None:
+        """What the key may still spend now (None: no budget)."""
+        ...
+
+    def reserve(self, policy: KeyPolicy, request_id: str, amount: float) -> bool:
+        """Holds ``amount`` for a new request if it fits what is left."""
+        ...
+
+    def charge(self, policy: KeyPolicy, request_id: str, amount: float) -> bool:
+        """Adds to a live request's charge; False (nothing charged) past the budget."""
+        ...
+
+    def settle(self, policy: KeyPolicy, request_id: str, spend: float) -> None:
+        """The request ended: its hold goes, its real spend counts."""
+        ...
+
+    def reserved(self, policy: KeyPolicy) -> float:
+        """What the key's live requests hold now."""
+        ...
+
+    def renew(self) -> None:
+        """Keeps this process's holds alive (a no-op in one process)."""
+        ...
+
+    def alive(self, request_ids: Collection[str]) -> set[str]:
+        """Which of these requests are held by a living process (at start-up, the rows
+        of the others were cut by a crash)."""
+        ...
+
+
 class BudgetLedger:
-    """Per-key spend in the current period, and the live requests' holds.
+    """Implements `Ledger` in this process: per-key spend in the current period, and the
+    live requests' holds.
 
     ``spent_since(key_id, since)`` reads a key's settled spend from the store (once per key
     and period).
     """
+
+    is_shared = False
 
     def __init__(
         self, spent_since: Callable[[str, float], float], clock: Callable[[], float] = time.time
@@ -107,3 +155,10 @@ class BudgetLedger:
         if policy.budget_usd is None:
             return 0.0
         return sum(v.holds for v in self._budget(policy).live.values())
+
+    def renew(self) -> None:
+        """Nothing to renew in one process."""
+
+    def alive(self, request_ids: Collection[str]) -> set[str]:
+        """None: this process holds nothing of an earlier one."""
+        return set()

@@ -1,11 +1,15 @@
 """Rate limits per key: token buckets for requests and tokens per minute, and a count of
-requests in flight. In memory (a restart refills the buckets)."""
+requests in flight. `LocalLimits` keeps them in memory (a restart refills the buckets);
+`redis_limits.RedisLimits` keeps them in Redis for every gateway process."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
+
+from inferline.tenants.policy import KeyPolicy
 
 Clock = Callable[[], float]
 
@@ -119,3 +123,76 @@ class KeyLimits:
             if bucket is not None:
                 out[name] = LimitState(int(bucket.capacity), bucket.remaining(), bucket.reset_s())
         return out
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Which limit refused a request (``parallel``, ``requests``, ``tokens``) and the
+    seconds until it may pass."""
+
+    which: str
+    wait_s: float
+
+
+class Limits(Protocol):
+    """The rate limits of every key: in this process (`LocalLimits`) or shared by every
+    gateway process (`inferline.tenants.redis_limits.RedisLimits`).
+
+    Invariants: ``admit`` takes all of a request's units or none (a refusal takes nothing);
+    each admitted request is ``finish``ed once; ``states`` is what the ``x-ratelimit-*``
+    headers say. ``is_shared``: the calls do network I/O (callers run them off the event
+    loop).
+    """
+
+    is_shared: bool
+
+    def admit(self, key: KeyPolicy, request_id: str, tokens: int) -> Refusal | None:
+        """Takes one request, ``tokens`` and a parallel slot; or says which limit refused."""
+        ...
+
+    def finish(self, key: KeyPolicy, request_id: str, estimated: int, actual: int) -> None:
+        """Frees the request's slot and corrects its token estimate."""
+        ...
+
+    def states(self, key: KeyPolicy) -> dict[str, LimitState]:
+        """The key's ``requests`` and ``tokens`` limits now."""
+        ...
+
+    def renew(self) -> None:
+        """Keeps this process's in-flight requests counted (a no-op in one process)."""
+        ...
+
+
+class LocalLimits:
+    """Implements `Limits` in this process: one `KeyLimits` per key (a restart refills)."""
+
+    is_shared = False
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self.clock = clock
+        self._keys: dict[str, KeyLimits] = {}
+
+    def of(self, key: KeyPolicy) -> KeyLimits:
+        """The key's state (made on first use; rebuilt when its limits change)."""
+        limits = self._keys.get(key.id)
+        wanted = (key.rpm, key.tpm, key.max_parallel)
+        if limits is None or limits.settings != wanted:
+            limits = KeyLimits(key.rpm, key.tpm, key.max_parallel, self.clock)
+            self._keys[key.id] = limits
+        return limits
+
+    def admit(self, key: KeyPolicy, request_id: str, tokens: int) -> Refusal | None:
+        """See `Limits.admit`."""
+        refused = self.of(key).admit(tokens)
+        return None if refused is None else Refusal(*refused)
+
+    def finish(self, key: KeyPolicy, request_id: str, estimated: int, actual: int) -> None:
+        """See `Limits.finish`."""
+        self.of(key).finish(estimated, actual)
+
+    def states(self, key: KeyPolicy) -> dict[str, LimitState]:
+        """See `Limits.states`."""
+        return self.of(key).states()
+
+    def renew(self) -> None:
+        """Nothing to renew in one process."""

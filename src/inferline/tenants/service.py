@@ -7,6 +7,11 @@ ledger before the request runs), and `finish` (the real spend of every attempt s
 reservation; token counts correct the rate limit). A request's `Admission` is its spend
 guard: the router charges every output to it, and the budget stops the request when it
 cannot pay for more.
+
+The limits and the ledger have two implementations behind one interface each
+(`limits.Limits`, `budget.Ledger`): in this process, or in Redis for every gateway
+process (``redis_limits``, ``redis_budget``). With shared ones, an admission runs in a
+worker thread (one hop, with the ledger row's write) and a settlement in the background.
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from inferline.core.errors import LimitExceededError, PermissionDeniedError
 from inferline.core.outputs import RouteReport
 from inferline.core.protocols import ModelInfo
 from inferline.store.keys import KeyStore, hash_secret
-from inferline.tenants.budget import BudgetLedger
-from inferline.tenants.limits import KeyLimits, reset_text
+from inferline.tenants.budget import BudgetLedger, Ledger
+from inferline.tenants.limits import Limits, LocalLimits, reset_text
 from inferline.tenants.policy import KeyPolicy
 
 logger = logging.getLogger(__name__)
@@ -72,7 +77,12 @@ class Estimate:
 
 
 class Tenants:
-    """Keys, limits and budgets of one server (thread-safe for the admin routes)."""
+    """Keys, limits and budgets of one server (thread-safe for the admin routes).
+
+    ``limits`` and ``ledger`` default to this process's (`LocalLimits`, `BudgetLedger`);
+    gateway replicas pass the Redis ones. ``renew_every_s``: how often shared ones renew
+    this process's leases (a third of the lease).
+    """
 
     def __init__(
         self,
@@ -80,14 +90,20 @@ class Tenants:
         admin_keys: tuple[str, ...] = (),
         *,
         clock: Callable[[], float] = time.monotonic,
+        limits: Limits | None = None,
+        ledger: Ledger | None = None,
+        renew_every_s: float = 10.0,
     ) -> None:
         self.store = store
         self._admin_hashes = [hashlib.sha256(k.encode()).digest() for k in admin_keys]
         self._lock = threading.Lock()
         self._by_hash: dict[str, KeyPolicy] = {}
-        self._limits: dict[str, KeyLimits] = {}
         self.clock = clock
-        self.ledger = BudgetLedger(store.spent_since if store else lambda _k, _s: 0.0)
+        self.limits: Limits = limits or LocalLimits(clock)
+        self.ledger: Ledger = ledger or BudgetLedger(
+            store.spent_since if store else lambda _k, _s: 0.0
+        )
+        self.renew_every_s = renew_every_s
         self.interrupted: list[Any] = []
         self._version: tuple[float, int] = (0.0, 0)
         self.reload()
@@ -104,31 +120,54 @@ class Tenants:
             self._by_hash = by_hash
             self._version = version
 
+    @property
+    def is_shared(self) -> bool:
+        """Whether limits or budgets are shared with other processes (network calls)."""
+        return self.limits.is_shared or self.ledger.is_shared
+
     async def watch(self, interval_s: float = 1.0) -> None:
         """Reloads the keys when the store changed (``inferline keys`` writes it directly):
-        a key revoked from the command line is refused within ``interval_s``."""
+        a key revoked from the command line is refused within ``interval_s``. With shared
+        state, also renews this process's leases and, every few renewals, marks the ledger
+        rows of dead processes ``interrupted`` (`recover`)."""
         store = self.store
-        if store is None:
+        if store is None and not self.is_shared:
             return
+        renewed = reconciled = time.monotonic()
         while True:
             await asyncio.sleep(interval_s)
             try:
-                if await asyncio.to_thread(store.version) != self._version:
+                if self.is_shared and time.monotonic() - renewed >= self.renew_every_s:
+                    renewed = time.monotonic()
+                    await asyncio.to_thread(self.renew)
+                if self.is_shared and time.monotonic() - reconciled >= 3 * self.renew_every_s:
+                    reconciled = time.monotonic()
+                    await asyncio.to_thread(self.recover)
+                if store is not None and await asyncio.to_thread(store.version) != self._version:
                     await asyncio.to_thread(self.reload)
             except Exception:  # the next poll retries; requests go on with the keys known
-                logger.exception("keys: reading the key store failed")
+                logger.exception("keys: reading the key store or the shared state failed")
+
+    def renew(self) -> None:
+        """Renews the leases of this process's in-flight requests and budget holds."""
+        self.limits.renew()
+        self.ledger.renew()
 
     def recover(self) -> list[Any]:
-        """At start-up: the requests in flight at a crash, charged as they had reserved."""
+        """At start-up: the requests in flight at a crash, charged as they had reserved.
+        With a shared ledger, only the rows no living process holds (the others' requests
+        are still running)."""
         if self.store is None:
             return []
-        self.interrupted = self.store.interrupt_unsettled()
-        for row in self.interrupted:
+        keep = self.ledger.alive if self.ledger.is_shared else None
+        interrupted = self.store.interrupt_unsettled(keep)
+        self.interrupted = [*self.interrupted, *interrupted]
+        for row in interrupted:
             logger.warning(
                 "key %s: request %s was in flight at a crash; charged its reservation %.6f USD",
                 row.key_id, row.request_id, row.reserved_usd,
             )  # fmt: skip
-        return self.interrupted
+        return interrupted
 
     def has_key(self, key_id: str) -> bool:
         """Whether a live (not revoked) virtual key has this id."""
@@ -149,15 +188,6 @@ class Tenants:
         key = self._by_hash.get(hash_secret(token))
         return Identity(key=key) if key is not None else None
 
-    def limits_of(self, key: KeyPolicy) -> KeyLimits:
-        """The rate-limit state of a key (made on first use; rebuilt when its limits change)."""
-        limits = self._limits.get(key.id)
-        wanted = (key.rpm, key.tpm, key.max_parallel)
-        if limits is None or limits.settings != wanted:
-            limits = KeyLimits(key.rpm, key.tpm, key.max_parallel, self.clock)
-            self._limits[key.id] = limits
-        return limits
-
     # ---- the request path ------------------------------------------------------------
 
     def check_access(self, key: KeyPolicy, model: str) -> None:
@@ -174,23 +204,43 @@ class Tenants:
         """Checks the key, takes its rate limits and reserves the request's cost (written to
         the ledger before it runs). Raises 403 / 429 with the headers to send."""
         self.check_access(key, info.name)
-        limits = self.limits_of(key)
         tokens = estimate.prompt_tokens + (estimate.max_tokens or DEFAULT_OUTPUT_TOKENS)
-        refused = limits.admit(tokens)
-        if refused is not None:
-            which, wait_s = refused
-            raise LimitExceededError(
-                _rate_message(key, which), retry_after_s=wait_s, headers=self.headers(key)
+        if self.is_shared:  # network calls: one worker-thread hop, the ledger row included
+            return await asyncio.to_thread(
+                self._admit_now, key, request_id, info, estimate, tokens, True
             )
-        try:
-            admission = self._reserve(key, request_id, info, estimate, tokens)
-        except LimitExceededError:
-            limits.finish(tokens, 0)
-            raise
+        admission = self._admit_now(key, request_id, info, estimate, tokens, False)
         if self.store is not None and key.budget_usd is not None:
             await asyncio.to_thread(
                 self.store.reserve, key.id, request_id, info.name, admission.reserved_usd
             )
+        return admission
+
+    def _admit_now(
+        self,
+        key: KeyPolicy,
+        request_id: str,
+        info: ModelInfo,
+        estimate: Estimate,
+        tokens: int,
+        write_row: bool,
+    ) -> Admission:
+        """Takes the rate limits, then the budget's reservation (and, with ``write_row``,
+        writes the ledger row)."""
+        refused = self.limits.admit(key, request_id, tokens)
+        if refused is not None:
+            raise LimitExceededError(
+                _rate_message(key, refused.which),
+                retry_after_s=refused.wait_s,
+                headers=self.headers(key),
+            )
+        try:
+            admission = self._reserve(key, request_id, info, estimate, tokens)
+        except LimitExceededError:
+            self.limits.finish(key, request_id, tokens, 0)
+            raise
+        if write_row and self.store is not None and key.budget_usd is not None:
+            self.store.reserve(key.id, request_id, info.name, admission.reserved_usd)
         return admission
 
     def _reserve(
@@ -241,18 +291,33 @@ class Tenants:
             return 0.0
         admission.settled = True
         spend = report.cost_usd if report is not None else 0.0
+        if self.is_shared:
+            _background(self._settle, admission, spend, tokens)
+            return spend
         key = admission.key
         self.ledger.settle(key, admission.request_id, spend)
-        self.limits_of(key).finish(admission.estimated_tokens, tokens[0] + tokens[2])
+        self.limits.finish(key, admission.request_id, admission.estimated_tokens,
+                           tokens[0] + tokens[2])  # fmt: skip
         if self.store is not None and key.budget_usd is not None:
-            store = self.store
-            _background(store.settle, admission.request_id, spend, *tokens)
+            _background(self.store.settle, admission.request_id, spend, *tokens)
         return spend
+
+    def _settle(self, admission: Admission, spend: float, tokens: tuple[int, int, int]) -> None:
+        """Settles a request on shared state (in a worker thread). The ledger row first:
+        another process's `recover` interrupts only rows whose hold is gone, so a row is
+        settled before its hold goes."""
+        key, request_id = admission.key, admission.request_id
+        try:
+            if self.store is not None and key.budget_usd is not None:
+                self.store.settle(request_id, spend, *tokens)
+        finally:
+            self.ledger.settle(key, request_id, spend)
+            self.limits.finish(key, request_id, admission.estimated_tokens, tokens[0] + tokens[2])
 
     def headers(self, key: KeyPolicy) -> dict[str, str]:
         """OpenAI's ``x-ratelimit-*`` headers for a key's limits now."""
         out = {}
-        for name, state in self.limits_of(key).states().items():
+        for name, state in self.limits.states(key).items():
             out[f"x-ratelimit-limit-{name}"] = str(state.limit)
             out[f"x-ratelimit-remaining-{name}"] = str(state.remaining)
             out[f"x-ratelimit-reset-{name}"] = reset_text(state.reset_s)
