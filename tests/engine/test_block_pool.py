@@ -9,13 +9,28 @@ def make_pool(num_blocks: int = 8, block_size: int = 4) -> BlockPool:
     return BlockPool(num_blocks, block_size, enable_caching=True)
 
 
-def test_allocate_takes_lowest_ids_first_and_free_returns_them_to_the_tail() -> None:
+def test_allocate_reuses_freed_blocks_before_new_ones() -> None:
     pool = make_pool()
     assert pool.allocate(3) == [0, 1, 2]
-    assert pool.num_free_blocks == 5
+    assert pool.num_free_blocks == 5 and pool.num_touched_blocks == 3
     pool.free([2, 1, 0])  # tail first, as requests free
-    assert pool.allocate(5) == [3, 4, 5, 6, 7]
-    assert pool.allocate(3) == [2, 1, 0]  # least recently freed first
+    assert pool.allocate(2) == [1, 2]  # least recently freed first, in ascending order
+    assert pool.allocate(2) == [0, 3]  # then a new one
+    assert pool.num_touched_blocks == 4  # the resident part grows only by need
+    assert pool.allocate(4) == [4, 5, 6, 7]
+    assert pool.num_free_blocks == 0 and pool.num_touched_blocks == 8
+
+
+def test_blocks_without_cached_contents_are_reused_first() -> None:
+    pool = make_pool(num_blocks=4)
+    cached, plain = pool.allocate(1), pool.allocate(1)
+    pool.cache_full_blocks([1, 2, 3, 4], 4, cached, [])
+    pool.free(cached + plain)
+    assert pool.allocate(1) == plain
+    assert pool.find_cached_prefix([1, 2, 3, 4, 5]) == cached
+    assert pool.allocate(1) == cached  # evicted before a never-used block is touched
+    assert pool.find_cached_prefix([1, 2, 3, 4, 5]) == []
+    assert pool.num_touched_blocks == 2
 
 
 def test_ref_counts_share_and_release() -> None:
@@ -66,9 +81,7 @@ def test_freed_cached_blocks_stay_findable_until_reused_lru() -> None:
     pool = make_pool(num_blocks=4)
     a = pool.allocate(2)
     pool.cache_full_blocks(list(range(8)), 8, a, [])
-    pool.free(list(reversed(a)))  # free queue: 2, 3, 1, 0
-    assert pool.find_cached_prefix(list(range(9))) == [0, 1]
-    assert pool.allocate(2) == [2, 3]  # uncached blocks first
+    pool.free(list(reversed(a)))  # cached free queue: 1, 0
     assert pool.find_cached_prefix(list(range(9))) == [0, 1]
     assert pool.allocate(1) == [1]  # evicts the tail block of the prefix first
     assert pool.find_cached_prefix(list(range(9))) == [0]

@@ -27,3 +27,11 @@ def test_a_bf16_cache_holds_twice_the_tokens(smollm) -> None:  # type: ignore[no
     cache = CacheConfig(kv_cache_gib=0.25)
     fp32_blocks = cache.num_blocks(config.kv_bytes_per_token(4))
     assert cache.num_blocks(config.kv_bytes_per_token(2)) in (2 * fp32_blocks, 2 * fp32_blocks + 1)
+
+
+def test_the_pool_holds_no_more_than_the_sequences_can_fill() -> None:
+    cache = CacheConfig(kv_cache_tokens=100_000, block_size=16)
+    assert cache.num_blocks(1000) == 6250  # the budget alone
+    # 4 sequences of 100 tokens: 7 blocks each, and one more for a forked sibling's copy
+    assert cache.num_blocks(1000, max_num_seqs=4, max_model_len=100) == 4 * 8
+    assert cache.num_blocks(1000, max_num_seqs=64, max_model_len=8192) == 6250

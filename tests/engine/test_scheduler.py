@@ -248,3 +248,18 @@ def test_batch_admission_leaves_kv_headroom_for_live_requests() -> None:
     live = make_request(52, first_token=300)
     scheduler.add_request(live)
     assert [s.request for s in step(scheduler).scheduled] == [live]
+
+
+def test_resident_blocks_follow_the_peak_of_concurrent_use() -> None:
+    # 4 at a time, 12 requests of 3 blocks each (8-token prompts, 4 new tokens): the pool
+    # reuses freed blocks before touching new ones, so only the peak's blocks become resident
+    s = make_scheduler(num_blocks=64, budget=64, max_seqs=4)
+    pending = [make_request(8, max_tokens=4, first_token=10 * i + 1) for i in range(12)]
+    running = []
+    while pending or running:
+        while pending and len(running) < 4:
+            running.append(pending.pop())
+            s.add_request(running[-1])
+        step(s)
+        running = [r for r in running if r.status != RequestStatus.FINISHED]
+    assert s.block_pool.num_touched_blocks <= 4 * 3

@@ -97,7 +97,7 @@ def test_fast_head_keeps_the_top_candidates_exact(formats) -> None:  # type: ign
     assert model.fast_head is not None
     torch.manual_seed(2)
     hidden = torch.randn(4, model.config.hidden_size) * 3
-    exact = model.lm_head(hidden)
+    exact = model.exact_logits(hidden)
     fast = model.fast_head(hidden)
     top = exact.topk(20, dim=-1).indices
     assert torch.allclose(fast.gather(1, top), exact.gather(1, top), atol=1e-4)
@@ -122,6 +122,9 @@ def test_fast_head_gives_the_same_greedy_tokens(formats) -> None:  # type: ignor
 
 def test_mixed_format_picks_the_kernel_by_batch_rows(formats) -> None:  # type: ignore[no-untyped-def]
     layer = formats["mixed"].loaded.model.layers[0].gate_up_proj
+    if layer.int4 is None:  # int4 slower even at one row on this CPU: one copy, int8
+        assert layer.int4_max_rows == 0 and layer.int8 is not None
+        pytest.skip("the probe kept the int8 copy alone")
     assert layer.int4 is not None and layer.int8 is not None and layer.weight.numel() == 0
     layer.int4_max_rows, saved = 2, layer.int4_max_rows  # the probe's answer varies by CPU
     try:
@@ -134,3 +137,19 @@ def test_mixed_format_picks_the_kernel_by_batch_rows(formats) -> None:  # type: 
 
 def test_the_probe_returns_a_measured_crossover() -> None:
     assert probe_int4_max_rows(576, 3072, repeats=2) in (0, *PROBE_ROWS)
+
+
+def test_mixed_keeps_one_copy_where_int4_never_wins() -> None:
+    from inferline.models.llama import Linear
+
+    weight = torch.randn(64, 128)
+    linear = Linear(128, 64)
+    linear.weight.data = weight.clone()
+    linear.quantize("mixed", int4_max_rows=0)
+    assert linear.int4 is None and linear.int8 is not None
+    assert linear.input_dtype(1) == torch.int8
+    both = Linear(128, 64)
+    both.weight.data = weight.clone()
+    both.quantize("mixed", int4_max_rows=2)
+    assert both.int4 is not None and both.int8 is not None
+    assert both.input_dtype(2) == torch.bfloat16 and both.input_dtype(3) == torch.int8

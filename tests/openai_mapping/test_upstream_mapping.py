@@ -57,8 +57,7 @@ def test_chat_body_streams_with_usage_and_names_the_upstream_model() -> None:
         "model": "upstream-model",
         "messages": USER,
         "n": 1,
-        "temperature": 0.0,
-        "top_p": 1.0,
+        "temperature": 0.0,  # top_p left unset: the upstream's model's default applies
         "max_tokens": 5,
         "user": "alice",
         "stream": True,

@@ -24,6 +24,7 @@ from inferline.core import (
     UnknownModelError,
 )
 from inferline.core.predictor import Embedder
+from inferline.core.protocols import Tokenized, TokenizeRequest
 from inferline.engine.tool_parser import ToolOutputParser
 
 
@@ -119,6 +120,21 @@ class EchoGenerator:
 
     def models(self) -> list[ModelInfo]:
         return [ModelInfo(self.name, "model", self.max_model_len)]
+
+    async def tokenize(self, request: TokenizeRequest) -> Tokenized:
+        """One token per word: its length (the last message, as `submit` echoes)."""
+        self._check_model(request.model)
+        text = request.prompt if request.messages is None else request.messages[-1]["content"]
+        return Tokenized([len(word) for word in str(text).split()], self.max_model_len)
+
+    async def detokenize(self, model: str, token_ids: list[int]) -> str:
+        """Token ``n`` spells ``n`` x's, words joined by spaces (`tokenize`'s inverse)."""
+        self._check_model(model)
+        return " ".join("x" * t for t in token_ids)
+
+    def _check_model(self, model: str) -> None:
+        if model and model != self.name:
+            raise UnknownModelError.not_served(model, [self.name])
 
 
 class WordCountEmbedder(Embedder):

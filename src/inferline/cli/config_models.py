@@ -7,6 +7,7 @@ models:
     kind: llm
     source: smollm2-135m          # short name, .gguf file or Hugging Face directory
     weight_format: int8           # optional engine settings (default: serve's flags)
+    generation_config: none       # auto: unset sampling fields from the model's own config
     kv_cache_gib: 0.5
   - name: partner
     kind: openai
@@ -45,6 +46,7 @@ ENGINE_FIELDS: dict[str, type] = {
     "max_queued_requests": int,
     "kernels": str,
     "device": str,
+    "generation_config": str,
 }
 _PRICE_FIELDS: dict[str, type] = {
     "input_per_mtok": float,

@@ -23,6 +23,7 @@ def engine_config(args: argparse.Namespace, cache_dir: Path, **overrides: Any) -
         device=args.device,
         weight_format=args.weight_format,
         kernels=args.kernels,
+        generation_config=getattr(args, "generation_config", "auto"),
         max_model_len=args.max_model_len,
         cache=CacheConfig(kv_cache_gib=args.kv_cache_gib, kv_cache_dtype=args.kv_cache_dtype),
         **overrides,

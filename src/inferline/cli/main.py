@@ -46,6 +46,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "native", "torch"],
         help="the layers' row-wise work: auto = fused C kernels where a C compiler builds them",
     )
+    parser.add_argument(
+        "--generation-config",
+        default="auto",
+        choices=["auto", "none"],
+        help="sampling fields a request leaves unset: auto = the model's own defaults (its "
+        "generation_config.json / GGUF general.sampling.*), none = inferline's (temperature 1)",
+    )
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:

@@ -91,6 +91,18 @@ class UnknownModelError(InvalidParameterError, LookupError):
         return cls(name, served, message)
 
 
+class CannotTokenizeError(InvalidParameterError):
+    """The model named cannot tokenize here (a remote upstream, a route without a local
+    model): a 400 naming ``model``."""
+
+    def __init__(self, model: str, why: str = "") -> None:
+        super().__init__(
+            f"the model {model!r} cannot tokenize on this server" + (f": {why}" if why else ""),
+            param="model",
+            code="model_cannot_tokenize",
+        )
+
+
 class NotFoundError(InferlineError, LookupError):
     """An object named by id (a file, a batch) does not exist."""
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from inferline.core.errors import InvalidParameterError
+from inferline.core.errors import CannotTokenizeError, InvalidParameterError
 from inferline.core.outputs import RequestOutput
 from inferline.core.sampling_params import Priority, SamplingParams
 
@@ -212,6 +212,61 @@ class ChatTokenizer(Protocol):
     ) -> list[int] | None:
         """The prompt token ids of ``messages`` on ``model``, or None if it cannot tell."""
         ...
+
+
+@dataclass(frozen=True)
+class TokenizeRequest:
+    """``POST /tokenize`` (vLLM's): a prompt, or chat messages rendered with the model's
+    template. ``add_special_tokens``: a BOS where the model asks for one, as generation
+    does (so ``count`` is a generation's ``prompt_tokens``)."""
+
+    model: str
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    add_generation_prompt: bool = True
+    add_special_tokens: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise InvalidParameterError("set exactly one of prompt and messages", "messages")
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """The token ids of a `TokenizeRequest` and the context window of the model used."""
+
+    token_ids: list[int]
+    max_model_len: int | None
+
+
+@runtime_checkable
+class TextTokenizer(Protocol):
+    """A generator whose models can tokenize and detokenize (a local engine; a router
+    forwards to the route's first local target). Use `tokenize` / `detokenize` below:
+    they raise `CannotTokenizeError` for any other generator."""
+
+    async def tokenize(self, request: TokenizeRequest) -> Tokenized:
+        """The token ids of the request's text on ``request.model``."""
+        ...
+
+    async def detokenize(self, model: str, token_ids: list[int]) -> str:
+        """The text of ``token_ids`` on ``model`` (special tokens kept, as written)."""
+        ...
+
+
+async def tokenize(generator: Generator, request: TokenizeRequest) -> Tokenized:
+    """``generator``'s tokenization, or `CannotTokenizeError` (a 400 naming ``model``)."""
+    if not isinstance(generator, TextTokenizer):
+        raise CannotTokenizeError(request.model)
+    return await generator.tokenize(request)
+
+
+async def detokenize(generator: Generator, model: str, token_ids: list[int]) -> str:
+    """``generator``'s detokenization, or `CannotTokenizeError` (a 400 naming ``model``)."""
+    if not isinstance(generator, TextTokenizer):
+        raise CannotTokenizeError(model)
+    return await generator.detokenize(model, token_ids)
 
 
 class Service(Protocol):

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from inferline.core.errors import InvalidParameterError
 from inferline.core.structured import StructuredOutput
 
 _MAX_STOP_STRINGS = 16
 _MAX_LOGPROBS = 20
+MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
+# What a model's own generation config may set when the request does not (vLLM's list)
+MODEL_DEFAULT_FIELDS = frozenset({"temperature", "top_p", "top_k", "min_p", "repetition_penalty"})
 
 
 class Priority(enum.IntEnum):
@@ -47,6 +53,14 @@ class SamplingParams:
         skip_special_tokens: drop special tokens from the text.
         structured: a constraint on the output (JSON, JSON Schema, regex, choice); the
             engine masks the logits at each step so the output always matches it.
+        logit_bias: ``(token_id, bias)`` pairs (OpenAI's, at most 300, bias in [-100,
+            100]) added to the logits before sampling; a dict is accepted and stored sorted.
+        min_tokens: EOS and ``stop_token_ids`` are masked until this many tokens were
+            generated (vLLM's; at most ``max_tokens``). A grammar that is complete still
+            ends the output: the output must match it.
+        unset_fields: the sampling fields (of `MODEL_DEFAULT_FIELDS`) the client did not
+            set: a local engine replaces them by its model's own generation config, a
+            remote upstream is not sent them (so its own defaults apply).
     """
 
     n: int = 1
@@ -66,6 +80,9 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     structured: StructuredOutput | None = None
+    logit_bias: tuple[tuple[int, float], ...] = field(default_factory=tuple)
+    min_tokens: int = 0
+    unset_fields: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         # Accept lists or a single string for convenience, store tuples (hashable, frozen).
@@ -73,9 +90,12 @@ class SamplingParams:
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        object.__setattr__(self, "logit_bias", _bias_pairs(self.logit_bias))
+        object.__setattr__(self, "unset_fields", tuple(sorted(set(self.unset_fields))))
         self._validate_counts()
         self._validate_filters()
         self._validate_stops()
+        self._validate_bias()
 
     def _validate_counts(self) -> None:
         if not 1 <= self.n <= 128:
@@ -125,7 +145,68 @@ class SamplingParams:
                 "stop_token_ids must be non-negative integers", "stop_token_ids"
             )
 
+    def _validate_bias(self) -> None:
+        if len(self.logit_bias) > MAX_LOGIT_BIAS:
+            raise InvalidParameterError(
+                f"logit_bias has at most {MAX_LOGIT_BIAS} entries, got {len(self.logit_bias)}",
+                "logit_bias",
+            )
+        for token_id, bias in self.logit_bias:
+            if token_id < 0:
+                raise InvalidParameterError(
+                    f"logit_bias: token ids must be non-negative, got {token_id}", "logit_bias"
+                )
+            if not -100.0 <= bias <= 100.0:
+                raise InvalidParameterError(
+                    f"logit_bias: biases must be in [-100, 100], got {bias} for {token_id}",
+                    "logit_bias",
+                )
+        if self.min_tokens < 0:
+            raise InvalidParameterError(
+                f"min_tokens must be non-negative, got {self.min_tokens}", "min_tokens"
+            )
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise InvalidParameterError(
+                f"min_tokens ({self.min_tokens}) must be at most max_tokens ({self.max_tokens})",
+                "min_tokens",
+            )
+        unknown = set(self.unset_fields) - MODEL_DEFAULT_FIELDS
+        if unknown:
+            raise InvalidParameterError(
+                f"unset_fields: a model's defaults cannot set {', '.join(sorted(unknown))}",
+                "unset_fields",
+            )
+
+    def with_defaults(self, defaults: Mapping[str, float]) -> SamplingParams:
+        """These params with each unset field taken from ``defaults`` (a model's generation
+        config, already validated) where it has one."""
+        chosen: dict[str, Any] = {
+            name: defaults[name]
+            for name in self.unset_fields
+            # a value changed since (dataclasses.replace by a check) is set, whatever the list
+            if name in defaults and getattr(self, name) == _FIELD_DEFAULTS[name]
+        }
+        if not chosen:
+            return self
+        unset = tuple(name for name in self.unset_fields if name not in chosen)
+        return dataclasses.replace(self, **chosen, unset_fields=unset)
+
     @property
     def is_greedy(self) -> bool:
         """True when the most likely token is always taken."""
         return self.temperature == 0.0 or self.top_k == 1
+
+
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SamplingParams)}
+
+
+def _bias_pairs(value: Any) -> tuple[tuple[int, float], ...]:
+    """``{token_id: bias}`` or pairs -> sorted ``(int, float)`` pairs (a 400 if malformed)."""
+    items = value.items() if isinstance(value, Mapping) else value
+    try:
+        pairs = {int(token_id): float(bias) for token_id, bias in items}
+    except (TypeError, ValueError) as error:
+        raise InvalidParameterError(
+            "logit_bias must map token ids to numbers", "logit_bias"
+        ) from error
+    return tuple(sorted(pairs.items()))

@@ -14,6 +14,10 @@ from inferline.core.protocols import (
     GeneratorStats,
     HealthReport,
     ModelInfo,
+    Tokenized,
+    TokenizeRequest,
+    detokenize,
+    tokenize,
 )
 
 
@@ -46,6 +50,14 @@ class GeneratorWrapper:
         if isinstance(self.inner, ChatTokenizer):
             return await self.inner.tokenize_chat(model, messages, tools)
         return None
+
+    async def tokenize(self, request: TokenizeRequest) -> Tokenized:
+        """The wrapped generator's tokenization (`CannotTokenizeError` if it has none)."""
+        return await tokenize(self.inner, request)
+
+    async def detokenize(self, model: str, token_ids: list[int]) -> str:
+        """The wrapped generator's detokenization (`CannotTokenizeError` if it has none)."""
+        return await detokenize(self.inner, model, token_ids)
 
     def models(self) -> list[ModelInfo]:
         """The wrapped generator's models."""

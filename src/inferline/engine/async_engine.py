@@ -35,6 +35,8 @@ from inferline.core.protocols import (
     GeneratorStats,
     HealthReport,
     ModelInfo,
+    Tokenized,
+    TokenizeRequest,
 )
 from inferline.engine.config import FrontendConfig
 from inferline.engine.llm_engine import LLMEngine, PreparedRequest
@@ -117,8 +119,7 @@ class AsyncEngine:
 
     async def submit(self, request: GenerationRequest) -> AsyncGenerator[RequestOutput, None]:
         """Renders and checks ``request`` off the loop, queues it; returns its stream."""
-        if request.model and request.model != self.name:
-            raise UnknownModelError.not_served(request.model, [self.name])
+        self._check_model(request.model)
         self._check_can_admit()
         prepared = await asyncio.to_thread(self._prepare, request)
         stream: asyncio.Queue[_StreamItem] = asyncio.Queue()
@@ -185,6 +186,36 @@ class AsyncEngine:
         tokenizer = self.engine.tokenizer
         prompt = tokenizer.apply_chat_template(messages, tools=tools)
         return list(prompt) if not isinstance(prompt, str) else tokenizer.encode(prompt)
+
+    async def tokenize(self, request: TokenizeRequest) -> Tokenized:
+        """The token ids of a prompt or chat, as generation would make them (worker thread)."""
+        self._check_model(request.model)
+        return Tokenized(await asyncio.to_thread(self._token_ids, request), self.max_model_len)
+
+    async def detokenize(self, model: str, token_ids: list[int]) -> str:
+        """The text of ``token_ids`` (special tokens kept); ids outside the vocabulary are
+        a 400 naming ``tokens``."""
+        self._check_model(model)
+        vocab_size = self.engine.loaded.config.vocab_size
+        if any(not 0 <= t < vocab_size for t in token_ids):
+            raise InvalidParameterError(f"tokens must be in [0, {vocab_size})", "tokens")
+        return await asyncio.to_thread(self.engine.tokenizer.decode, token_ids, False)
+
+    def _check_model(self, model: str) -> None:
+        if model and model != self.name:
+            raise UnknownModelError.not_served(model, [self.name])
+
+    def _token_ids(self, request: TokenizeRequest) -> list[int]:
+        tokenizer = self.engine.tokenizer
+        text = request.prompt
+        if request.messages is not None:
+            text = tokenizer.apply_chat_template(
+                request.messages,
+                tools=request.tools,
+                add_generation_prompt=request.add_generation_prompt,
+            )
+        assert text is not None
+        return tokenizer.encode(text, add_special_tokens=request.add_special_tokens)
 
     def _prepare(self, request: GenerationRequest) -> PreparedRequest:
         """Template, prefix and tokens of a request, checked (runs in a worker thread)."""

@@ -5,8 +5,16 @@ token ids, so equal hashes mean "same tokens after the same prefix". A lookup hi
 confirmed by comparing the tokens, so a hash collision can never serve wrong K/V.
 
 Free blocks wait in LRU order. A freed block keeps its cached contents (and stays findable
-by hash) until it is reused; reuse takes the least recently freed block first. Requests
-free their blocks tail-first, so a prompt's last blocks are evicted before its shared head.
+by hash) until it is reused; reuse takes the least recently freed block first, one holding
+no cached contents before one that does. Requests free their blocks tail-first, so a
+prompt's last blocks are evicted before its shared head.
+
+The pool grows by need: a block never used yet is handed out only when no used block is
+free. The KV cache tensor is allocated but not written (`engine.kv_cache`), so only blocks
+that were used occupy resident memory, and that stays at the peak of what requests held at
+once (plus what the prefix cache keeps within it), not the whole budget: a b32 run held
+~760 of SmolLM2's 1456 default blocks at its peak, but walking the free queue in id order
+made all 512 MiB resident.
 """
 
 from __future__ import annotations
@@ -43,15 +51,19 @@ def hash_block(parent_hash: int | None, token_ids: Sequence[int]) -> int:
 class BlockPool:
     """Allocates, shares and frees KV blocks; keeps the prefix-cache map.
 
-    Invariants: a block with ``ref_count > 0`` is never in the free queue; every block in
-    ``_cached`` has a hash and the same block id under that hash; block ids are 0..N-1.
+    Invariants: a block with ``ref_count > 0`` is never in a free queue; every block in
+    ``_cached`` has a hash and the same block id under that hash; block ids are 0..N-1;
+    blocks ``num_blocks - _num_unused`` .. N-1 have never been handed out.
     """
 
     def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True) -> None:
         self.block_size = block_size
         self.enable_caching = enable_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
-        self._free: OrderedDict[int, Block] = OrderedDict((b.block_id, b) for b in self.blocks)
+        # freed blocks, least recently freed first: without cached contents, then with
+        self._free_empty: OrderedDict[int, Block] = OrderedDict()
+        self._free_cached: OrderedDict[int, Block] = OrderedDict()
+        self._num_unused = num_blocks  # never handed out: not resident yet
         self._cached: dict[int, Block] = {}
         self.stats = PrefixCacheStats()
 
@@ -63,35 +75,53 @@ class BlockPool:
     @property
     def num_free_blocks(self) -> int:
         """Blocks that can be allocated now (including evictable cached ones)."""
-        return len(self._free)
+        return len(self._free_empty) + len(self._free_cached) + self._num_unused
 
     @property
     def num_used_blocks(self) -> int:
         """Blocks referenced by at least one request."""
-        return len(self.blocks) - len(self._free)
+        return len(self.blocks) - self.num_free_blocks
+
+    @property
+    def num_touched_blocks(self) -> int:
+        """Blocks handed out at least once: the part of the KV cache that is resident."""
+        return len(self.blocks) - self._num_unused
 
     def can_allocate(self, num_blocks: int) -> bool:
         """True when ``num_blocks`` new blocks are available."""
-        return num_blocks <= len(self._free)
+        return num_blocks <= self.num_free_blocks
 
     def allocate(self, num_blocks: int) -> list[int]:
-        """Takes ``num_blocks`` blocks off the free queue (evicting cached contents)."""
+        """Takes ``num_blocks`` free blocks: freed ones first (those without cached contents,
+        then evicting the least recently freed cached ones), never-used ones last."""
         if not self.can_allocate(num_blocks):
-            raise RuntimeError(f"asked for {num_blocks} blocks, {len(self._free)} free")
+            raise RuntimeError(f"asked for {num_blocks} blocks, {self.num_free_blocks} free")
         ids = []
         for _ in range(num_blocks):
-            _, block = self._free.popitem(last=False)
-            self._evict(block)
+            if self._free_empty:
+                _, block = self._free_empty.popitem(last=False)
+            elif self._free_cached:
+                _, block = self._free_cached.popitem(last=False)
+                self._evict(block)
+            else:
+                block = self.blocks[len(self.blocks) - self._num_unused]
+                self._num_unused -= 1
             block.ref_count = 1
             ids.append(block.block_id)
+        # which blocks is decided above; in ascending order, a prompt's blocks read as one
+        # forward stream (freed tail-first, they would come back in descending order)
+        ids.sort()
         return ids
 
     def touch(self, block_ids: Sequence[int]) -> None:
-        """Adds one reference to each block (sharing), taking free ones off the free queue."""
+        """Adds one reference to each block (sharing), taking free ones off the free queue.
+
+        Only blocks handed out before can be shared (a cached or referenced block)."""
         for block_id in block_ids:
             block = self.blocks[block_id]
             if block.ref_count == 0:
-                del self._free[block_id]
+                queue = self._free_empty if block.block_hash is None else self._free_cached
+                del queue[block_id]
             block.ref_count += 1
 
     def free(self, block_ids: Sequence[int]) -> None:
@@ -102,7 +132,8 @@ class BlockPool:
                 raise RuntimeError(f"block {block_id} freed more often than allocated")
             block.ref_count -= 1
             if block.ref_count == 0:
-                self._free[block_id] = block
+                queue = self._free_empty if block.block_hash is None else self._free_cached
+                queue[block_id] = block
 
     def find_cached_prefix(self, token_ids: Sequence[int]) -> list[int]:
         """Ids of the longest run of cached full blocks matching ``token_ids``' start.

@@ -10,6 +10,9 @@ from inferline.core.errors import InvalidParameterError
 _GIB = 1024**3
 
 
+GENERATION_CONFIGS = ("auto", "none")
+
+
 def _require_positive(name: str, value: float | None) -> None:
     if value is not None and value <= 0:
         raise InvalidParameterError(f"{name} must be positive, got {value}", name)
@@ -21,6 +24,9 @@ class CacheConfig:
 
     The budget is absolute (``kv_cache_tokens`` or ``kv_cache_gib``), never "all free
     memory": a shared machine keeps its memory. ``kv_cache_tokens`` wins when both are set.
+    It is a ceiling, not a reservation: the pool holds no more blocks than the engine's
+    sequences could ever fill (`num_blocks`), and the blocks it holds become resident only
+    as requests first use them (`engine.block_pool`).
     """
 
     block_size: int = 16
@@ -51,13 +57,20 @@ class CacheConfig:
                 "kv_cache_dtype",
             )
 
-    def num_blocks(self, kv_bytes_per_token: int) -> int:
-        """Blocks that fit the budget for a model storing ``kv_bytes_per_token``."""
+    def num_blocks(
+        self, kv_bytes_per_token: int, max_num_seqs: int | None = None, max_model_len: int = 0
+    ) -> int:
+        """Blocks that fit the budget for a model storing ``kv_bytes_per_token``, and no
+        more than ``max_num_seqs`` sequences of ``max_model_len`` tokens can hold at once
+        (each a block more: the copied last prompt block of an ``n > 1`` sibling)."""
         if self.kv_cache_tokens is not None:
             tokens = self.kv_cache_tokens
         else:
             tokens = int(self.kv_cache_gib * _GIB) // kv_bytes_per_token
         num_blocks = tokens // self.block_size
+        if max_num_seqs is not None:
+            per_seq = -(-max_model_len // self.block_size) + 1
+            num_blocks = min(num_blocks, max_num_seqs * per_seq)
         if num_blocks < 2:
             raise InvalidParameterError(
                 f"the KV cache budget holds only {tokens} tokens; raise it", "kv_cache_gib"
@@ -109,6 +122,9 @@ class EngineConfig:
             or ``int4`` (weight-only); see `inferline.models.quant`.
         kernels: ``auto`` (fused C kernels on the CPU where a compiler can build them),
             ``native`` (required) or ``torch`` (plain torch ops); see `inferline.models.native`.
+        generation_config: ``auto`` fills the sampling fields a request leaves unset from
+            the model's own generation config (vLLM's ``--generation-config auto``);
+            ``none`` keeps inferline's defaults (vLLM's ``--generation-config vllm``).
     """
 
     model: str = "smollm2-135m"
@@ -119,9 +135,15 @@ class EngineConfig:
     max_model_len: int | None = None
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    generation_config: str = "auto"
 
     def __post_init__(self) -> None:
         _require_positive("max_model_len", self.max_model_len)
+        if self.generation_config not in GENERATION_CONFIGS:
+            raise InvalidParameterError(
+                f"generation_config must be auto or none, got {self.generation_config!r}",
+                "generation_config",
+            )
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise InvalidParameterError(
                 f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}", "device"

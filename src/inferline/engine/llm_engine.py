@@ -54,6 +54,10 @@ class LLMEngine:
                 "weight_format",
             )
         self.tokenizer = self.loaded.tokenizer
+        # the model's own sampling defaults, for the fields a request leaves unset
+        self.sampling_defaults = (
+            dict(self.loaded.sampling_defaults) if config.generation_config == "auto" else {}
+        )
         self._grammars: Any = None  # GrammarCompiler, built on the first constrained request
         self._grammars_lock = threading.Lock()
         model_config = self.loaded.config
@@ -63,7 +67,9 @@ class LLMEngine:
         )
         kv_dtype = getattr(torch, config.cache.resolve_dtype(weight_format))
         kv_bytes = model_config.kv_bytes_per_token(kv_dtype.itemsize)
-        num_blocks = config.cache.num_blocks(kv_bytes)
+        num_blocks = config.cache.num_blocks(
+            kv_bytes, config.scheduler.max_num_seqs, self.max_model_len
+        )
         block_size = config.cache.block_size
         self.block_pool = BlockPool(num_blocks, block_size, config.cache.enable_prefix_caching)
         self.kv_cache = KVCache(
@@ -108,7 +114,8 @@ class LLMEngine:
 
         A duplicate request id is caught where requests are added (`add_prepared`).
         """
-        params = params or SamplingParams()
+        params = (params or SamplingParams()).with_defaults(self.sampling_defaults)
+        self._check_logit_bias(params)
         request_id = request_id or f"req-{next(self._ids)}"
         prompt_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         max_tokens = self._check_prompt(prompt_ids, params)
@@ -133,6 +140,15 @@ class LLMEngine:
                 )
             )
         return PreparedRequest(request_id, text, requests)
+
+    def _check_logit_bias(self, params: SamplingParams) -> None:
+        vocab_size = self.loaded.config.vocab_size
+        if params.logit_bias and params.logit_bias[-1][0] >= vocab_size:  # sorted by id
+            raise InvalidParameterError(
+                f"logit_bias: token id {params.logit_bias[-1][0]} is not in the vocabulary "
+                f"[0, {vocab_size})",
+                "logit_bias",
+            )
 
     def _check_room_for_structure(self, params: SamplingParams, max_tokens: int) -> None:
         """A JSON constraint whose shortest output exceeds max_tokens is a 400, not a cut."""

@@ -129,7 +129,7 @@ class ModelRunner:
         self.model = model
         self.kv_cache = kv_cache
         self.tokenizer = tokenizer
-        self.sampler = Sampler()
+        self.sampler = Sampler(tokenizer.eos_token_ids)
         self.device = kv_cache.device
 
     @torch.inference_mode()

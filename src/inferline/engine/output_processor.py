@@ -145,6 +145,8 @@ class OutputProcessor:
         if request.is_finished:
             sequence.finish_reason = request.finish_reason
             sequence.stop_reason = request.stop_reason
+        if request.num_output_tokens < request.sampling_params.min_tokens:
+            return None  # stop strings count from min_tokens on, as EOS does (vLLM's rule)
         for stop in state.stop:
             index = sequence.text.find(stop, start)
             if index != -1:

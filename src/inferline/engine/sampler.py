@@ -1,4 +1,5 @@
-"""Batched sampling: penalties -> greedy or (temperature -> top-k/top-p/min-p -> sample).
+"""Batched sampling: penalties -> logit bias -> grammar and ``min_tokens`` masks -> greedy or
+(temperature -> top-k/top-p/min-p -> sample).
 
 Every row is one request. Random rows draw through the request's own ``torch.Generator``
 (an exponential race, equivalent to sampling from the softmax), so a seeded request gets
@@ -7,6 +8,7 @@ the same tokens whatever else shares its batch.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +88,60 @@ def _filter_logits(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.T
     return logits
 
 
+@functools.lru_cache(maxsize=256)
+def _bias_tensors(bias: tuple[tuple[int, float], ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One request's ``logit_bias`` as (token ids, values), built once per distinct bias."""
+    ids, values = zip(*bias, strict=True)
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(values, dtype=torch.float32)
+
+
+def apply_logit_bias(
+    logits: torch.Tensor, biases: Sequence[tuple[tuple[int, float], ...]], row_ids: list[int]
+) -> None:
+    """Adds each biased row's ``logit_bias`` in place (one ``index_put_`` for the batch)."""
+    parts = [_bias_tensors(bias) for bias in biases]
+    token_ids = torch.cat([ids for ids, _ in parts])  # [num_entries]
+    values = torch.cat([v for _, v in parts]).to(logits.dtype)
+    rows = torch.repeat_interleave(
+        torch.tensor(row_ids), torch.tensor([len(ids) for ids, _ in parts])
+    )
+    logits.index_put_((rows, token_ids), values, accumulate=True)
+
+
+def hold_stop_tokens(
+    logits: torch.Tensor,
+    rows: Sequence[SamplingRow],
+    held: list[int],
+    eos_token_ids: Sequence[int],
+) -> None:
+    """Masks EOS (unless ``ignore_eos``) and ``stop_token_ids`` of rows below ``min_tokens``.
+
+    A row left with no token (a complete grammar allows only EOS) gets its stop tokens
+    back: the output must match its grammar, so it ends before ``min_tokens``.
+    """
+    row_index: list[int] = []
+    token_index: list[int] = []
+    vocab_size = logits.shape[1]
+    for i in held:
+        p = rows[i].params
+        stops = (() if p.ignore_eos else tuple(eos_token_ids)) + p.stop_token_ids
+        stops = tuple(t for t in stops if t < vocab_size)  # others are never sampled
+        row_index += [i] * len(stops)
+        token_index += stops
+    if not token_index:
+        return
+    index = (torch.tensor(row_index), torch.tensor(token_index))
+    saved = logits[index]  # [num_masked]
+    logits[index] = float("-inf")
+    constrained = [i for i in held if rows[i].constraint is not None]
+    if constrained:
+        is_empty = torch.isneginf(logits[constrained].amax(dim=-1)).tolist()
+        empty = {i for i, flag in zip(constrained, is_empty, strict=True) if flag}
+        restore = torch.tensor([r in empty for r in row_index])
+        if empty:
+            logits[index[0][restore], index[1][restore]] = saved[restore]
+
+
 def _sample_random(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[int]:
     probs = logits.softmax(dim=-1)
     token_ids = []
@@ -96,17 +152,40 @@ def _sample_random(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[in
 
 
 class Sampler:
-    """Turns the logits of a step into one token per request."""
+    """Turns the logits of a step into one token per request.
+
+    Order: raw logprobs; penalties; ``logit_bias``; grammar masks; ``min_tokens`` (EOS and
+    stop token ids masked, unless that would leave a complete grammar no token); choose.
+    A batch whose rows use none of these pays one pass over its rows' params.
+    """
+
+    def __init__(self, eos_token_ids: Sequence[int] = ()) -> None:
+        self.eos_token_ids = tuple(eos_token_ids)
 
     def __call__(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> SamplerOutput:
         """``logits``: float32 ``[num_rows, vocab_size]``, one row per entry of ``rows``."""
         logits = logits.float().cpu()
         raw_logprobs = self._raw_logprobs(logits, rows)
-        if any(self._has_penalties(r.params) for r in rows):
-            logits = _apply_penalties(logits.clone(), rows)
-        if any(r.constraint is not None for r in rows):
-            logits = logits.clone()
+        has_penalties = has_constraints = False
+        biased, held = [], []
+        for i, r in enumerate(rows):  # one pass: the common batch stops here
+            p = r.params
+            has_penalties = has_penalties or self._has_penalties(p)
+            has_constraints = has_constraints or r.constraint is not None
+            if p.logit_bias:
+                biased.append(i)
+            if p.min_tokens > len(r.output_token_ids):
+                held.append(i)
+        if has_penalties or has_constraints or biased or held:
+            logits = logits.clone()  # never write the caller's tensor
+        if has_penalties:
+            logits = _apply_penalties(logits, rows)
+        if biased:
+            apply_logit_bias(logits, [rows[i].params.logit_bias for i in biased], biased)
+        if has_constraints:
             apply_masks(logits, [r.constraint for r in rows])
+        if held:
+            hold_stop_tokens(logits, rows, held, self.eos_token_ids)
         token_ids = self._choose(logits, rows)
         for i, row in enumerate(rows):
             if row.constraint is not None:  # near max_tokens, closing the JSON comes first

@@ -44,3 +44,14 @@ class ModelConfig:
     def kv_bytes_per_token(self, element_size: int = 4) -> int:
         """Bytes of K and V one token takes over all layers (``element_size``: 4 for fp32)."""
         return self.num_layers * 2 * self.num_kv_heads * self.head_dim * element_size
+
+    def projection_shapes(self) -> dict[str, tuple[int, int]]:
+        """``(in_features, out_features)`` of each decoder layer's fused projection."""
+        q_size = self.num_heads * self.head_dim
+        kv_size = self.num_kv_heads * self.head_dim
+        return {
+            "qkv_proj": (self.hidden_size, q_size + 2 * kv_size),
+            "o_proj": (q_size, self.hidden_size),
+            "gate_up_proj": (self.hidden_size, 2 * self.intermediate_size),
+            "down_proj": (self.intermediate_size, self.hidden_size),
+        }

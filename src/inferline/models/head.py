@@ -11,8 +11,11 @@ weight-only up to `INT4_MAX_ROWS` rows (0.8 ms at one row), int8 W8A8 above (5.7
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from inferline.models.block_rows import BlockRows
 from inferline.models.quant import int4_matmul, int8_linear, quantize_int4, quantize_int8
 
 INT4_MAX_ROWS = 8  # measured crossover: int4 3.0 ms vs W8A8 2.9 ms at 8 rows
@@ -26,6 +29,14 @@ class ApproximateThenExactHead:
         self.int8 = quantize_int8(weight)
         self.weight = weight  # fp32 [vocab, hidden], shared with the embeddings when tied
         self.num_exact = min(num_exact, weight.shape[0])
+        # ids [M, K] -> exact fp32 rows [M, K, hidden]; `use_table` swaps in a compact table
+        self.exact_rows: Callable[[torch.Tensor], torch.Tensor] = self.weight.__getitem__
+
+    def use_table(self, table: BlockRows) -> None:
+        """Reads the exact rows from ``table`` (the same floats, ~1/3.5 of the bytes) and
+        drops the float weight."""
+        self.exact_rows = table.rows
+        self.weight = torch.empty(0)
 
     def approximate(self, x: torch.Tensor) -> torch.Tensor:
         """Quantized logits ``[M, vocab]`` float32 (the kernel is chosen by ``M``)."""
@@ -37,6 +48,6 @@ class ApproximateThenExactHead:
         """``x [M, hidden]`` float32 -> logits ``[M, vocab]`` float32."""
         logits = self.approximate(x)
         candidates = logits.topk(self.num_exact, dim=-1).indices  # [M, K]
-        rows = self.weight[candidates]  # [M, K, hidden]
+        rows = self.exact_rows(candidates)  # [M, K, hidden]
         exact = torch.bmm(rows, x.unsqueeze(-1)).squeeze(-1)  # [M, K]
         return logits.scatter_(1, candidates, exact)

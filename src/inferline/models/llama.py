@@ -12,6 +12,7 @@ from torch import nn
 
 from inferline.core.errors import ModelLoadError
 from inferline.models.attention import AttentionMetadata, paged_attention
+from inferline.models.block_rows import BlockRows
 from inferline.models.config import ModelConfig
 from inferline.models.fused_forward import fused_forward
 from inferline.models.head import ApproximateThenExactHead
@@ -52,13 +53,15 @@ class Linear(nn.Module):
         """Replaces the float weight by int4 and/or int8 copies; ``fp32`` keeps it.
 
         ``mixed`` keeps both: int4 for up to ``int4_max_rows`` rows, int8 W8A8 above, where
-        it runs faster (the crossover is measured at load: `probe_int4_max_rows`).
+        it runs faster (the crossover is measured at load: `probe_int4_max_rows`); with a
+        crossover of 0 (int4 slower even at one row) it keeps the int8 copy alone.
         """
         if weight_format == "fp32":
             return
         weight = self.weight.data
         self.int4_max_rows = int4_max_rows
-        if weight_format in ("int4", "mixed") and supports_int4(weight.shape[1]):
+        wants_int4 = weight_format == "int4" or (weight_format == "mixed" and int4_max_rows > 0)
+        if wants_int4 and supports_int4(weight.shape[1]):
             self.int4 = quantize_int4(weight)
         if weight_format in ("int8", "mixed") or self.int4 is None:
             self.int8 = quantize_int8(weight)
@@ -98,13 +101,17 @@ class Linear(nn.Module):
 
 
 class Embedding(nn.Module):
-    """Token embedding table with uninitialised storage (filled by the loader)."""
+    """Token embedding table with uninitialised storage (filled by the loader); with a
+    compact ``table`` (`DecoderForCausalLM.use_tables`) the rows are decoded from it."""
 
     def __init__(self, num_embeddings: int, dim: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_embeddings, dim), requires_grad=False)
+        self.table: BlockRows | None = None
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        if self.table is not None:
+            return self.table.rows(token_ids)
         return F.embedding(token_ids, self.weight)
 
 
@@ -198,7 +205,8 @@ class DecoderForCausalLM(nn.Module):
         )
         self.lm_head = Linear(config.hidden_size, config.vocab_size)
         self.fast_head: ApproximateThenExactHead | None = None  # set by `quantize`
-        self.int4_max_rows = 0  # ``mixed``: the measured int4/W8A8 crossover (0 otherwise)
+        self.head_table: BlockRows | None = None  # set by `use_tables`
+        self.int4_max_rows = 0  # ``mixed``: the MLP's measured int4/W8A8 crossover, else 0
         # fused C kernels for the layers' row-wise work (set by `use_native`); None: torch ops
         self.native: NativeKernels | None = None
         if config.tie_word_embeddings:
@@ -240,12 +248,30 @@ class DecoderForCausalLM(nn.Module):
         candidates (`ApproximateThenExactHead` on quantized weights)."""
         if self.fast_head is not None:
             return self.fast_head(hidden)
-        return self.lm_head(hidden).float()
+        return self.exact_logits(hidden)
 
     def exact_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits ``[R, vocab_size]`` from the fp32 head for every token (prompt
         logprobs score tokens far from the top, where the fast head approximates)."""
+        if self.head_table is not None:  # decoded 8192 rows at a time: the same floats
+            table, hidden = self.head_table, hidden.float()
+            chunks = torch.arange(table.shape[0]).split(8192)
+            return torch.cat([hidden @ table.rows(ids).t() for ids in chunks], dim=-1)
         return self.lm_head(hidden.float()).float()
+
+    def use_tables(self, embed: BlockRows | None, head: BlockRows | None) -> None:
+        """Keeps the embedding and head floats as compact `BlockRows` (after `quantize`):
+        every row they give is bit for bit the float table's, at ~1.1 bytes a value
+        instead of 4 (SmolLM2: 113 MB -> 32 MB). The quantized head passes are kept."""
+        empty = nn.Parameter(torch.empty(0), requires_grad=False)
+        if embed is not None:
+            self.embed_tokens.table, self.embed_tokens.weight = embed, empty
+        head = embed if self.config.tie_word_embeddings else head
+        if head is not None:
+            self.head_table = head
+            self.lm_head.weight = empty
+            if self.fast_head is not None:
+                self.fast_head.use_table(head)
 
     def quantize(self, weight_format: WeightFormat) -> None:
         """Quantizes the decoder layers' projections; the LM head stays fp32.
@@ -254,18 +280,20 @@ class DecoderForCausalLM(nn.Module):
         returns bf16 logits (ties and ~0.1 logprob errors), so the head keeps full precision
         for each row's best candidates (`ApproximateThenExactHead`); int4 layers cost
         nothing measurable on the Q4_1 model.
+
+        In ``mixed``, each projection's crossover is probed on its own shape, so a layer
+        where int4 never wins keeps one copy (int8), not both.
         """
         if weight_format == "fp32":
             return
-        int4_max_rows = 0
+        shapes = self.config.projection_shapes()
+        crossovers = dict.fromkeys(shapes, 0)
         if weight_format == "mixed":
-            config = self.config
-            int4_max_rows = probe_int4_max_rows(config.hidden_size, 2 * config.intermediate_size)
-        self.int4_max_rows = int4_max_rows
+            crossovers = {name: probe_int4_max_rows(*shape) for name, shape in shapes.items()}
+        self.int4_max_rows = crossovers["gate_up_proj"]
         for layer in self.layers:
-            for module in layer.modules():
-                if isinstance(module, Linear):
-                    module.quantize(weight_format, int4_max_rows)
+            for name, crossover in crossovers.items():
+                getattr(layer, name).quantize(weight_format, crossover)
         self.fast_head = ApproximateThenExactHead(self.lm_head.weight.data)
 
     def use_native(self, kernels: NativeKernels | None) -> None:

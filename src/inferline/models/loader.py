@@ -6,7 +6,7 @@ import contextlib
 import ctypes
 import gc
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -14,7 +14,9 @@ from torch import nn
 
 from inferline.core.errors import InvalidParameterError, ModelLoadError, UnknownModelError
 from inferline.models import quant_native
+from inferline.models.block_rows import BlockRows, from_gguf
 from inferline.models.config import ModelConfig
+from inferline.models.generation_config import gguf_sampling_defaults, hf_sampling_defaults
 from inferline.models.gguf_file import open_gguf
 from inferline.models.hf_dir import is_hf_dir, read_hf_dir
 from inferline.models.native import load_kernels
@@ -39,6 +41,8 @@ class LoadedModel:
     load_time_s: float
     weight_format: WeightFormat = "fp32"
     kernels: str = "torch"  # "native" when the layers run on the fused C kernels
+    # the model's own sampling defaults (`generation_config`); empty when it has none
+    sampling_defaults: dict[str, float] = field(default_factory=dict)
 
 
 def resolve_weight_format(weight_format: str, device: str) -> WeightFormat:
@@ -103,7 +107,9 @@ def load_model(
     path = resolve_model_path(name, cache_dir)
     if device == "cpu":
         quant_native.enable(cache_dir)  # C decoding/quantizing: same values, ~10x faster
-    config, weights, tokenizer = _read_checkpoint(path, probe=resolved == "mixed")
+    config, weights, tokenizer, defaults, tables = _read_checkpoint(
+        path, probe=resolved == "mixed", compact_tables=resolved != "fp32"
+    )
     if tokenizer.vocab_size > config.vocab_size:
         raise ModelLoadError(
             f"tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}"
@@ -113,18 +119,28 @@ def load_model(
     # layer frees its floats at once and the peak stays near the floats' size.
     weights.clear()
     model.quantize(resolved)  # type: ignore[operator]
+    if tables is not None:
+        model.use_tables(*tables)  # type: ignore[operator]
     used = _attach_kernels(model, kernels, device, cache_dir)
     if (active := quant_native.active()) is not None:
         active.release_scratch()
     _release_free_memory()
     elapsed = time.perf_counter() - start
-    return LoadedModel(name, path, config, model, tokenizer, elapsed, resolved, used)
+    return LoadedModel(name, path, config, model, tokenizer, elapsed, resolved, used, defaults)
 
 
 def _read_checkpoint(
-    path: Path, *, probe: bool
-) -> tuple[ModelConfig, dict[str, torch.Tensor], Tokenizer]:
-    """Config, float32 weights and tokenizer of a GGUF file or an HF directory.
+    path: Path, *, probe: bool, compact_tables: bool = False
+) -> tuple[
+    ModelConfig,
+    dict[str, torch.Tensor],
+    Tokenizer,
+    dict[str, float],
+    tuple[BlockRows | None, BlockRows | None] | None,
+]:
+    """Config, float32 weights, tokenizer, sampling defaults and, with ``compact_tables``
+    (a GGUF file), the embedding and head tables as `BlockRows` of a GGUF file or an HF
+    directory.
 
     With ``probe``, runs the int4/W8A8 probe (`probe_int4_max_rows`, cached for the model's
     own quantize call) before reading weights, so its 64 MiB cache-evicting buffer never
@@ -137,16 +153,24 @@ def _read_checkpoint(
         tokenizer = Tokenizer.from_hf_files(
             hf.tokenizer_json, hf.tokenizer_config, hf.generation_config
         )
-        return hf.config, hf.weights, tokenizer
+        defaults = hf_sampling_defaults(hf.generation_config)
+        return hf.config, hf.weights, tokenizer, defaults, None
     opened = open_gguf(path)
     if probe:
         _probe(opened.config)
+    defaults = gguf_sampling_defaults(opened.header.fields)
     contents = opened.read()
-    return contents.config, contents.weights, Tokenizer.from_gguf(contents.tokenizer)
+    tables = None
+    if compact_tables:
+        header = opened.header
+        tables = (from_gguf(header, "token_embd.weight"), from_gguf(header, "output.weight"))
+    tokenizer = Tokenizer.from_gguf(contents.tokenizer)
+    return contents.config, contents.weights, tokenizer, defaults, tables
 
 
 def _probe(config: ModelConfig) -> None:
-    probe_int4_max_rows(config.hidden_size, 2 * config.intermediate_size)
+    for shape in config.projection_shapes().values():  # each projection's own crossover
+        probe_int4_max_rows(*shape)
 
 
 def _release_free_memory() -> None:

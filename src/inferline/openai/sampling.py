@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from inferline.core.errors import InvalidParameterError
-from inferline.core.sampling_params import SamplingParams
+from inferline.core.sampling_params import MODEL_DEFAULT_FIELDS, SamplingParams
 from inferline.core.structured import StructuredOutput
 from inferline.core.tool_calls import ToolCalling
 from inferline.openai.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
@@ -87,6 +87,19 @@ def _response_format(response_format: dict[str, Any]) -> StructuredOutput:
     )
 
 
+def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+    """OpenAI's ``{"token id": bias}`` as pairs; a key that is not a token id is a 400."""
+    pairs = []
+    for key, value in (bias or {}).items():
+        if not (key.isascii() and key.isdigit()):
+            raise InvalidParameterError(
+                f"logit_bias: keys must be token ids (non-negative integers), got {key!r}",
+                "logit_bias",
+            )
+        pairs.append((int(key), value))
+    return tuple(pairs)
+
+
 def _common(
     body: SamplingFields,
     max_tokens: int | None,
@@ -95,16 +108,17 @@ def _common(
     tool_calling: ToolCalling | None = None,
 ) -> SamplingParams:
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    chosen = {name: getattr(body, name) for name in MODEL_DEFAULT_FIELDS}
+    unset = tuple(name for name, value in chosen.items() if value is None)
     return SamplingParams(
         n=body.n,
         max_tokens=max_tokens,
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        top_k=body.top_k,
-        min_p=body.min_p,
+        **{name: value for name, value in chosen.items() if value is not None},
+        unset_fields=unset,
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
-        repetition_penalty=body.repetition_penalty,
+        logit_bias=_logit_bias(body.logit_bias),
+        min_tokens=body.min_tokens,
         seed=body.seed,
         stop=stop,
         stop_token_ids=tuple(body.stop_token_ids or ()),

@@ -1,8 +1,8 @@
 """Request bodies of the OpenAI-compatible endpoints (pydantic; unknown fields ignored).
 
 Bounds follow the OpenAI spec; our extensions (``top_k``, ``min_p``, ``repetition_penalty``,
-``ignore_eos``, ``stop_token_ids``, ``guided_*``, ``continue_final_message``) follow vLLM's
-names.
+``min_tokens``, ``ignore_eos``, ``stop_token_ids``, ``guided_*``, ``continue_final_message``)
+follow vLLM's names. Sampling fields left out (None) take the model's own defaults.
 """
 
 from __future__ import annotations
@@ -74,10 +74,16 @@ class SamplingFields(LenientModel):
     metadata: Annotated[dict[Annotated[str, Field(max_length=64)],
                              Annotated[str, Field(max_length=512)]],
                         Field(max_length=16)] | None = None  # fmt: skip
-    # extensions (vLLM names)
-    top_k: Annotated[int, Field(ge=-1)] = 0
-    min_p: Probability = 0.0
-    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
+    # OpenAI's: token id (as a string) -> bias added to its logit, at most 300 entries
+    logit_bias: (
+        Annotated[dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]], Field(max_length=300)]
+        | None
+    ) = None
+    # extensions (vLLM names); None: the model's own default (its generation config)
+    top_k: Annotated[int, Field(ge=-1)] | None = None
+    min_p: Probability | None = None
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
+    min_tokens: Annotated[int, Field(ge=0)] = 0
     ignore_eos: bool = False
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
     guided_regex: Annotated[str, Field(min_length=1)] | None = None

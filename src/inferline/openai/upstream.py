@@ -114,12 +114,15 @@ def _prompt(request: GenerationRequest) -> str | list[int]:
 
 
 def _sampling_fields(params: SamplingParams, is_chat: bool) -> dict[str, Any]:
-    """OpenAI's own fields. ``temperature`` and ``top_p`` are always sent: an upstream may
-    otherwise apply its model's own defaults (vLLM's ``generation_config``)."""
+    """OpenAI's own fields. ``temperature`` and ``top_p`` are sent unless the client left
+    them unset (``unset_fields``): then the upstream's model's own defaults apply (vLLM's
+    ``generation_config``), as a local engine applies its model's."""
+    unset = params.unset_fields
     fields = {
         "n": params.n,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
+        "temperature": None if "temperature" in unset else params.temperature,
+        "top_p": None if "top_p" in unset else params.top_p,
+        "logit_bias": {str(t): b for t, b in params.logit_bias} or None,
         "max_tokens": params.max_tokens,
         "seed": params.seed,
         "stop": list(params.stop) or None,
@@ -141,6 +144,7 @@ def _extension_fields(params: SamplingParams) -> dict[str, Any]:
         "min_p": params.min_p or None,
         "repetition_penalty": None if penalty == 1.0 else penalty,
         "ignore_eos": params.ignore_eos or None,
+        "min_tokens": params.min_tokens or None,
         "stop_token_ids": list(params.stop_token_ids) or None,
         "skip_special_tokens": None if params.skip_special_tokens else False,
     }

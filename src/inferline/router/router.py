@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from inferline.core.errors import InvalidParameterError, UnknownModelError
+from inferline.core.errors import CannotTokenizeError, InvalidParameterError, UnknownModelError
 from inferline.core.outputs import RequestOutput
 from inferline.core.protocols import (
     ChatTokenizer,
@@ -23,6 +24,11 @@ from inferline.core.protocols import (
     GeneratorStats,
     HealthReport,
     ModelInfo,
+    TextTokenizer,
+    Tokenized,
+    TokenizeRequest,
+    detokenize,
+    tokenize,
 )
 from inferline.router.checks import Scorer
 from inferline.router.config import RetryPolicy, RouteConfig, TargetRef
@@ -175,6 +181,30 @@ class Router:
             if target.is_local and isinstance(target.generator, ChatTokenizer):
                 return await target.generator.tokenize_chat(target.model_name, messages, tools)
         return None
+
+    async def tokenize(self, request: TokenizeRequest) -> Tokenized:
+        """The tokens on the route's first local target (a remote upstream cannot tell)."""
+        target = self._tokenizing_target(request.model)
+        return await tokenize(
+            target.generator, dataclasses.replace(request, model=target.model_name)
+        )
+
+    async def detokenize(self, model: str, token_ids: list[int]) -> str:
+        """The text on the route's first local target (a remote upstream cannot tell)."""
+        target = self._tokenizing_target(model)
+        return await detokenize(target.generator, target.model_name, token_ids)
+
+    def _tokenizing_target(self, model: str) -> Target:
+        table = self._table
+        name = model or table.default
+        route = table.routes.get(name)
+        if route is None:
+            raise UnknownModelError.not_served(name, sorted(table.routes))
+        for ref in route.targets:
+            target = table.targets[ref.name]
+            if target.is_local and isinstance(target.generator, TextTokenizer):
+                return target
+        raise CannotTokenizeError(name, "it is served by remote upstreams only")
 
     def models(self) -> list[ModelInfo]:
         """Routes from the config first (the default one leading), then the model entries."""

@@ -19,9 +19,12 @@ from inferline.server import (
     routes_chat,
     routes_completions,
     routes_embeddings,
+    routes_messages,
     routes_ops,
     routes_prompts,
+    routes_responses,
     routes_tasks,
+    routes_tokenize,
     routes_traces,
 )
 from inferline.server.config import ServerConfig
@@ -31,9 +34,11 @@ from inferline.server.middleware import GuardMiddleware
 from inferline.server.observe import Observer, Redactor
 from inferline.server.openapi import install_openapi
 from inferline.server.predictors import PredictorEntry, PredictorPool
+from inferline.server.responses_service import ResponsesService
 from inferline.server.state import Reload, ServerState
 from inferline.store.prompts import PromptStore
 from inferline.store.request_log import RequestLogWriter
+from inferline.store.responses import ResponseStore
 from inferline.store.traces import TraceStore
 from inferline.tenants import Tenants
 
@@ -91,10 +96,9 @@ def create_app(
     pool = PredictorPool(predictors, metrics)
     tenants = tenants or Tenants(None, config.api_keys)
     state = ServerState(generator, config, metrics, observer, pool, tenants, reload)
-    if log_writer is not None:
-        state.traces = TraceStore(log_writer.log.engine)
-        state.prompts = PromptRegistry(PromptStore(log_writer.log.engine))
-    services = [e.service for e in extensions if e.service is not None]
+    responses = _attach_stores(state, log_writer)
+    services: list[Service] = [e.service for e in extensions if e.service is not None]
+    services[:0] = [responses] if responses is not None else []
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -123,6 +127,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.inferline = state
+    app.state.responses = responses
     _add_routes(app, state, extensions)
     _add_middleware(app, state, config)
     install_openapi(app)
@@ -130,6 +135,19 @@ def create_app(
         if extension.bind is not None:
             extension.bind(app)
     return app
+
+
+def _attach_stores(
+    state: ServerState, log_writer: RequestLogWriter | None
+) -> ResponsesService | None:
+    """The stores kept in the request log's database (traces, prompts, stored responses),
+    when there is one; returns the Responses API's service."""
+    if log_writer is None:
+        return None
+    engine = log_writer.log.engine
+    state.traces = TraceStore(engine)
+    state.prompts = PromptRegistry(PromptStore(engine))
+    return ResponsesService(state, ResponseStore(engine))
 
 
 def _add_routes(app: FastAPI, state: ServerState, extensions: Sequence[Extension]) -> None:
@@ -143,10 +161,11 @@ def _add_routes(app: FastAPI, state: ServerState, extensions: Sequence[Extension
     install_error_handlers(app, on_rejected)
     modules = (
         routes_chat, routes_completions, routes_embeddings, routes_ops, routes_admin,
-        routes_traces, routes_prompts, routes_tasks,
+        routes_traces, routes_prompts, routes_tasks, routes_responses, routes_messages,
     )  # fmt: skip
     for module in modules:
         app.include_router(module.router)
+    app.include_router(routes_tokenize.router)
     for extension in extensions:
         setattr(app.state, extension.state_name, extension.state)
         app.include_router(extension.router)

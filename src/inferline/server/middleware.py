@@ -32,6 +32,8 @@ _KNOWN_ROUTES = frozenset(
         "/health",
         "/ready",
         "/metrics",
+        "/tokenize",
+        "/detokenize",
     )
 )
 _ROUTE_PREFIXES = (  # paths with an id: one label per route, not per id
