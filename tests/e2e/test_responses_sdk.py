@@ -199,3 +199,25 @@ def test_an_agent_with_two_tools_completes_its_task(
     assert called == [("get_weather", "Paris"), ("get_time", "Europe/Paris")]
     assert "amber fox" in result.final_output  # the upstream's own answer, third turn
     assert len(sent) == 3
+
+
+@pytest.mark.slow
+def test_stream_and_a_function_call_round_trip_on_qwen(qwen_server: ServerProcess) -> None:
+    client = client_of(qwen_server)
+    model = "qwen2.5-coder-0.5b"
+    with client.responses.stream(model=model, input="Say hi.", max_output_tokens=16) as stream:
+        events = list(stream)
+    assert events[-1].type in ("response.completed", "response.incomplete")
+    first = client.responses.create(
+        model=model, input="What is the weather in Paris?", tools=TOOLS, temperature=0,
+        tool_choice={"type": "function", "name": "get_weather"}, max_output_tokens=60,
+    )  # fmt: skip
+    (call,) = [item for item in first.output if item.type == "function_call"]
+    assert json.loads(call.arguments)["city"]
+    second = client.responses.create(
+        model=model, previous_response_id=first.id, tools=TOOLS, temperature=0,
+        max_output_tokens=40,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 24 C"}],
+    )  # fmt: skip
+    assert second.output_text and second.usage is not None
+    assert second.usage.input_tokens_details.cached_tokens > 0  # the first turn, cached
