@@ -7,6 +7,7 @@ traces apply unchanged; its trace id is the response id."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -30,6 +31,7 @@ from inferline.server.runner import Dialect, named_event, respond, stream_respon
 from inferline.server.state import ServerState
 from inferline.server.tenancy import identity_of
 
+logger = logging.getLogger(__name__)
 router = APIRouter()
 RESPONSES = Dialect(event=named_event, done=None)
 
@@ -124,7 +126,10 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
         code = error.code or error.type
         response = failed(turn.shell, code, error.message, events.items)
         if store is not None:
-            await store.save(turn, response)
+            try:  # the client still gets its error events if the record cannot be written
+                await store.save(turn, response)
+            except Exception:
+                logger.exception("failed response %s not stored", response_id)
         return events.failure(response, code, error.message)
 
     return await stream_response(
