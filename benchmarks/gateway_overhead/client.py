@@ -337,8 +337,7 @@ async def closed_loop_for(
     """Non-streaming closed loop for ``warmup_s + seconds``; keeps the answers that end
     within the last ``seconds`` (its latencies: those that ended OK)."""
     cell = CellResult()
-    start = time.perf_counter()
-    window = (start + warmup_s, start + warmup_s + seconds)
+    window = [0.0, 0.0]  # set once the collector ran: its pause is not in the window
     tickets = itertools.count()
 
     def next_ticket() -> int | None:
@@ -349,6 +348,8 @@ async def closed_loop_for(
             cell.add(result, stream=False)
 
     with no_gc():
+        start = time.perf_counter()
+        window[:] = [start + warmup_s, start + warmup_s + seconds]
         await _drive(target, False, concurrency, next_ticket, on_result)
     cell.issued = next(tickets)  # tickets drawn so far: requests sent
     return cell

@@ -7,6 +7,7 @@ deployment grows on queued tokens and shrinks after its cool-down."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -22,8 +23,12 @@ import pytest
 
 from tests.e2e.conftest import ServerProcess, start_server, stop_server
 
-pytest.importorskip("ray.serve")
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    # found, not imported: Ray's modules would weigh on every test collected with this one
+    pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed"),
+]
 CONFIG = """models:
   - {name: local, kind: llm, source: smollm2-135m, weight_format: int8, replicas: 2,
      num_cpus: 0.1, threads: 1}
