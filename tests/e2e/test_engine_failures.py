@@ -21,7 +21,13 @@ def test_failure_fails_health_and_every_waiting_request(make_engine, mode) -> No
     llm_engine.runner = sabotage
     generator = AsyncEngine(llm_engine, FrontendConfig(stall_timeout_s=1.0))
     app = create_app(generator, ServerConfig())
-    payload = {"model": "smollm2-135m", "prompt": "Hello there", "max_tokens": 50}
+    # ignore_eos: no request may finish (a sampled EOS) within the two good steps
+    payload = {
+        "model": "smollm2-135m",
+        "prompt": "Hello there",
+        "max_tokens": 50,
+        "ignore_eos": True,
+    }
     with TestClient(app) as client:
         assert client.get("/health").status_code == 200
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
