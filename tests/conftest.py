@@ -52,7 +52,13 @@ def smollm(cache_dir: Path):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def make_engine(smollm, cache_dir: Path):  # type: ignore[no-untyped-def]
     """Builds an `LLMEngine` on the shared SmolLM2 weights with the given settings."""
-    from inferline.engine import CacheConfig, EngineConfig, LLMEngine, SchedulerConfig
+    from inferline.engine import (
+        CacheConfig,
+        EngineConfig,
+        LLMEngine,
+        SchedulerConfig,
+        SpeculativeConfig,
+    )
 
     def make(
         *,
@@ -62,6 +68,7 @@ def make_engine(smollm, cache_dir: Path):  # type: ignore[no-untyped-def]
         max_num_batched_tokens: int = 512,
         max_num_seqs: int = 64,
         max_model_len: int | None = None,
+        speculative: str = "ngram",
     ) -> LLMEngine:
         config = EngineConfig(
             model="smollm2-135m",
@@ -76,6 +83,7 @@ def make_engine(smollm, cache_dir: Path):  # type: ignore[no-untyped-def]
             scheduler=SchedulerConfig(
                 max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs
             ),
+            speculative=SpeculativeConfig(method=speculative),
         )
         return LLMEngine(config, loaded=smollm)
 

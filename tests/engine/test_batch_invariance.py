@@ -1,4 +1,5 @@
-"""Greedy output does not depend on batching, prefix caching, chunking or preemption."""
+"""Greedy output does not depend on batching, prefix caching, chunking, preemption or
+speculative decoding (the reference runs without speculation, the other engines with it)."""
 
 from __future__ import annotations
 
@@ -32,12 +33,10 @@ CHECKED = [0, 2, 5, 8]  # prompts also run alone (a short one, long ones, chat m
 
 @pytest.fixture(scope="module")
 def reference(make_engine):  # type: ignore[no-untyped-def]
-    """Each checked prompt alone in a fresh engine without prefix caching."""
+    """Each checked prompt alone in a fresh engine without prefix caching or speculation."""
+    plain = make_engine(enable_prefix_caching=False, speculative="off")
     return {
-        i: run_to_completion(make_engine(enable_prefix_caching=False), [PROMPTS[i]], GREEDY)[0]
-        .outputs[0]
-        .token_ids
-        for i in CHECKED
+        i: run_to_completion(plain, [PROMPTS[i]], GREEDY)[0].outputs[0].token_ids for i in CHECKED
     }
 
 
@@ -72,8 +71,17 @@ def test_chunked_prefill_in_three_or_more_chunks(make_engine, reference) -> None
     assert_same(dict(zip(CHECKED, outputs, strict=True)), reference)
 
 
+def test_speculation_keeps_greedy_output(make_engine, reference) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine(enable_prefix_caching=False)
+    outputs = {i: run_to_completion(engine, [PROMPTS[i]], GREEDY)[0] for i in CHECKED}
+    assert engine.scheduler.num_accepted_tokens > 0  # the story prompts repeat themselves
+    assert engine.scheduler.num_draft_tokens > engine.scheduler.num_accepted_tokens
+    assert_same(outputs, reference)
+
+
 def test_same_output_after_preemption(make_engine, reference) -> None:  # type: ignore[no-untyped-def]
-    engine = make_engine(enable_prefix_caching=False, kv_cache_tokens=16 * 16)
+    # without speculation: its faster finish would end the memory pressure this test needs
+    engine = make_engine(enable_prefix_caching=False, kv_cache_tokens=16 * 16, speculative="off")
     outputs = run_to_completion(engine, [PROMPTS[i] for i in CHECKED], GREEDY)
     assert engine.scheduler.num_preemptions > 0
     assert_same(dict(zip(CHECKED, outputs, strict=True)), reference)

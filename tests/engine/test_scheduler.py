@@ -55,7 +55,7 @@ def make_request(
 def fake_run(out: SchedulerOutput, token_id: int = 7) -> ModelRunnerOutput:
     """Samples ``token_id`` for every request whose chunk reached its end."""
     return ModelRunnerOutput(
-        {s.request.request_id: token_id for s in out.scheduled if s.needs_sample}
+        {s.request.request_id: [token_id] for s in out.scheduled if s.needs_sample}
     )
 
 

@@ -200,6 +200,7 @@ def test_metrics_count_tokens_and_statuses(client) -> None:  # type: ignore[no-u
     )
     assert "inferline:time_to_first_token_seconds_count" in text
     assert "inferline:num_requests_running" in text and "inferline:prefix_cache_hits" in text
+    assert "inferline:spec_decode_num_accepted_tokens_total" in text
 
 
 def test_openapi_spec_lists_the_endpoints(client) -> None:  # type: ignore[no-untyped-def]

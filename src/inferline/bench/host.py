@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import re
+from datetime import date
 from pathlib import Path
 
 
@@ -13,6 +15,12 @@ def cpu_description() -> str:
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
     names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
     return f"{names[0] if names else platform.machine()}, {os.cpu_count()} cores"
+
+
+def results_dir(benchmarks: Path) -> Path:
+    """``benchmarks/results/<date>-<cpu>/``: where a benchmark run today on this CPU writes."""
+    tag = re.sub(r"[^a-z0-9]+", "-", cpu_description().lower()).strip("-")[:40]
+    return benchmarks / "results" / f"{date.today()}-{tag}"
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

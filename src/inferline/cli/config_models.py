@@ -8,6 +8,7 @@ models:
     source: smollm2-135m          # short name, .gguf file or Hugging Face directory
     weight_format: int8           # optional engine settings (default: serve's flags)
     generation_config: none       # auto: unset sampling fields from the model's own config
+    speculative: off              # ngram (default): prompt-lookup speculative decoding
     kv_cache_gib: 0.5
   - name: partner
     kind: openai
@@ -47,6 +48,8 @@ ENGINE_FIELDS: dict[str, type] = {
     "kernels": str,
     "device": str,
     "generation_config": str,
+    "speculative": str,
+    "num_speculative_tokens": int,
 }
 _PRICE_FIELDS: dict[str, type] = {
     "input_per_mtok": float,

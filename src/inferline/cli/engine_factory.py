@@ -15,8 +15,12 @@ if TYPE_CHECKING:
 
 def engine_config(args: argparse.Namespace, cache_dir: Path, **overrides: Any) -> EngineConfig:
     """The `EngineConfig` the shared engine options describe (imports the engine lazily)."""
-    from inferline.engine import CacheConfig, EngineConfig
+    from inferline.engine import CacheConfig, EngineConfig, SpeculativeConfig
 
+    speculative = SpeculativeConfig(
+        method=getattr(args, "speculative", "ngram"),
+        num_tokens=getattr(args, "num_speculative_tokens", 4),
+    )
     return EngineConfig(
         model=args.model,
         cache_dir=cache_dir,
@@ -26,6 +30,7 @@ def engine_config(args: argparse.Namespace, cache_dir: Path, **overrides: Any) -
         generation_config=getattr(args, "generation_config", "auto"),
         max_model_len=args.max_model_len,
         cache=CacheConfig(kv_cache_gib=args.kv_cache_gib, kv_cache_dtype=args.kv_cache_dtype),
+        speculative=speculative,
         **overrides,
     )
 

@@ -53,6 +53,20 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="sampling fields a request leaves unset: auto = the model's own defaults (its "
         "generation_config.json / GGUF general.sampling.*), none = inferline's (temperature 1)",
     )
+    parser.add_argument(
+        "--speculative",
+        default="ngram",
+        choices=["ngram", "off"],
+        help="speculative decoding: ngram = prompt-lookup drafts verified in one forward pass "
+        "(greedy output unchanged; sampled output keeps its distribution), for requests "
+        "whose drafts keep being accepted, while few requests decode at once",
+    )
+    parser.add_argument(
+        "--num-speculative-tokens",
+        type=int,
+        default=4,
+        help="the most draft tokens a request verifies per step",
+    )
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:

@@ -125,6 +125,8 @@ class GeneratorStats:
     prefix_cache_hit_tokens: int = 0
     num_preemptions: int = 0
     max_num_seqs: int = 0
+    spec_draft_tokens: int = 0  # speculative drafts verified, and how many were accepted
+    spec_accepted_tokens: int = 0
 
 
 @dataclass(frozen=True)

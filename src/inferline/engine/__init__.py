@@ -8,6 +8,7 @@ from inferline.engine.llm_engine import LLMEngine
 from inferline.engine.request import Request, RequestStatus
 from inferline.engine.scheduler import Scheduler
 from inferline.engine.scheduler_output import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
+from inferline.engine.speculative import SpeculativeConfig
 
 __all__ = [
     "LLM",
@@ -24,4 +25,5 @@ __all__ = [
     "Scheduler",
     "SchedulerConfig",
     "SchedulerOutput",
+    "SpeculativeConfig",
 ]

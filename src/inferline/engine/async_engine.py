@@ -338,6 +338,8 @@ class AsyncEngine:
             prefix_cache_hit_tokens=pool.stats.num_hit_tokens,
             num_preemptions=scheduler.num_preemptions,
             max_num_seqs=self.engine.config.scheduler.max_num_seqs,
+            spec_draft_tokens=scheduler.num_draft_tokens,
+            spec_accepted_tokens=scheduler.num_accepted_tokens,
         )
 
     def _die(self, reason: str) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inferline.core.errors import InvalidParameterError
+from inferline.engine.speculative import SpeculativeConfig
 
 _GIB = 1024**3
 
@@ -125,6 +126,7 @@ class EngineConfig:
         generation_config: ``auto`` fills the sampling fields a request leaves unset from
             the model's own generation config (vLLM's ``--generation-config auto``);
             ``none`` keeps inferline's defaults (vLLM's ``--generation-config vllm``).
+        speculative: n-gram speculative decoding (`inferline.engine.speculative`).
     """
 
     model: str = "smollm2-135m"
@@ -136,6 +138,7 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     generation_config: str = "auto"
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
 
     def __post_init__(self) -> None:
         _require_positive("max_model_len", self.max_model_len)

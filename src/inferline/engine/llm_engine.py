@@ -76,7 +76,11 @@ class LLMEngine:
             model_config, num_blocks, block_size, torch.device(config.device), kv_dtype
         )
         self.scheduler = Scheduler(
-            config.scheduler, self.block_pool, self.max_model_len, self.tokenizer.eos_token_ids
+            config.scheduler,
+            self.block_pool,
+            self.max_model_len,
+            self.tokenizer.eos_token_ids,
+            config.speculative,
         )
         self.runner = ModelRunner(self.loaded.model, self.kv_cache, self.tokenizer)
         self.output_processor = OutputProcessor(self.tokenizer)

@@ -17,9 +17,11 @@ from torch import nn
 from inferline.core.outputs import Logprob
 from inferline.engine.kv_cache import KVCache
 from inferline.engine.prompt_logprobs import PromptRows, plan_prompt_rows, score_prompt_rows
-from inferline.engine.sampler import Sampler, SamplingRow
+from inferline.engine.sampler import Sampler, SamplingRow, filtered_probs
 from inferline.engine.scheduler_output import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
+from inferline.engine.speculative import verify_greedy, verify_sampled
 from inferline.models.attention import AttentionGroup, AttentionMetadata, DecodeBatch
+from inferline.models.llama import kernels_chosen_for
 from inferline.models.tokenizer import Tokenizer
 
 
@@ -108,6 +110,15 @@ def _build_group(chunks: list[_Chunk], block_size: int, device: torch.device) ->
     )
 
 
+def _single_queries(chunk: _Chunk) -> list[_Chunk]:
+    """A chunk as single-token queries, each seeing the keys up to its own position (all of
+    the chunk's K/V is written before attention runs, so this is the causal mask)."""
+    return [
+        _Chunk(chunk.first_token + i, chunk.start_position + i, 1, chunk.block_ids)
+        for i in range(chunk.num_tokens)
+    ]
+
+
 def _build_decode_batch(chunks: list[_Chunk], block_size: int) -> DecodeBatch:
     """Block tables and context lengths of single-token chunks, for the native kernel."""
     max_blocks = max(len(c.block_ids) for c in chunks)
@@ -139,6 +150,13 @@ class ModelRunner:
             self.kv_cache.copy_block(src, dst)
         if out.is_empty:
             return ModelRunnerOutput()
+        num_drafts = sum(len(s.draft_token_ids) for s in out.scheduled)
+        if num_drafts:  # draft rows run the kernels of the step without them
+            with kernels_chosen_for(out.num_tokens - num_drafts):
+                return self._run(out)
+        return self._run(out)
+
+    def _run(self, out: SchedulerOutput) -> ModelRunnerOutput:
         batch = self._prepare(out.scheduled)
         if batch.prompt_rows:
             return self._run_scoring_prompts(batch, out)
@@ -173,7 +191,8 @@ class ModelRunner:
 
     def _prepare(self, scheduled: list[ScheduledRequest]) -> _Batch:
         block_size = self.kv_cache.block_size
-        chunks, input_ids, positions, slots, logits_index = [], [], [], [], []
+        chunks, input_ids, positions, slots = [], [], [], []
+        logits_index: list[int] = []
         prompt_rows: list[PromptRows] = []
         first_token = 0
         for s in scheduled:
@@ -182,20 +201,26 @@ class ModelRunner:
             chunk = _Chunk(first_token, start, s.num_tokens, request.block_ids)
             chunks.append(chunk)
             chunk_positions = np.arange(start, start + s.num_tokens)
-            input_ids.append(request.all_token_ids[start : start + s.num_tokens])
+            num_known = s.num_tokens - len(s.draft_token_ids)
+            input_ids.append(request.all_token_ids[start : start + num_known] + s.draft_token_ids)
             positions.append(chunk_positions)
             slots.append(_slots(request.block_ids, chunk_positions, block_size))
             if request.sampling_params.prompt_logprobs is not None:
                 plan = plan_prompt_rows(request, start, s.num_tokens, first_token)
                 prompt_rows += [plan] if plan is not None else []
             first_token += s.num_tokens
-            if s.needs_sample:
-                logits_index.append(first_token - 1)
+            logits_index.extend(range(first_token - s.num_sample_rows, first_token))
+        native = getattr(self.model, "native", None) is not None
+        drafted = {id(c) for c, s in zip(chunks, scheduled, strict=True) if s.draft_token_ids}
         decodes = [c for c in chunks if c.num_tokens == 1]
-        native_decode = getattr(self.model, "native", None) is not None and bool(decodes)
+        prefills = [c for c in chunks if c.num_tokens > 1]
+        if native and drafted:  # a decode with drafts: one single-token query per position
+            decodes += [q for c in prefills if id(c) in drafted for q in _single_queries(c)]
+            prefills = [c for c in prefills if id(c) not in drafted]
+        native_decode = native and bool(decodes)
         groups = [
             _build_group(group, block_size, self.device)
-            for group in ([] if native_decode else decodes, [c for c in chunks if c.num_tokens > 1])
+            for group in ([] if native_decode else decodes, prefills)
             if group
         ]
         metadata = AttentionMetadata(
@@ -209,6 +234,36 @@ class ModelRunner:
         return _Batch(flat_ids, flat_positions, metadata, logits_rows, prompt_rows)
 
     def _sample(self, logits: torch.Tensor, sampling: list[ScheduledRequest]) -> ModelRunnerOutput:
+        """One token per plain request; a request with drafts gets the tokens its
+        verification keeps (``logits`` holds `ScheduledRequest.num_sample_rows` rows each)."""
+        if all(not s.draft_token_ids for s in sampling):
+            return self._sample_plain(logits, sampling)
+        starts = np.cumsum([0] + [s.num_sample_rows for s in sampling])[:-1].tolist()
+        plain = [i for i, s in enumerate(sampling) if not s.draft_token_ids]
+        result = ModelRunnerOutput()
+        if plain:
+            result = self._sample_plain(
+                logits[[starts[i] for i in plain]], [sampling[i] for i in plain]
+            )
+        for start, s in zip(starts, sampling, strict=True):
+            if s.draft_token_ids:
+                rows = logits[start : start + s.num_sample_rows]
+                result.sampled_token_ids[s.request.request_id] = self._verify(rows, s)
+        return result
+
+    @staticmethod
+    def _verify(logits: torch.Tensor, s: ScheduledRequest) -> list[int]:
+        """The tokens a request with drafts keeps (`inferline.engine.speculative`)."""
+        logits = logits.float().cpu()
+        params = s.request.sampling_params
+        if params.is_greedy:
+            return verify_greedy(logits, s.draft_token_ids)
+        probs = filtered_probs(logits, params)
+        return verify_sampled(probs, s.draft_token_ids, s.request.generator)
+
+    def _sample_plain(
+        self, logits: torch.Tensor, sampling: list[ScheduledRequest]
+    ) -> ModelRunnerOutput:
         rows = [
             SamplingRow(
                 s.request.sampling_params,
@@ -225,7 +280,7 @@ class ModelRunner:
         for i, s in enumerate(sampling):
             request_id = s.request.request_id
             token_id = sampled.token_ids[i]
-            result.sampled_token_ids[request_id] = token_id
+            result.sampled_token_ids[request_id] = [token_id]
             logprob = sampled.token_logprobs[i]
             if logprob is not None:
                 result.logprobs[request_id] = self._logprob(

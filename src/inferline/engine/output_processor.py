@@ -35,6 +35,7 @@ class _SequenceState:
     text: str = ""
     num_sent_chars: int = 0
     num_sent_tokens: int = 0
+    num_detokenized: int = 0  # output tokens already turned into text
     logprobs: list[Logprob] | None = None
     finish_reason: FinishReason | None = None
     stop_reason: str | int | None = None
@@ -136,8 +137,10 @@ class OutputProcessor:
     def _append_text(
         self, state: RequestState, sequence: _SequenceState, request: Request
     ) -> str | None:
-        last_token = request.all_token_ids[-1]
-        new_text = sequence.detokenizer.add([last_token])
+        # one token a step, or several where speculative drafts were accepted
+        new_ids = request.all_token_ids[len(request.prompt_token_ids) + sequence.num_detokenized :]
+        sequence.num_detokenized += len(new_ids)
+        new_text = sequence.detokenizer.add(new_ids)
         if request.is_finished:
             new_text += sequence.detokenizer.flush()
         start = max(0, len(sequence.text) - max((len(s) for s in state.stop), default=0))

@@ -11,6 +11,7 @@ import torch
 
 from inferline.core.outputs import FinishReason
 from inferline.core.sampling_params import Priority, SamplingParams
+from inferline.engine.speculative import NgramDrafter
 
 
 class RequestStatus(enum.Enum):
@@ -55,6 +56,7 @@ class Request:
     stop_reason: str | int | None = None
     generator: torch.Generator = field(default_factory=torch.Generator)
     constraint: Any = None  # grammar state of a constrained request (engine.structured)
+    drafter: NgramDrafter | None = None  # its n-gram drafts (engine.speculative), when on
 
     def __post_init__(self) -> None:
         self.all_token_ids = list(self.prompt_token_ids)

@@ -88,6 +88,13 @@ def _filter_logits(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.T
     return logits
 
 
+def filtered_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """One request's sampling distribution at each row of ``logits`` (temperature, top-k,
+    top-p, min-p applied), for a random (non-greedy) request."""
+    row = SamplingRow(params, (), (), torch.Generator())
+    return _filter_logits(logits, [row] * logits.shape[0]).softmax(dim=-1)
+
+
 @functools.lru_cache(maxsize=256)
 def _bias_tensors(bias: tuple[tuple[int, float], ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """One request's ``logit_bias`` as (token ids, values), built once per distinct bias."""

@@ -11,6 +11,10 @@ are scheduled first; while interactive work is in a step, batch requests hold at
 ``batch_token_share`` of its tokens; running batch requests are preempted when a waiting
 interactive request needs their seat or blocks. With no interactive work, batch requests
 use the whole step.
+
+With speculation on (`inferline.engine.speculative`), a decode may carry n-gram draft
+tokens: it is scheduled for ``1 + drafts`` tokens, drafts take only free blocks (they
+never preempt), and `update` keeps the K/V of the drafts the model accepted.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from inferline.engine.block_pool import BlockPool
 from inferline.engine.config import SchedulerConfig
 from inferline.engine.request import Request, RequestStatus
 from inferline.engine.scheduler_output import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
+from inferline.engine.speculative import NgramDrafter, SpeculativeConfig, can_speculate
 
 
 class Scheduler:
@@ -40,8 +45,11 @@ class Scheduler:
         block_pool: BlockPool,
         max_model_len: int,
         eos_token_ids: Iterable[int],
+        speculative: SpeculativeConfig | None = None,
     ) -> None:
         self.config = config
+        self.speculative = speculative or SpeculativeConfig(method="off")
+        self._may_draft = False  # this step: few enough decodes to speculate
         self.block_pool = block_pool
         self.block_size = block_pool.block_size
         self.max_model_len = max_model_len
@@ -50,6 +58,8 @@ class Scheduler:
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0
+        self.num_draft_tokens = 0  # speculative drafts verified, and how many were kept
+        self.num_accepted_tokens = 0
 
     # ---- requests in and out -------------------------------------------------------
 
@@ -87,6 +97,10 @@ class Scheduler:
         """
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
+        self._may_draft = self.speculative.enabled and (
+            sum(1 for r in self.running if r.num_tokens_to_compute == 1)
+            <= self.speculative.max_batch
+        )
         if any(r.priority == Priority.INTERACTIVE for r in self.waiting):
             self._make_room_for_interactive(out)
         num_yielded = len(out.preempted_ids)
@@ -134,10 +148,38 @@ class Scheduler:
                 continue
             if request.is_prefilling:
                 prefill_left -= num_tokens
-            if self._reserve_blocks(request, num_tokens, out):
-                out.scheduled.append(self._scheduled(request, num_tokens))
-                budget -= num_tokens
+            drafts = self._drafts(request, budget) if self._may_draft and num_tokens == 1 else []
+            if self._reserve_blocks(request, num_tokens + len(drafts), out):
+                scheduled = self._scheduled(request, num_tokens)
+                scheduled.num_tokens += len(drafts)
+                scheduled.draft_token_ids = drafts
+                out.scheduled.append(scheduled)
+                budget -= scheduled.num_tokens
         return budget
+
+    def _drafts(self, request: Request, budget: int) -> list[int]:
+        """N-gram drafts for a running decode, as many as its limits and free blocks allow."""
+        if request.is_prefilling or not can_speculate(
+            request.sampling_params, request.num_output_tokens
+        ):
+            return []
+        room = min(
+            self.speculative.num_tokens,
+            budget - 1,
+            request.max_tokens - request.num_output_tokens - 1,  # the step adds drafts + 1
+            self.max_model_len - request.num_tokens - 1,
+        )
+        if room <= 0:
+            return []
+        if request.drafter is None:
+            spec = self.speculative
+            request.drafter = NgramDrafter(spec.ngram_min, spec.ngram_max)
+        drafts = request.drafter.propose(request.all_token_ids, room)
+        while drafts and not self.block_pool.can_allocate(
+            self._num_new_blocks(request, 1 + len(drafts))
+        ):
+            drafts.pop()  # drafts take free blocks only, never another request's
+        return drafts
 
     def update(self, out: SchedulerOutput, runner_output: ModelRunnerOutput) -> list[Request]:
         """Advances computed counts, appends sampled tokens, applies token-level stops.
@@ -149,18 +191,29 @@ class Scheduler:
             request = scheduled.request
             if request.is_finished:
                 continue
-            request.num_computed_tokens += scheduled.num_tokens
+            token_ids = runner_output.sampled_token_ids.get(request.request_id)
+            num_computed = scheduled.num_tokens
+            if scheduled.draft_token_ids and token_ids is not None:
+                num_accepted = len(token_ids) - 1  # accepted drafts, then one of its own
+                assert request.drafter is not None
+                request.drafter.record(len(scheduled.draft_token_ids), num_accepted)
+                self.num_draft_tokens += len(scheduled.draft_token_ids)
+                self.num_accepted_tokens += num_accepted
+                num_computed = 1 + num_accepted  # rejected drafts' K/V is dropped
+            request.num_computed_tokens += num_computed
             self.block_pool.cache_full_blocks(
                 request.all_token_ids,
                 request.num_computed_tokens,
                 request.block_ids,
                 request.block_hashes,
             )
-            token_id = runner_output.sampled_token_ids.get(request.request_id)
-            if token_id is None:
+            if not token_ids:
                 continue
-            request.append_output_token(token_id)
-            self._check_token_stop(request, token_id)
+            for token_id in token_ids:
+                request.append_output_token(token_id)
+                self._check_token_stop(request, token_id)
+                if request.is_finished:
+                    break  # the tokens after a stop are not part of the output
             updated.append(request)
         return updated
 

@@ -6,6 +6,10 @@ and ``S`` = tokens whose next-token logits are needed.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,6 +36,23 @@ from inferline.models.quant import (
     quantize_int8,
     supports_int4,
 )
+
+_KERNEL_ROWS: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "kernel_rows", default=None
+)
+
+
+@contextlib.contextmanager
+def kernels_chosen_for(rows: int) -> Iterator[None]:
+    """Within, projections choose their kernel as for a batch of ``rows`` rows, whatever
+    the batch's size. A step with speculative drafts runs the kernels the step would run
+    without them: the kernels compute each row on its own, so the verification computes
+    what plain decoding would (greedy output unchanged by speculation)."""
+    token = _KERNEL_ROWS.set(rows)
+    try:
+        yield
+    finally:
+        _KERNEL_ROWS.reset(token)
 
 
 class Linear(nn.Module):
@@ -68,6 +89,7 @@ class Linear(nn.Module):
         self.weight = nn.Parameter(torch.empty(0), requires_grad=False)  # frees the floats
 
     def _uses_int4(self, rows: int) -> bool:
+        rows = _KERNEL_ROWS.get() or rows
         return self.int4 is not None and (self.int8 is None or rows <= self.int4_max_rows)
 
     def input_dtype(self, rows: int) -> torch.dtype:

@@ -72,6 +72,18 @@ def _engine_families(stats: dict[str, GeneratorStats]) -> Iterable[Metric]:
         "Requests preempted for lack of KV blocks.",
         lambda s: s.num_preemptions,
     )
+    yield family(
+        counter,
+        "spec_decode_num_draft_tokens",
+        "Speculative (n-gram) draft tokens verified.",
+        lambda s: s.spec_draft_tokens,
+    )
+    yield family(
+        counter,
+        "spec_decode_num_accepted_tokens",
+        "Speculative draft tokens the model accepted.",
+        lambda s: s.spec_accepted_tokens,
+    )
 
 
 class _GeneratorCollector(Collector):

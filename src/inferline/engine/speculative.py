@@ -1,0 +1,185 @@
+"""Speculative decoding without a second model: n-gram (prompt lookup) drafts.
+
+A running request whose last tokens also occurred earlier in its prompt or output is likely
+to continue as it did there (extraction, summaries and code edits copy long spans of their
+input). `NgramDrafter` proposes the tokens that followed the latest earlier occurrence of
+the request's last ``n`` tokens (longest ``n`` first); the step then computes the request's
+last token plus the drafts in one forward pass, and `verify` keeps the drafts the model
+agrees with, plus one token of its own:
+
+- greedy: a draft is kept while it equals the argmax at its position — the output is the
+  model's own greedy output, ``1 + accepted`` tokens for the cost of one wider step;
+- sampled: a draft ``d`` is kept with probability ``p(d)`` (the request's filtered
+  distribution at that position); on rejection the token is drawn from ``p`` without ``d``,
+  renormalised. With a deterministic draft this is the standard rejection rule, so each
+  token is distributed exactly as without speculation.
+
+Speculation is per request and adaptive: a request whose drafts keep being rejected waits
+(doubling, up to `MAX_BACKOFF_STEPS` steps) before it drafts again, so text that never
+repeats pays only the dictionary lookups. It applies to plain requests (`can_speculate`:
+no logprobs, penalties, logit bias, grammar, pending ``min_tokens``, or seeded sampling),
+and only while few requests decode at once (`SpeculativeConfig.max_batch`): a wide batch
+already fills the matmuls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from inferline.core.errors import InvalidParameterError
+from inferline.core.sampling_params import SamplingParams
+
+MAX_BACKOFF_STEPS = 16
+SPECULATIVE_METHODS = ("ngram", "off")
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """N-gram speculative decoding.
+
+    Attributes:
+        method: ``ngram`` (prompt lookup) or ``off``.
+        num_tokens: the most draft tokens a request verifies in one step.
+        ngram_max: the longest suffix looked up (tried first).
+        ngram_min: the shortest suffix looked up.
+        max_batch: requests draft only while at most this many decode in the step.
+    """
+
+    method: str = "ngram"
+    num_tokens: int = 4
+    ngram_max: int = 4
+    ngram_min: int = 2
+    max_batch: int = 4
+
+    def __post_init__(self) -> None:
+        if self.method not in SPECULATIVE_METHODS:
+            raise InvalidParameterError(
+                f"speculative method must be ngram or off, got {self.method!r}", "speculative"
+            )
+        if self.num_tokens < 1 or self.max_batch < 1:
+            raise InvalidParameterError(
+                "speculative num_tokens and max_batch must be positive", "speculative"
+            )
+        if not 1 <= self.ngram_min <= self.ngram_max:
+            raise InvalidParameterError(
+                f"need 1 <= ngram_min <= ngram_max, got {self.ngram_min}, {self.ngram_max}",
+                "speculative",
+            )
+
+    @property
+    def enabled(self) -> bool:
+        """True unless the method is ``off``."""
+        return self.method != "off"
+
+
+def can_speculate(params: SamplingParams, num_output_tokens: int) -> bool:
+    """True for requests whose next tokens depend only on the model's distribution.
+
+    Penalties, logit bias, grammars and logprobs are per-step state the verification would
+    have to replay; such requests decode one token a step. So do seeded sampled requests:
+    speculation draws its randomness differently, and a seed must give the same tokens
+    whatever else shares the batch (greedy output is the same either way).
+    """
+    return (
+        (params.is_greedy or params.seed is None)
+        and params.logprobs is None
+        and params.structured is None
+        and not params.logit_bias
+        and params.repetition_penalty == 1.0
+        and not params.frequency_penalty
+        and not params.presence_penalty
+        and num_output_tokens >= params.min_tokens
+    )
+
+
+@dataclass
+class NgramDrafter:
+    """One request's n-gram index and acceptance record.
+
+    ``index[n]`` maps each ``n`` tokens to the position right after their latest
+    occurrence, for occurrences that have at least one token after them; it grows as the
+    request does, so a lookup costs a few dictionary reads, not a scan.
+    """
+
+    ngram_min: int
+    ngram_max: int
+    index: dict[int, dict[tuple[int, ...], int]] = field(default_factory=dict)
+    num_indexed: int = 0  # positions < this are in the index
+    num_proposed: int = 0
+    num_accepted: int = 0
+    num_misses: int = 0  # proposals in a row with nothing accepted
+    wait_steps: int = 0  # steps left before the next proposal
+
+    def propose(self, token_ids: Sequence[int], max_tokens: int) -> list[int]:
+        """Up to ``max_tokens`` draft tokens following ``token_ids`` (may be empty)."""
+        if self.wait_steps > 0:
+            self.wait_steps -= 1
+            return []
+        length = len(token_ids)
+        self._extend(token_ids, length - 1)  # an occurrence needs a token after it
+        for n in range(min(self.ngram_max, length - 1), self.ngram_min - 1, -1):
+            start = self.index.get(n, {}).get(tuple(token_ids[length - n :]))
+            if start is not None:
+                return list(token_ids[start : start + max_tokens])
+        return []
+
+    def record(self, num_proposed: int, num_accepted: int) -> None:
+        """Notes a verification; repeated misses make the request wait before drafting."""
+        self.num_proposed += num_proposed
+        self.num_accepted += num_accepted
+        if num_accepted:
+            self.num_misses = 0
+            return
+        self.num_misses += 1
+        self.wait_steps = min(MAX_BACKOFF_STEPS, 1 << (self.num_misses - 1))
+
+    def _extend(self, token_ids: Sequence[int], upto: int) -> None:
+        """Indexes every position ``p < upto``: the ``n`` tokens before ``p`` -> ``p``."""
+        for position in range(max(self.num_indexed, 1), upto + 1):
+            for n in range(self.ngram_min, min(self.ngram_max, position) + 1):
+                self.index.setdefault(n, {})[tuple(token_ids[position - n : position])] = position
+        self.num_indexed = max(self.num_indexed, upto + 1)
+
+
+def verify_greedy(logits: torch.Tensor, drafts: Sequence[int]) -> list[int]:
+    """``logits [len(drafts) + 1, vocab]`` -> the model's greedy tokens from the first
+    position: drafts it agrees with, then its own token at the first disagreement (or after
+    the last draft)."""
+    choices = logits.argmax(dim=-1).tolist()
+    tokens = []
+    for draft, choice in zip(drafts, choices, strict=False):
+        tokens.append(choice)
+        if choice != draft:
+            return tokens
+    tokens.append(choices[len(drafts)])
+    return tokens
+
+
+def verify_sampled(
+    probs: torch.Tensor, drafts: Sequence[int], generator: torch.Generator
+) -> list[int]:
+    """``probs [len(drafts) + 1, vocab]`` (the request's filtered distributions) -> its
+    tokens by the rejection rule: draft ``d`` kept with probability ``p(d)``, else a token
+    drawn from ``p`` without ``d``; after the last kept draft, one token drawn from ``p``."""
+    tokens = []
+    for position, draft in enumerate(drafts):
+        row = probs[position]
+        accept = float(row[draft])
+        if float(torch.rand((), generator=generator)) < accept:
+            tokens.append(draft)
+            continue
+        rest = row.clone()
+        rest[draft] = 0.0
+        tokens.append(_draw(rest, generator))
+        return tokens
+    tokens.append(_draw(probs[len(drafts)], generator))
+    return tokens
+
+
+def _draw(weights: torch.Tensor, generator: torch.Generator) -> int:
+    """One index drawn in proportion to ``weights`` (an exponential race: no normalising)."""
+    noise = torch.empty_like(weights).exponential_(generator=generator)
+    return int((weights / noise).argmax())
