@@ -10,6 +10,7 @@ its key is left alone, so writing the same file twice makes no new version.
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -70,15 +71,18 @@ class DatasetStore:
         the version's row (``changed``: False when nothing differed and the latest version
         is returned as it is)."""
         _check(name, items)
-        for attempt in range(5):  # two writers racing for one number: the loser reads again
+        attempts = 12
+        for attempt in range(attempts):  # writers racing for one number: the loser reads again
             try:
                 row = self._write(name, items, source, note, replace, description)
             except (IntegrityError, OperationalError):  # SQLite: a stale snapshot, busy
-                if attempt == 4:
+                if attempt == attempts - 1:
                     raise
-                continue
+                row = None
             if row is not None:
                 return row
+            # jittered, growing pause: four writers retrying in lockstep lost 5 times running
+            time.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 6)))
         raise RuntimeError(f"could not number a new version of dataset {name!r}")
 
     def _write(
