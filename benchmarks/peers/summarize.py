@@ -9,10 +9,15 @@ Reads (every file optional, missing cells show as "-"):
   start-up probe's output (``first_token_s``);
 * ``raw/<server>-<scenario>.cpu.json``: CPU and peak memory around the run (cpu_account.py);
 * ``raw/<server>-d.json``: scenario d, offline through the engine's Python API (offline.py);
-* ``raw/<server>.meta.json`` and ``meta.json``: versions, command lines, host.
+* ``raw/<server>-g-a.json``, ``raw/<server>-g-b16.json``: the guidellm cross-check of a and
+  b16 (guidellm_check.sh -> guidellm_summary.py, the same summary keys as our client's);
+* ``raw/<server>.meta.json`` and ``meta.json``: versions, command lines, build, host;
+* ``<model>/raw/`` and ``<model>/meta.json``: the same for a model other than the default
+  (``benchmarks/compare --model M`` writes into the sub-folder M); each gets its own table.
 
-Writes ``summary.json`` (every figure plus the inferline/peer ratios), ``summary.md`` (the
-same as tables) and ``b_sweep.png`` (latency against output throughput over b4/b16/b32).
+Writes ``summary.json`` (every figure plus the inferline/peer ratios; other models under
+"models"), ``summary.md`` (the same as tables) and ``b_sweep.png`` (latency against output
+throughput over b4/b16/b32, default model).
 """
 
 from __future__ import annotations
@@ -76,7 +81,14 @@ class Figure:
 FIGURES = (
     Figure("a", "decode rate = 1/TPOT p50", "tok/s", True, _decode_rate),
     Figure("a", "TTFT p50", "ms", False, _p("ttft_s", "p50", 1000)),
-    *(Figure(b, "output throughput", "tok/s", True, _output_rate) for b in B_SWEEP),
+    # the same shapes measured by a third-party client (guidellm), beside our own client's
+    Figure("g-a", "guidellm: decode rate = 1/ITL p50", "tok/s", True, _decode_rate),
+    Figure("g-a", "guidellm: TTFT p50", "ms", False, _p("ttft_s", "p50", 1000)),
+    *(Figure(b, "output throughput", "tok/s", True, _output_rate) for b in B_SWEEP[:2]),
+    Figure("b16", "TTFT p50", "ms", False, _p("ttft_s", "p50", 1000)),
+    Figure("g-b16", "guidellm: output throughput", "tok/s", True, _output_rate),
+    Figure("g-b16", "guidellm: TTFT p50", "ms", False, _p("ttft_s", "p50", 1000)),
+    Figure(B_SWEEP[2], "output throughput", "tok/s", True, _output_rate),
     Figure("c", "TTFT p99", "ms", False, _p("ttft_s", "p99", 1000)),
     Figure("c", "output throughput", "tok/s", True, _output_rate),
     Figure("b32", "server resident memory, highest during the run", "MiB", False, _rss),
@@ -169,11 +181,16 @@ def markdown(
     rows: list[dict[str, Any]],
     cells: dict[tuple[str, str], Cell],
     plotted: bool,
+    title: str | None = None,
 ) -> str:
-    """summary.md: the key-figure table, per-run checks and the set-up of each server."""
+    """summary.md: the key-figure table, per-run checks and the set-up of each server.
+
+    ``title`` replaces the top heading (a further model's section); its headings then start
+    one level down.
+    """
     host = meta.get("host", {})
     lines = [
-        f"# inferline vs llama.cpp vs vLLM ({meta.get('date', '?')})",
+        title or f"# inferline vs llama.cpp vs vLLM ({meta.get('date', '?')})",
         "",
         f"Model: {meta.get('model', '?')}.",
         "",
@@ -203,6 +220,13 @@ def markdown(
         "\\* some requests failed (see below); † other processes used more than "
         f"{CONTENDED_CORES} cores during the run, so the figure is suspect.",
         "",
+        "Rows g-a and g-b16: the shapes of a and b16 (prompt/output tokens, requests, streams) "
+        "sent by a third-party client, guidellm (benchmarks/peers/guidellm_check.sh), against "
+        "the same servers in the same run, from guidellm's per-request timings; its ITL is our "
+        "TPOT's definition, (latency - TTFT) / (output tokens - 1). guidellm first sends warm-up "
+        "requests (1 for g-a, 16 for g-b16) that these rows leave out, since its own start-up "
+        "competes with the server on a small host; it also uses more CPU than our client.",
+        "",
         "## Runs",
         "",
         "| server | scenario | completed | failed | wall s (e: to first token) | other-CPU cores |",
@@ -223,6 +247,8 @@ def markdown(
         )
     if plotted:
         lines += ["", "![latency vs throughput over the b sweep](b_sweep.png)"]
+    if title:  # a section of the default model's page: one heading level down
+        lines = ["#" + line if line.startswith("## ") else line for line in lines]
     return "\n".join(lines) + "\n"
 
 
@@ -264,22 +290,16 @@ def plot(cells: dict[tuple[str, str], Cell], path: Path) -> bool:
     return True
 
 
-def main() -> int:
-    """Command-line entry point."""
-    if len(sys.argv) != 2:
-        sys.exit(__doc__)
-    out = Path(sys.argv[1])
-    raw = out / "raw"
+def summarize(out: Path, raw: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The summary.json object of one results folder (``raw``), None if it holds no result."""
     cells = load_cells(raw)
     if not cells:
-        sys.exit(f"summarize: no results under {raw}")
-    meta = _read(out / "meta.json") or {}
+        return None
     servers = {s: info for s in SERVERS if (info := _read(raw / f"{s}.meta.json"))}
-    rows = build_rows(cells)
-    summary = {
+    return {
         "meta": meta,
         "servers": servers,
-        "figures": rows,
+        "figures": build_rows(cells),
         "runs": {
             f"{server}-{scenario}": {
                 "failed": cell.failed,
@@ -288,13 +308,46 @@ def main() -> int:
             }
             for (server, scenario), cell in cells.items()
         },
+        "_cells": cells,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def main() -> int:
+    """Command-line entry point."""
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    out = Path(sys.argv[1])
+    raw = out / "raw"
+    top_meta = _read(out / "meta.json") or {}
+    main_summary = summarize(out, raw, top_meta)
+    # further models (compare --model M): sub-folders M/ with their own raw/ and meta.json
+    models = {}
+    for sub in sorted(p for p in out.iterdir() if (p / "raw").is_dir()):
+        meta = {**top_meta, **(_read(sub / "meta.json") or {})}
+        if (summary := summarize(sub, sub / "raw", meta)) is not None:
+            models[sub.name] = summary
+    if main_summary is None and not models:
+        sys.exit(f"summarize: no results under {raw}")
+    if main_summary is None:  # only further models measured: the first one heads the page
+        name = next(iter(models))
+        main_summary = models.pop(name)
+    cells = main_summary.pop("_cells")
+    summary = {**main_summary, "models": {}}
+    for name, sub in models.items():
+        sub_cells = sub.pop("_cells")
+        summary["models"][name] = sub
+        sub["_md"] = markdown(
+            sub["meta"], sub["servers"], sub["figures"], sub_cells, False, f"## Model {name}"
+        )
     plotted = plot(cells, out / "b_sweep.png")
     if not plotted:
         print("summarize: matplotlib missing, no plot", file=sys.stderr)
-    (out / "summary.md").write_text(markdown(meta, servers, rows, cells, plotted))
-    print((out / "summary.md").read_text())
+    text = markdown(summary["meta"], summary["servers"], summary["figures"], cells, plotted)
+    for sub in summary["models"].values():
+        text += "\n" + sub.pop("_md")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.md").write_text(text)
+    print(text)
     return 0
 
 
