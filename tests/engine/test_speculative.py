@@ -26,7 +26,7 @@ EOS = 0
 
 
 def test_drafter_proposes_what_followed_the_latest_occurrence() -> None:
-    drafter = NgramDrafter(ngram_min=2, ngram_max=3)
+    drafter = NgramDrafter(ngram_min=2, ngram_max=3, row_cost=0.0)
     tokens = [5, 6, 7, 8, 9, 5, 6, 7, 1, 2, 5, 6, 7]
     # [5, 6, 7] occurred at 0 and 5; the latest (5) was followed by 1, 2, 5, 6
     assert drafter.propose(tokens, 4) == [1, 2, 5, 6]
@@ -35,15 +35,15 @@ def test_drafter_proposes_what_followed_the_latest_occurrence() -> None:
 
 
 def test_drafter_stops_at_the_known_tokens_and_prefers_long_matches() -> None:
-    drafter = NgramDrafter(ngram_min=1, ngram_max=2)
+    drafter = NgramDrafter(ngram_min=1, ngram_max=2, row_cost=0.0)
     assert drafter.propose([4, 9, 4], 5) == [9, 4]  # only what exists after the match
-    drafter = NgramDrafter(ngram_min=1, ngram_max=2)
+    drafter = NgramDrafter(ngram_min=1, ngram_max=2, row_cost=0.0)
     # suffix [2, 3]: its 2-gram match (at 1) wins over the later 1-gram match of [3] (at 5)
     assert drafter.propose([1, 2, 3, 8, 7, 3, 6, 2, 3], 2) == [8, 7]
 
 
 def test_drafter_backs_off_after_misses_and_recovers() -> None:
-    drafter = NgramDrafter(ngram_min=1, ngram_max=1)
+    drafter = NgramDrafter(ngram_min=1, ngram_max=1, row_cost=0.0)
     tokens = [1, 2, 1]
     waits = []
     for _ in range(7):
@@ -57,6 +57,21 @@ def test_drafter_backs_off_after_misses_and_recovers() -> None:
     drafter.record(num_proposed=1, num_accepted=1)
     assert drafter.wait_steps == 0 and drafter.num_misses == 0
     assert (drafter.num_proposed, drafter.num_accepted) == (8, 1)
+
+
+def test_draft_length_follows_the_acceptance_estimate() -> None:
+    drafter = NgramDrafter(ngram_min=1, ngram_max=2, row_cost=0.25)
+    assert drafter.acceptance == pytest.approx(0.7) and drafter.draft_length(8) == 2
+    for _ in range(10):  # every draft kept: the estimate climbs, so do the drafts
+        drafter.record(num_proposed=4, num_accepted=4)
+    assert drafter.acceptance > 0.95 and drafter.draft_length(8) == 8
+    for _ in range(20):  # the first draft rejected each time
+        drafter.record(num_proposed=4, num_accepted=0)
+    assert drafter.acceptance < 0.1 and drafter.draft_length(8) == 1
+    # 2 of 4 kept: 2 kept of 3 judged (the rejection ends the verification)
+    drafter = NgramDrafter(ngram_min=1, ngram_max=2, kept_sum=0.0, judged_sum=0.0)
+    drafter.record(num_proposed=4, num_accepted=2)
+    assert drafter.acceptance == pytest.approx(2 / 3)
 
 
 def test_config_validation() -> None:
@@ -133,7 +148,9 @@ def make_scheduler(num_blocks: int = 16, **spec: int) -> Scheduler:
         BlockPool(num_blocks, 4, True),
         max_model_len=64,
         eos_token_ids=[EOS],
-        speculative=SpeculativeConfig(**{"num_tokens": 3, "ngram_min": 2, **spec}),
+        speculative=SpeculativeConfig(  # row cost 0: as many drafts as there are
+            **{"num_tokens": 3, "ngram_min": 2, "draft_row_cost": 0.0, **spec}
+        ),
     )
 
 

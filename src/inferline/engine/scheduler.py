@@ -173,7 +173,7 @@ class Scheduler:
             return []
         if request.drafter is None:
             spec = self.speculative
-            request.drafter = NgramDrafter(spec.ngram_min, spec.ngram_max)
+            request.drafter = NgramDrafter(spec.ngram_min, spec.ngram_max, spec.draft_row_cost)
         drafts = request.drafter.propose(request.all_token_ids, room)
         while drafts and not self.block_pool.can_allocate(
             self._num_new_blocks(request, 1 + len(drafts))
