@@ -7,7 +7,7 @@ import torch
 
 from inferline.core import SamplingParams
 from inferline.core.errors import InvalidParameterError
-from inferline.engine.block_pool import BlockPool
+from inferline.engine.block_pool import BlockPool, hash_block
 from inferline.engine.config import SchedulerConfig
 from inferline.engine.request import Request
 from inferline.engine.scheduler import Scheduler
@@ -183,6 +183,19 @@ def test_a_decode_carries_drafts_and_keeps_the_accepted_ones() -> None:
     assert request.num_computed_tokens == 10 and request.num_tokens_to_compute == 1
     assert (scheduler.num_draft_tokens, scheduler.num_accepted_tokens) == (3, 2)
     assert len(request.block_ids) == 3  # 11 positions were written: blocks of 4
+
+
+def test_blocks_filled_by_accepted_drafts_are_cached_with_their_tokens() -> None:
+    scheduler = make_scheduler()
+    request = make_request([1, 2, 3, 4, 1, 2])
+    scheduler.add_request(request)
+    run_step(scheduler, [3])  # tokens ...1, 2, 3: drafts [4, 1, 2] follow the earlier 2, 3
+    run_step(scheduler, [4, 1, 2, 3])  # all kept: positions 6..9 computed
+    assert request.num_computed_tokens == 10
+    first = hash_block(None, (1, 2, 3, 4))
+    second = hash_block(first, (1, 2, 3, 4))  # position 7 holds the accepted draft 4
+    assert request.block_hashes == [first, second]
+    assert scheduler.block_pool.blocks[request.block_ids[1]].token_ids == (1, 2, 3, 4)
 
 
 def test_drafts_respect_max_tokens_and_stop_at_eos() -> None:

@@ -191,30 +191,36 @@ class Scheduler:
             request = scheduled.request
             if request.is_finished:
                 continue
-            token_ids = runner_output.sampled_token_ids.get(request.request_id)
+            token_ids = runner_output.sampled_token_ids.get(request.request_id, [])
             num_computed = scheduled.num_tokens
-            if scheduled.draft_token_ids and token_ids is not None:
+            if scheduled.draft_token_ids and token_ids:
                 num_accepted = len(token_ids) - 1  # accepted drafts, then one of its own
                 assert request.drafter is not None
                 request.drafter.record(len(scheduled.draft_token_ids), num_accepted)
                 self.num_draft_tokens += len(scheduled.draft_token_ids)
                 self.num_accepted_tokens += num_accepted
                 num_computed = 1 + num_accepted  # rejected drafts' K/V is dropped
-            request.num_computed_tokens += num_computed
+            stop = None
+            for token_id in token_ids:
+                request.append_output_token(token_id)
+                stop = self._token_stop(request, token_id)
+                if stop is not None:
+                    break  # the tokens after a stop are not part of the output
+            # appended first, so the blocks registered below hash the tokens they hold;
+            # capped: a stop inside the accepted drafts drops the K/V after it
+            request.num_computed_tokens = min(
+                request.num_computed_tokens + num_computed, request.num_tokens
+            )
             self.block_pool.cache_full_blocks(
                 request.all_token_ids,
                 request.num_computed_tokens,
                 request.block_ids,
                 request.block_hashes,
             )
-            if not token_ids:
-                continue
-            for token_id in token_ids:
-                request.append_output_token(token_id)
-                self._check_token_stop(request, token_id)
-                if request.is_finished:
-                    break  # the tokens after a stop are not part of the output
-            updated.append(request)
+            if stop is not None:
+                self.finish_request(request.request_id, *stop)
+            if token_ids:
+                updated.append(request)
         return updated
 
     # ---- internals -------------------------------------------------------------------
@@ -378,14 +384,19 @@ class Scheduler:
         request.status = RequestStatus.RUNNING
         self.running.append(request)
 
-    def _check_token_stop(self, request: Request, token_id: int) -> None:
+    def _token_stop(
+        self, request: Request, token_id: int
+    ) -> tuple[FinishReason, int | None] | None:
+        """Why ``request`` ends with ``token_id`` just appended (reason, stop token id), or
+        None: EOS, a stop token id, max_tokens or the context window."""
         params = request.sampling_params
         if not params.ignore_eos and token_id in self.eos_token_ids:
-            self.finish_request(request.request_id, "stop")
-        elif token_id in params.stop_token_ids:
-            self.finish_request(request.request_id, "stop", token_id)
-        elif (
+            return "stop", None
+        if token_id in params.stop_token_ids:
+            return "stop", token_id
+        if (
             request.num_output_tokens >= request.max_tokens
             or request.num_tokens >= self.max_model_len
         ):
-            self.finish_request(request.request_id, "length")
+            return "length", None
+        return None
