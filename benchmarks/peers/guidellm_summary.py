@@ -37,7 +37,10 @@ from typing import Any
 
 
 def distribution(values: list[float]) -> dict[str, float] | None:
-    """mean, p50, p90, p99 (nearest rank) of ``values``, as our client computes them."""
+    """mean, p50, p90, p99 (nearest rank) of ``values``, as our client computes them.
+
+    A copy of `inferline.bench.metrics.distribution`: this script runs in guidellm's own
+    venv, where inferline is not installed."""
     if not values:
         return None
     ordered = sorted(values)
