@@ -29,7 +29,7 @@ from inferline.engine.block_pool import BlockPool
 from inferline.engine.config import SchedulerConfig
 from inferline.engine.request import Request, RequestStatus
 from inferline.engine.scheduler_output import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
-from inferline.engine.speculative import NgramDrafter, SpeculativeConfig, can_speculate
+from inferline.engine.speculative import SpeculativeConfig, propose_drafts
 
 
 class Scheduler:
@@ -49,7 +49,6 @@ class Scheduler:
     ) -> None:
         self.config = config
         self.speculative = speculative or SpeculativeConfig(method="off")
-        self._may_draft = False  # this step: few enough decodes to speculate
         self.block_pool = block_pool
         self.block_size = block_pool.block_size
         self.max_model_len = max_model_len
@@ -97,18 +96,18 @@ class Scheduler:
         """
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
-        self._may_draft = self.speculative.enabled and (
+        may_draft = self.speculative.enabled and (
             sum(1 for r in self.running if r.num_tokens_to_compute == 1)
             <= self.speculative.max_batch
         )
         if any(r.priority == Priority.INTERACTIVE for r in self.waiting):
             self._make_room_for_interactive(out)
         num_yielded = len(out.preempted_ids)
-        budget = self._schedule_running(out, budget, batch=False)
+        budget = self._schedule_running(out, budget, batch=False, may_draft=may_draft)
         if len(out.preempted_ids) == num_yielded:  # memory is tight: running ones drain first
             budget = self._admit_waiting(out, budget, batch=False)
         batch_budget = self._batch_allowance(self.config.max_num_batched_tokens - budget, budget)
-        batch_left = self._schedule_running(out, batch_budget, batch=True)
+        batch_left = self._schedule_running(out, batch_budget, batch=True, may_draft=may_draft)
         live_waiting = any(r.priority == Priority.INTERACTIVE for r in self.waiting)
         if len(out.preempted_ids) == num_yielded and not live_waiting:
             prefill_done = sum(
@@ -133,7 +132,9 @@ class Scheduler:
         floor = 1 if share > 0 else 0  # a job always moves, if only by a token a step
         return min(budget, max(floor, int(live_tokens * share / (1.0 - share))))
 
-    def _schedule_running(self, out: SchedulerOutput, budget: int, *, batch: bool) -> int:
+    def _schedule_running(
+        self, out: SchedulerOutput, budget: int, *, batch: bool, may_draft: bool
+    ) -> int:
         """Schedules running requests of one class (decodes first); returns the budget left."""
         mine = [r for r in self.running if (r.priority != Priority.INTERACTIVE) == batch]
         prefill_left = self.config.batch_prefill_tokens if batch else budget
@@ -148,7 +149,7 @@ class Scheduler:
                 continue
             if request.is_prefilling:
                 prefill_left -= num_tokens
-            drafts = self._drafts(request, budget) if self._may_draft and num_tokens == 1 else []
+            drafts = self._drafts(request, budget) if may_draft and num_tokens == 1 else []
             if self._reserve_blocks(request, num_tokens + len(drafts), out):
                 scheduled = self._scheduled(request, num_tokens)
                 scheduled.num_tokens += len(drafts)
@@ -159,22 +160,7 @@ class Scheduler:
 
     def _drafts(self, request: Request, budget: int) -> list[int]:
         """N-gram drafts for a running decode, as many as its limits and free blocks allow."""
-        if request.is_prefilling or not can_speculate(
-            request.sampling_params, request.num_output_tokens
-        ):
-            return []
-        room = min(
-            self.speculative.num_tokens,
-            budget - 1,
-            request.max_tokens - request.num_output_tokens - 1,  # the step adds drafts + 1
-            self.max_model_len - request.num_tokens - 1,
-        )
-        if room <= 0:
-            return []
-        if request.drafter is None:
-            spec = self.speculative
-            request.drafter = NgramDrafter(spec.ngram_min, spec.ngram_max, spec.draft_row_cost)
-        drafts = request.drafter.propose(request.all_token_ids, room)
+        drafts = propose_drafts(request, self.speculative, budget, self.max_model_len)
         while drafts and not self.block_pool.can_allocate(
             self._num_new_blocks(request, 1 + len(drafts))
         ):

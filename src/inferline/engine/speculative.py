@@ -29,11 +29,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from inferline.core.errors import InvalidParameterError
 from inferline.core.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from inferline.engine.request import Request
 
 MAX_BACKOFF_STEPS = 16
 SPECULATIVE_METHODS = ("ngram", "off")
@@ -179,6 +183,28 @@ class NgramDrafter:
             for n in range(self.ngram_min, min(self.ngram_max, position) + 1):
                 self.index.setdefault(n, {})[tuple(token_ids[position - n : position])] = position
         self.num_indexed = max(self.num_indexed, upto + 1)
+
+
+def propose_drafts(
+    request: Request, config: SpeculativeConfig, budget: int, max_model_len: int
+) -> list[int]:
+    """Drafts for a running decode within its limits: the step's token ``budget``, its
+    ``max_tokens`` and the context window (the step adds the drafts plus one token)."""
+    if request.is_prefilling or not can_speculate(
+        request.sampling_params, request.num_output_tokens
+    ):
+        return []
+    room = min(
+        config.num_tokens,
+        budget - 1,
+        request.max_tokens - request.num_output_tokens - 1,
+        max_model_len - request.num_tokens - 1,
+    )
+    if room <= 0:
+        return []
+    if request.drafter is None:
+        request.drafter = NgramDrafter(config.ngram_min, config.ngram_max, config.draft_row_cost)
+    return request.drafter.propose(request.all_token_ids, room)
 
 
 def verify_greedy(logits: torch.Tensor, drafts: Sequence[int]) -> list[int]:
