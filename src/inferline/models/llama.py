@@ -19,8 +19,8 @@ from inferline.models.attention import AttentionMetadata, paged_attention
 from inferline.models.block_rows import BlockRows
 from inferline.models.config import ModelConfig
 from inferline.models.fused_forward import fused_forward
-from inferline.models.head import ApproximateThenExactHead
-from inferline.models.native import NativeKernels
+from inferline.models.head import INT4_MAX_ROWS, ApproximateThenExactHead
+from inferline.models.native import NativeKernels, Q4Weight
 from inferline.models.quant import (
     Int4Weight,
     Int8Rows,
@@ -58,8 +58,9 @@ def kernels_chosen_for(rows: int) -> Iterator[None]:
 class Linear(nn.Module):
     """``y = x W^T + b`` with uninitialised storage: weights always come from a checkpoint.
 
-    After `quantize`, the float weight is dropped and the layer runs int8 (W8A8) or int4
-    weight-only kernels (see `inferline.models.quant`).
+    After `quantize`, the float weight is dropped and the layer runs int8 (W8A8) or 4-bit
+    weight kernels (torch's int4, or our own `Q4Weight` with the native kernels; see
+    `inferline.models.quant`).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
@@ -67,15 +68,18 @@ class Linear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
         self.int8: Int8Weight | None = None
-        self.int4: Int4Weight | None = None
+        self.int4: Int4Weight | Q4Weight | None = None
         self.int4_max_rows = 0  # with both copies: int4 up to this many rows, int8 above
 
-    def quantize(self, weight_format: WeightFormat, int4_max_rows: int = 0) -> None:
-        """Replaces the float weight by int4 and/or int8 copies; ``fp32`` keeps it.
+    def quantize(
+        self, weight_format: WeightFormat, int4_max_rows: int = 0, q4: NativeKernels | None = None
+    ) -> None:
+        """Replaces the float weight by 4-bit and/or int8 copies; ``fp32`` keeps it.
 
-        ``mixed`` keeps both: int4 for up to ``int4_max_rows`` rows, int8 W8A8 above, where
+        ``mixed`` keeps both: 4-bit for up to ``int4_max_rows`` rows, int8 W8A8 above, where
         it runs faster (the crossover is measured at load: `probe_int4_max_rows`); with a
-        crossover of 0 (int4 slower even at one row) it keeps the int8 copy alone.
+        crossover of 0 (4-bit slower even at one row) it keeps the int8 copy alone. The
+        4-bit copy is ours (`Q4Weight`) with ``q4`` kernels, else torch's int4.
         """
         if weight_format == "fp32":
             return
@@ -83,7 +87,7 @@ class Linear(nn.Module):
         self.int4_max_rows = int4_max_rows
         wants_int4 = weight_format == "int4" or (weight_format == "mixed" and int4_max_rows > 0)
         if wants_int4 and supports_int4(weight.shape[1]):
-            self.int4 = quantize_int4(weight)
+            self.int4 = q4.pack_q4(weight) if q4 is not None else quantize_int4(weight)
         if weight_format in ("int8", "mixed") or self.int4 is None:
             self.int8 = quantize_int8(weight)
         self.weight = nn.Parameter(torch.empty(0), requires_grad=False)  # frees the floats
@@ -93,27 +97,32 @@ class Linear(nn.Module):
         return self.int4 is not None and (self.int8 is None or rows <= self.int4_max_rows)
 
     def input_dtype(self, rows: int) -> torch.dtype:
-        """What `matmul` takes for ``rows`` rows: bf16 (int4), int8 (`Int8Rows`) or float32."""
+        """What `matmul` takes for ``rows`` rows: bf16 (torch's int4), int8 (`Int8Rows`) or
+        float32 (`Q4Weight`, or float weights)."""
         if self._uses_int4(rows):
-            return torch.bfloat16
+            return torch.float32 if isinstance(self.int4, Q4Weight) else torch.bfloat16
         return torch.int8 if self.int8 is not None else torch.float32
 
     def matmul(self, x: torch.Tensor | Int8Rows) -> torch.Tensor | Int32Product:
         """``x W^T`` without the bias, ``x`` as `input_dtype` says; the kernel's own output
-        (bf16 for int4, `Int32Product` for int8 rows, float32 otherwise)."""
+        (bf16 for torch's int4, `Int32Product` for int8 rows, float32 otherwise)."""
         if isinstance(x, Int8Rows):
             assert self.int8 is not None
             return int8_matmul(x, self.int8)
         if self._uses_int4(x.shape[0]):
             assert self.int4 is not None
+            if isinstance(self.int4, Q4Weight):
+                return self.int4.matmul(x)
             return int4_matmul(x, self.int4)
         if self.int8 is not None:
             return int8_linear(x, self.int8)
         return F.linear(x, self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._uses_int4(x.shape[0]):
-            assert self.int4 is not None
+        if isinstance(self.int4, Q4Weight) and self._uses_int4(x.shape[0]):
+            y = self.int4.matmul(x.float())
+        elif self._uses_int4(x.shape[0]):
+            assert isinstance(self.int4, Int4Weight)
             y = int4_linear(x, self.int4)
         elif self.int8 is not None:
             y = int8_linear(x, self.int8)
@@ -295,8 +304,9 @@ class DecoderForCausalLM(nn.Module):
             if self.fast_head is not None:
                 self.fast_head.use_table(head)
 
-    def quantize(self, weight_format: WeightFormat) -> None:
-        """Quantizes the decoder layers' projections; the LM head stays fp32.
+    def quantize(self, weight_format: WeightFormat, q4: NativeKernels | None = None) -> None:
+        """Quantizes the decoder layers' projections; the LM head stays fp32. With ``q4``
+        (the native kernels), the 4-bit copies are ours (`Q4Weight`), not torch's int4.
 
         int4 or W8A8 heads cost SmolLM2 2-6 % perplexity, and torch's int8 weight-only kernel
         returns bf16 logits (ties and ~0.1 logprob errors), so the head keeps full precision
@@ -311,12 +321,17 @@ class DecoderForCausalLM(nn.Module):
         shapes = self.config.projection_shapes()
         crossovers = dict.fromkeys(shapes, 0)
         if weight_format == "mixed":
-            crossovers = {name: probe_int4_max_rows(*shape) for name, shape in shapes.items()}
+            crossovers = {
+                name: probe_int4_max_rows(*shape, q4=q4) for name, shape in shapes.items()
+            }
         self.int4_max_rows = crossovers["gate_up_proj"]
         for layer in self.layers:
             for name, crossover in crossovers.items():
-                getattr(layer, name).quantize(weight_format, crossover)
-        self.fast_head = ApproximateThenExactHead(self.lm_head.weight.data)
+                getattr(layer, name).quantize(weight_format, crossover, q4)
+        head_rows = self.int4_max_rows if weight_format == "mixed" else INT4_MAX_ROWS
+        self.fast_head = ApproximateThenExactHead(
+            self.lm_head.weight.data, q4=q4, q4_max_rows=head_rows
+        )
 
     def use_native(self, kernels: NativeKernels | None) -> None:
         """Runs the layers on ``kernels`` (`fused_forward`) where the model allows it.

@@ -19,7 +19,7 @@ from inferline.models.config import ModelConfig
 from inferline.models.generation_config import gguf_sampling_defaults, hf_sampling_defaults
 from inferline.models.gguf_file import open_gguf
 from inferline.models.hf_dir import is_hf_dir, read_hf_dir
-from inferline.models.native import load_kernels
+from inferline.models.native import NativeKernels, load_kernels
 from inferline.models.quant import WEIGHT_FORMATS, WeightFormat, probe_int4_max_rows
 from inferline.models.registry import ARCHITECTURES
 from inferline.models.sources import MODEL_SOURCES
@@ -107,8 +107,9 @@ def load_model(
     path = resolve_model_path(name, cache_dir)
     if device == "cpu":
         quant_native.enable(cache_dir)  # C decoding/quantizing: same values, ~10x faster
+    native = _native_kernels(kernels, device, cache_dir)
     config, weights, tokenizer, defaults, tables = _read_checkpoint(
-        path, probe=resolved == "mixed", compact_tables=resolved != "fp32"
+        path, probe=resolved == "mixed", compact_tables=resolved != "fp32", q4=native
     )
     if tokenizer.vocab_size > config.vocab_size:
         raise ModelLoadError(
@@ -118,10 +119,11 @@ def load_model(
     # The model holds the only reference to each float weight from here, so quantizing a
     # layer frees its floats at once and the peak stays near the floats' size.
     weights.clear()
-    model.quantize(resolved)  # type: ignore[operator]
+    model.quantize(resolved, native)  # type: ignore[operator]
     if tables is not None:
         model.use_tables(*tables)  # type: ignore[operator]
-    used = _attach_kernels(model, kernels, device, cache_dir)
+    model.use_native(native)  # type: ignore[operator]
+    used = "native" if getattr(model, "native", None) is not None else "torch"
     if (active := quant_native.active()) is not None:
         active.release_scratch()
     _release_free_memory()
@@ -130,7 +132,7 @@ def load_model(
 
 
 def _read_checkpoint(
-    path: Path, *, probe: bool, compact_tables: bool = False
+    path: Path, *, probe: bool, compact_tables: bool = False, q4: NativeKernels | None = None
 ) -> tuple[
     ModelConfig,
     dict[str, torch.Tensor],
@@ -142,14 +144,14 @@ def _read_checkpoint(
     (a GGUF file), the embedding and head tables as `BlockRows` of a GGUF file or an HF
     directory.
 
-    With ``probe``, runs the int4/W8A8 probe (`probe_int4_max_rows`, cached for the model's
-    own quantize call) before reading weights, so its 64 MiB cache-evicting buffer never
-    coexists with the float weights.
+    With ``probe``, runs the 4-bit/W8A8 probe (`probe_int4_max_rows`, on our 4-bit kernel
+    with ``q4``; cached for the model's own quantize call) before reading weights, so its
+    64 MiB cache-evicting buffer never coexists with the float weights.
     """
     if path.is_dir():
         hf = read_hf_dir(path)
         if probe:
-            _probe(hf.config)
+            _probe(hf.config, q4)
         tokenizer = Tokenizer.from_hf_files(
             hf.tokenizer_json, hf.tokenizer_config, hf.generation_config
         )
@@ -157,7 +159,7 @@ def _read_checkpoint(
         return hf.config, hf.weights, tokenizer, defaults, None
     opened = open_gguf(path)
     if probe:
-        _probe(opened.config)
+        _probe(opened.config, q4)
     defaults = gguf_sampling_defaults(opened.header.fields)
     contents = opened.read()
     tables = None
@@ -168,9 +170,9 @@ def _read_checkpoint(
     return contents.config, contents.weights, tokenizer, defaults, tables
 
 
-def _probe(config: ModelConfig) -> None:
+def _probe(config: ModelConfig, q4: NativeKernels | None) -> None:
     for shape in config.projection_shapes().values():  # each projection's own crossover
-        probe_int4_max_rows(*shape)
+        probe_int4_max_rows(*shape, q4=q4)
 
 
 def _release_free_memory() -> None:
@@ -181,14 +183,13 @@ def _release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _attach_kernels(model: nn.Module, kernels: str, device: str, cache_dir: Path) -> str:
-    """Gives the model the native kernels when asked and possible; returns what it runs."""
+def _native_kernels(kernels: str, device: str, cache_dir: Path) -> NativeKernels | None:
+    """The native kernels when asked and possible (None: the torch path and its int4)."""
     if kernels == "torch" or device != "cpu":
         if kernels == "native":
             raise InvalidParameterError("native kernels run on the CPU only", "kernels")
-        return "torch"
+        return None
     native = load_kernels(cache_dir)
     if native is None and kernels == "native":
         raise ModelLoadError("native kernels were asked for but could not be built (see log)")
-    model.use_native(native)  # type: ignore[operator]
-    return "native" if getattr(model, "native", None) is not None else "torch"
+    return native

@@ -25,11 +25,14 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from inferline.models import quant_native
+
+if TYPE_CHECKING:
+    from inferline.models.native import NativeKernels
 
 WeightFormat = Literal["fp32", "int8", "int4", "mixed"]
 WEIGHT_FORMATS: tuple[WeightFormat, ...] = ("fp32", "int8", "int4", "mixed")
@@ -200,6 +203,11 @@ def supports_int4(in_features: int) -> bool:
 # with a crossover of 4 or 8 (six of them under 220) and 212-254 in seven runs with 2: too
 # wide a spread to decide; until a longer A/B settles it, the crossover stays at 2.
 PROBE_ROWS = (1, 2)
+# Our own 4-bit kernel (``native/q4_gemm.c``) reads its weights once for all rows, so it
+# races W8A8 much further: on the 2026-12-03 AMX Xeon, SmolLM2's 30 layers' matmuls took
+# 2.8 / 5.1 / 19.5 / 37.3 ms at 1 / 5 / 32 / 64 rows against W8A8's 16.4 / 18.7 / 27.1 /
+# 34.6 (torch's int4: 4.0 / 11.5 / 44.0 / 84.1).
+Q4_PROBE_ROWS = (1, 4, 16, 32, 64)
 
 
 # Read between timed runs to push the weights out of the caches: a decode step streams every
@@ -210,21 +218,34 @@ EVICT_BYTES = 64 * 2**20
 
 
 @functools.cache
-def probe_int4_max_rows(in_features: int, out_features: int, repeats: int = 3) -> int:
-    """The largest batch (of `PROBE_ROWS`) where int4 beats W8A8 on this CPU; 0 if none.
+def probe_int4_max_rows(
+    in_features: int, out_features: int, repeats: int = 3, q4: NativeKernels | None = None
+) -> int:
+    """The largest batch (of `PROBE_ROWS`, or `Q4_PROBE_ROWS` with ``q4``) where the 4-bit
+    kernel beats W8A8 on this CPU; 0 if none. The 4-bit kernel is ours (``q4``'s
+    `pack_q4`) when given, else torch's int4.
 
-    Times both kernels on a random weight of the model's MLP shape, with the weights
+    Times both kernels on a random weight of the projection's shape, with the weights
     evicted from the caches before each run, as in a decode step (~0.1 s at load). Measured
     once per shape and process: the loader probes before reading weights (so the probe's
     buffers never coexist with them) and the model's own call then reuses the answer.
     """
     weight = torch.randn(out_features, in_features)
-    int4, int8 = quantize_int4(weight), quantize_int8(weight)
+    int8 = quantize_int8(weight)
+    if q4 is not None:
+        packed, probe_rows = q4.pack_q4(weight), Q4_PROBE_ROWS
+        run_4bit: Callable[[torch.Tensor], object] = packed.matmul
+    else:
+        int4, probe_rows = quantize_int4(weight), PROBE_ROWS
+
+        def run_4bit(x: torch.Tensor) -> object:
+            return int4_matmul(x.to(torch.bfloat16), int4)
+
     evict = torch.ones(EVICT_BYTES // 4)
     best = 0
-    for rows in PROBE_ROWS:
+    for rows in probe_rows:
         x = torch.randn(rows, in_features)
-        int4_s = _fastest(lambda x=x: int4_matmul(x.to(torch.bfloat16), int4), repeats, evict)
+        int4_s = _fastest(lambda x=x: run_4bit(x), repeats, evict)
         int8_s = _fastest(lambda x=x: int8_linear(x, int8), repeats, evict)
         if int4_s >= int8_s:
             break

@@ -147,7 +147,7 @@ def _load(cache_dir: Path) -> QuantKernels | None:
         logger.info("no C compiler or kernel source: load-time quantization runs in torch")
         return None
     try:
-        return QuantKernels(compiled(SOURCE, COMPILE_FLAGS, cache_dir, cc))
+        return QuantKernels(compiled((SOURCE,), COMPILE_FLAGS, cache_dir, cc))
     except (OSError, subprocess.CalledProcessError) as error:
         detail = getattr(error, "stderr", "") or str(error)
         logger.warning("load-time kernels unavailable (%s): quantizing in torch", detail)

@@ -2,7 +2,9 @@
 
 The decoder layer's row-wise work (residual add + RMSNorm, bias + RoPE + KV-cache write,
 decode attention over the paged cache, SiLU-gate) runs as one call each instead of ~45
-eager torch ops per layer; torch keeps the matrix multiplications. The library is built
+eager torch ops per layer. ``q4_gemm.c`` adds our own 4-bit weight matmul for a handful
+of rows (`Q4Weight`: one pass over the weights for all rows of a step); torch keeps the
+W8A8 matmuls of wide batches. The library is built
 with ``-O3 -march=native -fopenmp`` into the model cache (keyed by source, compiler and
 CPU) in about a second, so nothing is compiled at install time. Without a C compiler, or
 with ``INFERLINE_NATIVE_KERNELS=0``, `load_kernels` returns None and the model runs its
@@ -15,6 +17,7 @@ import ctypes
 import logging
 import os
 import subprocess
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -25,7 +28,7 @@ from inferline.models.quant import Int8Rows, Int32Product
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("cpu_kernels.c")
+SOURCES = (Path(__file__).with_name("cpu_kernels.c"), Path(__file__).with_name("q4_gemm.c"))
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11")
 
 _i64, _i32, _f32, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
@@ -39,6 +42,15 @@ _SIGNATURES = {
     "decode_attention": [_i64, _i32, _i32, _i32, _ptr, _ptr, _ptr, _i32, _ptr, _i32, _ptr]
     + [_ptr, _i32, _f32, _ptr, _i32],
     "silu_mul": [_i64, _i32, *_SOURCE_ARGS, *_SINK_ARGS],
+    "q4_packed_bytes": [_i64, _i64],
+    "q4_pack": [_i64, _i64, _ptr, _ptr],
+    "q4_matmul": [_i64, _i64, _i64, _ptr, _i32, _ptr, _ptr],
+    "q4_path": [],
+}
+_RESULT_TYPES = {
+    "decode_attention": ctypes.c_int,
+    "q4_packed_bytes": _i64,
+    "q4_path": ctypes.c_char_p,
 }
 # activation kinds, as in cpu_kernels.c
 _KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int32: 2, torch.int8: 3}
@@ -57,7 +69,7 @@ def load_kernels(cache_dir: Path) -> NativeKernels | None:
         logger.warning("no C compiler found: running the plain torch path (slower)")
         return None
     try:
-        return NativeKernels(compiled(SOURCE, COMPILE_FLAGS, cache_dir, cc))
+        return NativeKernels(compiled(SOURCES, COMPILE_FLAGS, cache_dir, cc))
     except (OSError, subprocess.CalledProcessError) as error:
         detail = getattr(error, "stderr", "") or str(error)
         logger.warning("native kernels unavailable (%s): running the torch path", detail)
@@ -109,8 +121,9 @@ class NativeKernels:
     def __init__(self, lib: ctypes.CDLL) -> None:
         for name, argtypes in _SIGNATURES.items():
             getattr(lib, name).argtypes = argtypes
-            getattr(lib, name).restype = ctypes.c_int if name == "decode_attention" else None
+            getattr(lib, name).restype = _RESULT_TYPES.get(name)
         self.lib = lib
+        self.q4_path: str = lib.q4_path().decode()  # "avx512-vnni", "avx2" or "plain-c"
 
     def add_rms_norm(
         self,
@@ -183,3 +196,44 @@ class NativeKernels:
         out, sink = _sink(rows, width // 2, out_dtype)
         self.lib.silu_mul(rows, width // 2, *_source(gate_up), *sink)
         return out
+
+    def pack_q4(self, weight: torch.Tensor) -> Q4Weight:
+        """A float ``[out, in]`` weight (``in`` a multiple of 32) in the q4x16 format of
+        ``q4_gemm.c``: 4-bit codes with an fp16 scale and minimum per column and group of
+        32 inputs (GGUF's Q4_1 values, laid out for VNNI), 5 bits a weight."""
+        weight = weight.float().contiguous()
+        out_features, in_features = weight.shape
+        if in_features % 32:
+            raise ValueError(f"q4 needs whole groups of 32 inputs, got {in_features}")
+        packed = torch.empty(self.lib.q4_packed_bytes(out_features, in_features), dtype=torch.uint8)
+        self.lib.q4_pack(out_features, in_features, _p(weight), _p(packed))
+        return Q4Weight(packed, out_features, in_features, self)
+
+    def q4_matmul(self, x: torch.Tensor, weight: Q4Weight) -> torch.Tensor:
+        """``x [M, in]`` float32 or bf16 -> ``x W^T`` ``[M, out]`` float32; each row computed
+        from its own input alone, whatever ``M`` (batch invariant)."""
+        if x.shape[-1] != weight.in_features:
+            raise ValueError(
+                f"q4_matmul: {x.shape[-1]} inputs for a {weight.in_features}-wide weight"
+            )
+        out = torch.empty(x.shape[0], weight.out_features)
+        self.lib.q4_matmul(
+            x.shape[0], weight.out_features, weight.in_features, _p(x), _is_bf16(x),
+            _p(weight.packed), _p(out),
+        )  # fmt: skip
+        return out
+
+
+@dataclass
+class Q4Weight:
+    """A weight in our own 4-bit format (`NativeKernels.pack_q4`), with the kernels that
+    multiply by it."""
+
+    packed: torch.Tensor  # uint8, q4_packed_bytes(out, in) bytes
+    out_features: int
+    in_features: int
+    kernels: NativeKernels
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [M, in]`` float32 or bf16 -> ``[M, out]`` float32 (`NativeKernels.q4_matmul`)."""
+        return self.kernels.q4_matmul(x.contiguous(), self)

@@ -28,24 +28,30 @@ def _cpu_flags() -> str:
     return ""
 
 
-def library_path(source: Path, flags: tuple[str, ...], cache_dir: Path, cc: str) -> Path:
-    """Where the library of this source, compiler, flags and CPU is cached."""
+def library_path(
+    sources: tuple[Path, ...], flags: tuple[str, ...], cache_dir: Path, cc: str
+) -> Path:
+    """Where the library of these sources, compiler, flags and CPU is cached (named after
+    the first source)."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
+    texts = [source.read_text() for source in sources]
     key = hashlib.sha256(
-        "\n".join([source.read_text(), cc, version, " ".join(flags), _cpu_flags()]).encode()
+        "\n".join([*texts, cc, version, " ".join(flags), _cpu_flags()]).encode()
     ).hexdigest()[:16]
-    return cache_dir / "kernels" / f"{source.stem}-{key}.so"
+    return cache_dir / "kernels" / f"{sources[0].stem}-{key}.so"
 
 
-def compiled(source: Path, flags: tuple[str, ...], cache_dir: Path, cc: str) -> ctypes.CDLL:
-    """The library, built first if it is not cached (raises `OSError` or
+def compiled(
+    sources: tuple[Path, ...], flags: tuple[str, ...], cache_dir: Path, cc: str
+) -> ctypes.CDLL:
+    """One library of ``sources``, built first if it is not cached (raises `OSError` or
     `subprocess.CalledProcessError` when it cannot be built or loaded)."""
-    target = library_path(source, flags, cache_dir, cc)
+    target = library_path(sources, flags, cache_dir, cc)
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             partial = Path(tmp) / target.name
-            subprocess.run([cc, *flags, "-o", str(partial), str(source), "-lm"], check=True,
-                           capture_output=True, text=True)  # fmt: skip
+            subprocess.run([cc, *flags, "-o", str(partial), *map(str, sources), "-lm"],
+                           check=True, capture_output=True, text=True)  # fmt: skip
             partial.replace(target)
     return ctypes.CDLL(str(target))
