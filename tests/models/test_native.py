@@ -75,15 +75,24 @@ def test_rope_store_kv_rotates_and_writes_the_cache(
     assert cache[:, untouched].abs().sum() == 0
 
 
+# SmolLM2, Qwen2.5-0.5B (7 heads a kv head), head_dim 128, and one only the plain path takes;
+# lengths of one key, part of a block, several 64-key spans (merged) and whole spans
+SHAPES = [(9, 3, 64, 16), (14, 2, 64, 16), (8, 2, 128, 32), (6, 6, 80, 16)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
 def test_decode_attention_matches_sdpa_over_gathered_keys(
-    kernels: NativeKernels, out_dtype: torch.dtype, cache_dtype: torch.dtype
+    kernels: NativeKernels,
+    out_dtype: torch.dtype,
+    cache_dtype: torch.dtype,
+    shape: tuple[int, int, int, int],
 ) -> None:
-    heads, kv_heads, head_dim, block_size = 9, 3, 64, 16
+    heads, kv_heads, head_dim, block_size = shape
     gen = torch.Generator().manual_seed(2)
     cache = torch.randn(2, 40 * block_size, kv_heads, head_dim, generator=gen).to(cache_dtype)
-    context_lens = [1, 17, 300, 48]
+    context_lens = [1, 17, 300, 128]
     tables = [torch.randperm(40, generator=gen)[: -(-n // block_size)] for n in context_lens]
     block_tables = torch.zeros(4, max(len(t) for t in tables), dtype=torch.int32)
     for i, t in enumerate(tables):
@@ -103,7 +112,8 @@ def test_decode_attention_matches_sdpa_over_gathered_keys(
     )
     for i, (row, n) in enumerate(zip(token_rows.tolist(), context_lens, strict=True)):
         positions = torch.arange(n)
-        slots = block_tables[i].long()[positions // block_size] * block_size + positions % 16
+        blocks = block_tables[i].long()[positions // block_size]
+        slots = blocks * block_size + positions % block_size
         k, v = (cache[i][slots].float().transpose(0, 1) for i in (0, 1))
         expected = F.scaled_dot_product_attention(q[row].unsqueeze(1), k, v, enable_gqa=True)
         tolerance = 1e-5 if out_dtype == torch.float32 else 1e-2
@@ -197,3 +207,28 @@ def test_quantized_native_path_keeps_the_torch_paths_perplexity(
     finally:
         model.native = kernels
     assert native <= reference * 1.01, (native, reference)
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
+def test_decode_attention_of_a_sequence_does_not_depend_on_the_batch(
+    kernels: NativeKernels, cache_dtype: torch.dtype
+) -> None:
+    """Long contexts are split into spans per sequence, never by the batch's size."""
+    heads, kv_heads, head_dim, block_size = 9, 3, 64, 16
+    gen = torch.Generator().manual_seed(5)
+    cache = torch.randn(2, 64 * block_size, kv_heads, head_dim, generator=gen).to(cache_dtype)
+    lens = torch.tensor([700, 5, 300, 64] * 2, dtype=torch.int32)[:6]
+    tables = torch.stack([torch.randperm(64, generator=gen)[:44] for _ in range(6)]).int()
+    q = torch.randn(6, heads, head_dim, generator=gen)
+
+    def attend(seqs: list[int]) -> torch.Tensor:
+        out = torch.zeros(6, heads * head_dim)
+        kernels.decode_attention(
+            q, cache, tables[seqs].contiguous(), lens[seqs].contiguous(),
+            torch.tensor(seqs), block_size, out,
+        )  # fmt: skip
+        return out
+
+    together = attend(list(range(6)))
+    for seq in range(6):
+        assert torch.equal(attend([seq])[seq], together[seq])

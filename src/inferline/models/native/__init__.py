@@ -28,7 +28,9 @@ from inferline.models.quant import Int8Rows, Int32Product
 
 logger = logging.getLogger(__name__)
 
-SOURCES = (Path(__file__).with_name("cpu_kernels.c"), Path(__file__).with_name("q4_gemm.c"))
+SOURCES = tuple(
+    Path(__file__).with_name(name) for name in ("cpu_kernels.c", "attention.c", "q4_gemm.c")
+)
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11")
 
 _i64, _i32, _f32, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p

@@ -31,10 +31,11 @@ def _cpu_flags() -> str:
 def library_path(
     sources: tuple[Path, ...], flags: tuple[str, ...], cache_dir: Path, cc: str
 ) -> Path:
-    """Where the library of these sources, compiler, flags and CPU is cached (named after
-    the first source)."""
+    """Where the library of these sources (and the headers beside them), compiler, flags and
+    CPU is cached (named after the first source)."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
-    texts = [source.read_text() for source in sources]
+    headers = sorted({h for source in sources for h in source.parent.glob("*.h")})
+    texts = [path.read_text() for path in (*sources, *headers)]
     key = hashlib.sha256(
         "\n".join([*texts, cc, version, " ".join(flags), _cpu_flags()]).encode()
     ).hexdigest()[:16]

@@ -6,9 +6,10 @@
  *
  *   add_rms_norm     residual += delta; out = rms_norm(residual) * weight
  *   rope_store_kv    (+ bias) rotate q and k, write k and v into the paged cache, q out
- *   decode_attention one query token per sequence against its paged context, no gather
  *   silu_mul         out = silu(gate) * up
  *   quantize_rows    float rows -> int8 + per-row scales
+ *
+ * (decode attention is in attention.c, the 4-bit matmul in q4_gemm.c)
  *
  * Tensors are row-major and contiguous. Activations come in and go out in the form the
  * neighbouring matmul uses: float32, bf16 (torch's int4 kernel: bf16 in, bf16 out), int8
@@ -21,21 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-/* Round to nearest even, as torch does (NaN kept a quiet NaN). */
-static inline uint16_t f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
+#include "kernels_common.h"
 
 enum { KIND_F32 = 0, KIND_BF16 = 1, KIND_I32 = 2, KIND_I8 = 3 };
 
@@ -79,16 +66,6 @@ static inline void store_row(void *dst, int kind, int64_t t, const float *src, i
          * (nearbyintf is a libm call per element) */
 #pragma omp simd
         for (int i = 0; i < n; i++) d[i] = (int8_t)((src[i] / scale + 12582912.0f) - 12582912.0f);
-    } else {
-        memcpy((float *)dst + offset, src, (size_t)n * sizeof(float));
-    }
-}
-
-/* n float32 values to dst + offset as float32 or bf16 (a part of a row). */
-static inline void store_span(void *dst, int64_t offset, const float *src, int n, int is_bf16) {
-    if (is_bf16) {
-        uint16_t *d = (uint16_t *)dst + offset;
-        for (int i = 0; i < n; i++) d[i] = f32_to_bf16(src[i]);
     } else {
         memcpy((float *)dst + offset, src, (size_t)n * sizeof(float));
     }
@@ -166,143 +143,6 @@ void rope_store_kv(int64_t rows, int heads, int kv_heads, int head_dim, const vo
     }
 }
 
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
-#define MAX_GROUP 32
-
-/*
- * exp for x <= 88 (Cephes' expf: range reduction by ln 2, degree-6 polynomial; relative
- * error ~1e-7) written so that loops over it vectorize; libm's expf does not.
- */
-ALWAYS_INLINE float fast_exp(float x) {
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    /* n = round(x / ln 2), by the 1.5 * 2^23 trick: floorf would block vectorization */
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
-    float two_n;
-    memcpy(&two_n, &bits, sizeof two_n);
-    return p * two_n;
-}
-
-/*
- * Softmax attention of `group` query heads (qs, consecutive) over one kv head's `ctx`
- * keys. Keys are visited block by block (no division per key); head_dim is a compile-time
- * constant at the call sites that matter, so the dot products unroll into vector FMAs.
- */
-ALWAYS_INLINE void cache_row(float *restrict dst, const void *base, int64_t offset, int n,
-                             const int bf16) {
-    if (bf16) {
-        const uint16_t *src = (const uint16_t *)base + offset;
-#pragma omp simd
-        for (int i = 0; i < n; i++) dst[i] = bf16_to_f32(src[i]);
-    } else {
-        memcpy(dst, (const float *)base + offset, (size_t)n * sizeof(float));
-    }
-}
-
-ALWAYS_INLINE void attend_kv_head(int group, const int head_dim, const int bf16, const float *qs,
-                                  const void *k_cache, const void *v_cache, int64_t head_offset,
-                                  int64_t slot_stride, const int32_t *table, int ctx,
-                                  int block_size, float scale, float *scores, float *acc) {
-    float kv_row[head_dim];
-    float *restrict kv = kv_row;
-    for (int j = 0, b = 0; j < ctx; b++) {
-        int64_t first = (int64_t)table[b] * block_size;
-        int n = ctx - j < block_size ? ctx - j : block_size;
-        for (int i = 0; i < n; i++, j++) {
-            cache_row(kv, k_cache, (first + i) * slot_stride + head_offset, head_dim, bf16);
-            for (int g = 0; g < group; g++) {
-                const float *qg = qs + g * head_dim;
-                float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-                for (int d = 0; d < head_dim; d++) sum += qg[d] * kv[d];
-                scores[g * ctx + j] = sum * scale;
-            }
-        }
-    }
-    float sums[MAX_GROUP];
-    for (int g = 0; g < group; g++) {
-        float *sg = scores + g * ctx, top = -INFINITY, sum = 0.0f;
-#pragma omp simd reduction(max : top)
-        for (int j = 0; j < ctx; j++) top = sg[j] > top ? sg[j] : top;
-#pragma omp simd reduction(+ : sum)
-        for (int j = 0; j < ctx; j++) {
-            sg[j] = fast_exp(sg[j] - top);
-            sum += sg[j];
-        }
-        sums[g] = sum;
-    }
-    memset(acc, 0, sizeof(float) * (size_t)(group * head_dim));
-    for (int j = 0, b = 0; j < ctx; b++) {
-        int64_t first = (int64_t)table[b] * block_size;
-        int n = ctx - j < block_size ? ctx - j : block_size;
-        for (int i = 0; i < n; i++, j++) {
-            cache_row(kv, v_cache, (first + i) * slot_stride + head_offset, head_dim, bf16);
-            for (int g = 0; g < group; g++) {
-                float p = scores[g * ctx + j], *a = acc + g * head_dim;
-#pragma omp simd
-                for (int d = 0; d < head_dim; d++) a[d] += p * kv[d];
-            }
-        }
-    }
-    for (int g = 0; g < group; g++) {
-        float inv = 1.0f / sums[g];
-        for (int d = 0; d < head_dim; d++) acc[g * head_dim + d] *= inv;
-    }
-}
-
-/*
- * One query token per sequence. q [*, heads, head_dim] rows token_rows[s]; sequence s
- * attends to its context_lens[s] cached positions, found through block_tables
- * [num_seqs, max_blocks] (slot = block * block_size + position % block_size). Output rows
- * token_rows[s] of out [*, heads * head_dim]. The cache holds float32, or bf16 if
- * cache_bf16 (half the memory traffic). The query heads sharing a kv head (GQA)
- * read each key once. Returns -1 (computing nothing) if heads / kv_heads > MAX_GROUP.
- */
-int decode_attention(int64_t num_seqs, int heads, int kv_heads, int head_dim, const float *q,
-                     const void *k_cache, const void *v_cache, int cache_bf16,
-                     const int32_t *block_tables,
-                     int max_blocks, const int32_t *context_lens, const int64_t *token_rows,
-                     int block_size, float scale, void *out, int out_bf16) {
-    int group = heads / kv_heads;
-    if (group > MAX_GROUP) return -1;
-    int64_t tasks = num_seqs * kv_heads, slot_stride = (int64_t)kv_heads * head_dim;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t task = 0; task < tasks; task++) {
-        int64_t s = task / kv_heads;
-        int kvh = (int)(task % kv_heads), ctx = context_lens[s];
-        const int32_t *table = block_tables + s * max_blocks;
-        const float *qs = q + token_rows[s] * heads * head_dim + kvh * group * head_dim;
-        int64_t head_offset = (int64_t)kvh * head_dim;
-        float *scores = malloc(sizeof(float) * (size_t)group * (size_t)ctx);
-        float acc[group * head_dim];
-#define ATTEND(HEAD_DIM, BF16)                                                                 \
-    attend_kv_head(group, HEAD_DIM, BF16, qs, k_cache, v_cache, head_offset, slot_stride, table, \
-                   ctx, block_size, scale, scores, acc)
-        if (head_dim == 64 && cache_bf16)
-            ATTEND(64, 1);
-        else if (head_dim == 64)
-            ATTEND(64, 0);
-        else if (head_dim == 128 && cache_bf16)
-            ATTEND(128, 1);
-        else if (cache_bf16)
-            ATTEND(head_dim, 1);
-        else
-            ATTEND(head_dim, 0);
-#undef ATTEND
-        int64_t offset = token_rows[s] * heads * head_dim + (int64_t)kvh * group * head_dim;
-        store_span(out, offset, acc, group * head_dim, out_bf16);
-        free(scores);
-    }
-    return 0;
-}
 
 /* gate_up [rows, 2 * inter] -> out [rows, inter] = silu(gate) * up. */
 void silu_mul(int64_t rows, int inter, const void *gate_up, int in_kind,

@@ -1,0 +1,436 @@
+/*
+ * Decode attention: one query token per sequence against its paged K/V cache, no gather.
+ *
+ *   decode_attention(...)  q [*, heads, head_dim] rows token_rows[s]; sequence s attends to
+ *                          its context_lens[s] cached positions, found through block_tables
+ *                          [num_seqs, max_blocks] (slot = block * block_size + position %
+ *                          block_size); output rows token_rows[s] of out [*, heads * head_dim]
+ *                          (float32 or bf16). The cache is [num_slots, kv_heads, head_dim],
+ *                          float32 or bf16. Returns -1 (computing nothing) if heads /
+ *                          kv_heads > MAX_GROUP.
+ *
+ * With AVX-512 and head_dim 64 or 128, a task is a span of up to SPAN_KEYS positions of
+ * one sequence for all its heads: it reads each cache slot's rows of every kv head together
+ * (contiguous memory), scores RUN keys per head with vector FMAs and one transposing sum,
+ * and keeps an online softmax (running max, sum and weighted values); a sequence longer
+ * than a span is split into spans merged at the end, so one long context still uses every
+ * thread. The split depends on the sequence's own length only: a sequence's result does
+ * not depend on the rest of the batch. Other builds and head sizes take the plain path: a
+ * task per (sequence, kv head), a key at a time.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+#include <omp.h>
+
+#include "kernels_common.h"
+
+#define MAX_GROUP 32
+
+/*
+ * Softmax attention of `group` query heads (qs, consecutive) over one kv head's `ctx`
+ * keys. Keys are visited block by block (no division per key); head_dim is a compile-time
+ * constant at the call sites that matter, so the dot products unroll into vector FMAs.
+ */
+ALWAYS_INLINE void cache_row(float *restrict dst, const void *base, int64_t offset, int n,
+                             const int bf16) {
+    if (bf16) {
+        const uint16_t *src = (const uint16_t *)base + offset;
+#pragma omp simd
+        for (int i = 0; i < n; i++) dst[i] = bf16_to_f32(src[i]);
+    } else {
+        memcpy(dst, (const float *)base + offset, (size_t)n * sizeof(float));
+    }
+}
+
+ALWAYS_INLINE void attend_kv_head(int group, const int head_dim, const int bf16, const float *qs,
+                                  const void *k_cache, const void *v_cache, int64_t head_offset,
+                                  int64_t slot_stride, const int32_t *table, int ctx,
+                                  int block_size, float scale, float *scores, float *acc) {
+    float kv_row[head_dim];
+    float *restrict kv = kv_row;
+    for (int j = 0, b = 0; j < ctx; b++) {
+        int64_t first = (int64_t)table[b] * block_size;
+        int n = ctx - j < block_size ? ctx - j : block_size;
+        for (int i = 0; i < n; i++, j++) {
+            cache_row(kv, k_cache, (first + i) * slot_stride + head_offset, head_dim, bf16);
+            for (int g = 0; g < group; g++) {
+                const float *qg = qs + g * head_dim;
+                float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+                for (int d = 0; d < head_dim; d++) sum += qg[d] * kv[d];
+                scores[g * ctx + j] = sum * scale;
+            }
+        }
+    }
+    float sums[MAX_GROUP];
+    for (int g = 0; g < group; g++) {
+        float *sg = scores + g * ctx, top = -INFINITY, sum = 0.0f;
+#pragma omp simd reduction(max : top)
+        for (int j = 0; j < ctx; j++) top = sg[j] > top ? sg[j] : top;
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < ctx; j++) {
+            sg[j] = fast_exp(sg[j] - top);
+            sum += sg[j];
+        }
+        sums[g] = sum;
+    }
+    memset(acc, 0, sizeof(float) * (size_t)(group * head_dim));
+    for (int j = 0, b = 0; j < ctx; b++) {
+        int64_t first = (int64_t)table[b] * block_size;
+        int n = ctx - j < block_size ? ctx - j : block_size;
+        for (int i = 0; i < n; i++, j++) {
+            cache_row(kv, v_cache, (first + i) * slot_stride + head_offset, head_dim, bf16);
+            for (int g = 0; g < group; g++) {
+                float p = scores[g * ctx + j], *a = acc + g * head_dim;
+#pragma omp simd
+                for (int d = 0; d < head_dim; d++) a[d] += p * kv[d];
+            }
+        }
+    }
+    for (int g = 0; g < group; g++) {
+        float inv = 1.0f / sums[g];
+        for (int d = 0; d < head_dim; d++) acc[g * head_dim + d] *= inv;
+    }
+}
+
+/* The plain path: one task per (sequence, kv head), a key at a time (any head_dim). */
+static int decode_attention_plain(int64_t num_seqs, int heads, int kv_heads, int head_dim, const float *q,
+                     const void *k_cache, const void *v_cache, int cache_bf16,
+                     const int32_t *block_tables,
+                     int max_blocks, const int32_t *context_lens, const int64_t *token_rows,
+                     int block_size, float scale, void *out, int out_bf16) {
+    int group = heads / kv_heads;
+    if (group > MAX_GROUP) return -1;
+    int64_t tasks = num_seqs * kv_heads, slot_stride = (int64_t)kv_heads * head_dim;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; task++) {
+        int64_t s = task / kv_heads;
+        int kvh = (int)(task % kv_heads), ctx = context_lens[s];
+        const int32_t *table = block_tables + s * max_blocks;
+        const float *qs = q + token_rows[s] * heads * head_dim + kvh * group * head_dim;
+        int64_t head_offset = (int64_t)kvh * head_dim;
+        float *scores = malloc(sizeof(float) * (size_t)group * (size_t)ctx);
+        float acc[group * head_dim];
+#define ATTEND(HEAD_DIM, BF16)                                                                 \
+    attend_kv_head(group, HEAD_DIM, BF16, qs, k_cache, v_cache, head_offset, slot_stride, table, \
+                   ctx, block_size, scale, scores, acc)
+        if (head_dim == 64 && cache_bf16)
+            ATTEND(64, 1);
+        else if (head_dim == 64)
+            ATTEND(64, 0);
+        else if (head_dim == 128 && cache_bf16)
+            ATTEND(128, 1);
+        else if (cache_bf16)
+            ATTEND(head_dim, 1);
+        else
+            ATTEND(head_dim, 0);
+#undef ATTEND
+        int64_t offset = token_rows[s] * heads * head_dim + (int64_t)kvh * group * head_dim;
+        store_span(out, offset, acc, group * head_dim, out_bf16);
+        free(scores);
+    }
+    return 0;
+}
+
+
+#if defined(__AVX512F__)
+#define RUN 16        /* keys scored together: one lane each */
+#define SPAN_KEYS 64  /* positions per task */
+
+typedef struct {
+    int heads, kv_heads, group, head_dim, block_size, max_blocks;
+    int64_t slot_stride;
+    const float *q;
+    const void *k_cache, *v_cache;
+    const int32_t *block_tables;
+    const int64_t *token_rows;
+    float scale;
+} Problem;
+
+/* Running softmax state of one span for all heads: max, sum, weighted values. */
+typedef struct {
+    float *max, *sum, *acc; /* [heads], [heads], [heads * head_dim] */
+} SpanState;
+
+ALWAYS_INLINE __m512 load16(const void *base, int64_t offset, const int bf16) {
+    if (bf16) {
+        __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)base + offset));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    return _mm512_loadu_ps((const float *)base + offset);
+}
+
+/* Lane i of the result = the sum of v[i]'s 16 lanes (a transposing tree: 45 operations). */
+ALWAYS_INLINE __m512 sum_lanes16(const __m512 *v) {
+    __m512 t[8], u[4], w[2];
+    for (int k = 0; k < 8; k++)
+        t[k] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * k], v[2 * k + 1]),
+                             _mm512_unpackhi_ps(v[2 * k], v[2 * k + 1]));
+    for (int k = 0; k < 4; k++) {
+        __m512d a = _mm512_castps_pd(t[2 * k]), b = _mm512_castps_pd(t[2 * k + 1]);
+        u[k] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    for (int k = 0; k < 2; k++)
+        w[k] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * k], u[2 * k + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(u[2 * k], u[2 * k + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/*
+ * Scores of n <= RUN keys (consecutive slots from `slot`) for heads [h0, h0 + SG) of kv
+ * head kvh, scaled, into scores[h][0..RUN) (lanes past n: -inf). C = head_dim / 16.
+ */
+ALWAYS_INLINE void score_run(const int C, const int SG, const int bf16, const Problem *p,
+                             const float *qs, int kvh, int h0, int64_t slot, int n,
+                             float *scores) {
+    __m512 qv[4][8], dots[4][RUN]; /* SG <= 4, C <= 8: fixed sizes, kept in registers */
+    for (int g = 0; g < SG; g++)
+        for (int c = 0; c < C; c++) qv[g][c] = _mm512_loadu_ps(qs + (h0 + g) * C * 16 + 16 * c);
+    for (int i = 0; i < RUN; i++) {
+        if (i >= n) {
+            for (int g = 0; g < SG; g++) dots[g][i] = _mm512_setzero_ps();
+            continue;
+        }
+        __m512 k[8];
+        int64_t offset = (slot + i) * p->slot_stride + (int64_t)kvh * C * 16;
+        for (int c = 0; c < C; c++) k[c] = load16(p->k_cache, offset + 16 * c, bf16);
+        for (int g = 0; g < SG; g++) {
+            __m512 d = _mm512_mul_ps(qv[g][0], k[0]);
+            for (int c = 1; c < C; c++) d = _mm512_fmadd_ps(qv[g][c], k[c], d);
+            dots[g][i] = d;
+        }
+    }
+    __mmask16 valid = (__mmask16)((1u << n) - 1);
+    for (int g = 0; g < SG; g++) {
+        __m512 s = _mm512_mul_ps(sum_lanes16(dots[g]), _mm512_set1_ps(p->scale));
+        _mm512_storeu_ps(scores + (h0 + g) * RUN, _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), valid, s));
+    }
+}
+
+/* acc[h] += sum_i weights[h][i] * v[slot + i] for heads [h0, h0 + SG) of kv head kvh. */
+ALWAYS_INLINE void add_values(const int C, const int SG, const int bf16, const Problem *p,
+                              int kvh, int h0, int64_t slot, int n, const float *weights,
+                              float *acc) {
+    __m512 a[4][8];
+    for (int g = 0; g < SG; g++)
+        for (int c = 0; c < C; c++) a[g][c] = _mm512_loadu_ps(acc + (h0 + g) * C * 16 + 16 * c);
+    for (int i = 0; i < n; i++) {
+        __m512 v[8];
+        int64_t offset = (slot + i) * p->slot_stride + (int64_t)kvh * C * 16;
+        for (int c = 0; c < C; c++) v[c] = load16(p->v_cache, offset + 16 * c, bf16);
+        for (int g = 0; g < SG; g++) {
+            __m512 w = _mm512_set1_ps(weights[(h0 + g) * RUN + i]);
+            for (int c = 0; c < C; c++) a[g][c] = _mm512_fmadd_ps(w, v[c], a[g][c]);
+        }
+    }
+    for (int g = 0; g < SG; g++)
+        for (int c = 0; c < C; c++) _mm512_storeu_ps(acc + (h0 + g) * C * 16 + 16 * c, a[g][c]);
+}
+
+/* exp of 16 lanes (the polynomial of fast_exp, in AVX-512). */
+ALWAYS_INLINE __m512 exp16(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+    y = _mm512_fmadd_ps(_mm512_mul_ps(y, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+}
+
+/* Softmax weights of one head's `runs` runs of scores (in place; -inf lanes give 0):
+ * returns their max and stores their sum. */
+static float span_softmax(float *scores, int runs, float *sum) {
+    __m512 top = _mm512_set1_ps(-INFINITY), total = _mm512_setzero_ps();
+    for (int r = 0; r < runs; r++) top = _mm512_max_ps(top, _mm512_loadu_ps(scores + r * RUN));
+    float max = _mm512_reduce_max_ps(top);
+    __m512 m = _mm512_set1_ps(max);
+    for (int r = 0; r < runs; r++) {
+        __m512 s = _mm512_loadu_ps(scores + r * RUN);
+        __mmask16 valid = _mm512_cmp_ps_mask(s, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+        __m512 w = _mm512_maskz_mov_ps(valid, exp16(_mm512_sub_ps(s, m)));
+        _mm512_storeu_ps(scores + r * RUN, w);
+        total = _mm512_add_ps(total, w);
+    }
+    *sum = _mm512_reduce_add_ps(total);
+    return max;
+}
+
+/* The slot of each run of a span (runs end at block boundaries) and its key count. */
+static int span_runs(const Problem *p, const int32_t *table, int begin, int end,
+                     int64_t *slots, int *counts) {
+    int runs = 0;
+    for (int j = begin; j < end; runs++) {
+        int offset = j % p->block_size, n = p->block_size - offset;
+        n = n < RUN ? n : RUN;
+        n = n < end - j ? n : end - j;
+        slots[runs] = (int64_t)table[j / p->block_size] * p->block_size + offset;
+        counts[runs] = n;
+        j += n;
+    }
+    return runs;
+}
+
+/* Asks for a run's K (or V) rows of every kv head ahead of use (they are contiguous). */
+static void prefetch_run(const void *cache, int64_t slot, int n, int64_t slot_stride,
+                         int bf16) {
+    size_t width = bf16 ? 2 : 4;
+    const char *first = (const char *)cache + (size_t)(slot * slot_stride) * width;
+    size_t bytes = (size_t)(n * slot_stride) * width;
+    for (size_t b = 0; b < bytes; b += 64) _mm_prefetch(first + b, _MM_HINT_T1);
+}
+
+#define MAX_RUNS (SPAN_KEYS / RUN + SPAN_KEYS) /* runs are cut short at block ends */
+
+/* Positions [begin, end) of sequence s, all heads: scores, one softmax per head over the
+ * span, then the weighted values. SG: heads per pass over a kv head's keys. */
+ALWAYS_INLINE void attend_span(const int C, const int SG, const int bf16, const Problem *p,
+                               int64_t s, int begin, int end, SpanState *state) {
+    int heads = p->heads, group = p->group, head_dim = C * 16;
+    const float *qs = p->q + p->token_rows[s] * heads * head_dim;
+    const int32_t *table = p->block_tables + s * p->max_blocks;
+    int64_t slots[MAX_RUNS];
+    int counts[MAX_RUNS];
+    int runs = span_runs(p, table, begin, end, slots, counts);
+    float scores[heads * runs * RUN], weights[heads * RUN];
+    for (int r = 0; r < runs; r++) prefetch_run(p->k_cache, slots[r], counts[r], p->slot_stride, bf16);
+    for (int r = 0; r < runs; r++) prefetch_run(p->v_cache, slots[r], counts[r], p->slot_stride, bf16);
+    for (int r = 0; r < runs; r++) {
+        for (int kvh = 0; kvh < p->kv_heads; kvh++) {
+            for (int g = 0; g < group; g += SG) {
+                int h0 = kvh * group + g;
+#define SCORE(N) score_run(C, N, bf16, p, qs, kvh, h0, slots[r], counts[r], weights)
+                switch (group - g < SG ? group - g : SG) {
+                case 4: SCORE(4); break;
+                case 3: SCORE(3); break;
+                case 2: SCORE(2); break;
+                default: SCORE(1); break;
+                }
+#undef SCORE
+            }
+        }
+        for (int h = 0; h < heads; h++)
+            memcpy(scores + (h * runs + r) * RUN, weights + h * RUN, sizeof(float) * RUN);
+    }
+    for (int h = 0; h < heads; h++)
+        state->max[h] = span_softmax(scores + h * runs * RUN, runs, &state->sum[h]);
+    memset(state->acc, 0, sizeof(float) * (size_t)(heads * head_dim));
+    for (int r = 0; r < runs; r++) {
+        for (int h = 0; h < heads; h++)
+            memcpy(weights + h * RUN, scores + (h * runs + r) * RUN, sizeof(float) * RUN);
+        for (int kvh = 0; kvh < p->kv_heads; kvh++) {
+            for (int g = 0; g < group; g += SG) {
+                int h0 = kvh * group + g;
+#define ADD(N) add_values(C, N, bf16, p, kvh, h0, slots[r], counts[r], weights, state->acc)
+                switch (group - g < SG ? group - g : SG) {
+                case 4: ADD(4); break;
+                case 3: ADD(3); break;
+                case 2: ADD(2); break;
+                default: ADD(1); break;
+                }
+#undef ADD
+            }
+        }
+    }
+}
+
+static void attend_span_any(const Problem *p, int bf16, int64_t s, int begin, int end,
+                            SpanState *state) {
+    if (p->head_dim == 64 && bf16) attend_span(4, 4, 1, p, s, begin, end, state);
+    else if (p->head_dim == 64) attend_span(4, 4, 0, p, s, begin, end, state);
+    else if (bf16) attend_span(8, 2, 1, p, s, begin, end, state);
+    else attend_span(8, 2, 0, p, s, begin, end, state);
+}
+
+/* Merges sequence s's spans (their states consecutive from `first`) into its output row. */
+static void merge_spans(const Problem *p, SpanState *states, int64_t first, int spans,
+                        int64_t s, void *out, int out_bf16) {
+    int heads = p->heads, head_dim = p->head_dim;
+    float row[head_dim];
+    for (int h = 0; h < heads; h++) {
+        float top = -INFINITY, total = 0.0f;
+        for (int k = 0; k < spans; k++) top = fmaxf(top, states[first + k].max[h]);
+        memset(row, 0, sizeof row);
+        for (int k = 0; k < spans; k++) {
+            SpanState *st = &states[first + k];
+            float w = fast_exp(st->max[h] - top);
+            total += st->sum[h] * w;
+            const float *a = st->acc + (int64_t)h * head_dim;
+            for (int d = 0; d < head_dim; d++) row[d] += w * a[d];
+        }
+        float inv = 1.0f / total;
+        for (int d = 0; d < head_dim; d++) row[d] *= inv;
+        store_span(out, p->token_rows[s] * heads * head_dim + (int64_t)h * head_dim, row,
+                   head_dim, out_bf16);
+    }
+}
+
+static int decode_attention_spans(const Problem *p, int64_t num_seqs,
+                                  const int32_t *context_lens, int cache_bf16, void *out,
+                                  int out_bf16) {
+    int64_t *first = malloc(sizeof(int64_t) * (size_t)(num_seqs + 1));
+    first[0] = 0;
+    for (int64_t s = 0; s < num_seqs; s++) {
+        int ctx = context_lens[s] > 0 ? context_lens[s] : 1;
+        first[s + 1] = first[s] + (ctx + SPAN_KEYS - 1) / SPAN_KEYS;
+    }
+    int64_t tasks = first[num_seqs], per_state = 2 * p->heads + p->heads * p->head_dim;
+    float *memory = malloc(sizeof(float) * (size_t)(tasks * per_state));
+    SpanState *states = malloc(sizeof(SpanState) * (size_t)tasks);
+    int64_t *task_seq = malloc(sizeof(int64_t) * (size_t)tasks);
+    for (int64_t s = 0; s < num_seqs; s++)
+        for (int64_t t = first[s]; t < first[s + 1]; t++) task_seq[t] = s;
+    for (int64_t t = 0; t < tasks; t++) {
+        float *m = memory + t * per_state;
+        states[t] = (SpanState){m, m + p->heads, m + 2 * p->heads};
+    }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t t = 0; t < tasks; t++) {
+        int64_t s = task_seq[t];
+        int begin = (int)(t - first[s]) * SPAN_KEYS, end = begin + SPAN_KEYS;
+        end = end < context_lens[s] ? end : context_lens[s];
+        attend_span_any(p, cache_bf16, s, begin, end, &states[t]);
+    }
+#pragma omp parallel for schedule(static) if (num_seqs >= 4)
+    for (int64_t s = 0; s < num_seqs; s++)
+        merge_spans(p, states, first[s], (int)(first[s + 1] - first[s]), s, out, out_bf16);
+    free(task_seq);
+    free(states);
+    free(memory);
+    free(first);
+    return 0;
+}
+#endif
+
+int decode_attention(int64_t num_seqs, int heads, int kv_heads, int head_dim, const float *q,
+                     const void *k_cache, const void *v_cache, int cache_bf16,
+                     const int32_t *block_tables, int max_blocks, const int32_t *context_lens,
+                     const int64_t *token_rows, int block_size, float scale, void *out,
+                     int out_bf16) {
+    if (heads / kv_heads > MAX_GROUP) return -1;
+#if defined(__AVX512F__)
+    if (head_dim == 64 || head_dim == 128) {
+        Problem p = {heads, kv_heads, heads / kv_heads, head_dim, block_size, max_blocks,
+                     (int64_t)kv_heads * head_dim, q, k_cache, v_cache, block_tables,
+                     token_rows, scale};
+        return decode_attention_spans(&p, num_seqs, context_lens, cache_bf16, out, out_bf16);
+    }
+#endif
+    return decode_attention_plain(num_seqs, heads, kv_heads, head_dim, q, k_cache, v_cache,
+                                  cache_bf16, block_tables, max_blocks, context_lens,
+                                  token_rows, block_size, scale, out, out_bf16);
+}
