@@ -9,10 +9,11 @@ Two formats, both from torch's own CPU kernels (signatures in ``shared/bench/lim
   activations (``_weight_int4pack_mm_for_cpu``). Fastest for a handful of rows (decode); a
   Q4_1 GGUF tensor maps onto it with only the scales rounded to bf16.
 
-``mixed`` keeps both copies: int4 for the smallest batches, W8A8 above a row count that
-`probe_int4_max_rows` measures on this CPU at load (1 or 2 rows), with cold caches as in a
-decode step (on the AVX512-VNNI EPYC int4 wins at 1-2 rows for SmolLM2's and Qwen2.5-0.5B's
-MLPs; W8A8 is 3x faster at 32 rows).
+``mixed`` keeps both copies: 4-bit for the smallest batches, W8A8 above a row count that
+`probe_int4_max_rows` measures on this CPU at load, with cold caches as in a decode step.
+With the native kernels the 4-bit copy is our own `native.Q4Weight` (``q4_gemm.c``: one
+pass over the weights for all rows, won up to 32 rows on the 2026-12-03 AMX Xeon); without
+them torch's int4 (on the AVX512-VNNI EPYC it won at 1-2 rows; W8A8 3x faster at 32).
 
 Both kernels compute each output row from its input row alone (checked bit for bit in the
 tests), so a request's tokens do not depend on what else is in the batch; fp32 MKL GEMMs do
@@ -232,11 +233,11 @@ def probe_int4_max_rows(
     """
     weight = torch.randn(out_features, in_features)
     int8 = quantize_int8(weight)
+    probe_rows: tuple[int, ...] = Q4_PROBE_ROWS if q4 is not None else PROBE_ROWS
     if q4 is not None:
-        packed, probe_rows = q4.pack_q4(weight), Q4_PROBE_ROWS
-        run_4bit: Callable[[torch.Tensor], object] = packed.matmul
+        run_4bit: Callable[[torch.Tensor], object] = q4.pack_q4(weight).matmul
     else:
-        int4, probe_rows = quantize_int4(weight), PROBE_ROWS
+        int4 = quantize_int4(weight)
 
         def run_4bit(x: torch.Tensor) -> object:
             return int4_matmul(x.to(torch.bfloat16), int4)
