@@ -20,7 +20,12 @@ from inferline.engine.prompt_logprobs import PromptRows, plan_prompt_rows, score
 from inferline.engine.sampler import Sampler, SamplingRow, filtered_probs
 from inferline.engine.scheduler_output import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
 from inferline.engine.speculative import verify_greedy, verify_sampled
-from inferline.models.attention import AttentionGroup, AttentionMetadata, DecodeBatch
+from inferline.models.attention import (
+    AttentionGroup,
+    AttentionMetadata,
+    DecodeBatch,
+    PrefillBatch,
+)
 from inferline.models.llama import kernels_chosen_for
 from inferline.models.tokenizer import Tokenizer
 
@@ -117,6 +122,18 @@ def _single_queries(chunk: _Chunk) -> list[_Chunk]:
         _Chunk(chunk.first_token + i, chunk.start_position + i, 1, chunk.block_ids)
         for i in range(chunk.num_tokens)
     ]
+
+
+def _build_prefill_batch(chunks: list[_Chunk], block_size: int) -> PrefillBatch:
+    """Rows, positions and block tables of multi-token chunks, for the native kernel."""
+    max_blocks = max(len(c.block_ids) for c in chunks)
+    tables = np.zeros((len(chunks), max_blocks), dtype=np.int32)
+    for i, c in enumerate(chunks):
+        tables[i, : len(c.block_ids)] = c.block_ids
+    spans = [[c.first_token, c.start_position, c.num_tokens] for c in chunks]
+    return PrefillBatch(
+        torch.tensor(spans, dtype=torch.int64), torch.from_numpy(tables), block_size
+    )
 
 
 def _build_decode_batch(chunks: list[_Chunk], block_size: int) -> DecodeBatch:
@@ -227,6 +244,7 @@ class ModelRunner:
             torch.from_numpy(np.concatenate(slots)).to(self.device),
             groups,
             _build_decode_batch(decodes, block_size) if native_decode else None,
+            _build_prefill_batch(prefills, block_size) if native and prefills else None,
         )
         flat_ids = torch.tensor([t for ids in input_ids for t in ids], device=self.device)
         flat_positions = torch.from_numpy(np.concatenate(positions)).to(self.device)

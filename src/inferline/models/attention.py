@@ -54,6 +54,22 @@ class DecodeBatch:
 
 
 @dataclass
+class PrefillBatch:
+    """Multi-token chunks for the native prefill kernel, which reads the paged cache itself.
+
+    Attributes:
+        chunks: ``[C, 3]`` int64: each chunk's first flat token index, the position of its
+            first token, its token count.
+        block_tables: ``[C, max_blocks]`` int32 cache blocks of each chunk's request.
+        block_size: slots per cache block.
+    """
+
+    chunks: torch.Tensor
+    block_tables: torch.Tensor
+    block_size: int
+
+
+@dataclass
 class AttentionMetadata:
     """Per-step attention inputs shared by all layers.
 
@@ -62,11 +78,14 @@ class AttentionMetadata:
         groups: `AttentionGroup`s (at most two) for the torch path.
         decode: single-token queries left to the native kernel; ``groups`` and ``decode``
             together cover all ``T`` tokens exactly once.
+        prefill: with the native kernels, the multi-token chunks of ``groups`` again, for
+            the native prefill kernel (``groups`` stays the fallback where it cannot run).
     """
 
     slot_mapping: torch.Tensor
     groups: list[AttentionGroup]
     decode: DecodeBatch | None = None
+    prefill: PrefillBatch | None = None
 
 
 def paged_attention(

@@ -77,7 +77,12 @@ def _layer(
             q, kv_cache, decode.block_tables, decode.context_lens, decode.token_rows,
             decode.block_size, attention,
         )  # fmt: skip
-    attend_groups(q, kv_cache, metadata.groups, attention)
+    prefill = metadata.prefill
+    handled = prefill is not None and kernels.prefill_attention(
+        q, kv_cache, prefill.chunks, prefill.block_tables, prefill.block_size, attention
+    )
+    # with the native kernels, `groups` holds only the prefill chunks (decodes are native)
+    attend_groups(q, kv_cache, [] if handled else metadata.groups, attention)
     o_input = kernels.quantize_rows(attention) if o_dtype == torch.int8 else attention
     norm = layer.post_attention_layernorm
     x = kernels.add_rms_norm(

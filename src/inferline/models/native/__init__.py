@@ -29,7 +29,8 @@ from inferline.models.quant import Int8Rows, Int32Product
 logger = logging.getLogger(__name__)
 
 SOURCES = tuple(
-    Path(__file__).with_name(name) for name in ("cpu_kernels.c", "attention.c", "q4_gemm.c")
+    Path(__file__).with_name(name)
+    for name in ("cpu_kernels.c", "attention.c", "prefill_attention.c", "q4_gemm.c")
 )
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11")
 
@@ -44,6 +45,8 @@ _SIGNATURES = {
     "decode_attention": [_i64, _i32, _i32, _i32, _ptr, _ptr, _ptr, _i32, _ptr, _i32, _ptr]
     + [_ptr, _i32, _f32, _ptr, _i32],
     "silu_mul": [_i64, _i32, *_SOURCE_ARGS, *_SINK_ARGS],
+    "prefill_attention": [_i64, _i32, _i32, _i32, _ptr, _ptr, _ptr, _i32, _ptr, _i32, _ptr]
+    + [_i32, _f32, _ptr, _i32],
     "q4_packed_bytes": [_i64, _i64],
     "q4_pack": [_i64, _i64, _ptr, _ptr],
     "q4_matmul": [_i64, _i64, _i64, _ptr, _i32, _ptr, _ptr],
@@ -51,6 +54,7 @@ _SIGNATURES = {
 }
 _RESULT_TYPES = {
     "decode_attention": ctypes.c_int,
+    "prefill_attention": ctypes.c_int,
     "q4_packed_bytes": _i64,
     "q4_path": ctypes.c_char_p,
 }
@@ -191,6 +195,27 @@ class NativeKernels:
         )  # fmt: skip
         if status != 0:
             raise ValueError(f"decode_attention: {heads} heads over {kv_heads} kv heads")
+
+    def prefill_attention(
+        self,
+        q: torch.Tensor,  # [T, heads, head_dim] float32
+        kv_cache: torch.Tensor,  # [2, num_slots, kv_heads, head_dim] float32 or bf16
+        chunks: torch.Tensor,  # [C, 3] int64: first row, first position, token count
+        block_tables: torch.Tensor,  # [C, max_blocks] int32
+        block_size: int,
+        out: torch.Tensor,  # [T, heads * head_dim] float32 or bf16, rows filled here
+    ) -> bool:
+        """Causal attention of prefill chunks over their paged context (this step's K/V
+        already written); False (nothing computed) where this build or head size is not
+        handled: the caller runs torch's SDPA instead."""
+        _, heads, head_dim = q.shape
+        kv_heads = kv_cache.shape[2]
+        status = self.lib.prefill_attention(
+            chunks.shape[0], heads, kv_heads, head_dim, _p(q), _p(kv_cache[0]),
+            _p(kv_cache[1]), _is_bf16(kv_cache), _p(block_tables), block_tables.shape[1],
+            _p(chunks), block_size, head_dim**-0.5, _p(out), _is_bf16(out),
+        )  # fmt: skip
+        return status == 0
 
     def silu_mul(self, gate_up: Activation, out_dtype: torch.dtype) -> MatmulInput:
         """``[T, 2I]`` -> ``silu(gate) * up`` ``[T, I]`` as ``out_dtype``."""

@@ -157,14 +157,6 @@ typedef struct {
     float *max, *sum, *acc; /* [heads], [heads], [heads * head_dim] */
 } SpanState;
 
-ALWAYS_INLINE __m512 load16(const void *base, int64_t offset, const int bf16) {
-    if (bf16) {
-        __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)base + offset));
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-    return _mm512_loadu_ps((const float *)base + offset);
-}
-
 /* Lane i of the result = the sum of v[i]'s 16 lanes (a transposing tree: 45 operations). */
 ALWAYS_INLINE __m512 sum_lanes16(const __m512 *v) {
     __m512 t[8], u[4], w[2];
@@ -234,23 +226,6 @@ ALWAYS_INLINE void add_values(const int C, const int SG, const int bf16, const P
         for (int c = 0; c < C; c++) _mm512_storeu_ps(acc + (h0 + g) * C * 16 + 16 * c, a[g][c]);
 }
 
-/* exp of 16 lanes (the polynomial of fast_exp, in AVX-512). */
-ALWAYS_INLINE __m512 exp16(__m512 x) {
-    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
-    __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
-    y = _mm512_fmadd_ps(_mm512_mul_ps(y, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
-}
 
 /* Softmax weights of one head's `runs` runs of scores (in place; -inf lanes give 0):
  * returns their max and stores their sum. */
