@@ -15,14 +15,6 @@ from inferline.models.quant import Int8Rows, int8_linear, int8_matmul, quantize_
 from tests.conftest import run_to_completion
 
 
-@pytest.fixture(scope="module")
-def kernels(cache_dir: Path) -> NativeKernels:
-    native = load_kernels(cache_dir)
-    if native is None:
-        pytest.fail("the native kernels did not build: is a C compiler installed?")
-    return native
-
-
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("delta_dtype", [None, torch.float32, torch.bfloat16])
 def test_add_rms_norm_matches_torch(

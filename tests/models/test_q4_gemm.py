@@ -8,19 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from inferline.models.native import COMPILE_FLAGS, SOURCES, NativeKernels, Q4Weight, load_kernels
+from inferline.models.native import COMPILE_FLAGS, SOURCES, NativeKernels, Q4Weight
 from inferline.models.native.build import compiled, compiler
 from inferline.models.quant import Q4_PROBE_ROWS, probe_int4_max_rows
 
 SHAPES = [(40, 64), (960, 576), (17, 96), (16, 32)]  # (out, in): partial tiles, one group
-
-
-@pytest.fixture(scope="module")
-def kernels(cache_dir: Path) -> NativeKernels:
-    native = load_kernels(cache_dir)
-    if native is None:
-        pytest.fail("the native kernels did not build: is a C compiler installed?")
-    return native
 
 
 def reference(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

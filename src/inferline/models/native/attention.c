@@ -142,15 +142,6 @@ static int decode_attention_plain(int64_t num_seqs, int heads, int kv_heads, int
 #define RUN 16        /* keys scored together: one lane each */
 #define SPAN_KEYS 64  /* positions per task */
 
-typedef struct {
-    int heads, kv_heads, group, head_dim, block_size, max_blocks;
-    int64_t slot_stride;
-    const float *q;
-    const void *k_cache, *v_cache;
-    const int32_t *block_tables;
-    const int64_t *token_rows;
-    float scale;
-} Problem;
 
 /* Running softmax state of one span for all heads: max, sum, weighted values. */
 typedef struct {
@@ -179,7 +170,7 @@ ALWAYS_INLINE __m512 sum_lanes16(const __m512 *v) {
  * Scores of n <= RUN keys (consecutive slots from `slot`) for heads [h0, h0 + SG) of kv
  * head kvh, scaled, into scores[h][0..RUN) (lanes past n: -inf). C = head_dim / 16.
  */
-ALWAYS_INLINE void score_run(const int C, const int SG, const int bf16, const Problem *p,
+ALWAYS_INLINE void score_run(const int C, const int SG, const int bf16, const PagedAttention *p,
                              const float *qs, int kvh, int h0, int64_t slot, int n,
                              float *scores) {
     __m512 qv[4][8], dots[4][RUN]; /* SG <= 4, C <= 8: fixed sizes, kept in registers */
@@ -207,7 +198,7 @@ ALWAYS_INLINE void score_run(const int C, const int SG, const int bf16, const Pr
 }
 
 /* acc[h] += sum_i weights[h][i] * v[slot + i] for heads [h0, h0 + SG) of kv head kvh. */
-ALWAYS_INLINE void add_values(const int C, const int SG, const int bf16, const Problem *p,
+ALWAYS_INLINE void add_values(const int C, const int SG, const int bf16, const PagedAttention *p,
                               int kvh, int h0, int64_t slot, int n, const float *weights,
                               float *acc) {
     __m512 a[4][8];
@@ -246,7 +237,7 @@ static float span_softmax(float *scores, int runs, float *sum) {
 }
 
 /* The slot of each run of a span (runs end at block boundaries) and its key count. */
-static int span_runs(const Problem *p, const int32_t *table, int begin, int end,
+static int span_runs(const PagedAttention *p, const int32_t *table, int begin, int end,
                      int64_t *slots, int *counts) {
     int runs = 0;
     for (int j = begin; j < end; runs++) {
@@ -273,7 +264,7 @@ static void prefetch_run(const void *cache, int64_t slot, int n, int64_t slot_st
 
 /* Positions [begin, end) of sequence s, all heads: scores, one softmax per head over the
  * span, then the weighted values. SG: heads per pass over a kv head's keys. */
-ALWAYS_INLINE void attend_span(const int C, const int SG, const int bf16, const Problem *p,
+ALWAYS_INLINE void attend_span(const int C, const int SG, const int bf16, const PagedAttention *p,
                                int64_t s, int begin, int end, SpanState *state) {
     int heads = p->heads, group = p->group, head_dim = C * 16;
     const float *qs = p->q + p->token_rows[s] * heads * head_dim;
@@ -323,7 +314,7 @@ ALWAYS_INLINE void attend_span(const int C, const int SG, const int bf16, const 
     }
 }
 
-static void attend_span_any(const Problem *p, int bf16, int64_t s, int begin, int end,
+static void attend_span_any(const PagedAttention *p, int bf16, int64_t s, int begin, int end,
                             SpanState *state) {
     if (p->head_dim == 64 && bf16) attend_span(4, 4, 1, p, s, begin, end, state);
     else if (p->head_dim == 64) attend_span(4, 4, 0, p, s, begin, end, state);
@@ -332,7 +323,7 @@ static void attend_span_any(const Problem *p, int bf16, int64_t s, int begin, in
 }
 
 /* Merges sequence s's spans (their states consecutive from `first`) into its output row. */
-static void merge_spans(const Problem *p, SpanState *states, int64_t first, int spans,
+static void merge_spans(const PagedAttention *p, SpanState *states, int64_t first, int spans,
                         int64_t s, void *out, int out_bf16) {
     int heads = p->heads, head_dim = p->head_dim;
     float row[head_dim];
@@ -354,7 +345,7 @@ static void merge_spans(const Problem *p, SpanState *states, int64_t first, int 
     }
 }
 
-static int decode_attention_spans(const Problem *p, int64_t num_seqs,
+static int decode_attention_spans(const PagedAttention *p, int64_t num_seqs,
                                   const int32_t *context_lens, int cache_bf16, void *out,
                                   int out_bf16) {
     int64_t *first = malloc(sizeof(int64_t) * (size_t)(num_seqs + 1));
@@ -399,9 +390,9 @@ int decode_attention(int64_t num_seqs, int heads, int kv_heads, int head_dim, co
     if (heads / kv_heads > MAX_GROUP) return -1;
 #if defined(__AVX512F__)
     if (head_dim == 64 || head_dim == 128) {
-        Problem p = {heads, kv_heads, heads / kv_heads, head_dim, block_size, max_blocks,
-                     (int64_t)kv_heads * head_dim, q, k_cache, v_cache, block_tables,
-                     token_rows, scale};
+        PagedAttention p = {heads, kv_heads, heads / kv_heads, head_dim, block_size, max_blocks,
+                            (int64_t)kv_heads * head_dim, q, k_cache, v_cache, block_tables,
+                            token_rows, scale};
         return decode_attention_spans(&p, num_seqs, context_lens, cache_bf16, out, out_bf16);
     }
 #endif

@@ -57,6 +57,19 @@ ALWAYS_INLINE float fast_exp(float x) {
     return p * two_n;
 }
 
+/* Queries against a paged K/V cache [num_slots, kv_heads, head_dim] (decode and prefill
+ * attention): slot = block_tables[seq][position / block_size] * block_size + position %
+ * block_size. */
+typedef struct {
+    int heads, kv_heads, group, head_dim, block_size, max_blocks;
+    int64_t slot_stride; /* kv_heads * head_dim: elements from one slot to the next */
+    const float *q;
+    const void *k_cache, *v_cache;
+    const int32_t *block_tables;
+    const int64_t *token_rows; /* decode: each sequence's query row (prefill: NULL) */
+    float scale;
+} PagedAttention;
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 

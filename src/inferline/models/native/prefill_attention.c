@@ -33,14 +33,6 @@
 #define MAX_DIM 128
 #define MAX_GROUP_PREFILL 8 /* query heads per kv head handled here; more: SDPA */
 
-typedef struct {
-    int heads, kv_heads, group, head_dim, block_size, max_blocks;
-    int64_t slot_stride;
-    const float *q;
-    const void *k_cache, *v_cache;
-    const int32_t *block_tables;
-    float scale;
-} Prefill;
 
 /* Keys [first, first + n) of a chunk (n <= KEY_RUN, inside one block) as float32 rows of
  * kv head kvh: keys[j * head_dim + d]. */
@@ -92,7 +84,7 @@ ALWAYS_INLINE void head_run(const int C, const float *qt, const float *keys, con
 }
 
 /* Task: rows [r0, r0 + rows) of a chunk, kv head kvh, all its query heads. */
-ALWAYS_INLINE void prefill_task(const int C, const int bf16, const Prefill *p,
+ALWAYS_INLINE void prefill_task(const int C, const int bf16, const PagedAttention *p,
                                 const int64_t *chunk, const int32_t *table, int r0, int kvh,
                                 void *out, int out_bf16) {
     int head_dim = C * 16, group = p->group;
@@ -151,8 +143,9 @@ int prefill_attention(int64_t num_chunks, int heads, int kv_heads, int head_dim,
 #if defined(__AVX512F__)
     int group = heads / kv_heads;
     if ((head_dim != 64 && head_dim != 128) || group > MAX_GROUP_PREFILL) return -2;
-    Prefill p = {heads, kv_heads, group, head_dim, block_size, max_blocks,
-                 (int64_t)kv_heads * head_dim, q, k_cache, v_cache, block_tables, scale};
+    PagedAttention p = {heads, kv_heads, group, head_dim, block_size, max_blocks,
+                        (int64_t)kv_heads * head_dim, q, k_cache, v_cache, block_tables,
+                        NULL, scale};
     int64_t *first = malloc(sizeof(int64_t) * (size_t)(num_chunks + 1));
     first[0] = 0;
     for (int64_t c = 0; c < num_chunks; c++)
