@@ -54,13 +54,17 @@ def test_twenty_schemas_all_validate(qwen) -> None:  # type: ignore[no-untyped-d
 
 
 def test_outputs_cut_by_max_tokens_still_validate(qwen) -> None:  # type: ignore[no-untyped-def]
-    # invoice, cities, review: about 60, 40 and 37 tokens when free to finish
-    cut = [(CASES[6], 40), (CASES[13], 32), (CASES[17], 24)]
+    # invoice, cities, review: 60, 40 and 23 tokens when free to finish (2026-12-03 kernels)
+    cut = [(CASES[6], 40), (CASES[13], 32), (CASES[17], 16)]
     with ThreadPoolExecutor(max_workers=3) as pool:
         choices = list(pool.map(lambda c: ask(qwen, c[0][0], c[0][1], c[1]), cut))
-    for ((_, schema), _), choice in zip(cut, choices, strict=True):
+        free = list(pool.map(lambda c: ask(qwen, c[0][0], c[0][1], 200), cut))
+    for ((_, schema), limit), choice, whole in zip(cut, choices, free, strict=True):
         check(choice, schema)
-    assert any(c.finish_reason == "length" for c in choices)
+        # each answer was really cut: it hit the limit, or it is shorter than its free
+        # answer (the JSON is closed early to fit, then may end on EOS and read "stop")
+        shorter = len(choice.message.content) < len(whole.message.content)
+        assert choice.finish_reason == "length" or shorter, limit
 
 
 class Line(BaseModel):

@@ -1,0 +1,150 @@
+"""The native kernels against what they replaced, on SmolLM2-135M's shapes, weights cold.
+
+- 4-bit matmul: our `Q4Weight` (``q4_gemm.c``) vs torch's int4 and W8A8 over 30 layers'
+  projections (q/k/v, o, gate/up, down), at 1..64 rows;
+- decode attention (``attention.c``) over a bf16 paged cache with scattered blocks;
+- prefill attention (``prefill_attention.c``) vs SDPA over a gathered, masked tile, one
+  512-token chunk.
+
+usage: flock /tmp/bench.lock .venv/bin/python benchmarks/kernels.py [--json OUT]
+Prints a table and writes JSON (median of --repeats timed runs after a warm-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from inferline.cli.main import default_cache_dir
+from inferline.models.native import NativeKernels, load_kernels
+from inferline.models.quant import int4_matmul, int8_linear, quantize_int4, quantize_int8
+
+LAYERS = 30
+SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536)]  # (out, in) per layer
+HEADS, KV_HEADS, HEAD_DIM, BLOCK = 9, 3, 64, 16
+
+
+def timed(run: Callable[[], object], repeats: int) -> float:
+    """Median milliseconds of ``repeats`` runs after one warm-up."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def matmuls(kernels: NativeKernels, rows_list: list[int], repeats: int) -> dict[str, dict]:
+    """30 layers' projections at each row count, in each kernel (distinct weights per layer:
+    ~66 MB in 4 bits, so each step reads them from memory as a decode step does)."""
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(LAYERS):
+        for out_features, in_features in SHAPES:
+            weight = torch.randn(out_features, in_features) * 0.02
+            layers.append((kernels.pack_q4(weight), quantize_int4(weight), quantize_int8(weight)))
+    return {str(rows): _time_layers(layers, rows, repeats) for rows in rows_list}
+
+
+def _time_layers(layers: list[tuple], rows: int, repeats: int) -> dict[str, float]:
+    xs = {k: torch.randn(rows, k) for _, k in SHAPES}
+    xb = {k: x.bfloat16() for k, x in xs.items()}
+    runs = {
+        "q4": lambda: [q4.matmul(xs[q4.in_features]) for q4, _, _ in layers],
+        "torch_int4": lambda: [int4_matmul(xb[q4.in_features], i4) for q4, i4, _ in layers],
+        "w8a8": lambda: [int8_linear(xs[q4.in_features], i8) for q4, _, i8 in layers],
+    }
+    return {name: timed(run, repeats) for name, run in runs.items()}
+
+
+def decode_attention(kernels: NativeKernels, seqs: int, context: int, repeats: int) -> float:
+    """ms for 30 layers of one decode step: ``seqs`` sequences of ``context`` positions."""
+    blocks = -(-context // BLOCK)
+    caches = [
+        torch.randn(2, seqs * blocks * BLOCK, KV_HEADS, HEAD_DIM).bfloat16() for _ in range(LAYERS)
+    ]
+    tables = torch.randperm(seqs * blocks).int().view(seqs, blocks).contiguous()
+    lens = torch.full((seqs,), context, dtype=torch.int32)
+    q = torch.randn(seqs, HEADS, HEAD_DIM)
+    out = torch.empty(seqs, HEADS * HEAD_DIM)
+    rows = torch.arange(seqs)
+
+    def run() -> None:
+        for cache in caches:
+            kernels.decode_attention(q, cache, tables, lens, rows, BLOCK, out)
+
+    return timed(run, repeats)
+
+
+def prefill_attention(kernels: NativeKernels, tokens: int, repeats: int) -> dict[str, float]:
+    """ms for 30 layers of one ``tokens``-token chunk from position 0: ours vs SDPA over the
+    gathered keys with a boolean causal mask (what the engine ran before)."""
+    blocks = -(-tokens // BLOCK)
+    cache = torch.randn(2, blocks * BLOCK, KV_HEADS, HEAD_DIM).bfloat16()
+    table = torch.arange(blocks, dtype=torch.int32)[None]
+    chunks = torch.tensor([[0, 0, tokens]])
+    q = torch.randn(tokens, HEADS, HEAD_DIM)
+    out = torch.empty(tokens, HEADS * HEAD_DIM)
+    positions = torch.arange(tokens)
+    mask = (positions[None, :] <= positions[:, None])[None, None]
+
+    def ours() -> None:
+        for _ in range(LAYERS):
+            kernels.prefill_attention(q, cache, chunks, table, BLOCK, out)
+
+    def sdpa() -> None:
+        for _ in range(LAYERS):
+            k = cache[0][positions].float().transpose(0, 1)[None]
+            v = cache[1][positions].float().transpose(0, 1)[None]
+            F.scaled_dot_product_attention(
+                q.transpose(0, 1)[None], k, v, attn_mask=mask, enable_gqa=True
+            )
+
+    return {"native": timed(ours, repeats), "sdpa": timed(sdpa, repeats)}
+
+
+def main() -> None:
+    """Runs the three measurements; prints them and writes JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    kernels = load_kernels(default_cache_dir())
+    if kernels is None:
+        raise SystemExit("the native kernels did not build")
+    report = {
+        "cpu": platform.processor() or platform.machine(),
+        "q4_path": kernels.q4_path,
+        "torch_threads": torch.get_num_threads(),
+        "matmul_ms": matmuls(kernels, [1, 5, 8, 16, 32, 64], args.repeats),
+        "decode_attention_ms": {
+            f"{s}x{c}": decode_attention(kernels, s, c, args.repeats)
+            for s, c in ((1, 640), (16, 320), (32, 320))
+        },
+        "prefill_attention_ms": {"512": prefill_attention(kernels, 512, args.repeats)},
+    }
+    print(f"30 layers of SmolLM2-135M, q4 path {kernels.q4_path}, ms (median)")
+    print(f"{'rows':>5} {'q4':>8} {'int4':>8} {'w8a8':>8}")
+    for rows, t in report["matmul_ms"].items():
+        print(f"{rows:>5} {t['q4']:>8.2f} {t['torch_int4']:>8.2f} {t['w8a8']:>8.2f}")
+    for shape, ms in report["decode_attention_ms"].items():
+        print(f"decode attention {shape} positions: {ms:.2f} ms")
+    prefill = report["prefill_attention_ms"]["512"]
+    print(f"prefill attention 512 tokens: native {prefill['native']:.1f} ms, "
+          f"SDPA {prefill['sdpa']:.1f} ms")  # fmt: skip
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
