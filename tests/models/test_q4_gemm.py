@@ -63,7 +63,7 @@ def test_q4_is_close_to_the_float_product(kernels: NativeKernels) -> None:
     got = kernels.pack_q4(weight).matmul(x)
     exact = x @ weight.t()
     relative = (got - exact).norm() / exact.norm()
-    assert relative < 0.1  # 4-bit weights and 8-bit activations: ~5 % measured
+    assert relative < 0.1  # 4-bit weights, 8-bit activations: 7.9 % on these Gaussian weights
 
 
 def test_q4_is_exact_for_weights_on_its_grid(kernels: NativeKernels) -> None:
