@@ -12,8 +12,9 @@ Two formats, both from torch's own CPU kernels (signatures in ``shared/bench/lim
 ``mixed`` keeps both copies: 4-bit for the smallest batches, W8A8 above a row count that
 `probe_int4_max_rows` measures on this CPU at load, with cold caches as in a decode step.
 With the native kernels the 4-bit copy is our own `native.Q4Weight` (``q4_gemm.c``: one
-pass over the weights for all rows, won up to 32 rows on the 2026-12-03 AMX Xeon); without
-them torch's int4 (on the AVX512-VNNI EPYC it won at 1-2 rows; W8A8 3x faster at 32).
+pass over the weights for all rows, won at every probed count, up to 64 rows, on the
+2026-12-03 AMX Xeon); without them torch's int4 (on the AVX512-VNNI EPYC it won at 1-2
+rows; W8A8 3x faster at 32).
 
 Both kernels compute each output row from its input row alone (checked bit for bit in the
 tests), so a request's tokens do not depend on what else is in the batch; fp32 MKL GEMMs do
