@@ -6,7 +6,7 @@
 - prefill attention (``prefill_attention.c``) vs SDPA over a gathered, masked tile, one
   512-token chunk.
 
-usage: flock /tmp/bench.lock .venv/bin/python benchmarks/kernels.py [--json OUT]
+usage: flock /tmp/bench.lock .venv/bin/python benchmarks/native_kernels.py [--json OUT]
 Prints a table and writes JSON (median of --repeats timed runs after a warm-up).
 """
 
