@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from inferline import SamplingParams
+from inferline.engine import model_runner
 from inferline.models.llama import apply_rotary
 from inferline.models.native import NativeKernels, load_kernels
 from inferline.models.quant import Int8Rows, int8_linear, int8_matmul, quantize_int8
@@ -126,8 +127,11 @@ def test_silu_mul_matches_torch(kernels: NativeKernels) -> None:
     torch.testing.assert_close(bf16.float(), expected, rtol=2e-2, atol=2e-2)
 
 
-def test_native_and_torch_paths_agree_end_to_end(make_engine, smollm) -> None:  # type: ignore[no-untyped-def]
-    """Prefill chunks, decodes and mixed batches: same tokens, logprobs within 1e-4."""
+def test_native_and_torch_paths_agree_end_to_end(make_engine, smollm, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Prefill chunks, decodes and mixed batches: same tokens, logprobs within 1e-4.
+
+    With the native kernels, the runner builds no SDPA tiles (its per-step masks) for a
+    model whose prefill and decode attention the kernels compute."""
     assert smollm.kernels == "native"
     prompts = ["The capital of France is", "def add(a, b):", "Once upon a time " * 30]
     params = SamplingParams(max_tokens=12, temperature=0, logprobs=3)
@@ -136,7 +140,15 @@ def test_native_and_torch_paths_agree_end_to_end(make_engine, smollm) -> None:  
         engine = make_engine(max_num_batched_tokens=64)  # chunked prefill beside decodes
         return run_to_completion(engine, prompts, params)
 
+    sdpa_tiles = []
+    build_group = model_runner._build_group
+    monkeypatch.setattr(
+        model_runner, "_build_group", lambda *a: sdpa_tiles.append(1) or build_group(*a)
+    )
     native = run()
+    handles_prefill = "avx512f" in Path("/proc/cpuinfo").read_text()
+    assert smollm.model.native_prefill == handles_prefill
+    assert (len(sdpa_tiles) == 0) == handles_prefill
     kernels, smollm.model.native = smollm.model.native, None
     try:
         reference = run()
@@ -243,6 +255,7 @@ def test_prefill_attention_matches_causal_sdpa(
     q = torch.randn(120, heads, head_dim, generator=gen)
     out = torch.full((120, heads * head_dim), -7.0)
     handled = kernels.prefill_attention(q, cache, chunks, tables, block_size, out)
+    assert kernels.handles_prefill(heads, kv_heads, head_dim) == handled
     if head_dim not in (64, 128) or "avx512f" not in Path("/proc/cpuinfo").read_text():
         assert not handled and (out == -7.0).all()  # the caller runs SDPA instead
         return

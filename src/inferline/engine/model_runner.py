@@ -235,16 +235,17 @@ class ModelRunner:
             decodes += [q for c in prefills if id(c) in drafted for q in _single_queries(c)]
             prefills = [c for c in prefills if id(c) not in drafted]
         native_decode = native and bool(decodes)
-        groups = [
+        native_prefill = native and bool(prefills) and getattr(self.model, "native_prefill", False)
+        groups = [  # SDPA's padded tiles, only for what the native kernels do not compute
             _build_group(group, block_size, self.device)
-            for group in ([] if native_decode else decodes, prefills)
+            for group in ([] if native_decode else decodes, [] if native_prefill else prefills)
             if group
         ]
         metadata = AttentionMetadata(
             torch.from_numpy(np.concatenate(slots)).to(self.device),
             groups,
             _build_decode_batch(decodes, block_size) if native_decode else None,
-            _build_prefill_batch(prefills, block_size) if native and prefills else None,
+            _build_prefill_batch(prefills, block_size) if native_prefill else None,
         )
         flat_ids = torch.tensor([t for ids in input_ids for t in ids], device=self.device)
         flat_positions = torch.from_numpy(np.concatenate(positions)).to(self.device)

@@ -75,11 +75,12 @@ class AttentionMetadata:
 
     Attributes:
         slot_mapping: ``[T]`` cache slot each new token's K/V is written to.
-        groups: `AttentionGroup`s (at most two) for the torch path.
-        decode: single-token queries left to the native kernel; ``groups`` and ``decode``
+        groups: `AttentionGroup`s (at most two) for torch's SDPA: what the native
+            kernels do not compute.
+        decode: single-token queries left to the native decode kernel.
+        prefill: multi-token chunks left to the native prefill kernel (only where it
+            handles the model's head layout). ``groups``, ``decode`` and ``prefill``
             together cover all ``T`` tokens exactly once.
-        prefill: with the native kernels, the multi-token chunks of ``groups`` again, for
-            the native prefill kernel (``groups`` stays the fallback where it cannot run).
     """
 
     slot_mapping: torch.Tensor

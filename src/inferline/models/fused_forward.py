@@ -78,11 +78,12 @@ def _layer(
             decode.block_size, attention,
         )  # fmt: skip
     prefill = metadata.prefill
-    handled = prefill is not None and kernels.prefill_attention(
+    if prefill is not None and not kernels.prefill_attention(
         q, kv_cache, prefill.chunks, prefill.block_tables, prefill.block_size, attention
-    )
-    # with the native kernels, `groups` holds only the prefill chunks (decodes are native)
-    attend_groups(q, kv_cache, [] if handled else metadata.groups, attention)
+    ):
+        raise RuntimeError("prefill_attention refused a batch the runner built for it")
+    # SDPA, for the prefill chunks of a head layout the kernel does not handle
+    attend_groups(q, kv_cache, metadata.groups, attention)
     o_input = kernels.quantize_rows(attention) if o_dtype == torch.int8 else attention
     norm = layer.post_attention_layernorm
     x = kernels.add_rms_norm(

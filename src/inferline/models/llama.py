@@ -240,6 +240,7 @@ class DecoderForCausalLM(nn.Module):
         self.int4_max_rows = 0  # ``mixed``: the MLP's measured int4/W8A8 crossover, else 0
         # fused C kernels for the layers' row-wise work (set by `use_native`); None: torch ops
         self.native: NativeKernels | None = None
+        self.native_prefill = False  # `native` computes prefill attention for this layout
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
@@ -345,6 +346,10 @@ class DecoderForCausalLM(nn.Module):
             for name in ("o_proj", "gate_up_proj", "down_proj")
         )
         self.native = None if other_biases else kernels
+        config = self.config
+        self.native_prefill = self.native is not None and self.native.handles_prefill(
+            config.num_heads, config.num_kv_heads, config.head_dim
+        )
 
     def load_hf_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Takes HF-named weights (fusing q/k/v and gate/up); every parameter must be set.

@@ -47,6 +47,7 @@ _SIGNATURES = {
     "silu_mul": [_i64, _i32, *_SOURCE_ARGS, *_SINK_ARGS],
     "prefill_attention": [_i64, _i32, _i32, _i32, _ptr, _ptr, _ptr, _i32, _ptr, _i32, _ptr]
     + [_i32, _f32, _ptr, _i32],
+    "prefill_attention_supported": [_i32, _i32, _i32],
     "q4_packed_bytes": [_i64, _i64],
     "q4_pack": [_i64, _i64, _ptr, _ptr],
     "q4_matmul": [_i64, _i64, _i64, _ptr, _i32, _ptr, _ptr],
@@ -55,6 +56,7 @@ _SIGNATURES = {
 _RESULT_TYPES = {
     "decode_attention": ctypes.c_int,
     "prefill_attention": ctypes.c_int,
+    "prefill_attention_supported": ctypes.c_int,
     "q4_packed_bytes": _i64,
     "q4_path": ctypes.c_char_p,
 }
@@ -195,6 +197,11 @@ class NativeKernels:
         )  # fmt: skip
         if status != 0:
             raise ValueError(f"decode_attention: {heads} heads over {kv_heads} kv heads")
+
+    def handles_prefill(self, heads: int, kv_heads: int, head_dim: int) -> bool:
+        """Whether `prefill_attention` computes this head layout in this build (AVX-512,
+        head_dim 64 or 128, at most 8 query heads per kv head)."""
+        return bool(self.lib.prefill_attention_supported(heads, kv_heads, head_dim))
 
     def prefill_attention(
         self,

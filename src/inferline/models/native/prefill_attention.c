@@ -136,13 +136,24 @@ ALWAYS_INLINE void prefill_task(const int C, const int bf16, const PagedAttentio
 }
 #endif
 
+/* 1 where `prefill_attention` computes this head layout in this build, else 0. */
+int prefill_attention_supported(int heads, int kv_heads, int head_dim) {
+#if defined(__AVX512F__)
+    return (head_dim == 64 || head_dim == 128) && kv_heads > 0 && heads % kv_heads == 0 &&
+           heads / kv_heads <= MAX_GROUP_PREFILL;
+#else
+    (void)heads, (void)kv_heads, (void)head_dim;
+    return 0;
+#endif
+}
+
 int prefill_attention(int64_t num_chunks, int heads, int kv_heads, int head_dim, const float *q,
                       const void *k_cache, const void *v_cache, int cache_bf16,
                       const int32_t *block_tables, int max_blocks, const int64_t *chunks,
                       int block_size, float scale, void *out, int out_bf16) {
 #if defined(__AVX512F__)
     int group = heads / kv_heads;
-    if ((head_dim != 64 && head_dim != 128) || group > MAX_GROUP_PREFILL) return -2;
+    if (!prefill_attention_supported(heads, kv_heads, head_dim)) return -2;
     PagedAttention p = {heads, kv_heads, group, head_dim, block_size, max_blocks,
                         (int64_t)kv_heads * head_dim, q, k_cache, v_cache, block_tables,
                         NULL, scale};
