@@ -2,9 +2,12 @@
 
 - 4-bit matmul: our `Q4Weight` (``q4_gemm.c``) vs torch's int4 and W8A8 over 30 layers'
   projections (q/k/v, o, gate/up, down), at 1..64 rows;
-- decode attention (``attention.c``) over a bf16 paged cache with scattered blocks;
+- decode attention (``attention.c``) over a bf16 and an int8 paged cache with scattered
+  blocks;
 - prefill attention (``prefill_attention.c``) vs SDPA over a gathered, masked tile, one
-  512-token chunk.
+  512-token chunk, bf16 and int8 caches;
+- prefill matmuls: W8A8 vs torch's bf16 and fp32 matmuls (oneDNN; AMX where the CPU has
+  it) at 128 and 512 rows.
 
 usage: flock /tmp/bench.lock .venv/bin/python benchmarks/native_kernels.py [--json OUT]
 Prints a table and writes JSON (median of --repeats timed runs after a warm-up).
@@ -24,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from inferline.cli.main import default_cache_dir
+from inferline.models.kv_layout import row_width, write_rows
 from inferline.models.native import NativeKernels, load_kernels
 from inferline.models.quant import int4_matmul, int8_linear, quantize_int4, quantize_int8
 
@@ -66,12 +70,48 @@ def _time_layers(layers: list[tuple], rows: int, repeats: int) -> dict[str, floa
     return {name: timed(run, repeats) for name, run in runs.items()}
 
 
-def decode_attention(kernels: NativeKernels, seqs: int, context: int, repeats: int) -> float:
+def prefill_matmuls(rows_list: list[int], repeats: int) -> dict[str, dict]:
+    """30 layers' projections at prefill-sized row counts: W8A8 (activations quantized in
+    the timing) against torch's bf16 and fp32 matmuls."""
+    torch.manual_seed(0)
+    weights = [torch.randn(o, i) * 0.02 for o, i in SHAPES]
+    int8 = [quantize_int8(w) for w in weights]
+    bf16 = [w.bfloat16() for w in weights]
+    report = {}
+    for rows in rows_list:
+        xs = [torch.randn(rows, i) for _, i in SHAPES]
+        xb = [x.bfloat16() for x in xs]
+        kernels: dict[str, Callable[[int], object]] = {
+            "w8a8": lambda k, xs=xs: int8_linear(xs[k], int8[k]),
+            "bf16": lambda k, xb=xb: xb[k] @ bf16[k].T,
+            "fp32": lambda k, xs=xs: xs[k] @ weights[k].T,
+        }
+        report[str(rows)] = {
+            name: timed(
+                lambda m=matmul: [m(k) for _ in range(LAYERS) for k in range(len(SHAPES))],
+                repeats,
+            )
+            for name, matmul in kernels.items()
+        }
+    return report
+
+
+def _cache(slots: int, dtype: torch.dtype) -> torch.Tensor:
+    values = torch.randn(2, slots, KV_HEADS, HEAD_DIM)
+    if dtype != torch.int8:
+        return values.to(dtype)
+    cache = torch.empty(2, slots, KV_HEADS, row_width(HEAD_DIM, dtype), dtype=dtype)
+    for half in (0, 1):
+        write_rows(cache[half], torch.arange(slots), values[half])
+    return cache
+
+
+def decode_attention(
+    kernels: NativeKernels, seqs: int, context: int, repeats: int, dtype: torch.dtype
+) -> float:
     """ms for 30 layers of one decode step: ``seqs`` sequences of ``context`` positions."""
     blocks = -(-context // BLOCK)
-    caches = [
-        torch.randn(2, seqs * blocks * BLOCK, KV_HEADS, HEAD_DIM).bfloat16() for _ in range(LAYERS)
-    ]
+    caches = [_cache(seqs * blocks * BLOCK, dtype) for _ in range(LAYERS)]
     tables = torch.randperm(seqs * blocks).int().view(seqs, blocks).contiguous()
     lens = torch.full((seqs,), context, dtype=torch.int32)
     q = torch.randn(seqs, HEADS, HEAD_DIM)
@@ -86,10 +126,12 @@ def decode_attention(kernels: NativeKernels, seqs: int, context: int, repeats: i
 
 
 def prefill_attention(kernels: NativeKernels, tokens: int, repeats: int) -> dict[str, float]:
-    """ms for 30 layers of one ``tokens``-token chunk from position 0: ours vs SDPA over the
-    gathered keys with a boolean causal mask (what the engine ran before)."""
+    """ms for 30 layers of one ``tokens``-token chunk from position 0: ours (bf16 and int8
+    caches) vs SDPA over the gathered keys with a boolean causal mask (what the engine ran
+    before)."""
     blocks = -(-tokens // BLOCK)
-    cache = torch.randn(2, blocks * BLOCK, KV_HEADS, HEAD_DIM).bfloat16()
+    cache = _cache(blocks * BLOCK, torch.bfloat16)
+    int8_cache = _cache(blocks * BLOCK, torch.int8)
     table = torch.arange(blocks, dtype=torch.int32)[None]
     chunks = torch.tensor([[0, 0, tokens]])
     q = torch.randn(tokens, HEADS, HEAD_DIM)
@@ -97,9 +139,10 @@ def prefill_attention(kernels: NativeKernels, tokens: int, repeats: int) -> dict
     positions = torch.arange(tokens)
     mask = (positions[None, :] <= positions[:, None])[None, None]
 
-    def ours() -> None:
-        for _ in range(LAYERS):
-            kernels.prefill_attention(q, cache, chunks, table, BLOCK, out)
+    def ours(cache: torch.Tensor) -> Callable[[], None]:
+        return lambda: [
+            kernels.prefill_attention(q, cache, chunks, table, BLOCK, out) for _ in range(LAYERS)
+        ]  # type: ignore[func-returns-value]
 
     def sdpa() -> None:
         for _ in range(LAYERS):
@@ -109,7 +152,11 @@ def prefill_attention(kernels: NativeKernels, tokens: int, repeats: int) -> dict
                 q.transpose(0, 1)[None], k, v, attn_mask=mask, enable_gqa=True
             )
 
-    return {"native": timed(ours, repeats), "sdpa": timed(sdpa, repeats)}
+    return {
+        "native": timed(ours(cache), repeats),
+        "native_int8": timed(ours(int8_cache), repeats),
+        "sdpa": timed(sdpa, repeats),
+    }
 
 
 def main() -> None:
@@ -127,20 +174,28 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "matmul_ms": matmuls(kernels, [1, 5, 8, 16, 32, 64], args.repeats),
         "decode_attention_ms": {
-            f"{s}x{c}": decode_attention(kernels, s, c, args.repeats)
+            f"{s}x{c}": {
+                name: decode_attention(kernels, s, c, args.repeats, dtype)
+                for name, dtype in (("bf16", torch.bfloat16), ("int8", torch.int8))
+            }
             for s, c in ((1, 640), (16, 320), (32, 320))
         },
         "prefill_attention_ms": {"512": prefill_attention(kernels, 512, args.repeats)},
+        "prefill_matmul_ms": prefill_matmuls([128, 512], args.repeats),
     }
     print(f"30 layers of SmolLM2-135M, q4 path {kernels.q4_path}, ms (median)")
     print(f"{'rows':>5} {'q4':>8} {'int4':>8} {'w8a8':>8}")
     for rows, t in report["matmul_ms"].items():
         print(f"{rows:>5} {t['q4']:>8.2f} {t['torch_int4']:>8.2f} {t['w8a8']:>8.2f}")
     for shape, ms in report["decode_attention_ms"].items():
-        print(f"decode attention {shape} positions: {ms:.2f} ms")
+        print(f"decode attention {shape} positions: bf16 cache {ms['bf16']:.2f} ms, "
+              f"int8 cache {ms['int8']:.2f} ms")  # fmt: skip
     prefill = report["prefill_attention_ms"]["512"]
-    print(f"prefill attention 512 tokens: native {prefill['native']:.1f} ms, "
-          f"SDPA {prefill['sdpa']:.1f} ms")  # fmt: skip
+    print(f"prefill attention 512 tokens: native {prefill['native']:.1f} ms (int8 cache "
+          f"{prefill['native_int8']:.1f}), SDPA {prefill['sdpa']:.1f} ms")  # fmt: skip
+    for rows, t in report["prefill_matmul_ms"].items():
+        print(f"prefill matmuls {rows} rows: w8a8 {t['w8a8']:.1f} ms, bf16 {t['bf16']:.1f} ms, "
+              f"fp32 {t['fp32']:.1f} ms")  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))

@@ -69,6 +69,7 @@ def make_engine(smollm, cache_dir: Path):  # type: ignore[no-untyped-def]
         max_num_seqs: int = 64,
         max_model_len: int | None = None,
         speculative: str = "ngram",
+        kv_cache_dtype: str = "auto",
     ) -> LLMEngine:
         config = EngineConfig(
             model="smollm2-135m",
@@ -79,6 +80,7 @@ def make_engine(smollm, cache_dir: Path):  # type: ignore[no-untyped-def]
                 block_size=block_size,
                 kv_cache_tokens=kv_cache_tokens,
                 enable_prefix_caching=enable_prefix_caching,
+                kv_cache_dtype=kv_cache_dtype,
             ),
             scheduler=SchedulerConfig(
                 max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from inferline.core.errors import InvalidParameterError
 from inferline.engine import CacheConfig
@@ -25,8 +26,14 @@ def test_unknown_kv_cache_dtype_names_the_field() -> None:
 def test_a_bf16_cache_holds_twice_the_tokens(smollm) -> None:  # type: ignore[no-untyped-def]
     config: ModelConfig = smollm.config
     cache = CacheConfig(kv_cache_gib=0.25)
-    fp32_blocks = cache.num_blocks(config.kv_bytes_per_token(4))
-    assert cache.num_blocks(config.kv_bytes_per_token(2)) in (2 * fp32_blocks, 2 * fp32_blocks + 1)
+    fp32_blocks = cache.num_blocks(config.kv_bytes_per_token(torch.float32))
+    assert cache.num_blocks(config.kv_bytes_per_token(torch.bfloat16)) in (
+        2 * fp32_blocks,
+        2 * fp32_blocks + 1,
+    )
+    # int8 rows carry a 4-byte scale each: 68 bytes per 64 values against bf16's 128
+    int8_tokens = cache.num_blocks(config.kv_bytes_per_token(torch.int8))
+    assert int8_tokens == pytest.approx(4 * fp32_blocks * 64 / 68, abs=1)
 
 
 def test_the_pool_holds_no_more_than_the_sequences_can_fill() -> None:

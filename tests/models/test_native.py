@@ -10,10 +10,26 @@ import torch.nn.functional as F
 
 from inferline import SamplingParams
 from inferline.engine import model_runner
+from inferline.models.kv_layout import read_rows, row_width, write_rows
 from inferline.models.llama import apply_rotary
 from inferline.models.native import NativeKernels, load_kernels
 from inferline.models.quant import Int8Rows, int8_linear, int8_matmul, quantize_int8
 from tests.conftest import run_to_completion
+
+CACHE_DTYPES = [torch.float32, torch.bfloat16, torch.int8]
+
+
+def random_cache(
+    slots: int, kv_heads: int, head_dim: int, dtype: torch.dtype, gen: torch.Generator
+) -> torch.Tensor:
+    """A layer's K/V cache ``[2, slots, kv_heads, width]`` of random values."""
+    values = torch.randn(2, slots, kv_heads, head_dim, generator=gen)
+    if dtype != torch.int8:
+        return values.to(dtype)
+    cache = torch.empty(2, slots, kv_heads, row_width(head_dim, dtype), dtype=dtype)
+    for half in (0, 1):
+        write_rows(cache[half], torch.arange(slots), values[half])
+    return cache
 
 
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
@@ -35,7 +51,7 @@ def test_add_rms_norm_matches_torch(
     torch.testing.assert_close(out.float(), expected.float(), rtol=tolerance, atol=tolerance)
 
 
-@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cache_dtype", CACHE_DTYPES)
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_rope_store_kv_rotates_and_writes_the_cache(
     kernels: NativeKernels, with_bias: bool, cache_dtype: torch.dtype
@@ -48,7 +64,7 @@ def test_rope_store_kv_rotates_and_writes_the_cache(
     cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
     positions = torch.tensor([0, 7, 8, 50, 99])
     slots = torch.tensor([3, 11, 0, 20, 31])
-    cache = torch.zeros(2, 32, kv_heads, head_dim, dtype=cache_dtype)
+    cache = torch.zeros(2, 32, kv_heads, row_width(head_dim, cache_dtype), dtype=cache_dtype)
     q = kernels.rope_store_kv(
         qkv, bias, (heads, kv_heads, head_dim), positions, cos, sin, slots, cache
     )
@@ -61,8 +77,18 @@ def test_rope_store_kv_rotates_and_writes_the_cache(
     )
     torch.testing.assert_close(q, rotated[:, :heads], rtol=1e-6, atol=1e-6)
     keys, values = rotated[:, heads:], full[:, qk_size:].view(rows, kv_heads, head_dim)
-    torch.testing.assert_close(cache[0][slots], keys.to(cache_dtype), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(cache[1][slots], values.to(cache_dtype), rtol=0, atol=0)
+    if cache_dtype == torch.int8:  # the torch path's rows, byte for byte (within 1 ulp)
+        expected = torch.zeros_like(cache)
+        write_rows(expected[0], slots, keys)
+        write_rows(expected[1], slots, values)
+        stored = read_rows(cache[0], slots, torch.float32)
+        step = keys.abs().amax(-1, keepdim=True) / 127  # a value is within half a step
+        assert ((stored - keys).abs() <= step * 0.5001).all()
+        assert (cache[1] == expected[1]).all()
+        assert (cache[0].int() - expected[0].int()).abs().max() <= 1  # rotated k: 1e-6 apart
+    else:
+        torch.testing.assert_close(cache[0][slots], keys.to(cache_dtype), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(cache[1][slots], values.to(cache_dtype), rtol=0, atol=0)
     untouched = torch.ones(32, dtype=torch.bool)
     untouched[slots] = False
     assert cache[:, untouched].abs().sum() == 0
@@ -74,7 +100,7 @@ SHAPES = [(9, 3, 64, 16), (14, 2, 64, 16), (8, 2, 128, 32), (6, 6, 80, 16)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cache_dtype", CACHE_DTYPES)
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
 def test_decode_attention_matches_sdpa_over_gathered_keys(
     kernels: NativeKernels,
@@ -84,7 +110,7 @@ def test_decode_attention_matches_sdpa_over_gathered_keys(
 ) -> None:
     heads, kv_heads, head_dim, block_size = shape
     gen = torch.Generator().manual_seed(2)
-    cache = torch.randn(2, 40 * block_size, kv_heads, head_dim, generator=gen).to(cache_dtype)
+    cache = random_cache(40 * block_size, kv_heads, head_dim, cache_dtype, gen)
     context_lens = [1, 17, 300, 128]
     tables = [torch.randperm(40, generator=gen)[: -(-n // block_size)] for n in context_lens]
     block_tables = torch.zeros(4, max(len(t) for t in tables), dtype=torch.int32)
@@ -107,7 +133,7 @@ def test_decode_attention_matches_sdpa_over_gathered_keys(
         positions = torch.arange(n)
         blocks = block_tables[i].long()[positions // block_size]
         slots = blocks * block_size + positions % block_size
-        k, v = (cache[i][slots].float().transpose(0, 1) for i in (0, 1))
+        k, v = (read_rows(cache[i], slots, torch.float32).transpose(0, 1) for i in (0, 1))
         expected = F.scaled_dot_product_attention(q[row].unsqueeze(1), k, v, enable_gqa=True)
         tolerance = 1e-5 if out_dtype == torch.float32 else 1e-2
         torch.testing.assert_close(
@@ -216,14 +242,14 @@ def test_quantized_native_path_keeps_the_torch_paths_perplexity(
     assert native <= reference * 1.03, (native, reference)
 
 
-@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cache_dtype", CACHE_DTYPES)
 def test_decode_attention_of_a_sequence_does_not_depend_on_the_batch(
     kernels: NativeKernels, cache_dtype: torch.dtype
 ) -> None:
     """Long contexts are split into spans per sequence, never by the batch's size."""
     heads, kv_heads, head_dim, block_size = 9, 3, 64, 16
     gen = torch.Generator().manual_seed(5)
-    cache = torch.randn(2, 64 * block_size, kv_heads, head_dim, generator=gen).to(cache_dtype)
+    cache = random_cache(64 * block_size, kv_heads, head_dim, cache_dtype, gen)
     lens = torch.tensor([700, 5, 300, 64] * 2, dtype=torch.int32)[:6]
     tables = torch.stack([torch.randperm(64, generator=gen)[:44] for _ in range(6)]).int()
     q = torch.randn(6, heads, head_dim, generator=gen)
@@ -242,14 +268,14 @@ def test_decode_attention_of_a_sequence_does_not_depend_on_the_batch(
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cache_dtype", CACHE_DTYPES)
 def test_prefill_attention_matches_causal_sdpa(
     kernels: NativeKernels, cache_dtype: torch.dtype, shape: tuple[int, int, int, int]
 ) -> None:
     """Chunks from position 0 and after earlier context, partial row blocks, gaps."""
     heads, kv_heads, head_dim, block_size = shape
     gen = torch.Generator().manual_seed(6)
-    cache = torch.randn(2, 48 * block_size, kv_heads, head_dim, generator=gen).to(cache_dtype)
+    cache = random_cache(48 * block_size, kv_heads, head_dim, cache_dtype, gen)
     chunks = torch.tensor([[0, 0, 37], [40, 150, 60], [100, 5, 16]])  # row, position, count
     tables = torch.stack([torch.randperm(48, generator=gen)[:16] for _ in range(3)]).int()
     q = torch.randn(120, heads, head_dim, generator=gen)
@@ -263,7 +289,7 @@ def test_prefill_attention_matches_causal_sdpa(
     for (row, start, count), table in zip(chunks.tolist(), tables, strict=True):
         positions = torch.arange(start + count)
         slots = table.long()[positions // block_size] * block_size + positions % block_size
-        k, v = (cache[i][slots].float().transpose(0, 1) for i in (0, 1))  # [kvh, K, D]
+        k, v = (read_rows(cache[i], slots, torch.float32).transpose(0, 1) for i in (0, 1))
         rows = q[row : row + count].transpose(0, 1)  # [heads, count, D]
         mask = positions[None, :] <= (start + torch.arange(count))[:, None]
         expected = F.scaled_dot_product_attention(rows, k, v, attn_mask=mask, enable_gqa=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from inferline.core.errors import InvalidParameterError
 from inferline.engine.speculative import SpeculativeConfig
+from inferline.models.kv_layout import KV_DTYPES
 
 _GIB = 1024**3
 
@@ -52,9 +53,10 @@ class CacheConfig:
             )
         _require_positive("kv_cache_gib", self.kv_cache_gib)
         _require_positive("kv_cache_tokens", self.kv_cache_tokens)
-        if self.kv_cache_dtype not in ("auto", "float32", "bfloat16"):
+        if self.kv_cache_dtype not in ("auto", *KV_DTYPES):
             raise InvalidParameterError(
-                f"kv_cache_dtype must be auto, float32 or bfloat16, got {self.kv_cache_dtype!r}",
+                "kv_cache_dtype must be auto, float32, bfloat16 or int8, "
+                f"got {self.kv_cache_dtype!r}",
                 "kv_cache_dtype",
             )
 

@@ -1,9 +1,11 @@
-"""The paged KV cache tensor: ``[num_layers, 2, num_blocks * block_size, kv_heads, head_dim]``."""
+"""The paged KV cache tensor: ``[num_layers, 2, num_blocks * block_size, kv_heads, width]``
+(``width``: head_dim, or head_dim + 4 for int8 rows and their scales; `models.kv_layout`)."""
 
 from __future__ import annotations
 
 import torch
 
+from inferline.models import kv_layout
 from inferline.models.config import ModelConfig
 
 
@@ -29,7 +31,7 @@ class KVCache:
             2,
             num_blocks * block_size,
             config.num_kv_heads,
-            config.head_dim,
+            kv_layout.row_width(config.head_dim, dtype),
         )
         # Allocated, not written: the pages of blocks never used stay out of resident memory
         # (a 1 GiB budget costs what the traffic uses). Only block 0 is zeroed: padded key

@@ -66,7 +66,7 @@ class LLMEngine:
             model_config.max_position_embeddings,
         )
         kv_dtype = getattr(torch, config.cache.resolve_dtype(weight_format))
-        kv_bytes = model_config.kv_bytes_per_token(kv_dtype.itemsize)
+        kv_bytes = model_config.kv_bytes_per_token(kv_dtype)
         num_blocks = config.cache.num_blocks(
             kv_bytes, config.scheduler.max_num_seqs, self.max_model_len
         )

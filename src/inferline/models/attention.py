@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from inferline.models.kv_layout import read_rows, write_rows
+
 
 @dataclass
 class AttentionGroup:
@@ -93,15 +95,15 @@ def paged_attention(
     query: torch.Tensor,  # [T, num_heads, head_dim]
     key: torch.Tensor,  # [T, num_kv_heads, head_dim]
     value: torch.Tensor,  # [T, num_kv_heads, head_dim]
-    kv_cache: torch.Tensor,  # [2, num_slots, num_kv_heads, head_dim]
+    kv_cache: torch.Tensor,  # [2, num_slots, num_kv_heads, width] (kv_layout)
     metadata: AttentionMetadata,
 ) -> torch.Tensor:
     """Writes this step's K/V into the cache, then attends over each request's context.
 
     Returns ``[T, num_heads * head_dim]``.
     """
-    kv_cache[0].index_copy_(0, metadata.slot_mapping, key.to(kv_cache.dtype))
-    kv_cache[1].index_copy_(0, metadata.slot_mapping, value.to(kv_cache.dtype))
+    write_rows(kv_cache[0], metadata.slot_mapping, key)
+    write_rows(kv_cache[1], metadata.slot_mapping, value)
     num_tokens, num_heads, head_dim = query.shape
     out = query.new_empty(num_tokens, num_heads * head_dim)
     attend_groups(query, kv_cache, metadata.groups, out)
@@ -110,7 +112,7 @@ def paged_attention(
 
 def attend_groups(
     query: torch.Tensor,  # [T, num_heads, head_dim]
-    kv_cache: torch.Tensor,  # [2, num_slots, num_kv_heads, head_dim] with this step's K/V
+    kv_cache: torch.Tensor,  # [2, num_slots, num_kv_heads, width] with this step's K/V
     groups: list[AttentionGroup],
     out: torch.Tensor,  # [T, num_heads * head_dim]: the groups' rows are filled here
 ) -> None:
@@ -118,8 +120,8 @@ def attend_groups(
     num_heads, head_dim = query.shape[1:]
     for group in groups:
         q = query[group.query_token_index].transpose(1, 2)  # [G, H, Q, D]
-        k = kv_cache[0][group.key_slots].to(query.dtype).transpose(1, 2)  # [G, KVH, K, D]
-        v = kv_cache[1][group.key_slots].to(query.dtype).transpose(1, 2)  # [G, KVH, K, D]
+        k = read_rows(kv_cache[0], group.key_slots, query.dtype).transpose(1, 2)  # [G, KVH, K, D]
+        v = read_rows(kv_cache[1], group.key_slots, query.dtype).transpose(1, 2)  # [G, KVH, K, D]
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=group.mask, enable_gqa=True)
         tile = o.transpose(1, 2).reshape(-1, num_heads * head_dim)  # [G * Q, H * D]
         tile = tile.index_select(0, group.tile_index)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from inferline.core.errors import ModelLoadError
+from inferline.models import kv_layout
 
 
 @dataclass(frozen=True)
@@ -41,9 +44,11 @@ class ModelConfig:
         if self.head_dim % 2 != 0:
             raise ModelLoadError(f"head_dim must be even for RoPE, got {self.head_dim}")
 
-    def kv_bytes_per_token(self, element_size: int = 4) -> int:
-        """Bytes of K and V one token takes over all layers (``element_size``: 4 for fp32)."""
-        return self.num_layers * 2 * self.num_kv_heads * self.head_dim * element_size
+    def kv_bytes_per_token(self, dtype: torch.dtype = torch.float32) -> int:
+        """Bytes of K and V one token takes over all layers in a cache of ``dtype``
+        (an int8 cache's rows carry their scales: `kv_layout`)."""
+        width = kv_layout.row_width(self.head_dim, dtype)
+        return self.num_layers * 2 * self.num_kv_heads * width * dtype.itemsize
 
     def projection_shapes(self) -> dict[str, tuple[int, int]]:
         """``(in_features, out_features)`` of each decoder layer's fused projection."""

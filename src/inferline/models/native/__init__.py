@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from inferline.models.kv_layout import cache_kind
 from inferline.models.native.build import compiled, compiler
 from inferline.models.quant import Int8Rows, Int32Product
 
@@ -164,7 +165,7 @@ class NativeKernels:
         cos: torch.Tensor,  # [max_positions, head_dim]
         sin: torch.Tensor,
         slots: torch.Tensor,  # [T] int64
-        kv_cache: torch.Tensor,  # [2, num_slots, kv_heads, head_dim] float32 or bf16
+        kv_cache: torch.Tensor,  # [2, num_slots, kv_heads, width] (`kv_layout`)
     ) -> torch.Tensor:
         """Writes rotated k and v to the cache; returns rotated q ``[T, heads, head_dim]``."""
         heads, kv_heads, head_dim = shape
@@ -172,7 +173,7 @@ class NativeKernels:
         q = torch.empty(rows, heads, head_dim)
         self.lib.rope_store_kv(
             rows, heads, kv_heads, head_dim, *_source(qkv), _p(bias), _p(positions),
-            _p(cos), _p(sin), _p(slots), _p(kv_cache[0]), _p(kv_cache[1]), _is_bf16(kv_cache),
+            _p(cos), _p(sin), _p(slots), _p(kv_cache[0]), _p(kv_cache[1]), cache_kind(kv_cache),
             _p(q),
         )  # fmt: skip
         return q
@@ -180,7 +181,7 @@ class NativeKernels:
     def decode_attention(
         self,
         q: torch.Tensor,  # [T, heads, head_dim] float32
-        kv_cache: torch.Tensor,  # [2, num_slots, kv_heads, head_dim] float32 or bf16
+        kv_cache: torch.Tensor,  # [2, num_slots, kv_heads, width] (`kv_layout`)
         block_tables: torch.Tensor,  # [S, max_blocks] int32
         context_lens: torch.Tensor,  # [S] int32
         token_rows: torch.Tensor,  # [S] int64: each sequence's row of q and out
@@ -192,7 +193,7 @@ class NativeKernels:
         kv_heads = kv_cache.shape[2]
         status = self.lib.decode_attention(
             token_rows.shape[0], heads, kv_heads, head_dim, _p(q), _p(kv_cache[0]),
-            _p(kv_cache[1]), _is_bf16(kv_cache), _p(block_tables), block_tables.shape[1],
+            _p(kv_cache[1]), cache_kind(kv_cache), _p(block_tables), block_tables.shape[1],
             _p(context_lens), _p(token_rows), block_size, head_dim**-0.5, _p(out), _is_bf16(out),
         )  # fmt: skip
         if status != 0:
@@ -206,7 +207,7 @@ class NativeKernels:
     def prefill_attention(
         self,
         q: torch.Tensor,  # [T, heads, head_dim] float32
-        kv_cache: torch.Tensor,  # [2, num_slots, kv_heads, head_dim] float32 or bf16
+        kv_cache: torch.Tensor,  # [2, num_slots, kv_heads, width] (`kv_layout`)
         chunks: torch.Tensor,  # [C, 3] int64: first row, first position, token count
         block_tables: torch.Tensor,  # [C, max_blocks] int32
         block_size: int,
@@ -219,7 +220,7 @@ class NativeKernels:
         kv_heads = kv_cache.shape[2]
         status = self.lib.prefill_attention(
             chunks.shape[0], heads, kv_heads, head_dim, _p(q), _p(kv_cache[0]),
-            _p(kv_cache[1]), _is_bf16(kv_cache), _p(block_tables), block_tables.shape[1],
+            _p(kv_cache[1]), cache_kind(kv_cache), _p(block_tables), block_tables.shape[1],
             _p(chunks), block_size, head_dim**-0.5, _p(out), _is_bf16(out),
         )  # fmt: skip
         return status == 0

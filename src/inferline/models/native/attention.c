@@ -5,9 +5,10 @@
  *                          its context_lens[s] cached positions, found through block_tables
  *                          [num_seqs, max_blocks] (slot = block * block_size + position %
  *                          block_size); output rows token_rows[s] of out [*, heads * head_dim]
- *                          (float32 or bf16). The cache is [num_slots, kv_heads, head_dim],
- *                          float32 or bf16. Returns -1 (computing nothing) if heads /
- *                          kv_heads > MAX_GROUP.
+ *                          (float32 or bf16). The cache is [num_slots, kv_heads,
+ *                          head_stride], float32, bf16 or int8 with a scale per row
+ *                          (cache_kind: CACHE_*, kernels_common.h). Returns -1 (computing
+ *                          nothing) if heads / kv_heads > MAX_GROUP.
  *
  * With AVX-512 and head_dim 64 or 128, a task is a span of up to SPAN_KEYS positions of
  * one sequence for all its heads: it reads each cache slot's rows of every kv head together
@@ -37,8 +38,13 @@
  * constant at the call sites that matter, so the dot products unroll into vector FMAs.
  */
 ALWAYS_INLINE void cache_row(float *restrict dst, const void *base, int64_t offset, int n,
-                             const int bf16) {
-    if (bf16) {
+                             const int kind) {
+    if (kind == CACHE_I8) {
+        const int8_t *src = (const int8_t *)base + offset;
+        float scale = cache_row_scale(base, offset, n);
+#pragma omp simd
+        for (int i = 0; i < n; i++) dst[i] = (float)src[i] * scale;
+    } else if (kind == CACHE_BF16) {
         const uint16_t *src = (const uint16_t *)base + offset;
 #pragma omp simd
         for (int i = 0; i < n; i++) dst[i] = bf16_to_f32(src[i]);
@@ -47,7 +53,7 @@ ALWAYS_INLINE void cache_row(float *restrict dst, const void *base, int64_t offs
     }
 }
 
-ALWAYS_INLINE void attend_kv_head(int group, const int head_dim, const int bf16, const float *qs,
+ALWAYS_INLINE void attend_kv_head(int group, const int head_dim, const int kind, const float *qs,
                                   const void *k_cache, const void *v_cache, int64_t head_offset,
                                   int64_t slot_stride, const int32_t *table, int ctx,
                                   int block_size, float scale, float *scores, float *acc) {
@@ -57,7 +63,7 @@ ALWAYS_INLINE void attend_kv_head(int group, const int head_dim, const int bf16,
         int64_t first = (int64_t)table[b] * block_size;
         int n = ctx - j < block_size ? ctx - j : block_size;
         for (int i = 0; i < n; i++, j++) {
-            cache_row(kv, k_cache, (first + i) * slot_stride + head_offset, head_dim, bf16);
+            cache_row(kv, k_cache, (first + i) * slot_stride + head_offset, head_dim, kind);
             for (int g = 0; g < group; g++) {
                 const float *qg = qs + g * head_dim;
                 float sum = 0.0f;
@@ -84,7 +90,7 @@ ALWAYS_INLINE void attend_kv_head(int group, const int head_dim, const int bf16,
         int64_t first = (int64_t)table[b] * block_size;
         int n = ctx - j < block_size ? ctx - j : block_size;
         for (int i = 0; i < n; i++, j++) {
-            cache_row(kv, v_cache, (first + i) * slot_stride + head_offset, head_dim, bf16);
+            cache_row(kv, v_cache, (first + i) * slot_stride + head_offset, head_dim, kind);
             for (int g = 0; g < group; g++) {
                 float p = scores[g * ctx + j], *a = acc + g * head_dim;
 #pragma omp simd
@@ -100,35 +106,37 @@ ALWAYS_INLINE void attend_kv_head(int group, const int head_dim, const int bf16,
 
 /* The plain path: one task per (sequence, kv head), a key at a time (any head_dim). */
 static int decode_attention_plain(int64_t num_seqs, int heads, int kv_heads, int head_dim, const float *q,
-                     const void *k_cache, const void *v_cache, int cache_bf16,
+                     const void *k_cache, const void *v_cache, int cache_kind,
                      const int32_t *block_tables,
                      int max_blocks, const int32_t *context_lens, const int64_t *token_rows,
                      int block_size, float scale, void *out, int out_bf16) {
-    int group = heads / kv_heads;
+    int group = heads / kv_heads, head_stride = cache_head_stride(head_dim, cache_kind);
     if (group > MAX_GROUP) return -1;
-    int64_t tasks = num_seqs * kv_heads, slot_stride = (int64_t)kv_heads * head_dim;
+    int64_t tasks = num_seqs * kv_heads, slot_stride = (int64_t)kv_heads * head_stride;
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; task++) {
         int64_t s = task / kv_heads;
         int kvh = (int)(task % kv_heads), ctx = context_lens[s];
         const int32_t *table = block_tables + s * max_blocks;
         const float *qs = q + token_rows[s] * heads * head_dim + kvh * group * head_dim;
-        int64_t head_offset = (int64_t)kvh * head_dim;
+        int64_t head_offset = (int64_t)kvh * head_stride;
         float *scores = malloc(sizeof(float) * (size_t)group * (size_t)ctx);
         float acc[group * head_dim];
-#define ATTEND(HEAD_DIM, BF16)                                                                 \
-    attend_kv_head(group, HEAD_DIM, BF16, qs, k_cache, v_cache, head_offset, slot_stride, table, \
+#define ATTEND(HEAD_DIM, KIND)                                                                 \
+    attend_kv_head(group, HEAD_DIM, KIND, qs, k_cache, v_cache, head_offset, slot_stride, table, \
                    ctx, block_size, scale, scores, acc)
-        if (head_dim == 64 && cache_bf16)
-            ATTEND(64, 1);
-        else if (head_dim == 64)
-            ATTEND(64, 0);
-        else if (head_dim == 128 && cache_bf16)
-            ATTEND(128, 1);
-        else if (cache_bf16)
-            ATTEND(head_dim, 1);
-        else
-            ATTEND(head_dim, 0);
+#define ATTEND_KINDS(HEAD_DIM)                                                                 \
+    if (cache_kind == CACHE_I8) ATTEND(HEAD_DIM, CACHE_I8);                                    \
+    else if (cache_kind == CACHE_BF16) ATTEND(HEAD_DIM, CACHE_BF16);                           \
+    else ATTEND(HEAD_DIM, CACHE_F32)
+        if (head_dim == 64) {
+            ATTEND_KINDS(64);
+        } else if (head_dim == 128) {
+            ATTEND_KINDS(128);
+        } else {
+            ATTEND_KINDS(head_dim);
+        }
+#undef ATTEND_KINDS
 #undef ATTEND
         int64_t offset = token_rows[s] * heads * head_dim + (int64_t)kvh * group * head_dim;
         store_span(out, offset, acc, group * head_dim, out_bf16);
@@ -170,10 +178,11 @@ ALWAYS_INLINE __m512 sum_lanes16(const __m512 *v) {
  * Scores of n <= RUN keys (consecutive slots from `slot`) for heads [h0, h0 + SG) of kv
  * head kvh, scaled, into scores[h][0..RUN) (lanes past n: -inf). C = head_dim / 16.
  */
-ALWAYS_INLINE void score_run(const int C, const int SG, const int bf16, const PagedAttention *p,
+ALWAYS_INLINE void score_run(const int C, const int SG, const int kind, const PagedAttention *p,
                              const float *qs, int kvh, int h0, int64_t slot, int n,
                              float *scores) {
     __m512 qv[4][8], dots[4][RUN]; /* SG <= 4, C <= 8: fixed sizes, kept in registers */
+    float key_scales[RUN] = {0};
     for (int g = 0; g < SG; g++)
         for (int c = 0; c < C; c++) qv[g][c] = _mm512_loadu_ps(qs + (h0 + g) * C * 16 + 16 * c);
     for (int i = 0; i < RUN; i++) {
@@ -182,8 +191,9 @@ ALWAYS_INLINE void score_run(const int C, const int SG, const int bf16, const Pa
             continue;
         }
         __m512 k[8];
-        int64_t offset = (slot + i) * p->slot_stride + (int64_t)kvh * C * 16;
-        for (int c = 0; c < C; c++) k[c] = load16(p->k_cache, offset + 16 * c, bf16);
+        int64_t offset = (slot + i) * p->slot_stride + (int64_t)kvh * p->head_stride;
+        for (int c = 0; c < C; c++) k[c] = load16(p->k_cache, offset + 16 * c, kind);
+        if (kind == CACHE_I8) key_scales[i] = cache_row_scale(p->k_cache, offset, C * 16);
         for (int g = 0; g < SG; g++) {
             __m512 d = _mm512_mul_ps(qv[g][0], k[0]);
             for (int c = 1; c < C; c++) d = _mm512_fmadd_ps(qv[g][c], k[c], d);
@@ -191,14 +201,16 @@ ALWAYS_INLINE void score_run(const int C, const int SG, const int bf16, const Pa
         }
     }
     __mmask16 valid = (__mmask16)((1u << n) - 1);
+    __m512 scale = _mm512_set1_ps(p->scale);
+    if (kind == CACHE_I8) scale = _mm512_mul_ps(scale, _mm512_loadu_ps(key_scales));
     for (int g = 0; g < SG; g++) {
-        __m512 s = _mm512_mul_ps(sum_lanes16(dots[g]), _mm512_set1_ps(p->scale));
+        __m512 s = _mm512_mul_ps(sum_lanes16(dots[g]), scale);
         _mm512_storeu_ps(scores + (h0 + g) * RUN, _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), valid, s));
     }
 }
 
 /* acc[h] += sum_i weights[h][i] * v[slot + i] for heads [h0, h0 + SG) of kv head kvh. */
-ALWAYS_INLINE void add_values(const int C, const int SG, const int bf16, const PagedAttention *p,
+ALWAYS_INLINE void add_values(const int C, const int SG, const int kind, const PagedAttention *p,
                               int kvh, int h0, int64_t slot, int n, const float *weights,
                               float *acc) {
     __m512 a[4][8];
@@ -206,10 +218,11 @@ ALWAYS_INLINE void add_values(const int C, const int SG, const int bf16, const P
         for (int c = 0; c < C; c++) a[g][c] = _mm512_loadu_ps(acc + (h0 + g) * C * 16 + 16 * c);
     for (int i = 0; i < n; i++) {
         __m512 v[8];
-        int64_t offset = (slot + i) * p->slot_stride + (int64_t)kvh * C * 16;
-        for (int c = 0; c < C; c++) v[c] = load16(p->v_cache, offset + 16 * c, bf16);
+        int64_t offset = (slot + i) * p->slot_stride + (int64_t)kvh * p->head_stride;
+        for (int c = 0; c < C; c++) v[c] = load16(p->v_cache, offset + 16 * c, kind);
+        float value_scale = kind == CACHE_I8 ? cache_row_scale(p->v_cache, offset, C * 16) : 1.0f;
         for (int g = 0; g < SG; g++) {
-            __m512 w = _mm512_set1_ps(weights[(h0 + g) * RUN + i]);
+            __m512 w = _mm512_set1_ps(weights[(h0 + g) * RUN + i] * value_scale);
             for (int c = 0; c < C; c++) a[g][c] = _mm512_fmadd_ps(w, v[c], a[g][c]);
         }
     }
@@ -253,8 +266,8 @@ static int span_runs(const PagedAttention *p, const int32_t *table, int begin, i
 
 /* Asks for a run's K (or V) rows of every kv head ahead of use (they are contiguous). */
 static void prefetch_run(const void *cache, int64_t slot, int n, int64_t slot_stride,
-                         int bf16) {
-    size_t width = bf16 ? 2 : 4;
+                         int kind) {
+    size_t width = kind == CACHE_I8 ? 1 : (kind == CACHE_BF16 ? 2 : 4);
     const char *first = (const char *)cache + (size_t)(slot * slot_stride) * width;
     size_t bytes = (size_t)(n * slot_stride) * width;
     for (size_t b = 0; b < bytes; b += 64) _mm_prefetch(first + b, _MM_HINT_T1);
@@ -264,7 +277,7 @@ static void prefetch_run(const void *cache, int64_t slot, int n, int64_t slot_st
 
 /* Positions [begin, end) of sequence s, all heads: scores, one softmax per head over the
  * span, then the weighted values. SG: heads per pass over a kv head's keys. */
-ALWAYS_INLINE void attend_span(const int C, const int SG, const int bf16, const PagedAttention *p,
+ALWAYS_INLINE void attend_span(const int C, const int SG, const int kind, const PagedAttention *p,
                                int64_t s, int begin, int end, SpanState *state) {
     int heads = p->heads, group = p->group, head_dim = C * 16;
     const float *qs = p->q + p->token_rows[s] * heads * head_dim;
@@ -273,13 +286,13 @@ ALWAYS_INLINE void attend_span(const int C, const int SG, const int bf16, const 
     int counts[MAX_RUNS];
     int runs = span_runs(p, table, begin, end, slots, counts);
     float scores[heads * runs * RUN], weights[heads * RUN];
-    for (int r = 0; r < runs; r++) prefetch_run(p->k_cache, slots[r], counts[r], p->slot_stride, bf16);
-    for (int r = 0; r < runs; r++) prefetch_run(p->v_cache, slots[r], counts[r], p->slot_stride, bf16);
+    for (int r = 0; r < runs; r++) prefetch_run(p->k_cache, slots[r], counts[r], p->slot_stride, kind);
+    for (int r = 0; r < runs; r++) prefetch_run(p->v_cache, slots[r], counts[r], p->slot_stride, kind);
     for (int r = 0; r < runs; r++) {
         for (int kvh = 0; kvh < p->kv_heads; kvh++) {
             for (int g = 0; g < group; g += SG) {
                 int h0 = kvh * group + g;
-#define SCORE(N) score_run(C, N, bf16, p, qs, kvh, h0, slots[r], counts[r], weights)
+#define SCORE(N) score_run(C, N, kind, p, qs, kvh, h0, slots[r], counts[r], weights)
                 switch (group - g < SG ? group - g : SG) {
                 case 4: SCORE(4); break;
                 case 3: SCORE(3); break;
@@ -301,7 +314,7 @@ ALWAYS_INLINE void attend_span(const int C, const int SG, const int bf16, const 
         for (int kvh = 0; kvh < p->kv_heads; kvh++) {
             for (int g = 0; g < group; g += SG) {
                 int h0 = kvh * group + g;
-#define ADD(N) add_values(C, N, bf16, p, kvh, h0, slots[r], counts[r], weights, state->acc)
+#define ADD(N) add_values(C, N, kind, p, kvh, h0, slots[r], counts[r], weights, state->acc)
                 switch (group - g < SG ? group - g : SG) {
                 case 4: ADD(4); break;
                 case 3: ADD(3); break;
@@ -314,12 +327,18 @@ ALWAYS_INLINE void attend_span(const int C, const int SG, const int bf16, const 
     }
 }
 
-static void attend_span_any(const PagedAttention *p, int bf16, int64_t s, int begin, int end,
+static void attend_span_any(const PagedAttention *p, int kind, int64_t s, int begin, int end,
                             SpanState *state) {
-    if (p->head_dim == 64 && bf16) attend_span(4, 4, 1, p, s, begin, end, state);
-    else if (p->head_dim == 64) attend_span(4, 4, 0, p, s, begin, end, state);
-    else if (bf16) attend_span(8, 2, 1, p, s, begin, end, state);
-    else attend_span(8, 2, 0, p, s, begin, end, state);
+#define SPAN(C, SG)                                                                            \
+    if (kind == CACHE_I8) attend_span(C, SG, CACHE_I8, p, s, begin, end, state);               \
+    else if (kind == CACHE_BF16) attend_span(C, SG, CACHE_BF16, p, s, begin, end, state);      \
+    else attend_span(C, SG, CACHE_F32, p, s, begin, end, state)
+    if (p->head_dim == 64) {
+        SPAN(4, 4);
+    } else {
+        SPAN(8, 2);
+    }
+#undef SPAN
 }
 
 /* Merges sequence s's spans (their states consecutive from `first`) into its output row. */
@@ -346,7 +365,7 @@ static void merge_spans(const PagedAttention *p, SpanState *states, int64_t firs
 }
 
 static int decode_attention_spans(const PagedAttention *p, int64_t num_seqs,
-                                  const int32_t *context_lens, int cache_bf16, void *out,
+                                  const int32_t *context_lens, int cache_kind, void *out,
                                   int out_bf16) {
     int64_t *first = malloc(sizeof(int64_t) * (size_t)(num_seqs + 1));
     first[0] = 0;
@@ -369,7 +388,7 @@ static int decode_attention_spans(const PagedAttention *p, int64_t num_seqs,
         int64_t s = task_seq[t];
         int begin = (int)(t - first[s]) * SPAN_KEYS, end = begin + SPAN_KEYS;
         end = end < context_lens[s] ? end : context_lens[s];
-        attend_span_any(p, cache_bf16, s, begin, end, &states[t]);
+        attend_span_any(p, cache_kind, s, begin, end, &states[t]);
     }
 #pragma omp parallel for schedule(static) if (num_seqs >= 4)
     for (int64_t s = 0; s < num_seqs; s++)
@@ -383,20 +402,21 @@ static int decode_attention_spans(const PagedAttention *p, int64_t num_seqs,
 #endif
 
 int decode_attention(int64_t num_seqs, int heads, int kv_heads, int head_dim, const float *q,
-                     const void *k_cache, const void *v_cache, int cache_bf16,
+                     const void *k_cache, const void *v_cache, int cache_kind,
                      const int32_t *block_tables, int max_blocks, const int32_t *context_lens,
                      const int64_t *token_rows, int block_size, float scale, void *out,
                      int out_bf16) {
     if (heads / kv_heads > MAX_GROUP) return -1;
 #if defined(__AVX512F__)
     if (head_dim == 64 || head_dim == 128) {
+        int head_stride = cache_head_stride(head_dim, cache_kind);
         PagedAttention p = {heads, kv_heads, heads / kv_heads, head_dim, block_size, max_blocks,
-                            (int64_t)kv_heads * head_dim, q, k_cache, v_cache, block_tables,
-                            token_rows, scale};
-        return decode_attention_spans(&p, num_seqs, context_lens, cache_bf16, out, out_bf16);
+                            (int64_t)kv_heads * head_stride, head_stride, q, k_cache, v_cache,
+                            block_tables, token_rows, scale};
+        return decode_attention_spans(&p, num_seqs, context_lens, cache_kind, out, out_bf16);
     }
 #endif
     return decode_attention_plain(num_seqs, heads, kv_heads, head_dim, q, k_cache, v_cache,
-                                  cache_bf16, block_tables, max_blocks, context_lens,
+                                  cache_kind, block_tables, max_blocks, context_lens,
                                   token_rows, block_size, scale, out, out_bf16);
 }

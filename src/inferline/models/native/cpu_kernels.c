@@ -118,16 +118,17 @@ static inline void rotate(float *x, const float *cos, const float *sin, int head
 /*
  * qkv [rows, (heads + 2 * kv_heads) * head_dim] (+ bias) -> q_out [rows, heads, head_dim],
  * rotated; rotated k and plain v written to cache slot slots[t] of k_cache / v_cache
- * [num_slots, kv_heads, head_dim] (float32, or bf16 if cache_bf16). cos/sin tables are
- * [max_positions, head_dim].
+ * [num_slots, kv_heads, head_stride] (cache_kind: float32, bf16, or int8 rows with their
+ * scale; kernels_common.h). cos/sin tables are [max_positions, head_dim].
  */
 void rope_store_kv(int64_t rows, int heads, int kv_heads, int head_dim, const void *qkv,
                    int qkv_kind, const float *qkv_row_scales, const float *qkv_col_scales,
                    const float *bias, const int64_t *positions,
                    const float *cos_table, const float *sin_table, const int64_t *slots,
-                   void *k_cache, void *v_cache, int cache_bf16, float *q_out) {
+                   void *k_cache, void *v_cache, int cache_kind, float *q_out) {
     int width = (heads + 2 * kv_heads) * head_dim;
     int q_size = heads * head_dim, kv_size = kv_heads * head_dim;
+    int head_stride = cache_head_stride(head_dim, cache_kind);
 #pragma omp parallel for if (rows >= 64) schedule(static)
     for (int64_t t = 0; t < rows; t++) {
         float row[width];
@@ -138,8 +139,12 @@ void rope_store_kv(int64_t rows, int heads, int kv_heads, int head_dim, const vo
         const float *sin = sin_table + positions[t] * head_dim;
         for (int h = 0; h < heads + kv_heads; h++) rotate(row + h * head_dim, cos, sin, head_dim);
         memcpy(q_out + t * q_size, row, (size_t)q_size * sizeof(float));
-        store_span(k_cache, slots[t] * kv_size, row + q_size, kv_size, cache_bf16);
-        store_span(v_cache, slots[t] * kv_size, row + q_size + kv_size, kv_size, cache_bf16);
+        for (int h = 0; h < kv_heads; h++) {
+            int64_t offset = slots[t] * kv_heads * head_stride + (int64_t)h * head_stride;
+            store_cache_row(k_cache, offset, row + q_size + h * head_dim, head_dim, cache_kind);
+            store_cache_row(v_cache, offset, row + q_size + kv_size + h * head_dim, head_dim,
+                            cache_kind);
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 #ifndef INFERLINE_KERNELS_COMMON_H
 #define INFERLINE_KERNELS_COMMON_H
 #include <stdint.h>
+#include <math.h>
 #include <string.h>
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
@@ -57,12 +58,50 @@ ALWAYS_INLINE float fast_exp(float x) {
     return p * two_n;
 }
 
-/* Queries against a paged K/V cache [num_slots, kv_heads, head_dim] (decode and prefill
+/*
+ * The paged K/V cache's element kinds. A cache is [num_slots, kv_heads, head_stride]: float32
+ * or bf16 rows of head_dim values (head_stride = head_dim), or int8 rows of head_dim values
+ * followed by their float32 scale (4 bytes: head_stride = head_dim + 4), a value being
+ * int8 * scale, the scale max|x| / 127 of that slot's row for that kv head.
+ */
+enum { CACHE_F32 = 0, CACHE_BF16 = 1, CACHE_I8 = 2 };
+#define CACHE_I8_SCALE_BYTES 4
+
+/* Elements (bytes for int8) of one kv head's row of one slot. */
+static inline int cache_head_stride(int head_dim, int kind) {
+    return kind == CACHE_I8 ? head_dim + CACHE_I8_SCALE_BYTES : head_dim;
+}
+
+/* The scale of the int8 row that starts at element `offset` (head_dim values). */
+static inline float cache_row_scale(const void *cache, int64_t offset, int head_dim) {
+    float scale;
+    memcpy(&scale, (const int8_t *)cache + offset + head_dim, sizeof scale);
+    return scale;
+}
+
+/* One kv head's row of head_dim float32 values into the cache at element `offset`, as
+ * float32, bf16, or int8 with its scale (rounded half to even, as torch.round). */
+static inline void store_cache_row(void *cache, int64_t offset, const float *src, int head_dim,
+                                   int kind) {
+    if (kind != CACHE_I8) {
+        store_span(cache, offset, src, head_dim, kind == CACHE_BF16);
+        return;
+    }
+    float top = 0.0f;
+    for (int i = 0; i < head_dim; i++) top = top > fabsf(src[i]) ? top : fabsf(src[i]);
+    float scale = (top > 1e-30f ? top : 1e-30f) / 127.0f;
+    int8_t *d = (int8_t *)cache + offset;
+    for (int i = 0; i < head_dim; i++) d[i] = (int8_t)((src[i] / scale + 12582912.0f) - 12582912.0f);
+    memcpy(d + head_dim, &scale, sizeof scale);
+}
+
+/* Queries against a paged K/V cache [num_slots, kv_heads, head_stride] (decode and prefill
  * attention): slot = block_tables[seq][position / block_size] * block_size + position %
  * block_size. */
 typedef struct {
     int heads, kv_heads, group, head_dim, block_size, max_blocks;
-    int64_t slot_stride; /* kv_heads * head_dim: elements from one slot to the next */
+    int64_t slot_stride; /* kv_heads * head_stride: elements from one slot to the next */
+    int head_stride;     /* cache_head_stride: elements from one kv head's row to the next */
     const float *q;
     const void *k_cache, *v_cache;
     const int32_t *block_tables;
@@ -73,9 +112,14 @@ typedef struct {
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
-/* 16 float32 or bf16 values from base + offset, as float32. */
-ALWAYS_INLINE __m512 load16(const void *base, int64_t offset, const int bf16) {
-    if (bf16) {
+/* 16 float32, bf16 or int8 (kind: CACHE_*, unscaled) values from base + offset, as
+ * float32. */
+ALWAYS_INLINE __m512 load16(const void *base, int64_t offset, const int kind) {
+    if (kind == CACHE_I8) {
+        __m128i b = _mm_loadu_si128((const __m128i *)((const int8_t *)base + offset));
+        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+    }
+    if (kind == CACHE_BF16) {
         __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)base + offset));
         return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     }

@@ -35,12 +35,16 @@
 
 
 /* Keys [first, first + n) of a chunk (n <= KEY_RUN, inside one block) as float32 rows of
- * kv head kvh: keys[j * head_dim + d]. */
-ALWAYS_INLINE void load_keys(const int C, const int bf16, const void *cache, int64_t slot,
-                             int n, int64_t slot_stride, int kvh, float *keys) {
+ * kv head kvh: keys[j * head_dim + d] (int8 rows times their scale). */
+ALWAYS_INLINE void load_keys(const int C, const int kind, const PagedAttention *p,
+                             const void *cache, int64_t slot, int n, int kvh, float *keys) {
     for (int j = 0; j < n; j++) {
-        int64_t offset = (slot + j) * slot_stride + (int64_t)kvh * C * 16;
-        for (int c = 0; c < C; c++) _mm512_storeu_ps(keys + j * C * 16 + 16 * c, load16(cache, offset + 16 * c, bf16));
+        int64_t offset = (slot + j) * p->slot_stride + (int64_t)kvh * p->head_stride;
+        __m512 scale = _mm512_set1_ps(kind == CACHE_I8 ? cache_row_scale(cache, offset, C * 16) : 1.0f);
+        for (int c = 0; c < C; c++) {
+            __m512 k = load16(cache, offset + 16 * c, kind);
+            _mm512_storeu_ps(keys + j * C * 16 + 16 * c, kind == CACHE_I8 ? _mm512_mul_ps(k, scale) : k);
+        }
     }
 }
 
@@ -84,7 +88,7 @@ ALWAYS_INLINE void head_run(const int C, const float *qt, const float *keys, con
 }
 
 /* Task: rows [r0, r0 + rows) of a chunk, kv head kvh, all its query heads. */
-ALWAYS_INLINE void prefill_task(const int C, const int bf16, const PagedAttention *p,
+ALWAYS_INLINE void prefill_task(const int C, const int kind, const PagedAttention *p,
                                 const int64_t *chunk, const int32_t *table, int r0, int kvh,
                                 void *out, int out_bf16) {
     int head_dim = C * 16, group = p->group;
@@ -112,8 +116,8 @@ ALWAYS_INLINE void prefill_task(const int C, const int bf16, const PagedAttentio
         n = n < KEY_RUN ? n : KEY_RUN;
         n = n < last_pos + 1 - key0 ? n : last_pos + 1 - key0;
         int64_t slot = (int64_t)table[key0 / p->block_size] * p->block_size + offset;
-        load_keys(C, bf16, p->k_cache, slot, n, p->slot_stride, kvh, keys);
-        load_keys(C, bf16, p->v_cache, slot, n, p->slot_stride, kvh, values);
+        load_keys(C, kind, p, p->k_cache, slot, n, kvh, keys);
+        load_keys(C, kind, p, p->v_cache, slot, n, kvh, values);
         for (int g = 0; g < group; g++) {
             float *qg = qt + g * head_dim * ROWS, *og = out_t + g * head_dim * ROWS;
             if (n == KEY_RUN) /* a constant count: the loops over keys unroll */
@@ -148,15 +152,16 @@ int prefill_attention_supported(int heads, int kv_heads, int head_dim) {
 }
 
 int prefill_attention(int64_t num_chunks, int heads, int kv_heads, int head_dim, const float *q,
-                      const void *k_cache, const void *v_cache, int cache_bf16,
+                      const void *k_cache, const void *v_cache, int cache_kind,
                       const int32_t *block_tables, int max_blocks, const int64_t *chunks,
                       int block_size, float scale, void *out, int out_bf16) {
 #if defined(__AVX512F__)
     int group = heads / kv_heads;
     if (!prefill_attention_supported(heads, kv_heads, head_dim)) return -2;
+    int head_stride = cache_head_stride(head_dim, cache_kind);
     PagedAttention p = {heads, kv_heads, group, head_dim, block_size, max_blocks,
-                        (int64_t)kv_heads * head_dim, q, k_cache, v_cache, block_tables,
-                        NULL, scale};
+                        (int64_t)kv_heads * head_stride, head_stride, q, k_cache, v_cache,
+                        block_tables, NULL, scale};
     int64_t *first = malloc(sizeof(int64_t) * (size_t)(num_chunks + 1));
     first[0] = 0;
     for (int64_t c = 0; c < num_chunks; c++)
@@ -171,16 +176,22 @@ int prefill_attention(int64_t num_chunks, int heads, int kv_heads, int head_dim,
         int blocks = (int)((chunks[3 * c + 2] + ROWS - 1) / ROWS);
         int block = blocks - 1 - (int)(local / kv_heads), kvh = (int)(local % kv_heads);
         const int32_t *table = block_tables + c * max_blocks;
-        if (head_dim == 64 && cache_bf16) prefill_task(4, 1, &p, chunks + 3 * c, table, block * ROWS, kvh, out, out_bf16);
-        else if (head_dim == 64) prefill_task(4, 0, &p, chunks + 3 * c, table, block * ROWS, kvh, out, out_bf16);
-        else if (cache_bf16) prefill_task(8, 1, &p, chunks + 3 * c, table, block * ROWS, kvh, out, out_bf16);
-        else prefill_task(8, 0, &p, chunks + 3 * c, table, block * ROWS, kvh, out, out_bf16);
+#define TASK(C)                                                                                \
+    if (cache_kind == CACHE_I8) prefill_task(C, CACHE_I8, &p, chunks + 3 * c, table, block * ROWS, kvh, out, out_bf16); \
+    else if (cache_kind == CACHE_BF16) prefill_task(C, CACHE_BF16, &p, chunks + 3 * c, table, block * ROWS, kvh, out, out_bf16); \
+    else prefill_task(C, CACHE_F32, &p, chunks + 3 * c, table, block * ROWS, kvh, out, out_bf16)
+        if (head_dim == 64) {
+            TASK(4);
+        } else {
+            TASK(8);
+        }
+#undef TASK
     }
     free(first);
     return 0;
 #else
     (void)num_chunks, (void)heads, (void)kv_heads, (void)head_dim, (void)q, (void)k_cache;
-    (void)v_cache, (void)cache_bf16, (void)block_tables, (void)max_blocks, (void)chunks;
+    (void)v_cache, (void)cache_kind, (void)block_tables, (void)max_blocks, (void)chunks;
     (void)block_size, (void)scale, (void)out, (void)out_bf16;
     return -2;
 #endif
