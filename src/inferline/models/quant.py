@@ -248,7 +248,7 @@ def probe_int4_max_rows(
     for rows in probe_rows:
         x = torch.randn(rows, in_features)
         int4_s, int8_s = _fastest_of_two(
-            lambda x=x: run_4bit(x), lambda x=x: int8_linear(x, int8), repeats, evict
+            functools.partial(run_4bit, x), functools.partial(int8_linear, x, int8), repeats, evict
         )
         if int4_s >= int8_s:
             break
