@@ -10,6 +10,9 @@ usage (one variant per source tree, e.g. a copy of ``src`` taken before a change
     flock /tmp/bench.lock .venv/bin/python benchmarks/memory_lever.py \\
         --variant before=/tmp/before/src --variant after=src \\
         --scenarios a,b32 --repeats 2 --json OUT.json --md OUT.md
+Two settings of one tree: ``--variant bf16=src --variant int8=src --args
+int8="--kv-cache-dtype int8"`` (extra ``inferline serve`` flags per variant; the accuracy
+check follows ``--kv-cache-dtype``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import signal
 import statistics
 import subprocess
@@ -45,12 +49,15 @@ def _wait_ready(proc: subprocess.Popen[bytes], timeout_s: float = 300) -> float:
     raise RuntimeError("server did not start")
 
 
-def run_one(src: Path, scenario: str, model: str, out_dir: Path, tag: str) -> dict[str, Any]:
-    """One fresh server from ``src``, one bench run of ``scenario``; the merged figures."""
+def run_one(
+    src: Path, scenario: str, model: str, out_dir: Path, tag: str, extra: list[str]
+) -> dict[str, Any]:
+    """One fresh server from ``src`` (``extra`` serve flags), one bench run of
+    ``scenario``; the merged figures."""
     env = dict(os.environ, PYTHONPATH=str(src.resolve()), OMP_NUM_THREADS="2")
     log = (out_dir / f"{tag}.server.log").open("wb")
     server = subprocess.Popen(
-        [str(BIN / "inferline"), "serve", "--port", str(PORT), "--model", model],
+        [str(BIN / "inferline"), "serve", "--port", str(PORT), "--model", model, *extra],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -99,20 +106,22 @@ PROMPTS = (
 )
 
 
-def accuracy(model: str) -> dict[str, Any]:
-    """Perplexity (fp32 and the default format) and greedy agreement with fp32, for the
-    ``inferline`` on ``sys.path`` (run once per variant, in its own process)."""
+def accuracy(model: str, kv_cache_dtype: str = "auto") -> dict[str, Any]:
+    """Perplexity (fp32 and the default format, its KV cache ``kv_cache_dtype``) and greedy
+    agreement with fp32, for the ``inferline`` on ``sys.path`` (run once per variant, in
+    its own process)."""
     from inferline import SamplingParams
     from inferline.cli.main import default_cache_dir
-    from inferline.engine import EngineConfig, LLMEngine
+    from inferline.engine import CacheConfig, EngineConfig, LLMEngine
     from inferline.engine.evaluate import perplexity
 
     text = (REPO / "tests" / "models" / "data" / "perplexity_text.md").read_text()
     params = SamplingParams(max_tokens=32, temperature=0, ignore_eos=True)
     out: dict[str, Any] = {}
     for weight_format in ("fp32", "auto"):
+        cache = CacheConfig(kv_cache_dtype="auto" if weight_format == "fp32" else kv_cache_dtype)
         config = EngineConfig(
-            model=model, cache_dir=default_cache_dir(), weight_format=weight_format
+            model=model, cache_dir=default_cache_dir(), weight_format=weight_format, cache=cache
         )
         engine = LLMEngine(config)
         ids = engine.tokenizer.encode(text)[:1024]
@@ -163,12 +172,15 @@ def main() -> None:
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--md", type=Path)
     parser.add_argument("--accuracy", action="store_true", help="also the accuracy check")
+    parser.add_argument("--args", action="append", default=[], help='NAME="SERVE FLAGS"')
     parser.add_argument("--accuracy-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--kv-cache-dtype", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.accuracy_only:  # the child process of one variant
-        print(json.dumps(accuracy(args.model)))
+        print(json.dumps(accuracy(args.model, args.kv_cache_dtype)))
         return
     variants = dict(v.split("=", 1) for v in args.variant)
+    extra = {name: shlex.split(flags) for name, flags in (a.split("=", 1) for a in args.args)}
     raw_dir = args.json.with_suffix(".raw")
     raw_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, list[dict[str, Any]]]] = {v: {} for v in variants}
@@ -176,14 +188,18 @@ def main() -> None:
         for scenario in args.scenarios.split(","):
             for variant, src in variants.items():
                 tag = f"{variant}-{scenario}-{repeat}"
-                row = run_one(Path(src), scenario, args.model, raw_dir, tag)
+                row = run_one(Path(src), scenario, args.model, raw_dir, tag, extra.get(variant, []))
                 results[variant].setdefault(scenario, []).append(row)
                 print(tag, json.dumps(row), file=sys.stderr, flush=True)
     checks = {}
     for variant, src in variants.items() if args.accuracy else ():
         env = dict(os.environ, PYTHONPATH=str(Path(src).resolve()), OMP_NUM_THREADS="2")
+        flags = extra.get(variant, [])
+        kv_dtype = (
+            flags[flags.index("--kv-cache-dtype") + 1] if "--kv-cache-dtype" in flags else "auto"
+        )
         command = [str(BIN / "python"), __file__, "--accuracy-only", "--variant", "x=x",
-                   "--json", "-", "--model", args.model]  # fmt: skip
+                   "--json", "-", "--model", args.model, "--kv-cache-dtype", kv_dtype]  # fmt: skip
         result = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
         checks[variant] = json.loads(result.stdout.strip().splitlines()[-1])
         keys = ("perplexity_ratio", "greedy_agreement_with_fp32")
@@ -193,6 +209,7 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "model": args.model,
         "variants": variants,
+        "serve_args": extra,
         "results": results,
         "accuracy": checks,
     }

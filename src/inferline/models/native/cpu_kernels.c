@@ -58,8 +58,8 @@ static inline void store_row(void *dst, int kind, int64_t t, const float *src, i
     } else if (kind == KIND_I8) {
         float top = 0.0f;
 #pragma omp simd reduction(max : top)
-        for (int i = 0; i < n; i++) top = fmaxf(top, fabsf(src[i]));
-        float scale = fmaxf(top, 1e-8f) / 127.0f;
+        for (int i = 0; i < n; i++) top = larger(top, fabsf(src[i]));
+        float scale = larger(top, 1e-8f) / 127.0f;
         out_scales[t] = scale;
         int8_t *d = (int8_t *)dst + offset;
         /* adding and removing 1.5 * 2^23 rounds |v| <= 2^22 half to even, and vectorizes

@@ -17,6 +17,11 @@ static inline float bf16_to_f32(uint16_t h) {
     return f;
 }
 
+/* The larger / smaller of two floats (b ignored when NaN, as fmaxf / fminf) in a form that
+ * vectorizes: without -ffinite-math-only, GCC calls libm's fmaxf for every element. */
+static inline float larger(float a, float b) { return b > a ? b : a; }
+static inline float smaller(float a, float b) { return b < a ? b : a; }
+
 /* Round to nearest even, as torch does (NaN kept a quiet NaN). */
 static inline uint16_t f32_to_bf16(float f) {
     uint32_t u;

@@ -31,12 +31,13 @@
 #include <immintrin.h>
 #endif
 
+#include "kernels_common.h"
+
 #define Q4_GROUP 32
 #define Q4_TILE 16
 #define Q4_CODE_BYTES 256
 #define Q4_BLOCK_BYTES 320
 #define ROW_BLOCK 8
-#define ALWAYS_INLINE static inline __attribute__((always_inline))
 
 static inline uint16_t to_half(float f) {
     _Float16 h = (_Float16)f;
@@ -74,8 +75,8 @@ void q4_pack(int64_t n, int64_t k, const float *w, uint8_t *out) {
                 const float *src = w + (t * Q4_TILE + j) * k + g * Q4_GROUP;
                 float low = src[0], high = src[0];
                 for (int i = 1; i < Q4_GROUP; i++) {
-                    low = fminf(low, src[i]);
-                    high = fmaxf(high, src[i]);
+                    low = smaller(low, src[i]);
+                    high = larger(high, src[i]);
                 }
                 uint16_t d16 = to_half((high - low) / 15.0f), m16 = to_half(low);
                 float d = from_half(d16), m = from_half(m16), inv = d > 0.0f ? 1.0f / d : 0.0f;
@@ -119,7 +120,7 @@ static void quantize_activations(int64_t rows, int64_t k, const void *x, int x_b
                 memcpy(v, (const float *)x + offset, sizeof v);
             }
             for (int i = 0; i < Q4_GROUP; i++) {
-                top = fmaxf(top, fabsf(v[i]));
+                top = larger(top, fabsf(v[i]));
                 sum += v[i];
             }
             float inv = top > 0.0f ? 127.0f / top : 0.0f;
