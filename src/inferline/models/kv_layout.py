@@ -23,11 +23,6 @@ def row_width(head_dim: int, dtype: torch.dtype) -> int:
     return head_dim + SCALE_BYTES if dtype == torch.int8 else head_dim
 
 
-def bytes_per_value(head_dim: int, dtype: torch.dtype) -> float:
-    """Bytes one K or V value takes, its share of the row's scale included."""
-    return row_width(head_dim, dtype) * dtype.itemsize / head_dim
-
-
 def cache_kind(cache: torch.Tensor) -> int:
     """The native kernels' code for a cache's element type (``CACHE_*`` in C)."""
     if cache.dtype not in _KINDS:
