@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from inferline.cli.main import default_cache_dir
-from inferline.models.kv_layout import row_width, write_rows
+from inferline.models.kv_layout import cache_of
 from inferline.models.native import NativeKernels, load_kernels
 from inferline.models.quant import int4_matmul, int8_linear, quantize_int4, quantize_int8
 
@@ -97,13 +97,7 @@ def prefill_matmuls(rows_list: list[int], repeats: int) -> dict[str, dict]:
 
 
 def _cache(slots: int, dtype: torch.dtype) -> torch.Tensor:
-    values = torch.randn(2, slots, KV_HEADS, HEAD_DIM)
-    if dtype != torch.int8:
-        return values.to(dtype)
-    cache = torch.empty(2, slots, KV_HEADS, row_width(HEAD_DIM, dtype), dtype=dtype)
-    for half in (0, 1):
-        write_rows(cache[half], torch.arange(slots), values[half])
-    return cache
+    return cache_of(torch.randn(2, slots, KV_HEADS, HEAD_DIM), dtype)
 
 
 def decode_attention(

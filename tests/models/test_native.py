@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from inferline import SamplingParams
 from inferline.engine import model_runner
-from inferline.models.kv_layout import read_rows, row_width, write_rows
+from inferline.models.kv_layout import cache_of, read_rows, row_width, write_rows
 from inferline.models.llama import apply_rotary
 from inferline.models.native import NativeKernels, load_kernels
 from inferline.models.quant import Int8Rows, int8_linear, int8_matmul, quantize_int8
@@ -23,13 +23,7 @@ def random_cache(
     slots: int, kv_heads: int, head_dim: int, dtype: torch.dtype, gen: torch.Generator
 ) -> torch.Tensor:
     """A layer's K/V cache ``[2, slots, kv_heads, width]`` of random values."""
-    values = torch.randn(2, slots, kv_heads, head_dim, generator=gen)
-    if dtype != torch.int8:
-        return values.to(dtype)
-    cache = torch.empty(2, slots, kv_heads, row_width(head_dim, dtype), dtype=dtype)
-    for half in (0, 1):
-        write_rows(cache[half], torch.arange(slots), values[half])
-    return cache
+    return cache_of(torch.randn(2, slots, kv_heads, head_dim, generator=gen), dtype)
 
 
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])

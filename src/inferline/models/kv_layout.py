@@ -45,6 +45,17 @@ def write_rows(cache: torch.Tensor, slots: torch.Tensor, values: torch.Tensor) -
     cache.index_copy_(0, slots, rows)
 
 
+def cache_of(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A layer's cache ``[2, num_slots, kv_heads, width]`` of ``dtype`` holding ``values``
+    ``[2, num_slots, kv_heads, head_dim]`` (benchmarks and tests fill caches with it)."""
+    if dtype != torch.int8:
+        return values.to(dtype)
+    cache = torch.empty(*values.shape[:-1], row_width(values.shape[-1], dtype), dtype=dtype)
+    for half in (0, 1):
+        write_rows(cache[half], torch.arange(values.shape[1]), values[half])
+    return cache
+
+
 def read_rows(cache: torch.Tensor, slots: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The values at ``slots`` (any shape) of one half of a layer's cache, as ``dtype``:
     ``[*slots.shape, kv_heads, head_dim]``."""
