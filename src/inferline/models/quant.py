@@ -208,7 +208,10 @@ PROBE_ROWS = (1, 2)
 # Our own 4-bit kernel (``native/q4_gemm.c``) reads its weights once for all rows, so it
 # races W8A8 much further: on the 2026-12-03 AMX Xeon, SmolLM2's 30 layers' matmuls took
 # 2.8 / 5.1 / 19.5 / 37.3 ms at 1 / 5 / 32 / 64 rows against W8A8's 16.4 / 18.7 / 27.1 /
-# 34.6 (torch's int4: 4.0 / 11.5 / 44.0 / 84.1).
+# 34.6 (torch's int4: 4.0 / 11.5 / 44.0 / 84.1). On the 2-core AMD EPYC (2026-12-03,
+# `benchmarks/native_kernels.py`): 3.0 / 4.8 / 24.1 / 53.0 against W8A8's 12.6 / 15.1 / 25.9
+# / 35.9, yet the load-time probe (one shape at a time) read 64 for every shape there: at
+# 33-64 rows the two measurements disagree (not yet explained).
 Q4_PROBE_ROWS = (1, 4, 16, 32, 64)
 
 
@@ -228,7 +231,8 @@ def probe_int4_max_rows(
     `pack_q4`) when given, else torch's int4.
 
     Times both kernels on a random weight of the projection's shape, with the weights
-    evicted from the caches before each run, as in a decode step (~0.1 s at load). Measured
+    evicted from the caches before each run, as in a decode step; the two kernels' runs
+    interleaved, best of ``repeats`` each (~0.3 s at load for SmolLM2's four shapes). Measured
     once per shape and process: the loader probes before reading weights (so the probe's
     buffers never coexist with them) and the model's own call then reuses the answer.
     """
