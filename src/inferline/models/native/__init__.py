@@ -31,7 +31,13 @@ logger = logging.getLogger(__name__)
 
 SOURCES = tuple(
     Path(__file__).with_name(name)
-    for name in ("cpu_kernels.c", "attention.c", "prefill_attention.c", "q4_gemm.c")
+    for name in (
+        "cpu_kernels.c",
+        "attention.c",
+        "attention_plain.c",
+        "prefill_attention.c",
+        "q4_gemm.c",
+    )
 )
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11")
 

@@ -100,6 +100,8 @@ static inline void store_cache_row(void *cache, int64_t offset, const float *src
     memcpy(d + head_dim, &scale, sizeof scale);
 }
 
+#define MAX_GROUP 32 /* query heads per kv head that decode attention handles */
+
 /* Queries against a paged K/V cache [num_slots, kv_heads, head_stride] (decode and prefill
  * attention): slot = block_tables[seq][position / block_size] * block_size + position %
  * block_size. */
