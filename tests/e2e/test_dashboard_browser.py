@@ -90,6 +90,9 @@ def _key(server: ServerProcess, role: str) -> str:
 
 @pytest.fixture(scope="module")
 def chrome() -> Iterator[Any]:
+    why = _browser_ready()  # installs chromium first on a fresh root machine
+    if why is not None:
+        pytest.skip(why)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
