@@ -1,9 +1,11 @@
 """A real ``redis-server`` for the tests of shared state: started on a free port with no
 persistence (no RDB snapshots, no AOF), stopped at the end; skipped where the binary is
-missing (Debian: ``apt-get install redis-server``)."""
+missing and cannot be installed (``scripts/redis-deps`` installs Debian's package when
+root)."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 import socket
 import subprocess
@@ -11,12 +13,20 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
-BINARY = shutil.which("redis-server", path="/usr/bin:/usr/local/bin:/usr/sbin") or shutil.which(
-    "redis-server"
-)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def _binary() -> str | None:
+    """redis-server's path, installed first (``scripts/redis-deps``) on a root machine."""
+    subprocess.run([str(REPO / "scripts" / "redis-deps")], capture_output=True, check=False)
+    return shutil.which("redis-server", path="/usr/bin:/usr/local/bin:/usr/sbin") or shutil.which(
+        "redis-server"
+    )
 
 
 def _free_port() -> int:
@@ -28,14 +38,15 @@ def _free_port() -> int:
 @contextmanager
 def running_redis() -> Iterator[str]:
     """Starts redis-server; yields its URL once it answers PING."""
-    if BINARY is None:
+    binary = _binary()
+    if binary is None:
         pytest.skip("redis-server is not installed (Debian package redis-server)")
     pytest.importorskip("redis")
     import redis
 
     port = _free_port()
     directory = tempfile.mkdtemp(prefix="inferline-redis-")
-    args = [BINARY, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", directory, "--loglevel", "warning"]  # fmt: skip
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"redis://127.0.0.1:{port}/0"
