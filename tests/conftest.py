@@ -106,3 +106,17 @@ def run_each(engine, requests):  # type: ignore[no-untyped-def]
             if output.finished:
                 finished[output.request_id] = output
     return [finished[i] for i in ids]
+
+
+# Prompts for native-vs-torch parity: a short prompt, code, and one long enough for
+# several prefill chunks beside the others' decodes.
+PARITY_PROMPTS = ["The capital of France is", "def add(a, b):", "Once upon a time " * 30]
+
+
+def on_torch_path(loaded, run):  # type: ignore[no-untyped-def]
+    """``run()`` with ``loaded``'s model on its torch ops (native kernels off), restored after."""
+    kernels, loaded.model.native = loaded.model.native, None
+    try:
+        return run()
+    finally:
+        loaded.model.native = kernels

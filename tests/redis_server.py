@@ -23,7 +23,12 @@ REPO = Path(__file__).resolve().parents[1]
 @functools.cache
 def _binary() -> str | None:
     """redis-server's path, installed first (``scripts/redis-deps``) on a root machine."""
-    subprocess.run([str(REPO / "scripts" / "redis-deps")], capture_output=True, check=False)
+    if _which() is None:
+        subprocess.run([str(REPO / "scripts" / "redis-deps")], capture_output=True, check=False)
+    return _which()
+
+
+def _which() -> str | None:
     return shutil.which("redis-server", path="/usr/bin:/usr/local/bin:/usr/sbin") or shutil.which(
         "redis-server"
     )

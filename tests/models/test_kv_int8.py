@@ -10,7 +10,7 @@ import torch
 
 from inferline import SamplingParams
 from inferline.models.kv_layout import SCALE_BYTES, read_rows, row_width, write_rows
-from tests.conftest import run_to_completion
+from tests.conftest import PARITY_PROMPTS, on_torch_path, run_to_completion
 
 
 def test_int8_rows_round_trip_within_half_a_step() -> None:
@@ -38,20 +38,15 @@ def test_native_and_torch_paths_agree_on_an_int8_cache(make_engine, smollm) -> N
     127). Measured: 0.008-0.048 between the paths, against 0.055-0.18 between an int8 and
     a float32 cache on either path (and one of the three prompts diverging there)."""
     assert smollm.model.native is not None
-    prompts = ["The capital of France is", "def add(a, b):", "Once upon a time " * 30]
     params = SamplingParams(max_tokens=12, temperature=0, logprobs=3)
 
     def run() -> list:  # type: ignore[type-arg]
         engine = make_engine(max_num_batched_tokens=64, kv_cache_dtype="int8")
         assert engine.kv_cache.tensor.dtype == torch.int8
-        return run_to_completion(engine, prompts, params)
+        return run_to_completion(engine, PARITY_PROMPTS, params)
 
     native = run()
-    kernels, smollm.model.native = smollm.model.native, None
-    try:
-        reference = run()
-    finally:
-        smollm.model.native = kernels
+    reference = on_torch_path(smollm, run)
     diffs = []
     for ours, theirs in zip(native, reference, strict=True):
         assert ours.outputs[0].token_ids == theirs.outputs[0].token_ids

@@ -14,7 +14,7 @@ from inferline.models.kv_layout import cache_of, read_rows, row_width, write_row
 from inferline.models.llama import apply_rotary
 from inferline.models.native import NativeKernels, load_kernels
 from inferline.models.quant import Int8Rows, int8_linear, int8_matmul, quantize_int8
-from tests.conftest import run_to_completion
+from tests.conftest import PARITY_PROMPTS, on_torch_path, run_to_completion
 
 CACHE_DTYPES = [torch.float32, torch.bfloat16, torch.int8]
 
@@ -153,12 +153,11 @@ def test_native_and_torch_paths_agree_end_to_end(make_engine, smollm, monkeypatc
     With the native kernels, the runner builds no SDPA tiles (its per-step masks) for a
     model whose prefill and decode attention the kernels compute."""
     assert smollm.kernels == "native"
-    prompts = ["The capital of France is", "def add(a, b):", "Once upon a time " * 30]
     params = SamplingParams(max_tokens=12, temperature=0, logprobs=3)
 
     def run() -> list:  # type: ignore[type-arg]
         engine = make_engine(max_num_batched_tokens=64)  # chunked prefill beside decodes
-        return run_to_completion(engine, prompts, params)
+        return run_to_completion(engine, PARITY_PROMPTS, params)
 
     sdpa_tiles = []
     build_group = model_runner._build_group
@@ -169,11 +168,7 @@ def test_native_and_torch_paths_agree_end_to_end(make_engine, smollm, monkeypatc
     handles_prefill = "avx512f" in Path("/proc/cpuinfo").read_text()
     assert smollm.model.native_prefill == handles_prefill
     assert (len(sdpa_tiles) == 0) == handles_prefill
-    kernels, smollm.model.native = smollm.model.native, None
-    try:
-        reference = run()
-    finally:
-        smollm.model.native = kernels
+    reference = on_torch_path(smollm, run)
     for ours, theirs in zip(native, reference, strict=True):
         assert ours.outputs[0].token_ids == theirs.outputs[0].token_ids
         for a, b in zip(ours.outputs[0].logprobs, theirs.outputs[0].logprobs, strict=True):
@@ -223,16 +218,11 @@ def test_quantized_native_path_keeps_the_torch_paths_perplexity(
     from inferline.engine.evaluate import perplexity
 
     engine = LLMEngine(EngineConfig(cache_dir=cache_dir, weight_format=weight_format))
-    model = engine.loaded.model
-    assert model.native is not None
+    assert engine.loaded.model.native is not None
     text = (Path(__file__).parent / "data" / "perplexity_text.md").read_text()
     ids = engine.loaded.tokenizer.encode(text)[:512]
     native = perplexity(engine, ids)
-    kernels, model.native = model.native, None
-    try:
-        reference = perplexity(engine, ids)
-    finally:
-        model.native = kernels
+    reference = on_torch_path(engine.loaded, lambda: perplexity(engine, ids))
     assert native <= reference * 1.03, (native, reference)
 
 

@@ -240,7 +240,6 @@ class DecoderForCausalLM(nn.Module):
         self.int4_max_rows = 0  # ``mixed``: the MLP's measured int4/W8A8 crossover, else 0
         # fused C kernels for the layers' row-wise work (set by `use_native`); None: torch ops
         self.native: NativeKernels | None = None
-        self.native_prefill = False  # `native` computes prefill attention for this layout
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
@@ -346,8 +345,12 @@ class DecoderForCausalLM(nn.Module):
             for name in ("o_proj", "gate_up_proj", "down_proj")
         )
         self.native = None if other_biases else kernels
+
+    @property
+    def native_prefill(self) -> bool:
+        """Whether `native` computes prefill attention for this model's head layout."""
         config = self.config
-        self.native_prefill = self.native is not None and self.native.handles_prefill(
+        return self.native is not None and self.native.handles_prefill(
             config.num_heads, config.num_kv_heads, config.head_dim
         )
 

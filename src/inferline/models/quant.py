@@ -210,8 +210,9 @@ PROBE_ROWS = (1, 2)
 # 2.8 / 5.1 / 19.5 / 37.3 ms at 1 / 5 / 32 / 64 rows against W8A8's 16.4 / 18.7 / 27.1 /
 # 34.6 (torch's int4: 4.0 / 11.5 / 44.0 / 84.1). On the 2-core AMD EPYC (2026-12-03,
 # `benchmarks/native_kernels.py`): 3.0 / 4.8 / 24.1 / 53.0 against W8A8's 12.6 / 15.1 / 25.9
-# / 35.9, yet the load-time probe (one shape at a time) read 64 for every shape there: at
-# 33-64 rows the two measurements disagree (not yet explained).
+# / 35.9, yet the load-time probe (one shape at a time) put the MLP's crossover at 64 there
+# (the count the loader logs): at 33-64 rows the two measurements disagree (not yet
+# explained).
 Q4_PROBE_ROWS = (1, 4, 16, 32, 64)
 
 

@@ -93,8 +93,8 @@ static inline void store_cache_row(void *cache, int64_t offset, const float *src
         return;
     }
     float top = 0.0f;
-    for (int i = 0; i < head_dim; i++) top = top > fabsf(src[i]) ? top : fabsf(src[i]);
-    float scale = (top > 1e-30f ? top : 1e-30f) / 127.0f;
+    for (int i = 0; i < head_dim; i++) top = larger(top, fabsf(src[i]));
+    float scale = larger(top, 1e-30f) / 127.0f;
     int8_t *d = (int8_t *)cache + offset;
     for (int i = 0; i < head_dim; i++) d[i] = (int8_t)((src[i] / scale + 12582912.0f) - 12582912.0f);
     memcpy(d + head_dim, &scale, sizeof scale);
