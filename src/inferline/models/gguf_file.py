@@ -11,6 +11,7 @@ rows permuted by llama.cpp's converter (so its adjacent-pair RoPE matches HF's
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,60 +160,95 @@ def _dequantize(header: GGUFHeader, tensor: GGUFTensorInfo) -> np.ndarray:
     return decode_into(header, tensor, torch.empty(shape)).numpy()
 
 
-def _read_weights(header: GGUFHeader, config: ModelConfig) -> dict[str, torch.Tensor]:
-    """Every weight as float32, under the model's own parameter names: each fused weight
-    (q/k/v, gate/up) is decoded straight into its rows of one buffer, so no float copy of
-    the model exists twice (Qwen2.5-0.5B: 2 GB of floats, not 4)."""
+class _Scratch:
+    """One float32 buffer reused for every projection: `take` views its start, valid until
+    the next `take` (the consumer quantizes each projection before asking for the next)."""
+
+    def __init__(self) -> None:
+        self.buffer = torch.empty(0)
+
+    def take(self, shape: tuple[int, ...]) -> torch.Tensor:
+        size = int(np.prod(shape))
+        if self.buffer.numel() < size:
+            self.buffer = torch.empty(size)
+        return self.buffer[:size].view(shape)
+
+
+def _weights(
+    header: GGUFHeader, config: ModelConfig, scratch: _Scratch | None, skip: frozenset[str]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every weight but ``skip`` as float32 under the model's own parameter names, one at a
+    time: each fused weight (q/k/v, gate/up) decoded straight into its rows of one buffer
+    (no float copy of a projection exists twice); with ``scratch``, the projections'
+    buffers are its reused views."""
     tensors = {t.name: t for t in header.tensors}
     permute = config.architecture in _PERMUTED_QK_ARCHITECTURES
     heads = {"attn_q": config.num_heads, "attn_k": config.num_kv_heads} if permute else {}
-    weights: dict[str, torch.Tensor] = {}
     for gguf_name, name in _GLOBAL_TENSOR_NAMES.items():
-        if gguf_name in tensors:
-            weights[name] = _decode_parts(header, [tensors[gguf_name]], {})
+        if gguf_name in tensors and name not in skip:
+            yield name, _decode_parts(header, [tensors[gguf_name]], {})
     for i in range(config.num_layers):
-        for kind in ("weight", "bias"):
+        for gguf_name, name in _LAYER_NORM_NAMES.items():
+            yield (
+                f"model.layers.{i}.{name}",
+                _decode_parts(header, [tensors[f"blk.{i}.{gguf_name}"]], {}),
+            )
+        for kind in ("bias", "weight"):
             for fused, parts in _FUSED_LAYER_TENSORS.items():
                 names = [f"blk.{i}.{part}.{kind}" for part in parts]
                 if all(name in tensors for name in names):
                     part_heads = {n: heads.get(p, 0) for n, p in zip(names, parts, strict=True)}
                     infos = [tensors[name] for name in names]
-                    weights[f"model.layers.{i}.{fused}.{kind}"] = _decode_parts(
-                        header, infos, part_heads
+                    into = scratch if kind == "weight" else None
+                    yield (
+                        f"model.layers.{i}.{fused}.{kind}",
+                        _decode_parts(header, infos, part_heads, into),
                     )
-        for gguf_name, name in _LAYER_NORM_NAMES.items():
-            weights[f"model.layers.{i}.{name}"] = _decode_parts(
-                header, [tensors[f"blk.{i}.{gguf_name}"]], {}
-            )
-    return weights
 
 
 def _decode_parts(
-    header: GGUFHeader, infos: list[GGUFTensorInfo], heads: dict[str, int]
+    header: GGUFHeader,
+    infos: list[GGUFTensorInfo],
+    heads: dict[str, int],
+    scratch: _Scratch | None = None,
 ) -> torch.Tensor:
-    """``infos`` decoded one after the other into the rows of one new float32 tensor."""
+    """``infos`` decoded one after the other into the rows of one float32 tensor (new, or
+    a view of ``scratch``)."""
     shapes = [tuple(reversed(info.shape)) for info in infos]  # numpy order: [rows, cols]
-    out = torch.empty((sum(shape[0] for shape in shapes), *shapes[0][1:]))
+    shape = (sum(shape[0] for shape in shapes), *shapes[0][1:])
+    out = scratch.take(shape) if scratch is not None else torch.empty(shape)
     start = 0
-    for info, shape in zip(infos, shapes, strict=True):
-        decode_into(header, info, out[start : start + shape[0]], heads.get(info.name, 0))
-        start += shape[0]
+    for info, part in zip(infos, shapes, strict=True):
+        decode_into(header, info, out[start : start + part[0]], heads.get(info.name, 0))
+        start += part[0]
     return out
 
 
 @dataclass
 class GGUFModelFile:
-    """An opened GGUF file: its config at once, its weights when asked (`read_gguf` in two
-    steps, so a caller can act on the config before the weights take memory)."""
+    """An opened GGUF file: its config at once, its weights when asked (so a caller can
+    act on the config before the weights take memory)."""
 
     path: Path
     header: GGUFHeader
     config: ModelConfig
 
+    def weights(
+        self, *, scratch: bool = False, skip: frozenset[str] = frozenset()
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """The weights but ``skip`` as float32, one at a time, under the model's parameter
+        names (fused q/k/v and gate/up). With ``scratch``, each projection's floats are a
+        view of one reused buffer, valid until the next item: the caller quantizes it
+        first (`inferline.models.assemble`), so the whole model's floats never exist."""
+        return _weights(self.header, self.config, _Scratch() if scratch else None, skip)
+
+    def tokenizer(self) -> TokenizerMetadata:
+        """The tokenizer's metadata."""
+        return _read_tokenizer(self.header)
+
     def read(self) -> GGUFContents:
         """Decodes every weight to float32 (the model's parameter names) and the tokenizer."""
-        weights = _read_weights(self.header, self.config)
-        return GGUFContents(self.config, weights, _read_tokenizer(self.header))
+        return GGUFContents(self.config, dict(self.weights()), self.tokenizer())
 
 
 def open_gguf(path: Path) -> GGUFModelFile:

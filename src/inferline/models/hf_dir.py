@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,3 +93,27 @@ def read_hf_dir(path: Path) -> HFDirContents:
         tokenizer_config,
         _read_json(path / "generation_config.json"),
     )
+
+
+def fused_weights(weights: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    """HF-named ``weights`` under the model's own parameter names (q/k/v and gate/up
+    concatenated per layer), one at a time, each popped from ``weights`` as it goes: once
+    a projection is quantized (`inferline.models.assemble`), nothing holds its floats."""
+    layers = sorted(
+        {int(name.split(".")[2]) for name in weights if name.startswith("model.layers.")}
+    )
+    for i in layers:
+        prefix = f"model.layers.{i}."
+        for kind in ("weight", "bias"):
+            names = [f"{prefix}self_attn.{p}_proj.{kind}" for p in "qkv"]
+            if all(n in weights for n in names):
+                yield f"{prefix}qkv_proj.{kind}", torch.cat([weights.pop(n) for n in names])
+        gate_up = [f"{prefix}mlp.gate_proj.weight", f"{prefix}mlp.up_proj.weight"]
+        if all(n in weights for n in gate_up):
+            yield f"{prefix}gate_up_proj.weight", torch.cat([weights.pop(n) for n in gate_up])
+        for src, dst in (("self_attn.o_proj", "o_proj"), ("mlp.down_proj", "down_proj")):
+            if f"{prefix}{src}.weight" in weights:
+                yield f"{prefix}{dst}.weight", weights.pop(f"{prefix}{src}.weight")
+    while weights:  # the rest keep their names (norms, embeddings, head)
+        name = next(iter(weights))
+        yield name, weights.pop(name)

@@ -14,12 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inferline.core.errors import ModelLoadError
 from inferline.models.attention import AttentionMetadata, paged_attention
 from inferline.models.block_rows import BlockRows
 from inferline.models.config import ModelConfig
 from inferline.models.fused_forward import fused_forward
-from inferline.models.head import INT4_MAX_ROWS, ApproximateThenExactHead
+from inferline.models.head import ApproximateThenExactHead
 from inferline.models.native import NativeKernels, Q4Weight
 from inferline.models.quant import (
     Int4Weight,
@@ -31,7 +30,6 @@ from inferline.models.quant import (
     int4_matmul,
     int8_linear,
     int8_matmul,
-    probe_int4_max_rows,
     quantize_int4,
     quantize_int8,
     supports_int4,
@@ -133,7 +131,7 @@ class Linear(nn.Module):
 
 class Embedding(nn.Module):
     """Token embedding table with uninitialised storage (filled by the loader); with a
-    compact ``table`` (`DecoderForCausalLM.use_tables`) the rows are decoded from it."""
+    compact ``table`` (installed by `inferline.models.assemble`) the rows are decoded from it."""
 
     def __init__(self, num_embeddings: int, dim: int) -> None:
         super().__init__()
@@ -235,8 +233,8 @@ class DecoderForCausalLM(nn.Module):
             config.head_dim, config.rope_theta, config.max_position_embeddings
         )
         self.lm_head = Linear(config.hidden_size, config.vocab_size)
-        self.fast_head: ApproximateThenExactHead | None = None  # set by `quantize`
-        self.head_table: BlockRows | None = None  # set by `use_tables`
+        self.fast_head: ApproximateThenExactHead | None = None  # set by `assemble`
+        self.head_table: BlockRows | None = None  # set by `assemble` (GGUF blocks)
         self.int4_max_rows = 0  # ``mixed``: the MLP's measured int4/W8A8 crossover, else 0
         # fused C kernels for the layers' row-wise work (set by `use_native`); None: torch ops
         self.native: NativeKernels | None = None
@@ -290,49 +288,6 @@ class DecoderForCausalLM(nn.Module):
             return torch.cat([hidden @ table.rows(ids).t() for ids in chunks], dim=-1)
         return self.lm_head(hidden.float()).float()
 
-    def use_tables(self, embed: BlockRows | None, head: BlockRows | None) -> None:
-        """Keeps the embedding and head floats as compact `BlockRows` (after `quantize`):
-        every row they give is bit for bit the float table's, at ~1.1 bytes a value
-        instead of 4 (SmolLM2: 113 MB -> 32 MB). The quantized head passes are kept."""
-        empty = nn.Parameter(torch.empty(0), requires_grad=False)
-        if embed is not None:
-            self.embed_tokens.table, self.embed_tokens.weight = embed, empty
-        head = embed if self.config.tie_word_embeddings else head
-        if head is not None:
-            self.head_table = head
-            self.lm_head.weight = empty
-            if self.fast_head is not None:
-                self.fast_head.use_table(head)
-
-    def quantize(self, weight_format: WeightFormat, q4: NativeKernels | None = None) -> None:
-        """Quantizes the decoder layers' projections; the LM head stays fp32. With ``q4``
-        (the native kernels), the 4-bit copies are ours (`Q4Weight`), not torch's int4.
-
-        int4 or W8A8 heads cost SmolLM2 2-6 % perplexity, and torch's int8 weight-only kernel
-        returns bf16 logits (ties and ~0.1 logprob errors), so the head keeps full precision
-        for each row's best candidates (`ApproximateThenExactHead`); int4 layers cost
-        nothing measurable on the Q4_1 model.
-
-        In ``mixed``, each projection's crossover is probed on its own shape, so a layer
-        where int4 never wins keeps one copy (int8), not both.
-        """
-        if weight_format == "fp32":
-            return
-        shapes = self.config.projection_shapes()
-        crossovers = dict.fromkeys(shapes, 0)
-        if weight_format == "mixed":
-            crossovers = {
-                name: probe_int4_max_rows(*shape, q4=q4) for name, shape in shapes.items()
-            }
-        self.int4_max_rows = crossovers["gate_up_proj"]
-        for layer in self.layers:
-            for name, crossover in crossovers.items():
-                getattr(layer, name).quantize(weight_format, crossover, q4)
-        head_rows = self.int4_max_rows if weight_format == "mixed" else INT4_MAX_ROWS
-        self.fast_head = ApproximateThenExactHead(
-            self.lm_head.weight.data, q4=q4, q4_max_rows=head_rows
-        )
-
     def use_native(self, kernels: NativeKernels | None) -> None:
         """Runs the layers on ``kernels`` (`fused_forward`) where the model allows it.
 
@@ -353,51 +308,3 @@ class DecoderForCausalLM(nn.Module):
         return self.native is not None and self.native.handles_prefill(
             config.num_heads, config.num_kv_heads, config.head_dim
         )
-
-    def load_hf_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        """Takes HF-named weights (fusing q/k/v and gate/up); every parameter must be set.
-
-        Tensors are assigned, not copied (the model's own storage is never initialised).
-        """
-        fused = _fuse_layer_weights(weights, self.config.num_layers)
-        state = {k.removeprefix("model."): v.contiguous() for k, v in fused.items()}
-        if self.config.tie_word_embeddings:
-            state.pop("lm_head.weight", None)
-            state["lm_head.weight"] = state["embed_tokens.weight"]
-        expected = dict(self.named_parameters(remove_duplicate=False))
-        missing = sorted(set(expected) - set(state))
-        if missing:
-            raise ModelLoadError(f"weights missing from the checkpoint: {missing[:5]}")
-        for name, tensor in state.items():
-            if name in expected and expected[name].shape != tensor.shape:
-                raise ModelLoadError(
-                    f"{name}: checkpoint shape {tuple(tensor.shape)} != "
-                    f"{tuple(expected[name].shape)}"
-                )
-        unused = {k for k in state if k not in expected}
-        for k in unused:
-            state.pop(k)
-        self.load_state_dict(state, strict=True, assign=True)
-        if self.config.tie_word_embeddings:
-            self.lm_head.weight = self.embed_tokens.weight
-        self.requires_grad_(False)
-
-
-def _fuse_layer_weights(
-    weights: dict[str, torch.Tensor], num_layers: int
-) -> dict[str, torch.Tensor]:
-    """Concatenates q/k/v (weights and biases) and gate/up projections per layer."""
-    out = dict(weights)
-    for i in range(num_layers):
-        prefix = f"model.layers.{i}."
-        for kind in ("weight", "bias"):
-            names = [f"{prefix}self_attn.{p}_proj.{kind}" for p in "qkv"]
-            if all(n in out for n in names):
-                out[f"{prefix}qkv_proj.{kind}"] = torch.cat([out.pop(n) for n in names])
-        gate_up = [f"{prefix}mlp.gate_proj.weight", f"{prefix}mlp.up_proj.weight"]
-        if all(n in out for n in gate_up):
-            out[f"{prefix}gate_up_proj.weight"] = torch.cat([out.pop(n) for n in gate_up])
-        for src, dst in (("self_attn.o_proj", "o_proj"), ("mlp.down_proj", "down_proj")):
-            if f"{prefix}{src}.weight" in out:
-                out[f"{prefix}{dst}.weight"] = out.pop(f"{prefix}{src}.weight")
-    return out

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import gc
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,11 +15,12 @@ from torch import nn
 
 from inferline.core.errors import InvalidParameterError, ModelLoadError, UnknownModelError
 from inferline.models import quant_native
-from inferline.models.block_rows import BlockRows, from_gguf
+from inferline.models.assemble import Tables, assemble
+from inferline.models.block_rows import from_gguf
 from inferline.models.config import ModelConfig
 from inferline.models.generation_config import gguf_sampling_defaults, hf_sampling_defaults
 from inferline.models.gguf_file import open_gguf
-from inferline.models.hf_dir import is_hf_dir, read_hf_dir
+from inferline.models.hf_dir import fused_weights, is_hf_dir, read_hf_dir
 from inferline.models.native import NativeKernels, load_kernels
 from inferline.models.quant import WEIGHT_FORMATS, WeightFormat, probe_int4_max_rows
 from inferline.models.registry import ARCHITECTURES
@@ -75,13 +77,6 @@ def resolve_model_path(name: str, cache_dir: Path) -> Path:
     raise UnknownModelError(name, MODEL_SOURCES.names())
 
 
-def _build(config: ModelConfig, weights: dict[str, torch.Tensor], device: str) -> nn.Module:
-    cls = ARCHITECTURES.get(config.architecture)
-    model = cls(config)  # storage uninitialised: weights are assigned below
-    model.load_hf_weights(weights)  # type: ignore[operator]
-    return model.to(device).eval()
-
-
 def load_model(
     name: str = DEFAULT_MODEL,
     *,
@@ -92,11 +87,11 @@ def load_model(
 ) -> LoadedModel:
     """Loads weights and the tokenizer of ``name``; projections in ``weight_format``.
 
-    Weights are decoded to float32, then (for ``int8``/``int4``) requantized into the
-    format of torch's CPU kernels; on the CPU both steps run in C (`quant_native`, the
-    same values as the torch code). ``kernels``: ``auto`` runs the layers on the fused C
-    kernels where they can be built (CPU only), ``native`` insists on them, ``torch``
-    never uses them.
+    Weights are decoded to float32 and (for ``int8``/``int4``/``mixed``) requantized one
+    projection at a time (`assemble`) into the formats of the kernels; on the CPU both
+    steps run in C (`quant_native`, the same values as the torch code). ``kernels``:
+    ``auto`` runs the layers on the fused C kernels where they can be built (CPU only),
+    ``native`` insists on them, ``torch`` never uses them.
     """
     if kernels not in KERNELS:
         raise InvalidParameterError(
@@ -108,66 +103,74 @@ def load_model(
     if device == "cpu":
         quant_native.enable(cache_dir)  # C decoding/quantizing: same values, ~10x faster
     native = _native_kernels(kernels, device, cache_dir)
-    config, weights, tokenizer, defaults, tables = _read_checkpoint(
-        path, probe=resolved == "mixed", compact_tables=resolved != "fp32", q4=native
-    )
-    if tokenizer.vocab_size > config.vocab_size:
+    checkpoint = _open_checkpoint(path, resolved, native)
+    if checkpoint.tokenizer.vocab_size > checkpoint.config.vocab_size:
         raise ModelLoadError(
-            f"tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}"
+            f"tokenizer has {checkpoint.tokenizer.vocab_size} tokens "
+            f"but the model only {checkpoint.config.vocab_size}"
         )
-    model = _build(config, weights, device)
-    # The model holds the only reference to each float weight from here, so quantizing a
-    # layer frees its floats at once and the peak stays near the floats' size.
-    weights.clear()
-    model.quantize(resolved, native)  # type: ignore[operator]
-    if tables is not None:
-        model.use_tables(*tables)  # type: ignore[operator]
-    model.use_native(native)  # type: ignore[operator]
-    used = "native" if getattr(model, "native", None) is not None else "torch"
+    model = ARCHITECTURES.get(checkpoint.config.architecture)(checkpoint.config)
+    # storage uninitialised: `assemble` assigns every weight, quantizing each projection as
+    # it arrives, so the floats of the whole model never exist at once
+    assemble(model, checkpoint.weights, resolved, native, checkpoint.tables)
+    model = model.to(device).eval()
+    model.use_native(native)
+    used = "native" if model.native is not None else "torch"
     if (active := quant_native.active()) is not None:
         active.release_scratch()
     _release_free_memory()
     elapsed = time.perf_counter() - start
-    return LoadedModel(name, path, config, model, tokenizer, elapsed, resolved, used, defaults)
+    return LoadedModel(
+        name, path, checkpoint.config, model, checkpoint.tokenizer, elapsed, resolved, used,
+        checkpoint.sampling_defaults,
+    )  # fmt: skip
 
 
-def _read_checkpoint(
-    path: Path, *, probe: bool, compact_tables: bool = False, q4: NativeKernels | None = None
-) -> tuple[
-    ModelConfig,
-    dict[str, torch.Tensor],
-    Tokenizer,
-    dict[str, float],
-    tuple[BlockRows | None, BlockRows | None] | None,
-]:
-    """Config, float32 weights, tokenizer, sampling defaults and, with ``compact_tables``
-    (a GGUF file), the embedding and head tables as `BlockRows` of a GGUF file or an HF
-    directory.
+@dataclass
+class _Checkpoint:
+    """An opened checkpoint: what is known before its weights are read, and its weights
+    as a lazy stream (for `assemble`)."""
 
-    With ``probe``, runs the 4-bit/W8A8 probe (`probe_int4_max_rows`, on our 4-bit kernel
-    with ``q4``; cached for the model's own quantize call) before reading weights, so its
-    64 MiB cache-evicting buffer never coexists with the float weights.
+    config: ModelConfig
+    tokenizer: Tokenizer
+    sampling_defaults: dict[str, float]
+    weights: Iterator[tuple[str, torch.Tensor]]
+    tables: Tables = (None, None)
+
+
+def _open_checkpoint(
+    path: Path, weight_format: WeightFormat, q4: NativeKernels | None
+) -> _Checkpoint:
+    """A GGUF file or an HF directory, opened. From a GGUF file a quantized model keeps
+    its embedding and head tables as `BlockRows` (never decoded whole) and reads its
+    projections through one scratch buffer (`GGUFModelFile.weights`).
+
+    In ``mixed``, runs the 4-bit/W8A8 probe (`probe_int4_max_rows`, on our 4-bit kernel
+    with ``q4``; cached for `assemble`) before reading weights, so its 64 MiB
+    cache-evicting buffer never coexists with them.
     """
     if path.is_dir():
         hf = read_hf_dir(path)
-        if probe:
+        if weight_format == "mixed":
             _probe(hf.config, q4)
         tokenizer = Tokenizer.from_hf_files(
             hf.tokenizer_json, hf.tokenizer_config, hf.generation_config
         )
         defaults = hf_sampling_defaults(hf.generation_config)
-        return hf.config, hf.weights, tokenizer, defaults, None
+        return _Checkpoint(hf.config, tokenizer, defaults, fused_weights(hf.weights))
     opened = open_gguf(path)
-    if probe:
+    if weight_format == "mixed":
         _probe(opened.config, q4)
+    tokenizer = Tokenizer.from_gguf(opened.tokenizer())
     defaults = gguf_sampling_defaults(opened.header.fields)
-    contents = opened.read()
-    tables = None
-    if compact_tables:
-        header = opened.header
-        tables = (from_gguf(header, "token_embd.weight"), from_gguf(header, "output.weight"))
-    tokenizer = Tokenizer.from_gguf(contents.tokenizer)
-    return contents.config, contents.weights, tokenizer, defaults, tables
+    if weight_format == "fp32":
+        return _Checkpoint(opened.config, tokenizer, defaults, opened.weights())
+    header = opened.header
+    tables = (from_gguf(header, "token_embd.weight"), from_gguf(header, "output.weight"))
+    names = ("model.embed_tokens.weight", "lm_head.weight")
+    skip = frozenset(name for name, table in zip(names, tables, strict=True) if table)
+    weights = opened.weights(scratch=True, skip=skip)
+    return _Checkpoint(opened.config, tokenizer, defaults, weights, tables)
 
 
 def _probe(config: ModelConfig, q4: NativeKernels | None) -> None:

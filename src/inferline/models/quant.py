@@ -34,7 +34,7 @@ import torch
 from inferline.models import quant_native
 
 if TYPE_CHECKING:
-    from inferline.models.native import NativeKernels
+    from inferline.models.native import NativeKernels, Q4Weight
 
 WeightFormat = Literal["fp32", "int8", "int4", "mixed"]
 WEIGHT_FORMATS: tuple[WeightFormat, ...] = ("fp32", "int8", "int4", "mixed")
@@ -129,25 +129,36 @@ def quantize_int4(weight: torch.Tensor) -> Int4Weight:
 
 
 def quantize_in_chunks(
-    rows: Callable[[torch.Tensor], torch.Tensor], num_rows: int, chunk_rows: int = 8192
-) -> tuple[Int4Weight, Int8Weight]:
-    """int4 and int8 of a ``[num_rows, in]`` weight read ``chunk_rows`` rows at a time
-    (``rows(ids)`` gives float32 rows, e.g. `BlockRows.rows`): the same values as
-    `quantize_int4` / `quantize_int8` of the whole weight (each row is quantized alone and
-    the int4 packing is per 64 rows), without the whole float weight in memory."""
+    rows: Callable[[torch.Tensor], torch.Tensor],
+    num_rows: int,
+    chunk_rows: int = 8192,
+    q4: NativeKernels | None = None,
+) -> tuple[Int4Weight | Q4Weight, Int8Weight]:
+    """4-bit and int8 copies of a ``[num_rows, in]`` weight read ``chunk_rows`` rows at a
+    time (``rows(ids)`` gives float32 rows, e.g. `BlockRows.rows`): the same values as
+    quantizing the whole weight (each row is quantized alone, and both 4-bit packings are
+    per 64 or 16 rows), without the whole float weight in memory. The 4-bit copy is ours
+    (``q4``'s `pack_q4`) when given, else torch's int4 (`quantize_int4`)."""
     if chunk_rows % 64:
         raise ValueError(f"chunk_rows must be a multiple of 64, got {chunk_rows}")
-    int4_parts, int8_parts = [], []
+    int4_parts: list[Int4Weight | Q4Weight] = []
+    int8_parts = []
     for ids in torch.arange(num_rows).split(chunk_rows):
         chunk = rows(ids)
-        int4_parts.append(quantize_int4(chunk))
+        int4_parts.append(q4.pack_q4(chunk) if q4 is not None else quantize_int4(chunk))
         int8_parts.append(quantize_int8(chunk))
-    int4 = Int4Weight(
-        torch.cat([p.packed for p in int4_parts]),
-        torch.cat([p.scales_zeros for p in int4_parts], dim=1),  # [in / 32, out, 2]
-    )
     int8 = Int8Weight(
         torch.cat([p.w8_t for p in int8_parts], dim=1), torch.cat([p.scale for p in int8_parts])
+    )
+    if q4 is not None:
+        from inferline.models.native import Q4Weight  # native imports this module
+
+        packed = torch.cat([p.packed for p in int4_parts])
+        return Q4Weight(packed, num_rows, int8.w8_t.shape[0], q4), int8
+    torch_parts = [p for p in int4_parts if isinstance(p, Int4Weight)]
+    int4 = Int4Weight(
+        torch.cat([p.packed for p in torch_parts]),
+        torch.cat([p.scales_zeros for p in torch_parts], dim=1),  # [in / 32, out, 2]
     )
     return int4, int8
 
