@@ -60,37 +60,45 @@ int64_t q4_packed_bytes(int64_t n, int64_t k) {
 }
 
 /*
- * Packs w [n, k] float32 (k % 32 == 0). Per column and group: m = min, d = (max - min) /
- * 15, both rounded to fp16 first; codes round((w - m) / d) clamped to 0..15.
+ * One column's group of 32 weights: its fp16 scale and minimum into the block's scale
+ * slots, its codes into the block's code bytes (the layout above). Per column and group:
+ * m = min, d = (max - min) / 15, both rounded to fp16 first; codes round((w - m) / d)
+ * clamped to 0..15. The loops over the 32 values vectorize; the 16 code bytes are written
+ * whole, so the block needs no clearing first.
  */
+static void pack_group(const float *src, int j, uint8_t *block) {
+    float low = src[0], high = src[0];
+#pragma omp simd reduction(min : low) reduction(max : high)
+    for (int i = 1; i < Q4_GROUP; i++) {
+        low = smaller(low, src[i]);
+        high = larger(high, src[i]);
+    }
+    uint16_t d16 = to_half((high - low) / 15.0f), m16 = to_half(low);
+    float d = from_half(d16), m = from_half(m16), inv = d > 0.0f ? 1.0f / d : 0.0f;
+    uint16_t *scales = (uint16_t *)(block + Q4_CODE_BYTES);
+    scales[j] = d16;
+    scales[Q4_TILE + j] = m16;
+    uint8_t codes[Q4_GROUP];
+    for (int i = 0; i < Q4_GROUP; i++) {
+        float q = round_even((src[i] - m) * inv);
+        codes[i] = (uint8_t)(q < 0.0f ? 0.0f : (q > 15.0f ? 15.0f : q));
+    }
+    for (int c = 0; c < Q4_GROUP / 8; c++)
+        for (int r = 0; r < 4; r++)
+            block[64 * c + 4 * j + r] = (uint8_t)(codes[8 * c + r] | (codes[8 * c + 4 + r] << 4));
+}
+
+/* Packs w [n, k] float32 (k % 32 == 0), column by column and group by group (pack_group). */
 void q4_pack(int64_t n, int64_t k, const float *w, uint8_t *out) {
     int64_t tiles = (n + Q4_TILE - 1) / Q4_TILE, groups = k / Q4_GROUP;
-    memset(out, 0, (size_t)q4_packed_bytes(n, k));
+    if (n % Q4_TILE) /* the last tile's padding columns stay zero */
+        memset(out + (tiles - 1) * groups * Q4_BLOCK_BYTES, 0, (size_t)(groups * Q4_BLOCK_BYTES));
 #pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < tiles; t++) {
-        for (int64_t g = 0; g < groups; g++) {
-            uint8_t *block = out + (t * groups + g) * Q4_BLOCK_BYTES;
-            uint16_t *scales = (uint16_t *)(block + Q4_CODE_BYTES);
-            for (int j = 0; j < Q4_TILE && t * Q4_TILE + j < n; j++) {
-                const float *src = w + (t * Q4_TILE + j) * k + g * Q4_GROUP;
-                float low = src[0], high = src[0];
-                for (int i = 1; i < Q4_GROUP; i++) {
-                    low = smaller(low, src[i]);
-                    high = larger(high, src[i]);
-                }
-                uint16_t d16 = to_half((high - low) / 15.0f), m16 = to_half(low);
-                float d = from_half(d16), m = from_half(m16), inv = d > 0.0f ? 1.0f / d : 0.0f;
-                scales[j] = d16;
-                scales[Q4_TILE + j] = m16;
-                for (int i = 0; i < Q4_GROUP; i++) {
-                    float q = round_even((src[i] - m) * inv);
-                    int code = q < 0.0f ? 0 : (q > 15.0f ? 15 : (int)q);
-                    int c = i / 8, r = i % 4, high_nibble = (i % 8) >= 4;
-                    block[64 * c + 4 * j + r] |= (uint8_t)(code << (4 * high_nibble));
-                }
-            }
-        }
-    }
+    for (int64_t t = 0; t < tiles; t++)
+        for (int j = 0; j < Q4_TILE && t * Q4_TILE + j < n; j++)
+            for (int64_t g = 0; g < groups; g++)
+                pack_group(w + (t * Q4_TILE + j) * k + g * Q4_GROUP, j,
+                           out + (t * groups + g) * Q4_BLOCK_BYTES);
 }
 
 /* Code of column j, input i of a block (the layout above); for the plain C path. */
