@@ -14,7 +14,8 @@ from tests.models.test_load_kernels import same_bits, synthetic_blocks
 
 
 @pytest.mark.parametrize("qtype", SUPPORTED, ids=lambda q: q.name)
-def test_rows_are_the_decoded_tables_rows(qtype: GGMLQuantizationType, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_rows_are_the_decoded_tables_rows(qtype, monkeypatch, quant_kernels) -> None:  # type: ignore[no-untyped-def]
+    """On the torch code and on the C kernels (`quant_kernels`): the same fields."""
     monkeypatch.setattr(block_rows, "_CHUNK_BLOCKS", 7)  # several chunks, a ragged last one
     block_size, type_size = GGML_QUANT_SIZES[qtype]
     rows, cols = 40, 2 * 256  # whole blocks of every format per row

@@ -15,7 +15,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 from gguf.quants import quantize as gguf_quantize
 
-from inferline.models import quant, quant_native
+from inferline.models import quant
 from inferline.models.gguf_quants import dequantize
 
 Q = GGMLQuantizationType
@@ -68,17 +68,6 @@ def assert_int8_equal(got: quant.Int8Weight, weight: torch.Tensor) -> None:
     assert same_bits(got.scale, scale)
 
 
-@pytest.fixture(params=["torch", "native"])
-def kernels(request, cache_dir):  # type: ignore[no-untyped-def]
-    """Runs a test once on the torch code and once on the C kernels."""
-    if request.param == "native" and quant_native.enable(cache_dir) is None:
-        pytest.skip("no C compiler")
-    if request.param == "torch":
-        quant_native.disable()
-    yield request.param
-    quant_native.disable()
-
-
 def synthetic_blocks(qtype: Q, num_blocks: int, seed: int) -> np.ndarray:
     """``num_blocks`` valid blocks of ``qtype`` as raw bytes (uint8)."""
     rng = np.random.default_rng(seed)
@@ -97,7 +86,7 @@ def synthetic_blocks(qtype: Q, num_blocks: int, seed: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("qtype", LEGACY_TYPES + K_TYPES, ids=lambda q: q.name)
-def test_decoding_matches_the_gguf_package(kernels, qtype: Q) -> None:  # type: ignore[no-untyped-def]
+def test_decoding_matches_the_gguf_package(quant_kernels, qtype: Q) -> None:  # type: ignore[no-untyped-def]
     block_size, type_size = GGML_QUANT_SIZES[qtype]
     num_blocks = 300  # several chunks of the torch decoder for 32-value blocks
     raw = synthetic_blocks(qtype, num_blocks, seed=int(qtype))
@@ -109,7 +98,7 @@ def test_decoding_matches_the_gguf_package(kernels, qtype: Q) -> None:  # type: 
 @pytest.mark.parametrize(
     "shape", [(64, 96), (1024 + 64 * 3, 128), (2048 + 64, 64)], ids=lambda s: f"{s[0]}x{s[1]}"
 )
-def test_quantizers_match_the_whole_tensor_reference(kernels, shape) -> None:  # type: ignore[no-untyped-def]
+def test_quantizers_match_the_whole_tensor_reference(quant_kernels, shape) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(sum(shape))
     weight = torch.randn(*shape) * 0.02
     weight[0] = 0.0  # a zero row: the 1e-8 scale floor
@@ -149,7 +138,7 @@ def test_decoding_after_the_pages_were_released(cache_dir: Path) -> None:
     assert np.array_equal(_dequantize(header, tensor), first)
 
 
-def test_quantizing_in_chunks_equals_the_whole_weight(kernels) -> None:  # type: ignore[no-untyped-def]
+def test_quantizing_in_chunks_equals_the_whole_weight(quant_kernels) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(3)
     weight = torch.randn(64 * 5 + 16, 96)  # a last chunk of 80 rows
     int4, int8 = quant.quantize_in_chunks(weight.__getitem__, weight.shape[0], chunk_rows=128)
@@ -157,3 +146,15 @@ def test_quantizing_in_chunks_equals_the_whole_weight(kernels) -> None:  # type:
     assert_int8_equal(int8, weight)
     with pytest.raises(ValueError, match="multiple of 64"):
         quant.quantize_in_chunks(weight.__getitem__, weight.shape[0], chunk_rows=100)
+
+
+def test_our_4bit_packing_in_chunks_equals_the_whole_weight(kernels) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(4)
+    weight = torch.randn(64 * 5 + 24, 96)  # a last chunk of 88 rows: a padded last tile
+    q4, int8 = quant.quantize_in_chunks(weight.__getitem__, weight.shape[0], 128, q4=kernels)
+    whole = kernels.pack_q4(weight)
+    assert torch.equal(q4.packed, whole.packed)
+    assert (q4.out_features, q4.in_features) == (whole.out_features, whole.in_features)
+    x = torch.randn(3, 96)
+    assert torch.equal(q4.matmul(x), whole.matmul(x))
+    assert_int8_equal(int8, weight)

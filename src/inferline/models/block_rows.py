@@ -18,6 +18,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from inferline.models import gguf_quants as gq
+from inferline.models import quant_native
 from inferline.models.gguf_header import GGUFHeader
 
 Q = GGMLQuantizationType
@@ -100,6 +101,10 @@ def from_blocks(raw: np.ndarray, qtype: Q, shape: tuple[int, int]) -> BlockRows:
     codes = torch.empty(num_blocks, groups, group, dtype=torch.int8)
     scale = torch.empty(num_blocks, groups)
     offset = None if first[2] is None else torch.empty(num_blocks, groups)
+    kernels = quant_native.active()
+    if kernels is not None and kernels.can_dequantize(qtype):  # the same fields, in C
+        kernels.block_fields(blocks.numpy().reshape(-1), qtype, codes, scale, offset)
+        return _shaped(codes, scale, offset, shape, group)
     for start in range(0, num_blocks, _CHUNK_BLOCKS):
         end = min(start + _CHUNK_BLOCKS, num_blocks)
         chunk_codes, chunk_scale, chunk_offset = fields(blocks[start:end])
@@ -107,6 +112,16 @@ def from_blocks(raw: np.ndarray, qtype: Q, shape: tuple[int, int]) -> BlockRows:
         scale[start:end] = chunk_scale.view(end - start, groups)
         if offset is not None and chunk_offset is not None:
             offset[start:end] = chunk_offset.view(end - start, groups)
+    return _shaped(codes, scale, offset, shape, group)
+
+
+def _shaped(
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    offset: torch.Tensor | None,
+    shape: tuple[int, int],
+    group: int,
+) -> BlockRows:
     rows, cols = shape
     return BlockRows(
         codes.view(rows, cols),

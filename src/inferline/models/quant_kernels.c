@@ -31,76 +31,66 @@ static inline float half_to_float(const uint8_t *p) {
     return value;
 }
 
-/* Q4_0: d f16, 16 bytes of nibbles (elements 0-15 low, 16-31 high); w = d * (q - 8). */
-void dq_q4_0(const uint8_t *src, int64_t n_blocks, float *out, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t b = 0; b < n_blocks; b++) {
-        const uint8_t *x = src + b * 18;
-        float *y = out + b * 32, d = half_to_float(x);
-        for (int j = 0; j < 16; j++) {
-            y[j] = d * (float)((x[2 + j] & 15) - 8);
-            y[j + 16] = d * (float)((x[2 + j] >> 4) - 8);
-        }
-    }
-}
-
-/* Q4_1: d, m f16, 16 bytes of nibbles; w = d * q + m. */
-void dq_q4_1(const uint8_t *src, int64_t n_blocks, float *out, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t b = 0; b < n_blocks; b++) {
-        const uint8_t *x = src + b * 20;
-        float *y = out + b * 32, d = half_to_float(x), m = half_to_float(x + 2);
-        for (int j = 0; j < 16; j++) {
-            y[j] = d * (float)(x[4 + j] & 15) + m;
-            y[j + 16] = d * (float)(x[4 + j] >> 4) + m;
-        }
-    }
-}
-
 static inline uint32_t le32(const uint8_t *p) {
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
-/* Q5_0: d f16, 32 high bits (u32), 16 bytes of nibbles; w = d * (q - 16). */
-void dq_q5_0(const uint8_t *src, int64_t n_blocks, float *out, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t b = 0; b < n_blocks; b++) {
-        const uint8_t *x = src + b * 22;
-        float *y = out + b * 32, d = half_to_float(x);
-        uint32_t qh = le32(x + 2);
-        for (int j = 0; j < 16; j++) {
-            int lo = (x[6 + j] & 15) | (((qh >> j) & 1) << 4);
-            int hi = (x[6 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
-            y[j] = d * (float)(lo - 16);
-            y[j + 16] = d * (float)(hi - 16);
-        }
+/*
+ * Each format as one function that splits a block into its fields: an integer code per
+ * value, and per group a float scale and (for Q4_1/Q5_1/Q4_K/Q5_K) an offset, with the gguf
+ * package's own float32 products. Its value is code * scale (+ offset): the same float
+ * operations as gguf.quants (a product commutes exactly, and x - y is x + (-y)).
+ */
+
+/* Q4_0: d f16, 16 bytes of nibbles (elements 0-15 low, 16-31 high); w = d * (q - 8). */
+static inline void fields_q4_0(const uint8_t *x, int8_t *codes, float *scale, float *offset) {
+    (void)offset;
+    scale[0] = half_to_float(x);
+    for (int j = 0; j < 16; j++) {
+        codes[j] = (int8_t)((x[2 + j] & 15) - 8);
+        codes[j + 16] = (int8_t)((x[2 + j] >> 4) - 8);
     }
+}
+
+/* Q4_1: d, m f16, 16 bytes of nibbles; w = d * q + m. */
+static inline void fields_q4_1(const uint8_t *x, int8_t *codes, float *scale, float *offset) {
+    scale[0] = half_to_float(x);
+    offset[0] = half_to_float(x + 2);
+    for (int j = 0; j < 16; j++) {
+        codes[j] = (int8_t)(x[4 + j] & 15);
+        codes[j + 16] = (int8_t)(x[4 + j] >> 4);
+    }
+}
+
+/* Q5_0 / Q5_1 codes: 32 high bits (u32) at qh, 16 bytes of nibbles at qs, minus bias. */
+static inline void five_bit_codes(const uint8_t *qh_at, const uint8_t *qs, int bias,
+                                  int8_t *codes) {
+    uint32_t qh = le32(qh_at);
+    for (int j = 0; j < 16; j++) {
+        codes[j] = (int8_t)(((qs[j] & 15) | (((qh >> j) & 1) << 4)) - bias);
+        codes[j + 16] = (int8_t)(((qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - bias);
+    }
+}
+
+/* Q5_0: d f16, 32 high bits, 16 bytes of nibbles; w = d * (q - 16). */
+static inline void fields_q5_0(const uint8_t *x, int8_t *codes, float *scale, float *offset) {
+    (void)offset;
+    scale[0] = half_to_float(x);
+    five_bit_codes(x + 2, x + 6, 16, codes);
 }
 
 /* Q5_1: d, m f16, 32 high bits, 16 bytes of nibbles; w = d * q + m. */
-void dq_q5_1(const uint8_t *src, int64_t n_blocks, float *out, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t b = 0; b < n_blocks; b++) {
-        const uint8_t *x = src + b * 24;
-        float *y = out + b * 32, d = half_to_float(x), m = half_to_float(x + 2);
-        uint32_t qh = le32(x + 4);
-        for (int j = 0; j < 16; j++) {
-            int lo = (x[8 + j] & 15) | (((qh >> j) & 1) << 4);
-            int hi = (x[8 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
-            y[j] = d * (float)lo + m;
-            y[j + 16] = d * (float)hi + m;
-        }
-    }
+static inline void fields_q5_1(const uint8_t *x, int8_t *codes, float *scale, float *offset) {
+    scale[0] = half_to_float(x);
+    offset[0] = half_to_float(x + 2);
+    five_bit_codes(x + 4, x + 8, 0, codes);
 }
 
 /* Q8_0: d f16, 32 int8; w = q * d. */
-void dq_q8_0(const uint8_t *src, int64_t n_blocks, float *out, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t b = 0; b < n_blocks; b++) {
-        const uint8_t *x = src + b * 34;
-        float *y = out + b * 32, d = half_to_float(x);
-        for (int j = 0; j < 32; j++) y[j] = (float)(int8_t)x[2 + j] * d;
-    }
+static inline void fields_q8_0(const uint8_t *x, int8_t *codes, float *scale, float *offset) {
+    (void)offset;
+    scale[0] = half_to_float(x);
+    memcpy(codes, x + 2, 32);
 }
 
 /* The 6-bit scale and min of sub-block s of a Q4_K/Q5_K super-block (12 packed bytes). */
@@ -114,60 +104,85 @@ static inline void k_scale_min(const uint8_t *s, int j, int *sc, int *mn) {
     }
 }
 
-/* Q4_K: 256 values = 8 sub-blocks of 32; w = (d * sc) * q - (dmin * m). */
-void dq_q4_k(const uint8_t *src, int64_t n_blocks, float *out, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t b = 0; b < n_blocks; b++) {
-        const uint8_t *x = src + b * 144, *qs = x + 16;
-        float *y = out + b * 256, d = half_to_float(x), dmin = half_to_float(x + 2);
-        for (int s = 0; s < 8; s++) {
-            int sc, mn;
-            k_scale_min(x + 4, s, &sc, &mn);
-            float dl = d * (float)sc, ml = dmin * (float)mn;
-            const uint8_t *q = qs + (s / 2) * 32;
-            int shift = (s % 2) * 4;
-            for (int j = 0; j < 32; j++) y[s * 32 + j] = dl * (float)((q[j] >> shift) & 15) - ml;
+/* Q4_K / Q5_K: 256 values = 8 sub-blocks of 32; w = (d * sc) * q - (dmin * m); Q5_K adds
+ * a fifth bit per value (bit s of byte j of qh: sub-block s, value j). */
+static inline void k_fields(const uint8_t *x, const uint8_t *qh, const uint8_t *qs,
+                            int8_t *codes, float *scale, float *offset) {
+    float d = half_to_float(x), dmin = half_to_float(x + 2);
+    for (int s = 0; s < 8; s++) {
+        int sc, mn;
+        k_scale_min(x + 4, s, &sc, &mn);
+        scale[s] = d * (float)sc;
+        offset[s] = -(dmin * (float)mn);
+        const uint8_t *q = qs + (s / 2) * 32;
+        int shift = (s % 2) * 4;
+        for (int j = 0; j < 32; j++) {
+            int high = qh != NULL ? ((qh[j] >> s) & 1) << 4 : 0;
+            codes[s * 32 + j] = (int8_t)(((q[j] >> shift) & 15) | high);
         }
     }
 }
 
-/* Q5_K: as Q4_K plus a fifth bit per value (bit s of byte j: sub-block s, value j). */
-void dq_q5_k(const uint8_t *src, int64_t n_blocks, float *out, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t b = 0; b < n_blocks; b++) {
-        const uint8_t *x = src + b * 176, *qh = x + 16, *qs = x + 48;
-        float *y = out + b * 256, d = half_to_float(x), dmin = half_to_float(x + 2);
-        for (int s = 0; s < 8; s++) {
-            int sc, mn;
-            k_scale_min(x + 4, s, &sc, &mn);
-            float dl = d * (float)sc, ml = dmin * (float)mn;
-            const uint8_t *q = qs + (s / 2) * 32;
-            int shift = (s % 2) * 4;
-            for (int j = 0; j < 32; j++) {
-                int v = ((q[j] >> shift) & 15) | (((qh[j] >> s) & 1) << 4);
-                y[s * 32 + j] = dl * (float)v - ml;
-            }
-        }
-    }
+static inline void fields_q4_k(const uint8_t *x, int8_t *codes, float *scale, float *offset) {
+    k_fields(x, NULL, x + 16, codes, scale, offset);
+}
+
+static inline void fields_q5_k(const uint8_t *x, int8_t *codes, float *scale, float *offset) {
+    k_fields(x, x + 16, x + 48, codes, scale, offset);
 }
 
 /* Q6_K: 128 bytes low nibbles, 64 bytes of 2-bit highs, 16 int8 scales, d f16;
  * w = (d * scale[e / 16]) * (q - 32). */
-void dq_q6_k(const uint8_t *src, int64_t n_blocks, float *out, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t b = 0; b < n_blocks; b++) {
-        const uint8_t *x = src + b * 210, *ql = x, *qh = x + 128;
-        const int8_t *scales = (const int8_t *)(x + 192);
-        float *y = out + b * 256, d = half_to_float(x + 208);
-        for (int e = 0; e < 256; e++) {
-            int half = e / 128, nib = (e % 128) / 64, k = e % 64, crumb = (e % 128) / 32;
-            int lo = (ql[half * 64 + k] >> (4 * nib)) & 15;
-            int hi = (qh[half * 32 + e % 32] >> (2 * crumb)) & 3;
-            float dd = d * (float)scales[e / 16];
-            y[e] = dd * (float)((lo | (hi << 4)) - 32);
-        }
+static inline void fields_q6_k(const uint8_t *x, int8_t *codes, float *scale, float *offset) {
+    (void)offset;
+    const uint8_t *ql = x, *qh = x + 128;
+    const int8_t *scales = (const int8_t *)(x + 192);
+    float d = half_to_float(x + 208);
+    for (int g = 0; g < 16; g++) scale[g] = d * (float)scales[g];
+    for (int e = 0; e < 256; e++) {
+        int half = e / 128, nib = (e % 128) / 64, k = e % 64, crumb = (e % 128) / 32;
+        int lo = (ql[half * 64 + k] >> (4 * nib)) & 15;
+        int hi = (qh[half * 32 + e % 32] >> (2 * crumb)) & 3;
+        codes[e] = (int8_t)((lo | (hi << 4)) - 32);
     }
 }
+
+/*
+ * Per format: dq_<format> decodes n_blocks blocks to float32 (code * scale (+ offset)),
+ * fields_<format>_rows writes their fields (codes [n_blocks * values], scale and offset
+ * [n_blocks * groups]; offset untouched for symmetric formats) for block_rows.BlockRows.
+ */
+#define DEFINE_FORMAT(name, bytes, values, group, has_offset)                                  \
+    void dq_##name(const uint8_t *src, int64_t n_blocks, float *out, int threads) {            \
+        _Pragma("omp parallel for num_threads(threads) schedule(static)")                      \
+        for (int64_t b = 0; b < n_blocks; b++) {                                               \
+            int8_t codes[values];                                                              \
+            float scale[values / group], offset[values / group];                               \
+            fields_##name(src + b * bytes, codes, scale, offset);                              \
+            float *y = out + b * values;                                                       \
+            for (int i = 0; i < values; i++)                                                   \
+                y[i] = has_offset ? (float)codes[i] * scale[i / group] + offset[i / group]     \
+                                  : (float)codes[i] * scale[i / group];                        \
+        }                                                                                      \
+    }                                                                                          \
+    void fields_##name##_rows(const uint8_t *src, int64_t n_blocks, int8_t *codes,             \
+                              float *scale, float *offset, int threads) {                      \
+        _Pragma("omp parallel for num_threads(threads) schedule(static)")                      \
+        for (int64_t b = 0; b < n_blocks; b++) {                                               \
+            float unused[values / group];                                                      \
+            fields_##name(src + b * bytes, codes + b * values, scale + b * (values / group),   \
+                          has_offset ? offset + b * (values / group) : unused);                \
+        }                                                                                      \
+    }
+
+DEFINE_FORMAT(q4_0, 18, 32, 32, 0)
+DEFINE_FORMAT(q4_1, 20, 32, 32, 1)
+DEFINE_FORMAT(q5_0, 22, 32, 32, 0)
+DEFINE_FORMAT(q5_1, 24, 32, 32, 1)
+DEFINE_FORMAT(q8_0, 34, 32, 32, 0)
+DEFINE_FORMAT(q4_k, 144, 256, 32, 1)
+DEFINE_FORMAT(q5_k, 176, 256, 32, 1)
+DEFINE_FORMAT(q6_k, 210, 256, 16, 0)
 
 /* quant.quantize_int4 before packing: per group of 32, low/high = min/max,
  * scale = max((high - low) / 15, 1e-8), q = clamp(round((w - low) / scale), 0, 15),

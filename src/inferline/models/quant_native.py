@@ -33,19 +33,21 @@ SOURCE = Path(__file__).with_name("quant_kernels.c")
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fPIC", "-shared")
 
 Q = GGMLQuantizationType
-_DEQUANTIZERS = {
-    Q.Q4_0: "dq_q4_0",
-    Q.Q4_1: "dq_q4_1",
-    Q.Q5_0: "dq_q5_0",
-    Q.Q5_1: "dq_q5_1",
-    Q.Q8_0: "dq_q8_0",
-    Q.Q4_K: "dq_q4_k",
-    Q.Q5_K: "dq_q5_k",
-    Q.Q6_K: "dq_q6_k",
+# the formats with C kernels: dq_<name> decodes blocks, fields_<name>_rows splits them
+_FORMATS = {
+    Q.Q4_0: "q4_0",
+    Q.Q4_1: "q4_1",
+    Q.Q5_0: "q5_0",
+    Q.Q5_1: "q5_1",
+    Q.Q8_0: "q8_0",
+    Q.Q4_K: "q4_k",
+    Q.Q5_K: "q5_k",
+    Q.Q6_K: "q6_k",
 }
 _i64, _i32, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
 _SIGNATURES = {
-    **{name: [_ptr, _i64, _ptr, _i32] for name in _DEQUANTIZERS.values()},
+    **{f"dq_{name}": [_ptr, _i64, _ptr, _i32] for name in _FORMATS.values()},
+    **{f"fields_{name}_rows": [_ptr, _i64, _ptr, _ptr, _ptr, _i32] for name in _FORMATS.values()},
     "quantize_int4_rows": [_ptr, _i64, _i64, _ptr, _ptr, _ptr, _i32],
     "quantize_int8_rows": [_ptr, _i64, _i64, _ptr, _ptr, _ptr, _i32],
 }
@@ -63,8 +65,8 @@ class QuantKernels:
             function.argtypes, function.restype = argtypes, None
 
     def can_dequantize(self, qtype: GGMLQuantizationType) -> bool:
-        """Whether ``qtype`` has a C decoder."""
-        return qtype in _DEQUANTIZERS
+        """Whether ``qtype`` has C kernels (`dequantize_into`, `block_fields`)."""
+        return qtype in _FORMATS
 
     def dequantize_into(
         self, raw: np.ndarray, qtype: GGMLQuantizationType, out: torch.Tensor
@@ -76,8 +78,29 @@ class QuantKernels:
         num_blocks = out.numel() // block_size
         if raw.size != num_blocks * type_size or not raw.flags.c_contiguous:
             raise ValueError(f"{raw.size} bytes do not hold {out.numel()} {qtype.name} values")
-        function = getattr(self.library, _DEQUANTIZERS[qtype])
+        function = getattr(self.library, f"dq_{_FORMATS[qtype]}")
         function(raw.ctypes.data, num_blocks, out.data_ptr(), torch.get_num_threads())
+
+    def block_fields(
+        self,
+        raw: np.ndarray,
+        qtype: GGMLQuantizationType,
+        codes: torch.Tensor,
+        scale: torch.Tensor,
+        offset: torch.Tensor | None,
+    ) -> None:
+        """Splits ``raw`` (whole blocks of ``qtype``, contiguous) into int8 ``codes`` (one
+        per value), float32 ``scale`` and, for the asymmetric formats, ``offset`` (one per
+        group), contiguous: the fields of `inferline.models.block_rows.BlockRows`."""
+        block_size, type_size = GGML_QUANT_SIZES[qtype]
+        num_blocks = codes.numel() // block_size
+        if raw.size != num_blocks * type_size or not raw.flags.c_contiguous:
+            raise ValueError(f"{raw.size} bytes do not hold {codes.numel()} {qtype.name} values")
+        function = getattr(self.library, f"fields_{_FORMATS[qtype]}_rows")
+        function(
+            raw.ctypes.data, num_blocks, codes.data_ptr(), scale.data_ptr(),
+            None if offset is None else offset.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
 
     def quantize_int4(
         self, weight: torch.Tensor
