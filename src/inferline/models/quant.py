@@ -221,16 +221,18 @@ PROBE_ROWS = (1, 2)
 # 2.8 / 5.1 / 19.5 / 37.3 ms at 1 / 5 / 32 / 64 rows against W8A8's 16.4 / 18.7 / 27.1 /
 # 34.6 (torch's int4: 4.0 / 11.5 / 44.0 / 84.1). On the 2-core AMD EPYC (2026-12-03,
 # `benchmarks/native_kernels.py`): 3.0 / 4.8 / 24.1 / 53.0 against W8A8's 12.6 / 15.1 / 25.9
-# / 35.9, yet the load-time probe (one shape at a time) put the MLP's crossover at 64 there
-# (the count the loader logs): at 33-64 rows the two measurements disagree (not yet
-# explained).
-Q4_PROBE_ROWS = (1, 4, 16, 32, 64)
+# / 35.9. The probe races the kernels as the native forward runs them: W8A8 on rows
+# already in int8 (the kernel before it writes them so), not through `int8_linear` (whose
+# torch-side quantization put the MLP's crossover at 64 on that EPYC, where W8A8 is 1.5x
+# faster at 64 rows).
+Q4_PROBE_ROWS = (1, 4, 16, 32, 48, 64)
 
 
-# Read between timed runs to push the weights out of the caches: a decode step streams every
-# layer's weights from memory, so a probe on cache-hot weights favours W8A8 wrongly (measured
-# on the 32 MiB-L3 EPYC: for Qwen2.5-0.5B's MLP at one row, W8A8 205 us hot but 684 us cold,
-# int4 238 / 272 us; the hot probe chose W8A8 and batch-1 decode ran at 36 instead of 19 ms).
+# Read between timed runs to push the weights out of the caches where the kernels cannot
+# flush them (`NativeKernels.flush_caches`): a decode step streams every layer's weights
+# from memory, so a probe on cache-hot weights favours W8A8 wrongly (measured on the 32
+# MiB-L3 EPYC: for Qwen2.5-0.5B's MLP at one row, W8A8 205 us hot but 684 us cold, int4
+# 238 / 272 us; the hot probe chose W8A8 and batch-1 decode ran at 36 instead of 19 ms).
 EVICT_BYTES = 64 * 2**20
 
 
@@ -240,50 +242,75 @@ def probe_int4_max_rows(
 ) -> int:
     """The largest batch (of `PROBE_ROWS`, or `Q4_PROBE_ROWS` with ``q4``) where the 4-bit
     kernel beats W8A8 on this CPU; 0 if none. The 4-bit kernel is ours (``q4``'s
-    `pack_q4`) when given, else torch's int4.
+    `pack_q4`, raced against W8A8 on int8 rows, as the native forward runs both) when
+    given, else torch's int4 (against `int8_linear`, as the torch forward runs it).
 
     Times both kernels on a random weight of the projection's shape, with the weights
-    evicted from the caches before each run, as in a decode step; the two kernels' runs
-    interleaved, best of ``repeats`` each (~0.3 s at load for SmolLM2's four shapes). Measured
-    once per shape and process: the loader probes before reading weights (so the probe's
-    buffers never coexist with them) and the model's own call then reuses the answer.
+    dropped from the caches before each run, as in a decode step; the two kernels' runs
+    interleaved, best of ``repeats`` each. Measured once per shape and process: the loader
+    probes before reading weights (so the probe's buffers never coexist with them).
     """
-    weight = torch.randn(out_features, in_features)
+    weight = torch.empty(out_features, in_features).uniform_(-1.0, 1.0)
     int8 = quantize_int8(weight)
-    probe_rows: tuple[int, ...] = Q4_PROBE_ROWS if q4 is not None else PROBE_ROWS
+    evict: Callable[[], object] | None = None
     if q4 is not None:
-        run_4bit: Callable[[torch.Tensor], object] = q4.pack_q4(weight).matmul
+        packed = q4.pack_q4(weight)
+        race = _q4_race(packed, int8)
+        if q4.flush_caches(packed.packed, int8.w8_t):  # the weights' own lines, cheaply
+            evict = functools.partial(q4.flush_caches, packed.packed, int8.w8_t)
     else:
-        int4 = quantize_int4(weight)
-
-        def run_4bit(x: torch.Tensor) -> object:
-            return int4_matmul(x.to(torch.bfloat16), int4)
-
-    evict = torch.ones(EVICT_BYTES // 4)
+        race = _torch_int4_race(quantize_int4(weight), int8)
+    if evict is None:  # read a buffer larger than the last-level cache
+        evict = torch.ones(EVICT_BYTES // 4).sum
     best = 0
-    for rows in probe_rows:
-        x = torch.randn(rows, in_features)
-        int4_s, int8_s = _fastest_of_two(
-            functools.partial(run_4bit, x), functools.partial(int8_linear, x, int8), repeats, evict
-        )
+    for rows in Q4_PROBE_ROWS if q4 is not None else PROBE_ROWS:
+        int4_s, int8_s = _fastest_of_two(*race(rows, in_features), repeats, evict)
         if int4_s >= int8_s:
             break
         best = rows
     return best
 
 
+Race = Callable[[int, int], tuple[Callable[[], object], Callable[[], object]]]
+
+
+def _q4_race(packed: Q4Weight, int8: Int8Weight) -> Race:
+    """``rows, in_features`` -> our 4-bit kernel on float rows, W8A8 on int8 rows."""
+
+    def kernels(rows: int, in_features: int) -> tuple[Callable[[], object], Callable[[], object]]:
+        x = torch.empty(rows, in_features).uniform_(-1.0, 1.0)
+        x8 = Int8Rows(torch.randint(-127, 128, (rows, in_features), dtype=torch.int8),
+                      torch.rand(rows, 1))  # fmt: skip
+        return functools.partial(packed.matmul, x), functools.partial(int8_matmul, x8, int8)
+
+    return kernels
+
+
+def _torch_int4_race(int4: Int4Weight, int8: Int8Weight) -> Race:
+    """``rows, in_features`` -> torch's int4 on bf16 rows, W8A8 with its own quantization."""
+
+    def kernels(rows: int, in_features: int) -> tuple[Callable[[], object], Callable[[], object]]:
+        x = torch.empty(rows, in_features).uniform_(-1.0, 1.0)
+        return lambda: int4_matmul(x.to(torch.bfloat16), int4), lambda: int8_linear(x, int8)
+
+    return kernels
+
+
 def _fastest_of_two(
-    first: Callable[[], object], second: Callable[[], object], repeats: int, evict: torch.Tensor
+    first: Callable[[], object],
+    second: Callable[[], object],
+    repeats: int,
+    evict: Callable[[], object],
 ) -> tuple[float, float]:
     """The best time of each of two kernels, their runs interleaved: a burst of load from
     another process then slows both, not only the one being timed (on a busy 2-core
     machine, timing one kernel's runs and then the other's read 0 rows for shapes whose
-    4-bit kernel is 5x faster at one row)."""
+    4-bit kernel is 5x faster at one row). ``evict`` runs before each timed run."""
     first(), second()  # warm-up
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
         for run, spent in ((first, times[0]), (second, times[1])):
-            evict.sum()
+            evict()
             start = time.perf_counter()
             run()
             spent.append(time.perf_counter() - start)

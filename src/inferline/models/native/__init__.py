@@ -59,6 +59,7 @@ _SIGNATURES = {
     "q4_pack": [_i64, _i64, _ptr, _ptr],
     "q4_matmul": [_i64, _i64, _i64, _ptr, _i32, _ptr, _ptr],
     "q4_path": [],
+    "flush_cache_lines": [_ptr, _i64],
 }
 _RESULT_TYPES = {
     "decode_attention": ctypes.c_int,
@@ -66,6 +67,7 @@ _RESULT_TYPES = {
     "prefill_attention_supported": ctypes.c_int,
     "q4_packed_bytes": _i64,
     "q4_path": ctypes.c_char_p,
+    "flush_cache_lines": ctypes.c_int,
 }
 # activation kinds, as in cpu_kernels.c
 _KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int32: 2, torch.int8: 3}
@@ -249,6 +251,11 @@ class NativeKernels:
         packed = torch.empty(self.lib.q4_packed_bytes(out_features, in_features), dtype=torch.uint8)
         self.lib.q4_pack(out_features, in_features, _p(weight), _p(packed))
         return Q4Weight(packed, out_features, in_features, self)
+
+    def flush_caches(self, *tensors: torch.Tensor) -> bool:
+        """Drops ``tensors``' bytes from every cache level (as a decode step finds a layer's
+        weights); False where this build cannot (then nothing was done)."""
+        return all(self.lib.flush_cache_lines(_p(t), t.numel() * t.element_size()) for t in tensors)
 
     def q4_matmul(self, x: torch.Tensor, weight: Q4Weight) -> torch.Tensor:
         """``x [M, in]`` float32 or bf16 -> ``x W^T`` ``[M, out]`` float32; each row computed

@@ -27,7 +27,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX2__) || defined(__AVX512F__)
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
 
@@ -325,4 +325,30 @@ void q4_matmul(int64_t rows, int64_t n, int64_t k, const void *x, int x_bf16,
     }
     free(xq);
     free(xs);
+}
+
+/*
+ * Writes back and drops the cache lines of [p, p + bytes) from every cache level, as a
+ * decode step finds a layer's weights (streamed from memory after the other layers'):
+ * the load-time probe times its kernels so, at the cost of the weights' own lines rather
+ * than of reading a buffer larger than the last-level cache. 1 when done, 0 where the
+ * build has no flush instruction (the caller then evicts by reading).
+ */
+int flush_cache_lines(const void *p, int64_t bytes) {
+#if defined(__x86_64__) || defined(__i386__)
+    const char *c = (const char *)p;
+    for (int64_t i = 0; i < bytes; i += 64) {
+#ifdef __CLFLUSHOPT__
+        _mm_clflushopt((void *)(c + i));
+#else
+        _mm_clflush(c + i);
+#endif
+    }
+    _mm_mfence();
+    return 1;
+#else
+    (void)p;
+    (void)bytes;
+    return 0;
+#endif
 }
