@@ -26,7 +26,7 @@ from inferline.models.attention import (
     DecodeBatch,
     PrefillBatch,
 )
-from inferline.models.llama import kernels_chosen_for
+from inferline.models.row_choice import kernels_chosen_for
 from inferline.models.tokenizer import Tokenizer
 
 

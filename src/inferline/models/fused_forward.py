@@ -13,6 +13,7 @@ import torch
 
 from inferline.models.attention import AttentionMetadata, attend_groups
 from inferline.models.native import Activation, NativeKernels
+from inferline.models.row_choice import kernel_rows
 
 if TYPE_CHECKING:
     from inferline.models.llama import DecoderForCausalLM, DecoderLayer
@@ -28,6 +29,9 @@ def fused_forward(
 ) -> torch.Tensor:
     """Runs the layer stack; returns the final-normed hidden states ``[T, hidden]`` fp32."""
     residual = model.embed_tokens(input_ids)  # a fresh tensor: updated in place below
+    stack = model.decode_stack
+    if stack is not None and stack.runs(kernel_rows(residual.shape[0]), metadata):
+        return stack.run(residual, positions, kv_caches, metadata)  # the same calls, from C
     delta: Activation | None = None
     for layer, kv_cache in zip(model.layers, kv_caches, strict=True):
         delta = _layer(

@@ -6,10 +6,6 @@ and ``S`` = tokens whose next-token logits are needed.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +13,7 @@ from torch import nn
 from inferline.models.attention import AttentionMetadata, paged_attention
 from inferline.models.block_rows import BlockRows
 from inferline.models.config import ModelConfig
+from inferline.models.decode_stack import DecodeStack, decode_stack_of
 from inferline.models.fused_forward import fused_forward
 from inferline.models.head import ApproximateThenExactHead
 from inferline.models.native import NativeKernels, Q4Weight
@@ -34,23 +31,7 @@ from inferline.models.quant import (
     quantize_int8,
     supports_int4,
 )
-
-_KERNEL_ROWS: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "kernel_rows", default=None
-)
-
-
-@contextlib.contextmanager
-def kernels_chosen_for(rows: int) -> Iterator[None]:
-    """Within, projections choose their kernel as for a batch of ``rows`` rows, whatever
-    the batch's size. A step with speculative drafts runs the kernels the step would run
-    without them: the kernels compute each row on its own, so the verification computes
-    what plain decoding would (greedy output unchanged by speculation)."""
-    token = _KERNEL_ROWS.set(rows)
-    try:
-        yield
-    finally:
-        _KERNEL_ROWS.reset(token)
+from inferline.models.row_choice import kernel_rows
 
 
 class Linear(nn.Module):
@@ -91,7 +72,7 @@ class Linear(nn.Module):
         self.weight = nn.Parameter(torch.empty(0), requires_grad=False)  # frees the floats
 
     def _uses_int4(self, rows: int) -> bool:
-        rows = _KERNEL_ROWS.get() or rows
+        rows = kernel_rows(rows)
         return self.int4 is not None and (self.int8 is None or rows <= self.int4_max_rows)
 
     def input_dtype(self, rows: int) -> torch.dtype:
@@ -238,6 +219,7 @@ class DecoderForCausalLM(nn.Module):
         self.int4_max_rows = 0  # ``mixed``: the MLP's measured int4/W8A8 crossover, else 0
         # fused C kernels for the layers' row-wise work (set by `use_native`); None: torch ops
         self.native: NativeKernels | None = None
+        self.decode_stack: DecodeStack | None = None  # q4 decode steps in one call (`use_native`)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
@@ -292,7 +274,8 @@ class DecoderForCausalLM(nn.Module):
         """Runs the layers on ``kernels`` (`fused_forward`) where the model allows it.
 
         The fused path adds a bias only to the qkv projection (Llama and Qwen2 have no
-        other); a model with other biases keeps the torch path.
+        other); a model with other biases keeps the torch path. Where every projection has
+        our 4-bit copy, small decode steps run as one call (`DecodeStack`).
         """
         other_biases = any(
             getattr(layer, name).bias is not None
@@ -300,6 +283,7 @@ class DecoderForCausalLM(nn.Module):
             for name in ("o_proj", "gate_up_proj", "down_proj")
         )
         self.native = None if other_biases else kernels
+        self.decode_stack = None if self.native is None else decode_stack_of(self, self.native)
 
     @property
     def native_prefill(self) -> bool:

@@ -37,6 +37,7 @@ SOURCES = tuple(
         "attention_plain.c",
         "prefill_attention.c",
         "q4_gemm.c",
+        "decode_stack.c",
     )
 )
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11")
@@ -60,6 +61,7 @@ _SIGNATURES = {
     "q4_matmul": [_i64, _i64, _i64, _ptr, _i32, _ptr, _ptr],
     "q4_path": [],
     "flush_cache_lines": [_ptr, _i64],
+    "decode_stack": [_ptr, _ptr, _ptr, _ptr],  # models/decode_stack.py
 }
 _RESULT_TYPES = {
     "decode_attention": ctypes.c_int,
@@ -68,6 +70,7 @@ _RESULT_TYPES = {
     "q4_packed_bytes": _i64,
     "q4_path": ctypes.c_char_p,
     "flush_cache_lines": ctypes.c_int,
+    "decode_stack": ctypes.c_int,
 }
 # activation kinds, as in cpu_kernels.c
 _KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int32: 2, torch.int8: 3}

@@ -1,0 +1,131 @@
+"""`DecodeStack` (a q4 decode step's layers in one native call) against `fused_forward`,
+which makes the same kernel calls one by one from Python: the results are bit for bit equal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from inferline import SamplingParams
+from inferline.engine import EngineConfig, LLMEngine, SchedulerConfig
+from inferline.models import load_model
+from inferline.models.assemble import assemble
+from inferline.models.attention import AttentionMetadata, DecodeBatch, PrefillBatch
+from inferline.models.config import ModelConfig
+from inferline.models.decode_stack import DecodeStack
+from inferline.models.fused_forward import fused_forward
+from inferline.models.kv_layout import cache_of
+from inferline.models.llama import DecoderForCausalLM
+from inferline.models.native import NativeKernels
+from tests.conftest import PARITY_PROMPTS, run_to_completion
+
+BLOCK = 16
+
+
+def tiny_qwen(kernels: NativeKernels) -> DecoderForCausalLM:
+    """A random two-layer model with Qwen2's qkv bias and grouped kv heads, all in q4."""
+    config = ModelConfig(
+        architecture="qwen2", vocab_size=320, hidden_size=256, intermediate_size=512,
+        num_layers=2, num_heads=4, num_kv_heads=2, head_dim=64, rope_theta=10000.0,
+        rms_norm_eps=1e-6, max_position_embeddings=256, tie_word_embeddings=True,
+        attention_bias=True,
+    )  # fmt: skip
+    model = DecoderForCausalLM(config)
+    gen = torch.Generator().manual_seed(7)
+    weights = [
+        (name, torch.randn(p.shape, generator=gen) * 0.1 + (1.0 if "norm" in name else 0.0))
+        for name, p in model.named_parameters()
+    ]
+    assemble(model, weights, "int4", kernels)
+    model.use_native(kernels)
+    return model
+
+
+Step = tuple[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata]
+
+
+def decode_step(kv_dtype: torch.dtype) -> Step:
+    """Four single-token queries, in shuffled rows: three sequences, one with a drafted
+    second query (two queries of one sequence, as speculative verification runs them)."""
+    gen = torch.Generator().manual_seed(3)
+    caches = [cache_of(torch.randn(2, 12 * BLOCK, 2, 64, generator=gen), kv_dtype) for _ in "ab"]
+    tables = torch.tensor([[3, 0, 0], [5, 1, 7], [2, 9, 0], [2, 9, 0]], dtype=torch.int32)
+    context_lens = torch.tensor([5, 40, 17, 18], dtype=torch.int32)
+    token_rows = torch.tensor([2, 0, 3, 1])
+    positions, slots = torch.zeros(4, dtype=torch.int64), torch.zeros(4, dtype=torch.int64)
+    for table, n, row in zip(tables, context_lens.tolist(), token_rows.tolist(), strict=True):
+        positions[row] = n - 1
+        slots[row] = table[(n - 1) // BLOCK] * BLOCK + (n - 1) % BLOCK
+    decode = DecodeBatch(token_rows, tables, context_lens, BLOCK)
+    input_ids = torch.tensor([11, 200, 37, 5])
+    return input_ids, positions, torch.stack(caches), AttentionMetadata(slots, [], decode)
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16, torch.int8])
+def test_a_decode_step_is_bit_for_bit_the_layer_by_layer_one(
+    kernels: NativeKernels, kv_dtype: torch.dtype
+) -> None:
+    """Hidden states and the K/V written to every layer's cache, with bias and grouped heads."""
+    model = tiny_qwen(kernels)
+    stack = model.decode_stack
+    assert stack is not None and stack.max_rows > 4  # int4 alone: q4 at any row count
+    input_ids, positions, caches, metadata = decode_step(kv_dtype)
+    assert stack.runs(4, metadata)
+    ours_cache, reference_cache = caches.clone(), caches.clone()
+    ours = fused_forward(model, kernels, input_ids, positions, ours_cache, metadata)
+    model.decode_stack = None
+    reference = fused_forward(model, kernels, input_ids, positions, reference_cache, metadata)
+    assert torch.equal(ours, reference)
+    assert torch.equal(ours_cache, reference_cache)
+    assert not torch.equal(ours_cache, caches)  # the step wrote its K/V
+
+
+def test_steps_it_does_not_cover_go_layer_by_layer(kernels: NativeKernels) -> None:
+    """Prefill chunks, and more rows than the smallest int4/W8A8 crossover."""
+    model = tiny_qwen(kernels)
+    stack = model.decode_stack
+    assert stack is not None
+    metadata = decode_step(torch.float32)[3]
+    stack.max_rows = 3
+    assert not stack.runs(4, metadata)
+    stack.max_rows = 4
+    assert stack.runs(4, metadata)
+    chunks = torch.tensor([[0, 0, 4]])
+    metadata.prefill = PrefillBatch(chunks, torch.zeros(1, 1, dtype=torch.int32), BLOCK)
+    assert not stack.runs(4, metadata)
+
+
+@pytest.fixture(scope="module")
+def smollm_mixed(cache_dir: Path):  # type: ignore[no-untyped-def]
+    """SmolLM2 as served by default: q4 up to each projection's probed crossover, W8A8 above."""
+    return load_model("smollm2-135m", cache_dir=cache_dir, weight_format="mixed")
+
+
+def test_engine_outputs_are_the_same_with_and_without_it(smollm_mixed, cache_dir, monkeypatch):  # type: ignore[no-untyped-def]
+    """Speculative drafts, and prefill chunks beside decodes: the same tokens and
+    logprobs, and the stack ran some of the steps."""
+    stack = smollm_mixed.model.decode_stack
+    assert stack is not None, "q4 lost to W8A8 at one row: the probe misread the host"
+    steps = []
+    run_stack = DecodeStack.run
+    monkeypatch.setattr(DecodeStack, "run", lambda *a: steps.append(1) or run_stack(*a))
+    params = SamplingParams(max_tokens=16, temperature=0, logprobs=3)
+    config = EngineConfig(
+        cache_dir=cache_dir, scheduler=SchedulerConfig(max_num_batched_tokens=64)
+    )  # chunked prefill beside decodes
+
+    def run() -> list:  # type: ignore[type-arg]
+        engine = LLMEngine(config, loaded=smollm_mixed)  # fresh: no prefix cache shared
+        return run_to_completion(engine, PARITY_PROMPTS + ["1, 2, 3, 4, 5, 6, 7,"], params)
+
+    ours = run()
+    assert steps
+    monkeypatch.setattr(smollm_mixed.model, "decode_stack", None)
+    reference = run()
+    for a, b in zip(ours, reference, strict=True):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        assert [p.logprob for p in a.outputs[0].logprobs] == [
+            p.logprob for p in b.outputs[0].logprobs
+        ]
