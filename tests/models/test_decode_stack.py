@@ -14,7 +14,7 @@ from inferline.models import load_model
 from inferline.models.assemble import assemble
 from inferline.models.attention import AttentionMetadata, DecodeBatch, PrefillBatch
 from inferline.models.config import ModelConfig
-from inferline.models.decode_stack import DecodeStack
+from inferline.models.decode_stack import DecodeStack, decode_stack_of
 from inferline.models.fused_forward import fused_forward
 from inferline.models.kv_layout import cache_of
 from inferline.models.llama import DecoderForCausalLM
@@ -95,6 +95,15 @@ def test_steps_it_does_not_cover_go_layer_by_layer(kernels: NativeKernels) -> No
     chunks = torch.tensor([[0, 0, 4]])
     metadata.prefill = PrefillBatch(chunks, torch.zeros(1, 1, dtype=torch.int32), BLOCK)
     assert not stack.runs(4, metadata)
+
+
+def test_a_model_whose_norms_differ_in_epsilon_has_none(kernels: NativeKernels) -> None:
+    """The C stack normalizes with one epsilon; a model with another in some layer keeps
+    the layer-by-layer path."""
+    model = tiny_qwen(kernels)
+    assert decode_stack_of(model, kernels) is not None
+    model.layers[1].post_attention_layernorm.eps = 1e-5
+    assert decode_stack_of(model, kernels) is None
 
 
 @pytest.fixture(scope="module")

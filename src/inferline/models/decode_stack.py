@@ -59,7 +59,11 @@ def q4_row_limit(linear: Linear) -> int:
 
 
 def decode_stack_of(model: DecoderForCausalLM, kernels: NativeKernels) -> DecodeStack | None:
-    """The model's `DecodeStack`; None where some projection never runs our 4-bit kernel."""
+    """The model's `DecodeStack`; None where some projection never runs our 4-bit kernel or
+    the norms differ in epsilon (the C stack takes one, the final norm's)."""
+    norms = [getattr(layer, name) for layer in model.layers for name in _NORMS]
+    if any(norm.eps != model.norm.eps for norm in norms):
+        return None
     projections = [getattr(layer, name) for layer in model.layers for name in _PROJECTIONS]
     max_rows = min(q4_row_limit(linear) for linear in projections)
     return DecodeStack(model, kernels, max_rows) if max_rows > 0 else None
@@ -134,6 +138,7 @@ class DecodeStack:
 
 
 _PROJECTIONS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+_NORMS = ("input_layernorm", "post_attention_layernorm")
 
 
 def _pointer(tensor: torch.Tensor | None) -> int | None:
