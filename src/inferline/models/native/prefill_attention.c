@@ -56,20 +56,13 @@ ALWAYS_INLINE void load_keys(const int C, const int kind, const PagedAttention *
 }
 
 /*
- * One head of a task over one run of n keys at positions key0.. (scores, softmax update,
- * values). qt [head_dim][16] the scaled queries transposed; row_pos [16] their positions;
- * state: max, sum [16] and out_t [head_dim][16].
+ * The online softmax's step over a run's scores s[0..n) of 16 rows (positions row_pos):
+ * the causal mask, the new running max and sum (max, sum [16], updated), s replaced by
+ * the weights exp(s - max) (0 where masked or past n). Returns the factor by which the
+ * output accumulated so far is rescaled.
  */
-ALWAYS_INLINE void head_run(const int C, const float *qt, const float *keys, const float *values,
-                            int n, int key0, __m512i row_pos, float *max, float *sum,
-                            float *out_t) {
-    __m512 s[KEY_RUN];
-    for (int j = 0; j < KEY_RUN; j++) s[j] = _mm512_setzero_ps();
-    for (int d = 0; d < C * 16; d++) {
-        __m512 q = _mm512_loadu_ps(qt + d * 16);
-        for (int j = 0; j < KEY_RUN; j++)
-            if (j < n) s[j] = _mm512_fmadd_ps(_mm512_set1_ps(keys[j * C * 16 + d]), q, s[j]);
-    }
+ALWAYS_INLINE __m512 softmax_update(__m512 *s, int n, int key0, __m512i row_pos, float *max,
+                                    float *sum) {
     __m512 top = _mm512_loadu_ps(max);
     __mmask16 visible[KEY_RUN];
     for (int j = 0; j < KEY_RUN; j++) {
@@ -86,6 +79,25 @@ ALWAYS_INLINE void head_run(const int C, const float *qt, const float *keys, con
     }
     _mm512_storeu_ps(max, top);
     _mm512_storeu_ps(sum, total);
+    return alpha;
+}
+
+/*
+ * One head of a task over one run of n keys at positions key0.. (scores, softmax update,
+ * values). qt [head_dim][16] the scaled queries transposed; row_pos [16] their positions;
+ * state: max, sum [16] and out_t [head_dim][16].
+ */
+ALWAYS_INLINE void head_run(const int C, const float *qt, const float *keys, const float *values,
+                            int n, int key0, __m512i row_pos, float *max, float *sum,
+                            float *out_t) {
+    __m512 s[KEY_RUN];
+    for (int j = 0; j < KEY_RUN; j++) s[j] = _mm512_setzero_ps();
+    for (int d = 0; d < C * 16; d++) {
+        __m512 q = _mm512_loadu_ps(qt + d * 16);
+        for (int j = 0; j < KEY_RUN; j++)
+            if (j < n) s[j] = _mm512_fmadd_ps(_mm512_set1_ps(keys[j * C * 16 + d]), q, s[j]);
+    }
+    __m512 alpha = softmax_update(s, n, key0, row_pos, max, sum);
     for (int d = 0; d < C * 16; d++) {
         __m512 o = _mm512_mul_ps(_mm512_loadu_ps(out_t + d * 16), alpha);
         for (int j = 0; j < KEY_RUN; j++)
@@ -147,20 +159,7 @@ ALWAYS_INLINE void head_run_bf16(const int C, const __m512i *qp, const uint16_t 
             s[j] = _mm512_dpbf16_ps(s[j], q, (__m512bh)_mm512_set1_epi32((int)k));
         }
     }
-    __m512 top = _mm512_loadu_ps(max);
-    __mmask16 visible[KEY_RUN];
-    for (int j = 0; j < KEY_RUN; j++) {
-        visible[j] = j < n ? _mm512_cmpge_epi32_mask(row_pos, _mm512_set1_epi32(key0 + j)) : 0;
-        top = _mm512_mask_max_ps(top, visible[j], top, s[j]);
-    }
-    __m512 alpha = exp16(_mm512_sub_ps(_mm512_loadu_ps(max), top));
-    __m512 total = _mm512_mul_ps(_mm512_loadu_ps(sum), alpha);
-    for (int j = 0; j < KEY_RUN; j++) {
-        s[j] = _mm512_maskz_mov_ps(visible[j], exp16(_mm512_sub_ps(s[j], top)));
-        total = _mm512_add_ps(total, s[j]);
-    }
-    _mm512_storeu_ps(max, top);
-    _mm512_storeu_ps(sum, total);
+    __m512 alpha = softmax_update(s, n, key0, row_pos, max, sum);
     __m512i weights[KEY_RUN / 2];
     for (int k = 0; k < KEY_RUN / 2; k++) weights[k] = bf16_pairs(s[2 * k], s[2 * k + 1]);
     for (int d = 0; d < C * 16; d++) {
