@@ -271,7 +271,9 @@ def test_prefill_attention_matches_causal_sdpa(
         return
     assert handled
     # bf16 caches on AVX512_BF16 CPUs: queries and softmax weights rounded to bf16 as well
-    bf16_products = cache_dtype == torch.bfloat16 and "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+    bf16_products = (
+        cache_dtype == torch.bfloat16 and "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+    )
     tolerance = 1e-2 if bf16_products else 1e-5
     for (row, start, count), table in zip(chunks.tolist(), tables, strict=True):
         positions = torch.arange(start + count)
