@@ -19,13 +19,6 @@
  * vectors of 16 rows) and receives p * v with v's value broadcast. No horizontal sum
  * anywhere; key runs wholly past a task's last row are never visited. Each chunk's
  * result depends on the chunk alone (not on the other chunks of the step).
- *
- * With a bf16 cache on a CPU with AVX512_BF16, the two products run as bf16 dot products
- * (vdpbf16ps: two multiply-adds a lane, float32 sums) instead of float32 FMAs: the
- * scaled queries and the softmax weights are rounded to bf16 (as the cache's keys and
- * values already are), the keys' pairs of values are broadcast straight from the cache,
- * and each run's values are interleaved in pairs of keys once for all query heads. Half
- * the multiply instructions; scores, softmax and output stay float32.
  */
 #include <math.h>
 #include <stdint.h>
@@ -56,13 +49,20 @@ ALWAYS_INLINE void load_keys(const int C, const int kind, const PagedAttention *
 }
 
 /*
- * The online softmax's step over a run's scores s[0..n) of 16 rows (positions row_pos):
- * the causal mask, the new running max and sum (max, sum [16], updated), s replaced by
- * the weights exp(s - max) (0 where masked or past n). Returns the factor by which the
- * output accumulated so far is rescaled.
+ * One head of a task over one run of n keys at positions key0.. (scores, softmax update,
+ * values). qt [head_dim][16] the scaled queries transposed; row_pos [16] their positions;
+ * state: max, sum [16] and out_t [head_dim][16].
  */
-ALWAYS_INLINE __m512 softmax_update(__m512 *s, int n, int key0, __m512i row_pos, float *max,
-                                    float *sum) {
+ALWAYS_INLINE void head_run(const int C, const float *qt, const float *keys, const float *values,
+                            int n, int key0, __m512i row_pos, float *max, float *sum,
+                            float *out_t) {
+    __m512 s[KEY_RUN];
+    for (int j = 0; j < KEY_RUN; j++) s[j] = _mm512_setzero_ps();
+    for (int d = 0; d < C * 16; d++) {
+        __m512 q = _mm512_loadu_ps(qt + d * 16);
+        for (int j = 0; j < KEY_RUN; j++)
+            if (j < n) s[j] = _mm512_fmadd_ps(_mm512_set1_ps(keys[j * C * 16 + d]), q, s[j]);
+    }
     __m512 top = _mm512_loadu_ps(max);
     __mmask16 visible[KEY_RUN];
     for (int j = 0; j < KEY_RUN; j++) {
@@ -79,25 +79,6 @@ ALWAYS_INLINE __m512 softmax_update(__m512 *s, int n, int key0, __m512i row_pos,
     }
     _mm512_storeu_ps(max, top);
     _mm512_storeu_ps(sum, total);
-    return alpha;
-}
-
-/*
- * One head of a task over one run of n keys at positions key0.. (scores, softmax update,
- * values). qt [head_dim][16] the scaled queries transposed; row_pos [16] their positions;
- * state: max, sum [16] and out_t [head_dim][16].
- */
-ALWAYS_INLINE void head_run(const int C, const float *qt, const float *keys, const float *values,
-                            int n, int key0, __m512i row_pos, float *max, float *sum,
-                            float *out_t) {
-    __m512 s[KEY_RUN];
-    for (int j = 0; j < KEY_RUN; j++) s[j] = _mm512_setzero_ps();
-    for (int d = 0; d < C * 16; d++) {
-        __m512 q = _mm512_loadu_ps(qt + d * 16);
-        for (int j = 0; j < KEY_RUN; j++)
-            if (j < n) s[j] = _mm512_fmadd_ps(_mm512_set1_ps(keys[j * C * 16 + d]), q, s[j]);
-    }
-    __m512 alpha = softmax_update(s, n, key0, row_pos, max, sum);
     for (int d = 0; d < C * 16; d++) {
         __m512 o = _mm512_mul_ps(_mm512_loadu_ps(out_t + d * 16), alpha);
         for (int j = 0; j < KEY_RUN; j++)
@@ -105,75 +86,6 @@ ALWAYS_INLINE void head_run(const int C, const float *qt, const float *keys, con
         _mm512_storeu_ps(out_t + d * 16, o);
     }
 }
-
-#if defined(__AVX512BF16__)
-#define BF16_PATH 1
-/* Lane i of the result: (a[i], b[i]) rounded to bf16, a in the low half of the 32 bits. */
-ALWAYS_INLINE __m512i bf16_pairs(__m512 a, __m512 b) {
-    const __m512i interleave = _mm512_set_epi16(
-        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
-        23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    return _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(b, a));
-}
-
-/* The values of keys [0, n) of a run (bf16 rows from `slot`) as 32-bit pairs of keys
- * (2k, 2k + 1): pairs[k * head_dim + d]; a missing key of the last pair is 0. */
-ALWAYS_INLINE void value_pairs(const int C, const PagedAttention *p, int64_t slot, int n,
-                               int kvh, uint32_t *pairs) {
-    const uint16_t *v = (const uint16_t *)p->v_cache + slot * p->slot_stride + (int64_t)kvh * p->head_stride;
-    for (int k = 0; 2 * k < n; k++) {
-        const uint16_t *a = v + 2 * k * p->slot_stride, *b = a + p->slot_stride;
-        for (int c = 0; c < C; c++) {
-            __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(a + 16 * c)));
-            __m512i hi = 2 * k + 1 < n
-                ? _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(b + 16 * c)))
-                : _mm512_setzero_si512();
-            _mm512_storeu_si512(pairs + k * C * 16 + 16 * c, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
-        }
-    }
-}
-
-/* The bf16 key rows [0, n) of a run (from `slot`), packed: keys[j * head_dim + d]. */
-ALWAYS_INLINE void key_rows(const int C, const PagedAttention *p, int64_t slot, int n, int kvh,
-                            uint16_t *keys) {
-    const uint16_t *k = (const uint16_t *)p->k_cache + slot * p->slot_stride + (int64_t)kvh * p->head_stride;
-    for (int j = 0; j < n; j++)
-        for (int c = 0; c < C; c++)
-            _mm256_storeu_si256((__m256i *)(keys + j * C * 16 + 16 * c),
-                                _mm256_loadu_si256((const __m256i *)(k + j * p->slot_stride + 16 * c)));
-}
-
-/* head_run on bf16 dot products: qp [head_dim / 2][16] the scaled queries' bf16 pairs,
- * keys from key_rows, pairs from value_pairs. */
-ALWAYS_INLINE void head_run_bf16(const int C, const __m512i *qp, const uint16_t *keys,
-                                 const uint32_t *pairs, int n, int key0, __m512i row_pos,
-                                 float *max, float *sum, float *out_t) {
-    __m512 s[KEY_RUN];
-    for (int j = 0; j < KEY_RUN; j++) s[j] = _mm512_setzero_ps();
-    for (int d = 0; d < C * 8; d++) {
-        __m512bh q = (__m512bh)qp[d];
-        for (int j = 0; j < KEY_RUN; j++) {
-            if (j >= n) continue;
-            uint32_t k;
-            memcpy(&k, keys + j * C * 16 + 2 * d, sizeof k);
-            s[j] = _mm512_dpbf16_ps(s[j], q, (__m512bh)_mm512_set1_epi32((int)k));
-        }
-    }
-    __m512 alpha = softmax_update(s, n, key0, row_pos, max, sum);
-    __m512i weights[KEY_RUN / 2];
-    for (int k = 0; k < KEY_RUN / 2; k++) weights[k] = bf16_pairs(s[2 * k], s[2 * k + 1]);
-    for (int d = 0; d < C * 16; d++) {
-        __m512 o = _mm512_mul_ps(_mm512_loadu_ps(out_t + d * 16), alpha);
-        for (int k = 0; k < KEY_RUN / 2; k++)
-            if (2 * k < n)
-                o = _mm512_dpbf16_ps(o, (__m512bh)weights[k],
-                                     (__m512bh)_mm512_set1_epi32((int)pairs[k * C * 16 + d]));
-        _mm512_storeu_ps(out_t + d * 16, o);
-    }
-}
-#else
-#define BF16_PATH 0
-#endif
 
 /* Task: rows [r0, r0 + rows) of a chunk, kv head kvh, all its query heads. */
 ALWAYS_INLINE void prefill_task(const int C, const int kind, const PagedAttention *p,
@@ -199,37 +111,11 @@ ALWAYS_INLINE void prefill_task(const int C, const int kind, const PagedAttentio
         for (int i = 0; i < ROWS; i++) max[g * ROWS + i] = -INFINITY, sum[g * ROWS + i] = 0.0f;
     }
     memset(out_t, 0, sizeof(float) * (size_t)(group * head_dim * ROWS));
-#if BF16_PATH
-    __m512i qp[MAX_DIM / 2 * MAX_GROUP_PREFILL];
-    uint32_t pairs[KEY_RUN / 2 * MAX_DIM];
-    uint16_t kbuf[KEY_RUN * MAX_DIM];
-    if (kind == CACHE_BF16)
-        for (int g = 0; g < group; g++)
-            for (int d = 0; d < C * 8; d++)
-                qp[g * C * 8 + d] = bf16_pairs(_mm512_loadu_ps(qt + (g * head_dim + 2 * d) * ROWS),
-                                               _mm512_loadu_ps(qt + (g * head_dim + 2 * d + 1) * ROWS));
-#endif
     for (int key0 = 0; key0 <= last_pos;) {
         int offset = key0 % p->block_size, n = p->block_size - offset;
         n = n < KEY_RUN ? n : KEY_RUN;
         n = n < last_pos + 1 - key0 ? n : last_pos + 1 - key0;
         int64_t slot = (int64_t)table[key0 / p->block_size] * p->block_size + offset;
-#if BF16_PATH
-        if (kind == CACHE_BF16) {
-            key_rows(C, p, slot, n, kvh, kbuf);
-            value_pairs(C, p, slot, n, kvh, pairs);
-            for (int g = 0; g < group; g++) {
-                const __m512i *qg = qp + g * C * 8;
-                float *og = out_t + g * head_dim * ROWS;
-                if (n == KEY_RUN)
-                    head_run_bf16(C, qg, kbuf, pairs, KEY_RUN, key0, row_pos, max + g * ROWS, sum + g * ROWS, og);
-                else
-                    head_run_bf16(C, qg, kbuf, pairs, n, key0, row_pos, max + g * ROWS, sum + g * ROWS, og);
-            }
-            key0 += n;
-            continue;
-        }
-#endif
         load_keys(C, kind, p, p->k_cache, slot, n, kvh, keys);
         load_keys(C, kind, p, p->v_cache, slot, n, kvh, values);
         for (int g = 0; g < group; g++) {
