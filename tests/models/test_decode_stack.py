@@ -1,4 +1,4 @@
-"""`DecodeStack` (a q4 decode step's layers in one native call) against `fused_forward`,
+"""`DecodeStack` (a decode step's layers in one native call) against `fused_forward`,
 which makes the same kernel calls one by one from Python: the results are bit for bit equal."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import torch
 
 from inferline import SamplingParams
 from inferline.engine import EngineConfig, LLMEngine, SchedulerConfig
+from inferline.models import assemble as assemble_module
 from inferline.models import load_model
 from inferline.models.assemble import assemble
 from inferline.models.attention import AttentionMetadata, DecodeBatch, PrefillBatch
@@ -19,13 +20,24 @@ from inferline.models.fused_forward import fused_forward
 from inferline.models.kv_layout import cache_of
 from inferline.models.llama import DecoderForCausalLM
 from inferline.models.native import NativeKernels
+from inferline.models.quant import Int8Weight, WeightFormat
+from inferline.models.row_choice import kernels_chosen_for
 from tests.conftest import PARITY_PROMPTS, run_to_completion
 
 BLOCK = 16
 
 
-def tiny_qwen(kernels: NativeKernels) -> DecoderForCausalLM:
-    """A random two-layer model with Qwen2's qkv bias and grouped kv heads, all in q4."""
+# mixed: each projection's int4/W8A8 crossover, so that a 4-row step runs both kernels
+CROSSOVERS = {"qkv_proj": 8, "o_proj": 2, "gate_up_proj": 3, "down_proj": 4}
+
+
+def tiny_qwen(
+    kernels: NativeKernels,
+    weight_format: WeightFormat = "int4",
+    monkeypatch: pytest.MonkeyPatch | None = None,
+) -> DecoderForCausalLM:
+    """A random two-layer model with Qwen2's qkv bias and grouped kv heads: all in q4
+    (``int4``), all packed int8 (``int8``), or both with `CROSSOVERS` (``mixed``)."""
     config = ModelConfig(
         architecture="qwen2", vocab_size=320, hidden_size=256, intermediate_size=512,
         num_layers=2, num_heads=4, num_kv_heads=2, head_dim=64, rope_theta=10000.0,
@@ -38,7 +50,14 @@ def tiny_qwen(kernels: NativeKernels) -> DecoderForCausalLM:
         (name, torch.randn(p.shape, generator=gen) * 0.1 + (1.0 if "norm" in name else 0.0))
         for name, p in model.named_parameters()
     ]
-    assemble(model, weights, "int4", kernels)
+    if weight_format == "mixed":
+        assert monkeypatch is not None
+        shapes = {shape: name for name, shape in config.projection_shapes().items()}
+        assert len(shapes) == len(CROSSOVERS), "two projections of one shape"
+        monkeypatch.setattr(
+            assemble_module, "probe_int4_max_rows", lambda *shape, q4: CROSSOVERS[shapes[shape]]
+        )
+    assemble(model, weights, weight_format, kernels)
     model.use_native(kernels)
     return model
 
@@ -64,37 +83,50 @@ def decode_step(kv_dtype: torch.dtype) -> Step:
 
 
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16, torch.int8])
+@pytest.mark.parametrize(("weight_format", "choice_rows"), [
+    ("int4", None), ("int8", None), ("mixed", None), ("mixed", 1), ("mixed", 3)
+])  # fmt: skip
 def test_a_decode_step_is_bit_for_bit_the_layer_by_layer_one(
-    kernels: NativeKernels, kv_dtype: torch.dtype
+    kernels: NativeKernels,
+    kv_dtype: torch.dtype,
+    weight_format: WeightFormat,
+    choice_rows: int | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Hidden states and the K/V written to every layer's cache, with bias and grouped heads."""
-    model = tiny_qwen(kernels)
+    """Hidden states and the K/V written to every layer's cache, with bias and grouped
+    heads; 4-bit, packed int8, or both in one step (a projection's kernel chosen by the
+    step's rows, or by the rows `kernels_chosen_for` says, as speculative steps run)."""
+    if weight_format != "int4" and not kernels.i8_path:
+        pytest.skip("no packed int8 kernel on this CPU: W8A8 stays with torch")
+    model = tiny_qwen(kernels, weight_format, monkeypatch)
     stack = model.decode_stack
-    assert stack is not None and stack.max_rows > 4  # int4 alone: q4 at any row count
+    assert stack is not None
     input_ids, positions, caches, metadata = decode_step(kv_dtype)
     assert stack.runs(4, metadata)
     ours_cache, reference_cache = caches.clone(), caches.clone()
-    ours = fused_forward(model, kernels, input_ids, positions, ours_cache, metadata)
-    model.decode_stack = None
-    reference = fused_forward(model, kernels, input_ids, positions, reference_cache, metadata)
+    with kernels_chosen_for(choice_rows or 4):
+        ours = fused_forward(model, kernels, input_ids, positions, ours_cache, metadata)
+        model.decode_stack = None
+        reference = fused_forward(model, kernels, input_ids, positions, reference_cache, metadata)
     assert torch.equal(ours, reference)
     assert torch.equal(ours_cache, reference_cache)
     assert not torch.equal(ours_cache, caches)  # the step wrote its K/V
 
 
 def test_steps_it_does_not_cover_go_layer_by_layer(kernels: NativeKernels) -> None:
-    """Prefill chunks, and more rows than the smallest int4/W8A8 crossover."""
+    """Prefill chunks, and models with a projection on a torch kernel."""
     model = tiny_qwen(kernels)
     stack = model.decode_stack
     assert stack is not None
     metadata = decode_step(torch.float32)[3]
-    stack.max_rows = 3
-    assert not stack.runs(4, metadata)
-    stack.max_rows = 4
     assert stack.runs(4, metadata)
     chunks = torch.tensor([[0, 0, 4]])
     metadata.prefill = PrefillBatch(chunks, torch.zeros(1, 1, dtype=torch.int32), BLOCK)
     assert not stack.runs(4, metadata)
+    down = model.layers[1].down_proj
+    down.int8 = Int8Weight(torch.zeros(512, 256, dtype=torch.int8), torch.ones(256))
+    down.int4_max_rows = 2  # torch's W8A8 above 2 rows
+    assert decode_stack_of(model, kernels) is None
 
 
 def test_a_model_whose_norms_differ_in_epsilon_has_none(kernels: NativeKernels) -> None:
@@ -116,7 +148,7 @@ def test_engine_outputs_are_the_same_with_and_without_it(smollm_mixed, cache_dir
     """Speculative drafts, and prefill chunks beside decodes: the same tokens and
     logprobs, and the stack ran some of the steps."""
     stack = smollm_mixed.model.decode_stack
-    assert stack is not None, "q4 lost to W8A8 at one row: the probe misread the host"
+    assert stack is not None
     steps = []
     run_stack = DecodeStack.run
     monkeypatch.setattr(DecodeStack, "run", lambda *a: steps.append(1) or run_stack(*a))

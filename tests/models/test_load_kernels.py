@@ -17,6 +17,7 @@ from gguf.quants import quantize as gguf_quantize
 
 from inferline.models import quant
 from inferline.models.gguf_quants import dequantize
+from inferline.models.native import PackedInt8Weight
 
 Q = GGMLQuantizationType
 LEGACY_TYPES = [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0]  # the gguf package can encode these
@@ -62,10 +63,18 @@ def assert_int4_equal(got: quant.Int4Weight, weight: torch.Tensor) -> None:
     assert same_bits(got.scales_zeros, scales_zeros)
 
 
-def assert_int8_equal(got: quant.Int8Weight, weight: torch.Tensor) -> None:
+def assert_int8_equal(got: quant.W8A8Weight, weight: torch.Tensor) -> None:
+    """``got`` holds the reference int8 of ``weight`` (packed for the native kernel, or not)."""
     w8_t, scale = reference_int8(weight)
-    assert torch.equal(got.w8_t, w8_t)
     assert same_bits(got.scale, scale)
+    if isinstance(got, PackedInt8Weight):
+        expected = got.kernels.pack_int8(quant.Int8Weight(w8_t, scale))
+        assert isinstance(expected, PackedInt8Weight)
+        assert torch.equal(got.packed, expected.packed)
+        assert torch.equal(got.comp, expected.comp)
+    else:
+        assert isinstance(got, quant.Int8Weight)
+        assert torch.equal(got.w8_t, w8_t)
 
 
 def synthetic_blocks(qtype: Q, num_blocks: int, seed: int) -> np.ndarray:

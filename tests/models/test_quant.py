@@ -129,7 +129,7 @@ def test_mixed_format_picks_the_kernel_by_batch_rows(formats) -> None:  # type: 
     assert layer.int4 is not None and layer.int8 is not None and layer.weight.numel() == 0
     layer.int4_max_rows, saved = 2, layer.int4_max_rows  # the probe's answer varies by CPU
     try:
-        x = torch.randn(3, layer.int8.w8_t.shape[0])
+        x = torch.randn(3, layer.int8.in_features)
         four_bit = layer.int4.matmul if isinstance(layer.int4, Q4Weight) else None
         expected = four_bit(x[:2]) if four_bit else int4_linear(x[:2], layer.int4)
         assert torch.equal(layer(x[:2]), expected)

@@ -1,9 +1,9 @@
 """The layer stack of a decode step in one native call (``native/decode_stack.c``).
 
-`fused_forward` calls ~9 kernels per layer from Python; for a step that runs the 4-bit
-kernels end to end (every row a single-token query, no more rows than the smallest
-int4/W8A8 crossover) `DecodeStack` makes the same calls from C, with the same results,
-without ~2 ms of per-call overhead a step (SmolLM2, 30 layers).
+`fused_forward` calls ~9 kernels per layer from Python; for a step of single-token queries
+on our own kernels (4-bit up to each projection's crossover, packed int8 above)
+`DecodeStack` makes the same calls from C, with the same results, without ~2 ms of
+per-call overhead a step (SmolLM2, 30 layers).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import torch
 
 from inferline.models.attention import AttentionMetadata
 from inferline.models.kv_layout import cache_kind
-from inferline.models.native import NativeKernels, Q4Weight
+from inferline.models.native import NativeKernels, PackedInt8Weight, Q4Weight
+from inferline.models.row_choice import kernel_rows
 
 if TYPE_CHECKING:
     from inferline.models.llama import DecoderForCausalLM, DecoderLayer, Linear
@@ -24,10 +25,17 @@ if TYPE_CHECKING:
 _p, _i32, _i64, _f32 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_float
 
 
+class _Projection(ctypes.Structure):
+    _fields_ = [
+        ("q4", _p), ("i8", _p), ("i8_comp", _p), ("i8_scale", _p), ("q4_max_rows", _i64),
+    ]  # fmt: skip
+
+
 class _Layer(ctypes.Structure):
-    _fields_ = [(name, _p) for name in (
-        "input_norm", "post_attention_norm", "qkv_bias", "qkv", "o", "gate_up", "down",
-    )]  # fmt: skip
+    _fields_ = [
+        *[(name, _p) for name in ("input_norm", "post_attention_norm", "qkv_bias")],
+        *[(name, _Projection) for name in ("qkv", "o", "gate_up", "down")],
+    ]
 
 
 class _Stack(ctypes.Structure):
@@ -43,7 +51,7 @@ class _Stack(ctypes.Structure):
 
 class _Step(ctypes.Structure):
     _fields_ = [
-        ("rows", _i64), ("num_seqs", _i64),
+        ("rows", _i64), ("num_seqs", _i64), ("choice_rows", _i64),
         ("positions", _p), ("slots", _p), ("token_rows", _p),
         ("block_tables", _p), ("context_lens", _p),
         ("max_blocks", _i32), ("block_size", _i32), ("cache_kind", _i32),
@@ -51,33 +59,33 @@ class _Step(ctypes.Structure):
     ]  # fmt: skip
 
 
-def q4_row_limit(linear: Linear) -> int:
-    """The most rows for which ``linear`` runs our 4-bit kernel (0: never)."""
-    if not isinstance(linear.int4, Q4Weight):
-        return 0
-    return linear.int4_max_rows if linear.int8 is not None else sys.maxsize
+def stack_runs(linear: Linear) -> bool:
+    """Whether ``linear`` runs our own kernels at every row count: 4-bit (`Q4Weight`) up
+    to its crossover and packed int8 (`PackedInt8Weight`) above, or one of them alone."""
+    if linear.int8 is not None:
+        return isinstance(linear.int8, PackedInt8Weight) and (
+            linear.int4 is None or isinstance(linear.int4, Q4Weight)
+        )
+    return isinstance(linear.int4, Q4Weight)
 
 
 def decode_stack_of(model: DecoderForCausalLM, kernels: NativeKernels) -> DecodeStack | None:
-    """The model's `DecodeStack`; None where some projection never runs our 4-bit kernel or
-    the norms differ in epsilon (the C stack takes one, the final norm's)."""
+    """The model's `DecodeStack`; None where some projection runs a torch kernel at some
+    row count or the norms differ in epsilon (the C stack takes one, the final norm's)."""
     norms = [getattr(layer, name) for layer in model.layers for name in _NORMS]
     if any(norm.eps != model.norm.eps for norm in norms):
         return None
     projections = [getattr(layer, name) for layer in model.layers for name in _PROJECTIONS]
-    max_rows = min(q4_row_limit(linear) for linear in projections)
-    return DecodeStack(model, kernels, max_rows) if max_rows > 0 else None
+    return DecodeStack(model, kernels) if all(map(stack_runs, projections)) else None
 
 
 class DecodeStack:
     """A model's weights as ``decode_stack.c`` takes them (pointers into the model's own
-    tensors, which it keeps alive), and the steps it runs: decodes of up to ``max_rows``
-    rows (the smallest int4/W8A8 crossover of its projections)."""
+    tensors, which it keeps alive), and the steps it runs: decodes of any row count."""
 
-    def __init__(self, model: DecoderForCausalLM, kernels: NativeKernels, max_rows: int) -> None:
+    def __init__(self, model: DecoderForCausalLM, kernels: NativeKernels) -> None:
         config = model.config
         layers = list(model.layers)
-        self.max_rows = max_rows
         shared = [model.norm.weight, model.rotary.cos, model.rotary.sin]
         self._tensors = list(shared)  # kept alive: the structures point into them
         self._layers = (_Layer * len(layers))(*(self._layer(layer) for layer in layers))
@@ -92,15 +100,23 @@ class DecodeStack:
         layer = cast("DecoderLayer", module)
         norms = [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
         bias = layer.qkv_proj.bias
-        packed = [getattr(layer, name).int4.packed for name in _PROJECTIONS]
-        self._tensors += [*norms, *packed] + ([bias] if bias is not None else [])
-        return _Layer(*map(_pointer, norms), _pointer(bias), *map(_pointer, packed))
+        self._tensors += [*norms] + ([bias] if bias is not None else [])
+        projections = [self._projection(getattr(layer, name)) for name in _PROJECTIONS]
+        return _Layer(*map(_pointer, norms), _pointer(bias), *projections)
+
+    def _projection(self, linear: Linear) -> _Projection:
+        q4 = linear.int4.packed if isinstance(linear.int4, Q4Weight) else None
+        int8 = linear.int8 if isinstance(linear.int8, PackedInt8Weight) else None
+        i8 = [int8.packed, int8.comp, int8.scale] if int8 is not None else [None] * 3
+        self._tensors += [t for t in (q4, *i8) if t is not None]
+        max_rows = linear.int4_max_rows if int8 is not None else sys.maxsize
+        return _Projection(_pointer(q4), *map(_pointer, i8), max_rows)
 
     def runs(self, rows: int, metadata: AttentionMetadata) -> bool:
         """Whether a step of ``rows`` rows (the kernels' row count) is one this runs."""
         decode = metadata.decode
         return (
-            0 < rows <= self.max_rows
+            rows > 0
             and metadata.prefill is None
             and not metadata.groups
             and decode is not None
@@ -123,7 +139,8 @@ class DecodeStack:
             raise ValueError("decode_stack needs contiguous CPU tensors, float32 rows")
         size = kv_caches.element_size()
         step = _Step(
-            residual.shape[0], decode.token_rows.shape[0], *(t.data_ptr() for t in tensors[:5]),
+            residual.shape[0], decode.token_rows.shape[0], kernel_rows(residual.shape[0]),
+            *(t.data_ptr() for t in tensors[:5]),
             decode.block_tables.shape[1], decode.block_size, cache_kind(kv_caches[0]),
             kv_caches.data_ptr(), kv_caches.stride(0) * size, kv_caches.stride(1) * size,
         )  # fmt: skip
@@ -137,6 +154,7 @@ class DecodeStack:
         return hidden
 
 
+_POINTER_DTYPES = (torch.float32, torch.uint8, torch.int8, torch.int32)
 _PROJECTIONS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 _NORMS = ("input_layernorm", "post_attention_layernorm")
 
@@ -144,6 +162,6 @@ _NORMS = ("input_layernorm", "post_attention_layernorm")
 def _pointer(tensor: torch.Tensor | None) -> int | None:
     if tensor is None:
         return None
-    if not tensor.is_contiguous() or tensor.dtype not in (torch.float32, torch.uint8):
+    if not tensor.is_contiguous() or tensor.dtype not in _POINTER_DTYPES:
         raise ValueError("decode_stack takes contiguous float32 or packed tensors")
     return tensor.data_ptr()

@@ -21,6 +21,7 @@ import torch
 from inferline.models.block_rows import BlockRows
 from inferline.models.native import NativeKernels, Q4Weight
 from inferline.models.quant import (
+    W8A8Weight,
     int4_matmul,
     int8_linear,
     quantize_in_chunks,
@@ -45,7 +46,8 @@ class ApproximateThenExactHead:
         to `INT4_MAX_ROWS` without it)."""
         self.int4 = q4.pack_q4(weight) if q4 is not None else quantize_int4(weight)
         self.int4_max_rows = q4_max_rows if q4 is not None else INT4_MAX_ROWS
-        self.int8 = quantize_int8(weight)
+        int8 = quantize_int8(weight)
+        self.int8: W8A8Weight = q4.pack_int8(int8) if q4 is not None else int8
         self.weight = weight  # fp32 [vocab, hidden], shared with the embeddings when tied
         self.num_exact = min(num_exact, weight.shape[0])
         # ids [M, K] -> exact fp32 rows [M, K, hidden]

@@ -20,8 +20,8 @@ from inferline.models.native import NativeKernels, Q4Weight
 from inferline.models.quant import (
     Int4Weight,
     Int8Rows,
-    Int8Weight,
     Int32Product,
+    W8A8Weight,
     WeightFormat,
     int4_linear,
     int4_matmul,
@@ -46,7 +46,7 @@ class Linear(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
-        self.int8: Int8Weight | None = None
+        self.int8: W8A8Weight | None = None
         self.int4: Int4Weight | Q4Weight | None = None
         self.int4_max_rows = 0  # with both copies: int4 up to this many rows, int8 above
 
@@ -58,7 +58,8 @@ class Linear(nn.Module):
         ``mixed`` keeps both: 4-bit for up to ``int4_max_rows`` rows, int8 W8A8 above, where
         it runs faster (the crossover is measured at load: `probe_int4_max_rows`); with a
         crossover of 0 (4-bit slower even at one row) it keeps the int8 copy alone. The
-        4-bit copy is ours (`Q4Weight`) with ``q4`` kernels, else torch's int4.
+        4-bit copy is ours (`Q4Weight`) with ``q4`` kernels, else torch's int4; the int8
+        copy is packed for them (`NativeKernels.pack_int8`) where they have an int8 kernel.
         """
         if weight_format == "fp32":
             return
@@ -69,6 +70,8 @@ class Linear(nn.Module):
             self.int4 = q4.pack_q4(weight) if q4 is not None else quantize_int4(weight)
         if weight_format in ("int8", "mixed") or self.int4 is None:
             self.int8 = quantize_int8(weight)
+            if q4 is not None:
+                self.int8 = q4.pack_int8(self.int8)
         self.weight = nn.Parameter(torch.empty(0), requires_grad=False)  # frees the floats
 
     def _uses_int4(self, rows: int) -> bool:

@@ -27,7 +27,7 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 
@@ -43,10 +43,43 @@ INT4_GROUP = 32
 
 @dataclass
 class Int8Weight:
-    """``weight ~= w8.T * scale[:, None]``; ``w8_t`` is ``[in, out]`` int8, ``scale`` ``[out]``."""
+    """``weight ~= w8.T * scale[:, None]``; ``w8_t`` is ``[in, out]`` int8, ``scale`` ``[out]``.
+
+    Multiplied by ``torch._int_mm``; the native kernels' `PackedInt8Weight` (the same integers
+    in a VNNI layout, `NativeKernels.pack_int8`) stands in for it where they run."""
 
     w8_t: torch.Tensor
     scale: torch.Tensor
+
+    @property
+    def in_features(self) -> int:
+        """Inputs of the weight."""
+        return self.w8_t.shape[0]
+
+    def matmul(self, x: Int8Rows) -> Int32Product:
+        """The exact int32 products of int8 rows ``[M, in]`` with the weight."""
+        return Int32Product(torch._int_mm(x.values, self.w8_t), x.scales, self.scale)
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The tensors a product reads (for dropping them from the caches)."""
+        return (self.w8_t,)
+
+
+class W8A8Weight(Protocol):
+    """An int8 weight with per-output-channel ``scale``: `Int8Weight` or the native
+    `PackedInt8Weight` (same products, bit for bit)."""
+
+    scale: torch.Tensor
+
+    @property
+    def in_features(self) -> int:
+        """Inputs of the weight."""
+
+    def matmul(self, x: Int8Rows) -> Int32Product:
+        """The exact int32 products of int8 rows ``[M, in]`` with the weight."""
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The tensors a product reads."""
 
 
 @dataclass
@@ -133,34 +166,48 @@ def quantize_in_chunks(
     num_rows: int,
     chunk_rows: int = 8192,
     q4: NativeKernels | None = None,
-) -> tuple[Int4Weight | Q4Weight, Int8Weight]:
+) -> tuple[Int4Weight | Q4Weight, W8A8Weight]:
     """4-bit and int8 copies of a ``[num_rows, in]`` weight read ``chunk_rows`` rows at a
     time (``rows(ids)`` gives float32 rows, e.g. `BlockRows.rows`): the same values as
-    quantizing the whole weight (each row is quantized alone, and both 4-bit packings are
-    per 64 or 16 rows), without the whole float weight in memory. The 4-bit copy is ours
-    (``q4``'s `pack_q4`) when given, else torch's int4 (`quantize_int4`)."""
+    quantizing the whole weight (each row is quantized alone, and the 4-bit and packed
+    int8 layouts are per 64 or 16 rows), without the whole float weight in memory. With
+    ``q4`` (the native kernels) both copies are theirs (`pack_q4`, `pack_int8`), else
+    torch's int4 (`quantize_int4`) and `Int8Weight`."""
     if chunk_rows % 64:
         raise ValueError(f"chunk_rows must be a multiple of 64, got {chunk_rows}")
     int4_parts: list[Int4Weight | Q4Weight] = []
-    int8_parts = []
+    int8_parts: list[W8A8Weight] = []
     for ids in torch.arange(num_rows).split(chunk_rows):
         chunk = rows(ids)
         int4_parts.append(q4.pack_q4(chunk) if q4 is not None else quantize_int4(chunk))
-        int8_parts.append(quantize_int8(chunk))
-    int8 = Int8Weight(
-        torch.cat([p.w8_t for p in int8_parts], dim=1), torch.cat([p.scale for p in int8_parts])
-    )
+        int8_chunk = quantize_int8(chunk)
+        int8_parts.append(q4.pack_int8(int8_chunk) if q4 is not None else int8_chunk)
+    int8 = _int8_concatenated(int8_parts)
     if q4 is not None:
         from inferline.models.native import Q4Weight  # native imports this module
 
         packed = torch.cat([p.packed for p in int4_parts])
-        return Q4Weight(packed, num_rows, int8.w8_t.shape[0], q4), int8
+        return Q4Weight(packed, num_rows, int8.in_features, q4), int8
     torch_parts = [p for p in int4_parts if isinstance(p, Int4Weight)]
     int4 = Int4Weight(
         torch.cat([p.packed for p in torch_parts]),
         torch.cat([p.scales_zeros for p in torch_parts], dim=1),  # [in / 32, out, 2]
     )
     return int4, int8
+
+
+def _int8_concatenated(parts: list[W8A8Weight]) -> W8A8Weight:
+    """One int8 weight of parts along the outputs (all packed, or all `Int8Weight`)."""
+    if all(isinstance(p, Int8Weight) for p in parts):
+        torch_parts = [p for p in parts if isinstance(p, Int8Weight)]
+        w8_t = torch.cat([p.w8_t for p in torch_parts], dim=1)
+        return Int8Weight(w8_t, torch.cat([p.scale for p in torch_parts]))
+    from inferline.models.native import PackedInt8Weight  # native imports this module
+
+    packed_parts = [p for p in parts if isinstance(p, PackedInt8Weight)]
+    if len(packed_parts) != len(parts):
+        raise ValueError("int8 parts of both kinds")
+    return PackedInt8Weight.concatenated(packed_parts)
 
 
 def _int4_codes_torch(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -182,16 +229,16 @@ def _int4_codes_torch(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     return q, scale, zero
 
 
-def int8_linear(x: torch.Tensor, weight: Int8Weight) -> torch.Tensor:
+def int8_linear(x: torch.Tensor, weight: W8A8Weight) -> torch.Tensor:
     """``x [M, in]`` float -> ``[M, out]`` float32 through int8 x int8 -> int32."""
     x_scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0  # [M, 1]
     x8 = torch.round(x / x_scale).to(torch.int8)
-    return torch._int_mm(x8, weight.w8_t).float() * (x_scale * weight.scale)
+    return weight.matmul(Int8Rows(x8, x_scale)).values.float() * (x_scale * weight.scale)
 
 
-def int8_matmul(x: Int8Rows, weight: Int8Weight) -> Int32Product:
+def int8_matmul(x: Int8Rows, weight: W8A8Weight) -> Int32Product:
     """The W8A8 product of already quantized rows, left in int32 for the next kernel."""
-    return Int32Product(torch._int_mm(x.values, weight.w8_t), x.scales, weight.scale)
+    return weight.matmul(x)
 
 
 def int4_linear(x: torch.Tensor, weight: Int4Weight) -> torch.Tensor:
@@ -254,10 +301,10 @@ def probe_int4_max_rows(
     int8 = quantize_int8(weight)
     evict: Callable[[], object] | None = None
     if q4 is not None:
-        packed = q4.pack_q4(weight)
-        race = _q4_race(packed, int8)
-        if q4.flush_caches(packed.packed, int8.w8_t):  # the weights' own lines, cheaply
-            evict = functools.partial(q4.flush_caches, packed.packed, int8.w8_t)
+        packed, w8a8 = q4.pack_q4(weight), q4.pack_int8(int8)
+        race = _q4_race(packed, w8a8)
+        if q4.flush_caches(packed.packed, *w8a8.tensors()):  # the weights' own lines, cheaply
+            evict = functools.partial(q4.flush_caches, packed.packed, *w8a8.tensors())
     else:
         race = _torch_int4_race(quantize_int4(weight), int8)
     if evict is None:  # read a buffer larger than the last-level cache
@@ -274,7 +321,7 @@ def probe_int4_max_rows(
 Race = Callable[[int, int], tuple[Callable[[], object], Callable[[], object]]]
 
 
-def _q4_race(packed: Q4Weight, int8: Int8Weight) -> Race:
+def _q4_race(packed: Q4Weight, int8: W8A8Weight) -> Race:
     """``rows, in_features`` -> our 4-bit kernel on float rows, W8A8 on int8 rows."""
 
     def kernels(rows: int, in_features: int) -> tuple[Callable[[], object], Callable[[], object]]:

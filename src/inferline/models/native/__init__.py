@@ -25,7 +25,7 @@ import torch
 
 from inferline.models.kv_layout import cache_kind
 from inferline.models.native.build import compiled, compiler
-from inferline.models.quant import Int8Rows, Int32Product
+from inferline.models.quant import Int8Rows, Int8Weight, Int32Product
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ SOURCES = tuple(
         "attention_plain.c",
         "prefill_attention.c",
         "q4_gemm.c",
+        "i8_gemm.c",
         "decode_stack.c",
     )
 )
@@ -61,6 +62,11 @@ _SIGNATURES = {
     "q4_matmul": [_i64, _i64, _i64, _ptr, _i32, _ptr, _ptr],
     "q4_path": [],
     "flush_cache_lines": [_ptr, _i64],
+    "i8_padded_columns": [_i64],
+    "i8_packed_bytes": [_i64, _i64],
+    "i8_pack": [_i64, _i64, _ptr, _ptr, _ptr],
+    "i8_matmul": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr],
+    "i8_path": [],
     "decode_stack": [_ptr, _ptr, _ptr, _ptr],  # models/decode_stack.py
 }
 _RESULT_TYPES = {
@@ -70,6 +76,10 @@ _RESULT_TYPES = {
     "q4_packed_bytes": _i64,
     "q4_path": ctypes.c_char_p,
     "flush_cache_lines": ctypes.c_int,
+    "i8_padded_columns": _i64,
+    "i8_packed_bytes": _i64,
+    "i8_matmul": ctypes.c_int,
+    "i8_path": ctypes.c_char_p,
     "decode_stack": ctypes.c_int,
 }
 # activation kinds, as in cpu_kernels.c
@@ -144,6 +154,7 @@ class NativeKernels:
             getattr(lib, name).restype = _RESULT_TYPES.get(name)
         self.lib = lib
         self.q4_path: str = lib.q4_path().decode()  # "avx512-vnni", "avx2" or "plain-c"
+        self.i8_path: str = lib.i8_path().decode()  # "avx512-vnni", or "": torch._int_mm
 
     def add_rms_norm(
         self,
@@ -255,6 +266,29 @@ class NativeKernels:
         self.lib.q4_pack(out_features, in_features, _p(weight), _p(packed))
         return Q4Weight(packed, out_features, in_features, self)
 
+    def pack_int8(self, weight: Int8Weight) -> PackedInt8Weight | Int8Weight:
+        """``weight``'s integers in the layout of ``i8_gemm.c`` (the same products as
+        ``torch._int_mm``, faster); ``weight`` itself where this build has no such kernel."""
+        in_features, out_features = weight.w8_t.shape
+        if not self.i8_path or in_features % 4:
+            return weight
+        packed = torch.empty(self.lib.i8_packed_bytes(out_features, in_features), dtype=torch.int8)
+        comp = torch.empty(self.lib.i8_padded_columns(out_features), dtype=torch.int32)
+        self.lib.i8_pack(out_features, in_features, _p(weight.w8_t), _p(packed), _p(comp))
+        return PackedInt8Weight(packed, comp, weight.scale, out_features, in_features, self)
+
+    def i8_matmul(self, x: Int8Rows, weight: PackedInt8Weight) -> Int32Product:
+        """Int8 rows ``[M, in]`` times a packed weight: exact int32 ``[M, out]``."""
+        values = x.values
+        if values.shape[1] != weight.in_features:
+            raise ValueError(f"i8_matmul: {values.shape[1]} inputs for {weight.in_features}")
+        out = torch.empty(values.shape[0], weight.out_features, dtype=torch.int32)
+        self.lib.i8_matmul(
+            values.shape[0], weight.out_features, weight.in_features, _p(values),
+            _p(weight.packed), _p(weight.comp), _p(out),
+        )  # fmt: skip
+        return Int32Product(out, x.scales, weight.scale)
+
     def flush_caches(self, *tensors: torch.Tensor) -> bool:
         """Drops ``tensors``' bytes from every cache level (as a decode step finds a layer's
         weights); False where this build cannot (then nothing was done)."""
@@ -288,3 +322,40 @@ class Q4Weight:
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """``x [M, in]`` float32 or bf16 -> ``[M, out]`` float32 (`NativeKernels.q4_matmul`)."""
         return self.kernels.q4_matmul(x.contiguous(), self)
+
+
+@dataclass
+class PackedInt8Weight:
+    """An int8 weight packed for ``i8_gemm.c`` (`NativeKernels.pack_int8`): the
+    `quant.W8A8Weight` the native forward multiplies by, the one copy of the weight kept."""
+
+    packed: torch.Tensor  # int8, i8_packed_bytes(out, in) bytes
+    comp: torch.Tensor  # int32 per column (padded to 64): -128 * the column's sum
+    scale: torch.Tensor  # float32 [out]
+    out_features: int
+    in_features: int
+    kernels: NativeKernels
+
+    def matmul(self, x: Int8Rows) -> Int32Product:
+        """The exact int32 products of int8 rows ``[M, in]`` (`NativeKernels.i8_matmul`)."""
+        return self.kernels.i8_matmul(x, self)
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The tensors a product reads."""
+        return self.packed, self.comp
+
+    @classmethod
+    def concatenated(cls, parts: list[PackedInt8Weight]) -> PackedInt8Weight:
+        """One weight of parts along the outputs, each but the last a whole number of
+        64-column panels (the packing is per panel)."""
+        if any(part.out_features % 64 for part in parts[:-1]):
+            raise ValueError("only the last part may end in a partial panel")
+        first = parts[0]
+        return cls(
+            torch.cat([part.packed for part in parts]),
+            torch.cat([part.comp for part in parts]),
+            torch.cat([part.scale for part in parts]),
+            sum(part.out_features for part in parts),
+            first.in_features,
+            first.kernels,
+        )

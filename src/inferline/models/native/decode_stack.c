@@ -1,5 +1,5 @@
 /*
- * A step's whole layer stack in one call, for steps the 4-bit kernels run end to end.
+ * A step's whole layer stack in one call, for decode steps.
  *
  * A decode step of a small model is short (SmolLM2: ~9 ms at one row, 30 layers), and
  * calling its ~9 kernels per layer one by one from Python costs ~7 us each in argument
@@ -7,17 +7,21 @@
  * in the same order and on the same inputs as models/fused_forward.py does for such a step,
  * from C: the results are bit for bit the same.
  *
- * It covers steps where every projection runs q4_matmul (no more rows than the smallest
- * int4/W8A8 crossover) and every row is a single-token query (decodes, and speculative
- * drafts as single queries): no prefill chunk. Everything between kernels is float32.
+ * It covers steps where every row is a single-token query (decodes, and speculative drafts
+ * as single queries; no prefill chunk) and every projection runs one of our kernels:
+ * q4_matmul on float32 rows up to its int4/W8A8 crossover, i8_matmul on int8 rows above
+ * it (its int32 products go into the next kernel with their row and column scales, as
+ * fused_forward passes an Int32Product).
  */
 #include <stdint.h>
 #include <stdlib.h>
 
-/* the kernels strung together (cpu_kernels.c, attention.c, q4_gemm.c) */
+/* the kernels strung together (cpu_kernels.c, attention.c, q4_gemm.c, i8_gemm.c) */
 void add_rms_norm(int64_t rows, int hidden, const void *delta, int delta_kind,
                   const float *delta_row_scales, const float *delta_col_scales, float *residual,
                   const float *weight, float eps, void *out, int out_kind, float *out_scales);
+void quantize_rows(int64_t rows, int width, const void *src, int src_kind, int8_t *out,
+                   float *out_scales);
 void rope_store_kv(int64_t rows, int heads, int kv_heads, int head_dim, const void *qkv,
                    int qkv_kind, const float *qkv_row_scales, const float *qkv_col_scales,
                    const float *bias, const int64_t *positions, const float *cos_table,
@@ -33,11 +37,23 @@ void silu_mul(int64_t rows, int inter, const void *gate_up, int in_kind,
               float *out_scales);
 void q4_matmul(int64_t rows, int64_t n, int64_t k, const void *x, int x_bf16,
                const uint8_t *w, float *out);
+int i8_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *packed,
+              const int32_t *comp, int32_t *out);
 
-/* One decoder layer's weights: RMSNorm weights, q4-packed projections, qkv bias or NULL. */
+/* A projection's copies: 4-bit (q4) and/or packed int8 (i8, its column sums and scales);
+ * with both, q4 runs steps of up to q4_max_rows rows (the row count kernels are chosen for). */
+typedef struct {
+    const uint8_t *q4;
+    const int8_t *i8;
+    const int32_t *i8_comp;
+    const float *i8_scale;
+    int64_t q4_max_rows;
+} StackProjection;
+
+/* One decoder layer's weights: RMSNorm weights, qkv bias or NULL, the projections. */
 typedef struct {
     const float *input_norm, *post_attention_norm, *qkv_bias;
-    const uint8_t *qkv, *o, *gate_up, *down;
+    StackProjection qkv, o, gate_up, down;
 } StackLayer;
 
 /* The model's shape and weights (built once by models/decode_stack.py). */
@@ -48,9 +64,10 @@ typedef struct {
     const StackLayer *layers;
 } DecodeStack;
 
-/* The step: its queries, their cache slots and the paged context each sequence sees. */
+/* The step: its queries (and the row count its kernels are chosen for), their cache slots
+ * and the paged context each sequence sees. */
 typedef struct {
-    int64_t rows, num_seqs;
+    int64_t rows, num_seqs, choice_rows;
     const int64_t *positions, *slots, *token_rows;
     const int32_t *block_tables, *context_lens;
     int32_t max_blocks, block_size, cache_kind;
@@ -58,7 +75,41 @@ typedef struct {
     int64_t layer_bytes, v_bytes; /* offsets of a layer's cache and of its values */
 } DecodeStep;
 
-enum { F32 = 0 };
+enum { F32 = 0, I32 = 2, I8 = 3 };
+
+/* A kernel's input activation (kind F32, or I32 with row and column scales). */
+typedef struct {
+    const void *values;
+    int kind;
+    const float *row_scales, *col_scales;
+} Source;
+
+/* A projection's input, as its kernel of this step takes it: float32 rows, or int8 rows
+ * and their scales. */
+typedef struct {
+    void *values;
+    int kind;
+    float *scales;
+} Sink;
+
+static int runs_q4(const StackProjection *p, int64_t choice_rows) {
+    return p->q4 && (!p->i8 || choice_rows <= p->q4_max_rows);
+}
+
+static Sink input_of(int q4, float *floats, int8_t *codes, float *scales) {
+    return q4 ? (Sink){floats, F32, NULL} : (Sink){codes, I8, scales};
+}
+
+/* in [rows, k] -> out [rows, n] (float32 or int32, the buffer holds either). */
+static Source project(const StackProjection *p, int64_t rows, int64_t n, int64_t k, Sink in,
+                      void *out) {
+    if (in.kind == F32) {
+        q4_matmul(rows, n, k, in.values, 0, p->q4, out);
+        return (Source){out, F32, NULL, NULL};
+    }
+    i8_matmul(rows, n, k, in.values, p->i8, p->i8_comp, out);
+    return (Source){out, I32, in.scales, p->i8_scale};
+}
 
 /*
  * residual [rows, hidden] (the embeddings; updated in place) -> hidden_out [rows, hidden],
@@ -67,39 +118,54 @@ enum { F32 = 0 };
  */
 int decode_stack(const DecodeStack *m, const DecodeStep *s, float *residual,
                  float *hidden_out) {
-    int64_t rows = s->rows;
+    int64_t rows = s->rows, c = s->choice_rows;
     int hidden = m->hidden, q_width = m->heads * m->head_dim;
     int qkv_width = q_width + 2 * m->kv_heads * m->head_dim, inter = m->intermediate;
-    int64_t floats = rows * ((int64_t)hidden * 2 + qkv_width + 2 * q_width + 3 * inter);
-    float *buffer = malloc(sizeof(float) * (size_t)floats);
+    /* float32 buffers (a projection's output buffer holds float32 or int32 sums), int8
+     * rows for i8 inputs, and three sets of row scales (a product's row scales are read
+     * while the next int8 rows are written) */
+    int64_t floats = rows * ((int64_t)hidden * 2 + qkv_width + 2 * q_width + 3 * inter + 3);
+    int64_t codes = rows * ((int64_t)hidden + q_width + inter);
+    float *buffer = malloc(sizeof(float) * (size_t)floats + (size_t)codes);
     if (!buffer) return -2;
     float *x = buffer, *delta = x + rows * hidden, *qkv = delta + rows * hidden;
     float *q = qkv + rows * qkv_width, *attention = q + rows * q_width;
     float *gate_up = attention + rows * q_width, *h = gate_up + rows * 2 * inter;
+    float *x_scales = h + rows * inter, *att_scales = x_scales + rows, *h_scales = att_scales + rows;
+    int8_t *x8 = (int8_t *)(h_scales + rows), *att8 = x8 + rows * hidden, *h8 = att8 + rows * q_width;
+    Source delta_in = {NULL, F32, NULL, NULL};
     int status = 0;
     for (int l = 0; l < m->num_layers && status == 0; l++) {
         const StackLayer *w = &m->layers[l];
         char *k_cache = s->kv_caches + l * s->layer_bytes, *v_cache = k_cache + s->v_bytes;
-        add_rms_norm(rows, hidden, l ? delta : NULL, F32, NULL, NULL, residual, w->input_norm,
-                     m->eps, x, F32, NULL);
-        q4_matmul(rows, qkv_width, hidden, x, 0, w->qkv, qkv);
-        rope_store_kv(rows, m->heads, m->kv_heads, m->head_dim, qkv, F32, NULL, NULL,
-                      w->qkv_bias, s->positions, m->cos_table, m->sin_table, s->slots, k_cache,
-                      v_cache, s->cache_kind, q);
+        Sink x_in = input_of(runs_q4(&w->qkv, c), x, x8, x_scales);
+        add_rms_norm(rows, hidden, delta_in.values, delta_in.kind, delta_in.row_scales,
+                     delta_in.col_scales, residual, w->input_norm, m->eps, x_in.values,
+                     x_in.kind, x_in.scales);
+        Source qkv_out = project(&w->qkv, rows, qkv_width, hidden, x_in, qkv);
+        rope_store_kv(rows, m->heads, m->kv_heads, m->head_dim, qkv_out.values, qkv_out.kind,
+                      qkv_out.row_scales, qkv_out.col_scales, w->qkv_bias, s->positions,
+                      m->cos_table, m->sin_table, s->slots, k_cache, v_cache, s->cache_kind, q);
         status = decode_attention(s->num_seqs, m->heads, m->kv_heads, m->head_dim, q, k_cache,
                                   v_cache, s->cache_kind, s->block_tables, s->max_blocks,
                                   s->context_lens, s->token_rows, s->block_size,
                                   m->attention_scale, attention, 0);
-        q4_matmul(rows, hidden, q_width, attention, 0, w->o, delta);
-        add_rms_norm(rows, hidden, delta, F32, NULL, NULL, residual, w->post_attention_norm,
-                     m->eps, x, F32, NULL);
-        q4_matmul(rows, 2 * inter, hidden, x, 0, w->gate_up, gate_up);
-        silu_mul(rows, inter, gate_up, F32, NULL, NULL, h, F32, NULL);
-        q4_matmul(rows, hidden, inter, h, 0, w->down, delta);
+        Sink o_in = input_of(runs_q4(&w->o, c), attention, att8, att_scales);
+        if (o_in.kind == I8) quantize_rows(rows, q_width, attention, F32, att8, att_scales);
+        Source o_out = project(&w->o, rows, hidden, q_width, o_in, delta);
+        Sink gate_up_in = input_of(runs_q4(&w->gate_up, c), x, x8, x_scales);
+        add_rms_norm(rows, hidden, o_out.values, o_out.kind, o_out.row_scales,
+                     o_out.col_scales, residual, w->post_attention_norm, m->eps,
+                     gate_up_in.values, gate_up_in.kind, gate_up_in.scales);
+        Source gate_up_out = project(&w->gate_up, rows, 2 * inter, hidden, gate_up_in, gate_up);
+        Sink h_in = input_of(runs_q4(&w->down, c), h, h8, h_scales);
+        silu_mul(rows, inter, gate_up_out.values, gate_up_out.kind, gate_up_out.row_scales,
+                 gate_up_out.col_scales, h_in.values, h_in.kind, h_in.scales);
+        delta_in = project(&w->down, rows, hidden, inter, h_in, delta);
     }
     if (status == 0)
-        add_rms_norm(rows, hidden, delta, F32, NULL, NULL, residual, m->final_norm, m->eps,
-                     hidden_out, F32, NULL);
+        add_rms_norm(rows, hidden, delta_in.values, delta_in.kind, delta_in.row_scales,
+                     delta_in.col_scales, residual, m->final_norm, m->eps, hidden_out, F32, NULL);
     free(buffer);
     return status;
 }

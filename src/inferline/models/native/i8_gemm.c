@@ -1,0 +1,161 @@
+/*
+ * W8A8 matmul for the CPU on weights packed once at load: int8 rows x int8 weights -> the
+ * exact int32 products, the same integers as torch._int_mm (integer sums are exact).
+ *
+ * torch._int_mm goes through oneDNN with the weight as a plain [k, n] matrix, reordered on
+ * every call: at 32 rows (a decode step of 32 streams) it reached 220-350 GMAC/s with hot
+ * caches on the 2-core EPYC, and 7-9x slower than here at 1-4 rows. Here the weight is in
+ * the VNNI layout already and a 6-row x 64-column block of int32 sums stays in 24 zmm
+ * registers for the whole k loop: ~400 GMAC/s from 32 rows up on the same host.
+ *
+ * Packed format (i8x64), for w8_t [k, n] (k a multiple of 4): the columns in panels of 64
+ * (the last one padded with zero columns), each panel k / 4 runs of 4 x 64 bytes: run i,
+ * tile t (16 columns) holds, at byte 4 * j + r, the weight of column 16 t + j, input
+ * 4 i + r: one 64-byte load is the s8 operand of a VNNI dot product over 4 inputs.
+ * VNNI multiplies u8 by s8, so the activations go in as x + 128 (their sign bit flipped)
+ * and each column's sum starts at -128 * sum_k w[k, col] (comp, from `i8_pack`).
+ */
+#include <stdint.h>
+#include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+#include <omp.h>
+
+#include "kernels_common.h"
+
+#define I8_PANEL 64
+#define I8_ROWS 6
+
+/* Columns rounded up to whole panels (comp holds one int32 per padded column). */
+int64_t i8_padded_columns(int64_t n) { return (n + I8_PANEL - 1) / I8_PANEL * I8_PANEL; }
+
+/* Bytes of the packed form of a [k, n] weight (k % 4 == 0). */
+int64_t i8_packed_bytes(int64_t n, int64_t k) { return i8_padded_columns(n) * k; }
+
+/* w8_t [k, n] int8 -> out (i8_packed_bytes) and comp [i8_padded_columns(n)] int32. */
+void i8_pack(int64_t n, int64_t k, const int8_t *w8_t, int8_t *out, int32_t *comp) {
+    int64_t columns = i8_padded_columns(n);
+#pragma omp parallel for schedule(static)
+    for (int64_t col = 0; col < columns; col++) {
+        int8_t *panel = out + col / I8_PANEL * I8_PANEL * k;
+        int64_t lane = col % I8_PANEL;
+        int32_t sum = 0;
+        for (int64_t i = 0; i < k; i++) {
+            int8_t v = col < n ? w8_t[i * n + col] : 0;
+            panel[(i / 4) * 4 * I8_PANEL + 4 * lane + i % 4] = v;
+            sum += v;
+        }
+        comp[col] = -128 * sum;
+    }
+}
+
+#if defined(__AVX512F__) && defined(__AVX512VNNI__)
+#define I8_PATH "avx512-vnni"
+
+static inline int32_t load_u8x4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return v ^ (int32_t)0x80808080u; /* x + 128 for each of the 4 bytes */
+}
+
+/* One row's 4 accumulators (64 columns); unused rows compile away (R is a constant). */
+#define ROW_ACC(r) __m512i c##r##0, c##r##1, c##r##2, c##r##3;
+#define ROW_INIT(r)                                                                      \
+    if (R > r) { c##r##0 = c0; c##r##1 = c1; c##r##2 = c2; c##r##3 = c3; }
+#define ROW_STEP(r)                                                                      \
+    if (R > r) {                                                                         \
+        __m512i a = _mm512_set1_epi32(load_u8x4(x + r * k + i));                         \
+        c##r##0 = _mm512_dpbusd_epi32(c##r##0, a, b0);                                   \
+        c##r##1 = _mm512_dpbusd_epi32(c##r##1, a, b1);                                   \
+        c##r##2 = _mm512_dpbusd_epi32(c##r##2, a, b2);                                   \
+        c##r##3 = _mm512_dpbusd_epi32(c##r##3, a, b3);                                   \
+    }
+#define ROW_STORE(r)                                                                     \
+    if (R > r) {                                                                         \
+        store16(out + r * n, c##r##0, keep[0]);                                          \
+        store16(out + r * n + 16, c##r##1, keep[1]);                                     \
+        store16(out + r * n + 32, c##r##2, keep[2]);                                     \
+        store16(out + r * n + 48, c##r##3, keep[3]);                                     \
+    }
+
+ALWAYS_INLINE void store16(int32_t *dst, __m512i v, __mmask16 keep) {
+    if (keep == 0xFFFF) _mm512_storeu_si512(dst, v);
+    else if (keep) _mm512_mask_storeu_epi32(dst, keep, v);
+}
+
+/* R (1..6) rows x one panel: out[r, 0..63] (columns past n not stored). Explicit
+ * variables, not arrays: GCC kept arrays of accumulators in memory (3x slower). */
+ALWAYS_INLINE void panel_rows(const int R, int64_t k, const int8_t *restrict x,
+                              const int8_t *restrict panel, const int32_t *restrict comp,
+                              int32_t *restrict out, int64_t n, const __mmask16 keep[4]) {
+    const __m512i c0 = _mm512_loadu_si512(comp), c1 = _mm512_loadu_si512(comp + 16),
+                  c2 = _mm512_loadu_si512(comp + 32), c3 = _mm512_loadu_si512(comp + 48);
+    ROW_ACC(0) ROW_ACC(1) ROW_ACC(2) ROW_ACC(3) ROW_ACC(4) ROW_ACC(5)
+    ROW_INIT(0) ROW_INIT(1) ROW_INIT(2) ROW_INIT(3) ROW_INIT(4) ROW_INIT(5)
+    for (int64_t i = 0; i < k; i += 4, panel += 4 * I8_PANEL) {
+        const __m512i b0 = _mm512_loadu_si512(panel), b1 = _mm512_loadu_si512(panel + 64),
+                      b2 = _mm512_loadu_si512(panel + 128), b3 = _mm512_loadu_si512(panel + 192);
+        ROW_STEP(0) ROW_STEP(1) ROW_STEP(2) ROW_STEP(3) ROW_STEP(4) ROW_STEP(5)
+    }
+    ROW_STORE(0) ROW_STORE(1) ROW_STORE(2) ROW_STORE(3) ROW_STORE(4) ROW_STORE(5)
+}
+
+static void panel_block(int rows, int64_t k, const int8_t *x, const int8_t *panel,
+                        const int32_t *comp, int32_t *out, int64_t n, const __mmask16 keep[4]) {
+    switch (rows) {
+    case 6: panel_rows(6, k, x, panel, comp, out, n, keep); break;
+    case 5: panel_rows(5, k, x, panel, comp, out, n, keep); break;
+    case 4: panel_rows(4, k, x, panel, comp, out, n, keep); break;
+    case 3: panel_rows(3, k, x, panel, comp, out, n, keep); break;
+    case 2: panel_rows(2, k, x, panel, comp, out, n, keep); break;
+    default: panel_rows(1, k, x, panel, comp, out, n, keep); break;
+    }
+}
+
+/* Which columns of a panel starting at column first are inside n, per 16-column tile. */
+static void panel_keep(int64_t first, int64_t n, __mmask16 keep[4]) {
+    for (int t = 0; t < 4; t++) {
+        int64_t left = n - first - 16 * t;
+        keep[t] = left >= 16 ? 0xFFFF : (left > 0 ? (__mmask16)((1u << left) - 1) : 0);
+    }
+}
+
+/*
+ * x8 [m, k] int8, packed/comp from i8_pack -> out [m, n] int32 = x8 @ w8_t. Work items are
+ * (panel, run of row blocks) pairs, enough of them to keep every thread busy at 32 rows
+ * on narrow weights; each row's sums depend on its own input row alone.
+ */
+int i8_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *packed,
+              const int32_t *comp, int32_t *out) {
+    int64_t panels = i8_padded_columns(n) / I8_PANEL;
+    int64_t blocks = (m + I8_ROWS - 1) / I8_ROWS;
+    int64_t runs = (8 * (int64_t)omp_get_max_threads() + panels - 1) / panels;
+    if (runs > blocks) runs = blocks;
+    int64_t per_run = (blocks + runs - 1) / runs;
+#pragma omp parallel for schedule(static)
+    for (int64_t item = 0; item < panels * runs; item++) {
+        int64_t p = item / runs, first_block = item % runs * per_run;
+        __mmask16 keep[4];
+        panel_keep(p * I8_PANEL, n, keep);
+        for (int64_t b = first_block; b < first_block + per_run && b < blocks; b++) {
+            int64_t r0 = b * I8_ROWS;
+            int rows = (int)(m - r0 < I8_ROWS ? m - r0 : I8_ROWS);
+            panel_block(rows, k, x8 + r0 * k, packed + p * I8_PANEL * k, comp + p * I8_PANEL,
+                        out + r0 * n + p * I8_PANEL, n, keep);
+        }
+    }
+    return 0;
+}
+#else
+#define I8_PATH ""
+/* No AVX-512 VNNI in this build: the caller keeps torch._int_mm (i8_path() is empty). */
+int i8_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *packed,
+              const int32_t *comp, int32_t *out) {
+    (void)m, (void)n, (void)k, (void)x8, (void)packed, (void)comp, (void)out;
+    return -1;
+}
+#endif
+
+/* "avx512-vnni", or "" where this build has no packed int8 kernel. */
+const char *i8_path(void) { return I8_PATH; }

@@ -1,0 +1,89 @@
+"""The packed int8 matmul (``native/i8_gemm.c``): the same integers as ``torch._int_mm``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inferline.models.native import NativeKernels, PackedInt8Weight
+from inferline.models.quant import (
+    Int8Rows,
+    Int8Weight,
+    int8_linear,
+    quantize_in_chunks,
+    quantize_int8,
+)
+
+# (out, in): partial panels and tiles (40, 200, 1000), one tile (16), whole panels (576, 1536)
+SHAPES = [(40, 64), (576, 576), (200, 1536), (1000, 96), (16, 4), (1536, 576)]
+
+
+def needs_vnni(kernels: NativeKernels) -> None:
+    if not kernels.i8_path:
+        pytest.skip("this CPU has no AVX-512 VNNI: the torch W8A8 kernel stays")
+
+
+def extreme_rows(rows: int, in_features: int, gen: torch.Generator) -> torch.Tensor:
+    """int8 rows with every value -128..127 represented, -128 and 127 runs included (the u8
+    shift and the compensation must hold at both ends)."""
+    x = torch.randint(-128, 128, (rows, in_features), dtype=torch.int8, generator=gen)
+    x[0] = 127
+    if rows > 1:
+        x[1] = -128
+    return x
+
+
+@pytest.mark.parametrize(("out_features", "in_features"), SHAPES)
+def test_packed_int8_matches_int_mm_bit_for_bit(
+    kernels: NativeKernels, out_features: int, in_features: int
+) -> None:
+    needs_vnni(kernels)
+    gen = torch.Generator().manual_seed(out_features + in_features)
+    w8_t = torch.randint(-127, 128, (in_features, out_features), dtype=torch.int8, generator=gen)
+    w8_t[:, 0] = 127  # a column at the largest sums
+    weight = Int8Weight(w8_t, torch.rand(out_features, generator=gen))
+    packed = kernels.pack_int8(weight)
+    assert isinstance(packed, PackedInt8Weight)
+    x = extreme_rows(45, in_features, gen)  # 7 full blocks of 6 rows and a partial one
+    got = packed.matmul(Int8Rows(x, torch.rand(45, 1, generator=gen)))
+    expected = torch._int_mm(x, w8_t)
+    assert got.values.dtype == torch.int32
+    assert torch.equal(got.values, expected)
+    assert got.col_scales is weight.scale
+    # each row alone: the same integers whatever else is in the call
+    for rows in (1, 2, 5, 6, 7, 13, 32):
+        part = packed.matmul(Int8Rows(x[:rows].contiguous(), torch.ones(rows, 1)))
+        assert torch.equal(part.values, expected[:rows])
+
+
+def test_int8_linear_is_unchanged_by_packing(kernels: NativeKernels) -> None:
+    needs_vnni(kernels)
+    gen = torch.Generator().manual_seed(3)
+    weight = quantize_int8(torch.randn(300, 128, generator=gen))
+    x = torch.randn(33, 128, generator=gen)
+    assert torch.equal(int8_linear(x, kernels.pack_int8(weight)), int8_linear(x, weight))
+
+
+def test_chunked_quantization_packs_the_same_weight(kernels: NativeKernels) -> None:
+    """The head's weight is quantized a chunk of rows at a time: the packed chunks put
+    together are the packing of the whole weight."""
+    needs_vnni(kernels)
+    gen = torch.Generator().manual_seed(4)
+    weight = torch.randn(64 * 5 + 23, 96, generator=gen)
+    _, chunked = quantize_in_chunks(lambda ids: weight[ids], weight.shape[0], 128, q4=kernels)
+    whole = kernels.pack_int8(quantize_int8(weight))
+    assert isinstance(chunked, PackedInt8Weight) and isinstance(whole, PackedInt8Weight)
+    assert torch.equal(chunked.packed, whole.packed)
+    assert torch.equal(chunked.comp, whole.comp)
+    assert torch.equal(chunked.scale, whole.scale)
+    assert chunked.out_features == weight.shape[0]
+
+
+def test_weights_the_kernel_cannot_take_stay_with_torch(kernels: NativeKernels) -> None:
+    weight = Int8Weight(torch.zeros(6, 8, dtype=torch.int8), torch.ones(8))  # 6 inputs
+    assert kernels.pack_int8(weight) is weight
+    packed = kernels.pack_int8(Int8Weight(torch.zeros(8, 8, dtype=torch.int8), torch.ones(8)))
+    if kernels.i8_path:
+        assert isinstance(packed, PackedInt8Weight)
+        with pytest.raises(ValueError, match="inputs"):
+            packed.matmul(Int8Rows(torch.zeros(2, 12, dtype=torch.int8), torch.ones(2, 1)))
