@@ -3,7 +3,8 @@
 Two formats, both from torch's own CPU kernels (signatures in ``shared/bench/limits.md``):
 
 - ``int8``: W8A8. Weights int8 per output channel; activations quantized per row on the fly;
-  ``torch._int_mm`` multiplies in int32. Integer accumulation is exact, and the scales are per
+  ``torch._int_mm`` multiplies in int32 (with the native kernels, `PackedInt8Weight`
+  computes the same sums faster). Integer accumulation is exact, and the scales are per
   row, so a row's result does not depend on the other rows: batching stays invariant.
 - ``int4``: weight-only, groups of 32, asymmetric (``w = (q - 8) * scale + zero``), with bf16
   activations (``_weight_int4pack_mm_for_cpu``). Fastest for a handful of rows (decode); a
@@ -60,6 +61,12 @@ class Int8Weight:
         """The exact int32 products of int8 rows ``[M, in]`` with the weight."""
         return Int32Product(torch._int_mm(x.values, self.w8_t), x.scales, self.scale)
 
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """Float rows ``[M, in]`` -> ``x W^T`` float32 (rows quantized per row)."""
+        x_scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0  # [M, 1]
+        x8 = torch.round(x / x_scale).to(torch.int8)
+        return torch._int_mm(x8, self.w8_t).float() * (x_scale * self.scale)
+
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """The tensors a product reads (for dropping them from the caches)."""
         return (self.w8_t,)
@@ -77,6 +84,9 @@ class W8A8Weight(Protocol):
 
     def matmul(self, x: Int8Rows) -> Int32Product:
         """The exact int32 products of int8 rows ``[M, in]`` with the weight."""
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """Float rows ``[M, in]`` -> ``x W^T`` float32 (rows quantized per row)."""
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """The tensors a product reads."""
@@ -231,9 +241,7 @@ def _int4_codes_torch(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
 
 def int8_linear(x: torch.Tensor, weight: W8A8Weight) -> torch.Tensor:
     """``x [M, in]`` float -> ``[M, out]`` float32 through int8 x int8 -> int32."""
-    x_scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0  # [M, 1]
-    x8 = torch.round(x / x_scale).to(torch.int8)
-    return weight.matmul(Int8Rows(x8, x_scale)).values.float() * (x_scale * weight.scale)
+    return weight.linear(x)
 
 
 def int8_matmul(x: Int8Rows, weight: W8A8Weight) -> Int32Product:

@@ -3,8 +3,9 @@
 The decoder layer's row-wise work (residual add + RMSNorm, bias + RoPE + KV-cache write,
 decode attention over the paged cache, SiLU-gate) runs as one call each instead of ~45
 eager torch ops per layer. ``q4_gemm.c`` adds our own 4-bit weight matmul for a handful
-of rows (`Q4Weight`: one pass over the weights for all rows of a step); torch keeps the
-W8A8 matmuls of wide batches. The library is built
+of rows (`Q4Weight`: one pass over the weights for all rows of a step), and ``i8_gemm.c``
+W8A8 on weights packed once for VNNI (`PackedInt8Weight`: the same int32 sums as
+``torch._int_mm``, faster). The library is built
 with ``-O3 -march=native -fopenmp`` into the model cache (keyed by source, compiler and
 CPU) in about a second, so nothing is compiled at install time. Without a C compiler, or
 with ``INFERLINE_NATIVE_KERNELS=0``, `load_kernels` returns None and the model runs its
@@ -65,7 +66,7 @@ _SIGNATURES = {
     "i8_padded_columns": [_i64],
     "i8_packed_bytes": [_i64, _i64],
     "i8_pack": [_i64, _i64, _ptr, _ptr, _ptr],
-    "i8_matmul": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr],
+    "i8_matmul": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
     "i8_path": [],
     "decode_stack": [_ptr, _ptr, _ptr, _ptr],  # models/decode_stack.py
 }
@@ -285,9 +286,23 @@ class NativeKernels:
         out = torch.empty(values.shape[0], weight.out_features, dtype=torch.int32)
         self.lib.i8_matmul(
             values.shape[0], weight.out_features, weight.in_features, _p(values),
-            _p(weight.packed), _p(weight.comp), _p(out),
+            _p(weight.packed), _p(weight.comp), _p(out), None, None, None,
         )  # fmt: skip
         return Int32Product(out, x.scales, weight.scale)
+
+    def i8_linear(self, x: torch.Tensor, weight: PackedInt8Weight) -> torch.Tensor:
+        """Float rows ``[M, in]`` -> ``[M, out]`` float32: quantized per row
+        (`quantize_rows`), multiplied and dequantized in one pass, bit for bit
+        `quant.int8_linear`'s result."""
+        if x.shape[-1] != weight.in_features:
+            raise ValueError(f"i8_linear: {x.shape[-1]} inputs for {weight.in_features}")
+        rows = self.quantize_rows(x.contiguous())
+        out = torch.empty(x.shape[0], weight.out_features)
+        self.lib.i8_matmul(
+            x.shape[0], weight.out_features, weight.in_features, _p(rows.values),
+            _p(weight.packed), _p(weight.comp), None, _p(rows.scales), _p(weight.scale), _p(out),
+        )  # fmt: skip
+        return out
 
     def flush_caches(self, *tensors: torch.Tensor) -> bool:
         """Drops ``tensors``' bytes from every cache level (as a decode step finds a layer's
@@ -339,6 +354,10 @@ class PackedInt8Weight:
     def matmul(self, x: Int8Rows) -> Int32Product:
         """The exact int32 products of int8 rows ``[M, in]`` (`NativeKernels.i8_matmul`)."""
         return self.kernels.i8_matmul(x, self)
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """Float rows ``[M, in]`` -> ``x W^T`` float32 (`NativeKernels.i8_linear`)."""
+        return self.kernels.i8_linear(x, self)
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """The tensors a product reads."""

@@ -38,7 +38,8 @@ void silu_mul(int64_t rows, int inter, const void *gate_up, int in_kind,
 void q4_matmul(int64_t rows, int64_t n, int64_t k, const void *x, int x_bf16,
                const uint8_t *w, float *out);
 int i8_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *packed,
-              const int32_t *comp, int32_t *out);
+              const int32_t *comp, int32_t *out, const float *row_scales,
+              const float *col_scales, float *out_f32);
 
 /* A projection's copies: 4-bit (q4) and/or packed int8 (i8, its column sums and scales);
  * with both, q4 runs steps of up to q4_max_rows rows (the row count kernels are chosen for). */
@@ -107,7 +108,7 @@ static Source project(const StackProjection *p, int64_t rows, int64_t n, int64_t
         q4_matmul(rows, n, k, in.values, 0, p->q4, out);
         return (Source){out, F32, NULL, NULL};
     }
-    i8_matmul(rows, n, k, in.values, p->i8, p->i8_comp, out);
+    i8_matmul(rows, n, k, in.values, p->i8, p->i8_comp, out, NULL, NULL, NULL);
     return (Source){out, I32, in.scales, p->i8_scale};
 }
 

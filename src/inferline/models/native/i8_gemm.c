@@ -73,22 +73,37 @@ static inline int32_t load_u8x4(const int8_t *p) {
     }
 #define ROW_STORE(r)                                                                     \
     if (R > r) {                                                                         \
-        store16(out + r * n, c##r##0, keep[0]);                                          \
-        store16(out + r * n + 16, c##r##1, keep[1]);                                     \
-        store16(out + r * n + 32, c##r##2, keep[2]);                                     \
-        store16(out + r * n + 48, c##r##3, keep[3]);                                     \
+        store16(out, r * n, c##r##0, keep[0], y, r, col_scales);                         \
+        store16(out, r * n + 16, c##r##1, keep[1], y, r, col_scales + 16);               \
+        store16(out, r * n + 32, c##r##2, keep[2], y, r, col_scales + 32);               \
+        store16(out, r * n + 48, c##r##3, keep[3], y, r, col_scales + 48);               \
     }
 
-ALWAYS_INLINE void store16(int32_t *dst, __m512i v, __mmask16 keep) {
-    if (keep == 0xFFFF) _mm512_storeu_si512(dst, v);
-    else if (keep) _mm512_mask_storeu_epi32(dst, keep, v);
+/* 16 sums to out (int32), or with y.out set, sum * (row scale * column scale) to y.out
+ * (float32: torch's values.float() * (x_scale * scale), the same roundings). */
+typedef struct {
+    float *out;
+    const float *row_scales;
+} Scaled;
+
+ALWAYS_INLINE void store16(int32_t *out, int64_t at, __m512i v, __mmask16 keep, Scaled y,
+                           int r, const float *col_scales) {
+    if (!keep) return;
+    if (y.out) {
+        __m512 scale = _mm512_mul_ps(_mm512_set1_ps(y.row_scales[r]),
+                                     _mm512_maskz_loadu_ps(keep, col_scales));
+        _mm512_mask_storeu_ps(y.out + at, keep, _mm512_mul_ps(_mm512_cvtepi32_ps(v), scale));
+    } else {
+        _mm512_mask_storeu_epi32(out + at, keep, v);
+    }
 }
 
 /* R (1..6) rows x one panel: out[r, 0..63] (columns past n not stored). Explicit
  * variables, not arrays: GCC kept arrays of accumulators in memory (3x slower). */
 ALWAYS_INLINE void panel_rows(const int R, int64_t k, const int8_t *restrict x,
                               const int8_t *restrict panel, const int32_t *restrict comp,
-                              int32_t *restrict out, int64_t n, const __mmask16 keep[4]) {
+                              int32_t *restrict out, int64_t n, const __mmask16 keep[4],
+                              Scaled y, const float *col_scales) {
     const __m512i c0 = _mm512_loadu_si512(comp), c1 = _mm512_loadu_si512(comp + 16),
                   c2 = _mm512_loadu_si512(comp + 32), c3 = _mm512_loadu_si512(comp + 48);
     ROW_ACC(0) ROW_ACC(1) ROW_ACC(2) ROW_ACC(3) ROW_ACC(4) ROW_ACC(5)
@@ -102,15 +117,18 @@ ALWAYS_INLINE void panel_rows(const int R, int64_t k, const int8_t *restrict x,
 }
 
 static void panel_block(int rows, int64_t k, const int8_t *x, const int8_t *panel,
-                        const int32_t *comp, int32_t *out, int64_t n, const __mmask16 keep[4]) {
+                        const int32_t *comp, int32_t *out, int64_t n, const __mmask16 keep[4],
+                        Scaled y, const float *col_scales) {
+#define PANEL(R) panel_rows(R, k, x, panel, comp, out, n, keep, y, col_scales)
     switch (rows) {
-    case 6: panel_rows(6, k, x, panel, comp, out, n, keep); break;
-    case 5: panel_rows(5, k, x, panel, comp, out, n, keep); break;
-    case 4: panel_rows(4, k, x, panel, comp, out, n, keep); break;
-    case 3: panel_rows(3, k, x, panel, comp, out, n, keep); break;
-    case 2: panel_rows(2, k, x, panel, comp, out, n, keep); break;
-    default: panel_rows(1, k, x, panel, comp, out, n, keep); break;
+    case 6: PANEL(6); break;
+    case 5: PANEL(5); break;
+    case 4: PANEL(4); break;
+    case 3: PANEL(3); break;
+    case 2: PANEL(2); break;
+    default: PANEL(1); break;
     }
+#undef PANEL
 }
 
 /* Which columns of a panel starting at column first are inside n, per 16-column tile. */
@@ -122,12 +140,15 @@ static void panel_keep(int64_t first, int64_t n, __mmask16 keep[4]) {
 }
 
 /*
- * x8 [m, k] int8, packed/comp from i8_pack -> out [m, n] int32 = x8 @ w8_t. Work items are
- * (panel, run of row blocks) pairs, enough of them to keep every thread busy at 32 rows
- * on narrow weights; each row's sums depend on its own input row alone.
+ * x8 [m, k] int8, packed/comp from i8_pack -> out [m, n] int32 = x8 @ w8_t; or, with
+ * out_f32 set, out_f32 [m, n] float32 = that * (row_scales[r] * col_scales[c]) (the
+ * dequantized product, with col_scales [n]). Work items are (panel, run of row blocks) pairs, enough
+ * of them to keep every thread busy at 32 rows on narrow weights; each row's sums depend
+ * on its own input row alone.
  */
 int i8_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *packed,
-              const int32_t *comp, int32_t *out) {
+              const int32_t *comp, int32_t *out, const float *row_scales,
+              const float *col_scales, float *out_f32) {
     int64_t panels = i8_padded_columns(n) / I8_PANEL;
     int64_t blocks = (m + I8_ROWS - 1) / I8_ROWS;
     int64_t runs = (8 * (int64_t)omp_get_max_threads() + panels - 1) / panels;
@@ -135,14 +156,16 @@ int i8_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *p
     int64_t per_run = (blocks + runs - 1) / runs;
 #pragma omp parallel for schedule(static)
     for (int64_t item = 0; item < panels * runs; item++) {
-        int64_t p = item / runs, first_block = item % runs * per_run;
+        int64_t p = item / runs, first_block = item % runs * per_run, c0 = p * I8_PANEL;
         __mmask16 keep[4];
-        panel_keep(p * I8_PANEL, n, keep);
+        panel_keep(c0, n, keep);
         for (int64_t b = first_block; b < first_block + per_run && b < blocks; b++) {
             int64_t r0 = b * I8_ROWS;
             int rows = (int)(m - r0 < I8_ROWS ? m - r0 : I8_ROWS);
-            panel_block(rows, k, x8 + r0 * k, packed + p * I8_PANEL * k, comp + p * I8_PANEL,
-                        out + r0 * n + p * I8_PANEL, n, keep);
+            Scaled y = {out_f32 ? out_f32 + r0 * n + c0 : NULL, row_scales + r0};
+            panel_block(rows, k, x8 + r0 * k, packed + c0 * k, comp + c0,
+                        out ? out + r0 * n + c0 : NULL, n, keep, y,
+                        col_scales ? col_scales + c0 : NULL);
         }
     }
     return 0;
@@ -151,8 +174,10 @@ int i8_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *p
 #define I8_PATH ""
 /* No AVX-512 VNNI in this build: the caller keeps torch._int_mm (i8_path() is empty). */
 int i8_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *packed,
-              const int32_t *comp, int32_t *out) {
+              const int32_t *comp, int32_t *out, const float *row_scales,
+              const float *col_scales, float *out_f32) {
     (void)m, (void)n, (void)k, (void)x8, (void)packed, (void)comp, (void)out;
+    (void)row_scales, (void)col_scales, (void)out_f32;
     return -1;
 }
 #endif
