@@ -1,13 +1,14 @@
 """The native kernels against what they replaced, on SmolLM2-135M's shapes, weights cold.
 
-- 4-bit matmul: our `Q4Weight` (``q4_gemm.c``) vs torch's int4 and W8A8 over 30 layers'
-  projections (q/k/v, o, gate/up, down), at 1..64 rows;
+- 4-bit matmul: our `Q4Weight` (``q4_gemm.c``) vs torch's int4 and W8A8 (``torch._int_mm``)
+  and our packed W8A8 (``i8_gemm.c``) over 30 layers' projections (q/k/v, o, gate/up, down),
+  at 1..64 rows;
 - decode attention (``attention.c``) over a bf16 and an int8 paged cache with scattered
   blocks;
 - prefill attention (``prefill_attention.c``) vs SDPA over a gathered, masked tile, one
   512-token chunk, bf16 and int8 caches;
-- prefill matmuls: W8A8 vs torch's bf16 and fp32 matmuls (oneDNN; AMX where the CPU has
-  it) at 128 and 512 rows.
+- prefill matmuls: W8A8 (torch's and our packed one) vs torch's bf16 and fp32 matmuls
+  (oneDNN; AMX where the CPU has it) at 128 and 512 rows.
 
 usage: flock /tmp/bench.lock .venv/bin/python benchmarks/native_kernels.py [--json OUT]
 Prints a table and writes JSON (median of --repeats timed runs after a warm-up).
@@ -55,7 +56,9 @@ def matmuls(kernels: NativeKernels, rows_list: list[int], repeats: int) -> dict[
     for _ in range(LAYERS):
         for out_features, in_features in SHAPES:
             weight = torch.randn(out_features, in_features) * 0.02
-            layers.append((kernels.pack_q4(weight), quantize_int4(weight), quantize_int8(weight)))
+            int8 = quantize_int8(weight)
+            packed = kernels.pack_int8(int8)
+            layers.append((kernels.pack_q4(weight), quantize_int4(weight), int8, packed))
     return {str(rows): _time_layers(layers, rows, repeats) for rows in rows_list}
 
 
@@ -63,26 +66,29 @@ def _time_layers(layers: list[tuple], rows: int, repeats: int) -> dict[str, floa
     xs = {k: torch.randn(rows, k) for _, k in SHAPES}
     xb = {k: x.bfloat16() for k, x in xs.items()}
     runs = {
-        "q4": lambda: [q4.matmul(xs[q4.in_features]) for q4, _, _ in layers],
-        "torch_int4": lambda: [int4_matmul(xb[q4.in_features], i4) for q4, i4, _ in layers],
-        "w8a8": lambda: [int8_linear(xs[q4.in_features], i8) for q4, _, i8 in layers],
+        "q4": lambda: [q4.matmul(xs[q4.in_features]) for q4, *_ in layers],
+        "torch_int4": lambda: [int4_matmul(xb[q4.in_features], i4) for q4, i4, *_ in layers],
+        "w8a8": lambda: [int8_linear(xs[q4.in_features], i8) for q4, _, i8, _ in layers],
+        "w8a8_packed": lambda: [int8_linear(xs[q4.in_features], p) for q4, *_, p in layers],
     }
     return {name: timed(run, repeats) for name, run in runs.items()}
 
 
-def prefill_matmuls(rows_list: list[int], repeats: int) -> dict[str, dict]:
+def prefill_matmuls(kernels: NativeKernels, rows_list: list[int], repeats: int) -> dict[str, dict]:
     """30 layers' projections at prefill-sized row counts: W8A8 (activations quantized in
     the timing) against torch's bf16 and fp32 matmuls."""
     torch.manual_seed(0)
     weights = [torch.randn(o, i) * 0.02 for o, i in SHAPES]
     int8 = [quantize_int8(w) for w in weights]
+    packed = [kernels.pack_int8(w) for w in int8]
     bf16 = [w.bfloat16() for w in weights]
     report = {}
     for rows in rows_list:
         xs = [torch.randn(rows, i) for _, i in SHAPES]
         xb = [x.bfloat16() for x in xs]
-        kernels: dict[str, Callable[[int], object]] = {
+        products: dict[str, Callable[[int], object]] = {
             "w8a8": lambda k, xs=xs: int8_linear(xs[k], int8[k]),
+            "w8a8_packed": lambda k, xs=xs: int8_linear(xs[k], packed[k]),
             "bf16": lambda k, xb=xb: xb[k] @ bf16[k].T,
             "fp32": lambda k, xs=xs: xs[k] @ weights[k].T,
         }
@@ -91,7 +97,7 @@ def prefill_matmuls(rows_list: list[int], repeats: int) -> dict[str, dict]:
                 lambda m=matmul: [m(k) for _ in range(LAYERS) for k in range(len(SHAPES))],
                 repeats,
             )
-            for name, matmul in kernels.items()
+            for name, matmul in products.items()
         }
     return report
 
@@ -165,6 +171,7 @@ def main() -> None:
     report = {
         "cpu": platform.processor() or platform.machine(),
         "q4_path": kernels.q4_path,
+        "i8_path": kernels.i8_path,
         "torch_threads": torch.get_num_threads(),
         "matmul_ms": matmuls(kernels, [1, 5, 8, 16, 32, 64], args.repeats),
         "decode_attention_ms": {
@@ -175,12 +182,13 @@ def main() -> None:
             for s, c in ((1, 640), (16, 320), (32, 320))
         },
         "prefill_attention_ms": {"512": prefill_attention(kernels, 512, args.repeats)},
-        "prefill_matmul_ms": prefill_matmuls([128, 512], args.repeats),
+        "prefill_matmul_ms": prefill_matmuls(kernels, [128, 512], args.repeats),
     }
     print(f"30 layers of SmolLM2-135M, q4 path {kernels.q4_path}, ms (median)")
-    print(f"{'rows':>5} {'q4':>8} {'int4':>8} {'w8a8':>8}")
+    print(f"{'rows':>5} {'q4':>8} {'int4':>8} {'w8a8':>8} {'packed':>8}")
     for rows, t in report["matmul_ms"].items():
-        print(f"{rows:>5} {t['q4']:>8.2f} {t['torch_int4']:>8.2f} {t['w8a8']:>8.2f}")
+        print(f"{rows:>5} {t['q4']:>8.2f} {t['torch_int4']:>8.2f} {t['w8a8']:>8.2f} "
+              f"{t['w8a8_packed']:>8.2f}")  # fmt: skip
     for shape, ms in report["decode_attention_ms"].items():
         print(f"decode attention {shape} positions: bf16 cache {ms['bf16']:.2f} ms, "
               f"int8 cache {ms['int8']:.2f} ms")  # fmt: skip
@@ -188,8 +196,9 @@ def main() -> None:
     print(f"prefill attention 512 tokens: native {prefill['native']:.1f} ms (int8 cache "
           f"{prefill['native_int8']:.1f}), SDPA {prefill['sdpa']:.1f} ms")  # fmt: skip
     for rows, t in report["prefill_matmul_ms"].items():
-        print(f"prefill matmuls {rows} rows: w8a8 {t['w8a8']:.1f} ms, bf16 {t['bf16']:.1f} ms, "
-              f"fp32 {t['fp32']:.1f} ms")  # fmt: skip
+        packed = t["w8a8_packed"]
+        print(f"prefill matmuls {rows} rows: w8a8 {t['w8a8']:.1f} ms (packed {packed:.1f}), "
+              f"bf16 {t['bf16']:.1f} ms, fp32 {t['fp32']:.1f} ms")  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
