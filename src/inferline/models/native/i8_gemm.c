@@ -33,20 +33,26 @@ int64_t i8_padded_columns(int64_t n) { return (n + I8_PANEL - 1) / I8_PANEL * I8
 /* Bytes of the packed form of a [k, n] weight (k % 4 == 0). */
 int64_t i8_packed_bytes(int64_t n, int64_t k) { return i8_padded_columns(n) * k; }
 
-/* w8_t [k, n] int8 -> out (i8_packed_bytes) and comp [i8_padded_columns(n)] int32. */
+/* w8_t [k, n] int8 -> out (i8_packed_bytes) and comp [i8_padded_columns(n)] int32. A
+ * panel at a time, reading each input's 64 columns as one contiguous run (a column at a
+ * time read the weight with a stride of n bytes: slower at load for wide weights). */
 void i8_pack(int64_t n, int64_t k, const int8_t *w8_t, int8_t *out, int32_t *comp) {
-    int64_t columns = i8_padded_columns(n);
+    int64_t panels = i8_padded_columns(n) / I8_PANEL;
 #pragma omp parallel for schedule(static)
-    for (int64_t col = 0; col < columns; col++) {
-        int8_t *panel = out + col / I8_PANEL * I8_PANEL * k;
-        int64_t lane = col % I8_PANEL;
-        int32_t sum = 0;
+    for (int64_t p = 0; p < panels; p++) {
+        int8_t *panel = out + p * I8_PANEL * k;
+        int64_t first = p * I8_PANEL, width = n - first < I8_PANEL ? n - first : I8_PANEL;
+        int32_t sums[I8_PANEL] = {0};
+        if (width < I8_PANEL) memset(panel, 0, (size_t)(I8_PANEL * k)); /* padding columns */
         for (int64_t i = 0; i < k; i++) {
-            int8_t v = col < n ? w8_t[i * n + col] : 0;
-            panel[(i / 4) * 4 * I8_PANEL + 4 * lane + i % 4] = v;
-            sum += v;
+            const int8_t *row = w8_t + i * n + first;
+            int8_t *run = panel + (i / 4) * 4 * I8_PANEL + i % 4;
+            for (int64_t lane = 0; lane < width; lane++) {
+                run[4 * lane] = row[lane];
+                sums[lane] += row[lane];
+            }
         }
-        comp[col] = -128 * sum;
+        for (int lane = 0; lane < I8_PANEL; lane++) comp[first + lane] = -128 * sums[lane];
     }
 }
 
@@ -149,6 +155,7 @@ static void panel_keep(int64_t first, int64_t n, __mmask16 keep[4]) {
 int i8_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *packed,
               const int32_t *comp, int32_t *out, const float *row_scales,
               const float *col_scales, float *out_f32) {
+    if (m <= 0) return 0;
     int64_t panels = i8_padded_columns(n) / I8_PANEL;
     int64_t blocks = (m + I8_ROWS - 1) / I8_ROWS;
     int64_t runs = (8 * (int64_t)omp_get_max_threads() + panels - 1) / panels;
