@@ -18,6 +18,7 @@ from inferline.models.quant import (
     quantize_int4,
     quantize_int8,
 )
+from inferline.models.row_choice import kernels_chosen_for
 from tests.conftest import run_to_completion
 
 TEXT = (
@@ -136,6 +137,23 @@ def test_mixed_format_picks_the_kernel_by_batch_rows(formats) -> None:  # type: 
         assert torch.equal(layer(x), int8_linear(x, layer.int8))
     finally:
         layer.int4_max_rows = saved
+
+
+def test_the_head_chooses_its_kernel_as_the_layers_do_under_speculation(formats) -> None:  # type: ignore[no-untyped-def]
+    """Drafted rows run the 4-bit pass where the step without them would (one read of the
+    weights for all rows), not W8A8 because the drafts made the batch wider."""
+    head = formats["mixed"].loaded.model.fast_head
+    if head.int4_max_rows == 0:
+        pytest.skip("the probe kept W8A8 alone on this CPU")
+    rows = head.int4_max_rows + 3
+    x = torch.randn(rows, head.int8.in_features)
+    four_bit = head.int4.matmul(x) if isinstance(head.int4, Q4Weight) else None
+    wide = head.approximate(x)
+    with kernels_chosen_for(1):
+        drafted = head.approximate(x)
+    if four_bit is not None:
+        assert torch.equal(drafted, four_bit)
+    assert torch.equal(wide, int8_linear(x, head.int8))
 
 
 def test_the_probe_returns_a_measured_crossover() -> None:

@@ -28,6 +28,7 @@ from inferline.models.quant import (
     quantize_int4,
     quantize_int8,
 )
+from inferline.models.row_choice import kernel_rows
 
 INT4_MAX_ROWS = 8  # measured crossover: int4 3.0 ms vs W8A8 2.9 ms at 8 rows
 
@@ -73,8 +74,10 @@ class ApproximateThenExactHead:
         return head
 
     def approximate(self, x: torch.Tensor) -> torch.Tensor:
-        """Quantized logits ``[M, vocab]`` float32 (the kernel is chosen by ``M``)."""
-        if x.shape[0] <= self.int4_max_rows:
+        """Quantized logits ``[M, vocab]`` float32; the kernel is chosen by ``M``, or in a
+        step with speculative drafts by the rows the step has without them (`row_choice`),
+        as the layers choose theirs: the 4-bit pass reads the weights once for all rows."""
+        if kernel_rows(x.shape[0]) <= self.int4_max_rows:
             if isinstance(self.int4, Q4Weight):
                 return self.int4.matmul(x)
             return int4_matmul(x.to(torch.bfloat16), self.int4).float()
