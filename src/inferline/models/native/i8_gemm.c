@@ -148,9 +148,9 @@ static void panel_keep(int64_t first, int64_t n, __mmask16 keep[4]) {
 /*
  * x8 [m, k] int8, packed/comp from i8_pack -> out [m, n] int32 = x8 @ w8_t; or, with
  * out_f32 set, out_f32 [m, n] float32 = that * (row_scales[r] * col_scales[c]) (the
- * dequantized product, with col_scales [n]). Work items are (panel, run of row blocks) pairs, enough
- * of them to keep every thread busy at 32 rows on narrow weights; each row's sums depend
- * on its own input row alone.
+ * dequantized product, with col_scales [n]). Work items are (panel, run of row blocks)
+ * pairs, enough of them to keep every thread busy at 32 rows on narrow weights; each
+ * row's sums depend on its own input row alone.
  */
 int i8_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *packed,
               const int32_t *comp, int32_t *out, const float *row_scales,
@@ -169,7 +169,8 @@ int i8_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *p
         for (int64_t b = first_block; b < first_block + per_run && b < blocks; b++) {
             int64_t r0 = b * I8_ROWS;
             int rows = (int)(m - r0 < I8_ROWS ? m - r0 : I8_ROWS);
-            Scaled y = {out_f32 ? out_f32 + r0 * n + c0 : NULL, row_scales + r0};
+            Scaled y = {out_f32 ? out_f32 + r0 * n + c0 : NULL,
+                        row_scales ? row_scales + r0 : NULL};
             panel_block(rows, k, x8 + r0 * k, packed + c0 * k, comp + c0,
                         out ? out + r0 * n + c0 : NULL, n, keep, y,
                         col_scales ? col_scales + c0 : NULL);
