@@ -87,3 +87,35 @@ def test_weights_the_kernel_cannot_take_stay_with_torch(kernels: NativeKernels) 
         assert isinstance(packed, PackedInt8Weight)
         with pytest.raises(ValueError, match="inputs"):
             packed.matmul(Int8Rows(torch.zeros(2, 12, dtype=torch.int8), torch.ones(2, 1)))
+
+
+@pytest.mark.parametrize(("out_features", "in_features"), [(1536, 576), (200, 1536), (40, 64)])
+def test_amx_gives_the_same_integers_as_vnni(
+    kernels: NativeKernels, out_features: int, in_features: int
+) -> None:
+    """AMX tiles (signed by signed, no compensation) and the VNNI kernel: the same int32
+    sums and the same dequantized floats, at every row count around the 16-row tiles and
+    32-row blocks, partial half panels included (200 and 40 columns)."""
+    needs_vnni(kernels)
+    default = kernels.amx_rows
+    if not kernels.amx_from(1):
+        kernels.amx_from(default)
+        pytest.skip("no AMX int8 on this CPU (or the OS refused the tile state)")
+    try:
+        gen = torch.Generator().manual_seed(in_features)
+        w8_t = torch.randint(-128, 128, (in_features, out_features), dtype=torch.int8, generator=gen)
+        packed = kernels.pack_int8(Int8Weight(w8_t, torch.rand(out_features, generator=gen)))
+        assert isinstance(packed, PackedInt8Weight)
+        x = extreme_rows(70, in_features, gen)
+        floats = torch.randn(70, in_features, generator=gen)
+        expected = torch._int_mm(x, w8_t)
+        for rows in (1, 2, 7, 15, 16, 17, 31, 32, 33, 48, 63, 70):
+            part = Int8Rows(x[:rows].contiguous(), torch.ones(rows, 1))
+            kernels.amx_from(1)
+            amx, amx_linear = packed.matmul(part).values, packed.linear(floats[:rows])
+            kernels.amx_from(0)
+            vnni, vnni_linear = packed.matmul(part).values, packed.linear(floats[:rows])
+            assert torch.equal(amx, expected[:rows]) and torch.equal(vnni, expected[:rows])
+            assert torch.equal(amx_linear, vnni_linear)
+    finally:
+        kernels.amx_from(default)

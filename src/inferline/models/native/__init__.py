@@ -68,6 +68,7 @@ _SIGNATURES = {
     "i8_pack": [_i64, _i64, _ptr, _ptr, _ptr],
     "i8_matmul": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
     "i8_path": [],
+    "i8_amx_rows": [_i32],
     "decode_stack": [_ptr, _ptr, _ptr, _ptr],  # models/decode_stack.py
 }
 _RESULT_TYPES = {
@@ -81,6 +82,7 @@ _RESULT_TYPES = {
     "i8_packed_bytes": _i64,
     "i8_matmul": ctypes.c_int,
     "i8_path": ctypes.c_char_p,
+    "i8_amx_rows": ctypes.c_int,
     "decode_stack": ctypes.c_int,
 }
 # activation kinds, as in cpu_kernels.c
@@ -88,6 +90,17 @@ _KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int32: 2, torch.int8: 3}
 
 Activation = torch.Tensor | Int8Rows | Int32Product
 MatmulInput = torch.Tensor | Int8Rows
+
+
+# From 8 rows AMX (TDPBSSD) ran 1.3-2.4x VNNI's packed kernel on a 2-core Sapphire Rapids
+# guest (576x1536 .. 4864x896 weights, hot caches), 3-4x from 32 rows; at 1-4 rows level
+# or slower (benchmarks/native_kernels.py).
+AMX_MIN_ROWS = 8
+
+
+def _amx_min_rows() -> int:
+    """`AMX_MIN_ROWS`, or 0 with ``INFERLINE_AMX=0`` (the VNNI kernel alone, for A/B runs)."""
+    return 0 if os.environ.get("INFERLINE_AMX", "1") == "0" else AMX_MIN_ROWS
 
 
 @cache
@@ -156,6 +169,14 @@ class NativeKernels:
         self.lib = lib
         self.q4_path: str = lib.q4_path().decode()  # "avx512-vnni", "avx2" or "plain-c"
         self.i8_path: str = lib.i8_path().decode()  # "avx512-vnni", or "": torch._int_mm
+        # AMX int8 from AMX_MIN_ROWS rows where this CPU and build have it (0: none)
+        self.amx_rows: int = self.amx_from(_amx_min_rows())
+
+    def amx_from(self, rows: int) -> int:
+        """Run `i8_matmul` on AMX from ``rows`` rows (0: never); returns the setting in
+        force, 0 where this CPU, build or OS has no AMX int8."""
+        self.amx_rows = self.lib.i8_amx_rows(rows) if self.i8_path else 0
+        return self.amx_rows
 
     def add_rms_norm(
         self,

@@ -15,6 +15,7 @@
  * VNNI multiplies u8 by s8, so the activations go in as x + 128 (their sign bit flipped)
  * and each column's sum starts at -128 * sum_k w[k, col] (comp, from `i8_pack`).
  */
+#define _GNU_SOURCE /* syscall() for the AMX permission */
 #include <stdint.h>
 #include <string.h>
 #if defined(__x86_64__) || defined(__i386__)
@@ -145,17 +146,139 @@ static void panel_keep(int64_t first, int64_t n, __mmask16 keep[4]) {
     }
 }
 
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__)
+/*
+ * AMX (Intel since Sapphire Rapids): TDPBSSD multiplies a tile of 16 rows x 64 int8
+ * inputs by 16 runs of the packed panel (64 inputs x 16 columns: exactly the VNNI runs
+ * above, 256 bytes apart) into 16 x 16 int32 sums, signed by signed: no x + 128 and no
+ * compensation, the same exact integers. A block is up to 32 rows x 32 columns (half a
+ * panel) in 4 accumulator tiles, 2 row tiles and 2 weight tiles. Rows fewer than 32 (the
+ * last block) are tiles configured with fewer rows. Only for k a multiple of 64; the
+ * kernel asks Linux for the tile state once (arch_prctl), and is off if refused.
+ */
+#include <sys/syscall.h>
+#include <unistd.h>
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+#define AMX_BLOCK_ROWS 32
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} TileConfig;
+
+static int amx_min_rows = 0; /* 0: AMX off; else the fewest rows a call runs it for */
+
+/* Ask for the AMX tile state and use AMX from min_rows rows (0: never). Returns the
+ * setting in force: min_rows, or 0 where the kernel refused (or min_rows was 0). */
+int i8_amx_rows(int min_rows) {
+    if (min_rows > 0 && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA))
+        min_rows = 0;
+    amx_min_rows = min_rows > 0 ? min_rows : 0;
+    return amx_min_rows;
+}
+
+/* Tiles 0-3 sums (rows x 16 int32), 4-5 input rows (rows x 64 int8), 6-7 weights (16
+ * runs x 64 bytes); tiles 0, 1, 4 hold the block's first 16 rows, 2, 3, 5 the rest. */
+static void amx_configure(int rows) {
+    TileConfig c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    int low = rows < 16 ? rows : 16, high = rows - low;
+    for (int t = 0; t < 8; t++) c.colsb[t] = 64;
+    c.rows[0] = c.rows[1] = c.rows[4] = (uint8_t)low;
+    c.rows[2] = c.rows[3] = c.rows[5] = (uint8_t)high;
+    c.rows[6] = c.rows[7] = 16;
+    if (!high) c.colsb[2] = c.colsb[3] = c.colsb[5] = 0; /* unused tiles stay off */
+    _tile_loadconfig(&c);
+}
+
+/* rows (1..32) x 32 columns (half a panel) of sums into sums [32][32] int32. */
+static void amx_block(int rows, int64_t k, const int8_t *x, const int8_t *half,
+                      int32_t sums[AMX_BLOCK_ROWS][32]) {
+    _tile_zero(0);
+    _tile_zero(1);
+    if (rows > 16) {
+        _tile_zero(2);
+        _tile_zero(3);
+    }
+    for (int64_t i = 0; i < k; i += 64, half += 16 * 4 * I8_PANEL) {
+        _tile_loadd(6, half, 4 * I8_PANEL);
+        _tile_loadd(7, half + 64, 4 * I8_PANEL);
+        _tile_loadd(4, x + i, k);
+        _tile_dpbssd(0, 4, 6);
+        _tile_dpbssd(1, 4, 7);
+        if (rows > 16) {
+            _tile_loadd(5, x + 16 * k + i, k);
+            _tile_dpbssd(2, 5, 6);
+            _tile_dpbssd(3, 5, 7);
+        }
+    }
+    _tile_stored(0, &sums[0][0], 32 * sizeof(int32_t));
+    _tile_stored(1, &sums[0][16], 32 * sizeof(int32_t));
+    if (rows > 16) {
+        _tile_stored(2, &sums[16][0], 32 * sizeof(int32_t));
+        _tile_stored(3, &sums[16][16], 32 * sizeof(int32_t));
+    }
+}
+
+/* Rows [0, m) with AMX: work items are (half panel, block of 32 rows) pairs, a half
+ * panel's blocks next to each other (its weights stay in the cache between them). */
+static void amx_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *packed,
+                       int32_t *out, const float *row_scales, const float *col_scales,
+                       float *out_f32) {
+    int64_t halves = i8_padded_columns(n) / 32, blocks = (m + AMX_BLOCK_ROWS - 1) / AMX_BLOCK_ROWS;
+#pragma omp parallel
+    {
+        int configured = 0;
+        int32_t sums[AMX_BLOCK_ROWS][32] __attribute__((aligned(64)));
+#pragma omp for schedule(static)
+        for (int64_t item = 0; item < halves * blocks; item++) {
+            int64_t h = item / blocks, r0 = item % blocks * AMX_BLOCK_ROWS, c0 = h * 32;
+            int rows = (int)(m - r0 < AMX_BLOCK_ROWS ? m - r0 : AMX_BLOCK_ROWS);
+            if (rows != configured) amx_configure(rows), configured = rows;
+            amx_block(rows, k, x8 + r0 * k, packed + (c0 / I8_PANEL) * I8_PANEL * k + (h % 2) * 128,
+                      sums);
+            __mmask16 keep[4];
+            panel_keep(c0 - (h % 2) * 32, n, keep);
+            for (int r = 0; r < rows; r++) {
+                Scaled y = {out_f32 ? out_f32 + r0 * n + c0 : NULL,
+                            row_scales ? row_scales + r0 : NULL};
+                int32_t *o = out ? out + r0 * n + c0 : NULL;
+                const float *cs = col_scales ? col_scales + c0 : NULL;
+                __m512i lo = _mm512_load_si512(&sums[r][0]), hi = _mm512_load_si512(&sums[r][16]);
+                store16(o, r * n, lo, keep[2 * (h % 2)], y, r, cs);
+                store16(o, r * n + 16, hi, keep[2 * (h % 2) + 1], y, r, cs ? cs + 16 : NULL);
+            }
+        }
+        if (configured) _tile_release();
+    }
+}
+#define AMX_BUILT 1
+#else
+#define AMX_BUILT 0
+int i8_amx_rows(int min_rows) { (void)min_rows; return 0; }
+#endif
+
 /*
  * x8 [m, k] int8, packed/comp from i8_pack -> out [m, n] int32 = x8 @ w8_t; or, with
  * out_f32 set, out_f32 [m, n] float32 = that * (row_scales[r] * col_scales[c]) (the
- * dequantized product, with col_scales [n]). Work items are (panel, run of row blocks)
- * pairs, enough of them to keep every thread busy at 32 rows on narrow weights; each
- * row's sums depend on its own input row alone.
+ * dequantized product, with col_scales [n]). With AMX on (`i8_amx_rows`), at least its
+ * rows and k a multiple of 64, AMX runs it; else VNNI: work items are (panel, run of row
+ * blocks) pairs, enough of them to keep every thread busy at 32 rows on narrow weights;
+ * each row's sums depend on its own input row alone.
  */
 int i8_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *packed,
               const int32_t *comp, int32_t *out, const float *row_scales,
               const float *col_scales, float *out_f32) {
     if (m <= 0) return 0;
+#if AMX_BUILT
+    if (amx_min_rows && m >= amx_min_rows && k % 64 == 0) {
+        amx_matmul(m, n, k, x8, packed, out, row_scales, col_scales, out_f32);
+        return 0;
+    }
+#endif
     int64_t panels = i8_padded_columns(n) / I8_PANEL;
     int64_t blocks = (m + I8_ROWS - 1) / I8_ROWS;
     int64_t runs = (8 * (int64_t)omp_get_max_threads() + panels - 1) / panels;
@@ -188,6 +311,7 @@ int i8_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *p
     (void)row_scales, (void)col_scales, (void)out_f32;
     return -1;
 }
+int i8_amx_rows(int min_rows) { (void)min_rows; return 0; }
 #endif
 
 /* "avx512-vnni", or "" where this build has no packed int8 kernel. */
