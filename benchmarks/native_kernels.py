@@ -1,13 +1,13 @@
 """The native kernels against what they replaced, on SmolLM2-135M's shapes, weights cold.
 
 - 4-bit matmul: our `Q4Weight` (``q4_gemm.c``) vs torch's int4 and W8A8 (``torch._int_mm``)
-  and our packed W8A8 (``i8_gemm.c``) over 30 layers' projections (q/k/v, o, gate/up, down),
-  at 1..64 rows;
+  and our packed W8A8 (``i8_gemm.c``, VNNI alone and with AMX where the CPU has it) over
+  30 layers' projections (q/k/v, o, gate/up, down), at 1..64 rows;
 - decode attention (``attention.c``) over a bf16 and an int8 paged cache with scattered
   blocks;
 - prefill attention (``prefill_attention.c``) vs SDPA over a gathered, masked tile, one
   512-token chunk, bf16 and int8 caches;
-- prefill matmuls: W8A8 (torch's and our packed one) vs torch's bf16 and fp32 matmuls
+- prefill matmuls: W8A8 (torch's and our packed one, VNNI and AMX) vs torch's bf16 and fp32 matmuls
   (oneDNN; AMX where the CPU has it) at 128 and 512 rows.
 
 usage: flock /tmp/bench.lock .venv/bin/python benchmarks/native_kernels.py [--json OUT]
@@ -48,6 +48,22 @@ def timed(run: Callable[[], object], repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def packed_vnni_and_amx(
+    kernels: NativeKernels, run: Callable[[], object], repeats: int
+) -> dict[str, float]:
+    """``run`` timed with the packed kernel on VNNI alone ("w8a8_packed") and, where the
+    CPU has AMX int8, on AMX from 1 row ("w8a8_amx")."""
+    default = kernels.amx_rows
+    try:
+        kernels.amx_from(0)
+        times = {"w8a8_packed": timed(run, repeats)}
+        if kernels.amx_from(1):
+            times["w8a8_amx"] = timed(run, repeats)
+        return times
+    finally:
+        kernels.amx_from(default)
+
+
 def matmuls(kernels: NativeKernels, rows_list: list[int], repeats: int) -> dict[str, dict]:
     """30 layers' projections at each row count, in each kernel (distinct weights per layer:
     ~66 MB in 4 bits, so each step reads them from memory as a decode step does)."""
@@ -59,19 +75,23 @@ def matmuls(kernels: NativeKernels, rows_list: list[int], repeats: int) -> dict[
             int8 = quantize_int8(weight)
             packed = kernels.pack_int8(int8)
             layers.append((kernels.pack_q4(weight), quantize_int4(weight), int8, packed))
-    return {str(rows): _time_layers(layers, rows, repeats) for rows in rows_list}
+    return {str(rows): _time_layers(kernels, layers, rows, repeats) for rows in rows_list}
 
 
-def _time_layers(layers: list[tuple], rows: int, repeats: int) -> dict[str, float]:
+def _time_layers(
+    kernels: NativeKernels, layers: list[tuple], rows: int, repeats: int
+) -> dict[str, float]:
     xs = {k: torch.randn(rows, k) for _, k in SHAPES}
     xb = {k: x.bfloat16() for k, x in xs.items()}
     runs = {
         "q4": lambda: [q4.matmul(xs[q4.in_features]) for q4, *_ in layers],
         "torch_int4": lambda: [int4_matmul(xb[q4.in_features], i4) for q4, i4, *_ in layers],
         "w8a8": lambda: [int8_linear(xs[q4.in_features], i8) for q4, _, i8, _ in layers],
-        "w8a8_packed": lambda: [int8_linear(xs[q4.in_features], p) for q4, *_, p in layers],
     }
-    return {name: timed(run, repeats) for name, run in runs.items()}
+    packed = packed_vnni_and_amx(
+        kernels, lambda: [int8_linear(xs[q4.in_features], p) for q4, *_, p in layers], repeats
+    )
+    return {name: timed(run, repeats) for name, run in runs.items()} | packed
 
 
 def prefill_matmuls(kernels: NativeKernels, rows_list: list[int], repeats: int) -> dict[str, dict]:
@@ -88,17 +108,18 @@ def prefill_matmuls(kernels: NativeKernels, rows_list: list[int], repeats: int) 
         xb = [x.bfloat16() for x in xs]
         products: dict[str, Callable[[int], object]] = {
             "w8a8": lambda k, xs=xs: int8_linear(xs[k], int8[k]),
-            "w8a8_packed": lambda k, xs=xs: int8_linear(xs[k], packed[k]),
             "bf16": lambda k, xb=xb: xb[k] @ bf16[k].T,
             "fp32": lambda k, xs=xs: xs[k] @ weights[k].T,
         }
+
+        def all_layers(matmul: Callable[[int], object]) -> Callable[[], object]:
+            return lambda: [matmul(k) for _ in range(LAYERS) for k in range(len(SHAPES))]
+
         report[str(rows)] = {
-            name: timed(
-                lambda m=matmul: [m(k) for _ in range(LAYERS) for k in range(len(SHAPES))],
-                repeats,
-            )
-            for name, matmul in products.items()
-        }
+            name: timed(all_layers(matmul), repeats) for name, matmul in products.items()
+        } | packed_vnni_and_amx(
+            kernels, all_layers(lambda k, xs=xs: int8_linear(xs[k], packed[k])), repeats
+        )
     return report
 
 
@@ -172,6 +193,7 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "q4_path": kernels.q4_path,
         "i8_path": kernels.i8_path,
+        "amx_from_rows": kernels.amx_rows,
         "torch_threads": torch.get_num_threads(),
         "matmul_ms": matmuls(kernels, [1, 5, 8, 16, 32, 64], args.repeats),
         "decode_attention_ms": {
@@ -185,10 +207,10 @@ def main() -> None:
         "prefill_matmul_ms": prefill_matmuls(kernels, [128, 512], args.repeats),
     }
     print(f"30 layers of SmolLM2-135M, q4 path {kernels.q4_path}, ms (median)")
-    print(f"{'rows':>5} {'q4':>8} {'int4':>8} {'w8a8':>8} {'packed':>8}")
+    print(f"{'rows':>5} {'q4':>8} {'int4':>8} {'w8a8':>8} {'packed':>8} {'amx':>8}")
     for rows, t in report["matmul_ms"].items():
         print(f"{rows:>5} {t['q4']:>8.2f} {t['torch_int4']:>8.2f} {t['w8a8']:>8.2f} "
-              f"{t['w8a8_packed']:>8.2f}")  # fmt: skip
+              f"{t['w8a8_packed']:>8.2f} {t.get('w8a8_amx', float('nan')):>8.2f}")  # fmt: skip
     for shape, ms in report["decode_attention_ms"].items():
         print(f"decode attention {shape} positions: bf16 cache {ms['bf16']:.2f} ms, "
               f"int8 cache {ms['int8']:.2f} ms")  # fmt: skip
@@ -196,8 +218,9 @@ def main() -> None:
     print(f"prefill attention 512 tokens: native {prefill['native']:.1f} ms (int8 cache "
           f"{prefill['native_int8']:.1f}), SDPA {prefill['sdpa']:.1f} ms")  # fmt: skip
     for rows, t in report["prefill_matmul_ms"].items():
-        packed = t["w8a8_packed"]
-        print(f"prefill matmuls {rows} rows: w8a8 {t['w8a8']:.1f} ms (packed {packed:.1f}), "
+        packed, amx = t["w8a8_packed"], t.get("w8a8_amx", float("nan"))
+        print(f"prefill matmuls {rows} rows: w8a8 {t['w8a8']:.1f} ms (packed {packed:.1f}, "
+              f"AMX {amx:.1f}), "
               f"bf16 {t['bf16']:.1f} ms, fp32 {t['fp32']:.1f} ms")  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -92,10 +92,10 @@ Activation = torch.Tensor | Int8Rows | Int32Product
 MatmulInput = torch.Tensor | Int8Rows
 
 
-# From 8 rows AMX (TDPBSSD) ran 1.3-2.4x VNNI's packed kernel on a 2-core Sapphire Rapids
-# guest (576x1536 .. 4864x896 weights, hot caches), 3-4x from 32 rows; at 1-4 rows level
-# or slower (benchmarks/native_kernels.py).
-AMX_MIN_ROWS = 8
+# AMX (TDPBSSD) against VNNI's packed kernel on a 2-core Sapphire Rapids guest: hot caches
+# (576x1536 .. 4864x896 weights) 0.9-1.1x at 4 rows, 1.3-2.4x at 8, 3-4x from 32; SmolLM2's
+# 30 layers with the weights cold (benchmarks/native_kernels.py) 1.2x at 5 rows, 0.93x at 1.
+AMX_MIN_ROWS = 4
 
 
 def _amx_min_rows() -> int:
