@@ -103,7 +103,9 @@ def test_amx_gives_the_same_integers_as_vnni(
         pytest.skip("no AMX int8 on this CPU (or the OS refused the tile state)")
     try:
         gen = torch.Generator().manual_seed(in_features)
-        w8_t = torch.randint(-128, 128, (in_features, out_features), dtype=torch.int8, generator=gen)
+        w8_t = torch.randint(
+            -128, 128, (in_features, out_features), dtype=torch.int8, generator=gen
+        )
         packed = kernels.pack_int8(Int8Weight(w8_t, torch.rand(out_features, generator=gen)))
         assert isinstance(packed, PackedInt8Weight)
         x = extreme_rows(70, in_features, gen)
