@@ -4,6 +4,8 @@ and resumed (no item answered or scored twice), the report's figures, the HTML p
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -94,6 +96,29 @@ async def test_a_cancelled_run_resumes_without_scoring_an_item_twice(database) -
     assert len(keys) == len(set(keys)) == 40
     assert experiments.get(experiment["id"])["status"] == "done"
     assert not experiments.add_result({**rows[0], "id": None})  # a second write is refused
+
+
+async def test_a_cancelled_run_lands_the_row_it_was_writing(database, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A cancellation during a row's write returns only once the row is stored: nothing of
+    the cancelled run lands later, under a resume's count."""
+    datasets, experiments, experiment = _setup(database, 4, ("good",))
+    writing, original = threading.Event(), experiments.add_result
+
+    def slow_add_result(row: dict[str, Any]) -> bool:
+        writing.set()
+        time.sleep(0.3)
+        return original(row)
+
+    monkeypatch.setattr(experiments, "add_result", slow_add_result)
+    runner = Runner(experiments, Fleet(), [Contains()], concurrency=1)
+    task = asyncio.ensure_future(runner.run(experiment["id"], datasets.items("colours")))
+    while not writing.is_set():
+        await asyncio.sleep(0.005)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(experiments.rows(experiment["id"])) == 1
+    assert experiments.get(experiment["id"])["status"] == "failed"
 
 
 async def test_the_report_figures(database) -> None:  # type: ignore[no-untyped-def]

@@ -108,6 +108,9 @@ class Runner:
         except BaseException:
             for worker in workers:
                 worker.cancel()
+            # a worker finishes the row it is writing before it stops: once this raises,
+            # no row of the run lands late (a resume counts exactly what was written)
+            await asyncio.gather(*workers, return_exceptions=True)
             self.experiments.set_status(experiment_id, "failed")
             raise
         self.experiments.set_status(experiment_id, "done")
@@ -120,11 +123,21 @@ class Runner:
         while not queue.empty():
             target, item, repetition = queue.get_nowait()
             row = await self.answer(experiment_id, plan, target, item, repetition)
-            if await asyncio.to_thread(self.experiments.add_result, row):
+            if await self._write(row):
                 progress.done += 1
                 progress.failed += row["status_code"] != 200
                 if progress.on_result is not None:
                     progress.on_result(row)
+
+    async def _write(self, row: dict[str, Any]) -> bool:
+        """Stores one result row off the event loop; a cancellation waits for the write
+        (the thread would finish it anyway) and then goes on."""
+        write = asyncio.ensure_future(asyncio.to_thread(self.experiments.add_result, row))
+        try:
+            return await asyncio.shield(write)
+        except asyncio.CancelledError:
+            await write
+            raise
 
     async def answer(
         self, experiment_id: str, plan: Plan, target: Target, item: DatasetItem, repetition: int
