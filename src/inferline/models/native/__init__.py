@@ -4,8 +4,8 @@ The decoder layer's row-wise work (residual add + RMSNorm, bias + RoPE + KV-cach
 decode attention over the paged cache, SiLU-gate) runs as one call each instead of ~45
 eager torch ops per layer. ``q4_gemm.c`` adds our own 4-bit weight matmul for a handful
 of rows (`Q4Weight`: one pass over the weights for all rows of a step), and ``i8_gemm.c``
-W8A8 on weights packed once for VNNI (`PackedInt8Weight`: the same int32 sums as
-``torch._int_mm``, faster). The library is built
+W8A8 on weights packed once for VNNI, run on AMX tiles where the CPU has them
+(`PackedInt8Weight`: the same int32 sums as ``torch._int_mm``, faster). The library is built
 with ``-O3 -march=native -fopenmp`` into the model cache (keyed by source, compiler and
 CPU) in about a second, so nothing is compiled at install time. Without a C compiler, or
 with ``INFERLINE_NATIVE_KERNELS=0``, `load_kernels` returns None and the model runs its
