@@ -5,8 +5,8 @@ decode attention over the paged cache, SiLU-gate) runs as one call each instead 
 eager torch ops per layer. ``q4_gemm.c`` adds our own 4-bit weight matmul for a handful
 of rows (`Q4Weight`: one pass over the weights for all rows of a step), and ``i8_gemm.c``
 W8A8 on weights packed once for VNNI, run on AMX tiles where the CPU has them
-(`PackedInt8Weight`: the same int32 sums as ``torch._int_mm``, faster). The library is built
-with ``-O3 -march=native -fopenmp`` into the model cache (keyed by source, compiler and
+(`PackedInt8Weight`: the same int32 sums as ``torch._int_mm``, faster). The library is
+built with ``-O3 -march=native -fopenmp`` into the model cache (keyed by source, compiler and
 CPU) in about a second, so nothing is compiled at install time. Without a C compiler, or
 with ``INFERLINE_NATIVE_KERNELS=0``, `load_kernels` returns None and the model runs its
 plain torch path.
@@ -93,14 +93,10 @@ MatmulInput = torch.Tensor | Int8Rows
 
 
 # AMX (TDPBSSD) against VNNI's packed kernel on a 2-core Sapphire Rapids guest: hot caches
-# (576x1536 .. 4864x896 weights) 0.9-1.1x at 4 rows, 1.3-2.4x at 8, 3-4x from 32; SmolLM2's
-# 30 layers with the weights cold (benchmarks/native_kernels.py) 1.2x at 5 rows, 0.93x at 1.
+# (576x1536 .. 4864x896 weights) 0.9-1.1x at 4 rows, 1.3-1.7x at 8, 2.5-3.9x from 32;
+# SmolLM2's 30 layers, weights cold (benchmarks/native_kernels.py), 1.2x at 5 rows, 0.93x at 1.
+# INFERLINE_AMX=0 keeps the VNNI kernel alone (for A/B runs).
 AMX_MIN_ROWS = 4
-
-
-def _amx_min_rows() -> int:
-    """`AMX_MIN_ROWS`, or 0 with ``INFERLINE_AMX=0`` (the VNNI kernel alone, for A/B runs)."""
-    return 0 if os.environ.get("INFERLINE_AMX", "1") == "0" else AMX_MIN_ROWS
 
 
 @cache
@@ -169,8 +165,8 @@ class NativeKernels:
         self.lib = lib
         self.q4_path: str = lib.q4_path().decode()  # "avx512-vnni", "avx2" or "plain-c"
         self.i8_path: str = lib.i8_path().decode()  # "avx512-vnni", or "": torch._int_mm
-        # AMX int8 from AMX_MIN_ROWS rows where this CPU and build have it (0: none)
-        self.amx_rows: int = self.amx_from(_amx_min_rows())
+        self.amx_rows = 0  # i8_matmul on AMX from this many rows (0: never), `amx_from`
+        self.amx_from(0 if os.environ.get("INFERLINE_AMX", "1") == "0" else AMX_MIN_ROWS)
 
     def amx_from(self, rows: int) -> int:
         """Run `i8_matmul` on AMX from ``rows`` rows (0: never); returns the setting in

@@ -153,8 +153,8 @@ static void panel_keep(int64_t first, int64_t n, __mmask16 keep[4]) {
  * above, 256 bytes apart) into 16 x 16 int32 sums, signed by signed: no x + 128 and no
  * compensation, the same exact integers. A block is up to 32 rows x 32 columns (half a
  * panel) in 4 accumulator tiles, 2 row tiles and 2 weight tiles. Rows fewer than 32 (the
- * last block) are tiles configured with fewer rows. Only for k a multiple of 64; the
- * kernel asks Linux for the tile state once (arch_prctl), and is off if refused.
+ * last block) are tiles configured with fewer rows. Only for k a multiple of 64; switching
+ * it on asks Linux for the tile state (arch_prctl), and it stays off if refused.
  */
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -238,18 +238,17 @@ static void amx_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const 
             int64_t h = item / blocks, r0 = item % blocks * AMX_BLOCK_ROWS, c0 = h * 32;
             int rows = (int)(m - r0 < AMX_BLOCK_ROWS ? m - r0 : AMX_BLOCK_ROWS);
             if (rows != configured) amx_configure(rows), configured = rows;
-            amx_block(rows, k, x8 + r0 * k, packed + (c0 / I8_PANEL) * I8_PANEL * k + (h % 2) * 128,
-                      sums);
+            int side = (int)(h % 2); /* which half of its panel */
+            amx_block(rows, k, x8 + r0 * k, packed + (c0 - 32 * side) * k + 128 * side, sums);
             __mmask16 keep[4];
-            panel_keep(c0 - (h % 2) * 32, n, keep);
+            panel_keep(c0 - 32 * side, n, keep);
+            Scaled y = {out_f32 ? out_f32 + r0 * n + c0 : NULL, row_scales ? row_scales + r0 : NULL};
+            int32_t *o = out ? out + r0 * n + c0 : NULL;
+            const float *cs = col_scales ? col_scales + c0 : NULL;
             for (int r = 0; r < rows; r++) {
-                Scaled y = {out_f32 ? out_f32 + r0 * n + c0 : NULL,
-                            row_scales ? row_scales + r0 : NULL};
-                int32_t *o = out ? out + r0 * n + c0 : NULL;
-                const float *cs = col_scales ? col_scales + c0 : NULL;
                 __m512i lo = _mm512_load_si512(&sums[r][0]), hi = _mm512_load_si512(&sums[r][16]);
-                store16(o, r * n, lo, keep[2 * (h % 2)], y, r, cs);
-                store16(o, r * n + 16, hi, keep[2 * (h % 2) + 1], y, r, cs ? cs + 16 : NULL);
+                store16(o, r * n, lo, keep[2 * side], y, r, cs);
+                store16(o, r * n + 16, hi, keep[2 * side + 1], y, r, cs ? cs + 16 : NULL);
             }
         }
         if (configured) _tile_release();
