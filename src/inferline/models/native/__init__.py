@@ -37,6 +37,7 @@ SOURCES = tuple(
         "attention.c",
         "attention_plain.c",
         "prefill_attention.c",
+        "prefill_attention_amx.c",
         "q4_gemm.c",
         "i8_gemm.c",
         "decode_stack.c",
@@ -69,6 +70,7 @@ _SIGNATURES = {
     "i8_matmul": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
     "i8_path": [],
     "i8_amx_rows": [_i32],
+    "prefill_attention_amx": [_i32],
     "decode_stack": [_ptr, _ptr, _ptr, _ptr],  # models/decode_stack.py
 }
 _RESULT_TYPES = {
@@ -83,6 +85,7 @@ _RESULT_TYPES = {
     "i8_matmul": ctypes.c_int,
     "i8_path": ctypes.c_char_p,
     "i8_amx_rows": ctypes.c_int,
+    "prefill_attention_amx": ctypes.c_int,
     "decode_stack": ctypes.c_int,
 }
 # activation kinds, as in cpu_kernels.c
@@ -166,13 +169,22 @@ class NativeKernels:
         self.q4_path: str = lib.q4_path().decode()  # "avx512-vnni", "avx2" or "plain-c"
         self.i8_path: str = lib.i8_path().decode()  # "avx512-vnni", or "": torch._int_mm
         self.amx_rows = 0  # i8_matmul on AMX from this many rows (0: never), `amx_from`
-        self.amx_from(0 if os.environ.get("INFERLINE_AMX", "1") == "0" else AMX_MIN_ROWS)
+        amx = os.environ.get("INFERLINE_AMX", "1") != "0"
+        self.amx_from(AMX_MIN_ROWS if amx else 0)
+        self.amx_attention = False  # prefill attention on AMX bf16 tiles, `amx_attention_on`
+        self.amx_attention_on(amx)
 
     def amx_from(self, rows: int) -> int:
         """Run `i8_matmul` on AMX from ``rows`` rows (0: never); returns the setting in
         force, 0 where this CPU, build or OS has no AMX int8."""
         self.amx_rows = self.lib.i8_amx_rows(rows) if self.i8_path else 0
         return self.amx_rows
+
+    def amx_attention_on(self, on: bool) -> bool:
+        """Run `prefill_attention` over a bf16 cache on AMX bf16 tiles (or not); returns
+        the setting in force, False where this CPU, build or OS has no AMX bf16."""
+        self.amx_attention = bool(self.lib.prefill_attention_amx(int(on)))
+        return self.amx_attention
 
     def add_rms_norm(
         self,
