@@ -29,8 +29,8 @@
 
 /* prefill_attention_amx.c: the same task on AMX bf16 tiles, where built and switched on */
 int prefill_amx_handles(int cache_kind, int head_dim, int group);
-void prefill_task_amx(const PagedAttention *p, const int64_t *chunk, const int32_t *table,
-                      int r0, int kvh, void *out, int out_bf16);
+int prefill_attention_on_amx(const PagedAttention *p, int64_t num_chunks, const int64_t *chunks,
+                             void *out, int out_bf16);
 
 #if defined(__AVX512F__)
 #define ROWS 16      /* query rows per task: one lane each */
@@ -167,12 +167,14 @@ int prefill_attention(int64_t num_chunks, int heads, int kv_heads, int head_dim,
     PagedAttention p = {heads, kv_heads, group, head_dim, block_size, max_blocks,
                         (int64_t)kv_heads * head_stride, head_stride, q, k_cache, v_cache,
                         block_tables, NULL, scale};
+    if (prefill_amx_handles(cache_kind, head_dim, group) &&
+        prefill_attention_on_amx(&p, num_chunks, chunks, out, out_bf16) == 0)
+        return 0;
     int64_t *first = malloc(sizeof(int64_t) * (size_t)(num_chunks + 1));
     first[0] = 0;
     for (int64_t c = 0; c < num_chunks; c++)
         first[c + 1] = first[c] + (chunks[3 * c + 2] + ROWS - 1) / ROWS * kv_heads;
     int64_t tasks = first[num_chunks];
-    int amx = prefill_amx_handles(cache_kind, head_dim, group);
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t t = 0; t < tasks; t++) {
         int64_t c = 0;
@@ -186,9 +188,7 @@ int prefill_attention(int64_t num_chunks, int heads, int kv_heads, int head_dim,
     if (cache_kind == CACHE_I8) prefill_task(C, CACHE_I8, &p, chunks + 3 * c, table, block * ROWS, kvh, out, out_bf16); \
     else if (cache_kind == CACHE_BF16) prefill_task(C, CACHE_BF16, &p, chunks + 3 * c, table, block * ROWS, kvh, out, out_bf16); \
     else prefill_task(C, CACHE_F32, &p, chunks + 3 * c, table, block * ROWS, kvh, out, out_bf16)
-        if (amx) {
-            prefill_task_amx(&p, chunks + 3 * c, table, block * ROWS, kvh, out, out_bf16);
-        } else if (head_dim == 64) {
+        if (head_dim == 64) {
             TASK(4);
         } else {
             TASK(8);

@@ -17,6 +17,7 @@
  */
 #define _GNU_SOURCE /* syscall() for the AMX permission */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels_common.h"
@@ -74,36 +75,41 @@ ALWAYS_INLINE void transpose16(__m512i r[16]) {
     }
 }
 
-/* The cache row (head_dim bf16) of position pos of kv head kvh, or NULL. */
+/* The cache row (head_dim bf16) of position pos of kv head kvh (block_size a power of 2). */
 ALWAYS_INLINE const uint16_t *cache_row(const PagedAttention *p, const void *cache,
-                                        const int32_t *table, int pos, int kvh) {
-    int64_t slot = (int64_t)table[pos / p->block_size] * p->block_size + pos % p->block_size;
+                                        const int32_t *table, int shift, int pos, int kvh) {
+    int64_t slot = ((int64_t)table[pos >> shift] << shift) + (pos & (p->block_size - 1));
     return (const uint16_t *)cache + slot * p->slot_stride + (int64_t)kvh * p->head_stride;
 }
 
+/* Bytes of one packed run: keys as B tiles [chunks][2][16][16] uint32, then values as B
+ * tiles [2 chunks][16][32] bf16. */
+#define RUN_BYTES(chunks) ((size_t)(chunks) * 4096)
+
 /*
- * Keys key0 .. key0 + n - 1 (n <= 32) as B tiles kb[c][h]: dim pair kp of chunk c (32 dims)
- * for key 16 h + j at uint32 [kp][j]; values as B tiles vb[dc]: key pair kp's two values of
- * dim 16 dc + j at bf16 [kp][2 j], [kp][2 j + 1]. Keys past n are zero.
+ * Keys key0 .. key0 + n - 1 (n <= 32) of kv head kvh packed into run: key tile [c][h] holds
+ * dim pair kp of chunk c (32 dims) of key 16 h + j at uint32 [kp][j]; value tile [dc]
+ * holds key pair kp's two values of dim 16 dc + j at bf16 [kp][2 j], [kp][2 j + 1].
+ * Keys past n are zero.
  */
 ALWAYS_INLINE void pack_run(const int chunks, const PagedAttention *p, const int32_t *table,
-                            int key0, int n, int kvh, uint32_t kb[][2][16][16],
-                            uint16_t vb[][16][32]) {
-    const uint16_t *v_rows[AMX_KEYS];
-    for (int h = 0; h < 2; h++) {
-        const uint16_t *k_rows[16];
-        for (int j = 0; j < 16; j++)
-            k_rows[j] = 16 * h + j < n ? cache_row(p, p->k_cache, table, key0 + 16 * h + j, kvh) : NULL;
+                            int key0, int n, int kvh, uint8_t *run) {
+    uint32_t(*kb)[2][16][16] = (uint32_t(*)[2][16][16])run;
+    uint16_t(*vb)[16][32] = (uint16_t(*)[16][32])(run + (size_t)chunks * 2048);
+    const int shift = __builtin_ctz((unsigned)p->block_size);
+    const uint16_t *k_rows[AMX_KEYS], *v_rows[AMX_KEYS];
+    for (int j = 0; j < AMX_KEYS; j++) {
+        k_rows[j] = j < n ? cache_row(p, p->k_cache, table, shift, key0 + j, kvh) : NULL;
+        v_rows[j] = j < n ? cache_row(p, p->v_cache, table, shift, key0 + j, kvh) : NULL;
+    }
+    for (int h = 0; h < 2; h++)
         for (int c = 0; c < chunks; c++) {
             __m512i r[16];
             for (int j = 0; j < 16; j++)
-                r[j] = k_rows[j] ? _mm512_loadu_si512(k_rows[j] + 32 * c) : _mm512_setzero_si512();
+                r[j] = k_rows[16 * h + j] ? _mm512_loadu_si512(k_rows[16 * h + j] + 32 * c) : _mm512_setzero_si512();
             transpose16(r);
-            for (int kp = 0; kp < 16; kp++) _mm512_storeu_si512(kb[c][h][kp], r[kp]);
+            for (int kp = 0; kp < 16; kp++) _mm512_store_si512(kb[c][h][kp], r[kp]);
         }
-    }
-    for (int j = 0; j < AMX_KEYS; j++)
-        v_rows[j] = j < n ? cache_row(p, p->v_cache, table, key0 + j, kvh) : NULL;
     /* even lanes from the first key, odd from the second; dims 0-15 or 16-31 of a zmm */
     __m512i pick[2];
     for (int half = 0; half < 2; half++) {
@@ -116,60 +122,79 @@ ALWAYS_INLINE void pack_run(const int chunks, const PagedAttention *p, const int
         for (int c = 0; c < chunks; c++) {
             __m512i x = a ? _mm512_loadu_si512(a + 32 * c) : _mm512_setzero_si512();
             __m512i y = b ? _mm512_loadu_si512(b + 32 * c) : _mm512_setzero_si512();
-            _mm512_storeu_si512(vb[2 * c][kp], _mm512_permutex2var_epi16(x, pick[0], y));
-            _mm512_storeu_si512(vb[2 * c + 1][kp], _mm512_permutex2var_epi16(x, pick[1], y));
+            _mm512_store_si512(vb[2 * c][kp], _mm512_permutex2var_epi16(x, pick[0], y));
+            _mm512_store_si512(vb[2 * c + 1][kp], _mm512_permutex2var_epi16(x, pick[1], y));
         }
     }
 }
 
-/* 16 float32 as bf16 (round to nearest even) and the remainder as a second bf16 each. */
-ALWAYS_INLINE void split16(__m512 x, __m256bh *hi, __m256bh *lo) {
-    *hi = _mm512_cvtneps_pbh(x);
-    __m512 back = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)*hi), 16));
-    *lo = _mm512_cvtneps_pbh(_mm512_sub_ps(x, back));
+/* x rounded to the nearest bf16 (ties away from zero), as float32: hi + (x - hi) == x. */
+ALWAYS_INLINE __m512 bf16_high(__m512 x) {
+    __m512i bits = _mm512_add_epi32(_mm512_castps_si512(x), _mm512_set1_epi32(0x8000));
+    return _mm512_castsi512_ps(_mm512_and_si512(bits, _mm512_set1_epi32((int)0xffff0000u)));
+}
+
+/* 32 float32 (a: the first 16) as bf16 high parts to hi and bf16 remainders to lo. */
+ALWAYS_INLINE void split32(__m512 a, __m512 b, uint16_t *hi, uint16_t *lo) {
+    __m512 a_hi = bf16_high(a), b_hi = bf16_high(b);
+    _mm512_storeu_si512(hi, (__m512i)_mm512_cvtne2ps_pbh(b_hi, a_hi));
+    _mm512_storeu_si512(lo, (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(b, b_hi), _mm512_sub_ps(a, a_hi)));
+}
+
+/* 2^x (relative error ~1e-7; x below -126 gives ~0): a degree-6 polynomial of the
+ * fraction, scaled by 2^round(x) with vscalefps. */
+ALWAYS_INLINE __m512 exp2_16(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-126.0f));
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, n); /* [-0.5, 0.5] */
+    __m512 y = _mm512_set1_ps(1.5403530393381606e-4f); /* ln2^6 / 6! ... ln2 / 1! */
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.3333558146428443e-3f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(9.6181291076284772e-3f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(5.5504108664821580e-2f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.4022650695910071e-1f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.9314718055994531e-1f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(y, n);
 }
 
 /*
- * The online softmax over one run's scores s[16][32] (row i at position row_pos[i]; key j
- * at key0 + j, visible when j < n and key0 + j <= row_pos[i]): updates max and sum, writes
- * the weights split into pa[0] (high) and pa[1] (remainder) [16][32] bf16, and the factor
- * the running output is scaled by into alpha.
+ * The online softmax over one run's scores s[16][32] in log2 units (row i at position
+ * row_pos[i]; key j at key0 + j, visible when j < n and key0 + j <= row_pos[i]): updates
+ * max and the per-lane partial sums sums[16][16], writes the weights split into pa[0]
+ * (high) and pa[1] (remainder) [16][32] bf16, and the factor the running output is
+ * scaled by into alpha.
  */
 ALWAYS_INLINE void softmax_run(const float s[16][32], const int *row_pos, int key0, int n,
-                               float *max, float *sum, uint16_t pa[2][16][32], float *alpha) {
+                               float *max, float sums[16][16], uint16_t pa[2][16][32],
+                               float *alpha) {
     __mmask32 visible[AMX_ROWS];
     float top[AMX_ROWS];
     const __m512 minus_inf = _mm512_set1_ps(-INFINITY);
     for (int i = 0; i < AMX_ROWS; i++) {
         int last = row_pos[i] - key0 < n - 1 ? row_pos[i] - key0 : n - 1;
         visible[i] = last < 0 ? 0 : (last >= 31 ? 0xffffffffu : (__mmask32)((1u << (last + 1)) - 1));
-        __m512 a = _mm512_mask_mov_ps(minus_inf, (__mmask16)visible[i], _mm512_loadu_ps(s[i]));
-        __m512 b = _mm512_mask_mov_ps(minus_inf, (__mmask16)(visible[i] >> 16), _mm512_loadu_ps(s[i] + 16));
+        __m512 a = _mm512_mask_mov_ps(minus_inf, (__mmask16)visible[i], _mm512_load_ps(s[i]));
+        __m512 b = _mm512_mask_mov_ps(minus_inf, (__mmask16)(visible[i] >> 16), _mm512_load_ps(s[i] + 16));
         float run_top = _mm512_reduce_max_ps(_mm512_max_ps(a, b));
         top[i] = run_top > max[i] ? run_top : max[i];
     }
     __m512 new_top = _mm512_loadu_ps(top);
     /* the first run always sees key 0, so no row's maximum stays -inf */
-    _mm512_storeu_ps(alpha, exp16(_mm512_sub_ps(_mm512_loadu_ps(max), new_top)));
+    _mm512_storeu_ps(alpha, exp2_16(_mm512_sub_ps(_mm512_loadu_ps(max), new_top)));
     _mm512_storeu_ps(max, new_top);
     for (int i = 0; i < AMX_ROWS; i++) {
         __m512 m = _mm512_set1_ps(top[i]);
-        __m512 a = _mm512_maskz_mov_ps((__mmask16)visible[i], exp16(_mm512_sub_ps(_mm512_loadu_ps(s[i]), m)));
-        __m512 b = _mm512_maskz_mov_ps((__mmask16)(visible[i] >> 16), exp16(_mm512_sub_ps(_mm512_loadu_ps(s[i] + 16), m)));
-        sum[i] = sum[i] * alpha[i] + _mm512_reduce_add_ps(_mm512_add_ps(a, b));
-        __m256bh a_hi, a_lo, b_hi, b_lo;
-        split16(a, &a_hi, &a_lo);
-        split16(b, &b_hi, &b_lo);
-        _mm256_storeu_si256((__m256i *)pa[0][i], (__m256i)a_hi);
-        _mm256_storeu_si256((__m256i *)(pa[0][i] + 16), (__m256i)b_hi);
-        _mm256_storeu_si256((__m256i *)pa[1][i], (__m256i)a_lo);
-        _mm256_storeu_si256((__m256i *)(pa[1][i] + 16), (__m256i)b_lo);
+        __m512 a = _mm512_maskz_mov_ps((__mmask16)visible[i], exp2_16(_mm512_sub_ps(_mm512_load_ps(s[i]), m)));
+        __m512 b = _mm512_maskz_mov_ps((__mmask16)(visible[i] >> 16), exp2_16(_mm512_sub_ps(_mm512_load_ps(s[i] + 16), m)));
+        _mm512_store_ps(sums[i], _mm512_fmadd_ps(_mm512_load_ps(sums[i]), _mm512_set1_ps(alpha[i]), _mm512_add_ps(a, b)));
+        split32(a, b, pa[0][i], pa[1][i]);
     }
 }
 
-/* S = Q K^T for one head over one run: qa [chunks][2][16][32] the split queries. */
-ALWAYS_INLINE void scores(const int chunks, uint16_t qa[][2][16][32],
-                          uint32_t kb[][2][16][16], float s[16][32]) {
+/* S = Q K^T for one head over one packed run: qa [chunks][2][16][32] the split queries. */
+ALWAYS_INLINE void scores(const int chunks, uint16_t qa[][2][16][32], const uint8_t *run,
+                          float s[16][32]) {
+    const uint32_t(*kb)[2][16][16] = (const uint32_t(*)[2][16][16])run;
     _tile_zero(0);
     _tile_zero(1);
     for (int c = 0; c < chunks; c++) {
@@ -187,8 +212,9 @@ ALWAYS_INLINE void scores(const int chunks, uint16_t qa[][2][16][32],
 }
 
 /* out (16 rows x head_dim float32) = out * alpha + P V, 64 dims (4 tiles) at a time. */
-ALWAYS_INLINE void add_values(const int chunks, uint16_t pa[2][16][32], uint16_t vb[][16][32],
+ALWAYS_INLINE void add_values(const int chunks, uint16_t pa[2][16][32], const uint8_t *run,
                               const float *alpha, float *out) {
+    const uint16_t(*vb)[16][32] = (const uint16_t(*)[16][32])(run + (size_t)chunks * 2048);
     float part[16][64] __attribute__((aligned(64)));
     const int head_dim = 32 * chunks;
     _tile_loadd(4, pa[0], 64);
@@ -212,16 +238,18 @@ ALWAYS_INLINE void add_values(const int chunks, uint16_t pa[2][16][32], uint16_t
             __m512 a = _mm512_set1_ps(alpha[i]);
             float *o = out + i * head_dim + 64 * g;
             for (int d = 0; d < 64; d += 16)
-                _mm512_storeu_ps(o + d, _mm512_fmadd_ps(_mm512_loadu_ps(o + d), a, _mm512_loadu_ps(part[i] + d)));
+                _mm512_store_ps(o + d, _mm512_fmadd_ps(_mm512_load_ps(o + d), a, _mm512_load_ps(part[i] + d)));
         }
     }
 }
 
-/* Task: rows [r0, r0 + 16) of a chunk, kv head kvh, all its query heads (see
- * prefill_attention.c); chunks = head_dim / 32. */
+/* Task: rows [r0, r0 + 16) of a chunk, kv head kvh, all its query heads, over the chunk's
+ * packed runs of this kv head (see prefill_attention.c); chunks = head_dim / 32. */
 ALWAYS_INLINE void amx_task(const int chunks, const PagedAttention *p, const int64_t *chunk,
-                            const int32_t *table, int r0, int kvh, void *out, int out_bf16) {
+                            const uint8_t *runs, int r0, int kvh, void *out, int out_bf16) {
     const int head_dim = 32 * chunks, group = p->group;
+    /* queries times scale / ln 2: the scores come out in log2 units for exp2 */
+    const __m512 scale = _mm512_set1_ps(p->scale * 1.4426950408889634f);
     int64_t first_row = chunk[0] + r0;
     int rows = (int)(chunk[2] - r0) < AMX_ROWS ? (int)(chunk[2] - r0) : AMX_ROWS;
     int first_pos = (int)chunk[1] + r0, last_pos = first_pos + rows - 1;
@@ -229,33 +257,31 @@ ALWAYS_INLINE void amx_task(const int chunks, const PagedAttention *p, const int
     for (int i = 0; i < AMX_ROWS; i++) row_pos[i] = first_pos + (i < rows ? i : rows - 1);
     uint16_t qa[AMX_MAX_GROUP][AMX_MAX_DIM / 32][2][16][32] __attribute__((aligned(64)));
     float acc[AMX_MAX_GROUP][AMX_ROWS * AMX_MAX_DIM] __attribute__((aligned(64)));
-    float max[AMX_MAX_GROUP][AMX_ROWS], sum[AMX_MAX_GROUP][AMX_ROWS];
-    uint32_t kb[AMX_MAX_DIM / 32][2][16][16] __attribute__((aligned(64)));
-    uint16_t vb[AMX_MAX_DIM / 16][16][32] __attribute__((aligned(64)));
+    float sums[AMX_MAX_GROUP][AMX_ROWS][16] __attribute__((aligned(64)));
+    float max[AMX_MAX_GROUP][AMX_ROWS];
     float s[16][32] __attribute__((aligned(64))), alpha[AMX_ROWS];
     uint16_t pa[2][16][32] __attribute__((aligned(64)));
     for (int g = 0; g < group; g++) {
         int h = kvh * group + g;
         for (int i = 0; i < AMX_ROWS; i++) {
             const float *q = p->q + (first_row + (i < rows ? i : rows - 1)) * p->heads * head_dim + h * head_dim;
-            for (int c = 0; c < 2 * chunks; c++) {
-                __m256bh hi, lo;
-                split16(_mm512_mul_ps(_mm512_loadu_ps(q + 16 * c), _mm512_set1_ps(p->scale)), &hi, &lo);
-                _mm256_storeu_si256((__m256i *)(qa[g][c / 2][0][i] + 16 * (c % 2)), (__m256i)hi);
-                _mm256_storeu_si256((__m256i *)(qa[g][c / 2][1][i] + 16 * (c % 2)), (__m256i)lo);
-            }
-            max[g][i] = -INFINITY, sum[g][i] = 0.0f;
+            for (int c = 0; c < chunks; c++)
+                split32(_mm512_mul_ps(_mm512_loadu_ps(q + 32 * c), scale),
+                        _mm512_mul_ps(_mm512_loadu_ps(q + 32 * c + 16), scale), qa[g][c][0][i],
+                        qa[g][c][1][i]);
+            max[g][i] = -INFINITY;
         }
+        memset(sums[g], 0, sizeof sums[g]);
         memset(acc[g], 0, sizeof(float) * AMX_ROWS * (size_t)head_dim);
     }
     configure_tiles();
     for (int key0 = 0; key0 <= last_pos; key0 += AMX_KEYS) {
         int n = last_pos + 1 - key0 < AMX_KEYS ? last_pos + 1 - key0 : AMX_KEYS;
-        pack_run(chunks, p, table, key0, n, kvh, kb, vb);
+        const uint8_t *run = runs + (size_t)(key0 / AMX_KEYS) * RUN_BYTES(chunks);
         for (int g = 0; g < group; g++) {
-            scores(chunks, qa[g], kb, s);
-            softmax_run(s, row_pos, key0, n, max[g], sum[g], pa, alpha);
-            add_values(chunks, pa, vb, alpha, acc[g]);
+            scores(chunks, qa[g], run, s);
+            softmax_run(s, row_pos, key0, n, max[g], sums[g], pa, alpha);
+            add_values(chunks, pa, run, alpha, acc[g]);
         }
     }
     _tile_release();
@@ -263,7 +289,7 @@ ALWAYS_INLINE void amx_task(const int chunks, const PagedAttention *p, const int
     for (int g = 0; g < group; g++) {
         int h = kvh * group + g;
         for (int i = 0; i < rows; i++) {
-            float inv = 1.0f / sum[g][i];
+            float inv = 1.0f / _mm512_reduce_add_ps(_mm512_load_ps(sums[g][i]));
             for (int d = 0; d < head_dim; d++) row[d] = acc[g][i * head_dim + d] * inv;
             store_span(out, (first_row + i) * p->heads * head_dim + (int64_t)h * head_dim, row,
                        head_dim, out_bf16);
@@ -271,18 +297,81 @@ ALWAYS_INLINE void amx_task(const int chunks, const PagedAttention *p, const int
     }
 }
 
-/* 1 where `prefill_task_amx` takes a task of this cache kind and head size. */
+/* This thread's space for packed runs, kept between calls and grown as needed: fresh pages
+ * each call cost more than the packing (a fault per 4 KB). NULL without memory. */
+static uint8_t *packing_space(size_t bytes) {
+    static _Thread_local uint8_t *space = NULL;
+    static _Thread_local size_t size = 0;
+    if (bytes > size) {
+        free(space);
+        size = (bytes + (1 << 20)) & ~(size_t)63; /* a MiB to spare, whole cache lines */
+        space = aligned_alloc(64, size);
+        if (!space) size = 0;
+    }
+    return space;
+}
+
+/* Runs of 32 keys of a chunk's context (start + count positions). */
+static int64_t context_runs(const int64_t *chunk) { return (chunk[1] + chunk[2] + AMX_KEYS - 1) / AMX_KEYS; }
+
+/*
+ * All chunks' attention (as prefill_attention): first every chunk's context is packed
+ * once per kv head (runs in parallel), then the tasks (16 rows, one kv head; the last
+ * row blocks first) read their runs from there. Returns 0, or -1 without memory.
+ */
+static int amx_attention(const int chunks, const PagedAttention *p, int64_t num_chunks,
+                         const int64_t *chunk_rows, const int32_t *block_tables, void *out,
+                         int out_bf16) {
+    const int kv_heads = p->kv_heads;
+    int64_t *run0 = malloc(sizeof(int64_t) * (size_t)(2 * num_chunks + 2)), *task0 = run0 + num_chunks + 1;
+    if (!run0) return -1;
+    run0[0] = task0[0] = 0;
+    for (int64_t c = 0; c < num_chunks; c++) {
+        run0[c + 1] = run0[c] + context_runs(chunk_rows + 3 * c) * kv_heads;
+        task0[c + 1] = task0[c] + (chunk_rows[3 * c + 2] + AMX_ROWS - 1) / AMX_ROWS * kv_heads;
+    }
+    uint8_t *packed = packing_space((size_t)run0[num_chunks] * RUN_BYTES(chunks));
+    if (!packed) {
+        free(run0);
+        return -1;
+    }
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < run0[num_chunks]; r++) {
+            int64_t c = 0;
+            while (run0[c + 1] <= r) c++;
+            const int64_t *chunk = chunk_rows + 3 * c, runs = context_runs(chunk);
+            int64_t local = r - run0[c], key0 = local % runs * AMX_KEYS;
+            int64_t n = chunk[1] + chunk[2] - key0 < AMX_KEYS ? chunk[1] + chunk[2] - key0 : AMX_KEYS;
+            pack_run(chunks, p, block_tables + c * p->max_blocks, (int)key0, (int)n,
+                     (int)(local / runs), packed + (size_t)r * RUN_BYTES(chunks));
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < task0[num_chunks]; t++) {
+            int64_t c = 0;
+            while (task0[c + 1] <= t) c++;
+            const int64_t *chunk = chunk_rows + 3 * c, local = t - task0[c];
+            int blocks = (int)((chunk[2] + AMX_ROWS - 1) / AMX_ROWS);
+            int block = blocks - 1 - (int)(local / kv_heads), kvh = (int)(local % kv_heads);
+            const uint8_t *runs = packed + (size_t)(run0[c] + kvh * context_runs(chunk)) * RUN_BYTES(chunks);
+            amx_task(chunks, p, chunk, runs, block * AMX_ROWS, kvh, out, out_bf16);
+        }
+    }
+    free(run0);
+    return 0;
+}
+
+/* 1 where `prefill_attention_on_amx` computes this cache kind and head layout. */
 int prefill_amx_handles(int cache_kind, int head_dim, int group) {
     return amx_attention_on && cache_kind == CACHE_BF16 && (head_dim == 64 || head_dim == 128) &&
            group <= AMX_MAX_GROUP;
 }
 
-void prefill_task_amx(const PagedAttention *p, const int64_t *chunk, const int32_t *table,
-                      int r0, int kvh, void *out, int out_bf16) {
-    if (p->head_dim == 64)
-        amx_task(2, p, chunk, table, r0, kvh, out, out_bf16);
-    else
-        amx_task(4, p, chunk, table, r0, kvh, out, out_bf16);
+int prefill_attention_on_amx(const PagedAttention *p, int64_t num_chunks, const int64_t *chunks,
+                             void *out, int out_bf16) {
+    if (p->head_dim == 64) return amx_attention(2, p, num_chunks, chunks, p->block_tables, out, out_bf16);
+    return amx_attention(4, p, num_chunks, chunks, p->block_tables, out, out_bf16);
 }
 
 int prefill_attention_amx(int on) {
@@ -296,9 +385,10 @@ int prefill_amx_handles(int cache_kind, int head_dim, int group) {
     return 0;
 }
 
-void prefill_task_amx(const PagedAttention *p, const int64_t *chunk, const int32_t *table,
-                      int r0, int kvh, void *out, int out_bf16) {
-    (void)p, (void)chunk, (void)table, (void)r0, (void)kvh, (void)out, (void)out_bf16;
+int prefill_attention_on_amx(const PagedAttention *p, int64_t num_chunks, const int64_t *chunks,
+                             void *out, int out_bf16) {
+    (void)p, (void)num_chunks, (void)chunks, (void)out, (void)out_bf16;
+    return -2;
 }
 
 int prefill_attention_amx(int on) {
