@@ -15,6 +15,11 @@ from inferline.models.attention import AttentionMetadata, attend_groups
 from inferline.models.native import Activation, NativeKernels
 from inferline.models.row_choice import kernel_rows
 
+# The o, gate/up and down products leave the int8 matmul as bf16 (rounded once, 2^-9, before
+# the SiLU or the residual add, both float32 inside): half the bytes of int32 sums to write
+# and read back.
+COMPACT = torch.bfloat16
+
 if TYPE_CHECKING:
     from inferline.models.llama import DecoderForCausalLM, DecoderLayer
 
@@ -91,8 +96,9 @@ def _layer(
     o_input = kernels.quantize_rows(attention) if o_dtype == torch.int8 else attention
     norm = layer.post_attention_layernorm
     x = kernels.add_rms_norm(
-        residual, layer.o_proj.matmul(o_input), norm.weight, norm.eps,
+        residual, layer.o_proj.matmul(o_input, COMPACT), norm.weight, norm.eps,
         layer.gate_up_proj.input_dtype(rows),
     )  # fmt: skip
-    gate_up = layer.gate_up_proj.matmul(x)
-    return layer.down_proj.matmul(kernels.silu_mul(gate_up, layer.down_proj.input_dtype(rows)))
+    gate_up = layer.gate_up_proj.matmul(x, COMPACT)
+    h = kernels.silu_mul(gate_up, layer.down_proj.input_dtype(rows))
+    return layer.down_proj.matmul(h, COMPACT)

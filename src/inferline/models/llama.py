@@ -16,7 +16,7 @@ from inferline.models.config import ModelConfig
 from inferline.models.decode_stack import DecodeStack, decode_stack_of
 from inferline.models.fused_forward import fused_forward
 from inferline.models.head import ApproximateThenExactHead
-from inferline.models.native import NativeKernels, Q4Weight
+from inferline.models.native import NativeKernels, PackedInt8Weight, Q4Weight
 from inferline.models.quant import (
     Int4Weight,
     Int8Rows,
@@ -85,11 +85,17 @@ class Linear(nn.Module):
             return torch.float32 if isinstance(self.int4, Q4Weight) else torch.bfloat16
         return torch.int8 if self.int8 is not None else torch.float32
 
-    def matmul(self, x: torch.Tensor | Int8Rows) -> torch.Tensor | Int32Product:
+    def matmul(
+        self, x: torch.Tensor | Int8Rows, scaled: torch.dtype | None = None
+    ) -> torch.Tensor | Int32Product:
         """``x W^T`` without the bias, ``x`` as `input_dtype` says; the kernel's own output
-        (bf16 for torch's int4, `Int32Product` for int8 rows, float32 otherwise)."""
+        (bf16 for torch's int4, `Int32Product` for int8 rows, float32 otherwise). With
+        ``scaled``, a packed int8 weight's product comes dequantized as that dtype in the
+        same pass (bf16: half the bytes of the int32 sums for the next kernel to read)."""
         if isinstance(x, Int8Rows):
             assert self.int8 is not None
+            if scaled is not None and isinstance(self.int8, PackedInt8Weight):
+                return self.int8.scaled(x, scaled)
             return int8_matmul(x, self.int8)
         if self._uses_int4(x.shape[0]):
             assert self.int4 is not None

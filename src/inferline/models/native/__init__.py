@@ -67,7 +67,7 @@ _SIGNATURES = {
     "i8_padded_columns": [_i64],
     "i8_packed_bytes": [_i64, _i64],
     "i8_pack": [_i64, _i64, _ptr, _ptr, _ptr],
-    "i8_matmul": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
+    "i8_matmul": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i32],
     "i8_path": [],
     "i8_amx_rows": [_i32],
     "prefill_attention_amx": [_i32],
@@ -315,9 +315,26 @@ class NativeKernels:
         out = torch.empty(values.shape[0], weight.out_features, dtype=torch.int32)
         self.lib.i8_matmul(
             values.shape[0], weight.out_features, weight.in_features, _p(values),
-            _p(weight.packed), _p(weight.comp), _p(out), None, None, None,
+            _p(weight.packed), _p(weight.comp), _p(out), None, None, None, 0,
         )  # fmt: skip
         return Int32Product(out, x.scales, weight.scale)
+
+    def i8_matmul_scaled(
+        self, x: Int8Rows, weight: PackedInt8Weight, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Int8 rows ``[M, in]`` times a packed weight, dequantized in the same pass:
+        ``[M, out]`` float32 (the values of `Int32Product.dequantize`) or bf16 (those
+        rounded: half the bytes for the next kernel to read)."""
+        values = x.values
+        if values.shape[1] != weight.in_features:
+            raise ValueError(f"i8_matmul: {values.shape[1]} inputs for {weight.in_features}")
+        out = torch.empty(values.shape[0], weight.out_features, dtype=dtype)
+        self.lib.i8_matmul(
+            values.shape[0], weight.out_features, weight.in_features, _p(values),
+            _p(weight.packed), _p(weight.comp), None, _p(x.scales), _p(weight.scale), _p(out),
+            _is_bf16(out),
+        )  # fmt: skip
+        return out
 
     def i8_linear(self, x: torch.Tensor, weight: PackedInt8Weight) -> torch.Tensor:
         """Float rows ``[M, in]`` -> ``[M, out]`` float32: quantized per row
@@ -330,6 +347,7 @@ class NativeKernels:
         self.lib.i8_matmul(
             x.shape[0], weight.out_features, weight.in_features, _p(rows.values),
             _p(weight.packed), _p(weight.comp), None, _p(rows.scales), _p(weight.scale), _p(out),
+            0,
         )  # fmt: skip
         return out
 
@@ -383,6 +401,10 @@ class PackedInt8Weight:
     def matmul(self, x: Int8Rows) -> Int32Product:
         """The exact int32 products of int8 rows ``[M, in]`` (`NativeKernels.i8_matmul`)."""
         return self.kernels.i8_matmul(x, self)
+
+    def scaled(self, x: Int8Rows, dtype: torch.dtype) -> torch.Tensor:
+        """The products of int8 rows dequantized as ``dtype`` (`NativeKernels.i8_matmul_scaled`)."""
+        return self.kernels.i8_matmul_scaled(x, self, dtype)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """Float rows ``[M, in]`` -> ``x W^T`` float32 (`NativeKernels.i8_linear`)."""

@@ -39,7 +39,7 @@ void q4_matmul(int64_t rows, int64_t n, int64_t k, const void *x, int x_bf16,
                const uint8_t *w, float *out);
 int i8_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *packed,
               const int32_t *comp, int32_t *out, const float *row_scales,
-              const float *col_scales, float *out_f32);
+              const float *col_scales, void *out_scaled, int out_bf16);
 
 /* A projection's copies: 4-bit (q4) and/or packed int8 (i8, its column sums and scales);
  * with both, q4 runs steps of up to q4_max_rows rows (the row count kernels are chosen for). */
@@ -108,7 +108,7 @@ static Source project(const StackProjection *p, int64_t rows, int64_t n, int64_t
         q4_matmul(rows, n, k, in.values, 0, p->q4, out);
         return (Source){out, F32, NULL, NULL};
     }
-    i8_matmul(rows, n, k, in.values, p->i8, p->i8_comp, out, NULL, NULL, NULL);
+    i8_matmul(rows, n, k, in.values, p->i8, p->i8_comp, out, NULL, NULL, NULL, 0);
     return (Source){out, I32, in.scales, p->i8_scale};
 }
 

@@ -87,11 +87,20 @@ static inline int32_t load_u8x4(const int8_t *p) {
     }
 
 /* 16 sums to out (int32), or with y.out set, sum * (row scale * column scale) to y.out
- * (float32: torch's values.float() * (x_scale * scale), the same roundings). */
+ * (float32: torch's values.float() * (x_scale * scale), the same roundings; or that
+ * rounded to bf16, half the bytes for the next kernel to read). */
 typedef struct {
-    float *out;
+    void *out; /* float32 or bf16, at the block's first element */
     const float *row_scales;
+    int bf16;
 } Scaled;
+
+/* y for a block whose first element is out[offset] (out NULL: int32 sums). */
+static inline Scaled scaled_at(void *out, int bf16, int64_t offset, const float *row_scales) {
+    if (!out) return (Scaled){NULL, NULL, 0};
+    void *at = bf16 ? (void *)((uint16_t *)out + offset) : (void *)((float *)out + offset);
+    return (Scaled){at, row_scales, bf16};
+}
 
 ALWAYS_INLINE void store16(int32_t *out, int64_t at, __m512i v, __mmask16 keep, Scaled y,
                            int r, const float *col_scales) {
@@ -99,7 +108,11 @@ ALWAYS_INLINE void store16(int32_t *out, int64_t at, __m512i v, __mmask16 keep, 
     if (y.out) {
         __m512 scale = _mm512_mul_ps(_mm512_set1_ps(y.row_scales[r]),
                                      _mm512_maskz_loadu_ps(keep, col_scales));
-        _mm512_mask_storeu_ps(y.out + at, keep, _mm512_mul_ps(_mm512_cvtepi32_ps(v), scale));
+        __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), scale);
+        if (y.bf16)
+            _mm256_mask_storeu_epi16((uint16_t *)y.out + at, keep, bf16_of(f));
+        else
+            _mm512_mask_storeu_ps((float *)y.out + at, keep, f);
     } else {
         _mm512_mask_storeu_epi32(out + at, keep, v);
     }
@@ -227,7 +240,7 @@ static void amx_block(int rows, int64_t k, const int8_t *x, const int8_t *half,
  * panel's blocks next to each other (its weights stay in the cache between them). */
 static void amx_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *packed,
                        int32_t *out, const float *row_scales, const float *col_scales,
-                       float *out_f32) {
+                       void *out_scaled, int out_bf16) {
     int64_t halves = i8_padded_columns(n) / 32, blocks = (m + AMX_BLOCK_ROWS - 1) / AMX_BLOCK_ROWS;
 #pragma omp parallel
     {
@@ -242,7 +255,7 @@ static void amx_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const 
             amx_block(rows, k, x8 + r0 * k, packed + (c0 - 32 * side) * k + 128 * side, sums);
             __mmask16 keep[4];
             panel_keep(c0 - 32 * side, n, keep);
-            Scaled y = {out_f32 ? out_f32 + r0 * n + c0 : NULL, row_scales ? row_scales + r0 : NULL};
+            Scaled y = scaled_at(out_scaled, out_bf16, r0 * n + c0, row_scales ? row_scales + r0 : NULL);
             int32_t *o = out ? out + r0 * n + c0 : NULL;
             const float *cs = col_scales ? col_scales + c0 : NULL;
             for (int r = 0; r < rows; r++) {
@@ -262,19 +275,19 @@ int i8_amx_rows(int min_rows) { (void)min_rows; return 0; }
 
 /*
  * x8 [m, k] int8, packed/comp from i8_pack -> out [m, n] int32 = x8 @ w8_t; or, with
- * out_f32 set, out_f32 [m, n] float32 = that * (row_scales[r] * col_scales[c]) (the
- * dequantized product, with col_scales [n]). With AMX on (`i8_amx_rows`), at least its
+ * out_scaled set, out_scaled [m, n] = that * (row_scales[r] * col_scales[c]) (the
+ * dequantized product, with col_scales [n]) as float32, or bf16 with out_bf16. With AMX on (`i8_amx_rows`), at least its
  * rows and k a multiple of 64, AMX runs it; else VNNI: work items are (panel, run of row
  * blocks) pairs, enough of them to keep every thread busy at 32 rows on narrow weights;
  * each row's sums depend on its own input row alone.
  */
 int i8_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *packed,
               const int32_t *comp, int32_t *out, const float *row_scales,
-              const float *col_scales, float *out_f32) {
+              const float *col_scales, void *out_scaled, int out_bf16) {
     if (m <= 0) return 0;
 #if AMX_BUILT
     if (amx_min_rows && m >= amx_min_rows && k % 64 == 0) {
-        amx_matmul(m, n, k, x8, packed, out, row_scales, col_scales, out_f32);
+        amx_matmul(m, n, k, x8, packed, out, row_scales, col_scales, out_scaled, out_bf16);
         return 0;
     }
 #endif
@@ -291,8 +304,7 @@ int i8_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *p
         for (int64_t b = first_block; b < first_block + per_run && b < blocks; b++) {
             int64_t r0 = b * I8_ROWS;
             int rows = (int)(m - r0 < I8_ROWS ? m - r0 : I8_ROWS);
-            Scaled y = {out_f32 ? out_f32 + r0 * n + c0 : NULL,
-                        row_scales ? row_scales + r0 : NULL};
+            Scaled y = scaled_at(out_scaled, out_bf16, r0 * n + c0, row_scales ? row_scales + r0 : NULL);
             panel_block(rows, k, x8 + r0 * k, packed + c0 * k, comp + c0,
                         out ? out + r0 * n + c0 : NULL, n, keep, y,
                         col_scales ? col_scales + c0 : NULL);
@@ -305,9 +317,9 @@ int i8_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *p
 /* No AVX-512 VNNI in this build: the caller keeps torch._int_mm (i8_path() is empty). */
 int i8_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *packed,
               const int32_t *comp, int32_t *out, const float *row_scales,
-              const float *col_scales, float *out_f32) {
+              const float *col_scales, void *out_scaled, int out_bf16) {
     (void)m, (void)n, (void)k, (void)x8, (void)packed, (void)comp, (void)out;
-    (void)row_scales, (void)col_scales, (void)out_f32;
+    (void)row_scales, (void)col_scales, (void)out_scaled, (void)out_bf16;
     return -1;
 }
 int i8_amx_rows(int min_rows) { (void)min_rows; return 0; }

@@ -133,6 +133,18 @@ ALWAYS_INLINE __m512 load16(const void *base, int64_t offset, const int kind) {
     return _mm512_loadu_ps((const float *)base + offset);
 }
 
+/* 16 float32 as bf16, rounded to nearest even (as f32_to_bf16; NaN handling aside). */
+ALWAYS_INLINE __m256i bf16_of(__m512 x) {
+#if defined(__AVX512BF16__)
+    return (__m256i)_mm512_cvtneps_pbh(x);
+#else
+    __m512i u = _mm512_castps_si512(x);
+    __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    u = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16));
+#endif
+}
+
 /* exp of 16 lanes (the polynomial of fast_exp, in AVX-512). */
 ALWAYS_INLINE __m512 exp16(__m512 x) {
     x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
