@@ -56,6 +56,26 @@ def test_packed_int8_matches_int_mm_bit_for_bit(
         assert torch.equal(part.values, expected[:rows])
 
 
+@pytest.mark.parametrize(("out_features", "in_features"), [(1536, 576), (200, 1536), (40, 64)])
+def test_products_dequantized_in_the_store_equal_the_int32_ones(
+    kernels: NativeKernels, out_features: int, in_features: int
+) -> None:
+    """float32: values * (row scale * column scale), as torch computes it; bf16: that value
+    rounded to nearest even. At 1-3 rows (VNNI) and 45 (AMX where the CPU has it)."""
+    needs_vnni(kernels)
+    gen = torch.Generator().manual_seed(out_features)
+    w8_t = torch.randint(-127, 128, (in_features, out_features), dtype=torch.int8, generator=gen)
+    packed = kernels.pack_int8(Int8Weight(w8_t, torch.rand(out_features, generator=gen) / 100))
+    assert isinstance(packed, PackedInt8Weight)
+    for rows in (1, 3, 45):
+        x = Int8Rows(extreme_rows(rows, in_features, gen), torch.rand(rows, 1, generator=gen))
+        product = packed.matmul(x)
+        expected = product.values.float() * (product.row_scales * product.col_scales)
+        assert torch.equal(packed.scaled(x, torch.float32), expected)
+        bf16 = packed.scaled(x, torch.bfloat16)
+        assert bf16.dtype == torch.bfloat16 and torch.equal(bf16, expected.bfloat16())
+
+
 def test_int8_linear_is_unchanged_by_packing(kernels: NativeKernels) -> None:
     needs_vnni(kernels)
     gen = torch.Generator().manual_seed(3)

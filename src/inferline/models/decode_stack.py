@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, cast
 
 import torch
 
+from inferline.models import fused_forward
 from inferline.models.attention import AttentionMetadata
 from inferline.models.kv_layout import cache_kind
 from inferline.models.native import NativeKernels, PackedInt8Weight, Q4Weight
@@ -41,7 +42,7 @@ class _Layer(ctypes.Structure):
 class _Stack(ctypes.Structure):
     _fields_ = [
         *[(name, _i32) for name in (
-            "num_layers", "hidden", "heads", "kv_heads", "head_dim", "intermediate",
+            "num_layers", "hidden", "heads", "kv_heads", "head_dim", "intermediate", "compact",
         )],
         ("eps", _f32), ("attention_scale", _f32),
         ("final_norm", _p), ("cos_table", _p), ("sin_table", _p),
@@ -91,7 +92,8 @@ class DecodeStack:
         self._layers = (_Layer * len(layers))(*(self._layer(layer) for layer in layers))
         self._stack = _Stack(
             len(layers), config.hidden_size, config.num_heads, config.num_kv_heads,
-            config.head_dim, config.intermediate_size, model.norm.eps, config.head_dim**-0.5,
+            config.head_dim, config.intermediate_size, int(fused_forward.COMPACT is not None),
+            model.norm.eps, config.head_dim**-0.5,
             *map(_pointer, shared), self._layers,
         )  # fmt: skip
         self._call = kernels.lib.decode_stack

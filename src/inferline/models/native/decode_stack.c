@@ -60,6 +60,7 @@ typedef struct {
 /* The model's shape and weights (built once by models/decode_stack.py). */
 typedef struct {
     int32_t num_layers, hidden, heads, kv_heads, head_dim, intermediate;
+    int32_t compact; /* the o, gate/up and down int8 products dequantized to bf16 */
     float eps, attention_scale;
     const float *final_norm, *cos_table, *sin_table;
     const StackLayer *layers;
@@ -76,9 +77,9 @@ typedef struct {
     int64_t layer_bytes, v_bytes; /* offsets of a layer's cache and of its values */
 } DecodeStep;
 
-enum { F32 = 0, I32 = 2, I8 = 3 };
+enum { F32 = 0, BF16 = 1, I32 = 2, I8 = 3 };
 
-/* A kernel's input activation (kind F32, or I32 with row and column scales). */
+/* A kernel's input activation (kind F32, BF16, or I32 with row and column scales). */
 typedef struct {
     const void *values;
     int kind;
@@ -101,12 +102,17 @@ static Sink input_of(int q4, float *floats, int8_t *codes, float *scales) {
     return q4 ? (Sink){floats, F32, NULL} : (Sink){codes, I8, scales};
 }
 
-/* in [rows, k] -> out [rows, n] (float32 or int32, the buffer holds either). */
+/* in [rows, k] -> out [rows, n] (float32, int32, or with compact int8 products bf16: the
+ * buffer holds any; as fused_forward.py). */
 static Source project(const StackProjection *p, int64_t rows, int64_t n, int64_t k, Sink in,
-                      void *out) {
+                      void *out, int compact) {
     if (in.kind == F32) {
         q4_matmul(rows, n, k, in.values, 0, p->q4, out);
         return (Source){out, F32, NULL, NULL};
+    }
+    if (compact) {
+        i8_matmul(rows, n, k, in.values, p->i8, p->i8_comp, NULL, in.scales, p->i8_scale, out, 1);
+        return (Source){out, BF16, NULL, NULL};
     }
     i8_matmul(rows, n, k, in.values, p->i8, p->i8_comp, out, NULL, NULL, NULL, 0);
     return (Source){out, I32, in.scales, p->i8_scale};
@@ -143,7 +149,7 @@ int decode_stack(const DecodeStack *m, const DecodeStep *s, float *residual,
         add_rms_norm(rows, hidden, delta_in.values, delta_in.kind, delta_in.row_scales,
                      delta_in.col_scales, residual, w->input_norm, m->eps, x_in.values,
                      x_in.kind, x_in.scales);
-        Source qkv_out = project(&w->qkv, rows, qkv_width, hidden, x_in, qkv);
+        Source qkv_out = project(&w->qkv, rows, qkv_width, hidden, x_in, qkv, 0);
         rope_store_kv(rows, m->heads, m->kv_heads, m->head_dim, qkv_out.values, qkv_out.kind,
                       qkv_out.row_scales, qkv_out.col_scales, w->qkv_bias, s->positions,
                       m->cos_table, m->sin_table, s->slots, k_cache, v_cache, s->cache_kind, q);
@@ -153,16 +159,16 @@ int decode_stack(const DecodeStack *m, const DecodeStep *s, float *residual,
                                   m->attention_scale, attention, 0);
         Sink o_in = input_of(runs_q4(&w->o, c), attention, att8, att_scales);
         if (o_in.kind == I8) quantize_rows(rows, q_width, attention, F32, att8, att_scales);
-        Source o_out = project(&w->o, rows, hidden, q_width, o_in, delta);
+        Source o_out = project(&w->o, rows, hidden, q_width, o_in, delta, m->compact);
         Sink gate_up_in = input_of(runs_q4(&w->gate_up, c), x, x8, x_scales);
         add_rms_norm(rows, hidden, o_out.values, o_out.kind, o_out.row_scales,
                      o_out.col_scales, residual, w->post_attention_norm, m->eps,
                      gate_up_in.values, gate_up_in.kind, gate_up_in.scales);
-        Source gate_up_out = project(&w->gate_up, rows, 2 * inter, hidden, gate_up_in, gate_up);
+        Source gate_up_out = project(&w->gate_up, rows, 2 * inter, hidden, gate_up_in, gate_up, m->compact);
         Sink h_in = input_of(runs_q4(&w->down, c), h, h8, h_scales);
         silu_mul(rows, inter, gate_up_out.values, gate_up_out.kind, gate_up_out.row_scales,
                  gate_up_out.col_scales, h_in.values, h_in.kind, h_in.scales);
-        delta_in = project(&w->down, rows, hidden, inter, h_in, delta);
+        delta_in = project(&w->down, rows, hidden, inter, h_in, delta, m->compact);
     }
     if (status == 0)
         add_rms_norm(rows, hidden, delta_in.values, delta_in.kind, delta_in.row_scales,
