@@ -17,8 +17,8 @@ from inferline.models.row_choice import kernel_rows
 
 # The o, gate/up and down products leave the int8 matmul as bf16 (rounded once, 2^-9, before
 # the SiLU or the residual add, both float32 inside): half the bytes of int32 sums to write
-# and read back (decode_stack.c does the same, from `DecodeStack`'s flag set at load; None:
-# int32 sums everywhere).
+# and read back (decode_stack.c does the same, from `DecodeStack`'s flag set at load). Only
+# torch.bfloat16 or None (int32 sums everywhere): the C stack knows no other.
 COMPACT: torch.dtype | None = torch.bfloat16
 
 if TYPE_CHECKING:

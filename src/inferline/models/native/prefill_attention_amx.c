@@ -4,16 +4,18 @@
  * query heads) with its two products on TDPBF16PS.
  *
  * Accuracy: the cache's keys and values are bf16 already, so they enter the tiles exactly.
- * The queries (times the softmax scale) and the softmax weights are float32; each is split
- * into a bf16 high part and a bf16 remainder (x = hi + lo to ~16 significant bits) and
- * both parts are multiplied, accumulating in float32. The scores and outputs then match
- * the float32 kernel to ~1e-6 (stop 31's plain bf16 queries moved logprobs by up to 0.9).
+ * The queries (times the softmax scale / ln 2: scores in log2 units for exp2) and the
+ * softmax weights are float32; each is split into a bf16 high part and a bf16 remainder
+ * (x = hi + lo to ~16 significant bits) and both parts are multiplied, accumulating in
+ * float32. Outputs are within 4.4e-5 of float64 where the float32 kernel's are within
+ * 1e-5 (tested; stop 31's plain bf16 queries and weights moved logprobs by up to 0.9).
  *
- * Per run of 32 keys (a bf16 tile's depth): the keys are transposed into B tiles (16 keys
- * x pairs of dims) and the values interleaved by key pairs (32 keys x 16 dims), once for
- * all query heads; per head, S = Q K^T is two 16 x 16 float32 tiles, the online softmax
- * runs on S's rows in AVX-512, and P V adds into 4 fresh tiles (64 dims) that are scaled
- * into the running output. Everything float32 stays float32 outside the tiles.
+ * Each chunk's context is packed first, once per kv head, into runs of 32 keys (a bf16
+ * tile's depth): keys transposed into B tiles (16 keys x pairs of dims), values
+ * interleaved by key pairs (32 keys x 16 dims). Then per task and head, over the runs:
+ * S = Q K^T is two 16 x 16 float32 tiles, the online softmax runs on S's rows in
+ * AVX-512, and P V adds into 4 fresh tiles (64 dims) that are scaled into the running
+ * output, kept in float32 outside the tiles.
  */
 #define _GNU_SOURCE /* syscall() for the AMX permission */
 #include <stdint.h>
