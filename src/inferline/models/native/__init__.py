@@ -325,8 +325,9 @@ class NativeKernels:
         self, x: Int8Rows, weight: PackedInt8Weight, dtype: torch.dtype
     ) -> torch.Tensor:
         """Int8 rows ``[M, in]`` times a packed weight, dequantized in the same pass:
-        ``[M, out]`` float32 (the values of `Int32Product.dequantize`) or bf16 (those
-        rounded: half the bytes for the next kernel to read)."""
+        ``[M, out]`` float32 (``values.float() * (row_scales * col_scales)`` of the
+        `Int32Product`, torch's roundings) or bf16 (that rounded to nearest even: half the
+        bytes for the next kernel to read)."""
         values = x.values
         if values.shape[1] != weight.in_features:
             raise ValueError(f"i8_matmul: {values.shape[1]} inputs for {weight.in_features}")
