@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import inferline.models.fused_forward as fused_forward_module
 from inferline import SamplingParams
 from inferline.engine import EngineConfig, LLMEngine, SchedulerConfig
 from inferline.models import assemble as assemble_module
@@ -82,6 +83,7 @@ def decode_step(kv_dtype: torch.dtype) -> Step:
     return input_ids, positions, torch.stack(caches), AttentionMetadata(slots, [], decode)
 
 
+@pytest.mark.parametrize("compact", [None, torch.bfloat16])
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16, torch.int8])
 @pytest.mark.parametrize(("weight_format", "choice_rows"), [
     ("int4", None), ("int8", None), ("mixed", None), ("mixed", 1), ("mixed", 3)
@@ -91,13 +93,16 @@ def test_a_decode_step_is_bit_for_bit_the_layer_by_layer_one(
     kv_dtype: torch.dtype,
     weight_format: WeightFormat,
     choice_rows: int | None,
+    compact: torch.dtype | None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Hidden states and the K/V written to every layer's cache, with bias and grouped
     heads; 4-bit, packed int8, or both in one step (a projection's kernel chosen by the
-    step's rows, or by the rows `kernels_chosen_for` says, as speculative steps run)."""
+    step's rows, or by the rows `kernels_chosen_for` says, as speculative steps run);
+    gate/up products as int32 sums or bf16 (`fused_forward.COMPACT`)."""
     if weight_format != "int4" and not kernels.i8_path:
         pytest.skip("no packed int8 kernel on this CPU: W8A8 stays with torch")
+    monkeypatch.setattr(fused_forward_module, "COMPACT", compact)  # read as the stack is built
     model = tiny_qwen(kernels, weight_format, monkeypatch)
     stack = model.decode_stack
     assert stack is not None

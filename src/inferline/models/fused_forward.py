@@ -7,6 +7,7 @@ in the dtype its kernel takes (bf16 for int4), so no conversion op runs between 
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -15,11 +16,16 @@ from inferline.models.attention import AttentionMetadata, attend_groups
 from inferline.models.native import Activation, NativeKernels
 from inferline.models.row_choice import kernel_rows
 
-# The o, gate/up and down products leave the int8 matmul as bf16 (rounded once, 2^-9, before
-# the SiLU or the residual add, both float32 inside): half the bytes of int32 sums to write
-# and read back (decode_stack.c does the same, from `DecodeStack`'s flag set at load). Only
-# torch.bfloat16 or None (int32 sums everywhere): the C stack knows no other.
-COMPACT: torch.dtype | None = torch.bfloat16
+# With INFERLINE_BF16_PRODUCTS=1 the gate/up product leaves the int8 matmul as bf16
+# (rounded once, 2^-9, before a float32 SiLU whose result is quantized to int8 rows, 2^-7):
+# half the bytes of int32 sums to write and read back (512-token SmolLM2 prefill 132 -> 113
+# ms on an AMX Xeon; with o and down too, 103). Off by default: it re-draws the int8
+# rounding noise, and SmolLM2's greedy answer to "What is the capital of France?" in the
+# served tests flipped from Paris with it. decode_stack.c does the same, from
+# `DecodeStack`'s flag set at load. Only torch.bfloat16 or None: the C stack knows no other.
+COMPACT: torch.dtype | None = (
+    torch.bfloat16 if os.environ.get("INFERLINE_BF16_PRODUCTS") == "1" else None
+)
 
 if TYPE_CHECKING:
     from inferline.models.llama import DecoderForCausalLM, DecoderLayer
@@ -97,9 +103,9 @@ def _layer(
     o_input = kernels.quantize_rows(attention) if o_dtype == torch.int8 else attention
     norm = layer.post_attention_layernorm
     x = kernels.add_rms_norm(
-        residual, layer.o_proj.matmul(o_input, COMPACT), norm.weight, norm.eps,
+        residual, layer.o_proj.matmul(o_input), norm.weight, norm.eps,
         layer.gate_up_proj.input_dtype(rows),
     )  # fmt: skip
     gate_up = layer.gate_up_proj.matmul(x, COMPACT)
     h = kernels.silu_mul(gate_up, layer.down_proj.input_dtype(rows))
-    return layer.down_proj.matmul(h, COMPACT)
+    return layer.down_proj.matmul(h)

@@ -60,7 +60,7 @@ typedef struct {
 /* The model's shape and weights (built once by models/decode_stack.py). */
 typedef struct {
     int32_t num_layers, hidden, heads, kv_heads, head_dim, intermediate;
-    int32_t compact; /* the o, gate/up and down int8 products dequantized to bf16 */
+    int32_t compact; /* the gate/up int8 product dequantized to bf16 (fused_forward.py) */
     float eps, attention_scale;
     const float *final_norm, *cos_table, *sin_table;
     const StackLayer *layers;
@@ -159,7 +159,7 @@ int decode_stack(const DecodeStack *m, const DecodeStep *s, float *residual,
                                   m->attention_scale, attention, 0);
         Sink o_in = input_of(runs_q4(&w->o, c), attention, att8, att_scales);
         if (o_in.kind == I8) quantize_rows(rows, q_width, attention, F32, att8, att_scales);
-        Source o_out = project(&w->o, rows, hidden, q_width, o_in, delta, m->compact);
+        Source o_out = project(&w->o, rows, hidden, q_width, o_in, delta, 0);
         Sink gate_up_in = input_of(runs_q4(&w->gate_up, c), x, x8, x_scales);
         add_rms_norm(rows, hidden, o_out.values, o_out.kind, o_out.row_scales,
                      o_out.col_scales, residual, w->post_attention_norm, m->eps,
@@ -168,7 +168,7 @@ int decode_stack(const DecodeStack *m, const DecodeStep *s, float *residual,
         Sink h_in = input_of(runs_q4(&w->down, c), h, h8, h_scales);
         silu_mul(rows, inter, gate_up_out.values, gate_up_out.kind, gate_up_out.row_scales,
                  gate_up_out.col_scales, h_in.values, h_in.kind, h_in.scales);
-        delta_in = project(&w->down, rows, hidden, inter, h_in, delta, m->compact);
+        delta_in = project(&w->down, rows, hidden, inter, h_in, delta, 0);
     }
     if (status == 0)
         add_rms_norm(rows, hidden, delta_in.values, delta_in.kind, delta_in.row_scales,
