@@ -280,6 +280,7 @@ def test_amx_prefill_attention_keeps_float32_accuracy(
     1e-4 of float64 (plain bf16 queries miss by ~1e-2): long contexts, runs of 32 keys
     across blocks, partial row blocks and runs, sharp softmaxes."""
     heads, kv_heads, head_dim, block_size = shape
+    default = kernels.amx_attention
     if not kernels.amx_attention_on(True):
         pytest.skip("no AMX bf16 on this CPU, build or OS")
     gen = torch.Generator().manual_seed(7)
@@ -294,7 +295,7 @@ def test_amx_prefill_attention_keeps_float32_accuracy(
             outs.append(torch.zeros(378, heads * head_dim))
             assert kernels.prefill_attention(q, cache, chunks, tables, block_size, outs[-1])
     finally:
-        kernels.amx_attention_on(True)
+        kernels.amx_attention_on(default)
     amx, float32 = outs
     assert not torch.equal(amx, float32)  # the two paths ran
     expected = torch.cat(
