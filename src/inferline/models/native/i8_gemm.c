@@ -169,25 +169,15 @@ static void panel_keep(int64_t first, int64_t n, __mmask16 keep[4]) {
  * last block) are tiles configured with fewer rows. Only for k a multiple of 64; switching
  * it on asks Linux for the tile state (arch_prctl), and it stays off if refused.
  */
-#include <sys/syscall.h>
-#include <unistd.h>
-#define ARCH_REQ_XCOMP_PERM 0x1023
-#define XFEATURE_XTILEDATA 18
+#include "amx_tiles.h"
 #define AMX_BLOCK_ROWS 32
-
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} TileConfig;
 
 static int amx_min_rows = 0; /* 0: AMX off; else the fewest rows a call runs it for */
 
 /* Ask for the AMX tile state and use AMX from min_rows rows (0: never). Returns the
  * setting in force: min_rows, or 0 where the kernel refused (or min_rows was 0). */
 int i8_amx_rows(int min_rows) {
-    if (min_rows > 0 && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA))
-        min_rows = 0;
+    if (min_rows > 0 && !amx_tiles_permitted()) min_rows = 0;
     amx_min_rows = min_rows > 0 ? min_rows : 0;
     return amx_min_rows;
 }

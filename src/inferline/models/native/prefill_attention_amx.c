@@ -25,21 +25,12 @@
 #include "kernels_common.h"
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
-#include <sys/syscall.h>
-#include <unistd.h>
+#include "amx_tiles.h"
 
-#define ARCH_REQ_XCOMP_PERM 0x1023
-#define XFEATURE_XTILEDATA 18
 #define AMX_ROWS 16       /* query rows per task: a tile's rows */
 #define AMX_KEYS 32       /* keys per run: a bf16 tile's depth */
 #define AMX_MAX_DIM 128
 #define AMX_MAX_GROUP 8   /* as MAX_GROUP_PREFILL */
-
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} TileConfig;
 
 static int amx_attention_on = 0;
 
@@ -377,7 +368,7 @@ int prefill_attention_on_amx(const PagedAttention *p, int64_t num_chunks, const 
 }
 
 int prefill_attention_amx(int on) {
-    if (on && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)) on = 0;
+    if (on && !amx_tiles_permitted()) on = 0;
     amx_attention_on = on ? 1 : 0;
     return amx_attention_on;
 }
