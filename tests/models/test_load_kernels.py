@@ -27,7 +27,8 @@ K_HALF_OFFSETS = {Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
 
 
 def reference_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`quant.quantize_int8` as it was: whole-tensor torch ops."""
+    """`quant.quantize_int8` as it was: whole-tensor torch ops (on the rotated rows)."""
+    weight = quant.rotated(weight)
     scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
     w8 = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
     return w8.t().contiguous(), scale.float()

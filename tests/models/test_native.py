@@ -13,7 +13,7 @@ from inferline.engine import model_runner
 from inferline.models.kv_layout import cache_of, read_rows, row_width, write_rows
 from inferline.models.llama import apply_rotary
 from inferline.models.native import NativeKernels, load_kernels
-from inferline.models.quant import Int8Rows, int8_linear, int8_matmul, quantize_int8
+from inferline.models.quant import Int8Rows, int8_linear, int8_matmul, quantize_int8, rotated
 from tests.conftest import PARITY_PROMPTS, on_torch_path, run_to_completion
 
 CACHE_DTYPES = [torch.float32, torch.bfloat16, torch.int8]
@@ -189,9 +189,11 @@ def test_w8a8_activations_match_torch_bit_for_bit(kernels: NativeKernels) -> Non
     x = torch.randn(5, 576, generator=gen) * 3
     weight = quantize_int8(torch.randn(64, 576, generator=gen))
     rows = kernels.quantize_rows(x)
-    expected_scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0
+    turned = rotated(x)  # as the weight's rows were at load
+    assert not torch.equal(turned, x)
+    expected_scale = turned.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0
     assert torch.equal(rows.scales, expected_scale)
-    assert torch.equal(rows.values, torch.round(x / expected_scale).to(torch.int8))
+    assert torch.equal(rows.values, torch.round(turned / expected_scale).to(torch.int8))
     product = int8_matmul(rows, weight)
     residual = torch.randn(5, 64, generator=gen)
     ours = residual.clone()

@@ -17,6 +17,12 @@ pass over the weights for all rows, won at every probed count, up to 64 rows, on
 2026-12-03 AMX Xeon); without them torch's int4 (on the AVX512-VNNI EPYC it won at 1-2
 rows; W8A8 3x faster at 32).
 
+W8A8 weights and their input rows are rotated first (``rotated``: a Walsh-Hadamard
+transform of each block of 64 inputs, the same on both sides, so the product is unchanged):
+one outlier channel no longer sets a whole row's int8 step. Measured on SmolLM2-135M (9
+windows of 512 tokens, fake-quantized on the fp32 model): mean KL to fp32 0.032 -> 0.0043,
+top-1 agreement 0.878 -> 0.953 (per-group scales of 64 read 0.0078; weights alone 0.0036).
+
 Both kernels compute each output row from its input row alone (checked bit for bit in the
 tests), so a request's tokens do not depend on what else is in the batch; fp32 MKL GEMMs do
 not have that property.
@@ -62,7 +68,8 @@ class Int8Weight:
         return Int32Product(torch._int_mm(x.values, self.w8_t), x.scales, self.scale)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
-        """Float rows ``[M, in]`` -> ``x W^T`` float32 (rows quantized per row)."""
+        """Float rows ``[M, in]`` -> ``x W^T`` float32 (rows rotated and quantized per row)."""
+        x = rotated(x)
         x_scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0  # [M, 1]
         x8 = torch.round(x / x_scale).to(torch.int8)
         return torch._int_mm(x8, self.w8_t).float() * (x_scale * self.scale)
@@ -120,13 +127,35 @@ class Int32Product:
     col_scales: torch.Tensor
 
 
+ROTATION_BLOCK = 64
+
+
+def rotated(x: torch.Tensor) -> torch.Tensor:
+    """Rows ``[M, n]`` times H64 / 8 in each block of 64 columns (a copy; ``x`` itself where
+    ``n`` is not a multiple of 64): the rotation of W8A8 inputs, the same float32 additions
+    in the same order as ``native/hadamard.h`` (butterflies of distance 1, 2, ... 32), so
+    the C kernels and this path agree bit for bit."""
+    rows, width = x.shape
+    if width % ROTATION_BLOCK:
+        return x
+    y = x.float()
+    distance = 1
+    while distance < ROTATION_BLOCK:
+        pairs = y.reshape(rows, -1, 2, distance)
+        low, high = pairs[:, :, 0], pairs[:, :, 1]
+        y = torch.stack((low + high, low - high), dim=2)
+        distance *= 2
+    return y.reshape(rows, width) * 0.125
+
+
 # Rows quantized per torch step when the C kernels are off: the temporaries stay in cache
 # (2.5x faster than whole-tensor ops) and every row's values are the same either way.
 _TORCH_CHUNK_ROWS = 256
 
 
 def quantize_int8(weight: torch.Tensor) -> Int8Weight:
-    """Symmetric per-output-channel int8 of a float ``[out, in]`` weight (for W8A8)."""
+    """Symmetric per-output-channel int8 of a float ``[out, in]`` weight (for W8A8), its
+    rows `rotated` first (as its inputs will be)."""
     weight = weight.float().contiguous()
     kernels = quant_native.active()
     if kernels is not None:
@@ -136,7 +165,7 @@ def quantize_int8(weight: torch.Tensor) -> Int8Weight:
     w8_t = torch.empty(in_features, out_features, dtype=torch.int8)
     scale = torch.empty(out_features)
     for start in range(0, out_features, _TORCH_CHUNK_ROWS):
-        rows = weight[start : start + _TORCH_CHUNK_ROWS]
+        rows = rotated(weight[start : start + _TORCH_CHUNK_ROWS])
         chunk_scale = rows.abs().amax(dim=1).clamp(min=1e-8) / 127.0
         w8 = torch.round(rows / chunk_scale[:, None]).clamp(-127, 127).to(torch.int8)
         w8_t[:, start : start + rows.shape[0]] = w8.t()

@@ -12,6 +12,8 @@
 #include <string.h>
 #include <omp.h>
 
+#include "hadamard.h" /* native/: the rotation of W8A8 weights and activations */
+
 /* IEEE half -> float, exact (subnormals included). */
 static inline float half_to_float(const uint8_t *p) {
     uint16_t h = (uint16_t)(p[0] | (p[1] << 8));
@@ -238,9 +240,9 @@ static float quantize_int8_row(const float *x, int64_t cols, int8_t *q) {
     return s;
 }
 
-/* quant.quantize_int8 of every row, written transposed: w8_t is [cols, rows]. Rows are
- * quantized 64 at a time into a tile, whose columns are then whole 64-byte runs of w8_t.
- * tile is threads * 64 * cols bytes of scratch. */
+/* quant.quantize_int8 of every row (rotated first: hadamard.h), written transposed: w8_t
+ * is [cols, rows]. Rows are quantized 64 at a time into a tile, whose columns are then
+ * whole 64-byte runs of w8_t. tile is threads * 64 * cols bytes of scratch. */
 void quantize_int8_rows(const float *w, int64_t rows, int64_t cols, int8_t *w8_t, float *scale,
                         int8_t *tile, int threads) {
     int64_t tiles = (rows + INT8_TILE_ROWS - 1) / INT8_TILE_ROWS;
@@ -249,8 +251,12 @@ void quantize_int8_rows(const float *w, int64_t rows, int64_t cols, int8_t *w8_t
         int8_t *buf = tile + (int64_t)omp_get_thread_num() * INT8_TILE_ROWS * cols;
         int64_t r0 = t * INT8_TILE_ROWS;
         int64_t n = rows - r0 < INT8_TILE_ROWS ? rows - r0 : INT8_TILE_ROWS;
-        for (int64_t i = 0; i < n; i++)
-            scale[r0 + i] = quantize_int8_row(w + (r0 + i) * cols, cols, buf + i * cols);
+        float row[cols];
+        for (int64_t i = 0; i < n; i++) {
+            memcpy(row, w + (r0 + i) * cols, (size_t)cols * sizeof(float));
+            rotate_row(row, cols);
+            scale[r0 + i] = quantize_int8_row(row, cols, buf + i * cols);
+        }
         for (int64_t c = 0; c < cols; c++) {
             int8_t *dst = w8_t + c * rows + r0;
             for (int64_t i = 0; i < n; i++) dst[i] = buf[i * cols + c];

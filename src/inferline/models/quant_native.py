@@ -29,8 +29,10 @@ from inferline.models.native.build import compiled, compiler
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("quant_kernels.c")
-# -ffp-contract=off: no fused multiply-add, so every value rounds as in numpy and torch
-COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fPIC", "-shared")
+# -ffp-contract=off: no fused multiply-add, so every value rounds as in numpy and torch;
+# -I: native/hadamard.h, the rotation the int8 weights share with the activations
+COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fPIC", "-shared",
+                 f"-I{SOURCE.parent / 'native'}")  # fmt: skip
 
 Q = GGMLQuantizationType
 # the formats with C kernels: dq_<name> decodes blocks, fields_<name>_rows splits them

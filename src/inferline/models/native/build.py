@@ -31,10 +31,12 @@ def _cpu_flags() -> str:
 def library_path(
     sources: tuple[Path, ...], flags: tuple[str, ...], cache_dir: Path, cc: str
 ) -> Path:
-    """Where the library of these sources (and the headers beside them), compiler, flags and
-    CPU is cached (named after the first source)."""
+    """Where the library of these sources (and the headers beside them and in the ``-I``
+    folders), compiler, flags and CPU is cached (named after the first source)."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
-    headers = sorted({h for source in sources for h in source.parent.glob("*.h")})
+    folders = {source.parent for source in sources}
+    folders |= {Path(flag[2:]) for flag in flags if flag.startswith("-I")}
+    headers = sorted({h for folder in folders for h in folder.glob("*.h")})
     texts = [path.read_text() for path in (*sources, *headers)]
     key = hashlib.sha256(
         "\n".join([*texts, cc, version, " ".join(flags), _cpu_flags()]).encode()

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hadamard.h"
 #include "kernels_common.h"
 
 enum { KIND_F32 = 0, KIND_BF16 = 1, KIND_I32 = 2, KIND_I8 = 3 };
@@ -46,16 +47,18 @@ static inline void load_row(float *dst, const void *src, int kind, int64_t t, in
 }
 
 /*
- * Writes row t: float32, bf16, or int8 quantized symmetrically per row for W8A8 (scale =
- * max|x| / 127 into out_scales[t], values rounded half to even, as torch.round does).
+ * Writes row t: float32, bf16, or int8 quantized symmetrically per row for W8A8 (rotated
+ * in place first, as the weights were at load: hadamard.h; scale = max|x| / 127 into
+ * out_scales[t], values rounded half to even, as torch.round does).
  */
-static inline void store_row(void *dst, int kind, int64_t t, const float *src, int n,
+static inline void store_row(void *dst, int kind, int64_t t, float *src, int n,
                              float *out_scales) {
     int64_t offset = t * n;
     if (kind == KIND_BF16) {
         uint16_t *d = (uint16_t *)dst + offset;
         for (int i = 0; i < n; i++) d[i] = f32_to_bf16(src[i]);
     } else if (kind == KIND_I8) {
+        rotate_row(src, n);
         float top = 0.0f;
 #pragma omp simd reduction(max : top)
         for (int i = 0; i < n; i++) top = larger(top, fabsf(src[i]));

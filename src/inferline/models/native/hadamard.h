@@ -1,0 +1,64 @@
+/*
+ * The rotation of W8A8 inputs: an orthonormal Walsh-Hadamard transform of each block of 64
+ * values (H64 / 8, Sylvester order), applied to a weight's rows along its inputs at load
+ * (quant_kernels.c) and to every activation row before it is quantized for that weight
+ * (cpu_kernels.c): (x H)(W H)^T = x W^T, and a row's outlier channels are spread over their
+ * block before its one per-row scale is taken. SmolLM2-135M's W8A8 outputs: KL to fp32
+ * 0.032 -> 0.0043 (fake-quantized; ARCHITECTURE.md). Rows whose width is not a multiple of
+ * 64 are not rotated (on both sides: the rule depends on the width alone).
+ *
+ * Butterflies of distance 1, 2, 4, ..., 32 in that order, a + b and a - b, then x 0.125
+ * (exact): `quant.rotated` computes the same values in torch, bit for bit.
+ */
+#ifndef INFERLINE_HADAMARD_H
+#define INFERLINE_HADAMARD_H
+#include <stdint.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#define ROTATION_BLOCK 64
+
+#if defined(__AVX512F__)
+/* One butterfly stage of distance h < 16 inside a register: t holds each lane's partner. */
+static inline __m512 hadamard_lanes(__m512 r, __m512 t, __mmask16 upper) {
+    return _mm512_mask_sub_ps(_mm512_add_ps(r, t), upper, t, r);
+}
+
+static inline void hadamard64_block(float *x) {
+    __m512 r[4];
+    for (int i = 0; i < 4; i++) {
+        __m512 v = _mm512_loadu_ps(x + 16 * i);
+        v = hadamard_lanes(v, _mm512_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)), 0xAAAA);
+        v = hadamard_lanes(v, _mm512_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2)), 0xCCCC);
+        v = hadamard_lanes(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)), 0xF0F0);
+        v = hadamard_lanes(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)), 0xFF00);
+        r[i] = v;
+    }
+    __m512 a0 = _mm512_add_ps(r[0], r[1]), a1 = _mm512_sub_ps(r[0], r[1]);
+    __m512 a2 = _mm512_add_ps(r[2], r[3]), a3 = _mm512_sub_ps(r[2], r[3]);
+    __m512 eighth = _mm512_set1_ps(0.125f);
+    _mm512_storeu_ps(x, _mm512_mul_ps(_mm512_add_ps(a0, a2), eighth));
+    _mm512_storeu_ps(x + 16, _mm512_mul_ps(_mm512_add_ps(a1, a3), eighth));
+    _mm512_storeu_ps(x + 32, _mm512_mul_ps(_mm512_sub_ps(a0, a2), eighth));
+    _mm512_storeu_ps(x + 48, _mm512_mul_ps(_mm512_sub_ps(a1, a3), eighth));
+}
+#else
+static inline void hadamard64_block(float *x) {
+    for (int h = 1; h < ROTATION_BLOCK; h *= 2)
+        for (int i = 0; i < ROTATION_BLOCK; i += 2 * h)
+            for (int j = i; j < i + h; j++) {
+                float a = x[j], b = x[j + h];
+                x[j] = a + b;
+                x[j + h] = a - b;
+            }
+    for (int i = 0; i < ROTATION_BLOCK; i++) x[i] *= 0.125f;
+}
+#endif
+
+/* Rotates a row of n values in place (n a multiple of ROTATION_BLOCK; others untouched). */
+static inline void rotate_row(float *x, int64_t n) {
+    if (n % ROTATION_BLOCK) return;
+    for (int64_t b = 0; b < n; b += ROTATION_BLOCK) hadamard64_block(x + b);
+}
+#endif
