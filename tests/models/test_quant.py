@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from inferline.core import SamplingParams
 from inferline.engine import EngineConfig, LLMEngine
-from inferline.engine.evaluate import perplexity
+from inferline.engine.evaluate import agreement, next_token_logprobs, perplexity
 from inferline.models import load_model
 from inferline.models.native import Q4Weight
 from inferline.models.quant import (
@@ -70,6 +72,16 @@ def test_quantized_perplexity_stays_close_to_fp32(formats) -> None:  # type: ign
     assert perplexity(formats["int4"], ids) < fp32 * 1.02
     assert perplexity(formats["int8"], ids) < fp32 * 1.05
     assert perplexity(formats["mixed"], ids) < fp32 * 1.05  # 1024 rows: its int8 path
+
+
+def test_w8a8_follows_fp32_token_by_token(formats) -> None:  # type: ignore[no-untyped-def]
+    """Per-position distributions, not one perplexity: on 9 windows of 512 tokens, KL to
+    fp32 0.0049 and top-1 agreement 0.952 with the rotated inputs (quant.rotated), 0.0395
+    and 0.872 without (2026-12-05)."""
+    text = (Path(__file__).parent / "data" / "perplexity_text.md").read_text()
+    ids = formats["fp32"].tokenizer.encode(text)[:1024]
+    found = agreement(*(next_token_logprobs(formats[f], ids) for f in ("fp32", "int8")))
+    assert found["kl_mean"] < 0.012 and found["top1_agreement"] > 0.92, found
 
 
 def test_int4_engine_answers_and_is_batch_invariant(formats) -> None:  # type: ignore[no-untyped-def]

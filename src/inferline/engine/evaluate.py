@@ -15,18 +15,19 @@ from inferline.engine.scheduler_output import ScheduledRequest
 
 
 @torch.inference_mode()
-def perplexity(engine: LLMEngine, token_ids: Sequence[int]) -> float:
-    """exp(mean negative log-likelihood) of each token given the ones before it.
+def next_token_logprobs(engine: LLMEngine, token_ids: Sequence[int]) -> torch.Tensor:
+    """``[len - 1, vocab]`` float32: row i is the log-distribution of token i + 1 given the
+    tokens up to i.
 
     Runs one forward pass over the whole sequence with blocks borrowed from the pool (the
     engine must be idle), and returns them afterwards.
     """
     if engine.has_unfinished_requests():
-        raise RuntimeError("perplexity needs an idle engine")
+        raise RuntimeError("an evaluation needs an idle engine")
     if len(token_ids) < 2:
         raise ValueError("need at least two tokens")
     pool = engine.block_pool
-    request = Request("perplexity", list(token_ids), SamplingParams(max_tokens=1), 1)
+    request = Request("evaluate", list(token_ids), SamplingParams(max_tokens=1), 1)
     request.block_ids = pool.allocate(-(-len(token_ids) // pool.block_size))
     try:
         runner = engine.runner
@@ -37,7 +38,24 @@ def perplexity(engine: LLMEngine, token_ids: Sequence[int]) -> float:
         )
     finally:
         pool.free(list(reversed(request.block_ids)))
-    logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
-    targets = torch.tensor(token_ids[1:], device=logprobs.device)
+    return torch.log_softmax(logits[:-1].float(), dim=-1).cpu()
+
+
+def perplexity(engine: LLMEngine, token_ids: Sequence[int]) -> float:
+    """exp(mean negative log-likelihood) of each token given the ones before it."""
+    logprobs = next_token_logprobs(engine, token_ids)
+    targets = torch.tensor(token_ids[1:])
     nll = -logprobs[torch.arange(len(targets)), targets].mean()
     return math.exp(float(nll))
+
+
+def agreement(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
+    """How closely ``other``'s next-token distributions (`next_token_logprobs`) follow
+    ``reference``'s at every position: mean and p99 KL(reference || other), and the share of
+    positions whose most likely token is the same."""
+    kl = (reference.exp() * (reference - other)).sum(dim=-1)
+    return {
+        "kl_mean": float(kl.mean()),
+        "kl_p99": float(kl.quantile(0.99)),
+        "top1_agreement": float((reference.argmax(-1) == other.argmax(-1)).float().mean()),
+    }

@@ -16,16 +16,18 @@ from inferline.models.attention import AttentionMetadata, attend_groups
 from inferline.models.native import Activation, NativeKernels
 from inferline.models.row_choice import kernel_rows
 
-# With INFERLINE_BF16_PRODUCTS=1 the gate/up product leaves the int8 matmul as bf16
-# (rounded once, 2^-9, before a float32 SiLU whose result is quantized to int8 rows, 2^-7):
-# half the bytes of int32 sums to write and read back (512-token SmolLM2 prefill 132 -> 113
-# ms on an AMX Xeon; with o and down too, 103). Off by default: it re-draws the int8
-# rounding noise, and SmolLM2's greedy answer to "What is the capital of France?" in the
-# served tests flipped from Paris with it. decode_stack.c does the same, from
-# `DecodeStack`'s flag set at load. Only torch.bfloat16 or None: the C stack knows no other.
+# The gate/up product leaves the int8 matmul as bf16 (rounded once, 2^-9, before a float32
+# SiLU whose result is quantized to int8 rows): half the bytes of int32 sums to write and
+# read back (512-token SmolLM2 prefill 132 -> 113 ms on an AMX Xeon). The outputs' KL to
+# fp32 is the int32 sums' (SmolLM2 0.0049 both, Qwen2.5-Coder 0.0017; ARCHITECTURE.md);
+# INFERLINE_BF16_PRODUCTS=0 keeps the int32 sums. o and down stay int32: their products
+# go into the residual stream, not into another quantization. decode_stack.c does the
+# same, from `DecodeStack`'s flag set at load. Only torch.bfloat16 or None: the C stack
+# knows no other.
 COMPACT: torch.dtype | None = (
-    torch.bfloat16 if os.environ.get("INFERLINE_BF16_PRODUCTS") == "1" else None
+    None if os.environ.get("INFERLINE_BF16_PRODUCTS") == "0" else torch.bfloat16
 )
+
 
 if TYPE_CHECKING:
     from inferline.models.llama import DecoderForCausalLM, DecoderLayer

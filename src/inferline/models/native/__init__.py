@@ -173,10 +173,11 @@ class NativeKernels:
         self.amx_rows = 0  # i8_matmul on AMX from this many rows (0: never), `amx_from`
         amx = os.environ.get("INFERLINE_AMX", "1") != "0"
         self.amx_from(AMX_MIN_ROWS if amx else 0)
-        # prefill attention on AMX bf16 tiles (`amx_attention_on`): opt-in, its re-drawn
-        # int8 rounding noise flipped a served canary answer (ARCHITECTURE.md)
+        # prefill attention on AMX bf16 tiles (`amx_attention_on`); INFERLINE_AMX_ATTENTION=0
+        # keeps the float32 kernel (its outputs' KL to fp32 equals the float32 kernel's:
+        # ARCHITECTURE.md)
         self.amx_attention = False
-        self.amx_attention_on(amx and os.environ.get("INFERLINE_AMX_ATTENTION") == "1")
+        self.amx_attention_on(amx and os.environ.get("INFERLINE_AMX_ATTENTION", "1") != "0")
 
     def amx_from(self, rows: int) -> int:
         """Run `i8_matmul` on AMX from ``rows`` rows (0: never); returns the setting in
