@@ -58,7 +58,13 @@ def create_key(server: ServerProcess, **fields: Any) -> tuple[str, str]:
 
 
 async def stream(
-    base_url: str, key: str, model: str, i: int, abort_after: int | None, tokens: int = TOKENS
+    base_url: str,
+    key: str,
+    model: str,
+    i: int,
+    abort_after: int | None,
+    tokens: int = TOKENS,
+    started: asyncio.Event | None = None,
 ) -> str:
     body = {"model": model, "max_tokens": tokens, "ignore_eos": True, "stream": True,
             "temperature": 0, "messages": [{"role": "user", "content": f"Story {i}:"}]}  # fmt: skip
@@ -73,6 +79,8 @@ async def stream(
         chunks = 0
         async for line in response.aiter_lines():
             chunks += line.startswith("data: {")
+            if started is not None and chunks:
+                started.set()
             if abort_after is not None and chunks >= abort_after:
                 return "aborted"
             if '"finish_reason":"length"' in line:
@@ -144,11 +152,17 @@ def test_a_kill_9_loses_no_settled_spend_and_reports_what_was_in_flight(
     assert before == 3 * TOKENS
 
     async def in_flight() -> None:
+        # killed once every stream has sent its first chunk, not after a fixed time: a
+        # greedy story that loops is drafted by n-gram speculation and can finish 400
+        # tokens in 1.4 s
+        started = [asyncio.Event() for _ in range(4)]
         tasks = [
-            asyncio.ensure_future(stream(server.base_url, key, "local", i, None, tokens=400))
+            asyncio.ensure_future(
+                stream(server.base_url, key, "local", i, None, tokens=400, started=started[i])
+            )
             for i in range(4)
         ]
-        await asyncio.sleep(1.5)
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in started)), 60)
         server.process.send_signal(signal.SIGKILL)
         await asyncio.gather(*tasks, return_exceptions=True)
 
