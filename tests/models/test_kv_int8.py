@@ -1,4 +1,4 @@
-"""The int8 KV cache (`kv_layout`): rows within half a step of their values, the same
+"""The int8 KV cache (`kv_layout`): rotated rows within half a step of their values, the same
 answers from the native kernels and the torch path, and the model's perplexity kept."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import torch
 
 from inferline import SamplingParams
 from inferline.models.kv_layout import SCALE_BYTES, read_rows, row_width, write_rows
+from inferline.models.rotation import rotated
 from tests.conftest import PARITY_PROMPTS, on_torch_path, run_to_completion
 
 
@@ -21,8 +22,12 @@ def test_int8_rows_round_trip_within_half_a_step() -> None:
     slots = torch.tensor([9, 0, 4, 5, 2, 7])
     write_rows(cache, slots, values)
     back = read_rows(cache, slots, torch.float32)
-    step = values.abs().amax(-1, keepdim=True) / 127
-    assert ((back - values).abs() <= step * 0.5001).all()
+    turned = rotated(values.view(-1, 64)).view(values.shape)  # the int8 rows' basis
+    step = turned.abs().amax(-1, keepdim=True) / 127
+    stored = rotated(back.view(-1, 64)).view(values.shape)
+    assert ((stored - turned).abs() <= step * 0.5001 + 1e-6 * step).all()
+    # in the values' own basis the same error, turned: its length at most sqrt(64) half steps
+    assert ((back - values).norm(dim=-1) <= (step * 0.5001 * 8).squeeze(-1)).all()
     assert (back[2, 1] == 0).all()
     scales = cache[slots][..., 64:].contiguous().view(torch.float32).squeeze(-1)
     torch.testing.assert_close(scales, step.squeeze(-1).clamp(min=1e-30 / 127))

@@ -15,7 +15,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 from gguf.quants import quantize as gguf_quantize
 
-from inferline.models import quant
+from inferline.models import quant, rotation
 from inferline.models.gguf_quants import dequantize
 from inferline.models.native import PackedInt8Weight
 
@@ -28,7 +28,7 @@ K_HALF_OFFSETS = {Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
 
 def reference_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`quant.quantize_int8` as it was: whole-tensor torch ops (on the rotated rows)."""
-    weight = quant.rotated(weight)
+    weight = rotation.rotated(weight)
     scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127.0
     w8 = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
     return w8.t().contiguous(), scale.float()

@@ -13,7 +13,8 @@ from inferline.engine import model_runner
 from inferline.models.kv_layout import cache_of, read_rows, row_width, write_rows
 from inferline.models.llama import apply_rotary
 from inferline.models.native import NativeKernels, load_kernels
-from inferline.models.quant import Int8Rows, int8_linear, int8_matmul, quantize_int8, rotated
+from inferline.models import rotation
+from inferline.models.quant import Int8Rows, int8_linear, int8_matmul, quantize_int8
 from tests.conftest import PARITY_PROMPTS, on_torch_path, run_to_completion
 
 CACHE_DTYPES = [torch.float32, torch.bfloat16, torch.int8]
@@ -75,9 +76,13 @@ def test_rope_store_kv_rotates_and_writes_the_cache(
         expected = torch.zeros_like(cache)
         write_rows(expected[0], slots, keys)
         write_rows(expected[1], slots, values)
-        stored = read_rows(cache[0], slots, torch.float32)
-        step = keys.abs().amax(-1, keepdim=True) / 127  # a value is within half a step
-        assert ((stored - keys).abs() <= step * 0.5001).all()
+        read = read_rows(cache[0], slots, torch.float32)
+        turned = rotation.rotated(keys.reshape(-1, head_dim)).view(keys.shape)  # the rows' basis
+        stored = rotation.rotated(read.reshape(-1, head_dim)).view(keys.shape)
+        step = turned.abs().amax(-1, keepdim=True) / 127  # a value is within half a step
+        assert ((stored - turned).abs() <= step * 0.5001 + 1e-6).all()
+        # read back in the keys' own basis: the same error, turned (an orthonormal H)
+        assert ((read - keys).norm(dim=-1) <= (step * 0.5001 * head_dim**0.5).squeeze(-1)).all()
         assert (cache[1] == expected[1]).all()
         assert (cache[0].int() - expected[0].int()).abs().max() <= 1  # rotated k: 1e-6 apart
     else:
@@ -189,7 +194,7 @@ def test_w8a8_activations_match_torch_bit_for_bit(kernels: NativeKernels) -> Non
     x = torch.randn(5, 576, generator=gen) * 3
     weight = quantize_int8(torch.randn(64, 576, generator=gen))
     rows = kernels.quantize_rows(x)
-    turned = rotated(x)  # as the weight's rows were at load
+    turned = rotation.rotated(x)  # as the weight's rows were at load
     assert not torch.equal(turned, x)
     expected_scale = turned.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0
     assert torch.equal(rows.scales, expected_scale)

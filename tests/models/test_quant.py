@@ -76,7 +76,7 @@ def test_quantized_perplexity_stays_close_to_fp32(formats) -> None:  # type: ign
 
 def test_w8a8_follows_fp32_token_by_token(formats) -> None:  # type: ignore[no-untyped-def]
     """Per-position distributions, not one perplexity: on 9 windows of 512 tokens, KL to
-    fp32 0.0049 and top-1 agreement 0.952 with the rotated inputs (quant.rotated), 0.0395
+    fp32 0.0049 and top-1 agreement 0.952 with the rotated inputs (rotation.rotated), 0.0395
     and 0.872 without (2026-12-05)."""
     text = (Path(__file__).parent / "data" / "perplexity_text.md").read_text()
     ids = formats["fp32"].tokenizer.encode(text)[:1024]

@@ -6,12 +6,17 @@ hold the values (``width = head_dim``). An int8 cache holds each (slot, kv head)
 ``head_dim`` int8 values followed by the 4 bytes of their float32 scale (``width = head_dim
 + 4``): value = int8 * scale, scale = max|row| / 127, rounded half to even. A scale per
 token and head follows outliers where they are (a per-channel scale would need the whole
-sequence first) and costs 4 bytes per 64 or 128 values.
+sequence first) and costs 4 bytes per 64 or 128 values. The int8 rows are stored rotated
+(`rotation.rotated`, head_dim a multiple of 64): one outlier channel then no longer sets the
+row's step (Qwen2.5-Coder's KL to fp32 0.0289 -> see ARCHITECTURE.md); `read_rows` rotates
+them back, and the native kernels rotate queries in and outputs out instead.
 """
 
 from __future__ import annotations
 
 import torch
+
+from inferline.models.rotation import rotated
 
 SCALE_BYTES = 4
 KV_DTYPES = ("float32", "bfloat16", "int8")
@@ -36,8 +41,8 @@ def write_rows(cache: torch.Tensor, slots: torch.Tensor, values: torch.Tensor) -
     if cache.dtype != torch.int8:
         cache.index_copy_(0, slots, values.to(cache.dtype))
         return
-    values = values.float()
     head_dim = values.shape[-1]
+    values = rotated(values.float().reshape(-1, head_dim)).view(values.shape)  # native/hadamard.h
     scales = values.abs().amax(dim=-1, keepdim=True).clamp(min=1e-30) / 127.0
     rows = torch.empty(*values.shape[:-1], head_dim + SCALE_BYTES, dtype=torch.int8)
     rows[..., :head_dim] = torch.round(values / scales).to(torch.int8)
@@ -64,4 +69,5 @@ def read_rows(cache: torch.Tensor, slots: torch.Tensor, dtype: torch.dtype) -> t
         return rows.to(dtype)
     head_dim = rows.shape[-1] - SCALE_BYTES
     scales = rows[..., head_dim:].contiguous().view(torch.float32)
-    return (rows[..., :head_dim].to(torch.float32) * scales).to(dtype)
+    values = rows[..., :head_dim].to(torch.float32) * scales
+    return rotated(values.reshape(-1, head_dim)).view(values.shape).to(dtype)  # back (H H = I)

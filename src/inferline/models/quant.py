@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import torch
 
 from inferline.models import quant_native
+from inferline.models.rotation import rotated
 
 if TYPE_CHECKING:
     from inferline.models.native import NativeKernels, Q4Weight
@@ -125,27 +126,6 @@ class Int32Product:
     values: torch.Tensor
     row_scales: torch.Tensor
     col_scales: torch.Tensor
-
-
-ROTATION_BLOCK = 64
-
-
-def rotated(x: torch.Tensor) -> torch.Tensor:
-    """Rows ``[M, n]`` times H64 / 8 in each block of 64 columns (a copy; ``x`` itself where
-    ``n`` is not a multiple of 64): the rotation of W8A8 inputs, the same float32 additions
-    in the same order as ``native/hadamard.h`` (butterflies of distance 1, 2, ... 32), so
-    the C kernels and this path agree bit for bit."""
-    rows, width = x.shape
-    if width % ROTATION_BLOCK:
-        return x
-    y = x.float()
-    distance = 1
-    while distance < ROTATION_BLOCK:
-        pairs = y.reshape(rows, -1, 2, distance)
-        low, high = pairs[:, :, 0], pairs[:, :, 1]
-        y = torch.stack((low + high, low - high), dim=2)
-        distance *= 2
-    return y.reshape(rows, width) * 0.125
 
 
 # Rows quantized per torch step when the C kernels are off: the temporaries stay in cache

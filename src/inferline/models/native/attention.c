@@ -292,12 +292,44 @@ static int decode_attention_spans(const PagedAttention *p, int64_t num_seqs,
 }
 #endif
 
+static int decode_attention_in_basis(int64_t num_seqs, int heads, int kv_heads, int head_dim,
+                                     const float *q, const void *k_cache, const void *v_cache,
+                                     int cache_kind, const int32_t *block_tables, int max_blocks,
+                                     const int32_t *context_lens, const int64_t *token_rows,
+                                     int block_size, float scale, void *out, int out_bf16);
+
 int decode_attention(int64_t num_seqs, int heads, int kv_heads, int head_dim, const float *q,
                      const void *k_cache, const void *v_cache, int cache_kind,
                      const int32_t *block_tables, int max_blocks, const int32_t *context_lens,
                      const int64_t *token_rows, int block_size, float scale, void *out,
                      int out_bf16) {
     if (heads / kv_heads > MAX_GROUP) return -1;
+    if (!cache_rotated(cache_kind, head_dim))
+        return decode_attention_in_basis(num_seqs, heads, kv_heads, head_dim, q, k_cache,
+                                         v_cache, cache_kind, block_tables, max_blocks,
+                                         context_lens, token_rows, block_size, scale, out, out_bf16);
+    /* an int8 cache holds rotated rows: queries rotated in, outputs rotated back out */
+    int width = heads * head_dim;
+    float *queries = rotated_rows(q, token_rows, num_seqs, width);
+    float *outputs = malloc(sizeof(float) * (size_t)(num_seqs * width));
+    int64_t *packed_rows = malloc(sizeof(int64_t) * (size_t)num_seqs);
+    for (int64_t s = 0; s < num_seqs; s++) packed_rows[s] = s;
+    int status = decode_attention_in_basis(num_seqs, heads, kv_heads, head_dim, queries, k_cache,
+                                           v_cache, cache_kind, block_tables, max_blocks,
+                                           context_lens, packed_rows, block_size, scale, outputs, 0);
+    if (status == 0) store_rotated_rows(out, token_rows, outputs, num_seqs, width, out_bf16);
+    free(packed_rows);
+    free(outputs);
+    free(queries);
+    return status;
+}
+
+/* decode_attention in the basis the cache's rows are in. */
+static int decode_attention_in_basis(int64_t num_seqs, int heads, int kv_heads, int head_dim,
+                                     const float *q, const void *k_cache, const void *v_cache,
+                                     int cache_kind, const int32_t *block_tables, int max_blocks,
+                                     const int32_t *context_lens, const int64_t *token_rows,
+                                     int block_size, float scale, void *out, int out_bf16) {
 #if defined(__AVX512F__)
     if (head_dim == 64 || head_dim == 128) {
         int head_stride = cache_head_stride(head_dim, cache_kind);

@@ -8,7 +8,7 @@
  * 64 are not rotated (on both sides: the rule depends on the width alone).
  *
  * Butterflies of distance 1, 2, 4, ..., 32 in that order, a + b and a - b, then x 0.125
- * (exact): `quant.rotated` computes the same values in torch, bit for bit.
+ * (exact): `rotation.rotated` computes the same values in torch, bit for bit.
  */
 #ifndef INFERLINE_HADAMARD_H
 #define INFERLINE_HADAMARD_H

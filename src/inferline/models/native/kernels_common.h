@@ -6,7 +6,10 @@
 #define INFERLINE_KERNELS_COMMON_H
 #include <stdint.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "hadamard.h"
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
@@ -85,19 +88,52 @@ static inline float cache_row_scale(const void *cache, int64_t offset, int head_
 }
 
 /* One kv head's row of head_dim float32 values into the cache at element `offset`, as
- * float32, bf16, or int8 with its scale (rounded half to even, as torch.round). */
-static inline void store_cache_row(void *cache, int64_t offset, const float *src, int head_dim,
+ * float32, bf16, or int8 with its scale (rounded half to even, as torch.round). An int8
+ * row is rotated first (hadamard.h: head_dim a multiple of 64), so that one outlier
+ * channel does not set its scale; attention over such a cache rotates its queries the
+ * same way and its outputs back (`rotated_rows`, `store_rotated_rows`). */
+static inline void store_cache_row(void *cache, int64_t offset, const float *row, int head_dim,
                                    int kind) {
     if (kind != CACHE_I8) {
-        store_span(cache, offset, src, head_dim, kind == CACHE_BF16);
+        store_span(cache, offset, row, head_dim, kind == CACHE_BF16);
         return;
     }
+    float turned[head_dim];
+    float *src = turned;
+    memcpy(src, row, sizeof(float) * (size_t)head_dim);
+    rotate_row(src, head_dim);
     float top = 0.0f;
     for (int i = 0; i < head_dim; i++) top = larger(top, fabsf(src[i]));
     float scale = larger(top, 1e-30f) / 127.0f;
     int8_t *d = (int8_t *)cache + offset;
     for (int i = 0; i < head_dim; i++) d[i] = (int8_t)((src[i] / scale + 12582912.0f) - 12582912.0f);
     memcpy(d + head_dim, &scale, sizeof scale);
+}
+
+/* Whether attention over this cache runs in the rotated basis of its int8 rows. */
+static inline int cache_rotated(int kind, int head_dim) {
+    return kind == CACHE_I8 && head_dim % ROTATION_BLOCK == 0;
+}
+
+/* Rows rows[0..n) of x [*, width], each rotated (hadamard.h), packed into a new [n, width]
+ * buffer (free it): queries in the basis of a rotated cache's keys (q.k = qH.kH). */
+static inline float *rotated_rows(const float *x, const int64_t *rows, int64_t n, int width) {
+    float *packed = malloc(sizeof(float) * (size_t)(n * width));
+    for (int64_t i = 0; i < n; i++) {
+        memcpy(packed + i * width, x + rows[i] * width, sizeof(float) * (size_t)width);
+        rotate_row(packed + i * width, width);
+    }
+    return packed;
+}
+
+/* Row i of packed [n, width] rotated back (H is its own inverse) into row rows[i] of out,
+ * float32 or bf16: attention outputs over rotated values (sum p vH = (sum p v) H). */
+static inline void store_rotated_rows(void *out, const int64_t *rows, float *packed, int64_t n,
+                                      int width, int out_bf16) {
+    for (int64_t i = 0; i < n; i++) {
+        rotate_row(packed + i * width, width);
+        store_span(out, rows[i] * width, packed + i * width, width, out_bf16);
+    }
 }
 
 #define MAX_GROUP 32 /* query heads per kv head that decode attention handles */
