@@ -10,10 +10,10 @@ import torch.nn.functional as F
 
 from inferline import SamplingParams
 from inferline.engine import model_runner
+from inferline.models import rotation
 from inferline.models.kv_layout import cache_of, read_rows, row_width, write_rows
 from inferline.models.llama import apply_rotary
 from inferline.models.native import NativeKernels, load_kernels
-from inferline.models import rotation
 from inferline.models.quant import Int8Rows, int8_linear, int8_matmul, quantize_int8
 from tests.conftest import PARITY_PROMPTS, on_torch_path, run_to_completion
 
