@@ -45,7 +45,10 @@ SOURCES = tuple(
         "decode_stack.c",
     )
 )
-COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11")
+# -mprefer-vector-width=512: GCC's default on these CPUs is 256-bit vectors for the loops
+# it vectorizes itself (silu_mul to int8, 512 rows: 1.06 -> 0.91 ms a layer, one thread)
+COMPILE_FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fPIC",
+                 "-shared", "-std=c11")  # fmt: skip
 
 _i64, _i32, _f32, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
 _SOURCE_ARGS = [_ptr, _i32, _ptr, _ptr]  # values, kind, row scales, column scales

@@ -21,6 +21,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "hadamard.h"
 #include "kernels_common.h"
@@ -152,6 +155,23 @@ void rope_store_kv(int64_t rows, int heads, int kv_heads, int head_dim, const vo
 }
 
 
+/* silu(g) * u over n values in place into g: 1 / (1 + e^-g) from vrcp14ps and one Newton
+ * step (within ~1 ulp of the division, which took a quarter of the kernel's time). */
+static inline void silu_times(float *restrict g, const float *restrict u, int n) {
+    int i = 0;
+#if defined(__AVX512F__)
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (; i + 16 <= n; i += 16) {
+        __m512 x = _mm512_loadu_ps(g + i);
+        __m512 den = _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x)));
+        __m512 r = _mm512_rcp14_ps(den);
+        r = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(den, r, one), r);
+        _mm512_storeu_ps(g + i, _mm512_mul_ps(_mm512_mul_ps(x, r), _mm512_loadu_ps(u + i)));
+    }
+#endif
+    for (; i < n; i++) g[i] = g[i] / (1.0f + fast_exp(-g[i])) * u[i];
+}
+
 /* gate_up [rows, 2 * inter] -> out [rows, inter] = silu(gate) * up. */
 void silu_mul(int64_t rows, int inter, const void *gate_up, int in_kind,
               const float *in_row_scales, const float *in_col_scales, void *out, int out_kind,
@@ -161,11 +181,7 @@ void silu_mul(int64_t rows, int inter, const void *gate_up, int in_kind,
         float buffer[2 * inter];
         float *restrict row = buffer; /* a plain pointer: loops over VLAs do not vectorize */
         load_row(row, gate_up, in_kind, t, 2 * inter, in_row_scales, in_col_scales);
-#pragma omp simd
-        for (int i = 0; i < inter; i++) {
-            float g = row[i];
-            row[i] = g / (1.0f + fast_exp(-g)) * row[inter + i];
-        }
+        silu_times(row, row + inter, inter);
         store_row(out, out_kind, t, row, inter, out_scales);
     }
 }
