@@ -198,7 +198,7 @@ def test_w8a8_activations_match_torch_bit_for_bit(kernels: NativeKernels) -> Non
     assert not torch.equal(turned, x)
     expected_scale = turned.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0
     assert torch.equal(rows.scales, expected_scale)
-    assert torch.equal(rows.values, torch.round(turned / expected_scale).to(torch.int8))
+    assert torch.equal(rows.values, torch.round(turned * (1.0 / expected_scale)).to(torch.int8))
     product = int8_matmul(rows, weight)
     residual = torch.randn(5, 64, generator=gen)
     ours = residual.clone()

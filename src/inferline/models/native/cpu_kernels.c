@@ -69,9 +69,11 @@ static inline void store_row(void *dst, int kind, int64_t t, float *src, int n,
         out_scales[t] = scale;
         int8_t *d = (int8_t *)dst + offset;
         /* adding and removing 1.5 * 2^23 rounds |v| <= 2^22 half to even, and vectorizes
-         * (nearbyintf is a libm call per element) */
+         * (nearbyintf is a libm call per element); times 1 / scale, not / scale: a division
+         * a value took 14 % of add_rms_norm (quant.Int8Weight.linear does the same) */
+        float inverse = 1.0f / scale;
 #pragma omp simd
-        for (int i = 0; i < n; i++) d[i] = (int8_t)((src[i] / scale + 12582912.0f) - 12582912.0f);
+        for (int i = 0; i < n; i++) d[i] = (int8_t)((src[i] * inverse + 12582912.0f) - 12582912.0f);
     } else {
         memcpy((float *)dst + offset, src, (size_t)n * sizeof(float));
     }
