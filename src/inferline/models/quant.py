@@ -72,9 +72,8 @@ class Int8Weight:
         """Float rows ``[M, in]`` -> ``x W^T`` float32 (rows rotated and quantized per row)."""
         x = rotated(x)
         x_scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / 127.0  # [M, 1]
-        x8 = torch.round(x * (1.0 / x_scale)).to(
-            torch.int8
-        )  # as the C kernels: no division a value
+        # times 1 / scale, as the C kernels do (no division a value)
+        x8 = torch.round(x * (1.0 / x_scale)).to(torch.int8)
         return torch._int_mm(x8, self.w8_t).float() * (x_scale * self.scale)
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
