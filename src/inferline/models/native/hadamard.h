@@ -4,8 +4,9 @@
  * (quant_kernels.c) and to every activation row before it is quantized for that weight
  * (cpu_kernels.c): (x H)(W H)^T = x W^T, and a row's outlier channels are spread over their
  * block before its one per-row scale is taken. SmolLM2-135M's W8A8 outputs: KL to fp32
- * 0.032 -> 0.0043 (fake-quantized; ARCHITECTURE.md). Rows whose width is not a multiple of
- * 64 are not rotated (on both sides: the rule depends on the width alone).
+ * 0.0395 -> 0.0048 per position (ARCHITECTURE.md). The int8 KV cache's rows are rotated
+ * too (kernels_common.h: store_cache_row, rotated_rows). Rows whose width is not a
+ * multiple of 64 are not rotated (on both sides: the rule depends on the width alone).
  *
  * Butterflies of distance 1, 2, 4, ..., 32 in that order, a + b and a - b, then x 0.125
  * (exact): `rotation.rotated` computes the same values in torch, bit for bit.
