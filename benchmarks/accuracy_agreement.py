@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +116,6 @@ def main() -> None:
     figures = measure(args.model, args.kv_cache_dtype)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
-    sys.stdout.flush()
 
 
 if __name__ == "__main__":

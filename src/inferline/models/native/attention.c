@@ -292,11 +292,25 @@ static int decode_attention_spans(const PagedAttention *p, int64_t num_seqs,
 }
 #endif
 
+/* decode_attention in the basis the cache's rows are in. */
 static int decode_attention_in_basis(int64_t num_seqs, int heads, int kv_heads, int head_dim,
                                      const float *q, const void *k_cache, const void *v_cache,
                                      int cache_kind, const int32_t *block_tables, int max_blocks,
                                      const int32_t *context_lens, const int64_t *token_rows,
-                                     int block_size, float scale, void *out, int out_bf16);
+                                     int block_size, float scale, void *out, int out_bf16) {
+#if defined(__AVX512F__)
+    if (head_dim == 64 || head_dim == 128) {
+        int head_stride = cache_head_stride(head_dim, cache_kind);
+        PagedAttention p = {heads, kv_heads, heads / kv_heads, head_dim, block_size, max_blocks,
+                            (int64_t)kv_heads * head_stride, head_stride, q, k_cache, v_cache,
+                            block_tables, token_rows, scale};
+        return decode_attention_spans(&p, num_seqs, context_lens, cache_kind, out, out_bf16);
+    }
+#endif
+    return decode_attention_plain(num_seqs, heads, kv_heads, head_dim, q, k_cache, v_cache,
+                                  cache_kind, block_tables, max_blocks, context_lens,
+                                  token_rows, block_size, scale, out, out_bf16);
+}
 
 int decode_attention(int64_t num_seqs, int heads, int kv_heads, int head_dim, const float *q,
                      const void *k_cache, const void *v_cache, int cache_kind,
@@ -322,24 +336,4 @@ int decode_attention(int64_t num_seqs, int heads, int kv_heads, int head_dim, co
     free(outputs);
     free(queries);
     return status;
-}
-
-/* decode_attention in the basis the cache's rows are in. */
-static int decode_attention_in_basis(int64_t num_seqs, int heads, int kv_heads, int head_dim,
-                                     const float *q, const void *k_cache, const void *v_cache,
-                                     int cache_kind, const int32_t *block_tables, int max_blocks,
-                                     const int32_t *context_lens, const int64_t *token_rows,
-                                     int block_size, float scale, void *out, int out_bf16) {
-#if defined(__AVX512F__)
-    if (head_dim == 64 || head_dim == 128) {
-        int head_stride = cache_head_stride(head_dim, cache_kind);
-        PagedAttention p = {heads, kv_heads, heads / kv_heads, head_dim, block_size, max_blocks,
-                            (int64_t)kv_heads * head_stride, head_stride, q, k_cache, v_cache,
-                            block_tables, token_rows, scale};
-        return decode_attention_spans(&p, num_seqs, context_lens, cache_kind, out, out_bf16);
-    }
-#endif
-    return decode_attention_plain(num_seqs, heads, kv_heads, head_dim, q, k_cache, v_cache,
-                                  cache_kind, block_tables, max_blocks, context_lens,
-                                  token_rows, block_size, scale, out, out_bf16);
 }

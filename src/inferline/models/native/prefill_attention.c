@@ -156,48 +156,6 @@ int prefill_attention_supported(int heads, int kv_heads, int head_dim) {
 #endif
 }
 
-static int prefill_attention_in_basis(int64_t num_chunks, int heads, int kv_heads, int head_dim,
-                                      const float *q, const void *k_cache, const void *v_cache,
-                                      int cache_kind, const int32_t *block_tables, int max_blocks,
-                                      const int64_t *chunks, int block_size, float scale, void *out,
-                                      int out_bf16);
-
-int prefill_attention(int64_t num_chunks, int heads, int kv_heads, int head_dim, const float *q,
-                      const void *k_cache, const void *v_cache, int cache_kind,
-                      const int32_t *block_tables, int max_blocks, const int64_t *chunks,
-                      int block_size, float scale, void *out, int out_bf16) {
-    if (!prefill_attention_supported(heads, kv_heads, head_dim)) return -2;
-    if (!cache_rotated(cache_kind, head_dim))
-        return prefill_attention_in_basis(num_chunks, heads, kv_heads, head_dim, q, k_cache,
-                                          v_cache, cache_kind, block_tables, max_blocks, chunks,
-                                          block_size, scale, out, out_bf16);
-    /* an int8 cache holds rotated rows: the chunks' queries rotated into a packed copy
-     * (chunks renumbered onto it), their outputs rotated back into place */
-    int64_t n = 0;
-    for (int64_t c = 0; c < num_chunks; c++) n += chunks[3 * c + 2];
-    int64_t *rows = malloc(sizeof(int64_t) * (size_t)(n > 0 ? n : 1));
-    int64_t *packed_chunks = malloc(sizeof(int64_t) * (size_t)(3 * num_chunks + 1));
-    for (int64_t c = 0, next = 0; c < num_chunks; c++) {
-        packed_chunks[3 * c] = next;
-        packed_chunks[3 * c + 1] = chunks[3 * c + 1];
-        packed_chunks[3 * c + 2] = chunks[3 * c + 2];
-        for (int64_t r = 0; r < chunks[3 * c + 2]; r++) rows[next++] = chunks[3 * c] + r;
-    }
-    int width = heads * head_dim;
-    float *queries = rotated_rows(q, rows, n, width);
-    float *outputs = malloc(sizeof(float) * (size_t)(n * width + 1));
-    int status = prefill_attention_in_basis(num_chunks, heads, kv_heads, head_dim, queries,
-                                            k_cache, v_cache, cache_kind, block_tables,
-                                            max_blocks, packed_chunks, block_size, scale,
-                                            outputs, 0);
-    if (status == 0) store_rotated_rows(out, rows, outputs, n, width, out_bf16);
-    free(outputs);
-    free(queries);
-    free(packed_chunks);
-    free(rows);
-    return status;
-}
-
 /* prefill_attention in the basis the cache's rows are in. */
 static int prefill_attention_in_basis(int64_t num_chunks, int heads, int kv_heads, int head_dim,
                                       const float *q, const void *k_cache, const void *v_cache,
@@ -246,4 +204,40 @@ static int prefill_attention_in_basis(int64_t num_chunks, int heads, int kv_head
     (void)block_size, (void)scale, (void)out, (void)out_bf16;
     return -2;
 #endif
+}
+
+int prefill_attention(int64_t num_chunks, int heads, int kv_heads, int head_dim, const float *q,
+                      const void *k_cache, const void *v_cache, int cache_kind,
+                      const int32_t *block_tables, int max_blocks, const int64_t *chunks,
+                      int block_size, float scale, void *out, int out_bf16) {
+    if (!prefill_attention_supported(heads, kv_heads, head_dim)) return -2;
+    if (!cache_rotated(cache_kind, head_dim))
+        return prefill_attention_in_basis(num_chunks, heads, kv_heads, head_dim, q, k_cache,
+                                          v_cache, cache_kind, block_tables, max_blocks, chunks,
+                                          block_size, scale, out, out_bf16);
+    /* an int8 cache holds rotated rows: the chunks' queries rotated into a packed copy
+     * (chunks renumbered onto it), their outputs rotated back into place */
+    int64_t n = 0;
+    for (int64_t c = 0; c < num_chunks; c++) n += chunks[3 * c + 2];
+    int64_t *rows = malloc(sizeof(int64_t) * (size_t)(n > 0 ? n : 1));
+    int64_t *packed_chunks = malloc(sizeof(int64_t) * (size_t)(3 * num_chunks + 1));
+    for (int64_t c = 0, next = 0; c < num_chunks; c++) {
+        packed_chunks[3 * c] = next;
+        packed_chunks[3 * c + 1] = chunks[3 * c + 1];
+        packed_chunks[3 * c + 2] = chunks[3 * c + 2];
+        for (int64_t r = 0; r < chunks[3 * c + 2]; r++) rows[next++] = chunks[3 * c] + r;
+    }
+    int width = heads * head_dim;
+    float *queries = rotated_rows(q, rows, n, width);
+    float *outputs = malloc(sizeof(float) * (size_t)(n * width + 1));
+    int status = prefill_attention_in_basis(num_chunks, heads, kv_heads, head_dim, queries,
+                                            k_cache, v_cache, cache_kind, block_tables,
+                                            max_blocks, packed_chunks, block_size, scale,
+                                            outputs, 0);
+    if (status == 0) store_rotated_rows(out, rows, outputs, n, width, out_bf16);
+    free(outputs);
+    free(queries);
+    free(packed_chunks);
+    free(rows);
+    return status;
 }
