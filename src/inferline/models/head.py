@@ -45,6 +45,7 @@ class ApproximateThenExactHead:
     ) -> None:
         """``q4``: score with our 4-bit kernel up to ``q4_max_rows`` rows (torch's int4 up
         to `INT4_MAX_ROWS` without it)."""
+        self.kernels = q4  # also picks the candidates (`NativeKernels.row_topk`)
         self.int4 = q4.pack_q4(weight) if q4 is not None else quantize_int4(weight)
         self.int4_max_rows = q4_max_rows if q4 is not None else INT4_MAX_ROWS
         int8 = quantize_int8(weight)
@@ -66,6 +67,7 @@ class ApproximateThenExactHead:
         float rows at a time (the same values as from the whole float weight, which never
         exists: Qwen2.5-0.5B's is 544 MB), exact rows decoded from ``table``."""
         head = cls.__new__(cls)
+        head.kernels = q4
         head.int4, head.int8 = quantize_in_chunks(table.rows, table.shape[0], q4=q4)
         head.int4_max_rows = q4_max_rows if q4 is not None else INT4_MAX_ROWS
         head.weight = torch.empty(0)
@@ -86,7 +88,10 @@ class ApproximateThenExactHead:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``x [M, hidden]`` float32 -> logits ``[M, vocab]`` float32."""
         logits = self.approximate(x)
-        candidates = logits.topk(self.num_exact, dim=-1).indices  # [M, K]
+        if self.kernels is not None:  # 32 rows of 49,152: 0.32 ms against topk's 1.3
+            candidates = self.kernels.row_topk(logits, self.num_exact)  # [M, K]
+        else:
+            candidates = logits.topk(self.num_exact, dim=-1).indices
         rows = self.exact_rows(candidates)  # [M, K, hidden]
         exact = torch.bmm(rows, x.unsqueeze(-1)).squeeze(-1)  # [M, K]
         return logits.scatter_(1, candidates, exact)

@@ -43,6 +43,7 @@ SOURCES = tuple(
         "q4_gemm.c",
         "i8_gemm.c",
         "decode_stack.c",
+        "row_select.c",
     )
 )
 # -mprefer-vector-width=512: GCC's default on these CPUs is 256-bit vectors for the loops
@@ -77,6 +78,7 @@ _SIGNATURES = {
     "i8_amx_rows": [_i32],
     "prefill_attention_amx": [_i32],
     "decode_stack": [_ptr, _ptr, _ptr, _ptr],  # models/decode_stack.py
+    "row_topk": [_i64, _i64, _i32, _ptr, _ptr],
 }
 _RESULT_TYPES = {
     "decode_attention": ctypes.c_int,
@@ -92,6 +94,7 @@ _RESULT_TYPES = {
     "i8_amx_rows": ctypes.c_int,
     "prefill_attention_amx": ctypes.c_int,
     "decode_stack": ctypes.c_int,
+    "row_topk": ctypes.c_int,
 }
 # activation kinds, as in cpu_kernels.c
 _KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int32: 2, torch.int8: 3}
@@ -358,6 +361,17 @@ class NativeKernels:
             _p(weight.packed), _p(weight.comp), None, _p(rows.scales), _p(weight.scale), _p(out),
             0,
         )  # fmt: skip
+        return out
+
+    def row_topk(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """The indices ``[M, k]`` int64 of each row's ``k`` largest values of float32 ``x
+        [M, N]``, in no set order (``x.topk(k).indices`` up to order and ties; NaN ranks
+        lowest)."""
+        if x.dtype != torch.float32 or x.dim() != 2 or not 0 < k <= x.shape[1]:
+            raise ValueError(f"row_topk: float32 [M, N] and 0 < k <= N, got {x.dtype} {x.shape}, {k}")
+        x = x.contiguous()
+        out = torch.empty(x.shape[0], k, dtype=torch.int64)
+        self.lib.row_topk(x.shape[0], x.shape[1], k, _p(x), _p(out))
         return out
 
     def flush_caches(self, *tensors: torch.Tensor) -> bool:
