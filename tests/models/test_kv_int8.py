@@ -38,10 +38,14 @@ def test_int8_rows_round_trip_within_half_a_step() -> None:
 def test_native_and_torch_paths_agree_on_an_int8_cache(make_engine, smollm) -> None:  # type: ignore[no-untyped-def]
     """Prefill chunks beside decodes: the kernels read what the torch path reads.
 
-    Same tokens; logprobs within 0.1, not 1e-4 as with a float cache: the paths' K values
-    differ by ~1e-6 (RoPE), which flips a few int8 roundings by a whole step (max|row| /
-    127). Measured: 0.008-0.048 between the paths, against 0.055-0.18 between an int8 and
-    a float32 cache on either path (and one of the three prompts diverging there)."""
+    Same tokens up to a near tie; logprobs within 0.1, not 1e-4 as with a float cache: the
+    paths' K values differ by ~1e-6 (RoPE), which flips a few int8 roundings by a whole step
+    (max|row| / 127). Measured: 0.008-0.048 between the paths, against 0.055-0.18 between an
+    int8 and a float32 cache on either path (and one of the three prompts diverging there).
+    With AMX prefill attention one prompt's fourth token is such a tie: "9" -1.9993 / "8"
+    -2.0019 here, "8" -2.0000 / "9" -2.0009 on the torch path; a sequence is compared up
+    to the first token the paths choose differently, and that choice must be a tie within
+    0.01 on the torch path."""
     assert smollm.model.native is not None
     params = SamplingParams(max_tokens=12, temperature=0, logprobs=3)
 
@@ -54,10 +58,13 @@ def test_native_and_torch_paths_agree_on_an_int8_cache(make_engine, smollm) -> N
     reference = on_torch_path(smollm, run)
     diffs = []
     for ours, theirs in zip(native, reference, strict=True):
-        assert ours.outputs[0].token_ids == theirs.outputs[0].token_ids
         for a, b in zip(ours.outputs[0].logprobs, theirs.outputs[0].logprobs, strict=True):
+            if a.token_id != b.token_id:
+                alternatives = {token: logprob for token, _, logprob in b.top}
+                assert b.logprob - alternatives.get(a.token_id, -1e9) < 0.01, (a, b)
+                break
             diffs.append(abs(a.logprob - b.logprob))
-    assert max(diffs) <= 0.1, max(diffs)
+    assert len(diffs) >= 24 and max(diffs) <= 0.1, (len(diffs), max(diffs))  # of 36
 
 
 def test_int8_cache_keeps_the_float_caches_perplexity(make_engine) -> None:  # type: ignore[no-untyped-def]

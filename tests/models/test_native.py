@@ -279,19 +279,21 @@ def causal_reference(
     return expected
 
 
+@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.int8])
 @pytest.mark.parametrize("shape", [(9, 3, 64, 16), (14, 2, 64, 16), (8, 2, 128, 32)])
 def test_amx_prefill_attention_keeps_float32_accuracy(
-    kernels: NativeKernels, shape: tuple[int, int, int, int]
+    kernels: NativeKernels, shape: tuple[int, int, int, int], cache_dtype: torch.dtype
 ) -> None:
     """AMX bf16 tiles with queries and weights split into two bf16 parts each stay within
     1e-4 of float64 (plain bf16 queries miss by ~1e-2): long contexts, runs of 32 keys
-    across blocks, partial row blocks and runs, sharp softmaxes."""
+    across blocks, partial row blocks and runs, sharp softmaxes. An int8 cache's integers
+    enter the tiles exactly, their row scales apply to scores and weights in float32."""
     heads, kv_heads, head_dim, block_size = shape
     default = kernels.amx_attention
     if not kernels.amx_attention_on(True):
         pytest.skip("no AMX bf16 on this CPU, build or OS")
     gen = torch.Generator().manual_seed(7)
-    cache = random_cache(64 * block_size, kv_heads, head_dim, torch.bfloat16, gen)
+    cache = random_cache(64 * block_size, kv_heads, head_dim, cache_dtype, gen)
     chunks = torch.tensor([[0, 0, 300], [300, 700, 45], [345, 31, 33]])
     tables = torch.stack([torch.randperm(64, generator=gen)[:48] for _ in range(3)]).int()
     q = torch.randn(378, heads, head_dim, generator=gen) * 4

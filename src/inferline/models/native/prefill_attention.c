@@ -30,7 +30,7 @@
 /* prefill_attention_amx.c: the same task on AMX bf16 tiles, where built and switched on */
 int prefill_amx_handles(int cache_kind, int head_dim, int group);
 int prefill_attention_on_amx(const PagedAttention *p, int64_t num_chunks, const int64_t *chunks,
-                             void *out, int out_bf16);
+                             int cache_kind, void *out, int out_bf16);
 
 #if defined(__AVX512F__)
 #define ROWS 16      /* query rows per task: one lane each */
@@ -168,9 +168,11 @@ static int prefill_attention_in_basis(int64_t num_chunks, int heads, int kv_head
     PagedAttention p = {heads, kv_heads, group, head_dim, block_size, max_blocks,
                         (int64_t)kv_heads * head_stride, head_stride, q, k_cache, v_cache,
                         block_tables, NULL, scale};
-    if (prefill_amx_handles(cache_kind, head_dim, group) &&
-        prefill_attention_on_amx(&p, num_chunks, chunks, out, out_bf16) == 0)
-        return 0;
+    if (prefill_amx_handles(cache_kind, head_dim, group)) {
+        int status = prefill_attention_on_amx(&p, num_chunks, chunks, cache_kind, out, out_bf16);
+        /* it rotates a rotated cache's queries and outputs itself: no plain fallback then */
+        if (status == 0 || cache_rotated(cache_kind, head_dim)) return status;
+    }
     int64_t *first = malloc(sizeof(int64_t) * (size_t)(num_chunks + 1));
     first[0] = 0;
     for (int64_t c = 0; c < num_chunks; c++)
@@ -211,12 +213,14 @@ int prefill_attention(int64_t num_chunks, int heads, int kv_heads, int head_dim,
                       const int32_t *block_tables, int max_blocks, const int64_t *chunks,
                       int block_size, float scale, void *out, int out_bf16) {
     if (!prefill_attention_supported(heads, kv_heads, head_dim)) return -2;
-    if (!cache_rotated(cache_kind, head_dim))
+    if (!cache_rotated(cache_kind, head_dim) ||
+        prefill_amx_handles(cache_kind, head_dim, heads / kv_heads))
         return prefill_attention_in_basis(num_chunks, heads, kv_heads, head_dim, q, k_cache,
                                           v_cache, cache_kind, block_tables, max_blocks, chunks,
                                           block_size, scale, out, out_bf16);
-    /* an int8 cache holds rotated rows: the chunks' queries rotated into a packed copy
-     * (chunks renumbered onto it), their outputs rotated back into place */
+    /* an int8 cache holds rotated rows (the AMX kernel turns its queries and outputs itself):
+     * the chunks' queries rotated into a packed copy (chunks renumbered onto it), their
+     * outputs rotated back into place */
     int64_t n = 0;
     for (int64_t c = 0; c < num_chunks; c++) n += chunks[3 * c + 2];
     int64_t *rows = malloc(sizeof(int64_t) * (size_t)(n > 0 ? n : 1));

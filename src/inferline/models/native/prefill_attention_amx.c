@@ -68,32 +68,57 @@ ALWAYS_INLINE void transpose16(__m512i r[16]) {
     }
 }
 
-/* The cache row (head_dim bf16) of position pos of kv head kvh (block_size a power of 2). */
-ALWAYS_INLINE const uint16_t *cache_row(const PagedAttention *p, const void *cache,
-                                        const int32_t *table, int shift, int pos, int kvh) {
+/* The cache row of position pos of kv head kvh (block_size a power of 2): head_dim bf16,
+ * or head_dim int8 and their scale (kind). */
+ALWAYS_INLINE const uint8_t *cache_row(const PagedAttention *p, const void *cache,
+                                       const int32_t *table, int shift, int pos, int kvh,
+                                       const int kind) {
     int64_t slot = ((int64_t)table[pos >> shift] << shift) + (pos & (p->block_size - 1));
-    return (const uint16_t *)cache + slot * p->slot_stride + (int64_t)kvh * p->head_stride;
+    int64_t element = slot * p->slot_stride + (int64_t)kvh * p->head_stride;
+    return (const uint8_t *)cache + element * (kind == CACHE_I8 ? 1 : 2);
 }
 
-/* Bytes of one packed run: keys as B tiles [chunks][2][16][16] uint32, then values as B
- * tiles [2 chunks][16][32] bf16. */
-#define RUN_BYTES(chunks) ((size_t)(chunks) * 4096)
+/* An int8 row's head_dim integers as bf16 (exactly: |x| <= 128 needs 8 significant bits). */
+ALWAYS_INLINE void int8_as_bf16(const int8_t *row, int head_dim, uint16_t *out) {
+    for (int d = 0; d < head_dim; d += 32) {
+        __m512 a = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + d))));
+        __m512 b = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + d + 16))));
+        _mm512_storeu_si512(out + d, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+    }
+}
+
+/* Bytes of one packed run: keys as B tiles [chunks][2][16][16] uint32, values as B tiles
+ * [2 chunks][16][32] bf16, then (an int8 cache) the keys' and the values' row scales
+ * [2][32] float32. */
+#define RUN_BYTES(chunks) ((size_t)(chunks) * 4096 + 256)
 
 /*
  * Keys key0 .. key0 + n - 1 (n <= 32) of kv head kvh packed into run: key tile [c][h] holds
  * dim pair kp of chunk c (32 dims) of key 16 h + j at uint32 [kp][j]; value tile [dc]
  * holds key pair kp's two values of dim 16 dc + j at bf16 [kp][2 j], [kp][2 j + 1].
- * Keys past n are zero.
+ * Keys past n are zero. An int8 cache's integers go in as they are (exact in bf16) and
+ * their row scales beside them (`scale_scores`, `softmax_run` apply them in float32); its
+ * rows are rotated (hadamard.h), so `amx_task` rotates the queries in and the outputs back.
  */
-ALWAYS_INLINE void pack_run(const int chunks, const PagedAttention *p, const int32_t *table,
-                            int key0, int n, int kvh, uint8_t *run) {
+ALWAYS_INLINE void pack_run(const int chunks, const int kind, const PagedAttention *p,
+                            const int32_t *table, int key0, int n, int kvh, uint8_t *run) {
     uint32_t(*kb)[2][16][16] = (uint32_t(*)[2][16][16])run;
     uint16_t(*vb)[16][32] = (uint16_t(*)[16][32])(run + (size_t)chunks * 2048);
-    const int shift = __builtin_ctz((unsigned)p->block_size);
+    float(*scales)[AMX_KEYS] = (float(*)[AMX_KEYS])(run + (size_t)chunks * 4096);
+    const int shift = __builtin_ctz((unsigned)p->block_size), head_dim = 32 * chunks;
     const uint16_t *k_rows[AMX_KEYS], *v_rows[AMX_KEYS];
+    uint16_t widened[kind == CACHE_I8 ? 2 * AMX_KEYS * head_dim : 1] __attribute__((aligned(64)));
     for (int j = 0; j < AMX_KEYS; j++) {
-        k_rows[j] = j < n ? cache_row(p, p->k_cache, table, shift, key0 + j, kvh) : NULL;
-        v_rows[j] = j < n ? cache_row(p, p->v_cache, table, shift, key0 + j, kvh) : NULL;
+        const uint8_t *k = j < n ? cache_row(p, p->k_cache, table, shift, key0 + j, kvh, kind) : NULL;
+        const uint8_t *v = j < n ? cache_row(p, p->v_cache, table, shift, key0 + j, kvh, kind) : NULL;
+        if (kind == CACHE_I8) {
+            uint16_t *wk = widened + 2 * j * head_dim, *wv = wk + head_dim;
+            if (k) int8_as_bf16((const int8_t *)k, head_dim, wk), int8_as_bf16((const int8_t *)v, head_dim, wv);
+            scales[0][j] = k ? cache_row_scale(k, 0, head_dim) : 0.0f;
+            scales[1][j] = v ? cache_row_scale(v, 0, head_dim) : 0.0f;
+            k = k ? (const uint8_t *)wk : NULL, v = v ? (const uint8_t *)wv : NULL;
+        }
+        k_rows[j] = (const uint16_t *)k, v_rows[j] = (const uint16_t *)v;
     }
     for (int h = 0; h < 2; h++)
         for (int c = 0; c < chunks; c++) {
@@ -153,13 +178,13 @@ ALWAYS_INLINE __m512 exp2_16(__m512 x) {
 /*
  * The online softmax over one run's scores s[16][32] in log2 units (row i at position
  * row_pos[i]; key j at key0 + j, visible when j < n and key0 + j <= row_pos[i]): updates
- * max and the per-lane partial sums sums[16][16], writes the weights split into pa[0]
- * (high) and pa[1] (remainder) [16][32] bf16, and the factor the running output is
- * scaled by into alpha.
+ * max and the per-lane partial sums sums[16][16], writes the weights (times value_scales
+ * [32] where not NULL) split into pa[0] (high) and pa[1] (remainder) [16][32] bf16, and
+ * the factor the running output is scaled by into alpha.
  */
 ALWAYS_INLINE void softmax_run(const float s[16][32], const int *row_pos, int key0, int n,
                                float *max, float sums[16][16], uint16_t pa[2][16][32],
-                               float *alpha) {
+                               float *alpha, const float *value_scales) {
     __mmask32 visible[AMX_ROWS];
     float top[AMX_ROWS];
     const __m512 minus_inf = _mm512_set1_ps(-INFINITY);
@@ -180,6 +205,9 @@ ALWAYS_INLINE void softmax_run(const float s[16][32], const int *row_pos, int ke
         __m512 a = _mm512_maskz_mov_ps((__mmask16)visible[i], exp2_16(_mm512_sub_ps(_mm512_load_ps(s[i]), m)));
         __m512 b = _mm512_maskz_mov_ps((__mmask16)(visible[i] >> 16), exp2_16(_mm512_sub_ps(_mm512_load_ps(s[i] + 16), m)));
         _mm512_store_ps(sums[i], _mm512_fmadd_ps(_mm512_load_ps(sums[i]), _mm512_set1_ps(alpha[i]), _mm512_add_ps(a, b)));
+        if (value_scales) /* an int8 cache: each weight times its value row's scale */
+            a = _mm512_mul_ps(a, _mm512_loadu_ps(value_scales)),
+            b = _mm512_mul_ps(b, _mm512_loadu_ps(value_scales + 16));
         split32(a, b, pa[0][i], pa[1][i]);
     }
 }
@@ -202,6 +230,15 @@ ALWAYS_INLINE void scores(const int chunks, uint16_t qa[][2][16][32], const uint
     }
     _tile_stored(0, s[0], 128);
     _tile_stored(1, s[0] + 16, 128);
+}
+
+/* Each score times its key row's scale (an int8 cache). */
+ALWAYS_INLINE void scale_scores(float s[16][32], const float key_scales[AMX_KEYS]) {
+    __m512 a = _mm512_loadu_ps(key_scales), b = _mm512_loadu_ps(key_scales + 16);
+    for (int i = 0; i < 16; i++) {
+        _mm512_store_ps(s[i], _mm512_mul_ps(_mm512_load_ps(s[i]), a));
+        _mm512_store_ps(s[i] + 16, _mm512_mul_ps(_mm512_load_ps(s[i] + 16), b));
+    }
 }
 
 /* out (16 rows x head_dim float32) = out * alpha + P V, 64 dims (4 tiles) at a time. */
@@ -238,8 +275,9 @@ ALWAYS_INLINE void add_values(const int chunks, uint16_t pa[2][16][32], const ui
 
 /* Task: rows [r0, r0 + 16) of a chunk, kv head kvh, all its query heads, over the chunk's
  * packed runs of this kv head (see prefill_attention.c); chunks = head_dim / 32. */
-ALWAYS_INLINE void amx_task(const int chunks, const PagedAttention *p, const int64_t *chunk,
-                            const uint8_t *runs, int r0, int kvh, void *out, int out_bf16) {
+ALWAYS_INLINE void amx_task(const int chunks, const int kind, const PagedAttention *p,
+                            const int64_t *chunk, const uint8_t *runs, int r0, int kvh, void *out,
+                            int out_bf16) {
     const int head_dim = 32 * chunks, group = p->group;
     /* queries times scale / ln 2: the scores come out in log2 units for exp2 */
     const __m512 scale = _mm512_set1_ps(p->scale * 1.4426950408889634f);
@@ -258,6 +296,12 @@ ALWAYS_INLINE void amx_task(const int chunks, const PagedAttention *p, const int
         int h = kvh * group + g;
         for (int i = 0; i < AMX_ROWS; i++) {
             const float *q = p->q + (first_row + (i < rows ? i : rows - 1)) * p->heads * head_dim + h * head_dim;
+            float turned[AMX_MAX_DIM];
+            if (kind == CACHE_I8) { /* in the basis of the cache's rotated rows */
+                memcpy(turned, q, sizeof(float) * (size_t)head_dim);
+                rotate_row(turned, head_dim);
+                q = turned;
+            }
             for (int c = 0; c < chunks; c++)
                 split32(_mm512_mul_ps(_mm512_loadu_ps(q + 32 * c), scale),
                         _mm512_mul_ps(_mm512_loadu_ps(q + 32 * c + 16), scale), qa[g][c][0][i],
@@ -271,9 +315,11 @@ ALWAYS_INLINE void amx_task(const int chunks, const PagedAttention *p, const int
     for (int key0 = 0; key0 <= last_pos; key0 += AMX_KEYS) {
         int n = last_pos + 1 - key0 < AMX_KEYS ? last_pos + 1 - key0 : AMX_KEYS;
         const uint8_t *run = runs + (size_t)(key0 / AMX_KEYS) * RUN_BYTES(chunks);
+        const float(*scales)[AMX_KEYS] = (const float(*)[AMX_KEYS])(run + (size_t)chunks * 4096);
         for (int g = 0; g < group; g++) {
             scores(chunks, qa[g], run, s);
-            softmax_run(s, row_pos, key0, n, max[g], sums[g], pa, alpha);
+            if (kind == CACHE_I8) scale_scores(s, scales[0]);
+            softmax_run(s, row_pos, key0, n, max[g], sums[g], pa, alpha, kind == CACHE_I8 ? scales[1] : NULL);
             add_values(chunks, pa, run, alpha, acc[g]);
         }
     }
@@ -284,6 +330,7 @@ ALWAYS_INLINE void amx_task(const int chunks, const PagedAttention *p, const int
         for (int i = 0; i < rows; i++) {
             float inv = 1.0f / _mm512_reduce_add_ps(_mm512_load_ps(sums[g][i]));
             for (int d = 0; d < head_dim; d++) row[d] = acc[g][i * head_dim + d] * inv;
+            if (kind == CACHE_I8) rotate_row(row, head_dim); /* back from the rotated basis */
             store_span(out, (first_row + i) * p->heads * head_dim + (int64_t)h * head_dim, row,
                        head_dim, out_bf16);
         }
@@ -312,9 +359,9 @@ static int64_t context_runs(const int64_t *chunk) { return (chunk[1] + chunk[2] 
  * once per kv head (runs in parallel), then the tasks (16 rows, one kv head; the last
  * row blocks first) read their runs from there. Returns 0, or -1 without memory.
  */
-static int amx_attention(const int chunks, const PagedAttention *p, int64_t num_chunks,
-                         const int64_t *chunk_rows, const int32_t *block_tables, void *out,
-                         int out_bf16) {
+ALWAYS_INLINE int amx_attention(const int chunks, const int kind, const PagedAttention *p,
+                                int64_t num_chunks, const int64_t *chunk_rows,
+                                const int32_t *block_tables, void *out, int out_bf16) {
     const int kv_heads = p->kv_heads;
     int64_t *run0 = malloc(sizeof(int64_t) * (size_t)(2 * num_chunks + 2)), *task0 = run0 + num_chunks + 1;
     if (!run0) return -1;
@@ -337,7 +384,7 @@ static int amx_attention(const int chunks, const PagedAttention *p, int64_t num_
             const int64_t *chunk = chunk_rows + 3 * c, runs = context_runs(chunk);
             int64_t local = r - run0[c], key0 = local % runs * AMX_KEYS;
             int64_t n = chunk[1] + chunk[2] - key0 < AMX_KEYS ? chunk[1] + chunk[2] - key0 : AMX_KEYS;
-            pack_run(chunks, p, block_tables + c * p->max_blocks, (int)key0, (int)n,
+            pack_run(chunks, kind, p, block_tables + c * p->max_blocks, (int)key0, (int)n,
                      (int)(local / runs), packed + (size_t)r * RUN_BYTES(chunks));
         }
 #pragma omp for schedule(dynamic, 1)
@@ -348,7 +395,7 @@ static int amx_attention(const int chunks, const PagedAttention *p, int64_t num_
             int blocks = (int)((chunk[2] + AMX_ROWS - 1) / AMX_ROWS);
             int block = blocks - 1 - (int)(local / kv_heads), kvh = (int)(local % kv_heads);
             const uint8_t *runs = packed + (size_t)(run0[c] + kvh * context_runs(chunk)) * RUN_BYTES(chunks);
-            amx_task(chunks, p, chunk, runs, block * AMX_ROWS, kvh, out, out_bf16);
+            amx_task(chunks, kind, p, chunk, runs, block * AMX_ROWS, kvh, out, out_bf16);
         }
     }
     free(run0);
@@ -357,14 +404,16 @@ static int amx_attention(const int chunks, const PagedAttention *p, int64_t num_
 
 /* 1 where `prefill_attention_on_amx` computes this cache kind and head layout. */
 int prefill_amx_handles(int cache_kind, int head_dim, int group) {
-    return amx_attention_on && cache_kind == CACHE_BF16 && (head_dim == 64 || head_dim == 128) &&
-           group <= AMX_MAX_GROUP;
+    return amx_attention_on && (cache_kind == CACHE_BF16 || cache_kind == CACHE_I8) &&
+           (head_dim == 64 || head_dim == 128) && group <= AMX_MAX_GROUP;
 }
 
 int prefill_attention_on_amx(const PagedAttention *p, int64_t num_chunks, const int64_t *chunks,
-                             void *out, int out_bf16) {
-    if (p->head_dim == 64) return amx_attention(2, p, num_chunks, chunks, p->block_tables, out, out_bf16);
-    return amx_attention(4, p, num_chunks, chunks, p->block_tables, out, out_bf16);
+                             int cache_kind, void *out, int out_bf16) {
+#define ATTEND(C, KIND) amx_attention(C, KIND, p, num_chunks, chunks, p->block_tables, out, out_bf16)
+    if (cache_kind == CACHE_I8) return p->head_dim == 64 ? ATTEND(2, CACHE_I8) : ATTEND(4, CACHE_I8);
+    return p->head_dim == 64 ? ATTEND(2, CACHE_BF16) : ATTEND(4, CACHE_BF16);
+#undef ATTEND
 }
 
 int prefill_attention_amx(int on) {
@@ -379,8 +428,8 @@ int prefill_amx_handles(int cache_kind, int head_dim, int group) {
 }
 
 int prefill_attention_on_amx(const PagedAttention *p, int64_t num_chunks, const int64_t *chunks,
-                             void *out, int out_bf16) {
-    (void)p, (void)num_chunks, (void)chunks, (void)out, (void)out_bf16;
+                             int cache_kind, void *out, int out_bf16) {
+    (void)p, (void)num_chunks, (void)chunks, (void)cache_kind, (void)out, (void)out_bf16;
     return -2;
 }
 
