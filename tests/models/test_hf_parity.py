@@ -16,6 +16,7 @@ import torch
 from inferline.core import SamplingParams
 from inferline.engine import CacheConfig, EngineConfig, LLMEngine
 from inferline.models import load_model, resolve_model_path
+from inferline.models.key_balance import key_factors
 from tests.conftest import run_to_completion
 from tests.models.hf_reference import greedy_with_logprobs, load_reference, save_as_hf_directory
 
@@ -137,8 +138,15 @@ def test_weights_equal_transformers(pair) -> None:  # type: ignore[no-untyped-de
     q_size = ours.config.num_heads * ours.config.head_dim
     kv_size = ours.config.num_kv_heads * ours.config.head_dim
     q, k, _ = our_layer.qkv_proj.weight.split([q_size, kv_size, kv_size])
-    assert torch.equal(q, hf_layer.q_proj.weight)  # llama q/k rows un-permuted exactly
-    assert torch.equal(k, hf_layer.k_proj.weight)
+    # llama q/k rows un-permuted exactly, then balanced by powers of two (`key_balance`)
+    factors = key_factors(hf_layer.k_proj.weight, hf_layer.k_proj.bias, ours.config.num_kv_heads)
+    group = ours.config.num_heads // ours.config.num_kv_heads
+    per_query = factors.repeat_interleave(group, dim=0).reshape(-1, 1)
+    assert torch.equal(q, hf_layer.q_proj.weight * per_query)
+    assert torch.equal(k, hf_layer.k_proj.weight / factors.reshape(-1, 1))
+    if hf_layer.k_proj.bias is not None:
+        bias_k = our_layer.qkv_proj.bias[q_size : q_size + kv_size]
+        assert torch.equal(bias_k, hf_layer.k_proj.bias / factors.reshape(-1))
     assert torch.equal(ours.model.embed_tokens.weight, reference.model.model.embed_tokens.weight)
 
 

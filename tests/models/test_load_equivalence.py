@@ -2,8 +2,9 @@
 
 The old path: the ``gguf`` package's numpy dequantizer per tensor, llama.cpp's q/k row
 permutation undone in numpy, q/k/v and gate/up concatenated, then the whole-tensor torch
-quantizers (`reference_int4` / `reference_int8`). The kernels' inputs are therefore the
-same, and so is every figure of the accuracy checks (perplexity, greedy agreement).
+quantizers (`reference_int4` / `reference_int8`), q/k rows balanced by powers of two
+(`key_balance`) before them. The kernels' inputs are therefore the same, and so is every
+figure of the accuracy checks (perplexity, greedy agreement).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from inferline.models import load_model, resolve_model_path
 from inferline.models.gguf_file import unpermute_qk_rows
 from inferline.models.gguf_header import GGUFHeader, read_gguf_header
 from inferline.models.gguf_quants import tensor_bytes
+from inferline.models.key_balance import balance_keys
 from inferline.models.native import NativeKernels, Q4Weight, load_kernels
 from tests.models.test_load_kernels import assert_int4_equal, assert_int8_equal, same_bits
 
@@ -77,19 +79,24 @@ def check_model(name: str, cache_dir, layers: list[int] | None, kernels: str = "
     checked_4bit = 0
     for layer in layers if layers is not None else range(config.num_layers):
         decoder = model.layers[layer]
-        for fused, parts in FUSED.items():
-            weight = old_fused(header, layer, parts, heads)
-            linear = getattr(decoder, fused)
-            if linear.int4 is not None:  # mixed keeps it where the probe saw it win
-                assert_4bit_equal(linear.int4, weight, q4)
-                checked_4bit += 1
-            assert_int8_equal(linear.int8, weight)
+        bias = None
         if config.attention_bias:
             biases = [
                 old_float(header, f"blk.{layer}.{p}.bias", heads.get(p, 0))
                 for p in FUSED["qkv_proj"]
             ]
-            assert same_bits(decoder.qkv_proj.bias.data, torch.from_numpy(np.concatenate(biases)))
+            bias = torch.from_numpy(np.concatenate(biases))
+        for fused, parts in FUSED.items():
+            weight = old_fused(header, layer, parts, heads)
+            if fused == "qkv_proj":  # then the keys balanced (`key_balance`), bias included
+                balance_keys(weight, bias, config.num_heads, config.num_kv_heads, config.head_dim)
+            linear = getattr(decoder, fused)
+            if linear.int4 is not None:  # mixed keeps it where the probe saw it win
+                assert_4bit_equal(linear.int4, weight, q4)
+                checked_4bit += 1
+            assert_int8_equal(linear.int8, weight)
+        if bias is not None:
+            assert same_bits(decoder.qkv_proj.bias.data, bias)
         norm = torch.from_numpy(old_float(header, f"blk.{layer}.attn_norm.weight").copy())
         assert same_bits(decoder.input_layernorm.weight.data, norm)
     head = (

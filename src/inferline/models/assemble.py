@@ -17,6 +17,7 @@ from torch import nn
 from inferline.core.errors import ModelLoadError
 from inferline.models.block_rows import BlockRows
 from inferline.models.head import INT4_MAX_ROWS, ApproximateThenExactHead
+from inferline.models.key_balance import KeyBalancer
 from inferline.models.llama import DecoderForCausalLM, Linear
 from inferline.models.native import NativeKernels
 from inferline.models.quant import WeightFormat, probe_int4_max_rows
@@ -37,7 +38,9 @@ def assemble(
     builds the fast head and installs ``tables`` (whose weights ``weights`` may omit).
 
     A projection's tensor may be a scratch buffer reused for the next one: it is quantized
-    before the next item is read, and no reference to it is kept.
+    before the next item is read, and no reference to it is kept (a q/k/v weight waiting
+    for its bias is copied). Each q/k/v projection's keys are balanced per channel first
+    (`key_balance`: exact in every product; for the int8 KV cache's roundings).
     """
     config = model.config
     crossovers = _crossovers(model, weight_format, q4)
@@ -46,6 +49,9 @@ def assemble(
     if config.tie_word_embeddings:
         head_table = embed_table
     filled = {"embed_tokens.weight"} if embed_table is not None else set()
+    balancer = KeyBalancer(
+        config.num_heads, config.num_kv_heads, config.head_dim, config.attention_bias
+    )
     if head_table is not None:
         filled.add("lm_head.weight")
     for name, tensor in weights:
@@ -57,16 +63,22 @@ def assemble(
                 f"{key}: checkpoint shape {tuple(tensor.shape)} != {tuple(expected[key].shape)}"
             )
         module_name, _, attr = key.rpartition(".")
-        module = model.get_submodule(module_name)
-        setattr(module, attr, nn.Parameter(tensor, requires_grad=False))
         projection = module_name.rpartition(".")[2]
-        if isinstance(module, Linear) and attr == "weight" and projection in crossovers:
-            module.quantize(weight_format, crossovers[projection], q4)
-        filled.add(key)
+        arrived = [(attr, tensor)]
+        if projection == "qkv_proj" and attr in ("weight", "bias"):
+            arrived = balancer.arrive(module_name, attr, tensor)
+        module = model.get_submodule(module_name)
+        for name, value in arrived:
+            setattr(module, name, nn.Parameter(value, requires_grad=False))
+            if isinstance(module, Linear) and name == "weight" and projection in crossovers:
+                module.quantize(weight_format, crossovers[projection], q4)
+            filled.add(f"{module_name}.{name}")
     if config.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
         if "embed_tokens.weight" in filled:
             filled.add("lm_head.weight")
+    if balancer.waiting():
+        raise ModelLoadError(f"q/k/v weights without their biases: {balancer.waiting()[:5]}")
     missing = sorted(set(expected) - filled)
     if missing:
         raise ModelLoadError(f"weights missing from the checkpoint: {missing[:5]}")
