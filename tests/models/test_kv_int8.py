@@ -42,10 +42,11 @@ def test_native_and_torch_paths_agree_on_an_int8_cache(make_engine, smollm) -> N
     paths' K values differ by ~1e-6 (RoPE), which flips a few int8 roundings by a whole step
     (max|row| / 127). Measured: 0.008-0.048 between the paths, against 0.055-0.18 between an
     int8 and a float32 cache on either path (and one of the three prompts diverging there).
-    With AMX prefill attention one prompt's fourth token is such a tie: "9" -1.9993 / "8"
-    -2.0019 here, "8" -2.0000 / "9" -2.0009 on the torch path; a sequence is compared up
-    to the first token the paths choose differently, and that choice must be a tie within
-    0.01 on the torch path."""
+    Where the two best tokens are closer than that, the paths may choose differently: with
+    AMX prefill attention "9" -1.9993 / "8" -2.0019 here, "8" -2.0000 / "9" -2.0009 on the
+    torch path; with balanced keys (`key_balance`) ":" -2.372 / " in" -2.382 here, " in"
+    -2.368 / ":" -2.400 there. A sequence is compared up to the first token the paths
+    choose differently, and that choice must be within 0.05 of the torch path's best."""
     assert smollm.model.native is not None
     params = SamplingParams(max_tokens=12, temperature=0, logprobs=3)
 
@@ -61,7 +62,7 @@ def test_native_and_torch_paths_agree_on_an_int8_cache(make_engine, smollm) -> N
         for a, b in zip(ours.outputs[0].logprobs, theirs.outputs[0].logprobs, strict=True):
             if a.token_id != b.token_id:
                 alternatives = {token: logprob for token, _, logprob in b.top}
-                assert b.logprob - alternatives.get(a.token_id, -1e9) < 0.01, (a, b)
+                assert b.logprob - alternatives.get(a.token_id, -1e9) < 0.05, (a, b)
                 break
             diffs.append(abs(a.logprob - b.logprob))
     assert len(diffs) >= 24 and max(diffs) <= 0.1, (len(diffs), max(diffs))  # of 36
