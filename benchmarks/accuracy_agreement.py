@@ -2,7 +2,7 @@
 prefill levers change that.
 
     .venv/bin/python benchmarks/accuracy_agreement.py [--model smollm2-135m]
-        [--kv-cache-dtype auto|int8] [--json F]
+        [--kv-cache-dtype auto|bfloat16|int8] [--json F]
 
 Loads the model in fp32 and in the default format, runs windows of 512 tokens of three
 texts (tests/models/data/perplexity_text.md, README.md, ARCHITECTURE.md; up to 4 windows
@@ -110,7 +110,7 @@ def main() -> None:
     """Prints the figures and writes them as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "int8"))
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "bfloat16", "int8"))
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     figures = measure(args.model, args.kv_cache_dtype)

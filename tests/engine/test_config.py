@@ -12,9 +12,12 @@ from inferline.models.config import ModelConfig
 
 def test_kv_cache_dtype_follows_the_weights_unless_set() -> None:
     assert CacheConfig().resolve_dtype("fp32") == "float32"
+    assert CacheConfig().resolve_dtype("fp32", native=True) == "float32"
     for weight_format in ("int4", "int8", "mixed"):
-        assert CacheConfig().resolve_dtype(weight_format) == "bfloat16"
-    assert CacheConfig(kv_cache_dtype="float32").resolve_dtype("mixed") == "float32"
+        assert CacheConfig().resolve_dtype(weight_format) == "bfloat16"  # torch path, CUDA
+        assert CacheConfig().resolve_dtype(weight_format, native=True) == "int8"
+    assert CacheConfig(kv_cache_dtype="float32").resolve_dtype("mixed", native=True) == "float32"
+    assert CacheConfig(kv_cache_dtype="bfloat16").resolve_dtype("mixed", native=True) == "bfloat16"
 
 
 def test_unknown_kv_cache_dtype_names_the_field() -> None:

@@ -38,8 +38,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         "--kv-cache-dtype",
         default="auto",
         choices=["auto", "float32", "bfloat16", "int8"],
-        help="KV cache precision: auto = bfloat16 with quantized weights, float32 with fp32; "
-        "int8 = a scale per token and kv head (half of bf16's bytes)",
+        help="KV cache precision: auto = int8 with quantized weights on the native kernels "
+        "(a scale per token and kv head: half of bf16's bytes), bfloat16 with quantized "
+        "weights otherwise, float32 with fp32",
     )
     parser.add_argument(
         "--kernels",

@@ -65,7 +65,8 @@ class LLMEngine:
             config.max_model_len or model_config.max_position_embeddings,
             model_config.max_position_embeddings,
         )
-        kv_dtype = getattr(torch, config.cache.resolve_dtype(weight_format))
+        native = self.loaded.model.native is not None
+        kv_dtype = getattr(torch, config.cache.resolve_dtype(weight_format, native))
         kv_bytes = model_config.kv_bytes_per_token(kv_dtype)
         num_blocks = config.cache.num_blocks(
             kv_bytes, config.scheduler.max_num_seqs, self.max_model_len
