@@ -44,3 +44,24 @@ def test_row_topk_refuses_what_it_cannot_choose(kernels: NativeKernels) -> None:
         kernels.row_topk(torch.randn(2, 5), 6)
     with pytest.raises(ValueError):
         kernels.row_topk(torch.randn(2, 5, dtype=torch.float64), 2)
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 1000, 49152])
+def test_row_argmax_equals_torchs(kernels: NativeKernels, n: int) -> None:
+    gen = torch.Generator().manual_seed(n)
+    rows = [
+        torch.randn(4, n, generator=gen),
+        torch.randint(0, 3, (4, n), generator=gen).float(),  # ties: the first index wins
+        torch.full((2, n), float("-inf")),
+    ]
+    nan = torch.randn(3, n, generator=gen)
+    nan[0, n // 2] = float("nan")  # torch: the first NaN's index
+    nan[1, -1] = float("nan")
+    rows.append(nan)
+    for x in rows:
+        assert torch.equal(kernels.row_argmax(x), x.argmax(-1)), x
+
+
+def test_row_argmax_refuses_empty_rows(kernels: NativeKernels) -> None:
+    with pytest.raises(ValueError):
+        kernels.row_argmax(torch.randn(2, 0))

@@ -157,7 +157,8 @@ class ModelRunner:
         self.model = model
         self.kv_cache = kv_cache
         self.tokenizer = tokenizer
-        self.sampler = Sampler(tokenizer.eos_token_ids)
+        native = getattr(model, "native", None)  # the C kernels, where the model runs them
+        self.sampler = Sampler(tokenizer.eos_token_ids, native.row_argmax if native else None)
         self.device = kv_cache.device
 
     @torch.inference_mode()

@@ -9,7 +9,7 @@ the same tokens whatever else shares its batch.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,8 +166,15 @@ class Sampler:
     A batch whose rows use none of these pays one pass over its rows' params.
     """
 
-    def __init__(self, eos_token_ids: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        eos_token_ids: Sequence[int] = (),
+        argmax: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        """``argmax``: rows ``[M, V]`` -> each row's first index of its largest value (the
+        native `row_argmax`, 7x torch's at 64 rows); torch's where None."""
         self.eos_token_ids = tuple(eos_token_ids)
+        self.argmax = argmax or (lambda logits: logits.max(dim=-1).indices)
 
     def __call__(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> SamplerOutput:
         """``logits``: float32 ``[num_rows, vocab_size]``, one row per entry of ``rows``."""
@@ -210,9 +217,8 @@ class Sampler:
             return None
         return torch.log_softmax(logits, dim=-1)
 
-    @staticmethod
-    def _choose(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[int]:
-        token_ids = logits.max(dim=-1).indices.tolist()  # argmax; 32 x 49,152: 0.4 vs 1.1 ms
+    def _choose(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[int]:
+        token_ids: list[int] = self.argmax(logits).tolist()
         random_rows = [i for i, r in enumerate(rows) if not r.params.is_greedy]
         if random_rows:
             index = torch.tensor(random_rows)

@@ -79,6 +79,7 @@ _SIGNATURES = {
     "prefill_attention_amx": [_i32],
     "decode_stack": [_ptr, _ptr, _ptr, _ptr],  # models/decode_stack.py
     "row_topk": [_i64, _i64, _i32, _ptr, _ptr],
+    "row_argmax": [_i64, _i64, _ptr, _ptr],
 }
 _RESULT_TYPES = {
     "decode_attention": ctypes.c_int,
@@ -372,6 +373,17 @@ class NativeKernels:
         x = x.contiguous()
         out = torch.empty(x.shape[0], k, dtype=torch.int64)
         self.lib.row_topk(x.shape[0], x.shape[1], k, _p(x), _p(out))
+        return out
+
+    def row_argmax(self, x: torch.Tensor) -> torch.Tensor:
+        """``x.argmax(-1)`` of float32 ``x [M, N]`` (first index of the largest value, or
+        of the first NaN): 64 x 49,152 logits in ~0.3 ms against torch's 2 ms (max) / 2.2
+        (argmax)."""
+        if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] == 0:
+            raise ValueError(f"row_argmax: float32 [M, N > 0], got {x.dtype} {tuple(x.shape)}")
+        x = x.contiguous()
+        out = torch.empty(x.shape[0], dtype=torch.int64)
+        self.lib.row_argmax(x.shape[0], x.shape[1], _p(x), _p(out))
         return out
 
     def flush_caches(self, *tensors: torch.Tensor) -> bool:
