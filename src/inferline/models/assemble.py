@@ -9,7 +9,7 @@ in their blocks (`BlockRows`), quantized for the fast head a few thousand rows a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -63,22 +63,14 @@ def assemble(
                 f"{key}: checkpoint shape {tuple(tensor.shape)} != {tuple(expected[key].shape)}"
             )
         module_name, _, attr = key.rpartition(".")
-        projection = module_name.rpartition(".")[2]
-        arrived = [(attr, tensor)]
-        if projection == "qkv_proj" and attr in ("weight", "bias"):
-            arrived = balancer.arrive(module_name, attr, tensor)
-        module = model.get_submodule(module_name)
-        for name, value in arrived:
-            setattr(module, name, nn.Parameter(value, requires_grad=False))
-            if isinstance(module, Linear) and name == "weight" and projection in crossovers:
-                module.quantize(weight_format, crossovers[projection], q4)
+        for name, value in balancer.arrive(module_name, attr, tensor):
+            _assign(model, module_name, name, value, weight_format, crossovers.get, q4)
             filled.add(f"{module_name}.{name}")
     if config.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
         if "embed_tokens.weight" in filled:
             filled.add("lm_head.weight")
-    if balancer.waiting():
-        raise ModelLoadError(f"q/k/v weights without their biases: {balancer.waiting()[:5]}")
+    balancer.finish()
     missing = sorted(set(expected) - filled)
     if missing:
         raise ModelLoadError(f"weights missing from the checkpoint: {missing[:5]}")
@@ -86,6 +78,24 @@ def assemble(
         head_rows = model.int4_max_rows if weight_format == "mixed" else INT4_MAX_ROWS
         model.fast_head = _fast_head(model, head_table, q4, head_rows)
     _install_tables(model, embed_table, head_table)
+
+
+def _assign(
+    model: DecoderForCausalLM,
+    module_name: str,
+    attr: str,
+    value: torch.Tensor,
+    weight_format: WeightFormat,
+    crossover: Callable[[str], int | None],
+    q4: NativeKernels | None,
+) -> None:
+    """Sets one parameter; a decoder projection's weight is quantized at once
+    (``crossover(projection)``: its int4/W8A8 crossover, None for what is not one)."""
+    module = model.get_submodule(module_name)
+    setattr(module, attr, nn.Parameter(value, requires_grad=False))
+    rows = crossover(module_name.rpartition(".")[2])
+    if isinstance(module, Linear) and attr == "weight" and rows is not None:
+        module.quantize(weight_format, rows, q4)
 
 
 def _crossovers(

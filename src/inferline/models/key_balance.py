@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import torch
 
+from inferline.core.errors import ModelLoadError
 
-def key_factors(key_rows: torch.Tensor, key_bias: torch.Tensor | None, kv_heads: int) -> torch.Tensor:
+
+def key_factors(
+    key_rows: torch.Tensor, key_bias: torch.Tensor | None, kv_heads: int
+) -> torch.Tensor:
     """``[kv_heads, head_dim]`` powers of two: each key channel's share of the balance
     (see the module doc), from the key rows ``[kv_heads * head_dim, hidden]`` of the
     projection and their bias."""
@@ -62,9 +66,14 @@ class KeyBalancer:
         self.weights: dict[str, torch.Tensor] = {}  # by module name, waiting for a bias
         self.biases: dict[str, torch.Tensor] = {}  # arrived before their weight
 
-    def arrive(self, module: str, attr: str, tensor: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
-        """The ``(attr, tensor)`` pairs of ``module`` to assign now, balanced (a bias that
-        came first is balanced in place when its weight comes)."""
+    def arrive(
+        self, module: str, attr: str, tensor: torch.Tensor
+    ) -> list[tuple[str, torch.Tensor]]:
+        """The ``(attr, tensor)`` pairs of ``module`` to assign now: anything but a q/k/v
+        projection's weight and bias as it came; those balanced (a bias that came first is
+        balanced in place when its weight comes), a weight with a bias to come held back."""
+        if not module.endswith("qkv_proj") or attr not in ("weight", "bias"):
+            return [(attr, tensor)]
         if attr == "weight":
             if self.has_bias and module not in self.biases:
                 self.weights[module] = tensor.clone()  # the tensor may be a reused buffer
@@ -78,6 +87,7 @@ class KeyBalancer:
         balance_keys(weight, tensor, *self.shape)
         return [("bias", tensor), ("weight", weight)]
 
-    def waiting(self) -> list[str]:
-        """Projections whose weight came without its bias."""
-        return sorted(self.weights)
+    def finish(self) -> None:
+        """Raises `ModelLoadError` for q/k/v weights whose bias never came."""
+        if self.weights:
+            raise ModelLoadError(f"q/k/v weights without their biases: {sorted(self.weights)[:5]}")

@@ -369,7 +369,9 @@ class NativeKernels:
         [M, N]``, in no set order (``x.topk(k).indices`` up to order and ties; NaN ranks
         lowest)."""
         if x.dtype != torch.float32 or x.dim() != 2 or not 0 < k <= x.shape[1]:
-            raise ValueError(f"row_topk: float32 [M, N] and 0 < k <= N, got {x.dtype} {x.shape}, {k}")
+            raise ValueError(
+                f"row_topk: float32 [M, N] and 0 < k <= N, got {x.dtype} {x.shape}, {k}"
+            )
         x = x.contiguous()
         out = torch.empty(x.shape[0], k, dtype=torch.int64)
         self.lib.row_topk(x.shape[0], x.shape[1], k, _p(x), _p(out))
