@@ -41,10 +41,11 @@ class CacheConfig:
         """``auto``: float32 beside fp32 weights (the reference numerics); beside quantized
         weights int8 where the model runs the native CPU kernels (``native``), else
         bfloat16. Int8 rows are half a bf16 cache's bytes, and decode attention at 32
-        streams reads the cache from memory (0.52 ms a layer of SmolLM2 at ~450 positions,
-        ~21 GB/s): the 32-stream decode step 37 -> 28 ms; next-token KL to fp32 with int8
-        rows (keys balanced at load, `models.key_balance`) against bf16 rows: SmolLM2
-        0.0049 / 0.0048, Qwen2.5-Coder-0.5B 0.0025 / 0.0017 (`benchmarks/accuracy_agreement.py`)."""
+        streams reads the cache from memory (SmolLM2 at ~450 positions: ~0.55 ms a layer,
+        ~17 of a 33 ms layer stack, about this VM's ~21 GB/s): the 32-stream decode step
+        37 -> 28 ms; next-token KL to fp32 with int8 rows (keys balanced at load,
+        `models.key_balance`) against bf16 rows: SmolLM2 0.0050 / 0.0048, Qwen2.5-Coder-0.5B
+        0.0025 / 0.0017 (`benchmarks/accuracy_agreement.py`)."""
         if self.kv_cache_dtype != "auto":
             return self.kv_cache_dtype
         if weight_format == "fp32":

@@ -329,7 +329,8 @@ class NativeKernels:
             )
         x = x.contiguous()
         out = torch.empty(x.shape[0], k, dtype=torch.int64)
-        self.lib.row_topk(x.shape[0], x.shape[1], k, _p(x), _p(out))
+        if self.lib.row_topk(x.shape[0], x.shape[1], k, _p(x), _p(out)) != 0:
+            raise MemoryError("row_topk: no memory for its buffers")
         return out
 
     def row_argmax(self, x: torch.Tensor) -> torch.Tensor:

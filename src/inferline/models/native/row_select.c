@@ -13,6 +13,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -50,10 +51,10 @@ static float smallest(const float *values, int k) {
 
 /* Values above the threshold go to a buffer of 4k; a full buffer keeps its k largest
  * (the threshold rises to the least of them): O(n) whatever the order of the values. */
-static void topk_row(int64_t n, int k, const float *x, int64_t *out) {
+static void topk_row(int64_t n, int k, const float *x, int64_t *out, float *values,
+                     int64_t *ids) {
     int room = 4 * k, count = 0;
-    float values[room], threshold = -INFINITY;
-    int64_t ids[room];
+    float threshold = -INFINITY;
 #define TAKE(J)                                                                            \
     do {                                                                                   \
         if (count == room) {                                                               \
@@ -83,12 +84,23 @@ static void topk_row(int64_t n, int k, const float *x, int64_t *out) {
     for (int i = 0; i < k; i++) out[i] = ids[i];
 }
 
-/* Returns -1 (nothing written) unless 0 < k <= n. */
+/* Returns -1 (nothing written) unless 0 < k <= n, -2 without memory. The kept values sit
+ * on the heap: 12 bytes x 4k a thread, whatever k is. */
 int row_topk(int64_t m, int64_t n, int k, const float *x, int64_t *out) {
     if (k <= 0 || k > n) return -1;
-#pragma omp parallel for schedule(static) if (m > 1)
-    for (int64_t r = 0; r < m; r++) topk_row(n, k, x + r * n, out + r * k);
-    return 0;
+    int failed = 0;
+#pragma omp parallel if (m > 1) reduction(| : failed)
+    {
+        float *values = malloc(sizeof(float) * 4 * (size_t)k);
+        int64_t *ids = malloc(sizeof(int64_t) * 4 * (size_t)k);
+        failed = !values || !ids;
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < m; r++)
+            if (!failed) topk_row(n, k, x + r * n, out + r * k, values, ids);
+        free(values);
+        free(ids);
+    }
+    return failed ? -2 : 0;
 }
 
 /* The first index of the row's largest value (of its first NaN where it has one, as
