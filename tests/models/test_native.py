@@ -135,6 +135,8 @@ def test_decode_attention_matches_sdpa_over_gathered_keys(
         k, v = (read_rows(cache[i], slots, torch.float32).transpose(0, 1) for i in (0, 1))
         expected = F.scaled_dot_product_attention(q[row].unsqueeze(1), k, v, enable_gqa=True)
         tolerance = 1e-5 if out_dtype == torch.float32 else 1e-2
+        if cache_dtype == torch.int8 and kernels.amx_decode:  # test_decode_attention_amx
+            tolerance = max(tolerance, 1e-4)
         torch.testing.assert_close(
             out[row].float(), expected.reshape(-1), rtol=tolerance, atol=tolerance
         )

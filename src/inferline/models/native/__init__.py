@@ -41,6 +41,7 @@ SOURCES = tuple(
         "attention_plain.c",
         "prefill_attention.c",
         "prefill_attention_amx.c",
+        "decode_attention_amx.c",
         "q4_gemm.c",
         "i8_gemm.c",
         "decode_stack.c",
@@ -140,6 +141,10 @@ class NativeKernels:
         # ARCHITECTURE.md)
         self.amx_attention = False
         self.amx_attention_on(amx and os.environ.get("INFERLINE_AMX_ATTENTION", "1") != "0")
+        # decode attention over an int8 cache on AMX int8 tiles (`amx_decode_on`);
+        # INFERLINE_AMX_DECODE=0 keeps the AVX-512 kernel
+        self.amx_decode = False
+        self.amx_decode_on(amx and os.environ.get("INFERLINE_AMX_DECODE", "1") != "0")
 
     def amx_from(self, rows: int) -> int:
         """Run `i8_matmul` on AMX from ``rows`` rows (0: never); returns the setting in
@@ -152,6 +157,12 @@ class NativeKernels:
         the setting in force, False where this CPU, build or OS has no AMX bf16."""
         self.amx_attention = bool(self.lib.prefill_attention_amx(int(on)))
         return self.amx_attention
+
+    def amx_decode_on(self, on: bool) -> bool:
+        """Run `decode_attention` over an int8 cache on AMX int8 tiles (or not); returns
+        the setting in force, False where this CPU, build or OS has no AMX int8."""
+        self.amx_decode = bool(self.lib.decode_attention_amx(int(on)))
+        return self.amx_decode
 
     def add_rms_norm(
         self,

@@ -37,6 +37,12 @@ int decode_attention_plain(int64_t num_seqs, int heads, int kv_heads, int head_d
                            const int32_t *context_lens, const int64_t *token_rows,
                            int block_size, float scale, void *out, int out_bf16);
 
+/* decode_attention_amx.c: spans over an int8 cache on AMX int8 tiles */
+int decode_amx_handles(int cache_kind, int head_dim, int group);
+void decode_span_amx(const PagedAttention *p, int64_t s, int begin, int end, float *max,
+                     float *sum, float *acc);
+void decode_amx_thread(int begin);
+
 #if defined(__AVX512F__)
 #define RUN 16        /* keys scored together: one lane each */
 #define SPAN_KEYS 64  /* positions per task */
@@ -274,12 +280,21 @@ static int decode_attention_spans(const PagedAttention *p, int64_t num_seqs,
         float *m = memory + t * per_state;
         states[t] = (SpanState){m, m + p->heads, m + 2 * p->heads};
     }
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t t = 0; t < tasks; t++) {
-        int64_t s = task_seq[t];
-        int begin = (int)(t - first[s]) * SPAN_KEYS, end = begin + SPAN_KEYS;
-        end = end < context_lens[s] ? end : context_lens[s];
-        attend_span_any(p, cache_kind, s, begin, end, &states[t]);
+    int amx = decode_amx_handles(cache_kind, p->head_dim, p->group);
+#pragma omp parallel
+    {
+        if (amx) decode_amx_thread(1); /* tiles configured once per thread and call */
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < tasks; t++) {
+            int64_t s = task_seq[t];
+            int begin = (int)(t - first[s]) * SPAN_KEYS, end = begin + SPAN_KEYS;
+            end = end < context_lens[s] ? end : context_lens[s];
+            if (amx)
+                decode_span_amx(p, s, begin, end, states[t].max, states[t].sum, states[t].acc);
+            else
+                attend_span_any(p, cache_kind, s, begin, end, &states[t]);
+        }
+        if (amx) decode_amx_thread(0);
     }
 #pragma omp parallel for schedule(static) if (num_seqs >= 4)
     for (int64_t s = 0; s < num_seqs; s++)

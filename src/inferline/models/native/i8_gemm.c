@@ -194,7 +194,7 @@ static void amx_configure(int rows) {
     c.rows[2] = c.rows[3] = c.rows[5] = (uint8_t)high;
     c.rows[6] = c.rows[7] = 16;
     if (!high) c.colsb[2] = c.colsb[3] = c.colsb[5] = 0; /* unused tiles stay off */
-    _tile_loadconfig(&c);
+    load_tile_config(&c);
 }
 
 /* rows (1..32) x 32 columns (half a panel) of sums into sums [32][32] int32. */

@@ -34,39 +34,6 @@
 
 static int amx_attention_on = 0;
 
-/* Every tile 16 rows x 64 bytes: queries (16 rows x 32 bf16), transposed keys and
- * interleaved values (16 pairs x 16 columns), scores and outputs (16 x 16 float32). */
-static void configure_tiles(void) {
-    TileConfig c;
-    memset(&c, 0, sizeof c);
-    c.palette = 1;
-    for (int t = 0; t < 8; t++) c.colsb[t] = 64, c.rows[t] = 16;
-    _tile_loadconfig(&c);
-}
-
-/* r[i] (16 x 16 uint32) becomes its transpose. */
-ALWAYS_INLINE void transpose16(__m512i r[16]) {
-    __m512i t[16], u[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {
-        u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-        u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-        u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-        u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-    }
-    /* u[4a + e], 128-bit lane L: rows 4a..4a+3 of column 4L + e */
-    for (int e = 0; e < 4; e++) {
-        __m512i v = _mm512_shuffle_i32x4(u[e], u[4 + e], 0x88), w = _mm512_shuffle_i32x4(u[e], u[4 + e], 0xdd);
-        __m512i x = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0x88), y = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0xdd);
-        r[e] = _mm512_shuffle_i32x4(v, x, 0x88);
-        r[8 + e] = _mm512_shuffle_i32x4(v, x, 0xdd);
-        r[4 + e] = _mm512_shuffle_i32x4(w, y, 0x88);
-        r[12 + e] = _mm512_shuffle_i32x4(w, y, 0xdd);
-    }
-}
 
 /* The cache row of position pos of kv head kvh (block_size a power of 2): head_dim bf16,
  * or head_dim int8 and their scale (kind). */
@@ -311,7 +278,7 @@ ALWAYS_INLINE void amx_task(const int chunks, const int kind, const PagedAttenti
         memset(sums[g], 0, sizeof sums[g]);
         memset(acc[g], 0, sizeof(float) * AMX_ROWS * (size_t)head_dim);
     }
-    configure_tiles();
+    configure_full_tiles();
     for (int key0 = 0; key0 <= last_pos; key0 += AMX_KEYS) {
         int n = last_pos + 1 - key0 < AMX_KEYS ? last_pos + 1 - key0 : AMX_KEYS;
         const uint8_t *run = runs + (size_t)(key0 / AMX_KEYS) * RUN_BYTES(chunks);
