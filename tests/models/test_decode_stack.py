@@ -1,4 +1,4 @@
-"""`DecodeStack` (a decode step's layers in one native call) against `fused_forward`,
+"""`DecodeStack` (a step's layers in one native call) against `fused_forward`,
 which makes the same kernel calls one by one from Python: the results are bit for bit equal."""
 
 from __future__ import annotations
@@ -83,6 +83,61 @@ def decode_step(kv_dtype: torch.dtype) -> Step:
     return input_ids, positions, torch.stack(caches), AttentionMetadata(slots, [], decode)
 
 
+def mixed_step(kv_dtype: torch.dtype, with_decodes: bool = True) -> Step:
+    """Two single-token queries (rows 0, 1; without them: none) beside two prefill chunks: 20
+    tokens at positions 5-24 of a sequence with 5 cached, 9 tokens of a new one."""
+    gen = torch.Generator().manual_seed(4)
+    caches = [cache_of(torch.randn(2, 12 * BLOCK, 2, 64, generator=gen), kv_dtype) for _ in "ab"]
+    decode_tables = torch.tensor([[3, 0], [5, 1]], dtype=torch.int32)
+    context_lens = torch.tensor([5, 30], dtype=torch.int32)
+    chunk_tables = torch.tensor([[2, 9], [4, 0]], dtype=torch.int32)
+    spans = [(5, 20), (0, 9)]  # first position, token count
+    decodes = 2 if with_decodes else 0
+    positions = [n - 1 for n in context_lens.tolist()][:decodes]
+    tables = [table for table in decode_tables][:decodes]
+    chunks = []
+    for (start, count), table in zip(spans, chunk_tables, strict=True):
+        chunks.append([len(positions), start, count])
+        positions += range(start, start + count)
+        tables += [table] * count
+    position = torch.tensor(positions)
+    slots = torch.stack(tables).long()[torch.arange(len(positions)), position // BLOCK] * BLOCK
+    slots += position % BLOCK
+    decode = DecodeBatch(torch.arange(2), decode_tables, context_lens, BLOCK) if decodes else None
+    prefill = PrefillBatch(torch.tensor(chunks), chunk_tables, BLOCK)
+    input_ids = torch.randint(0, 320, (len(positions),), generator=gen)
+    metadata = AttentionMetadata(slots, [], decode, prefill)
+    return input_ids, position, torch.stack(caches), metadata
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.bfloat16, torch.int8])
+@pytest.mark.parametrize("weight_format", ["int8", "mixed"])
+@pytest.mark.parametrize("with_decodes", [True, False])
+def test_a_step_with_prefill_chunks_is_bit_for_bit_the_layer_by_layer_one(
+    kernels: NativeKernels,
+    kv_dtype: torch.dtype,
+    weight_format: WeightFormat,
+    with_decodes: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Prefill chunks alone and beside decodes (29 or 31 rows: the W8A8 kernels, AMX
+    where the CPU has it): hidden states and every layer's cache as `fused_forward`'s."""
+    if not kernels.i8_path:
+        pytest.skip("no packed int8 kernel on this CPU: W8A8 stays with torch")
+    model = tiny_qwen(kernels, weight_format, monkeypatch)
+    stack = model.decode_stack
+    assert stack is not None
+    input_ids, positions, caches, metadata = mixed_step(kv_dtype, with_decodes)
+    assert stack.runs(input_ids.shape[0], metadata)
+    ours_cache, reference_cache = caches.clone(), caches.clone()
+    ours = fused_forward(model, kernels, input_ids, positions, ours_cache, metadata)
+    model.decode_stack = None
+    reference = fused_forward(model, kernels, input_ids, positions, reference_cache, metadata)
+    assert torch.equal(ours, reference)
+    assert torch.equal(ours_cache, reference_cache)
+    assert not torch.equal(ours_cache, caches)
+
+
 @pytest.mark.parametrize("compact", [None, torch.bfloat16])
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16, torch.int8])
 @pytest.mark.parametrize(("weight_format", "choice_rows"), [
@@ -119,15 +174,15 @@ def test_a_decode_step_is_bit_for_bit_the_layer_by_layer_one(
 
 
 def test_steps_it_does_not_cover_go_layer_by_layer(kernels: NativeKernels) -> None:
-    """Prefill chunks, and models with a projection on a torch kernel."""
+    """Rows left to torch's SDPA (a head layout the prefill kernel does not handle), and
+    models with a projection on a torch kernel."""
     model = tiny_qwen(kernels)
     stack = model.decode_stack
     assert stack is not None
-    metadata = decode_step(torch.float32)[3]
-    assert stack.runs(4, metadata)
-    chunks = torch.tensor([[0, 0, 4]])
-    metadata.prefill = PrefillBatch(chunks, torch.zeros(1, 1, dtype=torch.int32), BLOCK)
-    assert not stack.runs(4, metadata)
+    input_ids, _, _, metadata = mixed_step(torch.float32)
+    assert stack.runs(input_ids.shape[0], metadata)
+    metadata.groups = [object()]  # type: ignore[list-item]  # some rows for SDPA
+    assert not stack.runs(input_ids.shape[0], metadata)
     down = model.layers[1].down_proj
     down.int8 = Int8Weight(torch.zeros(512, 256, dtype=torch.int8), torch.ones(256))
     down.int4_max_rows = 2  # torch's W8A8 above 2 rows

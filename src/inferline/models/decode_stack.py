@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 
 from inferline.models import fused_forward
-from inferline.models.attention import AttentionMetadata
+from inferline.models.attention import AttentionMetadata, DecodeBatch, PrefillBatch
 from inferline.models.kv_layout import cache_kind
 from inferline.models.native import NativeKernels, PackedInt8Weight, Q4Weight
 from inferline.models.row_choice import kernel_rows
@@ -57,6 +57,7 @@ class _Step(ctypes.Structure):
         ("block_tables", _p), ("context_lens", _p),
         ("max_blocks", _i32), ("block_size", _i32), ("cache_kind", _i32),
         ("kv_caches", _p), ("layer_bytes", _i64), ("v_bytes", _i64),
+        ("num_chunks", _i64), ("chunks", _p), ("chunk_tables", _p), ("chunk_max_blocks", _i32),
     ]  # fmt: skip
 
 
@@ -115,15 +116,13 @@ class DecodeStack:
         return _Projection(_pointer(q4), *map(_pointer, i8), max_rows)
 
     def runs(self, rows: int, metadata: AttentionMetadata) -> bool:
-        """Whether a step of ``rows`` rows (the kernels' row count) is one this runs."""
-        decode = metadata.decode
-        return (
-            rows > 0
-            and metadata.prefill is None
-            and not metadata.groups
-            and decode is not None
-            and decode.token_rows.shape[0] == metadata.slot_mapping.shape[0]
+        """Whether a step of ``rows`` rows (the kernels' row count) is one this runs: every
+        row a decode query or in a chunk for the native prefill kernel (none left to SDPA)."""
+        decode, prefill = metadata.decode, metadata.prefill
+        covered = (0 if decode is None else decode.token_rows.shape[0]) + (
+            0 if prefill is None else int(prefill.chunks[:, 2].sum())
         )
+        return rows > 0 and not metadata.groups and covered == metadata.slot_mapping.shape[0]
 
     def run(
         self,
@@ -133,18 +132,20 @@ class DecodeStack:
         metadata: AttentionMetadata,
     ) -> torch.Tensor:
         """The final-normed hidden states ``[T, hidden]``, as `fused_forward` computes them."""
-        decode = metadata.decode
-        assert decode is not None
-        tensors = [positions, metadata.slot_mapping, decode.token_rows, decode.block_tables,
-                   decode.context_lens, kv_caches, residual]  # fmt: skip
+        decode, prefill = metadata.decode, metadata.prefill
+        block_size = decode.block_size if decode is not None else _block_size(prefill)
+        seqs = _decode_tensors(decode)
+        chunks = _chunk_tensors(prefill)
+        tensors = [positions, metadata.slot_mapping, *seqs, *chunks, kv_caches, residual]
         if any(not t.is_contiguous() for t in tensors) or residual.dtype != torch.float32:
             raise ValueError("decode_stack needs contiguous CPU tensors, float32 rows")
         size = kv_caches.element_size()
         step = _Step(
-            residual.shape[0], decode.token_rows.shape[0], kernel_rows(residual.shape[0]),
+            residual.shape[0], seqs[0].shape[0], kernel_rows(residual.shape[0]),
             *(t.data_ptr() for t in tensors[:5]),
-            decode.block_tables.shape[1], decode.block_size, cache_kind(kv_caches[0]),
+            seqs[1].shape[1], block_size, cache_kind(kv_caches[0]),
             kv_caches.data_ptr(), kv_caches.stride(0) * size, kv_caches.stride(1) * size,
+            chunks[0].shape[0], chunks[0].data_ptr(), chunks[1].data_ptr(), chunks[1].shape[1],
         )  # fmt: skip
         hidden = torch.empty_like(residual)
         status = self._call(
@@ -154,6 +155,30 @@ class DecodeStack:
         if status != 0:
             raise ValueError(f"decode_stack failed ({status}): head layout or memory")
         return hidden
+
+
+_NO_ROWS = torch.zeros(0, dtype=torch.int64)
+_NO_TABLE = torch.zeros(0, 1, dtype=torch.int32)
+_NO_LENGTHS = torch.zeros(0, dtype=torch.int32)
+
+
+def _decode_tensors(decode: DecodeBatch | None) -> tuple[torch.Tensor, ...]:
+    """token_rows, block_tables, context_lens (empty without decodes)."""
+    if decode is None:
+        return _NO_ROWS, _NO_TABLE, _NO_LENGTHS
+    return decode.token_rows, decode.block_tables, decode.context_lens
+
+
+def _chunk_tensors(prefill: PrefillBatch | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """chunks, block_tables (empty without prefill chunks)."""
+    if prefill is None:
+        return _NO_ROWS.view(0, 3), _NO_TABLE
+    return prefill.chunks, prefill.block_tables
+
+
+def _block_size(prefill: PrefillBatch | None) -> int:
+    assert prefill is not None  # `runs`: a step has decodes, chunks or both
+    return prefill.block_size
 
 
 _POINTER_DTYPES = (torch.float32, torch.uint8, torch.int8, torch.int32)

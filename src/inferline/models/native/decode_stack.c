@@ -1,5 +1,5 @@
 /*
- * A step's whole layer stack in one call, for decode steps.
+ * A step's whole layer stack in one call: decodes, prefill chunks, or both.
  *
  * A decode step of a small model is short (SmolLM2: ~9 ms at one row, 30 layers), and
  * calling its ~9 kernels per layer one by one from Python costs ~7 us each in argument
@@ -7,8 +7,9 @@
  * in the same order and on the same inputs as models/fused_forward.py does for such a step,
  * from C: the results are bit for bit the same.
  *
- * It covers steps where every row is a single-token query (decodes, and speculative drafts
- * as single queries; no prefill chunk) and every projection runs one of our kernels:
+ * It covers steps whose every row is a single-token query (decodes, and speculative drafts
+ * as single queries) or in a prefill chunk of a head layout prefill_attention handles, and
+ * whose every projection runs one of our kernels:
  * q4_matmul on float32 rows up to its int4/W8A8 crossover, i8_matmul on int8 rows above
  * it (its int32 products go into the next kernel with their row and column scales, as
  * fused_forward passes an Int32Product).
@@ -27,6 +28,10 @@ void rope_store_kv(int64_t rows, int heads, int kv_heads, int head_dim, const vo
                    const float *bias, const int64_t *positions, const float *cos_table,
                    const float *sin_table, const int64_t *slots, void *k_cache, void *v_cache,
                    int cache_kind, float *q_out);
+int prefill_attention(int64_t num_chunks, int heads, int kv_heads, int head_dim, const float *q,
+                      const void *k_cache, const void *v_cache, int cache_kind,
+                      const int32_t *block_tables, int max_blocks, const int64_t *chunks,
+                      int block_size, float scale, void *out, int out_bf16);
 int decode_attention(int64_t num_seqs, int heads, int kv_heads, int head_dim, const float *q,
                      const void *k_cache, const void *v_cache, int cache_kind,
                      const int32_t *block_tables, int max_blocks, const int32_t *context_lens,
@@ -66,8 +71,10 @@ typedef struct {
     const StackLayer *layers;
 } DecodeStack;
 
-/* The step: its queries (and the row count its kernels are chosen for), their cache slots
- * and the paged context each sequence sees. */
+/* The step: its rows (and the row count its kernels are chosen for), their cache slots;
+ * its single-token queries (num_seqs, each at token_rows[s], the paged context of
+ * block_tables / context_lens) and its prefill chunks (num_chunks rows of chunks: first
+ * row, first position, token count; chunk_tables [num_chunks, chunk_max_blocks]). */
 typedef struct {
     int64_t rows, num_seqs, choice_rows;
     const int64_t *positions, *slots, *token_rows;
@@ -75,6 +82,10 @@ typedef struct {
     int32_t max_blocks, block_size, cache_kind;
     char *kv_caches;             /* [num_layers, 2, num_slots, kv_heads, width] */
     int64_t layer_bytes, v_bytes; /* offsets of a layer's cache and of its values */
+    int64_t num_chunks;
+    const int64_t *chunks;
+    const int32_t *chunk_tables;
+    int32_t chunk_max_blocks;
 } DecodeStep;
 
 enum { F32 = 0, BF16 = 1, I32 = 2, I8 = 3 };
@@ -120,8 +131,9 @@ static Source project(const StackProjection *p, int64_t rows, int64_t n, int64_t
 
 /*
  * residual [rows, hidden] (the embeddings; updated in place) -> hidden_out [rows, hidden],
- * the final-normed hidden states. 0 when done; -1 (nothing computed) when decode attention
- * refuses the head layout, -2 when out of memory.
+ * the final-normed hidden states. 0 when done; -1 when decode attention refuses the head
+ * layout, -2 when prefill attention does (nothing after that layer computed), or out of
+ * memory.
  */
 int decode_stack(const DecodeStack *m, const DecodeStep *s, float *residual,
                  float *hidden_out) {
@@ -153,10 +165,16 @@ int decode_stack(const DecodeStack *m, const DecodeStep *s, float *residual,
         rope_store_kv(rows, m->heads, m->kv_heads, m->head_dim, qkv_out.values, qkv_out.kind,
                       qkv_out.row_scales, qkv_out.col_scales, w->qkv_bias, s->positions,
                       m->cos_table, m->sin_table, s->slots, k_cache, v_cache, s->cache_kind, q);
-        status = decode_attention(s->num_seqs, m->heads, m->kv_heads, m->head_dim, q, k_cache,
-                                  v_cache, s->cache_kind, s->block_tables, s->max_blocks,
-                                  s->context_lens, s->token_rows, s->block_size,
-                                  m->attention_scale, attention, 0);
+        if (s->num_seqs > 0)
+            status = decode_attention(s->num_seqs, m->heads, m->kv_heads, m->head_dim, q,
+                                      k_cache, v_cache, s->cache_kind, s->block_tables,
+                                      s->max_blocks, s->context_lens, s->token_rows,
+                                      s->block_size, m->attention_scale, attention, 0);
+        if (s->num_chunks > 0 && status == 0)
+            status = prefill_attention(s->num_chunks, m->heads, m->kv_heads, m->head_dim, q,
+                                       k_cache, v_cache, s->cache_kind, s->chunk_tables,
+                                       s->chunk_max_blocks, s->chunks, s->block_size,
+                                       m->attention_scale, attention, 0);
         Sink o_in = input_of(runs_q4(&w->o, c), attention, att8, att_scales);
         if (o_in.kind == I8) quantize_rows(rows, q_width, attention, F32, att8, att_scales);
         Source o_out = project(&w->o, rows, hidden, q_width, o_in, delta, 0);

@@ -102,17 +102,26 @@ static inline Scaled scaled_at(void *out, int bf16, int64_t offset, const float 
     return (Scaled){at, row_scales, bf16};
 }
 
+/* Whole vectors are stored unmasked: a masked store of all 16 lanes measured ~25 % slower
+ * on the AMX Xeon (int32 outputs of a 512-row matmul, 0.40 -> 0.30 ms for 512 x 960). */
 ALWAYS_INLINE void store16(int32_t *out, int64_t at, __m512i v, __mmask16 keep, Scaled y,
                            int r, const float *col_scales) {
     if (!keep) return;
+    const int whole = keep == 0xFFFF;
     if (y.out) {
         __m512 scale = _mm512_mul_ps(_mm512_set1_ps(y.row_scales[r]),
                                      _mm512_maskz_loadu_ps(keep, col_scales));
         __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(v), scale);
-        if (y.bf16)
+        if (y.bf16 && whole)
+            _mm256_storeu_si256((__m256i *)((uint16_t *)y.out + at), bf16_of(f));
+        else if (y.bf16)
             _mm256_mask_storeu_epi16((uint16_t *)y.out + at, keep, bf16_of(f));
+        else if (whole)
+            _mm512_storeu_ps((float *)y.out + at, f);
         else
             _mm512_mask_storeu_ps((float *)y.out + at, keep, f);
+    } else if (whole) {
+        _mm512_storeu_si512(out + at, v);
     } else {
         _mm512_mask_storeu_epi32(out + at, keep, v);
     }
