@@ -51,28 +51,30 @@ ALWAYS_INLINE float largest_abs(const float *x, int n) {
     return _mm512_reduce_max_ps(top);
 }
 
-/* The queries of heads [h0, h0 + group) as B tiles qb[c] (dims 64 c .. 64 c + 63): column
- * g the high part of head h0 + g, column group + g its remainder; their scales (times the
- * softmax scale) to q_scale[g]. */
+/* The queries of heads [h0, h0 + group) as A tiles qa (row g the high part of head h0 + g,
+ * row group + g its remainder; dims 64 c .. 64 c + 63 at column 64 c); their scales (times
+ * the softmax scale) to q_scale[g]. Rows past 2 group are left as they are: the sums they
+ * give are not read. */
 ALWAYS_INLINE void pack_queries(const int chunks, const float *q, int h0, int group,
-                                float softmax_scale, uint32_t qb[][16][16], float *q_scale) {
+                                float softmax_scale, int8_t qa[16][MAX_DIM], float *q_scale) {
     const int head_dim = 64 * chunks;
-    /* rows past 2 group are left as they are: the columns they give are not read */
-    int8_t parts[16][MAX_DIM] __attribute__((aligned(64)));
     for (int g = 0; g < group; g++) {
         const float *row = q + (int64_t)(h0 + g) * head_dim;
         float top = largest_abs(row, head_dim), scale = top > 0.0f ? top / 127.0f : 1.0f;
         __m512 inverse = _mm512_set1_ps(1.0f / scale);
         for (int d = 0; d < head_dim; d += 16)
-            split16(_mm512_mul_ps(_mm512_loadu_ps(row + d), inverse), parts[g] + d, parts[group + g] + d);
+            split16(_mm512_mul_ps(_mm512_loadu_ps(row + d), inverse), qa[g] + d, qa[group + g] + d);
         q_scale[g] = scale * softmax_scale;
     }
-    for (int c = 0; c < chunks; c++) {
-        __m512i r[16];
-        for (int j = 0; j < 16; j++) r[j] = _mm512_load_si512(parts[j] + 64 * c);
-        transpose16(r); /* row k: dims 4k .. 4k + 3 of every column */
-        for (int k = 0; k < 16; k++) _mm512_store_si512(qb[c][k], r[k]);
-    }
+}
+
+/* Keys 16 t .. 16 t + 15 (rows[j]; NULL: zero) of dims [64 c, 64 c + 64) as a B tile:
+ * row r holds dims 4 r .. 4 r + 3 of each key (key j at bytes 4 j .. 4 j + 3). */
+ALWAYS_INLINE void pack_key_tile(const int8_t *const rows[16], int c, uint32_t kb[16][16]) {
+    __m512i r[16];
+    for (int j = 0; j < 16; j++) r[j] = rows[j] ? _mm512_loadu_si512(rows[j] + 64 * c) : _mm512_setzero_si512();
+    transpose16(r);
+    for (int k = 0; k < 16; k++) _mm512_store_si512(kb[k], r[k]);
 }
 
 /* Keys 4 r .. 4 r + 3's values (rows; NULL: zero) of dims [64 c, 64 c + 64) interleaved
@@ -94,23 +96,28 @@ ALWAYS_INLINE void pack_value_quad(const int8_t *const rows[4], int c, int r, in
     _mm512_store_si512(vb[4 * c + 3][r], _mm512_shuffle_i32x4(f1, f3, 0xdd));
 }
 
-/* Span scores of the kv head's group, [group][SPAN] floats (keys past n: -inf), from the
- * staged keys (SPAN rows of head_dim int8) and their scales. */
-ALWAYS_INLINE void span_scores(const int chunks, const int8_t *keys, const float *key_scales,
-                               uint32_t qb[][16][16], const float *q_scale, int group, int n,
+/* Span scores of the kv head's group, [group][SPAN] floats (keys past n: -inf): S = Q K^T
+ * with the queries qa as A tiles and each 16 keys' rows (key_rows, n of them) packed into
+ * B tiles; times each key row's scale and the query's. */
+ALWAYS_INLINE void span_scores(const int chunks, int8_t qa[16][MAX_DIM], const int8_t *const *key_rows,
+                               const float *key_scales, const float *q_scale, int group, int n,
                                float scores[][SPAN]) {
-    const int head_dim = 64 * chunks, tiles = (n + 15) / 16;
+    const int tiles = (n + 15) / 16;
+    const int8_t *rows[SPAN];
+    for (int j = 0; j < SPAN; j++) rows[j] = j < n ? key_rows[j] : NULL;
+    uint32_t kb[4][16][16] __attribute__((aligned(64)));
     int32_t raw[4][16][16] __attribute__((aligned(64)));
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
     for (int c = 0; c < chunks; c++) {
-        _tile_loadd(4, qb[c], 64);
-#define KEYS(T, A)                                                                      \
+        _tile_loadd(4, qa[0] + 64 * c, MAX_DIM);
+#define KEYS(T, B)                                                                      \
     if (T < tiles) {                                                                    \
-        _tile_loadd(A, keys + (16 * T) * head_dim + 64 * c, head_dim);                  \
-        _tile_dpbssd(T, A, 4);                                                          \
+        pack_key_tile(rows + 16 * T, c, kb[T]);                                         \
+        _tile_loadd(B, kb[T], 64);                                                      \
+        _tile_dpbssd(T, 4, B);                                                          \
     }
         KEYS(0, 5) KEYS(1, 6) KEYS(2, 7) KEYS(3, 5)
 #undef KEYS
@@ -125,14 +132,12 @@ ALWAYS_INLINE void span_scores(const int chunks, const int8_t *keys, const float
             for (int g = 0; g < group; g++) _mm512_storeu_ps(scores[g] + 16 * t, minus_inf);
             continue;
         }
-        __m512i r[16];
-        for (int j = 0; j < 16; j++) r[j] = _mm512_load_si512(raw[t][j]);
-        transpose16(r); /* row g: column g of 16 keys */
         int valid = n - 16 * t < 16 ? n - 16 * t : 16;
         __mmask16 mask = (__mmask16)((1u << valid) - 1);
         __m512 ks = _mm512_loadu_ps(key_scales + 16 * t);
-        for (int g = 0; g < group; g++) {
-            __m512 s = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r[group + g]), remainder, _mm512_cvtepi32_ps(r[g]));
+        for (int g = 0; g < group; g++) { /* row g: head g's high-part sums of 16 keys */
+            __m512 s = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(raw[t][group + g])), remainder,
+                                       _mm512_cvtepi32_ps(_mm512_load_si512(raw[t][g])));
             s = _mm512_mul_ps(_mm512_mul_ps(s, ks), _mm512_set1_ps(q_scale[g]));
             _mm512_storeu_ps(scores[g] + 16 * t, _mm512_mask_mov_ps(minus_inf, mask, s));
         }
@@ -200,32 +205,23 @@ ALWAYS_INLINE void span_values(const int chunks, float weights[][SPAN], const fl
     }
 }
 
-/* One kv head of the span: keys staged, scores, softmax, values. */
+/* One kv head of the span: scores, softmax, values. */
 ALWAYS_INLINE void span_kv_head(const int chunks, const PagedAttention *p, const float *qs,
                                 const int64_t *slots, int n, int kvh, float *max, float *sum,
                                 float *acc) {
     const int head_dim = 64 * chunks, group = p->group, h0 = kvh * group;
-    int8_t keys[SPAN][MAX_DIM] __attribute__((aligned(64)));
+    int8_t qa[16][MAX_DIM] __attribute__((aligned(64)));
     int8_t vb[MAX_DIM / 16][16][64] __attribute__((aligned(64)));
-    uint32_t qb[MAX_DIM / 64][16][16] __attribute__((aligned(64)));
     float key_scales[SPAN], value_scales[SPAN], q_scale[MAX_HEADS];
     float scores[MAX_HEADS][SPAN] __attribute__((aligned(64)));
+    const int8_t *k_rows[SPAN];
     const int8_t *k_cache = p->k_cache, *v_cache = p->v_cache;
-    int staged = (n + 15) / 16 * 16;
-    for (int j = 0; j < staged; j++) {
-        int8_t *row = keys[0] + (int64_t)j * head_dim; /* head_dim apart: the A tiles' stride */
-        if (j < n) {
-            const int8_t *k = k_cache + slots[j] * p->slot_stride + (int64_t)kvh * p->head_stride;
-            for (int c = 0; c < chunks; c++) _mm512_storeu_si512(row + 64 * c, _mm512_loadu_si512(k + 64 * c));
-            key_scales[j] = cache_row_scale(k, 0, head_dim);
-        } else {
-            memset(row, 0, (size_t)head_dim);
-            key_scales[j] = 0.0f;
-        }
+    for (int j = 0; j < SPAN; j++) {
+        k_rows[j] = j < n ? k_cache + slots[j] * p->slot_stride + (int64_t)kvh * p->head_stride : NULL;
+        key_scales[j] = k_rows[j] ? cache_row_scale(k_rows[j], 0, head_dim) : 0.0f;
     }
-    for (int j = staged; j < SPAN; j++) key_scales[j] = 0.0f;
-    pack_queries(chunks, qs, h0, group, p->scale, qb, q_scale);
-    span_scores(chunks, keys[0], key_scales, qb, q_scale, group, n, scores);
+    pack_queries(chunks, qs, h0, group, p->scale, qa, q_scale);
+    span_scores(chunks, qa, k_rows, key_scales, q_scale, group, n, scores);
     span_softmax(scores, group, max, sum);
     for (int r = 0; r < SPAN / 4; r++) {
         const int8_t *rows[4];
@@ -252,10 +248,10 @@ void decode_span_amx(const PagedAttention *p, int64_t s, int begin, int end, flo
     const int32_t *table = p->block_tables + s * p->max_blocks;
     const float *qs = p->q + p->token_rows[s] * p->heads * p->head_dim;
     int64_t slots[SPAN];
-    int n = end - begin;
+    int n = end - begin, shift = __builtin_ctz((unsigned)p->block_size); /* a power of 2 */
     for (int j = 0; j < n; j++) {
         int pos = begin + j;
-        slots[j] = (int64_t)table[pos / p->block_size] * p->block_size + pos % p->block_size;
+        slots[j] = ((int64_t)table[pos >> shift] << shift) + (pos & (p->block_size - 1));
     }
     /* every kv head's rows of a slot are contiguous: ask for the span's K and V rows
      * ahead of use (the keys first: they are read first) */
