@@ -21,8 +21,8 @@ from inferline.models.row_choice import kernel_rows
 # read back (512-token SmolLM2 prefill 132 -> 113 ms on an AMX Xeon). The outputs' KL to
 # fp32 is the int32 sums' (SmolLM2 0.0049 both, Qwen2.5-Coder 0.0017; ARCHITECTURE.md);
 # INFERLINE_BF16_PRODUCTS=0 keeps the int32 sums. o and down stay int32: their products
-# go into the residual stream, not into another quantization. decode_stack.c does the
-# same, from `DecodeStack`'s flag set at load. Only torch.bfloat16 or None: the C stack
+# go into the residual stream, not into another quantization. layer_stack.c does the
+# same, from `LayerStack`'s flag set at load. Only torch.bfloat16 or None: the C stack
 # knows no other.
 COMPACT: torch.dtype | None = (
     None if os.environ.get("INFERLINE_BF16_PRODUCTS") == "0" else torch.bfloat16
@@ -43,7 +43,7 @@ def fused_forward(
 ) -> torch.Tensor:
     """Runs the layer stack; returns the final-normed hidden states ``[T, hidden]`` fp32."""
     residual = model.embed_tokens(input_ids)  # a fresh tensor: updated in place below
-    stack = model.decode_stack
+    stack = model.layer_stack
     if stack is not None and stack.runs(kernel_rows(residual.shape[0]), metadata):
         return stack.run(residual, positions, kv_caches, metadata)  # the same calls, from C
     delta: Activation | None = None

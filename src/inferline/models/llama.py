@@ -13,9 +13,9 @@ from torch import nn
 from inferline.models.attention import AttentionMetadata, paged_attention
 from inferline.models.block_rows import BlockRows
 from inferline.models.config import ModelConfig
-from inferline.models.decode_stack import DecodeStack, decode_stack_of
 from inferline.models.fused_forward import fused_forward
 from inferline.models.head import ApproximateThenExactHead
+from inferline.models.layer_stack import LayerStack, layer_stack_of
 from inferline.models.native import NativeKernels, PackedInt8Weight, Q4Weight
 from inferline.models.quant import (
     Int4Weight,
@@ -228,7 +228,7 @@ class DecoderForCausalLM(nn.Module):
         self.int4_max_rows = 0  # ``mixed``: the MLP's measured int4/W8A8 crossover, else 0
         # fused C kernels for the layers' row-wise work (set by `use_native`); None: torch ops
         self.native: NativeKernels | None = None
-        self.decode_stack: DecodeStack | None = None  # q4 decode steps in one call (`use_native`)
+        self.layer_stack: LayerStack | None = None  # a step's layers in one call (`use_native`)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
@@ -284,7 +284,7 @@ class DecoderForCausalLM(nn.Module):
 
         The fused path adds a bias only to the qkv projection (Llama and Qwen2 have no
         other); a model with other biases keeps the torch path. Where every projection has
-        our 4-bit copy, small decode steps run as one call (`DecodeStack`).
+        our own kernels, a step's layers run as one call (`LayerStack`).
         """
         other_biases = any(
             getattr(layer, name).bias is not None
@@ -292,7 +292,7 @@ class DecoderForCausalLM(nn.Module):
             for name in ("o_proj", "gate_up_proj", "down_proj")
         )
         self.native = None if other_biases else kernels
-        self.decode_stack = None if self.native is None else decode_stack_of(self, self.native)
+        self.layer_stack = None if self.native is None else layer_stack_of(self, self.native)
 
     @property
     def native_prefill(self) -> bool:

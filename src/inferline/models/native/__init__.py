@@ -44,7 +44,7 @@ SOURCES = tuple(
         "decode_attention_amx.c",
         "q4_gemm.c",
         "i8_gemm.c",
-        "decode_stack.c",
+        "layer_stack.c",
         "row_select.c",
     )
 )

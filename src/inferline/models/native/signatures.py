@@ -32,7 +32,7 @@ SIGNATURES = {
     "i8_amx_rows": [_i32],
     "prefill_attention_amx": [_i32],
     "decode_attention_amx": [_i32],
-    "decode_stack": [_ptr, _ptr, _ptr, _ptr],  # models/decode_stack.py
+    "layer_stack": [_ptr, _ptr, _ptr, _ptr],  # models/layer_stack.py
     "row_topk": [_i64, _i64, _i32, _ptr, _ptr],
     "row_argmax": [_i64, _i64, _ptr, _ptr],
 }
@@ -50,6 +50,6 @@ RESULT_TYPES = {
     "i8_amx_rows": ctypes.c_int,
     "prefill_attention_amx": ctypes.c_int,
     "decode_attention_amx": ctypes.c_int,
-    "decode_stack": ctypes.c_int,
+    "layer_stack": ctypes.c_int,
     "row_topk": ctypes.c_int,
 }

@@ -1,4 +1,4 @@
-"""`DecodeStack` (a step's layers in one native call) against `fused_forward`,
+"""`LayerStack` (a step's layers in one native call) against `fused_forward`,
 which makes the same kernel calls one by one from Python: the results are bit for bit equal."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from inferline.models import load_model
 from inferline.models.assemble import assemble
 from inferline.models.attention import AttentionMetadata, DecodeBatch, PrefillBatch
 from inferline.models.config import ModelConfig
-from inferline.models.decode_stack import DecodeStack, decode_stack_of
 from inferline.models.fused_forward import fused_forward
 from inferline.models.kv_layout import cache_of
+from inferline.models.layer_stack import LayerStack, layer_stack_of
 from inferline.models.llama import DecoderForCausalLM
 from inferline.models.native import NativeKernels
 from inferline.models.quant import Int8Weight, WeightFormat
@@ -94,7 +94,7 @@ def mixed_step(kv_dtype: torch.dtype, with_decodes: bool = True) -> Step:
     spans = [(5, 20), (0, 9)]  # first position, token count
     decodes = 2 if with_decodes else 0
     positions = [n - 1 for n in context_lens.tolist()][:decodes]
-    tables = [table for table in decode_tables][:decodes]
+    tables = list(decode_tables)[:decodes]
     chunks = []
     for (start, count), table in zip(spans, chunk_tables, strict=True):
         chunks.append([len(positions), start, count])
@@ -125,13 +125,13 @@ def test_a_step_with_prefill_chunks_is_bit_for_bit_the_layer_by_layer_one(
     if not kernels.i8_path:
         pytest.skip("no packed int8 kernel on this CPU: W8A8 stays with torch")
     model = tiny_qwen(kernels, weight_format, monkeypatch)
-    stack = model.decode_stack
+    stack = model.layer_stack
     assert stack is not None
     input_ids, positions, caches, metadata = mixed_step(kv_dtype, with_decodes)
     assert stack.runs(input_ids.shape[0], metadata)
     ours_cache, reference_cache = caches.clone(), caches.clone()
     ours = fused_forward(model, kernels, input_ids, positions, ours_cache, metadata)
-    model.decode_stack = None
+    model.layer_stack = None
     reference = fused_forward(model, kernels, input_ids, positions, reference_cache, metadata)
     assert torch.equal(ours, reference)
     assert torch.equal(ours_cache, reference_cache)
@@ -159,14 +159,14 @@ def test_a_decode_step_is_bit_for_bit_the_layer_by_layer_one(
         pytest.skip("no packed int8 kernel on this CPU: W8A8 stays with torch")
     monkeypatch.setattr(fused_forward_module, "COMPACT", compact)  # read as the stack is built
     model = tiny_qwen(kernels, weight_format, monkeypatch)
-    stack = model.decode_stack
+    stack = model.layer_stack
     assert stack is not None
     input_ids, positions, caches, metadata = decode_step(kv_dtype)
     assert stack.runs(4, metadata)
     ours_cache, reference_cache = caches.clone(), caches.clone()
     with kernels_chosen_for(choice_rows or 4):
         ours = fused_forward(model, kernels, input_ids, positions, ours_cache, metadata)
-        model.decode_stack = None
+        model.layer_stack = None
         reference = fused_forward(model, kernels, input_ids, positions, reference_cache, metadata)
     assert torch.equal(ours, reference)
     assert torch.equal(ours_cache, reference_cache)
@@ -177,7 +177,7 @@ def test_steps_it_does_not_cover_go_layer_by_layer(kernels: NativeKernels) -> No
     """Rows left to torch's SDPA (a head layout the prefill kernel does not handle), and
     models with a projection on a torch kernel."""
     model = tiny_qwen(kernels)
-    stack = model.decode_stack
+    stack = model.layer_stack
     assert stack is not None
     input_ids, _, _, metadata = mixed_step(torch.float32)
     assert stack.runs(input_ids.shape[0], metadata)
@@ -186,16 +186,16 @@ def test_steps_it_does_not_cover_go_layer_by_layer(kernels: NativeKernels) -> No
     down = model.layers[1].down_proj
     down.int8 = Int8Weight(torch.zeros(512, 256, dtype=torch.int8), torch.ones(256))
     down.int4_max_rows = 2  # torch's W8A8 above 2 rows
-    assert decode_stack_of(model, kernels) is None
+    assert layer_stack_of(model, kernels) is None
 
 
 def test_a_model_whose_norms_differ_in_epsilon_has_none(kernels: NativeKernels) -> None:
     """The C stack normalizes with one epsilon; a model with another in some layer keeps
     the layer-by-layer path."""
     model = tiny_qwen(kernels)
-    assert decode_stack_of(model, kernels) is not None
+    assert layer_stack_of(model, kernels) is not None
     model.layers[1].post_attention_layernorm.eps = 1e-5
-    assert decode_stack_of(model, kernels) is None
+    assert layer_stack_of(model, kernels) is None
 
 
 @pytest.fixture(scope="module")
@@ -207,11 +207,11 @@ def smollm_mixed(cache_dir: Path):  # type: ignore[no-untyped-def]
 def test_engine_outputs_are_the_same_with_and_without_it(smollm_mixed, cache_dir, monkeypatch):  # type: ignore[no-untyped-def]
     """Speculative drafts, and prefill chunks beside decodes: the same tokens and
     logprobs, and the stack ran some of the steps."""
-    stack = smollm_mixed.model.decode_stack
+    stack = smollm_mixed.model.layer_stack
     assert stack is not None
     steps = []
-    run_stack = DecodeStack.run
-    monkeypatch.setattr(DecodeStack, "run", lambda *a: steps.append(1) or run_stack(*a))
+    run_stack = LayerStack.run
+    monkeypatch.setattr(LayerStack, "run", lambda *a: steps.append(1) or run_stack(*a))
     params = SamplingParams(max_tokens=16, temperature=0, logprobs=3)
     config = EngineConfig(
         cache_dir=cache_dir, scheduler=SchedulerConfig(max_num_batched_tokens=64)
@@ -223,7 +223,7 @@ def test_engine_outputs_are_the_same_with_and_without_it(smollm_mixed, cache_dir
 
     ours = run()
     assert steps
-    monkeypatch.setattr(smollm_mixed.model, "decode_stack", None)
+    monkeypatch.setattr(smollm_mixed.model, "layer_stack", None)
     reference = run()
     for a, b in zip(ours, reference, strict=True):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids

@@ -3,7 +3,8 @@
  *
  * A decode step of a small model is short (SmolLM2: ~9 ms at one row, 30 layers), and
  * calling its ~9 kernels per layer one by one from Python costs ~7 us each in argument
- * conversion, allocation and dispatch: ~2 ms a step. decode_stack makes the same calls,
+ * conversion, allocation and dispatch: ~2 ms a step (a 512-token prefill: 101-105 ms
+ * layer by layer, 85-86 in one call). layer_stack makes the same calls,
  * in the same order and on the same inputs as models/fused_forward.py does for such a step,
  * from C: the results are bit for bit the same.
  *
@@ -62,14 +63,14 @@ typedef struct {
     StackProjection qkv, o, gate_up, down;
 } StackLayer;
 
-/* The model's shape and weights (built once by models/decode_stack.py). */
+/* The model's shape and weights (built once by models/layer_stack.py). */
 typedef struct {
     int32_t num_layers, hidden, heads, kv_heads, head_dim, intermediate;
     int32_t compact; /* the gate/up int8 product dequantized to bf16 (fused_forward.py) */
     float eps, attention_scale;
     const float *final_norm, *cos_table, *sin_table;
     const StackLayer *layers;
-} DecodeStack;
+} LayerStack;
 
 /* The step: its rows (and the row count its kernels are chosen for), their cache slots;
  * its single-token queries (num_seqs, each at token_rows[s], the paged context of
@@ -86,7 +87,7 @@ typedef struct {
     const int64_t *chunks;
     const int32_t *chunk_tables;
     int32_t chunk_max_blocks;
-} DecodeStep;
+} StackStep;
 
 enum { F32 = 0, BF16 = 1, I32 = 2, I8 = 3 };
 
@@ -135,7 +136,7 @@ static Source project(const StackProjection *p, int64_t rows, int64_t n, int64_t
  * layout, -2 when prefill attention does (nothing after that layer computed), or out of
  * memory.
  */
-int decode_stack(const DecodeStack *m, const DecodeStep *s, float *residual,
+int layer_stack(const LayerStack *m, const StackStep *s, float *residual,
                  float *hidden_out) {
     int64_t rows = s->rows, c = s->choice_rows;
     int hidden = m->hidden, q_width = m->heads * m->head_dim;
