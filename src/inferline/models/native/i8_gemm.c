@@ -235,46 +235,69 @@ static void amx_block(int rows, int64_t k, const int8_t *x, const int8_t *half,
     }
 }
 
-/* Weights up to this many bytes are read by row block (below). */
+/* A thread's share of a weight up to this many bytes is read by row block (below). */
 #ifndef AMX_ROW_MAJOR_BYTES
 #define AMX_ROW_MAJOR_BYTES (1 << 20)
 #endif
 
-/* Rows [0, m) with AMX: work items are (half panel, block of 32 rows) pairs. A weight of
- * up to AMX_ROW_MAJOR_BYTES goes row block by row block (a block's 32 input rows stay in
- * L1 while the half panels stream from L2: 512-token SmolLM2 prefill 87-106 -> 82-86 ms);
- * a larger one half panel by half panel (its weights read from memory once, each row
- * block from L2: Qwen2.5's 8.7 MB gate/up read by row block made its prefill 181-216 ->
- * 219-240 ms). A half panel's 32 columns lie in 128 of each 256-byte packed row, and
- * the panel's rows are 4 KB apart a k-step: they share L1 sets and do not stay there
- * between row blocks. */
+/* One block: rows [r0, r0 + 32) x half panel h, multiplied and written out. */
+static void amx_item(int64_t h, int64_t r0, int64_t m, int64_t n, int64_t k, const int8_t *x8,
+                     const int8_t *packed, int32_t *out, const float *row_scales,
+                     const float *col_scales, void *out_scaled, int out_bf16, int *configured,
+                     int32_t sums[AMX_BLOCK_ROWS][32]) {
+    int64_t c0 = h * 32;
+    int rows = (int)(m - r0 < AMX_BLOCK_ROWS ? m - r0 : AMX_BLOCK_ROWS);
+    if (rows != *configured) amx_configure(rows), *configured = rows;
+    int side = (int)(h % 2); /* which half of its panel */
+    amx_block(rows, k, x8 + r0 * k, packed + (c0 - 32 * side) * k + 128 * side, sums);
+    __mmask16 keep[4];
+    panel_keep(c0 - 32 * side, n, keep);
+    Scaled y = scaled_at(out_scaled, out_bf16, r0 * n + c0, row_scales ? row_scales + r0 : NULL);
+    int32_t *o = out ? out + r0 * n + c0 : NULL;
+    const float *cs = col_scales ? col_scales + c0 : NULL;
+    for (int r = 0; r < rows; r++) {
+        __m512i lo = _mm512_load_si512(&sums[r][0]), hi = _mm512_load_si512(&sums[r][16]);
+        store16(o, r * n, lo, keep[2 * side], y, r, cs);
+        store16(o, r * n + 16, hi, keep[2 * side + 1], y, r, cs ? cs + 16 : NULL);
+    }
+}
+
+/*
+ * Rows [0, m) with AMX: work items are (half panel, block of 32 rows) pairs.
+ * - By default a half panel's blocks run next to each other (its weights read from memory
+ *   once, each row block from L2), the items split evenly over the threads.
+ * - Where each thread's share of the columns is at most AMX_ROW_MAJOR_BYTES of weights
+ *   and there are several row blocks (prefill), each thread takes its own columns and goes
+ *   row block by row block over them: a block's 32 input rows stay in L1 while the thread's
+ *   half panels stream from L2 (a half panel's rows are 4 KB apart a k-step, so they share
+ *   L1 sets and do not stay there between row blocks). 512-token SmolLM2 prefill 85-90 ->
+ *   ~81 ms. Row block by row block over all the columns made every thread read every
+ *   weight: decode steps of 64 rows (d: 906 -> 840 tok/s) and Qwen2.5's 8.7 MB gate/up
+ *   (prefill 181-216 -> 219-240 ms) got slower.
+ */
 static void amx_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *packed,
                        int32_t *out, const float *row_scales, const float *col_scales,
                        void *out_scaled, int out_bf16) {
     int64_t halves = i8_padded_columns(n) / 32, blocks = (m + AMX_BLOCK_ROWS - 1) / AMX_BLOCK_ROWS;
-    const int by_rows = n * k <= AMX_ROW_MAJOR_BYTES;
+    int threads = omp_get_max_threads();
+    const int by_rows = blocks >= 4 && halves >= 4 * threads &&
+                        n * k <= (int64_t)AMX_ROW_MAJOR_BYTES * threads;
 #pragma omp parallel
     {
         int configured = 0;
         int32_t sums[AMX_BLOCK_ROWS][32] __attribute__((aligned(64)));
+        if (by_rows) {
+            int t = omp_get_thread_num(), count = omp_get_num_threads();
+            int64_t first = halves * t / count, last = halves * (t + 1) / count;
+            for (int64_t b = 0; b < blocks; b++)
+                for (int64_t h = first; h < last; h++)
+                    amx_item(h, b * AMX_BLOCK_ROWS, m, n, k, x8, packed, out, row_scales,
+                             col_scales, out_scaled, out_bf16, &configured, sums);
+        } else {
 #pragma omp for schedule(static)
-        for (int64_t item = 0; item < halves * blocks; item++) {
-            int64_t h = by_rows ? item % halves : item / blocks;
-            int64_t r0 = (by_rows ? item / halves : item % blocks) * AMX_BLOCK_ROWS, c0 = h * 32;
-            int rows = (int)(m - r0 < AMX_BLOCK_ROWS ? m - r0 : AMX_BLOCK_ROWS);
-            if (rows != configured) amx_configure(rows), configured = rows;
-            int side = (int)(h % 2); /* which half of its panel */
-            amx_block(rows, k, x8 + r0 * k, packed + (c0 - 32 * side) * k + 128 * side, sums);
-            __mmask16 keep[4];
-            panel_keep(c0 - 32 * side, n, keep);
-            Scaled y = scaled_at(out_scaled, out_bf16, r0 * n + c0, row_scales ? row_scales + r0 : NULL);
-            int32_t *o = out ? out + r0 * n + c0 : NULL;
-            const float *cs = col_scales ? col_scales + c0 : NULL;
-            for (int r = 0; r < rows; r++) {
-                __m512i lo = _mm512_load_si512(&sums[r][0]), hi = _mm512_load_si512(&sums[r][16]);
-                store16(o, r * n, lo, keep[2 * side], y, r, cs);
-                store16(o, r * n + 16, hi, keep[2 * side + 1], y, r, cs ? cs + 16 : NULL);
-            }
+            for (int64_t item = 0; item < halves * blocks; item++)
+                amx_item(item / blocks, item % blocks * AMX_BLOCK_ROWS, m, n, k, x8, packed, out,
+                         row_scales, col_scales, out_scaled, out_bf16, &configured, sums);
         }
         if (configured) _tile_release();
     }
