@@ -324,7 +324,7 @@ class AsyncEngine:
         wake-up of the event loop) a step, not one an output (32 streams, served b32: the
         event loop's wake-ups and queue puts were ~15 % of the GIL's time)."""
         assert self._loop is not None
-        batch = []
+        batch: list[tuple[asyncio.Queue[_StreamItem], _StreamItem]] = []
         for output in outputs:
             output.model = self.name
             stream = self._streams.get(output.request_id)
