@@ -135,7 +135,8 @@ class LayerStack:
     ) -> torch.Tensor:
         """The final-normed hidden states ``[T, hidden]``, as `fused_forward` computes them."""
         decode, prefill = metadata.decode, metadata.prefill
-        block_size = decode.block_size if decode is not None else _block_size(prefill)
+        batch = decode if decode is not None else prefill
+        assert batch is not None  # `runs`: a step has decodes, chunks or both
         seqs = _decode_tensors(decode)
         chunks = _chunk_tensors(prefill)
         tensors = [positions, metadata.slot_mapping, *seqs, *chunks, kv_caches, residual]
@@ -145,7 +146,7 @@ class LayerStack:
         step = _Step(
             residual.shape[0], seqs[0].shape[0], kernel_rows(residual.shape[0]),
             *(t.data_ptr() for t in tensors[:5]),
-            seqs[1].shape[1], block_size, cache_kind(kv_caches[0]),
+            seqs[1].shape[1], batch.block_size, cache_kind(kv_caches[0]),
             kv_caches.data_ptr(), kv_caches.stride(0) * size, kv_caches.stride(1) * size,
             chunks[0].shape[0], chunks[0].data_ptr(), chunks[1].data_ptr(), chunks[1].shape[1],
         )  # fmt: skip
@@ -176,11 +177,6 @@ def _chunk_tensors(prefill: PrefillBatch | None) -> tuple[torch.Tensor, torch.Te
     if prefill is None:
         return _NO_ROWS.view(0, 3), _NO_TABLE
     return prefill.chunks, prefill.block_tables
-
-
-def _block_size(prefill: PrefillBatch | None) -> int:
-    assert prefill is not None  # `runs`: a step has decodes, chunks or both
-    return prefill.block_size
 
 
 _POINTER_DTYPES = (torch.float32, torch.uint8, torch.int8, torch.int32)

@@ -128,24 +128,6 @@ ALWAYS_INLINE void add_values(const int C, const int SG, const int kind, const P
 }
 
 
-/* Softmax weights of one head's `runs` runs of scores (in place; -inf lanes give 0):
- * returns their max and stores their sum. */
-static float span_softmax(float *scores, int runs, float *sum) {
-    __m512 top = _mm512_set1_ps(-INFINITY), total = _mm512_setzero_ps();
-    for (int r = 0; r < runs; r++) top = _mm512_max_ps(top, _mm512_loadu_ps(scores + r * RUN));
-    float max = _mm512_reduce_max_ps(top);
-    __m512 m = _mm512_set1_ps(max);
-    for (int r = 0; r < runs; r++) {
-        __m512 s = _mm512_loadu_ps(scores + r * RUN);
-        __mmask16 valid = _mm512_cmp_ps_mask(s, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
-        __m512 w = _mm512_maskz_mov_ps(valid, exp16(_mm512_sub_ps(s, m)));
-        _mm512_storeu_ps(scores + r * RUN, w);
-        total = _mm512_add_ps(total, w);
-    }
-    *sum = _mm512_reduce_add_ps(total);
-    return max;
-}
-
 /* The slot of each run of a span (runs end at block boundaries) and its key count. */
 static int span_runs(const PagedAttention *p, const int32_t *table, int begin, int end,
                      int64_t *slots, int *counts) {
@@ -203,7 +185,7 @@ ALWAYS_INLINE void attend_span(const int C, const int SG, const int kind, const 
             memcpy(scores + (h * runs + r) * RUN, weights + h * RUN, sizeof(float) * RUN);
     }
     for (int h = 0; h < heads; h++)
-        state->max[h] = span_softmax(scores + h * runs * RUN, runs, &state->sum[h]);
+        state->max[h] = softmax_in_place(scores + h * runs * RUN, runs, &state->sum[h]);
     memset(state->acc, 0, sizeof(float) * (size_t)(heads * head_dim));
     for (int r = 0; r < runs; r++) {
         for (int h = 0; h < heads; h++)

@@ -270,9 +270,9 @@ static void amx_item(int64_t h, int64_t r0, int64_t m, int64_t n, int64_t k, con
  *   and there are several row blocks (prefill), each thread takes its own columns and goes
  *   row block by row block over them: a block's 32 input rows stay in L1 while the thread's
  *   half panels stream from L2 (a half panel's rows are 4 KB apart a k-step, so they share
- *   L1 sets and do not stay there between row blocks). 512-token SmolLM2 prefill 85-90 ->
- *   ~81 ms. Row block by row block over all the columns made every thread read every
- *   weight: decode steps of 64 rows (d: 906 -> 840 tok/s) and Qwen2.5's 8.7 MB gate/up
+ *   L1 sets and do not stay there between row blocks). 512-token SmolLM2 prefill p50 100-117
+ *   -> 98-105 ms (interleaved, a slow hour). Row block by row block over all the columns
+ *   made every thread read every weight: decode steps of 64 rows (d: 906 -> 840 tok/s) and Qwen2.5's 8.7 MB gate/up
  *   (prefill 181-216 -> 219-240 ms) got slower.
  */
 static void amx_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *packed,

@@ -215,5 +215,23 @@ ALWAYS_INLINE __m512 exp16(__m512 x) {
     __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
     return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
 }
+
+/* Softmax numerators of 16 * vectors scores in place (exp(s - max); -inf scores give 0):
+ * returns their max and stores their sum (decode attention's spans, both kernels). */
+static inline float softmax_in_place(float *scores, int vectors, float *sum) {
+    __m512 top = _mm512_set1_ps(-INFINITY), total = _mm512_setzero_ps();
+    for (int r = 0; r < vectors; r++) top = _mm512_max_ps(top, _mm512_loadu_ps(scores + 16 * r));
+    float max = _mm512_reduce_max_ps(top);
+    __m512 m = _mm512_set1_ps(max);
+    for (int r = 0; r < vectors; r++) {
+        __m512 s = _mm512_loadu_ps(scores + 16 * r);
+        __mmask16 valid = _mm512_cmp_ps_mask(s, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+        __m512 w = _mm512_maskz_mov_ps(valid, exp16(_mm512_sub_ps(s, m)));
+        _mm512_storeu_ps(scores + 16 * r, w);
+        total = _mm512_add_ps(total, w);
+    }
+    *sum = _mm512_reduce_add_ps(total);
+    return max;
+}
 #endif
 #endif
