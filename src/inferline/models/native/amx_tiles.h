@@ -29,6 +29,15 @@ static inline void load_tile_config(const TileConfig *c) {
     __asm__ volatile("ldtilecfg %0" : : "m"(*c));
 }
 
+/* _tile_loadd after a compiler barrier: GCC 12's _tile_loadd does not tell the compiler it
+ * reads memory either, so stores filling a tile's source (AVX-512 writes to a local
+ * array) could be moved past it or dropped as dead. */
+#define tile_loadd(dst, base, stride)           \
+    do {                                        \
+        __asm__ volatile("" ::: "memory");      \
+        _tile_loadd(dst, base, stride);         \
+    } while (0)
+
 /* Every tile 16 rows x 64 bytes. */
 static inline void configure_full_tiles(void) {
     TileConfig c;

@@ -79,10 +79,144 @@ static inline void store_row(void *dst, int kind, int64_t t, float *src, int n,
     }
 }
 
+#if defined(__AVX512F__)
+/*
+ * AVX-512 paths for rows that end as int8 (a W8A8 input) of a width that is a multiple of
+ * 64: each row is computed, rotated and its largest |value| taken in one pass over it, 64
+ * values at a time in registers, then scaled to int8 in a second. The generic path made
+ * five passes (load into a buffer, compute, rotate, max in one dependent chain, quantize):
+ * silu_mul of 512 x 1536 bf16 ~300 -> ~150 us on the AMX Xeon. Values as load_row and
+ * store_row compute them; only add_rms_norm's sum of squares is added in another order.
+ */
+#define WIDE_INT8_ROWS(kind, width) ((kind) == KIND_I8 && (width) % ROTATION_BLOCK == 0)
+
+/* 16 values of an activation (load_row's values) from element at; an int32 product's
+ * row_scale is its row's scale broadcast, col_scales its column scales from at's column. */
+ALWAYS_INLINE __m512 load16_activation(const void *src, int kind, int64_t at, __m512 row_scale,
+                                       const float *col_scales) {
+    if (kind == KIND_BF16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)src + at))), 16));
+    if (kind == KIND_I32)
+        return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512((const int32_t *)src + at)),
+                             _mm512_mul_ps(row_scale, _mm512_loadu_ps(col_scales)));
+    return _mm512_loadu_ps((const float *)src + at);
+}
+
+/* 64 values rotated (hadamard.h) into dst; returns top with their |values| folded in. */
+ALWAYS_INLINE __m512 rotate_store64(__m512 r[4], float *dst, __m512 top) {
+    hadamard64_registers(r);
+    for (int j = 0; j < 4; j++) {
+        _mm512_storeu_ps(dst + 16 * j, r[j]);
+        top = _mm512_max_ps(top, _mm512_abs_ps(r[j]));
+    }
+    return top;
+}
+
+/* A rotated row (n values, the largest |value| among top's lanes) as int8 and its scale
+ * (store_row's: max / 127, rounded half to even). */
+ALWAYS_INLINE void quantize_rotated(const float *rotated, int n, __m512 top, int8_t *d,
+                                    float *scale_out) {
+    float scale = larger(_mm512_reduce_max_ps(top), 1e-8f) / 127.0f;
+    *scale_out = scale;
+    __m512 inverse = _mm512_set1_ps(1.0f / scale);
+    for (int i = 0; i < n; i += 16)
+        _mm_storeu_si128((__m128i *)(d + i), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(
+                                                 _mm512_mul_ps(_mm512_loadu_ps(rotated + i), inverse))));
+}
+
+/* silu(g) * u for 16 lanes (silu_times' arithmetic). */
+ALWAYS_INLINE __m512 silu16_times(__m512 g, __m512 u) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 den = _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), g)));
+    __m512 r = _mm512_rcp14_ps(den);
+    r = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(den, r, one), r);
+    return _mm512_mul_ps(_mm512_mul_ps(g, r), u);
+}
+
+/* add_rms_norm's row t into int8 (hidden a multiple of 64). */
+static void add_rms_norm_int8_row(int64_t t, int hidden, const void *delta, int delta_kind,
+                                  const float *delta_row_scales, const float *delta_col_scales,
+                                  float *residual, const float *weight, float eps, int8_t *out,
+                                  float *out_scales, float *rotated) {
+    float *r = residual + t * hidden;
+    __m512 row_scale = _mm512_set1_ps(delta_kind == KIND_I32 ? delta_row_scales[t] : 0.0f);
+    __m512 squares[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int i = 0; i < hidden; i += 16) {
+        __m512 v = _mm512_loadu_ps(r + i);
+        if (delta) {
+            v = _mm512_add_ps(v, load16_activation(delta, delta_kind, t * hidden + i, row_scale,
+                                                   delta_kind == KIND_I32 ? delta_col_scales + i : NULL));
+            _mm512_storeu_ps(r + i, v);
+        }
+        squares[(i / 16) & 3] = _mm512_fmadd_ps(v, v, squares[(i / 16) & 3]);
+    }
+    float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(squares[0], squares[1]),
+                                                   _mm512_add_ps(squares[2], squares[3])));
+    __m512 inv = _mm512_set1_ps(1.0f / sqrtf(sum / (float)hidden + eps));
+    __m512 top = _mm512_setzero_ps();
+    for (int b = 0; b < hidden; b += ROTATION_BLOCK) {
+        __m512 x[4];
+        for (int j = 0; j < 4; j++)
+            x[j] = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(r + b + 16 * j), inv),
+                                 _mm512_loadu_ps(weight + b + 16 * j));
+        top = rotate_store64(x, rotated + b, top);
+    }
+    quantize_rotated(rotated, hidden, top, out + t * hidden, out_scales + t);
+}
+
+/* silu_mul's row t into int8 (inter a multiple of 64). */
+static void silu_mul_int8_row(int64_t t, int inter, const void *gate_up, int in_kind,
+                              const float *in_row_scales, const float *in_col_scales, int8_t *out,
+                              float *out_scales, float *rotated) {
+    int64_t base = t * 2 * (int64_t)inter;
+    __m512 row_scale = _mm512_set1_ps(in_kind == KIND_I32 ? in_row_scales[t] : 0.0f);
+    __m512 top = _mm512_setzero_ps();
+    for (int b = 0; b < inter; b += ROTATION_BLOCK) {
+        __m512 x[4];
+        for (int j = 0; j < 4; j++) {
+            int c = b + 16 * j;
+            __m512 g = load16_activation(gate_up, in_kind, base + c, row_scale,
+                                         in_kind == KIND_I32 ? in_col_scales + c : NULL);
+            __m512 u = load16_activation(gate_up, in_kind, base + inter + c, row_scale,
+                                         in_kind == KIND_I32 ? in_col_scales + inter + c : NULL);
+            x[j] = silu16_times(g, u);
+        }
+        top = rotate_store64(x, rotated + b, top);
+    }
+    quantize_rotated(rotated, inter, top, out + t * inter, out_scales + t);
+}
+
+/* quantize_rows' row t (float32 or bf16 in, width a multiple of 64). */
+static void quantize_int8_row(int64_t t, int width, const void *src, int src_kind, int8_t *out,
+                              float *out_scales, float *rotated) {
+    __m512 top = _mm512_setzero_ps(), none = _mm512_setzero_ps();
+    for (int b = 0; b < width; b += ROTATION_BLOCK) {
+        __m512 x[4];
+        for (int j = 0; j < 4; j++) x[j] = load16_activation(src, src_kind, t * width + b + 16 * j, none, NULL);
+        top = rotate_store64(x, rotated + b, top);
+    }
+    quantize_rotated(rotated, width, top, out + t * width, out_scales + t);
+}
+#else
+#define WIDE_INT8_ROWS(kind, width) 0
+#endif
+
 /* residual[t] += delta[t] (when delta is not NULL); out[t] = rms_norm(residual[t]) * weight. */
 void add_rms_norm(int64_t rows, int hidden, const void *delta, int delta_kind,
                   const float *delta_row_scales, const float *delta_col_scales, float *residual,
                   const float *weight, float eps, void *out, int out_kind, float *out_scales) {
+#if defined(__AVX512F__)
+    if (WIDE_INT8_ROWS(out_kind, hidden)) {
+#pragma omp parallel for if (rows >= 64) schedule(static)
+        for (int64_t t = 0; t < rows; t++) {
+            float rotated[hidden];
+            add_rms_norm_int8_row(t, hidden, delta, delta_kind, delta_row_scales, delta_col_scales,
+                                  residual, weight, eps, out, out_scales, rotated);
+        }
+        return;
+    }
+#endif
 #pragma omp parallel for if (rows >= 64) schedule(static)
     for (int64_t t = 0; t < rows; t++) {
         float row_buffer[hidden], delta_buffer[hidden];
@@ -106,6 +240,16 @@ void add_rms_norm(int64_t rows, int hidden, const void *delta, int delta_kind,
 /* Re-encodes rows (float32 or bf16) as int8 with per-row scales, for a W8A8 matmul. */
 void quantize_rows(int64_t rows, int width, const void *src, int src_kind, int8_t *out,
                    float *out_scales) {
+#if defined(__AVX512F__)
+    if (WIDE_INT8_ROWS(KIND_I8, width) && src_kind != KIND_I32) {
+#pragma omp parallel for if (rows >= 64) schedule(static)
+        for (int64_t t = 0; t < rows; t++) {
+            float rotated[width];
+            quantize_int8_row(t, width, src, src_kind, out, out_scales, rotated);
+        }
+        return;
+    }
+#endif
 #pragma omp parallel for if (rows >= 64) schedule(static)
     for (int64_t t = 0; t < rows; t++) {
         float row[width];
@@ -178,6 +322,17 @@ static inline void silu_times(float *restrict g, const float *restrict u, int n)
 void silu_mul(int64_t rows, int inter, const void *gate_up, int in_kind,
               const float *in_row_scales, const float *in_col_scales, void *out, int out_kind,
               float *out_scales) {
+#if defined(__AVX512F__)
+    if (WIDE_INT8_ROWS(out_kind, inter)) {
+#pragma omp parallel for if (rows >= 64) schedule(static)
+        for (int64_t t = 0; t < rows; t++) {
+            float rotated[inter];
+            silu_mul_int8_row(t, inter, gate_up, in_kind, in_row_scales, in_col_scales, out,
+                              out_scales, rotated);
+        }
+        return;
+    }
+#endif
 #pragma omp parallel for if (rows >= 64) schedule(static)
     for (int64_t t = 0; t < rows; t++) {
         float buffer[2 * inter];

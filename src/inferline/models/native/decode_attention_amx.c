@@ -114,11 +114,11 @@ ALWAYS_INLINE void span_scores(const int chunks, int8_t qa[16][MAX_DIM], const i
     _tile_zero(2);
     _tile_zero(3);
     for (int c = 0; c < chunks; c++) {
-        _tile_loadd(4, qa[0] + 64 * c, MAX_DIM);
+        tile_loadd(4, qa[0] + 64 * c, MAX_DIM);
 #define KEYS(T, B)                                                                      \
     if (T < tiles) {                                                                    \
         pack_key_tile(rows + 16 * T, c, kb[T]);                                         \
-        _tile_loadd(B, kb[T], 64);                                                      \
+        tile_loadd(B, kb[T], 64);                                                      \
         _tile_dpbssd(T, 4, B);                                                          \
     }
         KEYS(0, 5) KEYS(1, 6) KEYS(2, 7) KEYS(3, 5)
@@ -163,12 +163,12 @@ ALWAYS_INLINE void span_values(const int chunks, float weights[][SPAN], const fl
             split16(_mm512_mul_ps(_mm512_loadu_ps(weights[g] + i), inverse), pa[g] + i, pa[group + g] + i);
         w_scale[g] = scale;
     }
-    _tile_loadd(4, pa, 64);
+    tile_loadd(4, pa, 64);
     const __m512 remainder = _mm512_set1_ps(1.0f / 256.0f);
     for (int c = 0; c < chunks; c++) {
 #define DIMS(T, B)                               \
     _tile_zero(T);                               \
-    _tile_loadd(B, vb[4 * c + T], 64);           \
+    tile_loadd(B, vb[4 * c + T], 64);           \
     _tile_dpbssd(T, 4, B)
         DIMS(0, 5);
         DIMS(1, 6);

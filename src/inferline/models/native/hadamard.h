@@ -26,10 +26,10 @@ static inline __m512 hadamard_lanes(__m512 r, __m512 t, __mmask16 upper) {
     return _mm512_mask_sub_ps(_mm512_add_ps(r, t), upper, t, r);
 }
 
-static inline void hadamard64_block(float *x) {
-    __m512 r[4];
+/* The 64 values of r[0..3] rotated in registers (the arithmetic of hadamard64_block). */
+static inline __attribute__((always_inline)) void hadamard64_registers(__m512 r[4]) {
     for (int i = 0; i < 4; i++) {
-        __m512 v = _mm512_loadu_ps(x + 16 * i);
+        __m512 v = r[i];
         v = hadamard_lanes(v, _mm512_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)), 0xAAAA);
         v = hadamard_lanes(v, _mm512_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2)), 0xCCCC);
         v = hadamard_lanes(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)), 0xF0F0);
@@ -39,10 +39,17 @@ static inline void hadamard64_block(float *x) {
     __m512 a0 = _mm512_add_ps(r[0], r[1]), a1 = _mm512_sub_ps(r[0], r[1]);
     __m512 a2 = _mm512_add_ps(r[2], r[3]), a3 = _mm512_sub_ps(r[2], r[3]);
     __m512 eighth = _mm512_set1_ps(0.125f);
-    _mm512_storeu_ps(x, _mm512_mul_ps(_mm512_add_ps(a0, a2), eighth));
-    _mm512_storeu_ps(x + 16, _mm512_mul_ps(_mm512_add_ps(a1, a3), eighth));
-    _mm512_storeu_ps(x + 32, _mm512_mul_ps(_mm512_sub_ps(a0, a2), eighth));
-    _mm512_storeu_ps(x + 48, _mm512_mul_ps(_mm512_sub_ps(a1, a3), eighth));
+    r[0] = _mm512_mul_ps(_mm512_add_ps(a0, a2), eighth);
+    r[1] = _mm512_mul_ps(_mm512_add_ps(a1, a3), eighth);
+    r[2] = _mm512_mul_ps(_mm512_sub_ps(a0, a2), eighth);
+    r[3] = _mm512_mul_ps(_mm512_sub_ps(a1, a3), eighth);
+}
+
+static inline void hadamard64_block(float *x) {
+    __m512 r[4];
+    for (int i = 0; i < 4; i++) r[i] = _mm512_loadu_ps(x + 16 * i);
+    hadamard64_registers(r);
+    for (int i = 0; i < 4; i++) _mm512_storeu_ps(x + 16 * i, r[i]);
 }
 #else
 static inline void hadamard64_block(float *x) {

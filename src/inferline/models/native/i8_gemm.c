@@ -208,7 +208,7 @@ static void amx_configure(int rows) {
 
 /* rows (1..32) x 32 columns (half a panel) of sums into sums [32][32] int32. */
 static void amx_block(int rows, int64_t k, const int8_t *x, const int8_t *half,
-                      int32_t sums[AMX_BLOCK_ROWS][32]) {
+                      int32_t *sums, int64_t stride) {
     _tile_zero(0);
     _tile_zero(1);
     if (rows > 16) {
@@ -216,22 +216,22 @@ static void amx_block(int rows, int64_t k, const int8_t *x, const int8_t *half,
         _tile_zero(3);
     }
     for (int64_t i = 0; i < k; i += 64, half += 16 * 4 * I8_PANEL) {
-        _tile_loadd(6, half, 4 * I8_PANEL);
-        _tile_loadd(7, half + 64, 4 * I8_PANEL);
-        _tile_loadd(4, x + i, k);
+        tile_loadd(6, half, 4 * I8_PANEL);
+        tile_loadd(7, half + 64, 4 * I8_PANEL);
+        tile_loadd(4, x + i, k);
         _tile_dpbssd(0, 4, 6);
         _tile_dpbssd(1, 4, 7);
         if (rows > 16) {
-            _tile_loadd(5, x + 16 * k + i, k);
+            tile_loadd(5, x + 16 * k + i, k);
             _tile_dpbssd(2, 5, 6);
             _tile_dpbssd(3, 5, 7);
         }
     }
-    _tile_stored(0, &sums[0][0], 32 * sizeof(int32_t));
-    _tile_stored(1, &sums[0][16], 32 * sizeof(int32_t));
+    _tile_stored(0, sums, stride * sizeof(int32_t));
+    _tile_stored(1, sums + 16, stride * sizeof(int32_t));
     if (rows > 16) {
-        _tile_stored(2, &sums[16][0], 32 * sizeof(int32_t));
-        _tile_stored(3, &sums[16][16], 32 * sizeof(int32_t));
+        _tile_stored(2, sums + 16 * stride, stride * sizeof(int32_t));
+        _tile_stored(3, sums + 16 * stride + 16, stride * sizeof(int32_t));
     }
 }
 
@@ -249,7 +249,12 @@ static void amx_item(int64_t h, int64_t r0, int64_t m, int64_t n, int64_t k, con
     int rows = (int)(m - r0 < AMX_BLOCK_ROWS ? m - r0 : AMX_BLOCK_ROWS);
     if (rows != *configured) amx_configure(rows), *configured = rows;
     int side = (int)(h % 2); /* which half of its panel */
-    amx_block(rows, k, x8 + r0 * k, packed + (c0 - 32 * side) * k + 128 * side, sums);
+    const int8_t *half = packed + (c0 - 32 * side) * k + 128 * side;
+    if (out && n % 32 == 0) { /* int32 sums of whole half panels: straight from the tiles */
+        amx_block(rows, k, x8 + r0 * k, half, out + r0 * n + c0, n);
+        return;
+    }
+    amx_block(rows, k, x8 + r0 * k, half, &sums[0][0], 32);
     __mmask16 keep[4];
     panel_keep(c0 - 32 * side, n, keep);
     Scaled y = scaled_at(out_scaled, out_bf16, r0 * n + c0, row_scales ? row_scales + r0 : NULL);
