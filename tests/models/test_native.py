@@ -315,6 +315,45 @@ def test_amx_prefill_attention_keeps_float32_accuracy(
     torch.testing.assert_close(amx.double(), expected, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("amx", [True, False])
+@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.int8])
+def test_attention_outputs_left_in_the_cache_basis_quantize_as_the_plain_ones(
+    kernels: NativeKernels, cache_dtype: torch.dtype, amx: bool
+) -> None:
+    """in_cache_basis over an int8 cache: the outputs rotated (H, per 64 values), and
+    quantize_rows(rotated=True) of them gives the int8 rows quantize_rows gives the plain
+    outputs (its own rotation skipped, not applied twice); over a bf16 cache the flag
+    changes nothing. Decode and prefill kernels, AMX tiles and AVX-512."""
+    heads, kv_heads, head_dim, block_size = 9, 3, 64, 16
+    default = kernels.amx_attention, kernels.amx_decode
+    gen = torch.Generator().manual_seed(11)
+    cache = random_cache(48 * block_size, kv_heads, head_dim, cache_dtype, gen)
+    chunks = torch.tensor([[0, 0, 70], [70, 150, 40]])
+    tables = torch.stack([torch.randperm(48, generator=gen)[:16] for _ in range(2)]).int()
+    q = torch.randn(112, heads, head_dim, generator=gen) * 3
+    lens, token_rows = torch.tensor([190, 33], dtype=torch.int32), torch.tensor([110, 111])
+    outs = []
+    try:
+        kernels.amx_attention_on(amx), kernels.amx_decode_on(amx)
+        for basis in (False, True):
+            out = torch.zeros(112, heads * head_dim)
+            assert kernels.prefill_attention(q, cache, chunks, tables, block_size, out, basis)
+            kernels.decode_attention(q, cache, tables, lens, token_rows, block_size, out, basis)
+            outs.append(out)
+    finally:
+        kernels.amx_attention_on(default[0]), kernels.amx_decode_on(default[1])
+    plain, kept = outs
+    if cache_dtype != torch.int8:
+        assert torch.equal(plain, kept)
+        return
+    expected = rotation.rotated(plain.reshape(-1, head_dim)).reshape(plain.shape)
+    torch.testing.assert_close(kept, expected, rtol=0, atol=1e-5)
+    ours, theirs = kernels.quantize_rows(kept, rotated=True), kernels.quantize_rows(plain)
+    torch.testing.assert_close(ours.scales, theirs.scales, rtol=1e-5, atol=0)
+    assert (ours.values.int() - theirs.values.int()).abs().max() <= 1  # rounding at .5 only
+    assert (ours.values != theirs.values).float().mean() < 1e-3
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("cache_dtype", CACHE_DTYPES)
 def test_prefill_attention_matches_causal_sdpa(

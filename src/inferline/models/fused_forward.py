@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 
 from inferline.models.attention import AttentionMetadata, attend_groups
+from inferline.models.kv_layout import rows_rotated
 from inferline.models.native import Activation, NativeKernels
 from inferline.models.row_choice import kernel_rows
 
@@ -89,20 +90,25 @@ def _layer(
     o_dtype = layer.o_proj.input_dtype(rows)
     attention = torch.empty(rows, layer.num_heads * layer.head_dim,
                             dtype=torch.float32 if o_dtype == torch.int8 else o_dtype)  # fmt: skip
+    # W8A8 o over a rotated cache: the outputs stay in its basis (the kernels' rotation back
+    # and quantize_rows' rotation would cancel; layer_stack.c does the same); not where
+    # SDPA writes some rows
+    basis = (o_dtype == torch.int8 and not metadata.groups
+             and rows_rotated(kv_cache, layer.head_dim))  # fmt: skip
     decode = metadata.decode
     if decode is not None:
         kernels.decode_attention(
             q, kv_cache, decode.block_tables, decode.context_lens, decode.token_rows,
-            decode.block_size, attention,
+            decode.block_size, attention, basis,
         )  # fmt: skip
     prefill = metadata.prefill
     if prefill is not None and not kernels.prefill_attention(
-        q, kv_cache, prefill.chunks, prefill.block_tables, prefill.block_size, attention
+        q, kv_cache, prefill.chunks, prefill.block_tables, prefill.block_size, attention, basis
     ):
         raise RuntimeError("prefill_attention refused a batch the runner built for it")
     # SDPA, for the prefill chunks of a head layout the kernel does not handle
     attend_groups(q, kv_cache, metadata.groups, attention)
-    o_input = kernels.quantize_rows(attention) if o_dtype == torch.int8 else attention
+    o_input = kernels.quantize_rows(attention, basis) if o_dtype == torch.int8 else attention
     norm = layer.post_attention_layernorm
     x = kernels.add_rms_norm(
         residual, layer.o_proj.matmul(o_input), norm.weight, norm.eps,

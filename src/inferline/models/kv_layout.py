@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from inferline.models.rotation import rotated
+from inferline.models.rotation import ROTATION_BLOCK, rotated
 
 SCALE_BYTES = 4
 KV_DTYPES = ("float32", "bfloat16", "int8")
@@ -33,6 +33,12 @@ def cache_kind(cache: torch.Tensor) -> int:
     if cache.dtype not in _KINDS:
         raise ValueError(f"a KV cache is float32, bfloat16 or int8, not {cache.dtype}")
     return _KINDS[cache.dtype]
+
+
+def rows_rotated(cache: torch.Tensor, head_dim: int) -> bool:
+    """Whether the cache holds its rows rotated (int8, head_dim a multiple of 64): attention
+    over it can leave its outputs in that basis for a W8A8 projection (`fused_forward`)."""
+    return cache.dtype == torch.int8 and head_dim % ROTATION_BLOCK == 0
 
 
 def write_rows(cache: torch.Tensor, slots: torch.Tensor, values: torch.Tensor) -> None:

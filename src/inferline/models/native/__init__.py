@@ -98,6 +98,16 @@ def _is_bf16(tensor: torch.Tensor) -> int:
     return int(tensor.dtype == torch.bfloat16)
 
 
+# float32 rows in the rotated basis (cpu_kernels.c KIND_F32_ROTATED); attention's output
+# form: bit 0 bf16, 2 left in the cache's basis (kernels_common.h OUT_CACHE_BASIS)
+_F32_ROTATED = 4
+_OUT_CACHE_BASIS = 2
+
+
+def _out_form(out: torch.Tensor, in_cache_basis: bool) -> int:
+    return _is_bf16(out) | (_OUT_CACHE_BASIS if in_cache_basis else 0)
+
+
 def _source(x: Activation | None) -> tuple[int | None, int, int | None, int | None]:
     """An input activation as (values, kind, row scales, column scales) arguments."""
     if x is None:
@@ -179,11 +189,13 @@ class NativeKernels:
         self.lib.add_rms_norm(rows, hidden, *_source(delta), _p(residual), _p(weight), eps, *sink)
         return out
 
-    def quantize_rows(self, x: torch.Tensor) -> Int8Rows:
-        """Float32 or bf16 rows -> int8 with per-row scales (W8A8 input)."""
+    def quantize_rows(self, x: torch.Tensor, rotated: bool = False) -> Int8Rows:
+        """Float32 or bf16 rows -> int8 with per-row scales (W8A8 input); ``rotated``:
+        float32 rows already in the rotated basis (attention's ``in_cache_basis``)."""
         rows, width = x.shape
         out = Int8Rows(torch.empty(rows, width, dtype=torch.int8), torch.empty(rows, 1))
-        self.lib.quantize_rows(rows, width, _p(x), _is_bf16(x), _p(out.values), _p(out.scales))
+        kind = _F32_ROTATED if rotated else _is_bf16(x)
+        self.lib.quantize_rows(rows, width, _p(x), kind, _p(out.values), _p(out.scales))
         return out
 
     def rope_store_kv(
@@ -217,14 +229,17 @@ class NativeKernels:
         token_rows: torch.Tensor,  # [S] int64: each sequence's row of q and out
         block_size: int,
         out: torch.Tensor,  # [T, heads * head_dim] float32 or bf16, rows filled here
+        in_cache_basis: bool = False,
     ) -> None:
-        """Attention of one query token per sequence over its paged context."""
+        """Attention of one query token per sequence over its paged context (outputs left
+        in a rotated cache's basis with ``in_cache_basis``: `quantize_rows(rotated=True)`)."""
         _, heads, head_dim = q.shape
         kv_heads = kv_cache.shape[2]
         status = self.lib.decode_attention(
             token_rows.shape[0], heads, kv_heads, head_dim, _p(q), _p(kv_cache[0]),
             _p(kv_cache[1]), cache_kind(kv_cache), _p(block_tables), block_tables.shape[1],
-            _p(context_lens), _p(token_rows), block_size, head_dim**-0.5, _p(out), _is_bf16(out),
+            _p(context_lens), _p(token_rows), block_size, head_dim**-0.5, _p(out),
+            _out_form(out, in_cache_basis),
         )  # fmt: skip
         if status != 0:
             raise ValueError(f"decode_attention: {heads} heads over {kv_heads} kv heads")
@@ -242,16 +257,18 @@ class NativeKernels:
         block_tables: torch.Tensor,  # [C, max_blocks] int32
         block_size: int,
         out: torch.Tensor,  # [T, heads * head_dim] float32 or bf16, rows filled here
+        in_cache_basis: bool = False,
     ) -> bool:
         """Causal attention of prefill chunks over their paged context (this step's K/V
         already written); False (nothing computed) where this build or head size is not
-        handled: the caller runs torch's SDPA instead."""
+        handled: the caller runs torch's SDPA instead. ``in_cache_basis``: as
+        `decode_attention`."""
         _, heads, head_dim = q.shape
         kv_heads = kv_cache.shape[2]
         status = self.lib.prefill_attention(
             chunks.shape[0], heads, kv_heads, head_dim, _p(q), _p(kv_cache[0]),
             _p(kv_cache[1]), cache_kind(kv_cache), _p(block_tables), block_tables.shape[1],
-            _p(chunks), block_size, head_dim**-0.5, _p(out), _is_bf16(out),
+            _p(chunks), block_size, head_dim**-0.5, _p(out), _out_form(out, in_cache_basis),
         )  # fmt: skip
         return status == 0
 

@@ -318,8 +318,10 @@ int decode_attention(int64_t num_seqs, int heads, int kv_heads, int head_dim, co
     if (!cache_rotated(cache_kind, head_dim))
         return decode_attention_in_basis(num_seqs, heads, kv_heads, head_dim, q, k_cache,
                                          v_cache, cache_kind, block_tables, max_blocks,
-                                         context_lens, token_rows, block_size, scale, out, out_bf16);
-    /* an int8 cache holds rotated rows: queries rotated in, outputs rotated back out */
+                                         context_lens, token_rows, block_size, scale, out,
+                                         out_bf16 & OUT_BF16);
+    /* an int8 cache holds rotated rows: queries rotated in, outputs rotated back out
+     * (unless OUT_CACHE_BASIS) */
     int width = heads * head_dim;
     float *queries = rotated_rows(q, token_rows, num_seqs, width);
     float *outputs = malloc(sizeof(float) * (size_t)(num_seqs * width));

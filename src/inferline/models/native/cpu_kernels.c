@@ -28,7 +28,10 @@
 #include "hadamard.h"
 #include "kernels_common.h"
 
-enum { KIND_F32 = 0, KIND_BF16 = 1, KIND_I32 = 2, KIND_I8 = 3 };
+/* KIND_F32_ROTATED: float32 rows already in the rotated basis (attention's outputs left in
+ * an int8 cache's basis, kernels_common.h OUT_CACHE_BASIS): quantize_rows does not rotate
+ * them. */
+enum { KIND_F32 = 0, KIND_BF16 = 1, KIND_I32 = 2, KIND_I8 = 3, KIND_F32_ROTATED = 4 };
 
 /*
  * Row t (n values) of an activation: float32, bf16, or the int32 result of a W8A8 matmul,
@@ -49,6 +52,24 @@ static inline void load_row(float *dst, const void *src, int kind, int64_t t, in
     }
 }
 
+/* Row t of int8 dst from n float32 values (no rotation): scale = max|x| / 127 into
+ * out_scales[t], values rounded half to even, as torch.round does. */
+static inline void quantize_row_int8(void *dst, int64_t t, const float *src, int n,
+                                     float *out_scales) {
+    float top = 0.0f;
+#pragma omp simd reduction(max : top)
+    for (int i = 0; i < n; i++) top = larger(top, fabsf(src[i]));
+    float scale = larger(top, 1e-8f) / 127.0f;
+    out_scales[t] = scale;
+    int8_t *d = (int8_t *)dst + t * n;
+    /* adding and removing 1.5 * 2^23 rounds |v| <= 2^22 half to even, and vectorizes
+     * (nearbyintf is a libm call per element); times 1 / scale, not / scale: a division
+     * a value took 14 % of add_rms_norm (quant.Int8Weight.linear does the same) */
+    float inverse = 1.0f / scale;
+#pragma omp simd
+    for (int i = 0; i < n; i++) d[i] = (int8_t)((src[i] * inverse + 12582912.0f) - 12582912.0f);
+}
+
 /*
  * Writes row t: float32, bf16, or int8 quantized symmetrically per row for W8A8 (rotated
  * in place first, as the weights were at load: hadamard.h; scale = max|x| / 127 into
@@ -62,18 +83,7 @@ static inline void store_row(void *dst, int kind, int64_t t, float *src, int n,
         for (int i = 0; i < n; i++) d[i] = f32_to_bf16(src[i]);
     } else if (kind == KIND_I8) {
         rotate_row(src, n);
-        float top = 0.0f;
-#pragma omp simd reduction(max : top)
-        for (int i = 0; i < n; i++) top = larger(top, fabsf(src[i]));
-        float scale = larger(top, 1e-8f) / 127.0f;
-        out_scales[t] = scale;
-        int8_t *d = (int8_t *)dst + offset;
-        /* adding and removing 1.5 * 2^23 rounds |v| <= 2^22 half to even, and vectorizes
-         * (nearbyintf is a libm call per element); times 1 / scale, not / scale: a division
-         * a value took 14 % of add_rms_norm (quant.Int8Weight.linear does the same) */
-        float inverse = 1.0f / scale;
-#pragma omp simd
-        for (int i = 0; i < n; i++) d[i] = (int8_t)((src[i] * inverse + 12582912.0f) - 12582912.0f);
+        quantize_row_int8(dst, t, src, n, out_scales);
     } else {
         memcpy((float *)dst + offset, src, (size_t)n * sizeof(float));
     }
@@ -191,6 +201,12 @@ static void silu_mul_int8_row(int64_t t, int inter, const void *gate_up, int in_
 static void quantize_int8_row(int64_t t, int width, const void *src, int src_kind, int8_t *out,
                               float *out_scales, float *rotated) {
     __m512 top = _mm512_setzero_ps(), none = _mm512_setzero_ps();
+    if (src_kind == KIND_F32_ROTATED) { /* width a multiple of 16 */
+        const float *row = (const float *)src + t * width;
+        for (int i = 0; i < width; i += 16) top = _mm512_max_ps(top, _mm512_abs_ps(_mm512_loadu_ps(row + i)));
+        quantize_rotated(row, width, top, out + t * width, out_scales + t);
+        return;
+    }
     for (int b = 0; b < width; b += ROTATION_BLOCK) {
         __m512 x[4];
         for (int j = 0; j < 4; j++) x[j] = load16_activation(src, src_kind, t * width + b + 16 * j, none, NULL);
@@ -241,7 +257,8 @@ void add_rms_norm(int64_t rows, int hidden, const void *delta, int delta_kind,
 void quantize_rows(int64_t rows, int width, const void *src, int src_kind, int8_t *out,
                    float *out_scales) {
 #if defined(__AVX512F__)
-    if (WIDE_INT8_ROWS(KIND_I8, width) && src_kind != KIND_I32) {
+    if ((WIDE_INT8_ROWS(KIND_I8, width) || src_kind == KIND_F32_ROTATED) && width % 16 == 0 &&
+        src_kind != KIND_I32) {
 #pragma omp parallel for if (rows >= 64) schedule(static)
         for (int64_t t = 0; t < rows; t++) {
             float rotated[width];
@@ -254,7 +271,10 @@ void quantize_rows(int64_t rows, int width, const void *src, int src_kind, int8_
     for (int64_t t = 0; t < rows; t++) {
         float row[width];
         load_row(row, src, src_kind, t, width, NULL, NULL);
-        store_row(out, KIND_I8, t, row, width, out_scales);
+        if (src_kind == KIND_F32_ROTATED)
+            quantize_row_int8(out, t, row, width, out_scales);
+        else
+            store_row(out, KIND_I8, t, row, width, out_scales);
     }
 }
 

@@ -142,14 +142,25 @@ static inline float *rotated_rows(const float *x, const int64_t *rows, int64_t n
     return packed;
 }
 
-/* Row i of packed [n, width] rotated back (H is its own inverse) into row rows[i] of out,
- * float32 or bf16: attention outputs over rotated values (sum p vH = (sum p v) H). */
+/*
+ * Attention's output form (the kernels' out_bf16 argument): bit 0 bf16 (else float32);
+ * OUT_CACHE_BASIS: over a rotated cache, the outputs stay in the rotated basis, for a
+ * caller that quantizes them for a W8A8 projection at once: its rotation of each 64
+ * values (quantize_rows, kind KIND_F32_ROTATED) would undo the rotation back, so both
+ * are skipped (two Hadamard transforms a head and row). No effect on other caches.
+ */
+#define OUT_BF16 1
+#define OUT_CACHE_BASIS 2
+
+/* Row i of packed [n, width] rotated back (H is its own inverse; not with OUT_CACHE_BASIS)
+ * into row rows[i] of out, float32 or bf16: attention outputs over rotated values (sum p vH
+ * = (sum p v) H). */
 static inline void store_rotated_rows(void *out, const int64_t *rows, float *packed, int64_t n,
-                                      int width, int out_bf16) {
+                                      int width, int out_form) {
 #pragma omp parallel for schedule(static) if (n >= 32)
     for (int64_t i = 0; i < n; i++) {
-        rotate_row(packed + i * width, width);
-        store_span(out, rows[i] * width, packed + i * width, width, out_bf16);
+        if (!(out_form & OUT_CACHE_BASIS)) rotate_row(packed + i * width, width);
+        store_span(out, rows[i] * width, packed + i * width, width, out_form & OUT_BF16);
     }
 }
 

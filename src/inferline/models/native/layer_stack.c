@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "kernels_common.h" /* cache_rotated, OUT_CACHE_BASIS */
+
 /* the kernels strung together (cpu_kernels.c, attention.c, q4_gemm.c, i8_gemm.c) */
 void add_rms_norm(int64_t rows, int hidden, const void *delta, int delta_kind,
                   const float *delta_row_scales, const float *delta_col_scales, float *residual,
@@ -89,7 +91,7 @@ typedef struct {
     int32_t chunk_max_blocks;
 } StackStep;
 
-enum { F32 = 0, BF16 = 1, I32 = 2, I8 = 3 };
+enum { F32 = 0, BF16 = 1, I32 = 2, I8 = 3, F32_ROTATED = 4 }; /* as cpu_kernels.c */
 
 /* A kernel's input activation (kind F32, BF16, or I32 with row and column scales). */
 typedef struct {
@@ -166,18 +168,20 @@ int layer_stack(const LayerStack *m, const StackStep *s, float *residual,
         rope_store_kv(rows, m->heads, m->kv_heads, m->head_dim, qkv_out.values, qkv_out.kind,
                       qkv_out.row_scales, qkv_out.col_scales, w->qkv_bias, s->positions,
                       m->cos_table, m->sin_table, s->slots, k_cache, v_cache, s->cache_kind, q);
+        Sink o_in = input_of(runs_q4(&w->o, c), attention, att8, att_scales);
+        /* W8A8 o over a rotated cache: attention's outputs stay in its basis (kernels_common.h) */
+        int basis = o_in.kind == I8 && cache_rotated(s->cache_kind, m->head_dim) ? OUT_CACHE_BASIS : 0;
         if (s->num_seqs > 0)
             status = decode_attention(s->num_seqs, m->heads, m->kv_heads, m->head_dim, q,
                                       k_cache, v_cache, s->cache_kind, s->block_tables,
                                       s->max_blocks, s->context_lens, s->token_rows,
-                                      s->block_size, m->attention_scale, attention, 0);
+                                      s->block_size, m->attention_scale, attention, basis);
         if (s->num_chunks > 0 && status == 0)
             status = prefill_attention(s->num_chunks, m->heads, m->kv_heads, m->head_dim, q,
                                        k_cache, v_cache, s->cache_kind, s->chunk_tables,
                                        s->chunk_max_blocks, s->chunks, s->block_size,
-                                       m->attention_scale, attention, 0);
-        Sink o_in = input_of(runs_q4(&w->o, c), attention, att8, att_scales);
-        if (o_in.kind == I8) quantize_rows(rows, q_width, attention, F32, att8, att_scales);
+                                       m->attention_scale, attention, basis);
+        if (o_in.kind == I8) quantize_rows(rows, q_width, attention, basis ? F32_ROTATED : F32, att8, att_scales);
         Source o_out = project(&w->o, rows, hidden, q_width, o_in, delta, 0);
         Sink gate_up_in = input_of(runs_q4(&w->gate_up, c), x, x8, x_scales);
         add_rms_norm(rows, hidden, o_out.values, o_out.kind, o_out.row_scales,

@@ -213,6 +213,7 @@ int prefill_attention(int64_t num_chunks, int heads, int kv_heads, int head_dim,
                       const int32_t *block_tables, int max_blocks, const int64_t *chunks,
                       int block_size, float scale, void *out, int out_bf16) {
     if (!prefill_attention_supported(heads, kv_heads, head_dim)) return -2;
+    if (!cache_rotated(cache_kind, head_dim)) out_bf16 &= OUT_BF16;
     if (!cache_rotated(cache_kind, head_dim) ||
         prefill_amx_handles(cache_kind, head_dim, heads / kv_heads))
         return prefill_attention_in_basis(num_chunks, heads, kv_heads, head_dim, q, k_cache,

@@ -297,9 +297,10 @@ ALWAYS_INLINE void amx_task(const int chunks, const int kind, const PagedAttenti
         for (int i = 0; i < rows; i++) {
             float inv = 1.0f / _mm512_reduce_add_ps(_mm512_load_ps(sums[g][i]));
             for (int d = 0; d < head_dim; d++) row[d] = acc[g][i * head_dim + d] * inv;
-            if (kind == CACHE_I8) rotate_row(row, head_dim); /* back from the rotated basis */
+            if (kind == CACHE_I8 && !(out_bf16 & OUT_CACHE_BASIS))
+                rotate_row(row, head_dim); /* back from the rotated basis */
             store_span(out, (first_row + i) * p->heads * head_dim + (int64_t)h * head_dim, row,
-                       head_dim, out_bf16);
+                       head_dim, out_bf16 & OUT_BF16);
         }
     }
 }
@@ -453,7 +454,7 @@ ALWAYS_INLINE void amx_task64(const int kind, const PagedAttention *p, const int
             float *o_row = (float *)out + (first_row + i) * p->heads * head_dim + h * head_dim;
             for (int d = 0; d < 64; d += 16) {
                 if (g + 1 < p->group) _mm_prefetch((const char *)(next + d), _MM_HINT_T0);
-                if (!out_bf16) _mm_prefetch((const char *)(o_row + d), _MM_HINT_ET0);
+                if (!(out_bf16 & OUT_BF16)) _mm_prefetch((const char *)(o_row + d), _MM_HINT_ET0);
             }
         }
         for (int i = 0; i < AMX_ROWS; i++) {
@@ -494,9 +495,10 @@ ALWAYS_INLINE void amx_task64(const int kind, const PagedAttention *p, const int
         for (int i = 0; i < rows; i++) {
             __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(_mm512_load_ps(sums[i])));
             for (int d = 0; d < 64; d += 16) _mm512_storeu_ps(row + d, _mm512_mul_ps(_mm512_load_ps(o[i] + d), inv));
-            if (kind == CACHE_I8) rotate_row(row, head_dim); /* back from the rotated basis */
+            if (kind == CACHE_I8 && !(out_bf16 & OUT_CACHE_BASIS))
+                rotate_row(row, head_dim); /* back from the rotated basis */
             store_span(out, (first_row + i) * p->heads * head_dim + (int64_t)h * head_dim, row,
-                       head_dim, out_bf16);
+                       head_dim, out_bf16 & OUT_BF16);
         }
     }
     _tile_release();
