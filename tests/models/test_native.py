@@ -14,7 +14,7 @@ from inferline.models import rotation
 from inferline.models.kv_layout import cache_of, read_rows, row_width, write_rows
 from inferline.models.llama import apply_rotary
 from inferline.models.native import NativeKernels, load_kernels
-from inferline.models.quant import Int8Rows, int8_linear, int8_matmul, quantize_int8
+from inferline.models.quant import Int8Rows, Int32Product, int8_linear, int8_matmul, quantize_int8
 from tests.conftest import PARITY_PROMPTS, on_torch_path, run_to_completion
 
 CACHE_DTYPES = [torch.float32, torch.bfloat16, torch.int8]
@@ -208,6 +208,51 @@ def test_w8a8_activations_match_torch_bit_for_bit(kernels: NativeKernels) -> Non
     assert torch.equal(ours, residual + int8_linear(x, weight))
     normed = kernels.add_rms_norm(residual.clone(), None, torch.ones(64), 1e-5, torch.int8)
     assert isinstance(normed, Int8Rows) and normed.values.dtype == torch.int8
+
+
+@pytest.mark.parametrize("source", ["float32", "bfloat16", "int32"])
+def test_int8_rows_out_of_norm_and_silu_are_the_quantized_float_rows(
+    kernels: NativeKernels, source: str
+) -> None:
+    """add_rms_norm and silu_mul into int8 rows (their one-pass AVX-512 form: rotate, max
+    and quantize per 64 values) give the rows quantize_rows gives their float32 outputs:
+    scales to 1e-5, codes off by at most one and rarely (a sum of squares in another
+    order, silu's polynomial)."""
+    gen = torch.Generator().manual_seed(9)
+    rows, hidden, inter = 70, 576, 1536  # 70 rows: the threaded branch too
+
+    def activation(width: int) -> torch.Tensor | Int32Product:
+        values = torch.randn(rows, width, generator=gen) * 3
+        if source == "int32":
+            ints = (values * 1000).round().int()
+            return Int32Product(
+                ints, torch.rand(rows, 1, generator=gen) / 1000, torch.rand(width, generator=gen)
+            )
+        return values.to(getattr(torch, source))
+
+    def close(ours: Int8Rows, expected: Int8Rows) -> None:
+        torch.testing.assert_close(ours.scales, expected.scales, rtol=1e-5, atol=0)
+        differ = ours.values.int() - expected.values.int()
+        assert differ.abs().max() <= 1 and (differ != 0).float().mean() < 0.01
+
+    residual, weight = (
+        torch.randn(rows, hidden, generator=gen),
+        torch.rand(hidden, generator=gen) + 0.5,
+    )
+    delta = activation(hidden)
+    floats = kernels.add_rms_norm(residual.clone(), delta, weight, 1e-5, torch.float32)
+    ours = kernels.add_rms_norm(residual.clone(), delta, weight, 1e-5, torch.int8)
+    assert isinstance(ours, Int8Rows) and isinstance(floats, torch.Tensor)
+    close(ours, kernels.quantize_rows(floats))
+    gate_up = activation(2 * inter)
+    silu = kernels.silu_mul(gate_up, torch.int8)
+    assert isinstance(silu, Int8Rows)
+    if isinstance(gate_up, Int32Product):
+        values = gate_up.values.float() * (gate_up.row_scales * gate_up.col_scales)
+    else:
+        values = gate_up.float()
+    gate, up = values.chunk(2, dim=-1)
+    close(silu, kernels.quantize_rows(F.silu(gate) * up))
 
 
 @pytest.mark.parametrize("weight_format", ["int8", "int4"])

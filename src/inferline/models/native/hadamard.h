@@ -21,28 +21,43 @@
 #define ROTATION_BLOCK 64
 
 #if defined(__AVX512F__)
-/* One butterfly stage of distance h < 16 inside a register: t holds each lane's partner. */
-static inline __m512 hadamard_lanes(__m512 r, __m512 t, __mmask16 upper) {
-    return _mm512_mask_sub_ps(_mm512_add_ps(r, t), upper, t, r);
+/* One butterfly stage of distance h < 16 inside a register: t holds each lane's partner,
+ * sign is +1 in the lower lane of each pair and -1 in the upper: a + b and a - b, each
+ * rounded once as an add or a sub would be (one FMA, not an add and a masked sub). */
+static inline __m512 hadamard_lanes(__m512 r, __m512 t, __m512 sign) {
+    return _mm512_fmadd_ps(r, sign, t);
 }
 
-/* The 64 values of r[0..3] rotated in registers (the arithmetic of hadamard64_block). */
-static inline __attribute__((always_inline)) void hadamard64_registers(__m512 r[4]) {
+static inline __m512 lane_signs(__mmask16 upper) {
+    return _mm512_mask_mov_ps(_mm512_set1_ps(1.0f), upper, _mm512_set1_ps(-1.0f));
+}
+
+/* The 64 values of r[0..3] rotated in registers, times 8 (the orthonormal transform's
+ * 1/8 left to the caller: an int8 row's codes do not depend on it). */
+static inline __attribute__((always_inline)) void hadamard64_unscaled(__m512 r[4]) {
+    const __m512 s1 = lane_signs(0xAAAA), s2 = lane_signs(0xCCCC), s4 = lane_signs(0xF0F0),
+                 s8 = lane_signs(0xFF00);
     for (int i = 0; i < 4; i++) {
         __m512 v = r[i];
-        v = hadamard_lanes(v, _mm512_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)), 0xAAAA);
-        v = hadamard_lanes(v, _mm512_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2)), 0xCCCC);
-        v = hadamard_lanes(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)), 0xF0F0);
-        v = hadamard_lanes(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)), 0xFF00);
+        v = hadamard_lanes(v, _mm512_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)), s1);
+        v = hadamard_lanes(v, _mm512_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2)), s2);
+        v = hadamard_lanes(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)), s4);
+        v = hadamard_lanes(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)), s8);
         r[i] = v;
     }
     __m512 a0 = _mm512_add_ps(r[0], r[1]), a1 = _mm512_sub_ps(r[0], r[1]);
     __m512 a2 = _mm512_add_ps(r[2], r[3]), a3 = _mm512_sub_ps(r[2], r[3]);
-    __m512 eighth = _mm512_set1_ps(0.125f);
-    r[0] = _mm512_mul_ps(_mm512_add_ps(a0, a2), eighth);
-    r[1] = _mm512_mul_ps(_mm512_add_ps(a1, a3), eighth);
-    r[2] = _mm512_mul_ps(_mm512_sub_ps(a0, a2), eighth);
-    r[3] = _mm512_mul_ps(_mm512_sub_ps(a1, a3), eighth);
+    r[0] = _mm512_add_ps(a0, a2);
+    r[1] = _mm512_add_ps(a1, a3);
+    r[2] = _mm512_sub_ps(a0, a2);
+    r[3] = _mm512_sub_ps(a1, a3);
+}
+
+/* The 64 values of r[0..3] rotated in registers (the arithmetic of hadamard64_block). */
+static inline __attribute__((always_inline)) void hadamard64_registers(__m512 r[4]) {
+    hadamard64_unscaled(r);
+    const __m512 eighth = _mm512_set1_ps(0.125f); /* exact */
+    for (int i = 0; i < 4; i++) r[i] = _mm512_mul_ps(r[i], eighth);
 }
 
 static inline void hadamard64_block(float *x) {
