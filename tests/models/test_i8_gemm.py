@@ -109,6 +109,42 @@ def test_weights_the_kernel_cannot_take_stay_with_torch(kernels: NativeKernels) 
             packed.matmul(Int8Rows(torch.zeros(2, 12, dtype=torch.int8), torch.ones(2, 1)))
 
 
+@pytest.mark.parametrize(
+    ("out_features", "in_features"), [(960, 576), (3072, 576), (4864, 896), (200, 1536)]
+)
+def test_amx_prefill_orders_give_the_exact_integers(
+    kernels: NativeKernels, out_features: int, in_features: int
+) -> None:
+    """Prefill-sized steps (4+ row blocks) run AMX in one of three orders by weight size:
+    each thread over its own rows (<= 1 MB: 960 x 576), over its own columns row block by
+    row block (3072 x 576), by half panel (4864 x 896); all the exact int32 sums and the
+    same dequantized bf16 products (compact gate/up) at 97 .. 512 rows, partial blocks and
+    half panels (200 columns) included."""
+    needs_vnni(kernels)
+    default = kernels.amx_rows
+    if not kernels.amx_from(1):
+        kernels.amx_from(default)
+        pytest.skip("no AMX int8 on this CPU (or the OS refused the tile state)")
+    try:
+        gen = torch.Generator().manual_seed(out_features)
+        w8_t = torch.randint(
+            -128, 128, (in_features, out_features), dtype=torch.int8, generator=gen
+        )
+        scale = torch.rand(out_features, generator=gen)
+        packed = kernels.pack_int8(Int8Weight(w8_t, scale))
+        assert isinstance(packed, PackedInt8Weight)
+        x = extreme_rows(512, in_features, gen)
+        expected = torch._int_mm(x, w8_t)
+        for rows in (97, 130, 300, 512):
+            part = Int8Rows(x[:rows].contiguous(), torch.rand(rows, 1, generator=gen))
+            assert torch.equal(packed.matmul(part).values, expected[:rows])
+            bf16 = packed.scaled(part, torch.bfloat16)
+            floats = expected[:rows].float() * (part.scales * scale)
+            assert torch.equal(bf16, floats.bfloat16())
+    finally:
+        kernels.amx_from(default)
+
+
 @pytest.mark.parametrize(("out_features", "in_features"), [(1536, 576), (200, 1536), (40, 64)])
 def test_amx_gives_the_same_integers_as_vnni(
     kernels: NativeKernels, out_features: int, in_features: int
