@@ -138,6 +138,38 @@ def test_a_step_with_prefill_chunks_is_bit_for_bit_the_layer_by_layer_one(
     assert not torch.equal(ours_cache, caches)
 
 
+@pytest.mark.parametrize("kv_dtype", [torch.bfloat16, torch.int8])
+@pytest.mark.parametrize("weight_format", ["int8", "mixed"])
+@pytest.mark.parametrize(
+    "wanted",
+    [[21, 30, 1], [30], [0, 1], [], [5, 0, 21, 1, 30, 12]],
+    ids=["chunk-ends-and-a-decode", "one-row", "decodes", "none", "scattered"],
+)
+def test_wanted_rows_alone_through_the_last_layer_are_bit_for_bit(
+    kernels: NativeKernels,
+    kv_dtype: torch.dtype,
+    weight_format: WeightFormat,
+    wanted: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the rows whose logits are wanted (each chunk's last row, decodes, any order,
+    none), the stack computes the last layer's attention and MLP for those rows alone: the
+    same hidden states as the whole step's, bit for bit, in their order, and every row's
+    keys and values in every layer's cache."""
+    if not kernels.i8_path:
+        pytest.skip("no packed int8 kernel on this CPU: W8A8 stays with torch")
+    model = tiny_qwen(kernels, weight_format, monkeypatch)
+    input_ids, positions, caches, metadata = mixed_step(kv_dtype)
+    rows = torch.tensor(wanted, dtype=torch.int64)
+    ours_cache, reference_cache = caches.clone(), caches.clone()
+    ours = fused_forward(model, kernels, input_ids, positions, ours_cache, metadata, rows)
+    model.layer_stack = None
+    reference = fused_forward(model, kernels, input_ids, positions, reference_cache, metadata)
+    assert ours.shape == (len(wanted), reference.shape[1])
+    assert torch.equal(ours, reference[rows])
+    assert torch.equal(ours_cache, reference_cache)
+
+
 @pytest.mark.parametrize("compact", [None, torch.bfloat16])
 @pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16, torch.int8])
 @pytest.mark.parametrize(("weight_format", "choice_rows"), [

@@ -41,12 +41,15 @@ def fused_forward(
     positions: torch.Tensor,  # [T] int64
     kv_caches: torch.Tensor,  # [num_layers, 2, num_slots, num_kv_heads, head_dim]
     metadata: AttentionMetadata,
+    rows: torch.Tensor | None = None,  # [R] the rows wanted (None: all)
 ) -> torch.Tensor:
-    """Runs the layer stack; returns the final-normed hidden states ``[T, hidden]`` fp32."""
+    """Runs the layer stack; returns the final-normed hidden states ``[R, hidden]`` fp32 of
+    ``rows`` (``[T, hidden]`` without)."""
     residual = model.embed_tokens(input_ids)  # a fresh tensor: updated in place below
     stack = model.layer_stack
     if stack is not None and stack.runs(kernel_rows(residual.shape[0]), metadata):
-        return stack.run(residual, positions, kv_caches, metadata)  # the same calls, from C
+        # the same calls, from C (the last layer's attention and MLP for ``rows`` alone)
+        return stack.run(residual, positions, kv_caches, metadata, rows)
     delta: Activation | None = None
     for layer, kv_cache in zip(model.layers, kv_caches, strict=True):
         delta = _layer(
@@ -62,7 +65,7 @@ def fused_forward(
     norm = model.norm
     hidden = kernels.add_rms_norm(residual, delta, norm.weight, norm.eps, torch.float32)
     assert isinstance(hidden, torch.Tensor)
-    return hidden
+    return hidden if rows is None else hidden[rows]
 
 
 def _layer(

@@ -51,14 +51,20 @@ class _Stack(ctypes.Structure):
     ]  # fmt: skip
 
 
+class _Queries(ctypes.Structure):
+    _fields_ = [
+        ("num_seqs", _i64), ("token_rows", _p), ("block_tables", _p), ("context_lens", _p),
+        ("max_blocks", _i32),
+        ("num_chunks", _i64), ("chunks", _p), ("chunk_tables", _p), ("chunk_max_blocks", _i32),
+    ]  # fmt: skip
+
+
 class _Step(ctypes.Structure):
     _fields_ = [
-        ("rows", _i64), ("num_seqs", _i64), ("choice_rows", _i64),
-        ("positions", _p), ("slots", _p), ("token_rows", _p),
-        ("block_tables", _p), ("context_lens", _p),
-        ("max_blocks", _i32), ("block_size", _i32), ("cache_kind", _i32),
+        ("rows", _i64), ("choice_rows", _i64), ("positions", _p), ("slots", _p),
+        ("block_size", _i32), ("cache_kind", _i32),
         ("kv_caches", _p), ("layer_bytes", _i64), ("v_bytes", _i64),
-        ("num_chunks", _i64), ("chunks", _p), ("chunk_tables", _p), ("chunk_max_blocks", _i32),
+        ("queries", _Queries), ("num_out", _i64), ("out_rows", _p), ("last_queries", _Queries),
     ]  # fmt: skip
 
 
@@ -132,25 +138,41 @@ class LayerStack:
         positions: torch.Tensor,  # [T] int64
         kv_caches: torch.Tensor,  # [num_layers, 2, num_slots, kv_heads, width] (`kv_layout`)
         metadata: AttentionMetadata,
+        rows: torch.Tensor | None = None,  # [R] int64: the rows wanted (None: all)
     ) -> torch.Tensor:
-        """The final-normed hidden states ``[T, hidden]``, as `fused_forward` computes them."""
+        """The final-normed hidden states ``[R, hidden]`` of ``rows`` (``[T, hidden]``
+        without), as `fused_forward` computes them. The last layer computes attention and
+        the MLP for those rows alone (every row's keys and values still go to the cache):
+        a 512-token prompt samples one row."""
         decode, prefill = metadata.decode, metadata.prefill
         batch = decode if decode is not None else prefill
         assert batch is not None  # `runs`: a step has decodes, chunks or both
-        seqs = _decode_tensors(decode)
-        chunks = _chunk_tensors(prefill)
-        tensors = [positions, metadata.slot_mapping, *seqs, *chunks, kv_caches, residual]
+        total = residual.shape[0]
+        if rows is not None:
+            rows = rows.to(torch.int64).contiguous()
+        if (
+            rows is not None
+            and rows.shape[0] == total
+            and bool((rows == torch.arange(total)).all())
+        ):
+            rows = None  # every row, in order: nothing to leave out
+        queries = [_decode_tensors(decode), _chunk_tensors(prefill)]
+        last = [*_out_queries(rows, decode, prefill)] if rows is not None else queries
+        tensors = [positions, metadata.slot_mapping, kv_caches, residual]
+        tensors += [t for group in (*queries, *last) for t in group]
+        if rows is not None:
+            tensors.append(rows)
         if any(not t.is_contiguous() for t in tensors) or residual.dtype != torch.float32:
             raise ValueError("layer_stack needs contiguous CPU tensors, float32 rows")
         size = kv_caches.element_size()
         step = _Step(
-            residual.shape[0], seqs[0].shape[0], kernel_rows(residual.shape[0]),
-            *(t.data_ptr() for t in tensors[:5]),
-            seqs[1].shape[1], batch.block_size, cache_kind(kv_caches[0]),
+            total, kernel_rows(total), positions.data_ptr(), metadata.slot_mapping.data_ptr(),
+            batch.block_size, cache_kind(kv_caches[0]),
             kv_caches.data_ptr(), kv_caches.stride(0) * size, kv_caches.stride(1) * size,
-            chunks[0].shape[0], chunks[0].data_ptr(), chunks[1].data_ptr(), chunks[1].shape[1],
+            _queries(*queries), -1 if rows is None else rows.shape[0],
+            None if rows is None else rows.data_ptr(), _queries(*last),
         )  # fmt: skip
-        hidden = torch.empty_like(residual)
+        hidden = torch.empty(total if rows is None else rows.shape[0], residual.shape[1])
         status = self._call(
             ctypes.addressof(self._stack), ctypes.addressof(step), residual.data_ptr(),
             hidden.data_ptr(),
@@ -160,9 +182,49 @@ class LayerStack:
         return hidden
 
 
+def _queries(seqs: tuple[torch.Tensor, ...], chunks: tuple[torch.Tensor, ...]) -> _Queries:
+    """A `_Queries` over decode tensors (token_rows, block_tables, context_lens) and chunk
+    tensors (chunks, tables); the tensors must outlive the call."""
+    token_rows, tables, lengths = seqs
+    chunk_rows, chunk_tables = chunks
+    return _Queries(
+        token_rows.shape[0], token_rows.data_ptr(), tables.data_ptr(), lengths.data_ptr(),
+        tables.shape[1], chunk_rows.shape[0], chunk_rows.data_ptr(), chunk_tables.data_ptr(),
+        chunk_tables.shape[1],
+    )  # fmt: skip
+
+
+def _out_queries(
+    rows: torch.Tensor, decode: DecodeBatch | None, prefill: PrefillBatch | None
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """The queries of ``rows`` alone: their decodes, and each row of a chunk as a chunk of
+    one row at its position over the chunk's blocks."""
+    token_rows = decode.token_rows if decode is not None else _NO_ROWS
+    is_decode = (rows[:, None] == token_rows[None, :]).any(dim=1)
+    picked = rows[is_decode]
+    if decode is not None and picked.shape[0] > 0:
+        index = (picked[:, None] == token_rows[None, :]).int().argmax(dim=1)
+        seqs = (picked.contiguous(), decode.block_tables[index].contiguous(),
+                decode.context_lens[index].contiguous())  # fmt: skip
+    else:
+        seqs = (_NO_ROWS, _NO_TABLE, _NO_LENGTHS)
+    in_chunks = rows[~is_decode]
+    if prefill is None or in_chunks.shape[0] == 0:
+        return seqs, (_NO_CHUNKS, _NO_TABLE)
+    first, count = prefill.chunks[:, 0], prefill.chunks[:, 2]
+    inside = (in_chunks[:, None] >= first[None, :]) & (
+        in_chunks[:, None] < (first + count)[None, :]
+    )
+    which = inside.int().argmax(dim=1)
+    positions = prefill.chunks[which, 1] + (in_chunks - first[which])
+    chunks = torch.stack([in_chunks, positions, torch.ones_like(in_chunks)], dim=1).contiguous()
+    return seqs, (chunks, prefill.block_tables[which].contiguous())
+
+
 _NO_ROWS = torch.zeros(0, dtype=torch.int64)
 _NO_TABLE = torch.zeros(0, 1, dtype=torch.int32)
 _NO_LENGTHS = torch.zeros(0, dtype=torch.int32)
+_NO_CHUNKS = torch.zeros(0, 3, dtype=torch.int64)
 
 
 def _decode_tensors(decode: DecodeBatch | None) -> tuple[torch.Tensor, ...]:
@@ -175,7 +237,7 @@ def _decode_tensors(decode: DecodeBatch | None) -> tuple[torch.Tensor, ...]:
 def _chunk_tensors(prefill: PrefillBatch | None) -> tuple[torch.Tensor, torch.Tensor]:
     """chunks, block_tables (empty without prefill chunks)."""
     if prefill is None:
-        return _NO_ROWS.view(0, 3), _NO_TABLE
+        return _NO_CHUNKS, _NO_TABLE
     return prefill.chunks, prefill.block_tables
 
 

@@ -255,8 +255,7 @@ class DecoderForCausalLM(nn.Module):
         """Runs the layer stack (writing the K/V cache); returns the final-normed hidden
         states ``[R, hidden]`` of ``rows``, for `compute_logits` or `exact_logits`."""
         if self.native is not None:
-            hidden = fused_forward(self, self.native, input_ids, positions, kv_caches, metadata)
-            return hidden[rows]
+            return fused_forward(self, self.native, input_ids, positions, kv_caches, metadata, rows)
         hidden = self.embed_tokens(input_ids)
         rope = self.rotary(positions)
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):

@@ -17,6 +17,7 @@
  */
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "kernels_common.h" /* cache_rotated, OUT_CACHE_BASIS */
 
@@ -74,21 +75,38 @@ typedef struct {
     const StackLayer *layers;
 } LayerStack;
 
-/* The step: its rows (and the row count its kernels are chosen for), their cache slots;
- * its single-token queries (num_seqs, each at token_rows[s], the paged context of
- * block_tables / context_lens) and its prefill chunks (num_chunks rows of chunks: first
- * row, first position, token count; chunk_tables [num_chunks, chunk_max_blocks]). */
+/* A step's queries: single-token ones (num_seqs, each at token_rows[s], the paged context
+ * of block_tables / context_lens) and prefill chunks (num_chunks rows of chunks: first row,
+ * first position, token count; chunk_tables [num_chunks, chunk_max_blocks]). */
 typedef struct {
-    int64_t rows, num_seqs, choice_rows;
-    const int64_t *positions, *slots, *token_rows;
+    int64_t num_seqs;
+    const int64_t *token_rows;
     const int32_t *block_tables, *context_lens;
-    int32_t max_blocks, block_size, cache_kind;
-    char *kv_caches;             /* [num_layers, 2, num_slots, kv_heads, width] */
-    int64_t layer_bytes, v_bytes; /* offsets of a layer's cache and of its values */
+    int32_t max_blocks;
     int64_t num_chunks;
     const int64_t *chunks;
     const int32_t *chunk_tables;
     int32_t chunk_max_blocks;
+} StepQueries;
+
+/*
+ * The step: its rows (and the row count its kernels are chosen for), their positions and
+ * cache slots, every row's queries. With num_out >= 0 only the final hidden states of
+ * out_rows are wanted (a prefill chunk's last row, say: the rows whose logits are
+ * sampled): the last layer computes every row's keys and values, then attention and the
+ * rest for those rows alone (last_queries: theirs, a chunk row as a chunk of one row; the
+ * kernels compute a row from its own inputs, so the values are those of the full step).
+ */
+typedef struct {
+    int64_t rows, choice_rows;
+    const int64_t *positions, *slots;
+    int32_t block_size, cache_kind;
+    char *kv_caches;             /* [num_layers, 2, num_slots, kv_heads, width] */
+    int64_t layer_bytes, v_bytes; /* offsets of a layer's cache and of its values */
+    StepQueries queries;
+    int64_t num_out;
+    const int64_t *out_rows;
+    StepQueries last_queries;
 } StackStep;
 
 enum { F32 = 0, BF16 = 1, I32 = 2, I8 = 3, F32_ROTATED = 4 }; /* as cpu_kernels.c */
@@ -132,21 +150,47 @@ static Source project(const StackProjection *p, int64_t rows, int64_t n, int64_t
     return (Source){out, I32, in.scales, p->i8_scale};
 }
 
+/* Attention of a layer for the queries qs into out (0, or a kernel's refusal). */
+static int attend(const LayerStack *m, const StackStep *s, const StepQueries *qs, const float *q,
+                  const char *k_cache, const char *v_cache, float *out, int form) {
+    int status = 0;
+    if (qs->num_seqs > 0)
+        status = decode_attention(qs->num_seqs, m->heads, m->kv_heads, m->head_dim, q, k_cache,
+                                  v_cache, s->cache_kind, qs->block_tables, qs->max_blocks,
+                                  qs->context_lens, qs->token_rows, s->block_size,
+                                  m->attention_scale, out, form);
+    if (qs->num_chunks > 0 && status == 0)
+        status = prefill_attention(qs->num_chunks, m->heads, m->kv_heads, m->head_dim, q,
+                                   k_cache, v_cache, s->cache_kind, qs->chunk_tables,
+                                   qs->chunk_max_blocks, qs->chunks, s->block_size,
+                                   m->attention_scale, out, form);
+    return status;
+}
+
+/* Rows picked[0..n) of src [*, width] into dst [n, width]. */
+static void gather_rows(float *dst, const float *src, const int64_t *picked, int64_t n, int width) {
+    for (int64_t i = 0; i < n; i++)
+        memcpy(dst + i * width, src + picked[i] * width, sizeof(float) * (size_t)width);
+}
+
 /*
- * residual [rows, hidden] (the embeddings; updated in place) -> hidden_out [rows, hidden],
- * the final-normed hidden states. 0 when done; -1 when decode attention refuses the head
- * layout, -2 when prefill attention does (nothing after that layer computed), or out of
- * memory.
+ * residual [rows, hidden] (the embeddings; updated in place) -> hidden_out [rows, hidden]
+ * (or [num_out, hidden]: out_rows' in their order), the final-normed hidden states. 0 when
+ * done; -1 when decode attention refuses the head layout, -2 when prefill attention does
+ * (nothing after that layer computed), or out of memory.
  */
 int layer_stack(const LayerStack *m, const StackStep *s, float *residual,
                  float *hidden_out) {
-    int64_t rows = s->rows, c = s->choice_rows;
+    int64_t rows = s->rows, c = s->choice_rows, n = rows; /* n: the rows computed from here */
     int hidden = m->hidden, q_width = m->heads * m->head_dim;
     int qkv_width = q_width + 2 * m->kv_heads * m->head_dim, inter = m->intermediate;
+    int64_t out = s->num_out >= 0 && s->num_out < rows ? s->num_out : -1;
     /* float32 buffers (a projection's output buffer holds float32 or int32 sums), int8
-     * rows for i8 inputs, and three sets of row scales (a product's row scales are read
-     * while the next int8 rows are written) */
-    int64_t floats = rows * ((int64_t)hidden * 2 + qkv_width + 2 * q_width + 3 * inter + 3);
+     * rows for i8 inputs, three sets of row scales (a product's row scales are read while
+     * the next int8 rows are written), and the out rows' residual and attention rows */
+    int64_t picked = out > 0 ? out : 0;
+    int64_t floats = rows * ((int64_t)hidden * 2 + qkv_width + 2 * q_width + 3 * inter + 3) +
+                     picked * ((int64_t)hidden + q_width);
     int64_t codes = rows * ((int64_t)hidden + q_width + inter);
     float *buffer = malloc(sizeof(float) * (size_t)floats + (size_t)codes);
     if (!buffer) return -2;
@@ -154,12 +198,15 @@ int layer_stack(const LayerStack *m, const StackStep *s, float *residual,
     float *q = qkv + rows * qkv_width, *attention = q + rows * q_width;
     float *gate_up = attention + rows * q_width, *h = gate_up + rows * 2 * inter;
     float *x_scales = h + rows * inter, *att_scales = x_scales + rows, *h_scales = att_scales + rows;
-    int8_t *x8 = (int8_t *)(h_scales + rows), *att8 = x8 + rows * hidden, *h8 = att8 + rows * q_width;
+    float *picked_residual = h_scales + rows, *picked_attention = picked_residual + picked * hidden;
+    int8_t *x8 = (int8_t *)(picked_attention + picked * q_width);
+    int8_t *att8 = x8 + rows * hidden, *h8 = att8 + rows * q_width;
     Source delta_in = {NULL, F32, NULL, NULL};
     int status = 0;
     for (int l = 0; l < m->num_layers && status == 0; l++) {
         const StackLayer *w = &m->layers[l];
         char *k_cache = s->kv_caches + l * s->layer_bytes, *v_cache = k_cache + s->v_bytes;
+        int last = l + 1 == m->num_layers && out >= 0;
         Sink x_in = input_of(runs_q4(&w->qkv, c), x, x8, x_scales);
         add_rms_norm(rows, hidden, delta_in.values, delta_in.kind, delta_in.row_scales,
                      delta_in.col_scales, residual, w->input_norm, m->eps, x_in.values,
@@ -171,30 +218,30 @@ int layer_stack(const LayerStack *m, const StackStep *s, float *residual,
         Sink o_in = input_of(runs_q4(&w->o, c), attention, att8, att_scales);
         /* W8A8 o over a rotated cache: attention's outputs stay in its basis (kernels_common.h) */
         int basis = o_in.kind == I8 && cache_rotated(s->cache_kind, m->head_dim) ? OUT_CACHE_BASIS : 0;
-        if (s->num_seqs > 0)
-            status = decode_attention(s->num_seqs, m->heads, m->kv_heads, m->head_dim, q,
-                                      k_cache, v_cache, s->cache_kind, s->block_tables,
-                                      s->max_blocks, s->context_lens, s->token_rows,
-                                      s->block_size, m->attention_scale, attention, basis);
-        if (s->num_chunks > 0 && status == 0)
-            status = prefill_attention(s->num_chunks, m->heads, m->kv_heads, m->head_dim, q,
-                                       k_cache, v_cache, s->cache_kind, s->chunk_tables,
-                                       s->chunk_max_blocks, s->chunks, s->block_size,
-                                       m->attention_scale, attention, basis);
-        if (o_in.kind == I8) quantize_rows(rows, q_width, attention, basis ? F32_ROTATED : F32, att8, att_scales);
-        Source o_out = project(&w->o, rows, hidden, q_width, o_in, delta, 0);
+        status = attend(m, s, last ? &s->last_queries : &s->queries, q, k_cache, v_cache,
+                        attention, basis);
+        float *attended = attention;
+        if (last) { /* the out rows alone from here on */
+            gather_rows(picked_residual, residual, s->out_rows, out, hidden);
+            gather_rows(picked_attention, attention, s->out_rows, out, q_width);
+            residual = picked_residual, attended = picked_attention, n = out;
+            if (n == 0) break; /* a chunk mid-prompt, nothing sampled: keys and values only */
+        }
+        if (o_in.kind == I8) quantize_rows(n, q_width, attended, basis ? F32_ROTATED : F32, att8, att_scales);
+        else o_in.values = attended;
+        Source o_out = project(&w->o, n, hidden, q_width, o_in, delta, 0);
         Sink gate_up_in = input_of(runs_q4(&w->gate_up, c), x, x8, x_scales);
-        add_rms_norm(rows, hidden, o_out.values, o_out.kind, o_out.row_scales,
+        add_rms_norm(n, hidden, o_out.values, o_out.kind, o_out.row_scales,
                      o_out.col_scales, residual, w->post_attention_norm, m->eps,
                      gate_up_in.values, gate_up_in.kind, gate_up_in.scales);
-        Source gate_up_out = project(&w->gate_up, rows, 2 * inter, hidden, gate_up_in, gate_up, m->compact);
+        Source gate_up_out = project(&w->gate_up, n, 2 * inter, hidden, gate_up_in, gate_up, m->compact);
         Sink h_in = input_of(runs_q4(&w->down, c), h, h8, h_scales);
-        silu_mul(rows, inter, gate_up_out.values, gate_up_out.kind, gate_up_out.row_scales,
+        silu_mul(n, inter, gate_up_out.values, gate_up_out.kind, gate_up_out.row_scales,
                  gate_up_out.col_scales, h_in.values, h_in.kind, h_in.scales);
-        delta_in = project(&w->down, rows, hidden, inter, h_in, delta, 0);
+        delta_in = project(&w->down, n, hidden, inter, h_in, delta, 0);
     }
     if (status == 0)
-        add_rms_norm(rows, hidden, delta_in.values, delta_in.kind, delta_in.row_scales,
+        add_rms_norm(n, hidden, delta_in.values, delta_in.kind, delta_in.row_scales,
                      delta_in.col_scales, residual, m->final_norm, m->eps, hidden_out, F32, NULL);
     free(buffer);
     return status;
