@@ -439,26 +439,17 @@ ALWAYS_INLINE void amx_task64(const int kind, const PagedAttention *p, const int
     int first_pos = (int)chunk[1] + r0, last_pos = first_pos + rows - 1;
     int row_pos[AMX_ROWS];
     for (int i = 0; i < AMX_ROWS; i++) row_pos[i] = first_pos + (i < rows ? i : rows - 1);
-    int count = (last_pos + AMX_KEYS) / AMX_KEYS; /* runs */
-    uint16_t qa[2][2][16][32] __attribute__((aligned(64)));
+    int count = (last_pos + AMX_KEYS) / AMX_KEYS, group = p->group; /* runs, heads */
+    uint16_t qa[AMX_MAX_GROUP][2][2][16][32] __attribute__((aligned(64)));
     float s[2][16][32] __attribute__((aligned(64)));
     float sums[AMX_ROWS][16] __attribute__((aligned(64)));
     float o[16][64] __attribute__((aligned(64)));
     uint16_t pa[2][16][32] __attribute__((aligned(64)));
     float ref[AMX_ROWS], alpha[AMX_ROWS], row[64];
-    configure_full_tiles();
-    for (int g = 0; g < p->group; g++) {
-        int h = kvh * p->group + g;
-        for (int i = 0; i < rows; i++) { /* the next head's queries, this head's outputs */
-            const float *next = p->q + (first_row + i) * p->heads * head_dim + (h + 1) * head_dim;
-            float *o_row = (float *)out + (first_row + i) * p->heads * head_dim + h * head_dim;
-            for (int d = 0; d < 64; d += 16) {
-                if (g + 1 < p->group) _mm_prefetch((const char *)(next + d), _MM_HINT_T0);
-                if (!(out_bf16 & OUT_BF16)) _mm_prefetch((const char *)(o_row + d), _MM_HINT_ET0);
-            }
-        }
+    for (int g = 0; g < group; g++) /* every head's queries, split, before the tiles start */
         for (int i = 0; i < AMX_ROWS; i++) {
-            const float *q = p->q + (first_row + (i < rows ? i : rows - 1)) * p->heads * head_dim + h * head_dim;
+            const float *q = p->q + (first_row + (i < rows ? i : rows - 1)) * p->heads * head_dim +
+                             (kvh * group + g) * head_dim;
             float turned[64];
             if (kind == CACHE_I8) { /* in the basis of the cache's rotated rows */
                 memcpy(turned, q, sizeof turned);
@@ -467,27 +458,34 @@ ALWAYS_INLINE void amx_task64(const int kind, const PagedAttention *p, const int
             }
             for (int c = 0; c < 2; c++)
                 split32(_mm512_mul_ps(_mm512_loadu_ps(q + 32 * c), scale),
-                        _mm512_mul_ps(_mm512_loadu_ps(q + 32 * c + 16), scale), qa[c][0][i],
-                        qa[c][1][i]);
-            ref[i] = -INFINITY;
+                        _mm512_mul_ps(_mm512_loadu_ps(q + 32 * c + 16), scale), qa[g][c][0][i],
+                        qa[g][c][1][i]);
         }
+    configure_full_tiles();
+    /* runs in order over the heads: step k = g * count + r; its scores wait in s[k & 1], and
+     * the next step's (the next head's first run after a head's last) are computed while
+     * this one's softmax runs */
+    scores_begin(qa[0], runs);
+    scores_out(s[0]);
+    for (int g = 0, k = 0; g < group; g++) {
+        int h = kvh * group + g;
+        for (int i = 0; i < AMX_ROWS; i++) ref[i] = -INFINITY;
         memset(sums, 0, sizeof sums);
         _tile_zero(2);
         _tile_zero(3);
         _tile_zero(4);
         _tile_zero(5);
-        scores_begin(qa, runs);
-        scores_out(s[0]);
-        for (int r = 0; r < count; r++) {
+        for (int r = 0; r < count; r++, k++) {
             const uint8_t *run = runs + (size_t)r * RUN_BYTES(2);
-            if (r + 1 < count) scores_begin(qa, run + RUN_BYTES(2));
+            int next = r + 1 < count || g + 1 < group;
+            if (next) scores_begin(qa[r + 1 < count ? g : g + 1], r + 1 < count ? run + RUN_BYTES(2) : runs);
             int key0 = r * AMX_KEYS, n = last_pos + 1 - key0 < AMX_KEYS ? last_pos + 1 - key0 : AMX_KEYS;
             const float(*scales)[AMX_KEYS] = (const float(*)[AMX_KEYS])(run + 2 * 4096);
             int masked = key0 + AMX_KEYS - 1 > first_pos;
-            int rescale = lazy_softmax(s[r & 1], row_pos, key0, n, masked, ref, sums, pa, alpha,
+            int rescale = lazy_softmax(s[k & 1], row_pos, key0, n, masked, ref, sums, pa, alpha,
                                        kind == CACHE_I8 ? scales[0] : NULL,
                                        kind == CACHE_I8 ? scales[1] : NULL);
-            if (r + 1 < count) scores_out(s[(r + 1) & 1]);
+            if (next) scores_out(s[(k + 1) & 1]);
             if (rescale) rescale_output(alpha);
             add_run_values(pa, run);
         }
