@@ -10,7 +10,8 @@ each) through both, and compares each position's next-token distribution with fp
 mean and p99 KL, the share of positions with the same most likely token, mean / p99 / max
 |d logprob| of the actual next token, and the perplexity ratio. The default format runs
 four ways: the AMX prefill attention off / on (`NativeKernels.amx_attention_on`; "on" needs
-an AMX host) times the gate/up product as int32 sums / bf16 (`fused_forward.COMPACT`).
+an AMX host) times the gate/up product as int32 sums / bf16 (`fused_forward.COMPACT`, and
+the layer stack's own flag).
 A greedy answer to one prompt is a poor accuracy check for a quantized model: single
 logprobs move by their noise (this script's p99), and any change re-draws it.
 """
@@ -91,6 +92,9 @@ def measure(model: str, kv_cache_dtype: str = "auto") -> dict[str, Any]:
         for attention in (False, True):
             for compact in (None, torch.bfloat16):
                 fused_forward.COMPACT = compact
+                stack = getattr(quantized.loaded.model, "layer_stack", None)
+                if stack is not None:  # built at load with the default
+                    stack.use_products(compact)
                 amx = kernels.amx_attention_on(attention) if kernels else False
                 products = "bf16" if compact else "int32"
                 name = f"attention_{'amx' if amx else 'float32'}-gate_up_{products}"
@@ -101,6 +105,9 @@ def measure(model: str, kv_cache_dtype: str = "auto") -> dict[str, Any]:
                 print(name, json.dumps({k: round(v, 4) for k, v in out[name].items()}), flush=True)
     finally:
         fused_forward.COMPACT = defaults[0]
+        stack = getattr(quantized.loaded.model, "layer_stack", None)
+        if stack is not None and kernels is not None:
+            stack.use_products(fused_forward.products_dtype(kernels))
         if kernels:
             kernels.amx_attention_on(defaults[1])
     return out

@@ -17,17 +17,27 @@ from inferline.models.kv_layout import rows_rotated
 from inferline.models.native import Activation, NativeKernels
 from inferline.models.row_choice import kernel_rows
 
-# The gate/up product leaves the int8 matmul as bf16 (rounded once, 2^-9, before a float32
-# SiLU whose result is quantized to int8 rows): half the bytes of int32 sums to write and
-# read back (512-token SmolLM2 prefill 132 -> 113 ms on an AMX Xeon). The outputs' KL to
-# fp32 is the int32 sums' (SmolLM2 0.0049 both, Qwen2.5-Coder 0.0017; ARCHITECTURE.md);
-# INFERLINE_BF16_PRODUCTS=0 keeps the int32 sums. o and down stay int32: their products
-# go into the residual stream, not into another quantization. layer_stack.c does the
-# same, from `LayerStack`'s flag set at load. Only torch.bfloat16 or None: the C stack
-# knows no other.
-COMPACT: torch.dtype | None = (
-    None if os.environ.get("INFERLINE_BF16_PRODUCTS") == "0" else torch.bfloat16
+# The gate/up product of the int8 matmul: bf16 where it is written by the AVX-512 VNNI
+# kernel (rounded once, 2^-9, before a float32 SiLU whose result is quantized to int8 rows:
+# half the bytes of int32 sums to write and read back; 512-token SmolLM2 prefill 132 -> 113
+# ms on an AMX Xeon before AMX stored its sums from the tiles), int32 sums where AMX runs
+# (its sums go from the tiles straight to memory: 512-token prefill 2-3 % faster than bf16
+# products, decode steps of 32 and 64 rows level, paired in one process). The outputs' KL
+# to fp32 is the same (SmolLM2 0.0049 both, Qwen2.5-Coder 0.0017; ARCHITECTURE.md).
+# INFERLINE_BF16_PRODUCTS=0 / 1 forces int32 sums / bf16. o and down stay int32: their
+# products go into the residual stream. layer_stack.c does the same, from `LayerStack`'s
+# flag set at load. Only torch.bfloat16 or None: the C stack knows no other.
+AUTO = "auto"
+COMPACT: torch.dtype | str | None = {"0": None, "1": torch.bfloat16}.get(
+    os.environ.get("INFERLINE_BF16_PRODUCTS", ""), AUTO
 )
+
+
+def products_dtype(kernels: NativeKernels) -> torch.dtype | None:
+    """The gate/up product's dtype (`COMPACT`): None for int32 sums, or bf16."""
+    if COMPACT == AUTO:
+        return None if kernels.amx_rows else torch.bfloat16
+    return cast("torch.dtype | None", COMPACT)
 
 
 if TYPE_CHECKING:
@@ -117,6 +127,6 @@ def _layer(
         residual, layer.o_proj.matmul(o_input), norm.weight, norm.eps,
         layer.gate_up_proj.input_dtype(rows),
     )  # fmt: skip
-    gate_up = layer.gate_up_proj.matmul(x, COMPACT)
+    gate_up = layer.gate_up_proj.matmul(x, products_dtype(kernels))
     h = kernels.silu_mul(gate_up, layer.down_proj.input_dtype(rows))
     return layer.down_proj.matmul(h)

@@ -99,9 +99,10 @@ class LayerStack:
         shared = [model.norm.weight, model.rotary.cos, model.rotary.sin]
         self._tensors = list(shared)  # kept alive: the structures point into them
         self._layers = (_Layer * len(layers))(*(self._layer(layer) for layer in layers))
+        compact = fused_forward.products_dtype(kernels) is not None
         self._stack = _Stack(
             len(layers), config.hidden_size, config.num_heads, config.num_kv_heads,
-            config.head_dim, config.intermediate_size, int(fused_forward.COMPACT is not None),
+            config.head_dim, config.intermediate_size, int(compact),
             model.norm.eps, config.head_dim**-0.5,
             *map(_pointer, shared), self._layers,
         )  # fmt: skip
@@ -122,6 +123,12 @@ class LayerStack:
         self._tensors += [t for t in (q4, *i8) if t is not None]
         max_rows = linear.int4_max_rows if int8 is not None else sys.maxsize
         return _Projection(_pointer(q4), *map(_pointer, i8), max_rows)
+
+    def use_products(self, dtype: torch.dtype | None) -> None:
+        """The gate/up product's dtype from now on: None (int32 sums) or bf16, as
+        `fused_forward.products_dtype` (set at load; a benchmark comparing the two sets
+        both)."""
+        self._stack.compact = int(dtype is not None)
 
     def runs(self, rows: int, metadata: AttentionMetadata) -> bool:
         """Whether a step of ``rows`` rows (the kernels' row count) is one this runs: every
