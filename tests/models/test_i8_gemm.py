@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -21,6 +24,21 @@ SHAPES = [(40, 64), (576, 576), (200, 1536), (1000, 96), (16, 4), (1536, 576)]
 def needs_vnni(kernels: NativeKernels) -> None:
     if not kernels.i8_path:
         pytest.skip("this CPU has no AVX-512 VNNI: the torch W8A8 kernel stays")
+
+
+@contextmanager
+def amx_int8(kernels: NativeKernels) -> Iterator[None]:
+    """AMX int8 from one row inside the block (skips where the CPU, build or OS has none);
+    the default row count restored after."""
+    needs_vnni(kernels)
+    default = kernels.amx_rows
+    if not kernels.amx_from(1):
+        kernels.amx_from(default)
+        pytest.skip("no AMX int8 on this CPU (or the OS refused the tile state)")
+    try:
+        yield
+    finally:
+        kernels.amx_from(default)
 
 
 def extreme_rows(rows: int, in_features: int, gen: torch.Generator) -> torch.Tensor:
@@ -120,12 +138,7 @@ def test_amx_prefill_orders_give_the_exact_integers(
     row block (3072 x 576), by half panel (4864 x 896); all the exact int32 sums and the
     same dequantized bf16 products (compact gate/up) at 97 .. 512 rows, partial blocks and
     half panels (200 columns) included."""
-    needs_vnni(kernels)
-    default = kernels.amx_rows
-    if not kernels.amx_from(1):
-        kernels.amx_from(default)
-        pytest.skip("no AMX int8 on this CPU (or the OS refused the tile state)")
-    try:
+    with amx_int8(kernels):
         gen = torch.Generator().manual_seed(out_features)
         w8_t = torch.randint(
             -128, 128, (in_features, out_features), dtype=torch.int8, generator=gen
@@ -141,8 +154,6 @@ def test_amx_prefill_orders_give_the_exact_integers(
             bf16 = packed.scaled(part, torch.bfloat16)
             floats = expected[:rows].float() * (part.scales * scale)
             assert torch.equal(bf16, floats.bfloat16())
-    finally:
-        kernels.amx_from(default)
 
 
 @pytest.mark.parametrize(("out_features", "in_features"), [(1536, 576), (200, 1536), (40, 64)])
@@ -152,12 +163,7 @@ def test_amx_gives_the_same_integers_as_vnni(
     """AMX tiles (signed by signed, no compensation) and the VNNI kernel: the same int32
     sums and the same dequantized floats, at every row count around the 16-row tiles and
     32-row blocks, partial half panels included (200 and 40 columns)."""
-    needs_vnni(kernels)
-    default = kernels.amx_rows
-    if not kernels.amx_from(1):
-        kernels.amx_from(default)
-        pytest.skip("no AMX int8 on this CPU (or the OS refused the tile state)")
-    try:
+    with amx_int8(kernels):
         gen = torch.Generator().manual_seed(in_features)
         w8_t = torch.randint(
             -128, 128, (in_features, out_features), dtype=torch.int8, generator=gen
@@ -175,5 +181,3 @@ def test_amx_gives_the_same_integers_as_vnni(
             vnni, vnni_linear = packed.matmul(part).values, packed.linear(floats[:rows])
             assert torch.equal(amx, expected[:rows]) and torch.equal(vnni, expected[:rows])
             assert torch.equal(amx_linear, vnni_linear)
-    finally:
-        kernels.amx_from(default)

@@ -240,6 +240,23 @@ ALWAYS_INLINE void add_values(const int chunks, uint16_t pa[2][16][32], const ui
     }
 }
 
+/* A task's rows of its chunk: the first's index in the step, how many (<= 16), the first's
+ * and last's positions, each row's position (padding rows repeat the last's). */
+typedef struct {
+    int64_t first_row;
+    int rows, first_pos, last_pos;
+    int pos[AMX_ROWS];
+} TaskRows;
+
+ALWAYS_INLINE TaskRows task_rows(const int64_t *chunk, int r0) {
+    TaskRows t;
+    t.first_row = chunk[0] + r0;
+    t.rows = (int)(chunk[2] - r0) < AMX_ROWS ? (int)(chunk[2] - r0) : AMX_ROWS;
+    t.first_pos = (int)chunk[1] + r0, t.last_pos = t.first_pos + t.rows - 1;
+    for (int i = 0; i < AMX_ROWS; i++) t.pos[i] = t.first_pos + (i < t.rows ? i : t.rows - 1);
+    return t;
+}
+
 /* Task: rows [r0, r0 + 16) of a chunk, kv head kvh, all its query heads, over the chunk's
  * packed runs of this kv head (see prefill_attention.c); chunks = head_dim / 32. */
 ALWAYS_INLINE void amx_task(const int chunks, const int kind, const PagedAttention *p,
@@ -248,11 +265,10 @@ ALWAYS_INLINE void amx_task(const int chunks, const int kind, const PagedAttenti
     const int head_dim = 32 * chunks, group = p->group;
     /* queries times scale / ln 2: the scores come out in log2 units for exp2 */
     const __m512 scale = _mm512_set1_ps(p->scale * 1.4426950408889634f);
-    int64_t first_row = chunk[0] + r0;
-    int rows = (int)(chunk[2] - r0) < AMX_ROWS ? (int)(chunk[2] - r0) : AMX_ROWS;
-    int first_pos = (int)chunk[1] + r0, last_pos = first_pos + rows - 1;
-    int row_pos[AMX_ROWS];
-    for (int i = 0; i < AMX_ROWS; i++) row_pos[i] = first_pos + (i < rows ? i : rows - 1);
+    TaskRows t = task_rows(chunk, r0);
+    const int64_t first_row = t.first_row;
+    const int rows = t.rows, first_pos = t.first_pos, last_pos = t.last_pos;
+    const int *row_pos = t.pos;
     uint16_t qa[AMX_MAX_GROUP][AMX_MAX_DIM / 32][2][16][32] __attribute__((aligned(64)));
     float acc[AMX_MAX_GROUP][AMX_ROWS * AMX_MAX_DIM] __attribute__((aligned(64)));
     float sums[AMX_MAX_GROUP][AMX_ROWS][16] __attribute__((aligned(64)));
@@ -434,11 +450,10 @@ ALWAYS_INLINE void amx_task64(const int kind, const PagedAttention *p, const int
                               const uint8_t *runs, int r0, int kvh, void *out, int out_bf16) {
     const int head_dim = 64;
     const __m512 scale = _mm512_set1_ps(p->scale * 1.4426950408889634f);
-    int64_t first_row = chunk[0] + r0;
-    int rows = (int)(chunk[2] - r0) < AMX_ROWS ? (int)(chunk[2] - r0) : AMX_ROWS;
-    int first_pos = (int)chunk[1] + r0, last_pos = first_pos + rows - 1;
-    int row_pos[AMX_ROWS];
-    for (int i = 0; i < AMX_ROWS; i++) row_pos[i] = first_pos + (i < rows ? i : rows - 1);
+    TaskRows t = task_rows(chunk, r0);
+    const int64_t first_row = t.first_row;
+    const int rows = t.rows, first_pos = t.first_pos, last_pos = t.last_pos;
+    const int *row_pos = t.pos;
     int count = (last_pos + AMX_KEYS) / AMX_KEYS, group = p->group; /* runs, heads */
     uint16_t qa[AMX_MAX_GROUP][2][2][16][32] __attribute__((aligned(64)));
     float s[2][16][32] __attribute__((aligned(64)));
