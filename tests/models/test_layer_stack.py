@@ -142,8 +142,16 @@ def test_a_step_with_prefill_chunks_is_bit_for_bit_the_layer_by_layer_one(
 @pytest.mark.parametrize("weight_format", ["int8", "mixed"])
 @pytest.mark.parametrize(
     "wanted",
-    [[21, 30, 1], [30], [0, 1], [], [5, 0, 21, 1, 30, 12]],
-    ids=["chunk-ends-and-a-decode", "one-row", "decodes", "none", "scattered"],
+    [[21, 30, 1], [30], [0, 1], [], [5, 0, 21, 1, 30, 12], [30, *range(31)], [30, 30, 4]],
+    ids=[
+        "chunk-ends-and-a-decode",
+        "one-row",
+        "decodes",
+        "none",
+        "scattered",
+        "sampled-and-every-prompt-row",
+        "repeated",
+    ],  # fmt: skip
 )
 def test_wanted_rows_alone_through_the_last_layer_are_bit_for_bit(
     kernels: NativeKernels,
@@ -153,9 +161,10 @@ def test_wanted_rows_alone_through_the_last_layer_are_bit_for_bit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """With the rows whose logits are wanted (each chunk's last row, decodes, any order,
-    none), the stack computes the last layer's attention and MLP for those rows alone: the
-    same hidden states as the whole step's, bit for bit, in their order, and every row's
-    keys and values in every layer's cache."""
+    none, repeated, all of them after a sampled one: prompt logprobs), the stack computes
+    the last layer's attention and MLP for those rows alone: the same hidden states as the
+    whole step's, bit for bit, in their order, and every row's keys and values in every
+    layer's cache."""
     if not kernels.i8_path:
         pytest.skip("no packed int8 kernel on this CPU: W8A8 stays with torch")
     model = tiny_qwen(kernels, weight_format, monkeypatch)

@@ -157,12 +157,8 @@ class LayerStack:
         total = residual.shape[0]
         if rows is not None:
             rows = rows.to(torch.int64).contiguous()
-        if (
-            rows is not None
-            and rows.shape[0] == total
-            and bool((rows == torch.arange(total)).all())
-        ):
-            rows = None  # every row, in order: nothing to leave out
+        if rows is not None and rows.shape[0] >= total:  # every row (prompt logprobs): all
+            return self.run(residual, positions, kv_caches, metadata)[rows]
         queries = [_decode_tensors(decode), _chunk_tensors(prefill)]
         last = [*_out_queries(rows, decode, prefill)] if rows is not None else queries
         tensors = [positions, metadata.slot_mapping, kv_caches, residual]

@@ -184,7 +184,7 @@ int layer_stack(const LayerStack *m, const StackStep *s, float *residual,
     int64_t rows = s->rows, c = s->choice_rows, n = rows; /* n: the rows computed from here */
     int hidden = m->hidden, q_width = m->heads * m->head_dim;
     int qkv_width = q_width + 2 * m->kv_heads * m->head_dim, inter = m->intermediate;
-    int64_t out = s->num_out >= 0 && s->num_out < rows ? s->num_out : -1;
+    int64_t out = s->num_out; /* < 0: every row */
     /* float32 buffers (a projection's output buffer holds float32 or int32 sums), int8
      * rows for i8 inputs, three sets of row scales (a product's row scales are read while
      * the next int8 rows are written), and the out rows' residual and attention rows */
