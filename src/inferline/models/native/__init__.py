@@ -41,6 +41,7 @@ SOURCES = tuple(
         "attention_plain.c",
         "prefill_attention.c",
         "prefill_attention_amx.c",
+        "prefill_attention_amx64.c",
         "decode_attention_amx.c",
         "q4_gemm.c",
         "i8_gemm.c",

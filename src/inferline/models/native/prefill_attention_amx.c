@@ -15,7 +15,9 @@
  * interleaved by key pairs (32 keys x 16 dims). Then per task and head, over the runs:
  * S = Q K^T is two 16 x 16 float32 tiles, the online softmax runs on S's rows in
  * AVX-512, and P V adds into 4 fresh tiles (64 dims) that are scaled into the running
- * output, kept in float32 outside the tiles.
+ * output, kept in float32 outside the tiles (head_dim 128; for head_dim 64 the output
+ * stays in tiles: prefill_attention_amx64.c). This file: the packing, that task, and the
+ * dispatch over chunks and tasks.
  */
 #define _GNU_SOURCE /* syscall() for the AMX permission */
 #include <stdint.h>
@@ -26,11 +28,7 @@
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
 #include "amx_tiles.h"
-
-#define AMX_ROWS 16       /* query rows per task: a tile's rows */
-#define AMX_KEYS 32       /* keys per run: a bf16 tile's depth */
-#define AMX_MAX_DIM 128
-#define AMX_MAX_GROUP 8   /* as MAX_GROUP_PREFILL */
+#include "prefill_attention_amx.h"
 
 static int amx_attention_on = 0;
 
@@ -53,11 +51,6 @@ ALWAYS_INLINE void int8_as_bf16(const int8_t *row, int head_dim, uint16_t *out) 
         _mm512_storeu_si512(out + d, (__m512i)_mm512_cvtne2ps_pbh(b, a));
     }
 }
-
-/* Bytes of one packed run: keys as B tiles [chunks][2][16][16] uint32, values as B tiles
- * [2 chunks][16][32] bf16, then (an int8 cache) the keys' and the values' row scales
- * [2][32] float32. */
-#define RUN_BYTES(chunks) ((size_t)(chunks) * 4096 + 256)
 
 /*
  * Keys key0 .. key0 + n - 1 (n <= 32) of kv head kvh packed into run: key tile [c][h] holds
@@ -111,35 +104,6 @@ ALWAYS_INLINE void pack_run(const int chunks, const int kind, const PagedAttenti
             _mm512_store_si512(vb[2 * c + 1][kp], _mm512_permutex2var_epi16(x, pick[1], y));
         }
     }
-}
-
-/* x rounded to the nearest bf16 (ties away from zero), as float32: hi + (x - hi) == x. */
-ALWAYS_INLINE __m512 bf16_high(__m512 x) {
-    __m512i bits = _mm512_add_epi32(_mm512_castps_si512(x), _mm512_set1_epi32(0x8000));
-    return _mm512_castsi512_ps(_mm512_and_si512(bits, _mm512_set1_epi32((int)0xffff0000u)));
-}
-
-/* 32 float32 (a: the first 16) as bf16 high parts to hi and bf16 remainders to lo. */
-ALWAYS_INLINE void split32(__m512 a, __m512 b, uint16_t *hi, uint16_t *lo) {
-    __m512 a_hi = bf16_high(a), b_hi = bf16_high(b);
-    _mm512_storeu_si512(hi, (__m512i)_mm512_cvtne2ps_pbh(b_hi, a_hi));
-    _mm512_storeu_si512(lo, (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(b, b_hi), _mm512_sub_ps(a, a_hi)));
-}
-
-/* 2^x (relative error ~1e-7; x below -126 gives ~0): a degree-6 polynomial of the
- * fraction, scaled by 2^round(x) with vscalefps. */
-ALWAYS_INLINE __m512 exp2_16(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-126.0f));
-    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_sub_ps(x, n); /* [-0.5, 0.5] */
-    __m512 y = _mm512_set1_ps(1.5403530393381606e-4f); /* ln2^6 / 6! ... ln2 / 1! */
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.3333558146428443e-3f));
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(9.6181291076284772e-3f));
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(5.5504108664821580e-2f));
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.4022650695910071e-1f));
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.9314718055994531e-1f));
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(y, n);
 }
 
 /*
@@ -240,23 +204,6 @@ ALWAYS_INLINE void add_values(const int chunks, uint16_t pa[2][16][32], const ui
     }
 }
 
-/* A task's rows of its chunk: the first's index in the step, how many (<= 16), the first's
- * and last's positions, each row's position (padding rows repeat the last's). */
-typedef struct {
-    int64_t first_row;
-    int rows, first_pos, last_pos;
-    int pos[AMX_ROWS];
-} TaskRows;
-
-ALWAYS_INLINE TaskRows task_rows(const int64_t *chunk, int r0) {
-    TaskRows t;
-    t.first_row = chunk[0] + r0;
-    t.rows = (int)(chunk[2] - r0) < AMX_ROWS ? (int)(chunk[2] - r0) : AMX_ROWS;
-    t.first_pos = (int)chunk[1] + r0, t.last_pos = t.first_pos + t.rows - 1;
-    for (int i = 0; i < AMX_ROWS; i++) t.pos[i] = t.first_pos + (i < t.rows ? i : t.rows - 1);
-    return t;
-}
-
 /* Task: rows [r0, r0 + 16) of a chunk, kv head kvh, all its query heads, over the chunk's
  * packed runs of this kv head (see prefill_attention.c); chunks = head_dim / 32. */
 ALWAYS_INLINE void amx_task(const int chunks, const int kind, const PagedAttention *p,
@@ -267,7 +214,7 @@ ALWAYS_INLINE void amx_task(const int chunks, const int kind, const PagedAttenti
     const __m512 scale = _mm512_set1_ps(p->scale * 1.4426950408889634f);
     TaskRows t = task_rows(chunk, r0);
     const int64_t first_row = t.first_row;
-    const int rows = t.rows, first_pos = t.first_pos, last_pos = t.last_pos;
+    const int rows = t.rows, last_pos = t.last_pos;
     const int *row_pos = t.pos;
     uint16_t qa[AMX_MAX_GROUP][AMX_MAX_DIM / 32][2][16][32] __attribute__((aligned(64)));
     float acc[AMX_MAX_GROUP][AMX_ROWS * AMX_MAX_DIM] __attribute__((aligned(64)));
@@ -319,202 +266,6 @@ ALWAYS_INLINE void amx_task(const int chunks, const int kind, const PagedAttenti
                        head_dim, out_bf16 & OUT_BF16);
         }
     }
-}
-
-/*
- * head_dim 64: the running output stays in tiles 2-5 (16 rows x 64 float32) across a
- * head's runs, and a row's weights are exp2(s - ref) against a reference that may trail
- * its running maximum by up to 2^LAZY_LOG2: the output is rescaled only when a score
- * passes ref + LAZY_LOG2 (ref is then raised to that row's maximum), not every run.
- * Weights stay <= 2^8, well inside float32 and bf16's range; the result is the same
- * softmax (it does not depend on the reference). The next run's scores are computed
- * (tiles 0, 1) before this run's softmax runs on the AVX-512 units. Tiles: 0-1 scores,
- * 2-5 output, 6 queries / weights, 7 keys / values.
- */
-#define LAZY_LOG2 8.0f
-
-/* S = Q K^T of one run into tiles 0, 1 (qa [2 chunks][hi, lo][16][32]); `scores_out`
- * stores them: between the two the tiles compute while the AVX-512 units run the previous
- * run's softmax. */
-ALWAYS_INLINE void scores_begin(uint16_t qa[2][2][16][32], const uint8_t *run) {
-    const uint32_t(*kb)[2][16][16] = (const uint32_t(*)[2][16][16])run;
-    _tile_zero(0);
-    _tile_zero(1);
-    for (int c = 0; c < 2; c++) {
-        tile_loadd(6, qa[c][0], 64);
-        tile_loadd(7, kb[c][0], 64);
-        _tile_dpbf16ps(0, 6, 7);
-        tile_loadd(7, kb[c][1], 64);
-        _tile_dpbf16ps(1, 6, 7);
-        tile_loadd(6, qa[c][1], 64);
-        _tile_dpbf16ps(1, 6, 7);
-        tile_loadd(7, kb[c][0], 64);
-        _tile_dpbf16ps(0, 6, 7);
-    }
-}
-
-ALWAYS_INLINE void scores_out(float s[16][32]) {
-    _tile_stored(0, s[0], 128);
-    _tile_stored(1, s[0] + 16, 128);
-}
-
-/* Which of a run's 32 keys row i (at position pos) sees: key0 + j <= pos and j < n. */
-ALWAYS_INLINE __mmask32 visible_keys(int pos, int key0, int n) {
-    int last = pos - key0 < n - 1 ? pos - key0 : n - 1;
-    return last < 0 ? 0 : (last >= 31 ? 0xffffffffu : (__mmask32)((1u << (last + 1)) - 1));
-}
-
-/*
- * The weights of one run's scores s (key_scales, value_scales: an int8 cache's row scales,
- * else NULL) against each row's reference ref, split into pa (bf16 high parts, remainders)
- * and added into sums. A row whose visible scores pass ref + LAZY_LOG2 gets its maximum as
- * the new reference and alpha = 2^(old - new) (else alpha 1); returns whether any row did
- * after its first run (its output then needs rescaling).
- */
-ALWAYS_INLINE int lazy_softmax(float s[16][32], const int *row_pos, int key0, int n, int masked,
-                               float *ref, float sums[16][16], uint16_t pa[2][16][32],
-                               float *alpha, const float *key_scales,
-                               const float *value_scales) {
-    int rescale = 0;
-    __m512 ks0 = _mm512_set1_ps(1.0f), ks1 = ks0, vs0 = ks0, vs1 = ks0;
-    if (key_scales) ks0 = _mm512_loadu_ps(key_scales), ks1 = _mm512_loadu_ps(key_scales + 16);
-    if (value_scales) vs0 = _mm512_loadu_ps(value_scales), vs1 = _mm512_loadu_ps(value_scales + 16);
-    for (int i = 0; i < AMX_ROWS; i++) {
-        __mmask32 visible = masked ? visible_keys(row_pos[i], key0, n) : 0xffffffffu;
-        __mmask16 lo = (__mmask16)visible, hi = (__mmask16)(visible >> 16);
-        __m512 a = _mm512_load_ps(s[i]), b = _mm512_load_ps(s[i] + 16);
-        if (key_scales) a = _mm512_mul_ps(a, ks0), b = _mm512_mul_ps(b, ks1);
-        __m512 limit = _mm512_set1_ps(ref[i] + LAZY_LOG2);
-        alpha[i] = 1.0f;
-        if (_mm512_mask_cmp_ps_mask(lo, a, limit, _CMP_GT_OQ) |
-            _mm512_mask_cmp_ps_mask(hi, b, limit, _CMP_GT_OQ)) { /* rare after a row's first run */
-            const __m512 minus_inf = _mm512_set1_ps(-INFINITY);
-            float top = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_mask_mov_ps(minus_inf, lo, a),
-                                                           _mm512_mask_mov_ps(minus_inf, hi, b)));
-            if (ref[i] != -INFINITY) {
-                alpha[i] = _mm512_cvtss_f32(exp2_16(_mm512_set1_ps(ref[i] - top)));
-                _mm512_store_ps(sums[i], _mm512_mul_ps(_mm512_load_ps(sums[i]), _mm512_set1_ps(alpha[i])));
-                rescale = 1;
-            }
-            ref[i] = top;
-        }
-        __m512 m = _mm512_set1_ps(ref[i]);
-        a = _mm512_maskz_mov_ps(lo, exp2_16(_mm512_sub_ps(a, m)));
-        b = _mm512_maskz_mov_ps(hi, exp2_16(_mm512_sub_ps(b, m)));
-        _mm512_store_ps(sums[i], _mm512_add_ps(_mm512_load_ps(sums[i]), _mm512_add_ps(a, b)));
-        if (value_scales) a = _mm512_mul_ps(a, vs0), b = _mm512_mul_ps(b, vs1);
-        split32(a, b, pa[0][i], pa[1][i]);
-    }
-    return rescale;
-}
-
-/* The output tiles 2-5 (16 x 64 float32) to o. */
-ALWAYS_INLINE void store_output(float o[16][64]) {
-    _tile_stored(2, o[0], 256);
-    _tile_stored(3, o[0] + 16, 256);
-    _tile_stored(4, o[0] + 32, 256);
-    _tile_stored(5, o[0] + 48, 256);
-}
-
-/* Output rows times alpha, back in tiles 2-5 (a reference rose). */
-static void rescale_output(const float *alpha) {
-    float o[16][64] __attribute__((aligned(64)));
-    store_output(o);
-    for (int i = 0; i < AMX_ROWS; i++)
-        for (int d = 0; d < 64; d += 16)
-            _mm512_store_ps(o[i] + d, _mm512_mul_ps(_mm512_load_ps(o[i] + d), _mm512_set1_ps(alpha[i])));
-    tile_loadd(2, o[0], 256);
-    tile_loadd(3, o[0] + 16, 256);
-    tile_loadd(4, o[0] + 32, 256);
-    tile_loadd(5, o[0] + 48, 256);
-}
-
-/* Output tiles += P V over one run: pa the split weights, the run's 4 value tiles. */
-ALWAYS_INLINE void add_run_values(uint16_t pa[2][16][32], const uint8_t *run) {
-    const uint16_t(*vb)[16][32] = (const uint16_t(*)[16][32])(run + 2 * 2048);
-    for (int part = 0; part < 2; part++) {
-        tile_loadd(6, pa[part], 64);
-        tile_loadd(7, vb[0], 64);
-        _tile_dpbf16ps(2, 6, 7);
-        tile_loadd(7, vb[1], 64);
-        _tile_dpbf16ps(3, 6, 7);
-        tile_loadd(7, vb[2], 64);
-        _tile_dpbf16ps(4, 6, 7);
-        tile_loadd(7, vb[3], 64);
-        _tile_dpbf16ps(5, 6, 7);
-    }
-}
-
-/* amx_task for head_dim 64, the output kept in tiles (above). */
-ALWAYS_INLINE void amx_task64(const int kind, const PagedAttention *p, const int64_t *chunk,
-                              const uint8_t *runs, int r0, int kvh, void *out, int out_bf16) {
-    const int head_dim = 64;
-    const __m512 scale = _mm512_set1_ps(p->scale * 1.4426950408889634f);
-    TaskRows t = task_rows(chunk, r0);
-    const int64_t first_row = t.first_row;
-    const int rows = t.rows, first_pos = t.first_pos, last_pos = t.last_pos;
-    const int *row_pos = t.pos;
-    int count = (last_pos + AMX_KEYS) / AMX_KEYS, group = p->group; /* runs, heads */
-    uint16_t qa[AMX_MAX_GROUP][2][2][16][32] __attribute__((aligned(64)));
-    float s[2][16][32] __attribute__((aligned(64)));
-    float sums[AMX_ROWS][16] __attribute__((aligned(64)));
-    float o[16][64] __attribute__((aligned(64)));
-    uint16_t pa[2][16][32] __attribute__((aligned(64)));
-    float ref[AMX_ROWS], alpha[AMX_ROWS], row[64];
-    for (int g = 0; g < group; g++) /* every head's queries, split, before the tiles start */
-        for (int i = 0; i < AMX_ROWS; i++) {
-            const float *q = p->q + (first_row + (i < rows ? i : rows - 1)) * p->heads * head_dim +
-                             (kvh * group + g) * head_dim;
-            float turned[64];
-            if (kind == CACHE_I8) { /* in the basis of the cache's rotated rows */
-                memcpy(turned, q, sizeof turned);
-                rotate_row(turned, head_dim);
-                q = turned;
-            }
-            for (int c = 0; c < 2; c++)
-                split32(_mm512_mul_ps(_mm512_loadu_ps(q + 32 * c), scale),
-                        _mm512_mul_ps(_mm512_loadu_ps(q + 32 * c + 16), scale), qa[g][c][0][i],
-                        qa[g][c][1][i]);
-        }
-    configure_full_tiles();
-    /* runs in order over the heads: step k = g * count + r; its scores wait in s[k & 1], and
-     * the next step's (the next head's first run after a head's last) are computed while
-     * this one's softmax runs */
-    scores_begin(qa[0], runs);
-    scores_out(s[0]);
-    for (int g = 0, k = 0; g < group; g++) {
-        int h = kvh * group + g;
-        for (int i = 0; i < AMX_ROWS; i++) ref[i] = -INFINITY;
-        memset(sums, 0, sizeof sums);
-        _tile_zero(2);
-        _tile_zero(3);
-        _tile_zero(4);
-        _tile_zero(5);
-        for (int r = 0; r < count; r++, k++) {
-            const uint8_t *run = runs + (size_t)r * RUN_BYTES(2);
-            int next = r + 1 < count || g + 1 < group;
-            if (next) scores_begin(qa[r + 1 < count ? g : g + 1], r + 1 < count ? run + RUN_BYTES(2) : runs);
-            int key0 = r * AMX_KEYS, n = last_pos + 1 - key0 < AMX_KEYS ? last_pos + 1 - key0 : AMX_KEYS;
-            const float(*scales)[AMX_KEYS] = (const float(*)[AMX_KEYS])(run + 2 * 4096);
-            int masked = key0 + AMX_KEYS - 1 > first_pos;
-            int rescale = lazy_softmax(s[k & 1], row_pos, key0, n, masked, ref, sums, pa, alpha,
-                                       kind == CACHE_I8 ? scales[0] : NULL,
-                                       kind == CACHE_I8 ? scales[1] : NULL);
-            if (next) scores_out(s[(k + 1) & 1]);
-            if (rescale) rescale_output(alpha);
-            add_run_values(pa, run);
-        }
-        store_output(o);
-        for (int i = 0; i < rows; i++) {
-            __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(_mm512_load_ps(sums[i])));
-            for (int d = 0; d < 64; d += 16) _mm512_storeu_ps(row + d, _mm512_mul_ps(_mm512_load_ps(o[i] + d), inv));
-            if (kind == CACHE_I8 && !(out_bf16 & OUT_CACHE_BASIS))
-                rotate_row(row, head_dim); /* back from the rotated basis */
-            store_span(out, (first_row + i) * p->heads * head_dim + (int64_t)h * head_dim, row,
-                       head_dim, out_bf16 & OUT_BF16);
-        }
-    }
-    _tile_release();
 }
 
 /* This thread's space for packed runs, kept between calls and grown as needed: fresh pages
@@ -575,8 +326,10 @@ ALWAYS_INLINE int amx_attention(const int chunks, const int kind, const PagedAtt
             int blocks = (int)((chunk[2] + AMX_ROWS - 1) / AMX_ROWS);
             int block = blocks - 1 - (int)(local / kv_heads), kvh = (int)(local % kv_heads);
             const uint8_t *runs = packed + (size_t)(run0[c] + kvh * context_runs(chunk)) * RUN_BYTES(chunks);
-            if (chunks == 2)
-                amx_task64(kind, p, chunk, runs, block * AMX_ROWS, kvh, out, out_bf16);
+            if (chunks == 2 && kind == CACHE_I8)
+                amx_task64_int8(p, chunk, runs, block * AMX_ROWS, kvh, out, out_bf16);
+            else if (chunks == 2)
+                amx_task64_bf16(p, chunk, runs, block * AMX_ROWS, kvh, out, out_bf16);
             else
                 amx_task(chunks, kind, p, chunk, runs, block * AMX_ROWS, kvh, out, out_bf16);
         }

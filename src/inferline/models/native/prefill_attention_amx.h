@@ -1,0 +1,74 @@
+/*
+ * Shared by the AMX prefill attention kernels (prefill_attention_amx.c: packing, the
+ * dispatch and the head_dim 128 task; prefill_attention_amx64.c: the head_dim 64 task that
+ * keeps its output in tiles): the packed runs' layout, splitting float32 into two bf16
+ * parts, exp2, a task's rows. Included only where AMX bf16 is built.
+ */
+#ifndef INFERLINE_PREFILL_ATTENTION_AMX_H
+#define INFERLINE_PREFILL_ATTENTION_AMX_H
+#include <stdint.h>
+
+#include "kernels_common.h"
+
+#define AMX_ROWS 16       /* query rows per task: a tile's rows */
+#define AMX_KEYS 32       /* keys per run: a bf16 tile's depth */
+#define AMX_MAX_DIM 128
+#define AMX_MAX_GROUP 8   /* as MAX_GROUP_PREFILL */
+
+/* Bytes of one packed run: keys as B tiles [chunks][2][16][16] uint32, values as B tiles
+ * [2 chunks][16][32] bf16, then (an int8 cache) the keys' and the values' row scales
+ * [2][32] float32. */
+#define RUN_BYTES(chunks) ((size_t)(chunks) * 4096 + 256)
+
+/* x rounded to the nearest bf16 (ties away from zero), as float32: hi + (x - hi) == x. */
+ALWAYS_INLINE __m512 bf16_high(__m512 x) {
+    __m512i bits = _mm512_add_epi32(_mm512_castps_si512(x), _mm512_set1_epi32(0x8000));
+    return _mm512_castsi512_ps(_mm512_and_si512(bits, _mm512_set1_epi32((int)0xffff0000u)));
+}
+
+/* 32 float32 (a: the first 16) as bf16 high parts to hi and bf16 remainders to lo. */
+ALWAYS_INLINE void split32(__m512 a, __m512 b, uint16_t *hi, uint16_t *lo) {
+    __m512 a_hi = bf16_high(a), b_hi = bf16_high(b);
+    _mm512_storeu_si512(hi, (__m512i)_mm512_cvtne2ps_pbh(b_hi, a_hi));
+    _mm512_storeu_si512(lo, (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(b, b_hi), _mm512_sub_ps(a, a_hi)));
+}
+
+/* 2^x (relative error ~1e-7; x below -126 gives ~0): a degree-6 polynomial of the
+ * fraction, scaled by 2^round(x) with vscalefps. */
+ALWAYS_INLINE __m512 exp2_16(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-126.0f));
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, n); /* [-0.5, 0.5] */
+    __m512 y = _mm512_set1_ps(1.5403530393381606e-4f); /* ln2^6 / 6! ... ln2 / 1! */
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.3333558146428443e-3f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(9.6181291076284772e-3f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(5.5504108664821580e-2f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.4022650695910071e-1f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.9314718055994531e-1f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(y, n);
+}
+
+/* A task's rows of its chunk: the first's index in the step, how many (<= 16), the first's
+ * and last's positions, each row's position (padding rows repeat the last's). */
+typedef struct {
+    int64_t first_row;
+    int rows, first_pos, last_pos;
+    int pos[AMX_ROWS];
+} TaskRows;
+
+ALWAYS_INLINE TaskRows task_rows(const int64_t *chunk, int r0) {
+    TaskRows t;
+    t.first_row = chunk[0] + r0;
+    t.rows = (int)(chunk[2] - r0) < AMX_ROWS ? (int)(chunk[2] - r0) : AMX_ROWS;
+    t.first_pos = (int)chunk[1] + r0, t.last_pos = t.first_pos + t.rows - 1;
+    for (int i = 0; i < AMX_ROWS; i++) t.pos[i] = t.first_pos + (i < t.rows ? i : t.rows - 1);
+    return t;
+}
+
+/* The head_dim 64 task (prefill_attention_amx64.c) over an int8 / a bf16 cache's runs. */
+void amx_task64_int8(const PagedAttention *p, const int64_t *chunk, const uint8_t *runs, int r0,
+                     int kvh, void *out, int out_bf16);
+void amx_task64_bf16(const PagedAttention *p, const int64_t *chunk, const uint8_t *runs, int r0,
+                     int kvh, void *out, int out_bf16);
+#endif
