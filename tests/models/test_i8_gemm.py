@@ -128,7 +128,7 @@ def test_weights_the_kernel_cannot_take_stay_with_torch(kernels: NativeKernels) 
 
 
 @pytest.mark.parametrize(
-    ("out_features", "in_features"), [(960, 576), (3072, 576), (4864, 896), (200, 1536)]
+    ("out_features", "in_features"), [(960, 576), (3072, 576), (4864, 896), (200, 1536), (96, 128)]
 )
 def test_amx_prefill_orders_give_the_exact_integers(
     kernels: NativeKernels, out_features: int, in_features: int
@@ -137,7 +137,8 @@ def test_amx_prefill_orders_give_the_exact_integers(
     each thread over its own rows (<= 1 MB: 960 x 576), over its own columns row block by
     row block (3072 x 576), by half panel (4864 x 896); all the exact int32 sums and the
     same dequantized bf16 products (compact gate/up) at 97 .. 512 rows, partial blocks and
-    half panels (200 columns) included."""
+    half panels (200 columns) included, and a last half panel wholly past the columns (96:
+    its tiles must not be stored)."""
     with amx_int8(kernels):
         gen = torch.Generator().manual_seed(out_features)
         w8_t = torch.randint(

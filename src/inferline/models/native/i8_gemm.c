@@ -254,7 +254,7 @@ static void amx_item(int64_t h, int64_t r0, int64_t m, int64_t n, int64_t k, con
     if (rows != *configured) amx_configure(rows), *configured = rows;
     int side = (int)(h % 2); /* which half of its panel */
     const int8_t *half = packed + (c0 - 32 * side) * k + 128 * side;
-    if (out && n % 32 == 0) { /* int32 sums of whole half panels: straight from the tiles */
+    if (out && c0 + 32 <= n) { /* int32 sums of a half panel inside n: straight from the tiles */
         amx_block(rows, k, x8 + r0 * k, half, out + r0 * n + c0, n);
         return;
     }
