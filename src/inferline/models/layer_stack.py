@@ -218,6 +218,8 @@ def _out_queries(
     inside = (in_chunks[:, None] >= first[None, :]) & (
         in_chunks[:, None] < (first + count)[None, :]
     )
+    if not bool(inside.any(dim=1).all()):
+        raise ValueError("a wanted row is neither a decode nor in a prefill chunk")
     which = inside.int().argmax(dim=1)
     positions = prefill.chunks[which, 1] + (in_chunks - first[which])
     chunks = torch.stack([in_chunks, positions, torch.ones_like(in_chunks)], dim=1).contiguous()
