@@ -187,20 +187,21 @@ int layer_stack(const LayerStack *m, const StackStep *s, float *residual,
     int64_t out = s->num_out; /* < 0: every row */
     /* float32 buffers (a projection's output buffer holds float32 or int32 sums), int8
      * rows for i8 inputs, three sets of row scales (a product's row scales are read while
-     * the next int8 rows are written), and the out rows' residual and attention rows */
-    int64_t picked = out > 0 ? out : 0;
-    int64_t floats = rows * ((int64_t)hidden * 2 + qkv_width + 2 * q_width + 3 * inter + 3) +
+     * the next int8 rows are written), and the out rows' residual and attention rows; room
+     * for the larger of the step's rows and the out rows (which may repeat rows) */
+    int64_t picked = out > 0 ? out : 0, cap = picked > rows ? picked : rows;
+    int64_t floats = cap * ((int64_t)hidden * 2 + qkv_width + 2 * q_width + 3 * inter + 3) +
                      picked * ((int64_t)hidden + q_width);
-    int64_t codes = rows * ((int64_t)hidden + q_width + inter);
+    int64_t codes = cap * ((int64_t)hidden + q_width + inter);
     float *buffer = malloc(sizeof(float) * (size_t)floats + (size_t)codes);
     if (!buffer) return -2;
-    float *x = buffer, *delta = x + rows * hidden, *qkv = delta + rows * hidden;
-    float *q = qkv + rows * qkv_width, *attention = q + rows * q_width;
-    float *gate_up = attention + rows * q_width, *h = gate_up + rows * 2 * inter;
-    float *x_scales = h + rows * inter, *att_scales = x_scales + rows, *h_scales = att_scales + rows;
-    float *picked_residual = h_scales + rows, *picked_attention = picked_residual + picked * hidden;
+    float *x = buffer, *delta = x + cap * hidden, *qkv = delta + cap * hidden;
+    float *q = qkv + cap * qkv_width, *attention = q + cap * q_width;
+    float *gate_up = attention + cap * q_width, *h = gate_up + cap * 2 * inter;
+    float *x_scales = h + cap * inter, *att_scales = x_scales + cap, *h_scales = att_scales + cap;
+    float *picked_residual = h_scales + cap, *picked_attention = picked_residual + picked * hidden;
     int8_t *x8 = (int8_t *)(picked_attention + picked * q_width);
-    int8_t *att8 = x8 + rows * hidden, *h8 = att8 + rows * q_width;
+    int8_t *att8 = x8 + cap * hidden, *h8 = att8 + cap * q_width;
     Source delta_in = {NULL, F32, NULL, NULL};
     int status = 0;
     for (int l = 0; l < m->num_layers && status == 0; l++) {
