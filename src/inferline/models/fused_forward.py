@@ -23,7 +23,8 @@ from inferline.models.row_choice import kernel_rows
 # ms on an AMX Xeon before AMX stored its sums from the tiles), int32 sums where AMX runs
 # (its sums go from the tiles straight to memory: 512-token prefill 2-3 % faster than bf16
 # products, decode steps of 32 and 64 rows level, paired in one process). The outputs' KL
-# to fp32 is the same (SmolLM2 0.0049 both, Qwen2.5-Coder 0.0017; ARCHITECTURE.md).
+# to fp32 is the same either way (int8 KV cache: SmolLM2 0.0049 / 0.0050, Qwen2.5-Coder
+# 0.0025 / 0.0025; results/2026-12-05-intel-xeon-amx/accuracy-*-stop39.json).
 # INFERLINE_BF16_PRODUCTS=0 / 1 forces int32 sums / bf16. o and down stay int32: their
 # products go into the residual stream. layer_stack.c does the same, from `LayerStack`'s
 # flag set at load. Only torch.bfloat16 or None: the C stack knows no other.

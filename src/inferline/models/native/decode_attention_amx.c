@@ -118,7 +118,7 @@ ALWAYS_INLINE void span_scores(const int chunks, int8_t qa[16][MAX_DIM], const i
 #define KEYS(T, B)                                                                      \
     if (T < tiles) {                                                                    \
         pack_key_tile(rows + 16 * T, c, kb[T]);                                         \
-        tile_loadd(B, kb[T], 64);                                                      \
+        tile_loadd(B, kb[T], 64);                                                       \
         _tile_dpbssd(T, 4, B);                                                          \
     }
         KEYS(0, 5) KEYS(1, 6) KEYS(2, 7) KEYS(3, 5)
@@ -168,7 +168,7 @@ ALWAYS_INLINE void span_values(const int chunks, float weights[][SPAN], const fl
     for (int c = 0; c < chunks; c++) {
 #define DIMS(T, B)                               \
     _tile_zero(T);                               \
-    tile_loadd(B, vb[4 * c + T], 64);           \
+    tile_loadd(B, vb[4 * c + T], 64);            \
     _tile_dpbssd(T, 4, B)
         DIMS(0, 5);
         DIMS(1, 6);

@@ -206,7 +206,7 @@ static void amx_configure(int rows) {
     load_tile_config(&c);
 }
 
-/* rows (1..32) x 32 columns (half a panel) of sums into sums [32][32] int32. */
+/* rows (1..32) x 32 columns (half a panel) of int32 sums into sums, rows stride apart. */
 static void amx_block(int rows, int64_t k, const int8_t *x, const int8_t *half,
                       int32_t *sums, int64_t stride) {
     _tile_zero(0);
@@ -287,8 +287,8 @@ static void amx_item(int64_t h, int64_t r0, int64_t m, int64_t n, int64_t k, con
  *   half panels stream from L2 (a half panel's rows are 4 KB apart a k-step, so they share
  *   L1 sets and do not stay there between row blocks). 512-token SmolLM2 prefill p50 100-117
  *   -> 98-105 ms (interleaved, a slow hour). Row block by row block over all the columns
- *   made every thread read every weight: decode steps of 64 rows (d: 906 -> 840 tok/s) and Qwen2.5's 8.7 MB gate/up
- *   (prefill 181-216 -> 219-240 ms) got slower.
+ *   made every thread read every weight: decode steps of 64 rows (d: 906 -> 840 tok/s)
+ *   and Qwen2.5's 8.7 MB gate/up (prefill 181-216 -> 219-240 ms) got slower.
  */
 static void amx_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *packed,
                        int32_t *out, const float *row_scales, const float *col_scales,

@@ -186,7 +186,7 @@ ALWAYS_INLINE void add_values(const int chunks, uint16_t pa[2][16][32], const ui
         _tile_zero(2);
         _tile_zero(3);
 #define DIMS(T)                            \
-    tile_loadd(6, vb[4 * g + T], 64);     \
+    tile_loadd(6, vb[4 * g + T], 64);      \
     _tile_dpbf16ps(T, 4, 6);               \
     _tile_dpbf16ps(T, 5, 6);               \
     _tile_stored(T, part[0] + 16 * T, 256)
