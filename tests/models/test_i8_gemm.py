@@ -182,3 +182,32 @@ def test_amx_gives_the_same_integers_as_vnni(
             vnni, vnni_linear = packed.matmul(part).values, packed.linear(floats[:rows])
             assert torch.equal(amx, expected[:rows]) and torch.equal(vnni, expected[:rows])
             assert torch.equal(amx_linear, vnni_linear)
+
+
+@pytest.mark.parametrize(("inter", "in_features"), [(1536, 576), (1088, 1024), (96, 128)])
+def test_gate_up_with_silu_on_amx_gives_silu_mul_of_the_products_bit_for_bit(
+    kernels: NativeKernels, inter: int, in_features: int
+) -> None:
+    """SiLU in gate/up's AMX epilogue (`PackedInt8Weight.gate_up_silu`): the int8 rows and
+    scales silu_mul gives the int32 products, bit for bit, in both orders (1536 x 576: row
+    block by row block; 1088 x 1024, 2.2 MB: column group by column group), at 1 .. 300
+    rows (partial 32-row blocks, several blocks whose epilogues overlap the next's
+    products); 96 columns: not a multiple of 64, not taken (None)."""
+    with amx_int8(kernels):
+        gen = torch.Generator().manual_seed(inter)
+        w8_t = torch.randint(-128, 128, (in_features, 2 * inter), dtype=torch.int8, generator=gen)
+        packed = kernels.pack_int8(Int8Weight(w8_t, torch.rand(2 * inter, generator=gen) / 1e2))
+        assert isinstance(packed, PackedInt8Weight)
+        x = extreme_rows(300, in_features, gen)
+        scales = torch.rand(300, 1, generator=gen) / 1e3
+        for rows in (1, 31, 33, 97, 300):
+            part = Int8Rows(x[:rows].contiguous(), scales[:rows].contiguous())
+            fused = packed.gate_up_silu(part)
+            if inter % 64:
+                assert fused is None
+                continue
+            expected = kernels.silu_mul(packed.matmul(part), torch.int8)
+            assert isinstance(fused, Int8Rows) and isinstance(expected, Int8Rows)
+            assert torch.equal(fused.values, expected.values)
+            assert torch.equal(fused.scales, expected.scales)
+            assert fused.values.abs().max() == 127  # not all zeros: the rows are used

@@ -281,7 +281,9 @@ def causal_reference(
     return expected
 
 
-def amx_tolerance(cache: tuple[torch.Tensor, torch.Tensor], head_dim: int, otherwise: float) -> float:
+def amx_tolerance(
+    cache: tuple[torch.Tensor, torch.Tensor], head_dim: int, otherwise: float
+) -> float:
     """How far AMX prefill attention may be from float64: head_dim 64 rounds each softmax
     weight to bf16 (relative error <= 2^-8) and takes a degree-3 exp2 (< 8e-5), so an output
     moves by at most (2^-8 + 2e-4) of the largest value (~8e-3 with the sharp softmaxes
@@ -353,7 +355,5 @@ def test_prefill_attention_matches_causal_sdpa(
     amx = kernels.amx_attention and cache_dtype != torch.float32
     tolerance = amx_tolerance(cache, head_dim, 1e-5) if amx else 1e-5
     for row, count in chunks[:, [0, 2]].tolist():
-        torch.testing.assert_close(
-            out[row : row + count], expected[row], rtol=1e-5, atol=tolerance
-        )
+        torch.testing.assert_close(out[row : row + count], expected[row], rtol=1e-5, atol=tolerance)
     assert (out[37:40] == -7.0).all() and (out[116:] == -7.0).all()

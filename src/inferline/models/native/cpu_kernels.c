@@ -352,6 +352,43 @@ static inline void silu_times(float *restrict g, const float *restrict u, int n)
     for (; i < n; i++) g[i] = g[i] / (1.0f + fast_exp(-g[i])) * u[i];
 }
 
+#if defined(__AVX512F__)
+/* gate/up's epilogue on AMX (i8_gemm.c's i8_gate_up_silu), a row of it: 64 columns of
+ * silu(gate) * up from int32 sums [4][32] (quarter j: 16 gate, then 16 up columns), rotated
+ * as silu_mul's int8 rows into rotated; their largest |value| to top. Bit for bit
+ * silu_mul_int8_row's values. */
+void silu_rotate_row(const int32_t *sums, float row_scale, const float *gate_scales,
+                     const float *up_scales, float *rotated, float *top) {
+    __m512 scale = _mm512_set1_ps(row_scale), x[4];
+    for (int j = 0; j < 4; j++) {
+        __m512 g = load16_activation(sums + 32 * j, KIND_I32, 0, scale, gate_scales + 16 * j);
+        __m512 u = load16_activation(sums + 32 * j, KIND_I32, 16, scale, up_scales + 16 * j);
+        x[j] = silu16_times(g, u);
+    }
+    *top = _mm512_reduce_max_ps(rotate_store64(x, rotated, _mm512_setzero_ps()));
+}
+
+/* Rows of silu_rotate_block's rotated values (width a multiple of 64) to int8 and scales,
+ * each row's largest |value| the largest of its width / 64 tops. */
+void quantize_rotated_rows(int64_t rows, int width, const float *rotated, const float *tops,
+                           int8_t *out, float *out_scales) {
+    int blocks = width / ROTATION_BLOCK;
+#pragma omp parallel for if (rows >= 64) schedule(static)
+    for (int64_t t = 0; t < rows; t++) {
+        float top = 0.0f;
+        for (int b = 0; b < blocks; b++) top = larger(top, tops[t * blocks + b]);
+        quantize_rotated(rotated + t * width, width, _mm512_set1_ps(top), 8.0f, out + t * width,
+                         out_scales + t);
+    }
+}
+#else
+/* (only called after i8_gate_up_silu, which needs AMX) */
+void quantize_rotated_rows(int64_t rows, int width, const float *rotated, const float *tops,
+                           int8_t *out, float *out_scales) {
+    (void)rows, (void)width, (void)rotated, (void)tops, (void)out, (void)out_scales;
+}
+#endif
+
 /* gate_up [rows, 2 * inter] -> out [rows, inter] = silu(gate) * up. */
 void silu_mul(int64_t rows, int inter, const void *gate_up, int in_kind,
               const float *in_row_scales, const float *in_col_scales, void *out, int out_kind,

@@ -49,6 +49,11 @@ void q4_matmul(int64_t rows, int64_t n, int64_t k, const void *x, int x_bf16,
 int i8_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *packed,
               const int32_t *comp, int32_t *out, const float *row_scales,
               const float *col_scales, void *out_scaled, int out_bf16);
+int i8_gate_up_silu(int64_t m, int64_t inter, int64_t k, const int8_t *x8, const int8_t *packed,
+                    const float *row_scales, const float *col_scales, float *rotated,
+                    float *tops);
+void quantize_rotated_rows(int64_t rows, int width, const float *rotated, const float *tops,
+                           int8_t *out, float *out_scales);
 
 /* A projection's copies: 4-bit (q4) and/or packed int8 (i8, its column sums and scales);
  * with both, q4 runs steps of up to q4_max_rows rows (the row count kernels are chosen for). */
@@ -235,10 +240,18 @@ int layer_stack(const LayerStack *m, const StackStep *s, float *residual,
         add_rms_norm(n, hidden, o_out.values, o_out.kind, o_out.row_scales,
                      o_out.col_scales, residual, w->post_attention_norm, m->eps,
                      gate_up_in.values, gate_up_in.kind, gate_up_in.scales);
-        Source gate_up_out = project(&w->gate_up, n, 2 * inter, hidden, gate_up_in, gate_up, m->compact);
         Sink h_in = input_of(runs_q4(&w->down, c), h, h8, h_scales);
-        silu_mul(n, inter, gate_up_out.values, gate_up_out.kind, gate_up_out.row_scales,
-                 gate_up_out.col_scales, h_in.values, h_in.kind, h_in.scales);
+        /* W8A8 gate/up and down on AMX: SiLU in gate/up's epilogue (i8_gemm.c) */
+        if (gate_up_in.kind == I8 && h_in.kind == I8 && !m->compact &&
+            i8_gate_up_silu(n, inter, hidden, gate_up_in.values, w->gate_up.i8,
+                            gate_up_in.scales, w->gate_up.i8_scale, gate_up,
+                            gate_up + cap * inter) == 0) {
+            quantize_rotated_rows(n, inter, gate_up, gate_up + cap * inter, h8, h_scales);
+        } else {
+            Source gate_up_out = project(&w->gate_up, n, 2 * inter, hidden, gate_up_in, gate_up, m->compact);
+            silu_mul(n, inter, gate_up_out.values, gate_up_out.kind, gate_up_out.row_scales,
+                     gate_up_out.col_scales, h_in.values, h_in.kind, h_in.scales);
+        }
         delta_in = project(&w->down, n, hidden, inter, h_in, delta, 0);
     }
     if (status == 0)

@@ -15,6 +15,12 @@ if TYPE_CHECKING:
     from inferline.models.native import NativeKernels
 
 
+def _p(tensor: torch.Tensor) -> int:
+    if not tensor.is_contiguous():
+        raise ValueError("native kernels need contiguous tensors")
+    return tensor.data_ptr()
+
+
 @dataclass
 class Q4Weight:
     """A weight in our own 4-bit format (`NativeKernels.pack_q4`), with the kernels that
@@ -53,6 +59,24 @@ class PackedInt8Weight:
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """Float rows ``[M, in]`` -> ``x W^T`` float32 (`NativeKernels.i8_linear`)."""
         return self.kernels.i8_linear(x, self)
+
+    def gate_up_silu(self, x: Int8Rows) -> Int8Rows | None:
+        """This weight as gate/up (gate the first half of the outputs, up the second): the
+        down projection's int8 rows of ``silu(gate) * up`` for int8 rows ``[M, in]``, bit
+        for bit `NativeKernels.silu_mul` of `matmul`'s products without storing them
+        (``i8_gemm.c``'s ``i8_gate_up_silu``, which the layer stack runs); None where that
+        kernel does not run (no AMX, fewer rows than it takes, shapes not multiples of 64)."""
+        if self.out_features % 2 or x.values.shape[1] != self.in_features:
+            raise ValueError(f"gate_up_silu: {x.values.shape[1]} inputs for {self.in_features}")
+        rows, inter = x.values.shape[0], self.out_features // 2
+        rotated, tops = torch.empty(rows, inter), torch.empty(rows, max(inter // 64, 1))
+        lib = self.kernels.lib
+        args = (x.values, self.packed, x.scales, self.scale, rotated, tops)
+        if lib.i8_gate_up_silu(rows, inter, self.in_features, *map(_p, args)) != 0:
+            return None
+        values, scales = torch.empty(rows, inter, dtype=torch.int8), torch.empty(rows, 1)
+        lib.quantize_rotated_rows(rows, inter, *map(_p, (rotated, tops, values, scales)))
+        return Int8Rows(values, scales)
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """The tensors a product reads."""

@@ -30,6 +30,8 @@ SIGNATURES = {
     "i8_matmul": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i32],
     "i8_path": [],
     "i8_amx_rows": [_i32],
+    "i8_gate_up_silu": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
+    "quantize_rotated_rows": [_i64, _i32, _ptr, _ptr, _ptr, _ptr],
     "prefill_attention_amx": [_i32],
     "decode_attention_amx": [_i32],
     "layer_stack": [_ptr, _ptr, _ptr, _ptr],  # models/layer_stack.py
@@ -48,6 +50,7 @@ RESULT_TYPES = {
     "i8_matmul": ctypes.c_int,
     "i8_path": ctypes.c_char_p,
     "i8_amx_rows": ctypes.c_int,
+    "i8_gate_up_silu": ctypes.c_int,
     "prefill_attention_amx": ctypes.c_int,
     "decode_attention_amx": ctypes.c_int,
     "layer_stack": ctypes.c_int,
