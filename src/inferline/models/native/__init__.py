@@ -45,6 +45,7 @@ SOURCES = tuple(
         "decode_attention_amx.c",
         "q4_gemm.c",
         "i8_gemm.c",
+        "gate_up_silu.c",
         "layer_stack.c",
         "row_select.c",
     )

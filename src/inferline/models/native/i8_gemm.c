@@ -23,9 +23,9 @@
 #endif
 #include <omp.h>
 
+#include "i8_gemm.h"
 #include "kernels_common.h"
 
-#define I8_PANEL 64
 #define I8_ROWS 6
 
 /* Columns rounded up to whole panels (comp holds one int32 per padded column). */
@@ -169,18 +169,6 @@ static void panel_keep(int64_t first, int64_t n, __mmask16 keep[4]) {
 }
 
 #if defined(__AMX_TILE__) && defined(__AMX_INT8__)
-/*
- * AMX (Intel since Sapphire Rapids): TDPBSSD multiplies a tile of 16 rows x 64 int8
- * inputs by 16 runs of the packed panel (64 inputs x 16 columns: exactly the VNNI runs
- * above, 256 bytes apart) into 16 x 16 int32 sums, signed by signed: no x + 128 and no
- * compensation, the same exact integers. A block is up to 32 rows x 32 columns (half a
- * panel) in 4 accumulator tiles, 2 row tiles and 2 weight tiles. Rows fewer than 32 (the
- * last block) are tiles configured with fewer rows. Only for k a multiple of 64; switching
- * it on asks Linux for the tile state (arch_prctl), and it stays off if refused.
- */
-#include "amx_tiles.h"
-#define AMX_BLOCK_ROWS 32
-
 static int amx_min_rows = 0; /* 0: AMX off; else the fewest rows a call runs it for */
 
 /* Ask for the AMX tile state and use AMX from min_rows rows (0: never). Returns the
@@ -191,71 +179,15 @@ int i8_amx_rows(int min_rows) {
     return amx_min_rows;
 }
 
-/* Tiles 0-3 sums (rows x 16 int32), 4-5 input rows (rows x 64 int8), 6-7 weights (16
- * runs x 64 bytes); tiles 0, 1, 4 hold the block's first 16 rows, 2, 3, 5 the rest. */
-static void amx_configure(int rows) {
-    TileConfig c;
-    memset(&c, 0, sizeof c);
-    c.palette = 1;
-    int low = rows < 16 ? rows : 16, high = rows - low;
-    for (int t = 0; t < 8; t++) c.colsb[t] = 64;
-    c.rows[0] = c.rows[1] = c.rows[4] = (uint8_t)low;
-    c.rows[2] = c.rows[3] = c.rows[5] = (uint8_t)high;
-    c.rows[6] = c.rows[7] = 16;
-    if (!high) c.colsb[2] = c.colsb[3] = c.colsb[5] = 0; /* unused tiles stay off */
-    load_tile_config(&c);
-}
-
-/* rows (1..32) x 32 columns of int32 sums into sums, rows stride apart: 16 columns whose
- * packed weights start at w0, then 16 at w1 (a half panel: w1 = w0 + 64). */
-typedef struct Epilogue Epilogue;
-static void epilogue_row(Epilogue *e);
-
-ALWAYS_INLINE void amx_columns(int rows, int64_t k, const int8_t *x, const int8_t *w0,
-                               const int8_t *w1, int32_t *sums, int64_t stride, Epilogue *e) {
-    _tile_zero(0);
-    _tile_zero(1);
-    if (rows > 16) {
-        _tile_zero(2);
-        _tile_zero(3);
-    }
-    for (int64_t i = 0; i < k; i += 64, w0 += 16 * 4 * I8_PANEL, w1 += 16 * 4 * I8_PANEL) {
-        tile_loadd(6, w0, 4 * I8_PANEL);
-        tile_loadd(7, w1, 4 * I8_PANEL);
-        tile_loadd(4, x + i, k);
-        _tile_dpbssd(0, 4, 6);
-        _tile_dpbssd(1, 4, 7);
-        if (rows > 16) {
-            tile_loadd(5, x + 16 * k + i, k);
-            _tile_dpbssd(2, 5, 6);
-            _tile_dpbssd(3, 5, 7);
-        }
-        if (e) epilogue_row(e); /* AVX-512 work while the tiles compute */
-    }
-    _tile_stored(0, sums, stride * sizeof(int32_t));
-    _tile_stored(1, sums + 16, stride * sizeof(int32_t));
-    if (rows > 16) {
-        _tile_stored(2, sums + 16 * stride, stride * sizeof(int32_t));
-        _tile_stored(3, sums + 16 * stride + 16, stride * sizeof(int32_t));
-    }
-}
+/* The fewest rows AMX runs for (0: off; gate_up_silu.c asks). */
+int i8_amx_min_rows(void) { return amx_min_rows; }
 
 /* rows (1..32) x 32 columns (half a panel) of int32 sums into sums, rows stride apart. */
 static void amx_block(int rows, int64_t k, const int8_t *x, const int8_t *half,
                       int32_t *sums, int64_t stride) {
-    amx_columns(rows, k, x, half, half + 64, sums, stride, NULL);
+    amx_columns(rows, k, x, half, half + 64, sums, stride, NULL, NULL);
 }
 
-/* Where columns c .. c + 15 (c a multiple of 16) start in i8_pack's layout. */
-static const int8_t *packed_columns(const int8_t *packed, int64_t k, int64_t c) {
-    int64_t panel = c / I8_PANEL * I8_PANEL;
-    return packed + panel * k + 64 * ((c - panel) / 16);
-}
-
-/* A thread's share of a weight up to this many bytes is read by row block (below). */
-#ifndef AMX_ROW_MAJOR_BYTES
-#define AMX_ROW_MAJOR_BYTES (1 << 20)
-#endif
 /* A weight up to this many bytes is read whole by every thread, each over its own rows. */
 #ifndef AMX_SHARED_WEIGHT_BYTES
 #define AMX_SHARED_WEIGHT_BYTES (1 << 20)
@@ -340,88 +272,11 @@ static void amx_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const 
         if (configured) _tile_release();
     }
 }
-
-void silu_rotate_row(const int32_t *sums, float row_scale, const float *gate_scales,
-                     const float *up_scales, float *rotated, float *top);
-
-/* A finished block's rows still to go through silu_rotate_row (one per call). */
-struct Epilogue {
-    int32_t (*sums)[4][32];
-    int next, rows;
-    const float *row_scales, *gate_scales, *up_scales;
-    float *rotated, *tops;
-    int64_t stride, tops_stride;
-};
-
-static void epilogue_row(Epilogue *e) {
-    if (e->next >= e->rows) return;
-    int r = e->next++;
-    silu_rotate_row(&e->sums[r][0][0], e->row_scales[r], e->gate_scales, e->up_scales,
-                    e->rotated + r * e->stride, e->tops + r * e->tops_stride);
-}
-
-/*
- * gate/up [k, 2 inter] with silu_mul after it, on AMX: a block of 32 rows x 64 columns of
- * silu(gate) * up at a time (its 4 x 16 gate and matching up columns into int32 sums in
- * L1), rotated into rotated [m, inter] with each row's largest |value| of the 64 in tops
- * [m, inter / 64] (cpu_kernels.c's silu_rotate_row; quantize_rotated_rows then writes the
- * int8 rows): the 2 x inter int32 products never reach memory (6.3 MB a layer at 512
- * SmolLM2 rows), and a block's epilogue runs on AVX-512 one row per k-step of the next
- * block's tile products, while the tiles compute. Each thread takes its own column groups,
- * in amx_matmul's orders. Values bit for bit i8_matmul's int32 then silu_mul's int8 rows.
- * 512-token prefill, one process alternating it with those two: SmolLM2 63.8 / 66.1 ->
- * 58.4 / 59.5 ms, Qwen2.5-Coder 151.0 -> 137.6 ms; 32- and 64-row decode steps level.
- * Returns -1 (nothing done) without AMX, below its rows, or where inter or k is not a
- * multiple of 64.
- */
-int i8_gate_up_silu(int64_t m, int64_t inter, int64_t k, const int8_t *x8, const int8_t *packed,
-                    const float *row_scales, const float *col_scales, float *rotated,
-                    float *tops) {
-    if (!amx_min_rows || m < amx_min_rows || k % 64 || inter % 64) return -1;
-    int64_t groups = inter / 64, blocks = (m + AMX_BLOCK_ROWS - 1) / AMX_BLOCK_ROWS;
-    /* row block by row block where a thread's columns' weights stay in its L2, else each
-     * column group through every row block (its weights read once; as amx_matmul) */
-    const int by_rows = 2 * inter * k <= (int64_t)AMX_ROW_MAJOR_BYTES * omp_get_max_threads();
-#pragma omp parallel
-    {
-        int configured = 0, t = omp_get_thread_num(), count = omp_get_num_threads(), buffer = 0;
-        int32_t sums[2][AMX_BLOCK_ROWS][4][32] __attribute__((aligned(64)));
-        Epilogue e = {0};
-        int64_t first = groups * t / count, mine = groups * (t + 1) / count - first;
-        for (int64_t item = 0; item < blocks * mine; item++) {
-            int64_t b = by_rows ? item / mine : item % blocks;
-            int64_t g = first + (by_rows ? item % mine : item / blocks);
-            int64_t r0 = b * AMX_BLOCK_ROWS;
-            int rows = (int)(m - r0 < AMX_BLOCK_ROWS ? m - r0 : AMX_BLOCK_ROWS);
-            if (rows != configured) amx_configure(rows), configured = rows;
-            for (int j = 0; j < 4; j++) { /* the previous block's epilogue runs meanwhile */
-                int64_t c = 64 * g + 16 * j;
-                amx_columns(rows, k, x8 + r0 * k, packed_columns(packed, k, c),
-                            packed_columns(packed, k, inter + c), &sums[buffer][0][j][0],
-                            4 * 32, &e);
-            }
-            while (e.next < e.rows) epilogue_row(&e); /* its rows left, if any */
-            e = (Epilogue){sums[buffer], 0, rows, row_scales + r0, col_scales + 64 * g,
-                           col_scales + inter + 64 * g, rotated + r0 * inter + 64 * g,
-                           tops + r0 * groups + g, inter, groups};
-            buffer ^= 1;
-        }
-        while (e.next < e.rows) epilogue_row(&e);
-        if (configured) _tile_release();
-    }
-    return 0;
-}
 #define AMX_BUILT 1
 #else
 #define AMX_BUILT 0
 int i8_amx_rows(int min_rows) { (void)min_rows; return 0; }
-int i8_gate_up_silu(int64_t m, int64_t inter, int64_t k, const int8_t *x8, const int8_t *packed,
-                    const float *row_scales, const float *col_scales, float *rotated,
-                    float *tops) {
-    (void)m, (void)inter, (void)k, (void)x8, (void)packed, (void)row_scales, (void)col_scales;
-    (void)rotated, (void)tops;
-    return -1;
-}
+int i8_amx_min_rows(void) { return 0; }
 #endif
 
 /*
@@ -474,13 +329,7 @@ int i8_matmul(int64_t m, int64_t n, int64_t k, const int8_t *x8, const int8_t *p
     return -1;
 }
 int i8_amx_rows(int min_rows) { (void)min_rows; return 0; }
-int i8_gate_up_silu(int64_t m, int64_t inter, int64_t k, const int8_t *x8, const int8_t *packed,
-                    const float *row_scales, const float *col_scales, float *rotated,
-                    float *tops) {
-    (void)m, (void)inter, (void)k, (void)x8, (void)packed, (void)row_scales, (void)col_scales;
-    (void)rotated, (void)tops;
-    return -1;
-}
+int i8_amx_min_rows(void) { return 0; }
 #endif
 
 /* "avx512-vnni", or "" where this build has no packed int8 kernel. */
