@@ -241,7 +241,7 @@ int layer_stack(const LayerStack *m, const StackStep *s, float *residual,
                      o_out.col_scales, residual, w->post_attention_norm, m->eps,
                      gate_up_in.values, gate_up_in.kind, gate_up_in.scales);
         Sink h_in = input_of(runs_q4(&w->down, c), h, h8, h_scales);
-        /* W8A8 gate/up and down on AMX: SiLU in gate/up's epilogue (i8_gemm.c) */
+        /* W8A8 gate/up and down on AMX: SiLU in gate/up's epilogue (gate_up_silu.c) */
         if (gate_up_in.kind == I8 && h_in.kind == I8 && !m->compact &&
             i8_gate_up_silu(n, inter, hidden, gate_up_in.values, w->gate_up.i8,
                             gate_up_in.scales, w->gate_up.i8_scale, gate_up,
