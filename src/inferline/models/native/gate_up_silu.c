@@ -48,9 +48,10 @@ static void epilogue_row(void *context) {
  * silu(gate) * up at a time (its 4 x 16 gate and matching up columns into int32 sums in
  * L1), rotated into rotated [m, inter] with each row's largest |value| of the 64 in tops
  * [m, inter / 64] (silu_rotate_row; quantize_rotated_rows then writes the int8 rows): the
- * 2 x inter int32 products never reach memory (6.3 MB a layer at 512 SmolLM2 rows), and a block's epilogue runs on AVX-512 one row per k-step of the next
- * block's tile products, while the tiles compute. Each thread takes its own column groups,
- * in amx_matmul's orders. Values bit for bit i8_matmul's int32 then silu_mul's int8 rows.
+ * 2 x inter int32 products never reach memory (6.3 MB a layer at 512 SmolLM2 rows), and a
+ * block's epilogue runs on AVX-512 one row per k-step of the next block's tile products,
+ * while the tiles compute. Each thread takes its own column groups, in amx_matmul's
+ * orders. Values bit for bit i8_matmul's int32 then silu_mul's int8 rows.
  * 512-token prefill, one process alternating it with those two: SmolLM2 63.8 / 66.1 ->
  * 58.4 / 59.5 ms, Qwen2.5-Coder 151.0 -> 137.6 ms; 32- and 64-row decode steps level.
  * Returns -1 (nothing done) without AMX, below its rows, or where inter or k is not a
