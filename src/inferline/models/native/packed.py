@@ -15,12 +15,6 @@ if TYPE_CHECKING:
     from inferline.models.native import NativeKernels
 
 
-def _p(tensor: torch.Tensor) -> int:
-    if not tensor.is_contiguous():
-        raise ValueError("native kernels need contiguous tensors")
-    return tensor.data_ptr()
-
-
 @dataclass
 class Q4Weight:
     """A weight in our own 4-bit format (`NativeKernels.pack_q4`), with the kernels that
@@ -66,6 +60,8 @@ class PackedInt8Weight:
         for bit `NativeKernels.silu_mul` of `matmul`'s products without storing them
         (``i8_gemm.c``'s ``i8_gate_up_silu``, which the layer stack runs); None where that
         kernel does not run (no AMX, fewer rows than it takes, shapes not multiples of 64)."""
+        from inferline.models.native import _p  # (the package imports this module)
+
         if self.out_features % 2 or x.values.shape[1] != self.in_features:
             raise ValueError(f"gate_up_silu: {x.values.shape[1]} inputs for {self.in_features}")
         rows, inter = x.values.shape[0], self.out_features // 2

@@ -34,17 +34,12 @@
  */
 #define LAZY_LOG2 8.0f
 
-/* 2^x for softmax weights that are then rounded to bf16: a degree-3 polynomial of the
- * fraction (relative error < 8e-5, least squares on [-0.5, 0.5]), scaled by 2^round(x). */
+/* 2^x for softmax weights that are then rounded to bf16: degree 3 (relative error < 8e-5,
+ * least squares on [-0.5, 0.5]). */
 ALWAYS_INLINE __m512 exp2_weight(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-126.0f));
-    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_sub_ps(x, n);
-    __m512 y = _mm512_set1_ps(0.055088683807507886f);
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(0.24260405145949143f));
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(0.6932762416819638f));
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(0.9999289403695102f));
-    return _mm512_scalef_ps(y, n);
+    static const float c[4] = {0.055088683807507886f, 0.24260405145949143f,
+                               0.6932762416819638f, 0.9999289403695102f};
+    return exp2_fraction(x, c, 4);
 }
 
 /* S = Q K^T of one run into tiles 0, 1 (qa [2 chunks][hi, lo][16][32]); `scores_out`
