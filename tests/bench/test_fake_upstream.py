@@ -354,7 +354,9 @@ def test_stop_releases_paused_requests() -> None:
 
     thread = threading.Thread(target=call)
     thread.start()
-    time.sleep(0.2)
+    arrived = time.monotonic() + 10  # stopped before it arrived, it would be refused instead
+    while not handle.log(fault={"kind": "hang"}) and time.monotonic() < arrived:
+        time.sleep(0.02)
     start = time.monotonic()
     handle.stop()
     thread.join(5)
