@@ -12,6 +12,35 @@ from tests.redis_server import redis_url  # noqa: F401  (a real redis-server, wh
 CACHE_DIR = Path(os.environ.get("INFERLINE_HOME") or Path.home() / ".cache" / "inferline")
 
 
+def host_summary() -> str:
+    """The CPU, its cores, the vector extensions the kernels choose by, and the load (a CI
+    log's timings read differently on another CPU kind or a busy machine)."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+    extensions = " ".join(f for f in wanted if f in flags) or "none of " + " ".join(wanted)
+    load = " ".join(f"{value:.1f}" for value in os.getloadavg())
+    return f"{model}, {os.cpu_count()} cores, {extensions}; load average {load}"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """The host, at the start of the run."""
+    return "host: " + host_summary()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The host again at the end (a CI log's tail shows it beside the durations)."""
+    terminalreporter.write_line("host: " + host_summary())
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """GPU tests are skipped on machines without CUDA."""
     try:

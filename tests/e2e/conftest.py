@@ -52,9 +52,14 @@ def free_port() -> int:
 
 
 def start_server(
-    tmp_path: Path, *extra: str, port: int | None = None, env: dict[str, str] | None = None
+    tmp_path: Path,
+    *extra: str,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    ready_timeout_s: float = 120,
 ) -> ServerProcess:
-    """Starts `inferline serve` (on ``port``, default a free one); waits until /ready is 200."""
+    """Starts `inferline serve` (on ``port``, default a free one); waits until /ready is 200
+    (at most ``ready_timeout_s``)."""
     port = port or free_port()
     tmp_path.mkdir(parents=True, exist_ok=True)
     database_url = f"sqlite:///{tmp_path / 'requests.db'}"
@@ -67,7 +72,7 @@ def start_server(
         env={**os.environ, "INFERLINE_API_KEY": "", **(env or {})},
     )
     base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}")

@@ -48,8 +48,10 @@ routes:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("ray")
     (tmp / "gateway.yaml").write_text(CONFIG)
-    server = start_server(tmp, "--config", str(tmp / "gateway.yaml"), "--ray")
-    wait_for(lambda: len(replicas("local")) == 2 and len(replicas("plain")) == 2, 120)
+    # five engine replicas, the gateway, Serve's proxy and controller start on two cores:
+    # ~35 s on a quiet machine, minutes on a busy one
+    server = start_server(tmp, "--config", str(tmp / "gateway.yaml"), "--ray", ready_timeout_s=400)
+    wait_for(lambda: len(replicas("local")) == 2 and len(replicas("plain")) == 2, 200)
     yield server
     assert stop_server(server, 120) == 0
 
@@ -71,7 +73,9 @@ def wait_for(predicate: Any, timeout_s: float) -> bool:
 
 
 def client_of(server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0)
+    # a request the cluster lost fails in a minute (the SDK's default waits ten), so a test
+    # reports it as an error instead of hanging on it
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=60)
 
 
 def test_the_openai_sdk_works_through_ray(cluster: ServerProcess) -> None:
@@ -120,7 +124,7 @@ def test_a_replica_killed_under_load_loses_no_request(cluster: ServerProcess) ->
             except openai.APIError as error:
                 results.append(("error", str(error)[:200]))
 
-    threads = [threading.Thread(target=worker, args=(i % 2 == 0,)) for i in range(6)]
+    threads = [threading.Thread(target=worker, args=(i % 2 == 0,), daemon=True) for i in range(6)]
     for thread in threads:
         thread.start()
     time.sleep(4)

@@ -6,6 +6,7 @@ gateway replica by the CLI's own factory with each model as a `ReplicaSet` targe
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Mapping
@@ -142,6 +143,13 @@ def run(app: Any, *, address: str | None, host: str, port: int) -> None:
     """Starts (or joins, with ``address``) a Ray cluster, deploys ``app`` on ``host:port``
     and serves until SIGTERM or SIGINT; then deletes the application."""
     import ray
+
+    # Serve's proxy must answer its ready check in 5 s by default, else the controller kills
+    # it and serve.start fails: on two busy cores, with every replica loading its model at
+    # once, that failed the start (seen with the CPUs saturated). Set before ray.init: the
+    # controller started here reads it. An explicit setting wins.
+    for name in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
+        os.environ.setdefault(name, "30")
     from ray import serve
 
     ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
