@@ -29,7 +29,7 @@ class LLM:
         config: EngineConfig | None = None,
         kv_cache_gib: float = 1.0,
         enable_prefix_caching: bool = True,
-        max_num_batched_tokens: int = 512,
+        max_num_batched_tokens: int = 1024,
         max_num_seqs: int = 64,
         weight_format: str = "auto",
     ) -> None:
