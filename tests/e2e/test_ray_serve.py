@@ -127,14 +127,18 @@ def test_a_replica_killed_under_load_loses_no_request(cluster: ServerProcess) ->
     threads = [threading.Thread(target=worker, args=(i % 2 == 0,), daemon=True) for i in range(6)]
     for thread in threads:
         thread.start()
-    time.sleep(4)
-    victim = replicas("local")[0]
-    os.kill(victim, signal.SIGKILL)
-    killed_at = len(results)
-    time.sleep(12)
-    stop.set()
-    for thread in threads:
-        thread.join(60)
+    try:  # the workers stop whatever fails here (left running, they would load the rest)
+        time.sleep(4)
+        live = replicas("local")
+        assert len(live) == 2, f"replicas of local before the kill: {live}"
+        victim = live[0]
+        os.kill(victim, signal.SIGKILL)
+        killed_at = len(results)
+        time.sleep(12)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
     errors = [r for r in results if r[0] == "error"]
     assert not errors, errors
     assert len(results) > killed_at + 4  # traffic went on after the kill
