@@ -57,8 +57,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
 
 
 def replicas(deployment: str) -> list[int]:
-    """The pids of a deployment's live replica processes."""
-    found = subprocess.run(["pgrep", "-f", f"ServeReplica:inferline:{deployment}$"],
+    """The pids of a deployment's live replica processes (Ray titles a busy one with the
+    method it runs: ``ServeReplica:inferline:local.handle_request_with_rejection``)."""
+    pattern = f"ServeReplica:inferline:{deployment}(\\.[A-Za-z_]+)?$"
+    found = subprocess.run(["pgrep", "-f", pattern],
                            capture_output=True, text=True).stdout.split()  # fmt: skip
     return [int(pid) for pid in found]
 
