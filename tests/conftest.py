@@ -15,19 +15,17 @@ CACHE_DIR = Path(os.environ.get("INFERLINE_HOME") or Path.home() / ".cache" / "i
 def host_summary() -> str:
     """The CPU, its cores, the vector extensions the kernels choose by, and the load (a CI
     log's timings read differently on another CPU kind or a busy machine)."""
-    model, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    from inferline.bench.host import cpu_description
+
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    flags = next(
+        (set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set()
+    )
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
     extensions = " ".join(f for f in wanted if f in flags) or "none of " + " ".join(wanted)
     load = " ".join(f"{value:.1f}" for value in os.getloadavg())
-    return f"{model}, {os.cpu_count()} cores, {extensions}; load average {load}"
+    return f"{cpu_description()}, {extensions}; load average {load}"
 
 
 def pytest_report_header(config: pytest.Config) -> str:
