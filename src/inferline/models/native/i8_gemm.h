@@ -55,7 +55,18 @@ ALWAYS_INLINE void amx_columns(int rows, int64_t k, const int8_t *x, const int8_
         _tile_zero(2);
         _tile_zero(3);
     }
-    for (int64_t i = 0; i < k; i += 64, w0 += 16 * 4 * I8_PANEL, w1 += 16 * 4 * I8_PANEL) {
+    const int64_t next = 16 * 4 * I8_PANEL; /* the next k-step's runs */
+    for (int64_t i = 0; i < k; i += 64, w0 += next, w1 += next) {
+        /* the next k-step's weight lines asked for ahead of its tile loads (after the last
+         * step: the next panel's first; a prefetch never faults). 512 rows by SmolLM2's
+         * weights, 30 layers' in turn: qkv 161 -> 122 us, o 101 -> 76, gate/up 520 -> 410,
+         * down 271 -> 225 (32 rows: gate/up 83-90 -> 67-73; 64 rows level); in a 512-token
+         * prefill (per-kernel timers, 30 layers) 31.0 -> 28.4 ms over the four. Two k-steps
+         * ahead: no better. */
+        for (int line = 0; line < 16; line++) {
+            _mm_prefetch((const char *)(w0 + next + line * 4 * I8_PANEL), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w1 + next + line * 4 * I8_PANEL), _MM_HINT_T0);
+        }
         tile_loadd(6, w0, 4 * I8_PANEL);
         tile_loadd(7, w1, 4 * I8_PANEL);
         tile_loadd(4, x + i, k);
