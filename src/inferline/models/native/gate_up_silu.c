@@ -82,7 +82,7 @@ int i8_gate_up_silu(int64_t m, int64_t inter, int64_t k, const int8_t *x8, const
                 int64_t c = 64 * g + 16 * j;
                 amx_columns(rows, k, x8 + r0 * k, packed_columns(packed, k, c),
                             packed_columns(packed, k, inter + c), &sums[buffer][0][j][0],
-                            4 * 32, epilogue_row, &e);
+                            4 * 32, epilogue_row, &e, blocks >= 4);
             }
             while (e.next < e.rows) epilogue_row(&e); /* its rows left, if any */
             e = (Epilogue){sums[buffer], 0, rows, row_scales + r0, col_scales + 64 * g,

@@ -185,7 +185,7 @@ int i8_amx_min_rows(void) { return amx_min_rows; }
 /* rows (1..32) x 32 columns (half a panel) of int32 sums into sums, rows stride apart. */
 static void amx_block(int rows, int64_t k, const int8_t *x, const int8_t *half,
                       int32_t *sums, int64_t stride) {
-    amx_columns(rows, k, x, half, half + 64, sums, stride, NULL, NULL);
+    amx_columns(rows, k, x, half, half + 64, sums, stride, NULL, NULL, 1);
 }
 
 /* A weight up to this many bytes is read whole by every thread, each over its own rows. */

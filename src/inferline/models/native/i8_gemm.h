@@ -45,10 +45,10 @@ static inline void amx_configure(int rows) {
 /* rows (1..32) x 32 columns of int32 sums into sums, rows stride apart: 16 columns whose
  * packed weights start at w0, then 16 at w1 (a half panel: w1 = w0 + 64). After each
  * k-step's tile products are issued, step(context) runs (when set): AVX-512 work while the
- * tiles compute. */
+ * tiles compute. With prefetch, each k-step asks for the next one's weight lines first. */
 ALWAYS_INLINE void amx_columns(int rows, int64_t k, const int8_t *x, const int8_t *w0,
                                const int8_t *w1, int32_t *sums, int64_t stride,
-                               void (*step)(void *), void *context) {
+                               void (*step)(void *), void *context, const int prefetch) {
     _tile_zero(0);
     _tile_zero(1);
     if (rows > 16) {
@@ -62,8 +62,10 @@ ALWAYS_INLINE void amx_columns(int rows, int64_t k, const int8_t *x, const int8_
          * weights, 30 layers' in turn: qkv 161 -> 122 us, o 101 -> 76, gate/up 520 -> 410,
          * down 271 -> 225 (32 rows: gate/up 83-90 -> 67-73; 64 rows level); in a 512-token
          * prefill (per-kernel timers, 30 layers) 31.0 -> 28.4 ms over the four. Two k-steps
-         * ahead: no better. */
-        for (int line = 0; line < 16; line++) {
+         * ahead: no better. i8_gate_up_silu asks for it from 4 row blocks only: at 64 rows
+         * it made it slower (87 -> 109-135 us a layer, 30 layers in turn; 512 rows 540 ->
+         * 498, 128 level, 32 level). */
+        for (int line = 0; line < (prefetch ? 16 : 0); line++) {
             _mm_prefetch((const char *)(w0 + next + line * 4 * I8_PANEL), _MM_HINT_T0);
             _mm_prefetch((const char *)(w1 + next + line * 4 * I8_PANEL), _MM_HINT_T0);
         }
