@@ -26,6 +26,7 @@ from inferline.store import KeyStore, RequestLog, RequestLogWriter, connect, mig
 from inferline.store.reviews import ReviewStore
 from inferline.tenants import Tenants
 from tests.server.test_tasks_app import ToolCaller
+from tests.waiting import eventually
 
 ADMIN = "admin-secret-key"
 CHECKS = (
@@ -162,8 +163,10 @@ def test_check_stats_and_task_outcomes_from_checks(app: TestClient) -> None:
     app.post(f"/v1/reviews/{held[0]}", json={"action": "approve"}, headers=reviewer)
     app.post(f"/v1/reviews/{held[1]}", json={"action": "reject"}, headers=reviewer)
     chat(app, "hello", {})
-    time.sleep(0.2)  # the log is written in the background
-    stats = app.get("/v1/checks/stats", params={"route": "agent"}, headers=reviewer).json()
+    stats = eventually(  # the log is written in the background, in order: "hello" last
+        lambda: app.get("/v1/checks/stats", params={"route": "agent"}, headers=reviewer).json(),
+        lambda s: any(d["check"] is None and d["decision"] == "allow" for d in s["decisions"]),
+    )
     by = {(d["check"], d["decision"]): d for d in stats["decisions"]}
     assert by[("cards", "block")]["requests"] == 1
     assert by[("refunds", "pending_review")]["requests"] == 3
@@ -176,7 +179,12 @@ def test_check_stats_and_task_outcomes_from_checks(app: TestClient) -> None:
     assert outcome["success"] is False and outcome["source"] == "check:cards"
     app.post("/v1/tasks/pay-run/outcome", json={"success": True})  # the API wins from now on
     assert chat(app, "charge 4111 1111 1111 1111", task).status_code == 400
-    time.sleep(0.2)
+
+    def cards_blocks() -> int:
+        stats = app.get("/v1/checks/stats", params={"route": "agent"}, headers=reviewer).json()
+        return sum(d["requests"] for d in stats["decisions"] if d["check"] == "cards")
+
+    assert eventually(cards_blocks, lambda n: n == 2) == 2  # its row written (background)
     assert app.get("/v1/tasks/pay-run").json()["outcome"]["success"] is True
 
 

@@ -28,6 +28,7 @@ from inferline.router.target import Target
 from inferline.server import ServerConfig, create_app
 from inferline.store import RequestLog, RequestLogWriter, connect, migrate
 from inferline.store.tasks import aggregate, summarize
+from tests.waiting import eventually
 
 
 def row(request_id: str, start: float, took: float, cost: float, **more: Any) -> dict[str, Any]:
@@ -136,7 +137,10 @@ def test_a_three_step_task_over_http(client: TestClient) -> None:
     assert client.post("/v1/tasks/run-1/outcome", json={"success": True, "score": 0.9}).json()[
         "success"] is True  # fmt: skip
     client.post("/v1/tasks/run-2/outcome", json={"success": False})
-    time.sleep(0.2)  # the log is written in the background
+    eventually(  # the log is written in the background: both tasks' three requests
+        lambda: [client.get(f"/v1/tasks/{name}").json() for name in ("run-1", "run-2")],
+        lambda tasks: all(t.get("num_requests") == 3 for t in tasks),
+    )
     task = client.get("/v1/tasks/run-1").json()
     assert task["num_requests"] == 3 and task["outcome"]["score"] == 0.9
     waits = [s["tool_wait_s"] for s in task["steps"]]
