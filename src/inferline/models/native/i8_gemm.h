@@ -60,11 +60,11 @@ ALWAYS_INLINE void amx_columns(int rows, int64_t k, const int8_t *x, const int8_
         /* the next k-step's weight lines asked for ahead of its tile loads (after the last
          * step: the next panel's first; a prefetch never faults). 512 rows by SmolLM2's
          * weights, 30 layers' in turn: qkv 161 -> 122 us, o 101 -> 76, gate/up 520 -> 410,
-         * down 271 -> 225 (32 rows: gate/up 83-90 -> 67-73; 64 rows level); in a 512-token
-         * prefill (per-kernel timers, 30 layers) 31.0 -> 28.4 ms over the four. Two k-steps
-         * ahead: no better. i8_gate_up_silu asks for it from 4 row blocks only: at 64 rows
-         * it made it slower (87 -> 109-135 us a layer, 30 layers in turn; 512 rows 540 ->
-         * 498, 128 level, 32 level). */
+         * down 271 -> 225 (32 rows: gate/up 83-90 -> 65-73; 64 rows: 112-117 -> 99-102);
+         * in a 512-token prefill (per-kernel timers, 30 layers) 31.0 -> 28.4 ms over the
+         * four. Two k-steps ahead: no better. i8_gate_up_silu asks for it from 4 row
+         * blocks only: at 64 rows it made it slower (87 -> 109-135 us a layer, 30 layers
+         * in turn; 512 rows 540 -> 498, 128 level, 32 level). */
         for (int line = 0; line < (prefetch ? 16 : 0); line++) {
             _mm_prefetch((const char *)(w0 + next + line * 4 * I8_PANEL), _MM_HINT_T0);
             _mm_prefetch((const char *)(w1 + next + line * 4 * I8_PANEL), _MM_HINT_T0);
