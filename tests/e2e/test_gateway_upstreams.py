@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import ServerProcess, free_port, start_server, stop_server
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 UPSTREAM_ARGS = ("--weight-format", "int8", "--max-num-seqs", "8")
@@ -82,15 +83,6 @@ def breaker_of(gateway: ServerProcess, target: str) -> str:
     return next(t["breaker"] for t in route["targets"] if t["name"] == target)
 
 
-def wait_until(predicate: Any, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[dict[str, Any]]:
     port_a = free_port()
@@ -111,15 +103,15 @@ def servers(tmp_path: Path) -> Iterator[dict[str, Any]]:
 def test_a_killed_upstream_loses_no_request_and_gets_traffic_back(servers) -> None:
     gateway = servers["gateway"]
     with Load(gateway.base_url, num_clients=6) as load:
-        assert wait_until(lambda: len(load.results) >= 6, 60)
+        assert eventually(lambda: len(load.results) >= 6, bool, 60)
         servers["a"].process.kill()  # SIGKILL: requests in flight on it are cut
         killed_at = time.monotonic()
-        assert wait_until(lambda: breaker_of(gateway, "a") == "open", 30)
-        assert wait_until(lambda: sum(r[0] > killed_at + 1 for r in load.results) >= 6, 60)
+        assert eventually(lambda: breaker_of(gateway, "a") == "open", bool, 30)
+        assert eventually(lambda: sum(r[0] > killed_at + 1 for r in load.results) >= 6, bool, 60)
         servers["a"] = start_server(servers["tmp"] / "a2", *UPSTREAM_ARGS, port=servers["port_a"])
         restarted_at = time.monotonic()
-        back = wait_until(
-            lambda: any(r[0] > restarted_at and r[2] == "a" for r in load.results), 60
+        back = eventually(
+            lambda: any(r[0] > restarted_at and r[2] == "a" for r in load.results), bool, 60
         )
     failures = [r for r in load.results if r[1] != 200]
     assert not failures, failures[:5]
