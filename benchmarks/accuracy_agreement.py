@@ -9,9 +9,10 @@ texts (tests/models/data/perplexity_text.md, README.md, ARCHITECTURE.md; up to 4
 each) through both, and compares each position's next-token distribution with fp32's:
 mean and p99 KL, the share of positions with the same most likely token, mean / p99 / max
 |d logprob| of the actual next token, and the perplexity ratio. The default format runs
-four ways: the AMX prefill attention off / on (`NativeKernels.amx_attention_on`; "on" needs
-an AMX host) times the gate/up product as int32 sums / bf16 (`fused_forward.COMPACT`, and
-the layer stack's own flag).
+with each prefill attention kernel this host has (float32; AMX bf16 tiles,
+`NativeKernels.amx_attention_on`, on an AMX host; VNNI int16 products over an int8 cache,
+`i16_attention_on`) times the gate/up product as int32 sums / bf16
+(`fused_forward.COMPACT`, and the layer stack's own flag).
 A greedy answer to one prompt is a poor accuracy check for a quantized model: single
 logprobs move by their noise (this script's p99), and any change re-draws it.
 """
@@ -85,21 +86,27 @@ def measure(model: str, kv_cache_dtype: str = "auto") -> dict[str, Any]:
     del fp32
     quantized = engine("auto")
     kernels = load_kernels(cache_dir)
-    defaults = (fused_forward.COMPACT, kernels.amx_attention if kernels else False)
+    defaults = (
+        fused_forward.COMPACT,
+        kernels.amx_attention if kernels else False,
+        kernels.i16_attention if kernels else False,
+    )
     out: dict[str, Any] = {"model": model, "kv_cache_dtype": kv_cache_dtype,
                            "windows": len(windows), "window_tokens": WINDOW}  # fmt: skip
     try:
-        for attention in (False, True):
+        for attention in ("float32", "amx", "i16"):
             for compact in (None, torch.bfloat16):
                 fused_forward.COMPACT = compact
                 stack = getattr(quantized.loaded.model, "layer_stack", None)
                 if stack is not None:  # built at load with the default
                     stack.use_products(compact)
-                amx = kernels.amx_attention_on(attention) if kernels else False
+                amx = kernels.amx_attention_on(attention == "amx") if kernels else False
+                i16 = kernels.i16_attention_on(attention == "i16") if kernels else False
+                ran = "amx" if amx else ("i16" if i16 else "float32")
+                if ran != attention or (i16 and kv_cache_dtype == "bfloat16"):
+                    continue  # not on this host, or not over this cache
                 products = "bf16" if compact else "int32"
-                name = f"attention_{'amx' if amx else 'float32'}-gate_up_{products}"
-                if name in out:
-                    continue  # no AMX here: "on" is "off"
+                name = f"attention_{attention}-gate_up_{products}"
                 got = [next_token_logprobs(quantized, w) for w in windows]
                 out[name] = _compare(reference, got, windows)
                 print(name, json.dumps({k: round(v, 4) for k, v in out[name].items()}), flush=True)
@@ -110,6 +117,7 @@ def measure(model: str, kv_cache_dtype: str = "auto") -> dict[str, Any]:
             stack.use_products(fused_forward.products_dtype(kernels))
         if kernels:
             kernels.amx_attention_on(defaults[1])
+            kernels.i16_attention_on(defaults[2])
     return out
 
 

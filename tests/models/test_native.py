@@ -135,7 +135,8 @@ def test_decode_attention_matches_sdpa_over_gathered_keys(
         k, v = (read_rows(cache[i], slots, torch.float32).transpose(0, 1) for i in (0, 1))
         expected = F.scaled_dot_product_attention(q[row].unsqueeze(1), k, v, enable_gqa=True)
         tolerance = 1e-5 if out_dtype == torch.float32 else 1e-2
-        if cache_dtype == torch.int8 and kernels.amx_decode:  # test_decode_attention_amx
+        if cache_dtype == torch.int8 and (kernels.amx_decode or kernels.i16_decode):  # see
+            # test_decode_attention_int8
             tolerance = max(tolerance, 1e-4)
         torch.testing.assert_close(
             out[row].float(), expected.reshape(-1), rtol=tolerance, atol=tolerance
@@ -287,7 +288,7 @@ def amx_tolerance(
     """How far AMX prefill attention may be from float64: head_dim 64 rounds each softmax
     weight to bf16 (relative error <= 2^-8) and takes a degree-3 exp2 (< 8e-5), so an output
     moves by at most (2^-8 + 2e-4) of the largest value (~8e-3 with the sharp softmaxes
-    below; an int8 cache's own rounding moves them by 0.04-0.11, test_decode_attention_amx);
+    below; an int8 cache's own rounding moves them by 0.04-0.11, test_decode_attention_int8);
     other head sizes ``otherwise``."""
     if head_dim != 64:
         return otherwise
@@ -332,6 +333,81 @@ def test_amx_prefill_attention_keeps_float32_accuracy(
     assert (amx.double() - expected).abs().mean() < tolerance / 8  # rounding, not a bias
 
 
+def i16_tolerance(cache: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """How far the int16 VNNI prefill attention may be from float64 over the same int8
+    cache: queries rounded to int16 a row (2^-16 of its largest |q|) move scores by ~1e-4
+    of their log2 units with the sharp softmaxes below, weights rounded to int16 (2^-16 of
+    the run's largest value row) add ~1e-5: measured at most 1.3e-4 of the largest value.
+    The int8 cache's own rounding moves outputs by 0.04-0.11 (test_decode_attention_int8)."""
+    values = read_rows(cache[1], torch.arange(cache[1].shape[0]), torch.float32)
+    return 3e-4 * float(values.abs().max())
+
+
+@pytest.mark.parametrize("shape", [(9, 3, 64, 16), (14, 2, 64, 16), (8, 2, 128, 32)])
+def test_i16_prefill_attention_over_an_int8_cache_keeps_its_accuracy(
+    kernels: NativeKernels, shape: tuple[int, int, int, int]
+) -> None:
+    """VNNI int16 products (queries and softmax weights rounded to int16, keys and values
+    the cache's int8 integers): long contexts, runs of 32 keys across blocks, partial row
+    blocks and runs, odd run lengths, sharp softmaxes; within `i16_tolerance` of float64,
+    errors without a bias. Where AMX runs prefill attention it is not used."""
+    heads, kv_heads, head_dim, block_size = shape
+    default = kernels.i16_attention, kernels.amx_attention
+    kernels.amx_attention_on(False)
+    if not kernels.i16_attention_on(True):
+        kernels.amx_attention_on(default[1])
+        pytest.skip("no AVX-512 VNNI in this build")
+    gen = torch.Generator().manual_seed(7)
+    cache = random_cache(64 * block_size, kv_heads, head_dim, torch.int8, gen)
+    chunks = torch.tensor([[0, 0, 300], [300, 700, 45], [345, 31, 33]])
+    tables = torch.stack([torch.randperm(64, generator=gen)[:48] for _ in range(3)]).int()
+    q = torch.randn(378, heads, head_dim, generator=gen) * 4
+    outs = []
+    try:
+        for on in (True, False):
+            assert kernels.i16_attention_on(on) == on
+            outs.append(torch.zeros(378, heads * head_dim))
+            assert kernels.prefill_attention(q, cache, chunks, tables, block_size, outs[-1])
+    finally:
+        kernels.i16_attention_on(default[0]), kernels.amx_attention_on(default[1])
+    i16, float32 = outs
+    assert not torch.equal(i16, float32)  # the two paths ran
+    expected = torch.cat(
+        list(causal_reference(q, cache, chunks, tables, block_size, torch.float64).values())
+    )
+    tolerance = i16_tolerance(cache)
+    torch.testing.assert_close(i16.double(), expected, rtol=0, atol=tolerance)
+    assert (i16.double() - expected).abs().mean() < tolerance / 4  # rounding, not a bias
+    torch.testing.assert_close(float32.double(), expected, rtol=0, atol=1e-4)
+
+
+def test_i16_prefill_attention_of_a_row_does_not_depend_on_its_task(
+    kernels: NativeKernels,
+) -> None:
+    """A row's int16 weights are scaled by its own largest (not by keys it does not see):
+    each row of a chunk alone (a chunk of one row, as the layer stack's wanted rows) gives
+    the bits it gets among its chunk's 16-row tasks."""
+    default = kernels.i16_attention, kernels.amx_attention
+    kernels.amx_attention_on(False)
+    if not kernels.i16_attention_on(True):
+        kernels.amx_attention_on(default[1])
+        pytest.skip("no AVX-512 VNNI in this build")
+    gen = torch.Generator().manual_seed(8)
+    cache = random_cache(48 * 16, 3, 64, torch.int8, gen)
+    tables = torch.randperm(48, generator=gen)[None, :40].int().contiguous()
+    q = torch.randn(70, 9, 64, generator=gen) * 4
+    try:
+        whole = torch.zeros(70, 9 * 64)
+        assert kernels.prefill_attention(q, cache, torch.tensor([[0, 100, 70]]), tables, 16, whole)
+        for row in (0, 13, 31, 47, 69):
+            alone = torch.zeros(70, 9 * 64)
+            chunk = torch.tensor([[row, 100 + row, 1]])
+            assert kernels.prefill_attention(q, cache, chunk, tables, 16, alone)
+            assert torch.equal(alone[row], whole[row])
+    finally:
+        kernels.i16_attention_on(default[0]), kernels.amx_attention_on(default[1])
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("cache_dtype", CACHE_DTYPES)
 def test_prefill_attention_matches_causal_sdpa(
@@ -354,6 +430,8 @@ def test_prefill_attention_matches_causal_sdpa(
     expected = causal_reference(q, cache, chunks, tables, block_size)
     amx = kernels.amx_attention and cache_dtype != torch.float32
     tolerance = amx_tolerance(cache, head_dim, 1e-5) if amx else 1e-5
+    if kernels.i16_attention and cache_dtype == torch.int8 and not amx:
+        tolerance = i16_tolerance(cache)
     for row, count in chunks[:, [0, 2]].tolist():
         torch.testing.assert_close(out[row : row + count], expected[row], rtol=1e-5, atol=tolerance)
     assert (out[37:40] == -7.0).all() and (out[116:] == -7.0).all()

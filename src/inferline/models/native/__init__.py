@@ -42,6 +42,8 @@ SOURCES = tuple(
         "prefill_attention.c",
         "prefill_attention_amx.c",
         "prefill_attention_amx64.c",
+        "prefill_attention_i16.c",
+        "decode_attention_i16.c",
         "decode_attention_amx.c",
         "q4_gemm.c",
         "i8_gemm.c",
@@ -157,6 +159,14 @@ class NativeKernels:
         # INFERLINE_AMX_DECODE=0 keeps the AVX-512 kernel
         self.amx_decode = False
         self.amx_decode_on(amx and os.environ.get("INFERLINE_AMX_DECODE", "1") != "0")
+        # prefill attention over an int8 cache on VNNI int16 products where AMX does not
+        # run it (`i16_attention_on`); INFERLINE_I16_ATTENTION=0 keeps the float32 kernel
+        # and decode attention over it likewise (`i16_decode_on`); INFERLINE_I16_DECODE=0
+        # keeps the float32 kernel
+        self.i16_attention = False
+        self.i16_attention_on(os.environ.get("INFERLINE_I16_ATTENTION", "1") != "0")
+        self.i16_decode = False
+        self.i16_decode_on(os.environ.get("INFERLINE_I16_DECODE", "1") != "0")
 
     def amx_from(self, rows: int) -> int:
         """Run `i8_matmul` on AMX from ``rows`` rows (0: never); returns the setting in
@@ -175,6 +185,20 @@ class NativeKernels:
         the setting in force, False where this CPU, build or OS has no AMX int8."""
         self.amx_decode = bool(self.lib.decode_attention_amx(int(on)))
         return self.amx_decode
+
+    def i16_attention_on(self, on: bool) -> bool:
+        """Run `prefill_attention` over an int8 cache on VNNI int16 products (or not)
+        where AMX does not; returns the setting in force, False where this build has no
+        AVX-512 VNNI."""
+        self.i16_attention = bool(self.lib.prefill_attention_i16(int(on)))
+        return self.i16_attention
+
+    def i16_decode_on(self, on: bool) -> bool:
+        """Run `decode_attention` over an int8 cache on VNNI int16 products (or not)
+        where AMX does not; returns the setting in force, False where this build has no
+        AVX-512 VNNI."""
+        self.i16_decode = bool(self.lib.decode_attention_i16(int(on)))
+        return self.i16_decode
 
     def add_rms_norm(
         self,

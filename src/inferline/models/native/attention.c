@@ -43,6 +43,11 @@ void decode_span_amx(const PagedAttention *p, int64_t s, int begin, int end, flo
                      float *sum, float *acc);
 void decode_amx_thread(int begin);
 
+/* decode_attention_i16.c: spans over an int8 cache on VNNI int16 products (no AMX) */
+int decode_i16_handles(int cache_kind, int head_dim, int group);
+void decode_span_i16(const PagedAttention *p, int64_t s, int begin, int end, float *max,
+                     float *sum, float *acc);
+
 #if defined(__AVX512F__)
 #define RUN 16        /* keys scored together: one lane each */
 #define SPAN_KEYS 64  /* positions per task */
@@ -263,6 +268,7 @@ static int decode_attention_spans(const PagedAttention *p, int64_t num_seqs,
         states[t] = (SpanState){m, m + p->heads, m + 2 * p->heads};
     }
     int amx = decode_amx_handles(cache_kind, p->head_dim, p->group);
+    int i16 = !amx && decode_i16_handles(cache_kind, p->head_dim, p->group);
 #pragma omp parallel
     {
         if (amx) decode_amx_thread(1); /* tiles configured once per thread and call */
@@ -273,6 +279,8 @@ static int decode_attention_spans(const PagedAttention *p, int64_t num_seqs,
             end = end < context_lens[s] ? end : context_lens[s];
             if (amx)
                 decode_span_amx(p, s, begin, end, states[t].max, states[t].sum, states[t].acc);
+            else if (i16)
+                decode_span_i16(p, s, begin, end, states[t].max, states[t].sum, states[t].acc);
             else
                 attend_span_any(p, cache_kind, s, begin, end, &states[t]);
         }

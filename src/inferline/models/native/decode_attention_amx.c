@@ -17,7 +17,7 @@
  *
  * Accuracy: the keys and values enter exactly; the queries and weights carry ~2^-15 of
  * their row's largest value (outputs within 5e-4 of float64 over the dequantized cache
- * with sharp softmaxes, 2.3e-4 measured: tests/models/test_decode_attention_amx.py).
+ * with sharp softmaxes, 2.3e-4 measured: tests/models/test_decode_attention_int8.py).
  * Needs head_dim 64 or 128 and at most 8 query heads per kv head (16 rows).
  */
 #define _GNU_SOURCE /* syscall() for the AMX permission */

@@ -227,6 +227,25 @@ ALWAYS_INLINE __m512 exp16(__m512 x) {
     return _mm512_mul_ps(y, _mm512_castsi512_ps(e));
 }
 
+/* 2^x as a polynomial of x's fraction (count coefficients c, the highest degree's first),
+ * scaled by 2^round(x) with vscalefps; x below -126 gives ~0. */
+ALWAYS_INLINE __m512 exp2_fraction(__m512 x, const float *c, const int count) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-126.0f));
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, n); /* [-0.5, 0.5] */
+    __m512 y = _mm512_set1_ps(c[0]);
+    for (int i = 1; i < count; i++) y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(c[i]));
+    return _mm512_scalef_ps(y, n);
+}
+
+/* 2^x (relative error ~1e-7): degree 6, ln2^6 / 6! ... ln2 / 1!, 1. */
+ALWAYS_INLINE __m512 exp2_16(__m512 x) {
+    static const float c[7] = {1.5403530393381606e-4f, 1.3333558146428443e-3f,
+                               9.6181291076284772e-3f, 5.5504108664821580e-2f,
+                               2.4022650695910071e-1f, 6.9314718055994531e-1f, 1.0f};
+    return exp2_fraction(x, c, 7);
+}
+
 /* Softmax numerators of 16 * vectors scores in place (exp(s - max); -inf scores give 0):
  * returns their max and stores their sum (decode attention's spans, both kernels). */
 static inline float softmax_in_place(float *scores, int vectors, float *sum) {

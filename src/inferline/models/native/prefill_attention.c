@@ -31,6 +31,10 @@
 int prefill_amx_handles(int cache_kind, int head_dim, int group);
 int prefill_attention_on_amx(const PagedAttention *p, int64_t num_chunks, const int64_t *chunks,
                              int cache_kind, void *out, int out_bf16);
+/* prefill_attention_i16.c: the task over an int8 cache on VNNI int16 products */
+int prefill_i16_handles(int cache_kind, int head_dim, int group);
+void prefill_task_i16(const PagedAttention *p, const int64_t *chunk, const int32_t *table, int r0,
+                      int kvh, void *out, int out_bf16);
 
 #if defined(__AVX512F__)
 #define ROWS 16      /* query rows per task: one lane each */
@@ -178,6 +182,7 @@ static int prefill_attention_in_basis(int64_t num_chunks, int heads, int kv_head
     for (int64_t c = 0; c < num_chunks; c++)
         first[c + 1] = first[c] + (chunks[3 * c + 2] + ROWS - 1) / ROWS * kv_heads;
     int64_t tasks = first[num_chunks];
+    const int i16 = prefill_i16_handles(cache_kind, head_dim, group);
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t t = 0; t < tasks; t++) {
         int64_t c = 0;
@@ -188,7 +193,8 @@ static int prefill_attention_in_basis(int64_t num_chunks, int heads, int kv_head
         int block = blocks - 1 - (int)(local / kv_heads), kvh = (int)(local % kv_heads);
         const int32_t *table = block_tables + c * max_blocks;
 #define TASK(C)                                                                                \
-    if (cache_kind == CACHE_I8) prefill_task(C, CACHE_I8, &p, chunks + 3 * c, table, block * ROWS, kvh, out, out_bf16); \
+    if (i16) prefill_task_i16(&p, chunks + 3 * c, table, block * ROWS, kvh, out, out_bf16); \
+    else if (cache_kind == CACHE_I8) prefill_task(C, CACHE_I8, &p, chunks + 3 * c, table, block * ROWS, kvh, out, out_bf16); \
     else if (cache_kind == CACHE_BF16) prefill_task(C, CACHE_BF16, &p, chunks + 3 * c, table, block * ROWS, kvh, out, out_bf16); \
     else prefill_task(C, CACHE_F32, &p, chunks + 3 * c, table, block * ROWS, kvh, out, out_bf16)
         if (head_dim == 64) {

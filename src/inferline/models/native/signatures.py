@@ -33,6 +33,8 @@ SIGNATURES = {
     "i8_gate_up_silu": [_i64, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
     "quantize_rotated_rows": [_i64, _i32, _ptr, _ptr, _ptr, _ptr],
     "prefill_attention_amx": [_i32],
+    "prefill_attention_i16": [_i32],
+    "decode_attention_i16": [_i32],
     "decode_attention_amx": [_i32],
     "layer_stack": [_ptr, _ptr, _ptr, _ptr],  # models/layer_stack.py
     "row_topk": [_i64, _i64, _i32, _ptr, _ptr],
@@ -52,6 +54,8 @@ RESULT_TYPES = {
     "i8_amx_rows": ctypes.c_int,
     "i8_gate_up_silu": ctypes.c_int,
     "prefill_attention_amx": ctypes.c_int,
+    "prefill_attention_i16": ctypes.c_int,
+    "decode_attention_i16": ctypes.c_int,
     "decode_attention_amx": ctypes.c_int,
     "layer_stack": ctypes.c_int,
     "row_topk": ctypes.c_int,
