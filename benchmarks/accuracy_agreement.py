@@ -63,6 +63,16 @@ def _compare(reference: list[torch.Tensor], got: list[torch.Tensor],
     return figures
 
 
+def _attention_kernel(kernels: Any, wanted: str, kv_cache_dtype: str) -> str:
+    """Switches prefill attention to ``wanted`` (float32, amx or i16); returns the kernel
+    that runs now (i16 only over an int8 cache)."""
+    if kernels is None:
+        return "float32"
+    amx = kernels.amx_attention_on(wanted == "amx")
+    i16 = kernels.i16_attention_on(wanted == "i16") and kv_cache_dtype != "bfloat16"
+    return "amx" if amx else ("i16" if i16 else "float32")
+
+
 def measure(model: str, kv_cache_dtype: str = "auto") -> dict[str, Any]:
     """The figures for ``model`` (one process: fp32 first, then the default format with
     ``kv_cache_dtype``; fp32 runs its default cache)."""
@@ -100,10 +110,7 @@ def measure(model: str, kv_cache_dtype: str = "auto") -> dict[str, Any]:
                 stack = getattr(quantized.loaded.model, "layer_stack", None)
                 if stack is not None:  # built at load with the default
                     stack.use_products(compact)
-                amx = kernels.amx_attention_on(attention == "amx") if kernels else False
-                i16 = kernels.i16_attention_on(attention == "i16") if kernels else False
-                ran = "amx" if amx else ("i16" if i16 else "float32")
-                if ran != attention or (i16 and kv_cache_dtype == "bfloat16"):
+                if _attention_kernel(kernels, attention, kv_cache_dtype) != attention:
                     continue  # not on this host, or not over this cache
                 products = "bf16" if compact else "int32"
                 name = f"attention_{attention}-gate_up_{products}"
