@@ -47,30 +47,6 @@ static inline void configure_full_tiles(void) {
     load_tile_config(&c);
 }
 
-/* r[i] (16 x 16 uint32) becomes its transpose (AVX-512: packing tiles' operands). */
-static inline __attribute__((always_inline)) void transpose16(__m512i r[16]) {
-    __m512i t[16], u[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {
-        u[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-        u[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-        u[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-        u[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-    }
-    /* u[4a + e], 128-bit lane L: rows 4a..4a+3 of column 4L + e */
-    for (int e = 0; e < 4; e++) {
-        __m512i v = _mm512_shuffle_i32x4(u[e], u[4 + e], 0x88), w = _mm512_shuffle_i32x4(u[e], u[4 + e], 0xdd);
-        __m512i x = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0x88), y = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0xdd);
-        r[e] = _mm512_shuffle_i32x4(v, x, 0x88);
-        r[8 + e] = _mm512_shuffle_i32x4(v, x, 0xdd);
-        r[4 + e] = _mm512_shuffle_i32x4(w, y, 0x88);
-        r[12 + e] = _mm512_shuffle_i32x4(w, y, 0xdd);
-    }
-}
-
 /* 1 where Linux grants this process the AMX tile state (arch_prctl), else 0. */
 static inline int amx_tiles_permitted(void) {
     return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;

@@ -159,13 +159,14 @@ ALWAYS_INLINE void head_run(const int C, const int32_t *qt, __m512 q_scale, cons
     }
 }
 
-/* A head's 16 query rows (times scale / ln 2) rounded to int16 pairs qt [pairs][16], their
- * scales (max |q| / 32767 a row) into q_scale. */
+/* A head's 16 query rows (times scale / ln 2) rounded to int16 pairs qt [pairs][16] (pair
+ * p of row i in lane i: one 16 x 16 transpose a 16 pairs), their scales (max |q| / 32767 a
+ * row) into q_scale. */
 ALWAYS_INLINE void quantize_queries(const int C, const PagedAttention *p, int64_t first_row,
                                     int rows, int h, int32_t *qt, float *q_scale) {
     const int D = C * 16;
     float scale = p->scale * 1.44269504088896341f;
-    int16_t *q16 = (int16_t *)qt;
+    int16_t q16[ROWS][MAX_DIM] __attribute__((aligned(64)));
     for (int i = 0; i < ROWS; i++) {
         const float *src = p->q + (first_row + (i < rows ? i : rows - 1)) * p->heads * D + h * D;
         __m512 top = _mm512_setzero_ps();
@@ -173,12 +174,15 @@ ALWAYS_INLINE void quantize_queries(const int C, const PagedAttention *p, int64_
         float largest = larger(_mm512_reduce_max_ps(top) * scale, 1e-30f);
         q_scale[i] = largest / 32767.0f;
         __m512 factor = _mm512_set1_ps(scale * (32767.0f / largest));
-        int16_t row[MAX_DIM];
         for (int c = 0; c < C; c++)
-            _mm256_storeu_si256((__m256i *)(row + 16 * c),
-                                _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(src + 16 * c), factor))));
-        for (int d = 0; d < D; d++) /* pair d / 2 of lane i: int16 at 2 * (16 * (d / 2) + i) + d % 2 */
-            q16[2 * (16 * (d / 2) + i) + d % 2] = row[d];
+            _mm256_store_si256((__m256i *)(q16[i] + 16 * c),
+                               _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(src + 16 * c), factor))));
+    }
+    for (int b = 0; b < D / 32; b++) { /* pairs 16 b .. 16 b + 15 */
+        __m512i r[16];
+        for (int i = 0; i < ROWS; i++) r[i] = _mm512_load_si512(q16[i] + 32 * b);
+        transpose16(r);
+        for (int j = 0; j < 16; j++) _mm512_storeu_si512(qt + 16 * (16 * b + j), r[j]);
     }
 }
 
