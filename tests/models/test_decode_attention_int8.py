@@ -39,50 +39,29 @@ def attend(kernels: NativeKernels, on: bool, q, cache, tables, lens, block_size)
     return out
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-def test_amx_decode_attention_keeps_float32_accuracy(
-    amx: NativeKernels, shape: tuple[int, int, int, int]
-) -> None:
-    """Queries and weights split into an int8 high part and remainder (~2^-16 of their
-    row's largest value) stay within 5e-4 of float64 over the cache's own (dequantized)
-    rows with sharp softmaxes (queries x 4: up to 2.3e-4 measured; the int8 rows' own
-    rounding moves them by 0.04-0.11); the AVX-512 kernel's float32 within 1e-5.
-    Layouts with more than 8 heads a kv head take the AVX-512 kernel: the same bits."""
+def sharp_case(
+    shape: tuple[int, int, int, int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(queries x 4: sharp softmaxes, a random int8 cache, block tables, CONTEXTS)."""
     heads, kv_heads, head_dim, block_size = shape
     gen = torch.Generator().manual_seed(11)
     cache = cache_of(torch.randn(2, 64 * block_size, kv_heads, head_dim, generator=gen), torch.int8)
     lens = torch.tensor(CONTEXTS, dtype=torch.int32)
     tables = torch.stack([torch.randperm(64, generator=gen)[:20] for _ in CONTEXTS]).int()
     q = torch.randn(len(CONTEXTS), heads, head_dim, generator=gen) * 4
-    on, off = (attend(amx, flag, q, cache, tables, lens, block_size) for flag in (True, False))
-    if heads // kv_heads > 8:
-        assert torch.equal(on, off)
-        return
-    assert not torch.equal(on, off)  # the two kernels ran
+    return q, cache, tables, lens
+
+
+def float64_outputs(q, cache, tables, block_size) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
+    """Each sequence's attention output in float64 over the cache's dequantized rows."""
+    outputs = []
     for s, n in enumerate(CONTEXTS):
         positions = torch.arange(n)
         slots = tables[s].long()[positions // block_size] * block_size + positions % block_size
         k, v = (read_rows(cache[i], slots, torch.float32).transpose(0, 1).double() for i in (0, 1))
-        expected = F.scaled_dot_product_attention(
-            q[s].double().unsqueeze(1), k, v, enable_gqa=True
-        ).reshape(-1)
-        torch.testing.assert_close(on[s].double(), expected, rtol=0, atol=5e-4)
-        torch.testing.assert_close(off[s].double(), expected, rtol=0, atol=1e-5)
-
-
-def test_amx_decode_attention_of_a_sequence_does_not_depend_on_the_batch(
-    amx: NativeKernels,
-) -> None:
-    """A sequence's spans and their quantized queries and weights are its own."""
-    gen = torch.Generator().manual_seed(12)
-    cache = cache_of(torch.randn(2, 64 * 16, 3, 64, generator=gen), torch.int8)
-    lens = torch.tensor([700, 5, 300, 64], dtype=torch.int32)
-    tables = torch.stack([torch.randperm(64, generator=gen)[:44] for _ in range(4)]).int()
-    q = torch.randn(4, 9, 64, generator=gen)
-    together = attend(amx, True, q, cache, tables, lens, 16)
-    for s in range(4):
-        alone = attend(amx, True, q[s : s + 1], cache, tables[s : s + 1], lens[s : s + 1], 16)
-        assert torch.equal(alone[0], together[s])
+        expected = F.scaled_dot_product_attention(q[s].double().unsqueeze(1), k, v, enable_gqa=True)
+        outputs.append(expected.reshape(-1))
+    return outputs
 
 
 @pytest.fixture
@@ -98,50 +77,58 @@ def i16(kernels: NativeKernels) -> Iterator[NativeKernels]:
     kernels.i16_decode_on(default[0]), kernels.amx_decode_on(default[1])
 
 
+def attend_with(kernels: NativeKernels, kind: str, on: bool, *args) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """`attend` with the ``kind`` kernel (amx or i16) on or off (off: the float32 kernel)."""
+    if kind == "i16":
+        assert kernels.i16_decode_on(on) == on
+        return attend(kernels, False, *args)
+    return attend(kernels, on, *args)
+
+
+@pytest.mark.parametrize("kind", ["amx", "i16"])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_i16_decode_attention_keeps_float32_accuracy(
-    i16: NativeKernels, shape: tuple[int, int, int, int]
+def test_int8_decode_attention_keeps_float32_accuracy(
+    kind: str, shape: tuple[int, int, int, int], request: pytest.FixtureRequest
 ) -> None:
-    """Queries and weighted values rounded to int16 (2^-16 of their row's largest value),
-    keys and values the cache's own integers: within 5e-4 of float64 over the dequantized
-    cache with sharp softmaxes, as the AMX kernel; odd span lengths (9, 65, 143) pair a key
-    with nothing. Layouts with more than 8 heads a kv head take the float32 kernel."""
+    """AMX: queries and weights split into an int8 high part and remainder; i16: queries
+    and weighted values rounded to int16; both ~2^-16 of their row's largest value. Within
+    5e-4 of float64 over the cache's own (dequantized) rows with sharp softmaxes (queries x
+    4: AMX up to 2.3e-4 measured; the int8 rows' own rounding moves them by 0.04-0.11); the
+    float32 kernel within 1e-5; odd span lengths (9, 65, 143) pair a key with nothing in the
+    int16 kernel. Layouts with more than 8 heads a kv head take the float32 kernel: the
+    same bits."""
+    kernels = request.getfixturevalue(kind)  # skips where this kernel is not built
     heads, kv_heads, head_dim, block_size = shape
-    gen = torch.Generator().manual_seed(11)
-    cache = cache_of(torch.randn(2, 64 * block_size, kv_heads, head_dim, generator=gen), torch.int8)
-    lens = torch.tensor(CONTEXTS, dtype=torch.int32)
-    tables = torch.stack([torch.randperm(64, generator=gen)[:20] for _ in CONTEXTS]).int()
-    q = torch.randn(len(CONTEXTS), heads, head_dim, generator=gen) * 4
-    outs = []
-    for flag in (True, False):
-        assert i16.i16_decode_on(flag) == flag
-        outs.append(attend(i16, False, q, cache, tables, lens, block_size))
-    on, off = outs
+    q, cache, tables, lens = sharp_case(shape)
+    on, off = (
+        attend_with(kernels, kind, flag, q, cache, tables, lens, block_size)
+        for flag in (True, False)
+    )
     if heads // kv_heads > 8:
         assert torch.equal(on, off)
         return
     assert not torch.equal(on, off)  # the two kernels ran
-    for s, n in enumerate(CONTEXTS):
-        positions = torch.arange(n)
-        slots = tables[s].long()[positions // block_size] * block_size + positions % block_size
-        k, v = (read_rows(cache[i], slots, torch.float32).transpose(0, 1).double() for i in (0, 1))
-        expected = F.scaled_dot_product_attention(
-            q[s].double().unsqueeze(1), k, v, enable_gqa=True
-        ).reshape(-1)
+    for s, expected in enumerate(float64_outputs(q, cache, tables, block_size)):
         torch.testing.assert_close(on[s].double(), expected, rtol=0, atol=5e-4)
-        assert (on[s].double() - expected).abs().mean() < 5e-5  # rounding, not a bias
+        torch.testing.assert_close(off[s].double(), expected, rtol=0, atol=1e-5)
+        if kind == "i16":
+            assert (on[s].double() - expected).abs().mean() < 5e-5  # rounding, not a bias
 
 
-def test_i16_decode_attention_of_a_sequence_does_not_depend_on_the_batch(
-    i16: NativeKernels,
+@pytest.mark.parametrize("kind", ["amx", "i16"])
+def test_decode_attention_of_a_sequence_does_not_depend_on_the_batch(
+    kind: str, request: pytest.FixtureRequest
 ) -> None:
-    """A sequence's spans and their rounded queries and weights are its own."""
+    """A sequence's spans and their quantized (AMX) or rounded (int16) queries and weights
+    are its own."""
+    kernels = request.getfixturevalue(kind)  # skips where this kernel is not built
     gen = torch.Generator().manual_seed(12)
     cache = cache_of(torch.randn(2, 64 * 16, 3, 64, generator=gen), torch.int8)
     lens = torch.tensor([700, 5, 300, 64], dtype=torch.int32)
     tables = torch.stack([torch.randperm(64, generator=gen)[:44] for _ in range(4)]).int()
     q = torch.randn(4, 9, 64, generator=gen)
-    together = attend(i16, False, q, cache, tables, lens, 16)
+    on = kind == "amx"
+    together = attend(kernels, on, q, cache, tables, lens, 16)
     for s in range(4):
-        alone = attend(i16, False, q[s : s + 1], cache, tables[s : s + 1], lens[s : s + 1], 16)
+        alone = attend(kernels, on, q[s : s + 1], cache, tables[s : s + 1], lens[s : s + 1], 16)
         assert torch.equal(alone[0], together[s])

@@ -282,6 +282,32 @@ def causal_reference(
     return expected
 
 
+def sharp_prefill_case(
+    shape: tuple[int, int, int, int], cache_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(queries x 4: sharp softmaxes, a random cache, chunks with long contexts and partial
+    row blocks and runs, their block tables)."""
+    heads, kv_heads, head_dim, block_size = shape
+    gen = torch.Generator().manual_seed(7)
+    cache = random_cache(64 * block_size, kv_heads, head_dim, cache_dtype, gen)
+    chunks = torch.tensor([[0, 0, 300], [300, 700, 45], [345, 31, 33]])
+    tables = torch.stack([torch.randperm(64, generator=gen)[:48] for _ in range(3)]).int()
+    q = torch.randn(378, heads, head_dim, generator=gen) * 4
+    return q, cache, chunks, tables
+
+
+def prefill_both_ways(kernels, switch, q, cache, chunks, tables, block_size):  # type: ignore[no-untyped-def]
+    """prefill_attention's outputs with ``switch(True)`` (a kernel on), then off; asserts
+    the two paths ran (their outputs differ)."""
+    outs = []
+    for on in (True, False):
+        assert switch(on) == on
+        outs.append(torch.zeros(q.shape[0], q.shape[1] * q.shape[2]))
+        assert kernels.prefill_attention(q, cache, chunks, tables, block_size, outs[-1])
+    assert not torch.equal(outs[0], outs[1])
+    return outs
+
+
 def amx_tolerance(
     cache: tuple[torch.Tensor, torch.Tensor], head_dim: int, otherwise: float
 ) -> float:
@@ -310,21 +336,13 @@ def test_amx_prefill_attention_keeps_float32_accuracy(
     default = kernels.amx_attention
     if not kernels.amx_attention_on(True):
         pytest.skip("no AMX bf16 on this CPU, build or OS")
-    gen = torch.Generator().manual_seed(7)
-    cache = random_cache(64 * block_size, kv_heads, head_dim, cache_dtype, gen)
-    chunks = torch.tensor([[0, 0, 300], [300, 700, 45], [345, 31, 33]])
-    tables = torch.stack([torch.randperm(64, generator=gen)[:48] for _ in range(3)]).int()
-    q = torch.randn(378, heads, head_dim, generator=gen) * 4
-    outs = []
+    q, cache, chunks, tables = sharp_prefill_case(shape, cache_dtype)
     try:
-        for on in (True, False):
-            assert kernels.amx_attention_on(on) == on
-            outs.append(torch.zeros(378, heads * head_dim))
-            assert kernels.prefill_attention(q, cache, chunks, tables, block_size, outs[-1])
+        amx, float32 = prefill_both_ways(
+            kernels, kernels.amx_attention_on, q, cache, chunks, tables, block_size
+        )
     finally:
         kernels.amx_attention_on(default)
-    amx, float32 = outs
-    assert not torch.equal(amx, float32)  # the two paths ran
     expected = torch.cat(
         list(causal_reference(q, cache, chunks, tables, block_size, torch.float64).values())
     )
@@ -336,8 +354,9 @@ def test_amx_prefill_attention_keeps_float32_accuracy(
 def i16_tolerance(cache: tuple[torch.Tensor, torch.Tensor]) -> float:
     """How far the int16 VNNI prefill attention may be from float64 over the same int8
     cache: queries rounded to int16 a row (2^-16 of its largest |q|) move scores by ~1e-4
-    of their log2 units with the sharp softmaxes below, weights rounded to int16 (2^-16 of
-    the run's largest value row) add ~1e-5: measured at most 1.3e-4 of the largest value.
+    of their log2 units with the sharp softmaxes below, weighted values rounded to int16
+    (2^-16 of the row's largest in a run) add ~1e-5: measured at most 1.3e-4 of the
+    largest value.
     The int8 cache's own rounding moves outputs by 0.04-0.11 (test_decode_attention_int8)."""
     values = read_rows(cache[1], torch.arange(cache[1].shape[0]), torch.float32)
     return 3e-4 * float(values.abs().max())
@@ -351,27 +370,19 @@ def test_i16_prefill_attention_over_an_int8_cache_keeps_its_accuracy(
     the cache's int8 integers): long contexts, runs of 32 keys across blocks, partial row
     blocks and runs, odd run lengths, sharp softmaxes; within `i16_tolerance` of float64,
     errors without a bias. Where AMX runs prefill attention it is not used."""
-    heads, kv_heads, head_dim, block_size = shape
+    block_size = shape[3]
     default = kernels.i16_attention, kernels.amx_attention
     kernels.amx_attention_on(False)
     if not kernels.i16_attention_on(True):
         kernels.amx_attention_on(default[1])
         pytest.skip("no AVX-512 VNNI in this build")
-    gen = torch.Generator().manual_seed(7)
-    cache = random_cache(64 * block_size, kv_heads, head_dim, torch.int8, gen)
-    chunks = torch.tensor([[0, 0, 300], [300, 700, 45], [345, 31, 33]])
-    tables = torch.stack([torch.randperm(64, generator=gen)[:48] for _ in range(3)]).int()
-    q = torch.randn(378, heads, head_dim, generator=gen) * 4
-    outs = []
+    q, cache, chunks, tables = sharp_prefill_case(shape, torch.int8)
     try:
-        for on in (True, False):
-            assert kernels.i16_attention_on(on) == on
-            outs.append(torch.zeros(378, heads * head_dim))
-            assert kernels.prefill_attention(q, cache, chunks, tables, block_size, outs[-1])
+        i16, float32 = prefill_both_ways(
+            kernels, kernels.i16_attention_on, q, cache, chunks, tables, block_size
+        )
     finally:
         kernels.i16_attention_on(default[0]), kernels.amx_attention_on(default[1])
-    i16, float32 = outs
-    assert not torch.equal(i16, float32)  # the two paths ran
     expected = torch.cat(
         list(causal_reference(q, cache, chunks, tables, block_size, torch.float64).values())
     )

@@ -231,19 +231,8 @@ void decode_span_amx(const PagedAttention *p, int64_t s, int begin, int end, flo
     const int32_t *table = p->block_tables + s * p->max_blocks;
     const float *qs = p->q + p->token_rows[s] * p->heads * p->head_dim;
     int64_t slots[SPAN];
-    int n = end - begin, shift = __builtin_ctz((unsigned)p->block_size); /* a power of 2 */
-    for (int j = 0; j < n; j++) {
-        int pos = begin + j;
-        slots[j] = ((int64_t)table[pos >> shift] << shift) + (pos & (p->block_size - 1));
-    }
-    /* every kv head's rows of a slot are contiguous: ask for the span's K and V rows
-     * ahead of use (the keys first: they are read first) */
-    size_t row_bytes = (size_t)p->slot_stride;
-    for (int pass = 0; pass < 2; pass++) {
-        const char *cache = pass == 0 ? p->k_cache : p->v_cache;
-        for (int j = 0; j < n; j++)
-            for (size_t b = 0; b < row_bytes; b += 64) _mm_prefetch(cache + slots[j] * p->slot_stride + b, _MM_HINT_T1);
-    }
+    int n = end - begin;
+    span_slots(p, table, begin, n, slots);
     for (int kvh = 0; kvh < p->kv_heads; kvh++) {
         int h0 = kvh * p->group;
         if (p->head_dim == 64)

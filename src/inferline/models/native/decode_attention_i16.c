@@ -178,17 +178,7 @@ void decode_span_i16(const PagedAttention *p, int64_t s, int begin, int end, flo
     const float *qs = p->q + p->token_rows[s] * p->heads * p->head_dim;
     int64_t slots[SPAN];
     int n = end - begin;
-    for (int j = 0; j < n; j++) {
-        int pos = begin + j;
-        slots[j] = (int64_t)table[pos / p->block_size] * p->block_size + pos % p->block_size;
-    }
-    /* every kv head's rows of a slot are contiguous: ask for the span's K and V rows ahead
-     * of use (the keys first: they are read first) */
-    for (int pass = 0; pass < 2; pass++) {
-        const char *cache = pass == 0 ? p->k_cache : p->v_cache;
-        for (int j = 0; j < n; j++)
-            for (int64_t b = 0; b < p->slot_stride; b += 64) _mm_prefetch(cache + slots[j] * p->slot_stride + b, _MM_HINT_T1);
-    }
+    span_slots(p, table, begin, n, slots);
     for (int kvh = 0; kvh < p->kv_heads; kvh++) {
         int h0 = kvh * p->group;
         if (p->head_dim == 64)

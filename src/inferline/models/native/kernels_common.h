@@ -183,6 +183,43 @@ typedef struct {
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
+#define TASK_ROWS 16 /* query rows of a prefill task: one lane each */
+
+/* A task's rows of its chunk: the first's index in the step, how many (<= 16), the first's
+ * and last's positions, each row's position (padding rows repeat the last's). */
+typedef struct {
+    int64_t first_row;
+    int rows, first_pos, last_pos;
+    int pos[TASK_ROWS];
+} TaskRows;
+
+ALWAYS_INLINE TaskRows task_rows(const int64_t *chunk, int r0) {
+    TaskRows t;
+    t.first_row = chunk[0] + r0;
+    t.rows = (int)(chunk[2] - r0) < TASK_ROWS ? (int)(chunk[2] - r0) : TASK_ROWS;
+    t.first_pos = (int)chunk[1] + r0, t.last_pos = t.first_pos + t.rows - 1;
+    for (int i = 0; i < TASK_ROWS; i++) t.pos[i] = t.first_pos + (i < t.rows ? i : t.rows - 1);
+    return t;
+}
+
+/* The slots of positions [begin, begin + n) of a sequence's block table (block_size a power
+ * of 2), every kv head's K and V rows of them asked for ahead of use (a slot's kv heads
+ * are contiguous; the keys first: they are read first). Decode attention's spans. */
+static inline void span_slots(const PagedAttention *p, const int32_t *table, int begin, int n,
+                              int64_t *slots) {
+    int shift = __builtin_ctz((unsigned)p->block_size);
+    for (int j = 0; j < n; j++) {
+        int pos = begin + j;
+        slots[j] = ((int64_t)table[pos >> shift] << shift) + (pos & (p->block_size - 1));
+    }
+    size_t row_bytes = (size_t)p->slot_stride; /* an int8 cache: elements are bytes */
+    for (int pass = 0; pass < 2; pass++) {
+        const char *cache = pass == 0 ? p->k_cache : p->v_cache;
+        for (int j = 0; j < n; j++)
+            for (size_t b = 0; b < row_bytes; b += 64) _mm_prefetch(cache + slots[j] * p->slot_stride + b, _MM_HINT_T1);
+    }
+}
+
 /* 16 float32, bf16 or int8 (kind: CACHE_*, unscaled) values from base + offset, as
  * float32. */
 ALWAYS_INLINE __m512 load16(const void *base, int64_t offset, const int kind) {

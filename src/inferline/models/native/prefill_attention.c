@@ -37,7 +37,7 @@ void prefill_task_i16(const PagedAttention *p, const int64_t *chunk, const int32
                       int kvh, void *out, int out_bf16);
 
 #if defined(__AVX512F__)
-#define ROWS 16      /* query rows per task: one lane each */
+#define ROWS TASK_ROWS /* query rows per task: one lane each */
 #define KEY_RUN 16   /* keys per softmax update */
 #define MAX_DIM 128
 #define MAX_GROUP_PREFILL 8 /* query heads per kv head handled here; more: SDPA */
@@ -101,12 +101,10 @@ ALWAYS_INLINE void prefill_task(const int C, const int kind, const PagedAttentio
                                 const int64_t *chunk, const int32_t *table, int r0, int kvh,
                                 void *out, int out_bf16) {
     int head_dim = C * 16, group = p->group;
-    int64_t first_row = chunk[0] + r0;
-    int rows = (int)(chunk[2] - r0) < ROWS ? (int)(chunk[2] - r0) : ROWS;
-    int first_pos = (int)chunk[1] + r0, last_pos = first_pos + rows - 1;
-    int positions[ROWS];
-    for (int i = 0; i < ROWS; i++) positions[i] = first_pos + (i < rows ? i : rows - 1);
-    __m512i row_pos = _mm512_loadu_si512(positions);
+    TaskRows t = task_rows(chunk, r0);
+    int64_t first_row = t.first_row;
+    int rows = t.rows, last_pos = t.last_pos;
+    __m512i row_pos = _mm512_loadu_si512(t.pos);
     float qt[MAX_DIM * ROWS * MAX_GROUP_PREFILL], out_t[MAX_DIM * ROWS * MAX_GROUP_PREFILL];
     float max[ROWS * MAX_GROUP_PREFILL], sum[ROWS * MAX_GROUP_PREFILL];
     float keys[KEY_RUN * MAX_DIM], values[KEY_RUN * MAX_DIM];

@@ -33,23 +33,6 @@ ALWAYS_INLINE void split32(__m512 a, __m512 b, uint16_t *hi, uint16_t *lo) {
     _mm512_storeu_si512(lo, (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(b, b_hi), _mm512_sub_ps(a, a_hi)));
 }
 
-/* A task's rows of its chunk: the first's index in the step, how many (<= 16), the first's
- * and last's positions, each row's position (padding rows repeat the last's). */
-typedef struct {
-    int64_t first_row;
-    int rows, first_pos, last_pos;
-    int pos[AMX_ROWS];
-} TaskRows;
-
-ALWAYS_INLINE TaskRows task_rows(const int64_t *chunk, int r0) {
-    TaskRows t;
-    t.first_row = chunk[0] + r0;
-    t.rows = (int)(chunk[2] - r0) < AMX_ROWS ? (int)(chunk[2] - r0) : AMX_ROWS;
-    t.first_pos = (int)chunk[1] + r0, t.last_pos = t.first_pos + t.rows - 1;
-    for (int i = 0; i < AMX_ROWS; i++) t.pos[i] = t.first_pos + (i < t.rows ? i : t.rows - 1);
-    return t;
-}
-
 /* The head_dim 64 task (prefill_attention_amx64.c) over an int8 / a bf16 cache's runs. */
 void amx_task64_int8(const PagedAttention *p, const int64_t *chunk, const uint8_t *runs, int r0,
                      int kvh, void *out, int out_bf16);

@@ -5,11 +5,11 @@
  * with both products on integers instead of float32 FMAs.
  *
  * - Scores: the queries (times the scale / ln 2: scores in log2 units) are rounded to int16
- *   with a scale per row and head (max |q| / 32767: ~16 significant bits, as the AMX
- *   kernel's bf16 high + remainder parts); the cache's int8 keys are exact in int16. One
- *   vpdpwssd multiplies two dims of 16 rows by a key's broadcast pair: 32 a key and head
- *   at head_dim 64, where float32 takes 64 FMAs; the exact int32 sum times the row's and
- *   the key's scales is the score.
+ *   with a scale per row and head (max |q| / 32767: within 2^-16 of the row's largest, as
+ *   close as the AMX kernel's bf16 high + remainder parts); the cache's int8 keys are exact
+ *   in int16. One vpdpwssd multiplies two dims of 16 rows by a key's broadcast pair: 32 a
+ *   key and head at head_dim 64, where float32 takes 64 FMAs; the exact int32 sum times
+ *   the row's and the key's scales is the score.
  * - Values: each run's softmax weights times their value row's scale are rounded to int16,
  *   each row's largest to 32767 (so a row's roundings depend on the keys it sees alone:
  *   the same in any task), paired by keys, and multiply the int8 values of key pairs: 32
@@ -29,7 +29,7 @@
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define I16_BUILT 1
-#define ROWS 16      /* query rows per task: one lane each */
+#define ROWS TASK_ROWS /* query rows per task: one lane each */
 #define RUN 32       /* keys per softmax update (two halves of 16 for the scores) */
 #define MAX_DIM 128
 #define I16_MAX_GROUP 8 /* as prefill_attention.c's MAX_GROUP_PREFILL */
@@ -189,12 +189,10 @@ ALWAYS_INLINE void quantize_queries(const int C, const PagedAttention *p, int64_
 ALWAYS_INLINE void i16_task(const int C, const PagedAttention *p, const int64_t *chunk,
                             const int32_t *table, int r0, int kvh, void *out, int out_bf16) {
     const int D = C * 16, group = p->group;
-    int64_t first_row = chunk[0] + r0;
-    int rows = (int)(chunk[2] - r0) < ROWS ? (int)(chunk[2] - r0) : ROWS;
-    int first_pos = (int)chunk[1] + r0, last_pos = first_pos + rows - 1;
-    int positions[ROWS];
-    for (int i = 0; i < ROWS; i++) positions[i] = first_pos + (i < rows ? i : rows - 1);
-    __m512i row_pos = _mm512_loadu_si512(positions);
+    TaskRows t = task_rows(chunk, r0);
+    int64_t first_row = t.first_row;
+    int rows = t.rows, last_pos = t.last_pos;
+    __m512i row_pos = _mm512_loadu_si512(t.pos);
     int32_t qt[I16_MAX_GROUP][MAX_DIM / 2 * ROWS] __attribute__((aligned(64)));
     float out_t[I16_MAX_GROUP][MAX_DIM * ROWS] __attribute__((aligned(64)));
     float q_scale[I16_MAX_GROUP][ROWS], max[I16_MAX_GROUP][ROWS], sum[I16_MAX_GROUP][ROWS];
