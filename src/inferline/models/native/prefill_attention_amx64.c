@@ -25,7 +25,7 @@
  *
  * The queries enter the tiles as two bf16 parts (a score's error moves its weight by
  * e^error), the weights as one: each is rounded to bf16 (relative error <= 2^-8), so an
- * output moves by at most 2^-8 of its head's largest value (test_native.py's
+ * output moves by at most 2^-8 of its head's largest value (test_prefill_attention.py's
  * amx_tolerance), a fifth to a tenth of what an int8 cache's own rounding moves it; their
  * exp2 is a degree-3 polynomial (relative error < 8e-5; the sums add the same
  * approximations). Against two bf16 parts and the degree-6 exp2: 1088-row chunk 1.90 ->
