@@ -24,6 +24,17 @@ from pathlib import Path
 import torch
 
 from inferline.models.kv_layout import cache_kind
+from inferline.models.native.arguments import (
+    _F32_ROTATED,
+    Activation,
+    MatmulInput,
+    _is_bf16,
+    _out_form,
+    _p,
+    _rows,
+    _sink,
+    _source,
+)
 from inferline.models.native.build import compiled, compiler
 from inferline.models.native.packed import PackedInt8Weight, Q4Weight
 from inferline.models.native.signatures import RESULT_TYPES, SIGNATURES
@@ -57,12 +68,6 @@ SOURCES = tuple(
 COMPILE_FLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fPIC",
                  "-shared", "-std=c11")  # fmt: skip
 
-# activation kinds, as in cpu_kernels.c
-_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int32: 2, torch.int8: 3}
-
-Activation = torch.Tensor | Int8Rows | Int32Product
-MatmulInput = torch.Tensor | Int8Rows
-
 
 # AMX (TDPBSSD) against VNNI's packed kernel on a 2-core Sapphire Rapids guest: hot caches
 # (576x1536 .. 4864x896 weights) 0.9-1.1x at 4 rows, 1.3-1.7x at 8, 2.5-3.9x from 32;
@@ -86,55 +91,6 @@ def load_kernels(cache_dir: Path) -> NativeKernels | None:
         detail = getattr(error, "stderr", "") or str(error)
         logger.warning("native kernels unavailable (%s): running the torch path", detail)
         return None
-
-
-def _p(tensor: torch.Tensor | None) -> int | None:
-    if tensor is None:
-        return None
-    if not tensor.is_contiguous() or tensor.device.type != "cpu":
-        raise ValueError("native kernels need contiguous CPU tensors")
-    return tensor.data_ptr()
-
-
-def _is_bf16(tensor: torch.Tensor) -> int:
-    if tensor.dtype not in (torch.float32, torch.bfloat16):
-        raise ValueError(f"native kernels take float32 or bfloat16, got {tensor.dtype}")
-    return int(tensor.dtype == torch.bfloat16)
-
-
-# float32 rows in the rotated basis (cpu_kernels.c KIND_F32_ROTATED); attention's output
-# form: bit 0 bf16, 2 left in the cache's basis (kernels_common.h OUT_CACHE_BASIS)
-_F32_ROTATED = 4
-_OUT_CACHE_BASIS = 2
-
-
-def _out_form(out: torch.Tensor, in_cache_basis: bool) -> int:
-    return _is_bf16(out) | (_OUT_CACHE_BASIS if in_cache_basis else 0)
-
-
-def _source(x: Activation | None) -> tuple[int | None, int, int | None, int | None]:
-    """An input activation as (values, kind, row scales, column scales) arguments."""
-    if x is None:
-        return None, 0, None, None
-    if isinstance(x, Int32Product):
-        return _p(x.values), _KINDS[torch.int32], _p(x.row_scales), _p(x.col_scales)
-    if isinstance(x, Int8Rows):
-        raise ValueError("int8 rows are a matmul input, not a kernel input")
-    return _p(x), _is_bf16(x), None, None
-
-
-def _sink(rows: int, width: int, dtype: torch.dtype) -> tuple[MatmulInput, list[int | None]]:
-    """A new output activation and its (values, kind, scales) arguments."""
-    if dtype == torch.int8:
-        out = Int8Rows(torch.empty(rows, width, dtype=torch.int8), torch.empty(rows, 1))
-        return out, [_p(out.values), _KINDS[torch.int8], _p(out.scales)]
-    values = torch.empty(rows, width, dtype=dtype)
-    return values, [_p(values), _is_bf16(values), None]
-
-
-def _rows(x: Activation) -> tuple[int, int]:
-    values = x if isinstance(x, torch.Tensor) else x.values
-    return values.shape[0], values.shape[1]
 
 
 class NativeKernels:

@@ -60,7 +60,7 @@ class PackedInt8Weight:
         for bit `NativeKernels.silu_mul` of `matmul`'s products without storing them
         (``i8_gemm.c``'s ``i8_gate_up_silu``, which the layer stack runs); None where that
         kernel does not run (no AMX, fewer rows than it takes, shapes not multiples of 64)."""
-        from inferline.models.native import _p  # (the package imports this module)
+        from inferline.models.native.arguments import _p  # (the package imports this module)
 
         if self.out_features % 2 or x.values.shape[1] != self.in_features:
             raise ValueError(f"gate_up_silu: {x.values.shape[1]} inputs for {self.in_features}")
