@@ -1,24 +1,28 @@
 /*
- * Decode attention over an int8 K/V cache on AVX-512 VNNI int16 dot products (vpdpwssd),
- * for CPUs without AMX (AMD Zen 4, Intel Ice Lake / Cascade Lake): the span task of
- * `attention.c` (up to 64 positions of one sequence, all heads) with both products on
- * integers instead of float32 FMAs over widened int8 values.
+ * Decode attention over an int8 K/V cache on AVX-512 VNNI integer dot products, for CPUs
+ * without AMX (AMD Zen 4, Intel Ice Lake / Cascade Lake): the span task of `attention.c`
+ * (up to 64 positions of one sequence, all heads) with both products on integers instead
+ * of float32 FMAs over widened int8 values.
  *
  * Per kv head of the span:
  * - Scores: each head's query (times the softmax scale) rounded to int16 with its own
- *   scale (max |q| / 32767); each key's int8 row widened to int16 once for the group; a
- *   key's 16-lane partial sums (two dims a lane) summed across lanes for 16 keys at once,
- *   times the key row's and the query's scales.
+ *   scale (max |q| / 32767), plus 32768, as high and low bytes; 16 keys' int8 rows
+ *   transposed (transpose16) so that a lane holds one key and an int32 four of its dims;
+ *   vpdpbusd sums hi x k, lo x k and 1 x k for 16 keys at once, four dims an instruction,
+ *   and 256 hi.k + lo.k - 32768 sum(k) is the exact int16 x int8 dot product (no sums
+ *   across lanes: the keys are the lanes), times the key row's and the query's scales.
  * - The span's softmax per head in float32, as `attention.c` (the same max and sum).
  * - Values: each head's weights times each value row's scale rounded to int16 (32767 =
- *   the head's largest), adjacent keys paired in one int32; the values of a key pair
- *   interleaved by dims (vpunpck*wd), so one vpdpwssd adds two keys' weighted values to 16
- *   dims; the int32 sums times the head's weight scale are its output.
+ *   the head's largest; all >= 0) as high and low bytes; four value rows interleaved by
+ *   bytes (vpunpck*bw, vpunpck*wd), so one vpdpbusd adds four keys' weighted values to 16
+ *   dims; 256 hi.v + lo.v times the head's weight scale is its output.
  *
- * Integer sums are exact (64 keys x 32767 x 127 < 2^31); the error is the two roundings
- * to int16, 2^-16 of the row's largest |q| and of the head's largest weighted value row
- * (as the AMX kernel's two int8 parts: tests/models/test_decode_attention_int8.py).
- * Needs head_dim 64 or 128 and at most 8 query heads per kv head.
+ * Integer sums are exact (|256 hi.k| < 2^31 at head_dim 128; 64 keys x 32767 x 127 <
+ * 2^31); the error is the two roundings to int16, 2^-16 of the row's largest |q| and of
+ * the head's largest weighted value row (as the AMX kernel's two int8 parts:
+ * tests/models/test_decode_attention_int8.py). The first version (vpdpwssd over int16
+ * pairs, 16-key sums across lanes) computed the same integers; this one gives the same
+ * bits with fewer shuffles. Needs head_dim 64 or 128 and at most 8 query heads per kv head.
  */
 #include <math.h>
 #include <stdint.h>
@@ -34,28 +38,18 @@
 
 static int decode_i16_on = 0;
 
-/* Lane i of the result = the sum of v[i]'s 16 int32 lanes (attention.c's sum_lanes16 on
- * integers: exact). */
-ALWAYS_INLINE __m512i sum_lanes16_epi32(const __m512i *v) {
-    __m512i t[8], u[4], w[2];
-    for (int k = 0; k < 8; k++)
-        t[k] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * k], v[2 * k + 1]),
-                                _mm512_unpackhi_epi32(v[2 * k], v[2 * k + 1]));
-    for (int k = 0; k < 4; k++)
-        u[k] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * k], t[2 * k + 1]),
-                                _mm512_unpackhi_epi64(t[2 * k], t[2 * k + 1]));
-    for (int k = 0; k < 2; k++)
-        w[k] = _mm512_add_epi32(_mm512_shuffle_i32x4(u[2 * k], u[2 * k + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                                _mm512_shuffle_i32x4(u[2 * k], u[2 * k + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-    return _mm512_add_epi32(_mm512_shuffle_i32x4(w[0], w[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                            _mm512_shuffle_i32x4(w[0], w[1], _MM_SHUFFLE(3, 1, 3, 1)));
-}
-
-/* n floats (a multiple of 16) times factor, rounded to int16 (|x * factor| <= 32767). */
-ALWAYS_INLINE void round16(const float *x, int n, float factor, int16_t *out) {
-    __m512 f = _mm512_set1_ps(factor);
-    for (int i = 0; i < n; i += 16)
-        _mm256_storeu_si256((__m256i *)(out + i), _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), f))));
+/* n floats (a multiple of 16) times factor, rounded to integers (|x * factor| <= 32767),
+ * plus bias (32768 for signed x, 0 for x >= 0) as high and low bytes: the integer is
+ * 256 hi + lo - bias. */
+ALWAYS_INLINE void round_bytes(const float *x, int n, float factor, int bias, uint8_t *hi,
+                               uint8_t *lo) {
+    const __m512 f = _mm512_set1_ps(factor);
+    const __m512i b = _mm512_set1_epi32(bias);
+    for (int i = 0; i < n; i += 16) {
+        __m512i w = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), f)), b);
+        _mm_storeu_si128((__m128i *)(lo + i), _mm512_cvtepi32_epi8(w));
+        _mm_storeu_si128((__m128i *)(hi + i), _mm512_cvtepi32_epi8(_mm512_srli_epi32(w, 8)));
+    }
 }
 
 /* The largest |x| of n (a multiple of 16) floats. */
@@ -65,82 +59,137 @@ ALWAYS_INLINE float largest_abs16(const float *x, int n) {
     return _mm512_reduce_max_ps(top);
 }
 
-/* Scores of the group's heads for the span's keys (key_rows, n of them), [group][SPAN]
- * floats, keys past n -inf. q16 [group][head_dim] int16 queries, q_scale their scales. */
-ALWAYS_INLINE void span_scores(const int D, const int16_t (*q16)[MAX_DIM], const float *q_scale,
+/* Four bytes (an int32) in every lane. */
+ALWAYS_INLINE __m512i broadcast4(const uint8_t *bytes) {
+    int32_t x;
+    memcpy(&x, bytes, sizeof x);
+    return _mm512_set1_epi32(x);
+}
+
+/* Scores of the group's heads for the span's keys (key_rows, n of them; rows past n point
+ * at readable memory), [group][SPAN] floats, keys past n -inf. A query is the bytes of its
+ * int16 rounding plus 32768 (q_hi, q_lo); 16 keys' int8 rows transposed so that a lane
+ * holds one key (four dims an int32); vpdpbusd sums hi x k (A), lo x k (B) and 1 x k (K) for
+ * 16 keys at once, and 256 A + B - 32768 K is the exact int16 x int8 product. */
+ALWAYS_INLINE void span_scores(const int D, const uint8_t (*q_hi)[MAX_DIM],
+                               const uint8_t (*q_lo)[MAX_DIM], const float *q_scale,
                                const int8_t *const *key_rows, const float *key_scales, int group,
                                int n, float (*scores)[SPAN]) {
     const __m512 minus_inf = _mm512_set1_ps(-INFINITY);
+    const __m512i ones = _mm512_set1_epi8(1);
     for (int t = 0; t < SPAN; t += 16) {
         if (t >= n) {
             for (int g = 0; g < group; g++) _mm512_storeu_ps(scores[g] + t, minus_inf);
             continue;
         }
-        int16_t keys[16][MAX_DIM] __attribute__((aligned(64)));
-        for (int j = 0; j < 16; j++)
-            for (int c = 0; c < D; c += 32)
-                _mm512_store_si512(keys[j] + c, t + j < n ? _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(key_rows[t + j] + c)))
-                                                          : _mm512_setzero_si512());
         int valid = n - t < 16 ? n - t : 16;
         __mmask16 mask = (__mmask16)((1u << valid) - 1);
         __m512 ks = _mm512_loadu_ps(key_scales + t);
-        for (int g = 0; g < group; g++) {
-            __m512i dots[16];
-            for (int j = 0; j < 16; j++) {
-                __m512i d = _mm512_setzero_si512();
-                for (int c = 0; c < D; c += 32)
-                    d = _mm512_dpwssd_epi32(d, _mm512_loadu_si512(q16[g] + c), _mm512_load_si512(keys[j] + c));
-                dots[j] = d;
+        __m512i high[MAX_HEADS], low[MAX_HEADS], sums = _mm512_setzero_si512();
+        for (int c0 = 0; c0 < D; c0 += 64) {
+            __m512i k[16];
+            for (int j = 0; j < 16; j++) k[j] = _mm512_loadu_si512(key_rows[t + j] + c0);
+            transpose16(k); /* k[c] lane j: key j's dims c0 + 4c .. + 3 */
+            __m512i part[4]; /* four independent chains of vpdpbusd (its latency) */
+            for (int i = 0; i < 4; i++) part[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, k[i]);
+            for (int c = 4; c < 16; c++) part[c % 4] = _mm512_dpbusd_epi32(part[c % 4], ones, k[c]);
+            __m512i key_sums = _mm512_add_epi32(_mm512_add_epi32(part[0], part[1]), _mm512_add_epi32(part[2], part[3]));
+            sums = c0 ? _mm512_add_epi32(sums, key_sums) : key_sums;
+            for (int g = 0; g < group; g++) {
+                __m512i h[4], l[4];
+                for (int i = 0; i < 4; i++) {
+                    h[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), broadcast4(q_hi[g] + c0 + 4 * i), k[i]);
+                    l[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), broadcast4(q_lo[g] + c0 + 4 * i), k[i]);
+                }
+                for (int c = 4; c < 16; c++) {
+                    h[c % 4] = _mm512_dpbusd_epi32(h[c % 4], broadcast4(q_hi[g] + c0 + 4 * c), k[c]);
+                    l[c % 4] = _mm512_dpbusd_epi32(l[c % 4], broadcast4(q_lo[g] + c0 + 4 * c), k[c]);
+                }
+                __m512i hs = _mm512_add_epi32(_mm512_add_epi32(h[0], h[1]), _mm512_add_epi32(h[2], h[3]));
+                __m512i ls = _mm512_add_epi32(_mm512_add_epi32(l[0], l[1]), _mm512_add_epi32(l[2], l[3]));
+                high[g] = c0 ? _mm512_add_epi32(high[g], hs) : hs;
+                low[g] = c0 ? _mm512_add_epi32(low[g], ls) : ls;
             }
-            __m512 s = _mm512_mul_ps(_mm512_cvtepi32_ps(sum_lanes16_epi32(dots)),
-                                     _mm512_mul_ps(ks, _mm512_set1_ps(q_scale[g])));
+        }
+        __m512i bias = _mm512_slli_epi32(sums, 15);
+        for (int g = 0; g < group; g++) {
+            __m512i dots = _mm512_sub_epi32(_mm512_add_epi32(_mm512_slli_epi32(high[g], 8), low[g]), bias);
+            __m512 s = _mm512_mul_ps(_mm512_cvtepi32_ps(dots), _mm512_mul_ps(ks, _mm512_set1_ps(q_scale[g])));
             _mm512_storeu_ps(scores[g] + t, _mm512_mask_mov_ps(minus_inf, mask, s));
         }
     }
 }
 
+/* Heads g0 .. g0 + count - 1 (count <= 3), dims c0 .. c0 + 63, parts 2 half, 2 half + 1:
+ * sums[g][i] = the keys' w[g][j] v_j (int32, exact), the weights' bytes broadcast four keys
+ * at a time against four value rows interleaved by bytes (lane 4 L + e of part i: dim
+ * c0 + 16 L + 4 i + e). One half at a time keeps the accumulators in registers. */
+ALWAYS_INLINE void value_block(const uint8_t (*w_hi)[SPAN], const uint8_t (*w_lo)[SPAN],
+                               const int8_t *const *value_rows, int g0, const int count, int c0,
+                               int quads, const int half, __m512i (*sums)[4]) {
+    __m512i high[3][2], low[3][2];
+    for (int g = 0; g < count; g++)
+        for (int i = 0; i < 2; i++) high[g][i] = low[g][i] = _mm512_setzero_si512();
+    for (int m = 0; m < quads; m++) {
+        const int8_t *const *rows = value_rows + 4 * m;
+        __m512i a = _mm512_loadu_si512(rows[0] + c0), b = _mm512_loadu_si512(rows[1] + c0);
+        __m512i c = _mm512_loadu_si512(rows[2] + c0), d = _mm512_loadu_si512(rows[3] + c0);
+        __m512i ab = half ? _mm512_unpackhi_epi8(a, b) : _mm512_unpacklo_epi8(a, b);
+        __m512i cd = half ? _mm512_unpackhi_epi8(c, d) : _mm512_unpacklo_epi8(c, d);
+        __m512i v[2] = {_mm512_unpacklo_epi16(ab, cd), _mm512_unpackhi_epi16(ab, cd)};
+        for (int g = 0; g < count; g++) {
+            __m512i wh = broadcast4(w_hi[g0 + g] + 4 * m), wl = broadcast4(w_lo[g0 + g] + 4 * m);
+            for (int i = 0; i < 2; i++) {
+                high[g][i] = _mm512_dpbusd_epi32(high[g][i], wh, v[i]);
+                low[g][i] = _mm512_dpbusd_epi32(low[g][i], wl, v[i]);
+            }
+        }
+    }
+    for (int g = 0; g < count; g++)
+        for (int i = 0; i < 2; i++)
+            sums[g][2 * half + i] = _mm512_add_epi32(_mm512_slli_epi32(high[g][i], 8), low[g][i]);
+}
+
 /* out[g] (head_dim floats) = sum over the span's keys of weights[g][j] v_j, the values
- * (value_rows, n of them, times value_scales) paired by keys for vpdpwssd. */
+ * (value_rows, n of them, times value_scales; rows past n readable, their weights 0). The
+ * weights times the value scales rounded to int16 (32767 = the head's largest: all >= 0),
+ * split into bytes for vpdpbusd (value_block); the int32 sums times the head's unit. */
 ALWAYS_INLINE void span_values(const int D, float (*weights)[SPAN], const int8_t *const *value_rows,
                                const float *value_scales, int group, int n, float *out) {
-    int32_t pairs[MAX_HEADS][SPAN / 2]; /* head g's weights of keys 2 m, 2 m + 1: int16 each */
+    uint8_t w_hi[MAX_HEADS][SPAN], w_lo[MAX_HEADS][SPAN];
     float unit[MAX_HEADS];
     for (int g = 0; g < group; g++) {
         for (int i = 0; i < SPAN; i += 16)
             _mm512_storeu_ps(weights[g] + i, _mm512_mul_ps(_mm512_loadu_ps(weights[g] + i), _mm512_loadu_ps(value_scales + i)));
         float top = larger(largest_abs16(weights[g], SPAN), 1e-30f);
-        round16(weights[g], SPAN, 32767.0f / top, (int16_t *)pairs[g]);
+        round_bytes(weights[g], SPAN, 32767.0f / top, 0, w_hi[g], w_lo[g]);
         unit[g] = top / 32767.0f;
     }
-    __m512i acc[MAX_HEADS][MAX_DIM / 16];
-    for (int g = 0; g < group; g++)
-        for (int c = 0; c < D / 16; c++) acc[g][c] = _mm512_setzero_si512();
-    for (int m = 0; m < (n + 1) / 2; m++) {
-        const int8_t *a = value_rows[2 * m], *b = 2 * m + 1 < n ? value_rows[2 * m + 1] : NULL;
-        __m512i v[MAX_DIM / 16];
-        for (int c = 0; c < D; c += 32) { /* dims c + 8 L + 0-3 (low), + 4-7 (high) in lane L */
-            __m512i x = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(a + c)));
-            __m512i y = b ? _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(b + c))) : _mm512_setzero_si512();
-            v[c / 16] = _mm512_unpacklo_epi16(x, y);
-            v[c / 16 + 1] = _mm512_unpackhi_epi16(x, y);
+    int quads = (n + 3) / 4;
+    for (int c0 = 0; c0 < D; c0 += 64)
+        for (int g0 = 0; g0 < group; g0 += 3) {
+            int count = group - g0 < 3 ? group - g0 : 3;
+            __m512i sums[3][4];
+            for (int half = 0; half < 2; half++) {
+                if (count == 3)
+                    value_block(w_hi, w_lo, value_rows, g0, 3, c0, quads, half, sums);
+                else if (count == 2)
+                    value_block(w_hi, w_lo, value_rows, g0, 2, c0, quads, half, sums);
+                else
+                    value_block(w_hi, w_lo, value_rows, g0, 1, c0, quads, half, sums);
+            }
+            for (int g = 0; g < count; g++) { /* lanes back to dim order: a 4 x 4 of 128-bit lanes */
+                __m512 scale = _mm512_set1_ps(unit[g0 + g]), x[4];
+                for (int i = 0; i < 4; i++) x[i] = _mm512_mul_ps(_mm512_cvtepi32_ps(sums[g][i]), scale);
+                __m512 t0 = _mm512_shuffle_f32x4(x[0], x[1], 0x44), t1 = _mm512_shuffle_f32x4(x[2], x[3], 0x44);
+                __m512 t2 = _mm512_shuffle_f32x4(x[0], x[1], 0xee), t3 = _mm512_shuffle_f32x4(x[2], x[3], 0xee);
+                float *o = out + (int64_t)(g0 + g) * D + c0;
+                _mm512_storeu_ps(o, _mm512_shuffle_f32x4(t0, t1, 0x88));
+                _mm512_storeu_ps(o + 16, _mm512_shuffle_f32x4(t0, t1, 0xdd));
+                _mm512_storeu_ps(o + 32, _mm512_shuffle_f32x4(t2, t3, 0x88));
+                _mm512_storeu_ps(o + 48, _mm512_shuffle_f32x4(t2, t3, 0xdd));
+            }
         }
-        for (int g = 0; g < group; g++) {
-            __m512i w = _mm512_set1_epi32(pairs[g][m]);
-            for (int c = 0; c < D / 16; c++) acc[g][c] = _mm512_dpwssd_epi32(acc[g][c], w, v[c]);
-        }
-    }
-    /* back to dim order: 16 dims from the low and high halves' lanes in turn */
-    static const int32_t first[16] = {0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23};
-    const __m512i lo_idx = _mm512_loadu_si512(first), hi_idx = _mm512_add_epi32(lo_idx, _mm512_set1_epi32(8));
-    for (int g = 0; g < group; g++) {
-        __m512 scale = _mm512_set1_ps(unit[g]);
-        for (int c = 0; c < D / 16; c += 2) {
-            __m512 lo = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[g][c]), scale);
-            __m512 hi = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[g][c + 1]), scale);
-            _mm512_storeu_ps(out + (int64_t)g * D + 16 * c, _mm512_permutex2var_ps(lo, lo_idx, hi));
-            _mm512_storeu_ps(out + (int64_t)g * D + 16 * c + 16, _mm512_permutex2var_ps(lo, hi_idx, hi));
-        }
-    }
 }
 
 /* One kv head of the span: queries, scores, softmax, values. */
@@ -148,14 +197,14 @@ ALWAYS_INLINE void span_kv_head(const int D, const PagedAttention *p, const floa
                                 const int64_t *slots, int n, int kvh, float *max, float *sum,
                                 float *acc) {
     const int group = p->group, h0 = kvh * group;
-    int16_t q16[MAX_HEADS][MAX_DIM] __attribute__((aligned(64)));
+    uint8_t q_hi[MAX_HEADS][MAX_DIM], q_lo[MAX_HEADS][MAX_DIM];
     float q_scale[MAX_HEADS], key_scales[SPAN], value_scales[SPAN];
     float scores[MAX_HEADS][SPAN] __attribute__((aligned(64)));
     const int8_t *k_rows[SPAN], *v_rows[SPAN];
     for (int g = 0; g < group; g++) {
         const float *row = qs + (int64_t)(h0 + g) * D;
         float top = larger(largest_abs16(row, D), 1e-30f);
-        round16(row, D, 32767.0f / top, q16[g]);
+        round_bytes(row, D, 32767.0f / top, 32768, q_hi[g], q_lo[g]);
         q_scale[g] = top / 32767.0f * p->scale;
     }
     for (int j = 0; j < SPAN; j++) {
@@ -165,7 +214,7 @@ ALWAYS_INLINE void span_kv_head(const int D, const PagedAttention *p, const floa
         key_scales[j] = j < n ? cache_row_scale(k_rows[j], 0, D) : 0.0f;
         value_scales[j] = j < n ? cache_row_scale(v_rows[j], 0, D) : 0.0f;
     }
-    span_scores(D, q16, q_scale, k_rows, key_scales, group, n, scores);
+    span_scores(D, q_hi, q_lo, q_scale, k_rows, key_scales, group, n, scores);
     for (int g = 0; g < group; g++) max[g] = softmax_in_place(scores[g], SPAN / 16, &sum[g]);
     span_values(D, scores, v_rows, value_scales, group, n, acc);
 }
