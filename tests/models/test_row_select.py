@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from inferline.models.block_rows import BlockRows
 from inferline.models.native import NativeKernels
 
 
@@ -65,3 +66,33 @@ def test_row_argmax_equals_torchs(kernels: NativeKernels, n: int) -> None:
 def test_row_argmax_refuses_empty_rows(kernels: NativeKernels) -> None:
     with pytest.raises(ValueError):
         kernels.row_argmax(torch.randn(2, 0))
+
+
+def random_table(gen: torch.Generator, group: int, with_offset: bool) -> BlockRows:
+    """A small `BlockRows` table of 50 x 96 values (groups of ``group``)."""
+    rows, cols = 50, 96
+    return BlockRows(
+        torch.randint(-128, 128, (rows, cols), generator=gen, dtype=torch.int8),
+        torch.rand(rows, cols // group, generator=gen) / 64,
+        torch.randn(rows, cols // group, generator=gen) / 8 if with_offset else None,
+        group,
+    )
+
+
+@pytest.mark.parametrize(("group", "with_offset"), [(32, False), (16, True), (6, True)])
+def test_rescore_candidates_sets_the_exact_dot_products(
+    kernels: NativeKernels, group: int, with_offset: bool
+) -> None:
+    """Only the candidates' logits change, each to the dot product of its decoded row (or
+    float32 row) with the row's x; the other logits are left as they were."""
+    gen = torch.Generator().manual_seed(group)
+    table = random_table(gen, group, with_offset)
+    x = torch.randn(4, 96, generator=gen)
+    ids = torch.stack([torch.randperm(50, generator=gen)[:7] for _ in range(4)])
+    for source in (table, table.dequantize()):
+        logits = torch.full((4, 50), -7.0)
+        kernels.rescore_candidates(logits, ids, source, x)
+        expected = torch.einsum("mkh,mh->mk", table.rows(ids).double(), x.double())
+        torch.testing.assert_close(logits.gather(1, ids).double(), expected, rtol=0, atol=1e-5)
+        untouched = torch.ones_like(logits, dtype=torch.bool).scatter_(1, ids, False)
+        assert torch.all(logits[untouched] == -7.0)

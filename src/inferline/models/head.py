@@ -51,6 +51,7 @@ class ApproximateThenExactHead:
         int8 = quantize_int8(weight)
         self.int8: W8A8Weight = q4.pack_int8(int8) if q4 is not None else int8
         self.weight = weight  # fp32 [vocab, hidden], shared with the embeddings when tied
+        self.table: BlockRows | None = None  # the exact rows' blocks (`from_table`)
         self.num_exact = min(num_exact, weight.shape[0])
         # ids [M, K] -> exact fp32 rows [M, K, hidden]
         self.exact_rows: Callable[[torch.Tensor], torch.Tensor] = self.weight.__getitem__
@@ -71,6 +72,7 @@ class ApproximateThenExactHead:
         head.int4, head.int8 = quantize_in_chunks(table.rows, table.shape[0], q4=q4)
         head.int4_max_rows = q4_max_rows if q4 is not None else INT4_MAX_ROWS
         head.weight = torch.empty(0)
+        head.table = table
         head.num_exact = min(num_exact, table.shape[0])
         head.exact_rows = table.rows
         return head
@@ -92,6 +94,10 @@ class ApproximateThenExactHead:
             candidates = self.kernels.row_topk(logits, self.num_exact)  # [M, K]
         else:
             candidates = logits.topk(self.num_exact, dim=-1).indices
+        if self.kernels is not None:  # the dot products without gathering the rows
+            table = self.table if self.table is not None else self.weight
+            self.kernels.rescore_candidates(logits, candidates, table, x)
+            return logits
         rows = self.exact_rows(candidates)  # [M, K, hidden]
         exact = torch.bmm(rows, x.unsqueeze(-1)).squeeze(-1)  # [M, K]
         return logits.scatter_(1, candidates, exact)

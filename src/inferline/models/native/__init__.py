@@ -37,6 +37,7 @@ from inferline.models.native.arguments import (
 )
 from inferline.models.native.build import compiled, compiler
 from inferline.models.native.packed import PackedInt8Weight, Q4Weight
+from inferline.models.native.row_selection import RowSelection
 from inferline.models.native.signatures import RESULT_TYPES, SIGNATURES
 from inferline.models.quant import Int8Rows, Int8Weight, Int32Product
 
@@ -93,7 +94,7 @@ def load_kernels(cache_dir: Path) -> NativeKernels | None:
         return None
 
 
-class NativeKernels:
+class NativeKernels(RowSelection):
     """Typed wrappers over the C functions; each allocates and returns its output."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
@@ -327,31 +328,6 @@ class NativeKernels:
             _p(weight.packed), _p(weight.comp), None, _p(rows.scales), _p(weight.scale), _p(out),
             0,
         )  # fmt: skip
-        return out
-
-    def row_topk(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """The indices ``[M, k]`` int64 of each row's ``k`` largest values of float32 ``x
-        [M, N]``, in no set order (``x.topk(k).indices`` up to order and ties; NaN ranks
-        lowest)."""
-        if x.dtype != torch.float32 or x.dim() != 2 or not 0 < k <= x.shape[1]:
-            raise ValueError(
-                f"row_topk: float32 [M, N] and 0 < k <= N, got {x.dtype} {x.shape}, {k}"
-            )
-        x = x.contiguous()
-        out = torch.empty(x.shape[0], k, dtype=torch.int64)
-        if self.lib.row_topk(x.shape[0], x.shape[1], k, _p(x), _p(out)) != 0:
-            raise MemoryError("row_topk: no memory for its buffers")
-        return out
-
-    def row_argmax(self, x: torch.Tensor) -> torch.Tensor:
-        """``x.argmax(-1)`` of float32 ``x [M, N]`` (first index of the largest value, or
-        of the first NaN): 64 x 49,152 logits in ~0.3 ms against torch's 2 ms (max) / 2.2
-        (argmax)."""
-        if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] == 0:
-            raise ValueError(f"row_argmax: float32 [M, N > 0], got {x.dtype} {tuple(x.shape)}")
-        x = x.contiguous()
-        out = torch.empty(x.shape[0], dtype=torch.int64)
-        self.lib.row_argmax(x.shape[0], x.shape[1], _p(x), _p(out))
         return out
 
     def flush_caches(self, *tensors: torch.Tensor) -> bool:

@@ -39,6 +39,7 @@ SIGNATURES = {
     "layer_stack": [_ptr, _ptr, _ptr, _ptr],  # models/layer_stack.py
     "row_topk": [_i64, _i64, _i32, _ptr, _ptr],
     "row_argmax": [_i64, _i64, _ptr, _ptr],
+    "rescore_candidates": [_i64, _i32, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _i32, _ptr, _ptr, _ptr],
 }
 RESULT_TYPES = {
     "decode_attention": ctypes.c_int,
