@@ -277,6 +277,12 @@ static int decode_attention_spans(const PagedAttention *p, int64_t num_seqs,
             int64_t s = task_seq[t];
             int begin = (int)(t - first[s]) * SPAN_KEYS, end = begin + SPAN_KEYS;
             end = end < context_lens[s] ? end : context_lens[s];
+            if (i16 && t + 2 < tasks) { /* the task this thread likely takes next */
+                int64_t u = t + 2, su = task_seq[u];
+                int at = (int)(u - first[su]) * SPAN_KEYS, upto = at + SPAN_KEYS;
+                upto = upto < context_lens[su] ? upto : context_lens[su];
+                prefetch_positions(p, p->block_tables + su * p->max_blocks, at, upto - at);
+            }
             if (amx)
                 decode_span_amx(p, s, begin, end, states[t].max, states[t].sum, states[t].acc);
             else if (i16)

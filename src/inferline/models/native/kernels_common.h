@@ -202,6 +202,23 @@ ALWAYS_INLINE TaskRows task_rows(const int64_t *chunk, int r0) {
     return t;
 }
 
+/* The K and V rows (every kv head's: a slot's are contiguous) of positions [begin, begin +
+ * n) of a sequence's block table asked for ahead of use: decode attention's span two tasks
+ * on. Always inlined: GCC deletes a call to a function whose only effects are prefetches
+ * (it counts it as pure), and did. */
+ALWAYS_INLINE void prefetch_positions(const PagedAttention *p, const int32_t *table, int begin,
+                                      int n) {
+    int shift = __builtin_ctz((unsigned)p->block_size);
+    for (int j = 0; j < n; j++) {
+        int pos = begin + j;
+        int64_t row = (((int64_t)table[pos >> shift] << shift) + (pos & (p->block_size - 1))) * p->slot_stride;
+        for (int64_t b = 0; b < p->slot_stride; b += 64) { /* an int8 cache: elements are bytes */
+            _mm_prefetch((const char *)p->k_cache + row + b, _MM_HINT_T1);
+            _mm_prefetch((const char *)p->v_cache + row + b, _MM_HINT_T1);
+        }
+    }
+}
+
 /* The slots of positions [begin, begin + n) of a sequence's block table (block_size a power
  * of 2), every kv head's K and V rows of them asked for ahead of use (a slot's kv heads
  * are contiguous; the keys first: they are read first). Decode attention's spans. */
