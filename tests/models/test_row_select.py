@@ -96,3 +96,18 @@ def test_rescore_candidates_sets_the_exact_dot_products(
         torch.testing.assert_close(logits.gather(1, ids).double(), expected, rtol=0, atol=1e-5)
         untouched = torch.ones_like(logits, dtype=torch.bool).scatter_(1, ids, False)
         assert torch.all(logits[untouched] == -7.0)
+
+
+def test_rescore_candidates_refuses_what_does_not_fit(kernels: NativeKernels) -> None:
+    """An id past the table, a row width other than the table's, or logits of another shape
+    are refused before the kernel reads anything."""
+    table = torch.randn(50, 96)
+    logits, x = torch.zeros(2, 50), torch.randn(2, 96)
+    with pytest.raises(ValueError, match="does not fit"):
+        kernels.rescore_candidates(logits, torch.tensor([[1, 50], [0, 2]]), table, x)
+    with pytest.raises(ValueError, match="does not fit"):
+        kernels.rescore_candidates(logits, torch.tensor([[1, 3], [0, 2]]), table, x[:, :64])
+    with pytest.raises(ValueError, match="logits"):
+        kernels.rescore_candidates(torch.zeros(2, 49), torch.tensor([[1], [2]]), table, x)
+    kernels.rescore_candidates(logits, torch.tensor([[1], [2]]), table, x)
+    assert logits[0, 1] != 0 and logits[1, 2] != 0 and logits[0, 0] == 0

@@ -52,7 +52,17 @@ class RowSelection:
         gathering and bmm)."""
         if logits.dtype != torch.float32 or not logits.is_contiguous():
             raise ValueError("rescore_candidates: contiguous float32 logits")
-        x, ids = x.float().contiguous(), ids.contiguous()
+        x, ids = x.float().contiguous(), ids.to(torch.int64).contiguous()
+        rows_n, cols = table.shape
+        if not (logits.shape == (x.shape[0], rows_n) and ids.shape[0] == x.shape[0]):
+            raise ValueError(
+                f"rescore_candidates: logits {tuple(logits.shape)}, ids "
+                f"{tuple(ids.shape)}, x {tuple(x.shape)}, table {rows_n} rows"
+            )
+        if x.shape[1] != cols or (
+            ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < rows_n
+        ):
+            raise ValueError("rescore_candidates: x's width or an id does not fit the table")
         rows: tuple[int | None, int | None, int | None, int | None, int]
         if isinstance(table, BlockRows):
             parts = (table.codes, table.scale, *([] if table.offset is None else [table.offset]))
