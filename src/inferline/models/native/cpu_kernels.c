@@ -29,6 +29,13 @@
 #include "int8_rows.h"
 #include "kernels_common.h"
 
+/* Rows from which the row-wise kernels (norms, RoPE and the cache's stores, SiLU,
+ * quantization) split over the threads: at 8 rather than 64, over scenario d's first 32
+ * prompts (127 decode steps of 32 rows; timers, two alternated runs each, AMD EPYC, 2
+ * threads, 2026-12-06) RoPE + stores took 252 / 283 -> 203 / 222 ms and SiLU 236 / 305 ->
+ * 197 / 230: ~0.4-0.5 ms less a 32-row step for each. */
+#define ROW_THREADS_FROM 8
+
 
 /*
  * Row t (n values) of an activation: float32, bf16, or the int32 result of a W8A8 matmul,
@@ -177,7 +184,7 @@ void add_rms_norm(int64_t rows, int hidden, const void *delta, int delta_kind,
                   const float *weight, float eps, void *out, int out_kind, float *out_scales) {
 #if defined(__AVX512F__)
     if (WIDE_INT8_ROWS(out_kind, hidden)) {
-#pragma omp parallel for if (rows >= 64) schedule(static)
+#pragma omp parallel for if (rows >= ROW_THREADS_FROM) schedule(static)
         for (int64_t t = 0; t < rows; t++) {
             float rotated[hidden];
             add_rms_norm_int8_row(t, hidden, delta, delta_kind, delta_row_scales, delta_col_scales,
@@ -186,7 +193,7 @@ void add_rms_norm(int64_t rows, int hidden, const void *delta, int delta_kind,
         return;
     }
 #endif
-#pragma omp parallel for if (rows >= 64) schedule(static)
+#pragma omp parallel for if (rows >= ROW_THREADS_FROM) schedule(static)
     for (int64_t t = 0; t < rows; t++) {
         float row_buffer[hidden], delta_buffer[hidden];
         float *restrict row = row_buffer, *restrict d = delta_buffer; /* VLA loops don't vectorize */
@@ -212,7 +219,7 @@ void quantize_rows(int64_t rows, int width, const void *src, int src_kind, int8_
 #if defined(__AVX512F__)
     if (src_kind == KIND_F32_ROTATED ? width % 16 == 0
                                      : src_kind != KIND_I32 && WIDE_INT8_ROWS(KIND_I8, width)) {
-#pragma omp parallel for if (rows >= 64) schedule(static)
+#pragma omp parallel for if (rows >= ROW_THREADS_FROM) schedule(static)
         for (int64_t t = 0; t < rows; t++) {
             float rotated[width];
             quantize_int8_row(t, width, src, src_kind, out, out_scales, rotated);
@@ -220,7 +227,7 @@ void quantize_rows(int64_t rows, int width, const void *src, int src_kind, int8_
         return;
     }
 #endif
-#pragma omp parallel for if (rows >= 64) schedule(static)
+#pragma omp parallel for if (rows >= ROW_THREADS_FROM) schedule(static)
     for (int64_t t = 0; t < rows; t++) {
         float row[width];
         load_row(row, src, src_kind, t, width, NULL, NULL);
@@ -254,7 +261,7 @@ void rope_store_kv(int64_t rows, int heads, int kv_heads, int head_dim, const vo
     int width = (heads + 2 * kv_heads) * head_dim;
     int q_size = heads * head_dim, kv_size = kv_heads * head_dim;
     int head_stride = cache_head_stride(head_dim, cache_kind);
-#pragma omp parallel for if (rows >= 64) schedule(static)
+#pragma omp parallel for if (rows >= ROW_THREADS_FROM) schedule(static)
     for (int64_t t = 0; t < rows; t++) {
         float row[width];
         load_row(row, qkv, qkv_kind, t, width, qkv_row_scales, qkv_col_scales);
@@ -297,7 +304,7 @@ void silu_mul(int64_t rows, int inter, const void *gate_up, int in_kind,
               float *out_scales) {
 #if defined(__AVX512F__)
     if (WIDE_INT8_ROWS(out_kind, inter)) {
-#pragma omp parallel for if (rows >= 64) schedule(static)
+#pragma omp parallel for if (rows >= ROW_THREADS_FROM) schedule(static)
         for (int64_t t = 0; t < rows; t++) {
             float rotated[inter];
             silu_mul_int8_row(t, inter, gate_up, in_kind, in_row_scales, in_col_scales, out,
@@ -306,7 +313,7 @@ void silu_mul(int64_t rows, int inter, const void *gate_up, int in_kind,
         return;
     }
 #endif
-#pragma omp parallel for if (rows >= 64) schedule(static)
+#pragma omp parallel for if (rows >= ROW_THREADS_FROM) schedule(static)
     for (int64_t t = 0; t < rows; t++) {
         float buffer[2 * inter];
         float *restrict row = buffer; /* a plain pointer: loops over VLAs do not vectorize */
