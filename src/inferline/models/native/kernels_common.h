@@ -202,39 +202,38 @@ ALWAYS_INLINE TaskRows task_rows(const int64_t *chunk, int r0) {
     return t;
 }
 
-/* The K and V rows (every kv head's: a slot's are contiguous) of positions [begin, begin +
- * n) of a sequence's block table asked for ahead of use: decode attention's span two tasks
- * on. Always inlined: GCC deletes a call to a function whose only effects are prefetches
- * (it counts it as pure), and did. */
+/* The slot of position pos through a sequence's block table (block_size a power of 2). */
+ALWAYS_INLINE int64_t position_slot(const PagedAttention *p, const int32_t *table, int pos) {
+    int shift = __builtin_ctz((unsigned)p->block_size);
+    return ((int64_t)table[pos >> shift] << shift) + (pos & (p->block_size - 1));
+}
+
+/* Every kv head's row of a slot of an int8 cache (contiguous: slot_stride bytes) asked for
+ * ahead of use. Always inlined, as its callers: GCC deletes a call to a function whose only
+ * effects are prefetches (it counts it as pure), and did. */
+ALWAYS_INLINE void prefetch_slot(const PagedAttention *p, const void *cache, int64_t slot) {
+    const char *row = (const char *)cache + slot * p->slot_stride;
+    for (int64_t b = 0; b < p->slot_stride; b += 64) _mm_prefetch(row + b, _MM_HINT_T1);
+}
+
+/* The K and V rows of positions [begin, begin + n) asked for ahead of use, slot by slot:
+ * decode attention's span two tasks on. */
 ALWAYS_INLINE void prefetch_positions(const PagedAttention *p, const int32_t *table, int begin,
                                       int n) {
-    int shift = __builtin_ctz((unsigned)p->block_size);
     for (int j = 0; j < n; j++) {
-        int pos = begin + j;
-        int64_t row = (((int64_t)table[pos >> shift] << shift) + (pos & (p->block_size - 1))) * p->slot_stride;
-        for (int64_t b = 0; b < p->slot_stride; b += 64) { /* an int8 cache: elements are bytes */
-            _mm_prefetch((const char *)p->k_cache + row + b, _MM_HINT_T1);
-            _mm_prefetch((const char *)p->v_cache + row + b, _MM_HINT_T1);
-        }
+        int64_t slot = position_slot(p, table, begin + j);
+        prefetch_slot(p, p->k_cache, slot);
+        prefetch_slot(p, p->v_cache, slot);
     }
 }
 
-/* The slots of positions [begin, begin + n) of a sequence's block table (block_size a power
- * of 2), every kv head's K and V rows of them asked for ahead of use (a slot's kv heads
- * are contiguous; the keys first: they are read first). Decode attention's spans. */
-static inline void span_slots(const PagedAttention *p, const int32_t *table, int begin, int n,
+/* The slots of positions [begin, begin + n), their K rows and then their V rows asked for
+ * ahead of use (the keys are read first): decode attention's span, at its start. */
+ALWAYS_INLINE void span_slots(const PagedAttention *p, const int32_t *table, int begin, int n,
                               int64_t *slots) {
-    int shift = __builtin_ctz((unsigned)p->block_size);
-    for (int j = 0; j < n; j++) {
-        int pos = begin + j;
-        slots[j] = ((int64_t)table[pos >> shift] << shift) + (pos & (p->block_size - 1));
-    }
-    size_t row_bytes = (size_t)p->slot_stride; /* an int8 cache: elements are bytes */
-    for (int pass = 0; pass < 2; pass++) {
-        const char *cache = pass == 0 ? p->k_cache : p->v_cache;
-        for (int j = 0; j < n; j++)
-            for (size_t b = 0; b < row_bytes; b += 64) _mm_prefetch(cache + slots[j] * p->slot_stride + b, _MM_HINT_T1);
-    }
+    for (int j = 0; j < n; j++) slots[j] = position_slot(p, table, begin + j);
+    for (int j = 0; j < n; j++) prefetch_slot(p, p->k_cache, slots[j]);
+    for (int j = 0; j < n; j++) prefetch_slot(p, p->v_cache, slots[j]);
 }
 
 /* 16 float32, bf16 or int8 (kind: CACHE_*, unscaled) values from base + offset, as
