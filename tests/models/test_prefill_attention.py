@@ -105,22 +105,22 @@ def test_amx_prefill_attention_keeps_float32_accuracy(
 
 
 def i16_tolerance(cache: tuple[torch.Tensor, torch.Tensor]) -> float:
-    """How far the int16 VNNI prefill attention may be from float64 over the same int8
-    cache: queries rounded to int16 a row (2^-16 of its largest |q|) move scores by ~1e-4
-    of their log2 units with the sharp softmaxes below, weighted values rounded to int16
-    (2^-16 of the row's largest in a run) add ~1e-5: measured at most 1.3e-4 of the
-    largest value.
-    The int8 cache's own rounding moves outputs by 0.04-0.11 (test_decode_attention_int8)."""
+    """How far the VNNI prefill attention may be from float64 over the same int8 cache:
+    queries rounded to int8 a row (half a step: 2^-8 of its largest |q|) move the sharp
+    softmaxes below by up to ~3 % a weight, weights rounded to bytes (2^-9 of the row's
+    largest in a run) add less: measured at most 2.5e-2 of the largest value (1.2e-3 on
+    average). The int8 cache's own rounding moves outputs by 0.04-0.11
+    (test_decode_attention_int8); llama.cpp's q8_0 cache takes q8_0 queries the same way."""
     values = read_rows(cache[1], torch.arange(cache[1].shape[0]), torch.float32)
-    return 3e-4 * float(values.abs().max())
+    return 4e-2 * float(values.abs().max())
 
 
 @pytest.mark.parametrize("shape", [(9, 3, 64, 16), (14, 2, 64, 16), (8, 2, 128, 32)])
 def test_i16_prefill_attention_over_an_int8_cache_keeps_its_accuracy(
     kernels: NativeKernels, shape: tuple[int, int, int, int]
 ) -> None:
-    """VNNI int16 products (queries and softmax weights rounded to int16, keys and values
-    the cache's int8 integers): long contexts, runs of 32 keys across blocks, partial row
+    """VNNI byte products (queries rounded to int8, softmax weights to bytes; keys and
+    values the cache's int8 integers): long contexts, runs of 32 keys across blocks, partial row
     blocks and runs, odd run lengths, sharp softmaxes; within `i16_tolerance` of float64,
     errors without a bias. Where AMX runs prefill attention it is not used."""
     block_size = shape[3]
@@ -140,8 +140,10 @@ def test_i16_prefill_attention_over_an_int8_cache_keeps_its_accuracy(
         list(causal_reference(q, cache, chunks, tables, block_size, torch.float64).values())
     )
     tolerance = i16_tolerance(cache)
+    error = i16.double() - expected
     torch.testing.assert_close(i16.double(), expected, rtol=0, atol=tolerance)
-    assert (i16.double() - expected).abs().mean() < tolerance / 4  # rounding, not a bias
+    assert error.abs().mean() < tolerance / 16  # a few outliers, not a spread
+    assert abs(error.mean()) < tolerance / 1000  # rounding, not a bias
     torch.testing.assert_close(float32.double(), expected, rtol=0, atol=1e-4)
 
 

@@ -36,19 +36,6 @@
  */
 #define LAZY_LOG2 8.0f
 
-/* 2^x for softmax weights that are then rounded to bf16: degree 3 (relative error < 8e-5,
- * least squares on [-0.5, 0.5]). */
-ALWAYS_INLINE __m512 exp2_weight(__m512 x) {
-    /* exp2_fraction without its clamp: x = score - reference is finite, and scalef of a
-     * very negative power gives 0 as the clamp would (~2^-126 then) */
-    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_sub_ps(x, n); /* [-0.5, 0.5] */
-    __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(0.055088683807507886f), f, _mm512_set1_ps(0.24260405145949143f));
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(0.6932762416819638f));
-    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(0.9999289403695102f));
-    return _mm512_scalef_ps(y, n);
-}
-
 /* S = Q K^T of one run into tiles 0, 1 (qa [2 chunks][hi, lo][16][32]); `scores_out`
  * stores them: between the two the tiles compute while the AVX-512 units run the previous
  * run's softmax. */
