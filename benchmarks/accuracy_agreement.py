@@ -13,6 +13,9 @@ with each prefill attention kernel this host has (float32; AMX bf16 tiles,
 `NativeKernels.amx_attention_on`, on an AMX host; VNNI int16 products over an int8 cache,
 `i16_attention_on`) times the gate/up product as int32 sums / bf16
 (`fused_forward.COMPACT`, and the layer stack's own flag).
+Then each window's last 128 positions again as one-token decode steps (the given token in
+place of a sampled one) with each decode attention kernel (float32; AMX int8; VNNI bytes,
+`i16_decode_on`): `decode_*` figures over those positions only.
 A greedy answer to one prompt is a poor accuracy check for a quantized model: single
 logprobs move by their noise (this script's p99), and any change re-draws it.
 """
@@ -30,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 TEXTS = ("tests/models/data/perplexity_text.md", "README.md", "ARCHITECTURE.md")
 WINDOW = 512
 WINDOWS_PER_TEXT = 4
+DECODED = 128  # each window's last positions, run again one decode step at a time
 
 
 def _windows(tokenizer: Any) -> list[list[int]]:
@@ -42,11 +46,13 @@ def _windows(tokenizer: Any) -> list[list[int]]:
 
 
 def _compare(reference: list[torch.Tensor], got: list[torch.Tensor],
-             windows: list[list[int]]) -> dict[str, float]:  # fmt: skip
+             windows: list[list[int]], start: int = 0) -> dict[str, float]:  # fmt: skip
+    """The figures over each window's positions from ``start`` on."""
     from inferline.engine.evaluate import agreement
 
+    reference, got = [r[start:] for r in reference], [g[start:] for g in got]
     figures = agreement(torch.cat(reference), torch.cat(got))
-    targets = [torch.tensor(w[1:]) for w in windows]
+    targets = [torch.tensor(w[1 + start :]) for w in windows]
     picked = [
         (lp[torch.arange(len(t)), t], ref[torch.arange(len(t)), t])
         for lp, ref, t in zip(got, reference, targets, strict=True)
@@ -71,6 +77,40 @@ def _attention_kernel(kernels: Any, wanted: str, kv_cache_dtype: str) -> str:
     amx = kernels.amx_attention_on(wanted == "amx")
     i16 = kernels.i16_attention_on(wanted == "i16") and kv_cache_dtype != "bfloat16"
     return "amx" if amx else ("i16" if i16 else "float32")
+
+
+def _decode_kernel(kernels: Any, wanted: str, kv_cache_dtype: str) -> str:
+    """Switches decode attention to ``wanted`` (float32, amx or i16); returns the kernel
+    that runs now (amx and i16 only over an int8 cache)."""
+    if kernels is None:
+        return "float32"
+    amx = kernels.amx_decode_on(wanted == "amx") and kv_cache_dtype != "bfloat16"
+    i16 = kernels.i16_decode_on(wanted == "i16") and kv_cache_dtype != "bfloat16"
+    return "amx" if amx else ("i16" if i16 else "float32")
+
+
+def _decode_figures(quantized: Any, kernels: Any, kv_cache_dtype: str,
+                    reference: list[torch.Tensor], windows: list[list[int]]) -> dict[str, Any]:  # fmt: skip
+    """The figures of each window's last DECODED positions run as decode steps, by decode
+    attention kernel (the default prefill kernels for the positions before)."""
+    from inferline.engine.evaluate import next_token_logprobs
+
+    first = WINDOW - DECODED
+    defaults = (kernels.amx_decode, kernels.i16_decode) if kernels else (False, False)
+    out: dict[str, Any] = {}
+    try:
+        for attention in ("float32", "amx", "i16"):
+            if _decode_kernel(kernels, attention, kv_cache_dtype) != attention:
+                continue
+            got = [next_token_logprobs(quantized, w, decode_from=first) for w in windows]
+            name = f"decode_{attention}"
+            out[name] = _compare(reference, got, windows, start=first)
+            print(name, json.dumps({k: round(v, 4) for k, v in out[name].items()}), flush=True)
+    finally:
+        if kernels:
+            kernels.amx_decode_on(defaults[0])
+            kernels.i16_decode_on(defaults[1])
+    return out
 
 
 def measure(model: str, kv_cache_dtype: str = "auto") -> dict[str, Any]:
@@ -103,6 +143,7 @@ def measure(model: str, kv_cache_dtype: str = "auto") -> dict[str, Any]:
     )
     out: dict[str, Any] = {"model": model, "kv_cache_dtype": kv_cache_dtype,
                            "windows": len(windows), "window_tokens": WINDOW}  # fmt: skip
+    out.update(_decode_figures(quantized, kernels, kv_cache_dtype, reference, windows))
     try:
         for attention in ("float32", "amx", "i16"):
             for compact in (None, torch.bfloat16):

@@ -1,5 +1,5 @@
 """Decode attention over an int8 cache on AMX int8 tiles (`decode_attention_amx.c`) and on
-VNNI int16 products (`decode_attention_i16.c`) against float64 attention over the dequantized
+VNNI byte products (`decode_attention_i16.c`) against float64 attention over the dequantized
 cache, and against the float32 AVX-512 kernel they stand in for."""
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def float64_outputs(q, cache, tables, block_size) -> list[torch.Tensor]:  # type
 
 @pytest.fixture
 def i16(kernels: NativeKernels) -> Iterator[NativeKernels]:
-    """The kernels with VNNI int16 decode attention on and AMX off (skips where the build
+    """The kernels with VNNI decode attention on and AMX off (skips where the build
     has no AVX-512 VNNI); the settings restored after."""
     default = kernels.i16_decode, kernels.amx_decode
     kernels.amx_decode_on(False)
@@ -90,13 +90,15 @@ def attend_with(kernels: NativeKernels, kind: str, on: bool, *args) -> torch.Ten
 def test_int8_decode_attention_keeps_float32_accuracy(
     kind: str, shape: tuple[int, int, int, int], request: pytest.FixtureRequest
 ) -> None:
-    """AMX: queries and weights split into an int8 high part and remainder; i16: queries
-    and weighted values rounded to int16; both ~2^-16 of their row's largest value. Within
-    5e-4 of float64 over the cache's own (dequantized) rows with sharp softmaxes (queries x
-    4: AMX up to 2.3e-4 measured; the int8 rows' own rounding moves them by 0.04-0.11); the
-    float32 kernel within 1e-5; odd span lengths (9, 65, 143) pair a key with nothing in the
-    int16 kernel. Layouts with more than 8 heads a kv head take the float32 kernel: the
-    same bits."""
+    """AMX: queries and weights split into an int8 high part and remainder (~2^-16 of
+    their row's largest value): within 5e-4 of float64 over the cache's own (dequantized)
+    rows with sharp softmaxes (queries x 4; up to 2.3e-4 measured). i16 (VNNI bytes):
+    queries rounded to int8 and weighted values to bytes, as llama.cpp's q8_0 queries and
+    weights against a q8_0 cache: within 0.08 (up to 0.047 measured, values up to ~4.8),
+    1e-2 on average a sequence (<= 4.7e-3 measured), and no bias. The int8 rows' own
+    rounding moves outputs by 0.04-0.11. The float32 kernel within 1e-5; odd span lengths
+    (9, 65, 143) fill a quad of keys with nothing. Layouts with more than 8 heads a kv head
+    take the float32 kernel: the same bits."""
     kernels = request.getfixturevalue(kind)  # skips where this kernel is not built
     heads, kv_heads, head_dim, block_size = shape
     q, cache, tables, lens = sharp_case(shape)
@@ -108,11 +110,16 @@ def test_int8_decode_attention_keeps_float32_accuracy(
         assert torch.equal(on, off)
         return
     assert not torch.equal(on, off)  # the two kernels ran
+    errors = []
     for s, expected in enumerate(float64_outputs(q, cache, tables, block_size)):
-        torch.testing.assert_close(on[s].double(), expected, rtol=0, atol=5e-4)
+        torch.testing.assert_close(
+            on[s].double(), expected, rtol=0, atol=5e-4 if kind == "amx" else 0.08
+        )
         torch.testing.assert_close(off[s].double(), expected, rtol=0, atol=1e-5)
+        errors.append(on[s].double() - expected)
         if kind == "i16":
-            assert (on[s].double() - expected).abs().mean() < 5e-5  # rounding, not a bias
+            assert errors[-1].abs().mean() < 1e-2  # a few outliers, not a spread
+    assert abs(torch.cat(errors).mean()) < 1e-3  # rounding, not a bias
 
 
 @pytest.mark.parametrize("kind", ["amx", "i16"])

@@ -15,30 +15,46 @@ from inferline.engine.scheduler_output import ScheduledRequest
 
 
 @torch.inference_mode()
-def next_token_logprobs(engine: LLMEngine, token_ids: Sequence[int]) -> torch.Tensor:
+def next_token_logprobs(
+    engine: LLMEngine, token_ids: Sequence[int], decode_from: int | None = None
+) -> torch.Tensor:
     """``[len - 1, vocab]`` float32: row i is the log-distribution of token i + 1 given the
     tokens up to i.
 
     Runs one forward pass over the whole sequence with blocks borrowed from the pool (the
-    engine must be idle), and returns them afterwards.
+    engine must be idle), and returns them afterwards. With ``decode_from``, only the first
+    ``decode_from`` tokens go in that pass; each later position is its own one-token pass,
+    as a decode step runs it (the decode attention kernel, the cache the passes before
+    wrote), the given token standing in for the sampled one.
     """
     if engine.has_unfinished_requests():
         raise RuntimeError("an evaluation needs an idle engine")
     if len(token_ids) < 2:
         raise ValueError("need at least two tokens")
+    if decode_from is not None and not 1 <= decode_from < len(token_ids):
+        raise ValueError("decode_from must leave a first pass and a position to decode")
     pool = engine.block_pool
     request = Request("evaluate", list(token_ids), SamplingParams(max_tokens=1), 1)
     request.block_ids = pool.allocate(-(-len(token_ids) // pool.block_size))
+    first = len(token_ids) if decode_from is None else decode_from
     try:
-        runner = engine.runner
-        batch = runner._prepare([ScheduledRequest(request, len(token_ids), needs_sample=True)])
-        every_position = torch.arange(len(token_ids), device=batch.input_ids.device)
-        logits = runner.model(
-            batch.input_ids, batch.positions, engine.kv_cache.tensor, batch.metadata, every_position
-        )
+        logits = [_forward(engine, request, first, first)]
+        for position in range(first, len(token_ids)):
+            request.num_computed_tokens = position
+            logits.append(_forward(engine, request, 1, 1))
     finally:
         pool.free(list(reversed(request.block_ids)))
-    return torch.log_softmax(logits[:-1].float(), dim=-1).cpu()
+    return torch.log_softmax(torch.cat(logits)[: len(token_ids) - 1].float(), dim=-1).cpu()
+
+
+def _forward(engine: LLMEngine, request: Request, tokens: int, wanted: int) -> torch.Tensor:
+    """The logits of the last ``wanted`` of the next ``tokens`` positions of ``request``."""
+    runner = engine.runner
+    batch = runner._prepare([ScheduledRequest(request, tokens, needs_sample=True)])
+    rows = torch.arange(tokens - wanted, tokens, device=batch.input_ids.device)
+    return runner.model(
+        batch.input_ids, batch.positions, engine.kv_cache.tensor, batch.metadata, rows
+    )
 
 
 def perplexity(engine: LLMEngine, token_ids: Sequence[int]) -> float:
