@@ -15,7 +15,9 @@ with each prefill attention kernel this host has (float32; AMX bf16 tiles,
 (`fused_forward.COMPACT`, and the layer stack's own flag).
 Then each window's last 128 positions again as one-token decode steps (the given token in
 place of a sampled one) with each decode attention kernel (float32; AMX int8; VNNI bytes,
-`i16_decode_on`): `decode_*` figures over those positions only.
+`i16_decode_on`): `decode_*` figures over those positions only, to compare with each
+other (at one row the head's candidate pass and, in `mixed`, the projections run int4:
+their KL is not the one-pass figures').
 A greedy answer to one prompt is a poor accuracy check for a quantized model: single
 logprobs move by their noise (this script's p99), and any change re-draws it.
 """
