@@ -135,9 +135,10 @@ def test_decode_attention_matches_sdpa_over_gathered_keys(
         k, v = (read_rows(cache[i], slots, torch.float32).transpose(0, 1) for i in (0, 1))
         expected = F.scaled_dot_product_attention(q[row].unsqueeze(1), k, v, enable_gqa=True)
         tolerance = 1e-5 if out_dtype == torch.float32 else 1e-2
-        if cache_dtype == torch.int8 and (kernels.amx_decode or kernels.i16_decode):  # see
-            # test_decode_attention_int8
+        if cache_dtype == torch.int8 and kernels.amx_decode:  # see test_decode_attention_int8
             tolerance = max(tolerance, 1e-4)
+        elif cache_dtype == torch.int8 and kernels.i16_decode:  # queries and weights as bytes
+            tolerance = max(tolerance, 3e-2)  # measured up to 0.014 here
         torch.testing.assert_close(
             out[row].float(), expected.reshape(-1), rtol=tolerance, atol=tolerance
         )
