@@ -38,20 +38,20 @@ def next_token_logprobs(
     request.block_ids = pool.allocate(-(-len(token_ids) // pool.block_size))
     first = len(token_ids) if decode_from is None else decode_from
     try:
-        logits = [_forward(engine, request, first, first)]
+        logits = [_forward(engine, request, first)]
         for position in range(first, len(token_ids)):
             request.num_computed_tokens = position
-            logits.append(_forward(engine, request, 1, 1))
+            logits.append(_forward(engine, request, 1))
     finally:
         pool.free(list(reversed(request.block_ids)))
     return torch.log_softmax(torch.cat(logits)[: len(token_ids) - 1].float(), dim=-1).cpu()
 
 
-def _forward(engine: LLMEngine, request: Request, tokens: int, wanted: int) -> torch.Tensor:
-    """The logits of the last ``wanted`` of the next ``tokens`` positions of ``request``."""
+def _forward(engine: LLMEngine, request: Request, tokens: int) -> torch.Tensor:
+    """The logits of each of the next ``tokens`` positions of ``request``."""
     runner = engine.runner
     batch = runner._prepare([ScheduledRequest(request, tokens, needs_sample=True)])
-    rows = torch.arange(tokens - wanted, tokens, device=batch.input_ids.device)
+    rows = torch.arange(tokens, device=batch.input_ids.device)
     return runner.model(
         batch.input_ids, batch.positions, engine.kv_cache.tensor, batch.metadata, rows
     )
